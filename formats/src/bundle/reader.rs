@@ -1,0 +1,396 @@
+//! Reading a tensor bundle: the `.index` table and its memory-mapped `.data-K-of-N` shards.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use memmap2::{Mmap, UncheckedAdvice};
+use protobuf::Message;
+
+use super::entry::Entry;
+use super::slice_key::{encode_slice_key, is_slice_key, Extent};
+use super::strings::decode_strings;
+use super::{data_shard_path, index_path};
+use crate::coding::unmask_crc;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::proto::tensor_bundle::{bundle_header_proto::Endianness, BundleHeaderProto};
+use crate::table::Table;
+use crate::tensor::{TensorData, TensorInfo};
+
+/// Bytes handed to a streaming sink at a time; pages behind each chunk are released after it.
+const STREAM_CHUNK: usize = 4 << 20;
+/// More shards than this is not a real checkpoint but a damaged header.
+const MAX_SHARDS: i32 = 1 << 16;
+
+/// The header record of a bundle (`BundleHeaderProto`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BundleHeader {
+    /// Number of `.data` shards.
+    pub num_shards: u32,
+    /// TensorFlow's bundle format version that wrote the file.
+    pub producer: i32,
+    /// Oldest format version that can read it.
+    pub min_consumer: i32,
+}
+
+/// An open checkpoint: its index parsed, its shards mapped on first use.
+#[derive(Debug)]
+pub struct BundleReader {
+    prefix: PathBuf,
+    index_path: PathBuf,
+    header: BundleHeader,
+    entries: BTreeMap<String, Entry>,
+    slices: HashMap<Vec<u8>, Entry>,
+    shards: Vec<OnceLock<Mmap>>,
+    verify_checksums: bool,
+}
+
+impl BundleReader {
+    /// Opens the bundle whose index is `<prefix>.index`. Data shards are not touched until a
+    /// tensor is read, so an index whose shards are gone can still be listed.
+    pub fn open(prefix: impl AsRef<Path>) -> Result<BundleReader> {
+        let prefix = prefix.as_ref().to_path_buf();
+        let index_path = index_path(&prefix);
+        let bytes = std::fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
+        let table = Table::parse(&index_path, &bytes)?;
+        let mut records = table.into_entries().into_iter();
+
+        let (key, value) = records
+            .next()
+            .ok_or_else(|| Error::corrupt(&index_path, "index has no entries, not even its header"))?;
+        if !key.is_empty() {
+            return Err(Error::corrupt(&index_path, "first index entry is not the bundle header"));
+        }
+        let header = decode_header(&index_path, &value)?;
+
+        let mut entries = BTreeMap::new();
+        let mut slices = HashMap::new();
+        for (key, value) in records {
+            let label = String::from_utf8_lossy(&key).into_owned();
+            let entry = Entry::decode(&index_path, &label, &value)?;
+            if entry.shard_id >= header.num_shards && entry.slices.is_empty() {
+                return Err(Error::corrupt(
+                    &index_path,
+                    format!("entry '{label}' names shard {} of {}", entry.shard_id, header.num_shards),
+                ));
+            }
+            if is_slice_key(&key) {
+                slices.insert(key, entry);
+            } else {
+                let name = String::from_utf8(key)
+                    .map_err(|_| Error::corrupt(&index_path, format!("tensor name '{label}' is not UTF-8")))?;
+                entries.insert(name, entry);
+            }
+        }
+        let shards = (0..header.num_shards).map(|_| OnceLock::new()).collect();
+        Ok(BundleReader { prefix, index_path, header, entries, slices, shards, verify_checksums: true })
+    }
+
+    /// Turns CRC32C verification of tensor data on (the default) or off.
+    pub fn set_verify_checksums(&mut self, verify: bool) {
+        self.verify_checksums = verify;
+    }
+
+    /// The checkpoint prefix (`.../model.ckpt-100`).
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// The `.index` file.
+    pub fn index_path(&self) -> &Path {
+        &self.index_path
+    }
+
+    /// The bundle header.
+    pub fn header(&self) -> &BundleHeader {
+        &self.header
+    }
+
+    /// Every tensor, by name in the order TensorFlow stores them.
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    /// The entry of tensor `name`.
+    pub fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| Error::NoSuchTensor { path: self.index_path.clone(), name: name.to_string() })
+    }
+
+    /// Descriptions of every tensor.
+    pub fn infos(&self) -> Vec<TensorInfo> {
+        self.entries
+            .iter()
+            .map(|(name, e)| TensorInfo {
+                name: name.clone(),
+                dtype: e.dtype,
+                shape: e.shape.clone(),
+                nbytes: if e.slices.is_empty() { e.size } else { e.dense_bytes().unwrap_or(0) },
+                shard: e.slices.is_empty().then_some(e.shard_id),
+            })
+            .collect()
+    }
+
+    /// Path of data shard `id`.
+    pub fn shard_path(&self, id: u32) -> PathBuf {
+        data_shard_path(&self.prefix, id, self.header.num_shards)
+    }
+
+    /// Shards that the index names but that are not on disk.
+    pub fn missing_shards(&self) -> Vec<PathBuf> {
+        (0..self.header.num_shards).map(|i| self.shard_path(i)).filter(|p| !p.is_file()).collect()
+    }
+
+    fn shard(&self, id: u32) -> Result<&Mmap> {
+        let cell = self.shards.get(id as usize).ok_or_else(|| {
+            Error::corrupt(&self.index_path, format!("shard {id} of {} requested", self.header.num_shards))
+        })?;
+        if let Some(map) = cell.get() {
+            return Ok(map);
+        }
+        let path = self.shard_path(id);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::MissingShard {
+                shard: path.clone(),
+                index: self.index_path.clone(),
+                num_shards: self.header.num_shards,
+            },
+            _ => Error::io(&path, e),
+        })?;
+        // SAFETY: the map is read-only and private; checkpoints are not rewritten in place while
+        // being converted (a truncation under us would fault, as with any mmap reader).
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Ok(cell.get_or_init(|| map))
+    }
+
+    /// The stored bytes of an unpartitioned tensor, bounds-checked (not checksum-verified).
+    fn stored_slice(&self, name: &str, entry: &Entry) -> Result<&[u8]> {
+        let shard = self.shard(entry.shard_id)?;
+        let start = usize::try_from(entry.offset).ok();
+        let end = start.zip(usize::try_from(entry.size).ok()).and_then(|(s, n)| s.checked_add(n));
+        match (start, end) {
+            (Some(s), Some(e)) if e <= shard.len() => Ok(&shard[s..e]),
+            _ => Err(Error::corrupt(
+                self.shard_path(entry.shard_id),
+                format!(
+                    "tensor '{name}' at offset {} with {} bytes lies past the end of the shard ({} bytes)",
+                    entry.offset,
+                    entry.size,
+                    shard.len()
+                ),
+            )),
+        }
+    }
+
+    fn check_crc(&self, name: &str, entry: &Entry, computed: u32) -> Result<()> {
+        let stored = unmask_crc(entry.masked_crc32c);
+        if self.verify_checksums && stored != computed {
+            return Err(Error::Checksum {
+                path: self.shard_path(entry.shard_id),
+                what: format!("tensor '{name}'"),
+                stored,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads tensor `name`: borrowed from the memory map for fixed-size types, assembled for
+    /// partitioned variables, decoded for strings. Verifies the checksum unless turned off.
+    pub fn read(&self, name: &str) -> Result<TensorData<'_>> {
+        let entry = self.entry(name)?;
+        if !entry.slices.is_empty() {
+            return self.assemble(name, entry).map(|b| TensorData::Bytes(Cow::Owned(b)));
+        }
+        self.read_entry(name, entry)
+    }
+
+    fn read_entry<'a>(&'a self, name: &str, entry: &Entry) -> Result<TensorData<'a>> {
+        let bytes = self.stored_slice(name, entry)?;
+        if entry.dtype == DType::String {
+            let count = entry.num_elements().unwrap_or(0);
+            let (strings, crc) = decode_strings(bytes, count)
+                .map_err(|what| Error::corrupt(self.shard_path(entry.shard_id), format!("tensor '{name}': {what}")))?;
+            self.check_crc(name, entry, crc)?;
+            return Ok(TensorData::Strings(strings));
+        }
+        if self.verify_checksums {
+            self.check_crc(name, entry, crc32c::crc32c(bytes))?;
+        }
+        Ok(TensorData::Bytes(Cow::Borrowed(bytes)))
+    }
+
+    /// Hands the bytes of fixed-size tensor `name` to `sink` in chunks, releasing the pages
+    /// behind each chunk so that memory stays bounded however large the tensor is.
+    ///
+    /// The checksum is verified after the last chunk: on `Err` the sink has seen bad data and
+    /// whatever it wrote must be discarded.
+    pub fn stream(&self, name: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        let entry = self.entry(name)?;
+        let sink_err = |e| Error::io(&self.prefix, e);
+        if !entry.slices.is_empty() {
+            return sink(&self.assemble(name, entry)?).map_err(sink_err);
+        }
+        if entry.dtype == DType::String {
+            return Err(Error::unsupported(&self.index_path, format!("streaming string tensor '{name}'")));
+        }
+        let bytes = self.stored_slice(name, entry)?;
+        let shard = self.shard(entry.shard_id)?;
+        let mut crc = 0u32;
+        for (i, chunk) in bytes.chunks(STREAM_CHUNK).enumerate() {
+            if self.verify_checksums {
+                crc = crc32c::crc32c_append(crc, chunk);
+            }
+            sink(chunk).map_err(sink_err)?;
+            let offset = entry.offset as usize + i * STREAM_CHUNK;
+            // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
+            // are read again from the file if touched later; no borrowed data changes.
+            let _ = unsafe { shard.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, chunk.len()) };
+        }
+        if self.verify_checksums {
+            self.check_crc(name, entry, crc)?;
+        }
+        Ok(())
+    }
+
+    /// Builds the full value of a partitioned variable from its slices.
+    fn assemble(&self, name: &str, full: &Entry) -> Result<Vec<u8>> {
+        let elem = full
+            .dtype
+            .size()
+            .ok_or_else(|| Error::unsupported(&self.index_path, format!("partitioned string tensor '{name}'")))?;
+        let total = full
+            .dense_bytes()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}' is too large")))?;
+        let mut out = vec![0u8; total];
+        let mut covered = 0u64;
+        for extents in &full.slices {
+            let (starts, lens) = resolve_extents(&full.shape, extents)
+                .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} lies outside its shape {:?}", full.shape)))?;
+            let key = encode_slice_key(name, extents);
+            let part = self
+                .slices
+                .get(&key)
+                .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} is not stored")))?;
+            if part.dtype != full.dtype || part.shape != lens {
+                return Err(Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} has the wrong dtype or shape")));
+            }
+            let data = self.read_entry(name, part)?;
+            let bytes = data.bytes().unwrap_or_default();
+            copy_block(&mut out, &full.shape, bytes, &starts, &lens, elem);
+            covered += part.num_elements().unwrap_or(0);
+        }
+        if Some(covered) != full.num_elements() {
+            return Err(Error::corrupt(&self.index_path, format!("tensor '{name}': slices cover {covered} of {} elements", full.num_elements().unwrap_or(0))));
+        }
+        Ok(out)
+    }
+}
+
+fn decode_header(index: &Path, bytes: &[u8]) -> Result<BundleHeader> {
+    let proto = BundleHeaderProto::parse_from_bytes(bytes)
+        .map_err(|e| Error::corrupt(index, format!("bundle header is not a BundleHeaderProto ({e})")))?;
+    if proto.endianness.enum_value() != Ok(Endianness::LITTLE) {
+        return Err(Error::unsupported(index, "big-endian tensor bundle (written on a big-endian machine)"));
+    }
+    let version = proto.version.clone().unwrap_or_default();
+    if version.min_consumer > 1 {
+        return Err(Error::unsupported(
+            index,
+            format!("bundle format requires a reader of version {} (this reads version 1)", version.min_consumer),
+        ));
+    }
+    if !(0..=MAX_SHARDS).contains(&proto.num_shards) {
+        return Err(Error::corrupt(index, format!("header declares {} data shards", proto.num_shards)));
+    }
+    Ok(BundleHeader { num_shards: proto.num_shards as u32, producer: version.producer, min_consumer: version.min_consumer })
+}
+
+/// Start and length of every dimension of a slice, or `None` if it leaves the shape.
+fn resolve_extents(shape: &[u64], extents: &[Extent]) -> Option<(Vec<u64>, Vec<u64>)> {
+    if extents.len() != shape.len() {
+        return None;
+    }
+    let mut starts = Vec::with_capacity(shape.len());
+    let mut lens = Vec::with_capacity(shape.len());
+    for (&dim, e) in shape.iter().zip(extents) {
+        let (start, len) = match e.length {
+            None => (0, dim),
+            Some(n) => (u64::try_from(e.start).ok()?, u64::try_from(n).ok()?),
+        };
+        if start.checked_add(len)? > dim {
+            return None;
+        }
+        starts.push(start);
+        lens.push(len);
+    }
+    Some((starts, lens))
+}
+
+/// Copies a dense block of shape `lens` into `out` (shape `shape`) at `starts`.
+fn copy_block(out: &mut [u8], shape: &[u64], block: &[u8], starts: &[u64], lens: &[u64], elem: usize) {
+    let rank = shape.len();
+    if rank == 0 {
+        out[..elem].copy_from_slice(&block[..elem]);
+        return;
+    }
+    if lens.contains(&0) {
+        return;
+    }
+    // Row-major strides of the full tensor, in elements.
+    let mut strides = vec![1u64; rank];
+    for d in (0..rank - 1).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let row = lens[rank - 1] as usize * elem;
+    let mut index = vec![0u64; rank - 1]; // position within the block, all but the last dimension
+    let mut src = 0usize;
+    loop {
+        let dst_elem: u64 = (0..rank).map(|d| (starts[d] + index.get(d).copied().unwrap_or(0)) * strides[d]).sum();
+        let dst = dst_elem as usize * elem;
+        out[dst..dst + row].copy_from_slice(&block[src..src + row]);
+        src += row;
+        // Odometer over the leading dimensions.
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            index[d] += 1;
+            if index[d] < lens[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_block_places_rows() {
+        // Full 3x4 of u8, block rows 1..3, cols 1..3.
+        let mut out = vec![0u8; 12];
+        copy_block(&mut out, &[3, 4], &[1, 2, 3, 4], &[1, 1], &[2, 2], 1);
+        assert_eq!(out, vec![0, 0, 0, 0, 0, 1, 2, 0, 0, 3, 4, 0]);
+        let mut out = vec![0u8; 8];
+        copy_block(&mut out, &[2, 2, 2], &[9, 8, 7, 6], &[0, 1, 0], &[2, 1, 2], 1);
+        assert_eq!(out, vec![0, 0, 9, 8, 0, 0, 7, 6]);
+    }
+
+    #[test]
+    fn extents_outside_shape_are_rejected() {
+        let full = Extent { start: 0, length: None };
+        assert_eq!(resolve_extents(&[4, 5], &[Extent { start: 2, length: Some(2) }, full]), Some((vec![2, 0], vec![2, 5])));
+        assert!(resolve_extents(&[4, 5], &[Extent { start: 3, length: Some(2) }, full]).is_none());
+        assert!(resolve_extents(&[4], &[full, full]).is_none());
+    }
+}

@@ -1,0 +1,172 @@
+//! Writing a single-shard tensor bundle that TensorFlow's `BundleReader` accepts.
+//!
+//! Data goes to a temporary file next to the target as it arrives (so memory stays bounded);
+//! `finish` writes the index and renames both into place, index last, so a reader never sees
+//! a half-written checkpoint.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message;
+use tempfile::NamedTempFile;
+
+use super::entry::Entry;
+use super::strings::encode_strings;
+use super::{data_shard_path, index_path};
+use crate::coding::mask_crc;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::proto::tensor_bundle::{bundle_header_proto::Endianness, BundleHeaderProto};
+use crate::proto::types::VersionDef;
+use crate::table::TableBuilder;
+
+/// Version of the bundle format written (TensorFlow's `kTensorBundleVersion`).
+const BUNDLE_VERSION: i32 = 1;
+
+/// Builds a checkpoint `<prefix>.index` + `<prefix>.data-00000-of-00001`.
+pub struct BundleWriter {
+    prefix: PathBuf,
+    data: BufWriter<NamedTempFile>,
+    offset: u64,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl BundleWriter {
+    /// Starts a bundle at `prefix`; its folder must exist. Nothing is visible there until
+    /// [`BundleWriter::finish`].
+    pub fn create(prefix: impl AsRef<Path>) -> Result<BundleWriter> {
+        let prefix = prefix.as_ref().to_path_buf();
+        let dir = parent_dir(&prefix);
+        let tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(BundleWriter { prefix, data: BufWriter::with_capacity(1 << 20, tmp), offset: 0, entries: BTreeMap::new() })
+    }
+
+    fn check_new(&self, name: &str) -> Result<()> {
+        if name.is_empty() || name.as_bytes()[0] == 0 {
+            return Err(Error::invalid(&self.prefix, format!("'{name}' cannot be a tensor name in a checkpoint")));
+        }
+        if self.entries.contains_key(name) {
+            return Err(Error::invalid(&self.prefix, format!("tensor '{name}' added twice")));
+        }
+        Ok(())
+    }
+
+    /// Adds a fixed-size tensor whose `size` bytes `produce` passes, in any number of chunks, to
+    /// the sink it is given.
+    pub fn add_streamed<F>(&mut self, name: &str, dtype: DType, shape: &[u64], produce: F) -> Result<()>
+    where
+        F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+    {
+        self.check_new(name)?;
+        let entry = Entry {
+            dtype,
+            shape: shape.to_vec(),
+            shard_id: 0,
+            offset: self.offset,
+            size: 0,
+            masked_crc32c: 0,
+            slices: vec![],
+        };
+        let expected = entry
+            .dense_bytes()
+            .ok_or_else(|| Error::invalid(&self.prefix, format!("tensor '{name}' of {dtype} {shape:?} has no fixed size")))?;
+        let mut crc = 0u32;
+        let mut written = 0u64;
+        let data = &mut self.data;
+        produce(&mut |chunk: &[u8]| {
+            crc = crc32c::crc32c_append(crc, chunk);
+            written += chunk.len() as u64;
+            data.write_all(chunk)
+        })?;
+        if written != expected {
+            return Err(Error::invalid(
+                &self.prefix,
+                format!("tensor '{name}' of {dtype} {shape:?} needs {expected} bytes, got {written}"),
+            ));
+        }
+        self.offset += written;
+        self.entries.insert(name.to_string(), Entry { size: written, masked_crc32c: mask_crc(crc), ..entry });
+        Ok(())
+    }
+
+    /// Adds a fixed-size tensor from its little-endian bytes.
+    pub fn add_bytes(&mut self, name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> Result<()> {
+        self.add_streamed(name, dtype, shape, |sink| sink(bytes).map_err(|e| Error::io(Path::new(name), e)))
+    }
+
+    /// Adds a string tensor.
+    pub fn add_strings(&mut self, name: &str, shape: &[u64], strings: &[Vec<u8>]) -> Result<()> {
+        self.check_new(name)?;
+        let count: u64 = shape.iter().product();
+        if count != strings.len() as u64 {
+            return Err(Error::invalid(&self.prefix, format!("string tensor '{name}' of shape {shape:?} given {} strings", strings.len())));
+        }
+        let (bytes, crc) = encode_strings(strings);
+        self.data.write_all(&bytes).map_err(|e| Error::io(&self.prefix, e))?;
+        let entry = Entry {
+            dtype: DType::String,
+            shape: shape.to_vec(),
+            shard_id: 0,
+            offset: self.offset,
+            size: bytes.len() as u64,
+            masked_crc32c: mask_crc(crc),
+            slices: vec![],
+        };
+        self.offset += entry.size;
+        self.entries.insert(name.to_string(), entry);
+        Ok(())
+    }
+
+    /// Writes the index and moves data and index into place.
+    pub fn finish(self) -> Result<()> {
+        let data_path = data_shard_path(&self.prefix, 0, 1);
+        let index_path = index_path(&self.prefix);
+        let data = self.data.into_inner().map_err(|e| Error::io(&data_path, e.into_error()))?;
+        data.as_file().sync_all().map_err(|e| Error::io(&data_path, e))?;
+
+        let mut header = BundleHeaderProto::new();
+        header.num_shards = 1;
+        header.endianness = Endianness::LITTLE.into();
+        let mut version = VersionDef::new();
+        version.producer = BUNDLE_VERSION;
+        header.version = protobuf::MessageField::some(version);
+        let mut table = TableBuilder::default();
+        table.add(b"", &header.write_to_bytes().map_err(|e| Error::invalid(&index_path, e.to_string()))?);
+        for (name, entry) in &self.entries {
+            table.add(name.as_bytes(), &entry.encode());
+        }
+        let dir = parent_dir(&self.prefix);
+        let mut index = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        table.finish_into(&mut index).map_err(|e| Error::io(&index_path, e))?;
+        index.as_file().sync_all().map_err(|e| Error::io(&index_path, e))?;
+
+        data.persist(&data_path).map_err(|e| Error::io(&data_path, e.error))?;
+        index.persist(&index_path).map_err(|e| Error::io(&index_path, e.error))?;
+        Ok(())
+    }
+}
+
+fn parent_dir(prefix: &Path) -> &Path {
+    match prefix.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `file` atomically: `fill` writes into a temporary file in the same folder, which is
+/// renamed over `path` only if `fill` succeeds.
+pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut BufWriter<&mut File>) -> Result<T>) -> Result<T> {
+    let dir = parent_dir(path);
+    let mut tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let value = {
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        let value = fill(&mut w)?;
+        w.flush().map_err(|e| Error::io(path, e))?;
+        value
+    };
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(value)
+}

@@ -1,0 +1,17 @@
+//! Pure-Rust readers and writers for the files a TensorFlow Probability BNN leaves behind:
+//! checkpoint bundles (`.index` + `.data-*`), the `checkpoint` state file, BPrune manifests,
+//! TF2 object graphs, and safetensors. No TensorFlow needed.
+#![warn(missing_docs)]
+
+pub mod bundle;
+pub mod coding;
+pub mod dtype;
+pub mod error;
+#[allow(renamed_and_removed_lints)]
+pub mod proto;
+pub mod table;
+pub mod tensor;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use tensor::{TensorData, TensorInfo};

@@ -1,0 +1,122 @@
+//! Reading a whole table into sorted key/value pairs, verifying every block checksum.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use super::block::decode_block;
+use super::{BlockHandle, BLOCK_TRAILER_LEN, FOOTER_LEN, TABLE_MAGIC};
+use crate::coding::{read_fixed32, read_fixed64, unmask_crc};
+use crate::error::{Error, Result};
+
+/// Compression byte values of a block trailer.
+const NO_COMPRESSION: u8 = 0;
+const SNAPPY_COMPRESSION: u8 = 1;
+
+/// A parsed table: its entries in key order.
+#[derive(Debug)]
+pub struct Table {
+    path: PathBuf,
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Table {
+    /// Parses the table held in `bytes` (the contents of the file at `path`, named in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Table> {
+        let corrupt = |what: String| Error::corrupt(path, what);
+        if bytes.is_empty() {
+            return Err(corrupt("empty file, not a checkpoint index".into()));
+        }
+        if bytes.len() < FOOTER_LEN {
+            return Err(corrupt(format!(
+                "truncated: {} bytes, shorter than the {FOOTER_LEN}-byte table footer",
+                bytes.len()
+            )));
+        }
+        let footer = &bytes[bytes.len() - FOOTER_LEN..];
+        let magic = read_fixed64(footer, 40).unwrap_or(0);
+        if magic != TABLE_MAGIC {
+            return Err(corrupt(format!(
+                "bad table magic number {magic:#018x} (expected {TABLE_MAGIC:#018x}): not a checkpoint index, or truncated"
+            )));
+        }
+        let (_metaindex, used) =
+            BlockHandle::decode(footer).ok_or_else(|| corrupt("malformed meta-index handle in footer".into()))?;
+        let (index, _) = BlockHandle::decode(&footer[used..40])
+            .ok_or_else(|| corrupt("malformed index handle in footer".into()))?;
+
+        let body = &bytes[..bytes.len() - FOOTER_LEN];
+        let index_block = read_block(path, body, index, "index block")?;
+        let handles = decode_block(&index_block).map_err(|e| corrupt(format!("index block: {e}")))?;
+
+        let mut entries = Vec::new();
+        for (i, (_, handle_bytes)) in handles.iter().enumerate() {
+            let (handle, _) = BlockHandle::decode(handle_bytes)
+                .ok_or_else(|| corrupt(format!("index entry {i}: malformed block handle")))?;
+            let what = format!("data block {i}");
+            let block = read_block(path, body, handle, &what)?;
+            let decoded = decode_block(&block).map_err(|e| corrupt(format!("{what}: {e}")))?;
+            for (k, v) in decoded {
+                if let Some((last, _)) = entries.last() {
+                    if &k <= last {
+                        return Err(corrupt(format!("{what}: keys are not in increasing order across blocks")));
+                    }
+                }
+                entries.push((k, v.to_vec()));
+            }
+        }
+        Ok(Table { path: path.to_path_buf(), entries })
+    }
+
+    /// The file this table was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All entries, sorted by key.
+    pub fn entries(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.entries
+    }
+
+    /// Takes the entries out of the table.
+    pub fn into_entries(self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.entries
+    }
+}
+
+/// Returns the contents of the block at `handle`, checksum verified and decompressed.
+fn read_block<'a>(path: &Path, body: &'a [u8], handle: BlockHandle, what: &str) -> Result<Cow<'a, [u8]>> {
+    let start = usize::try_from(handle.offset).ok();
+    let end = start
+        .zip(usize::try_from(handle.size).ok())
+        .and_then(|(s, n)| s.checked_add(n))
+        .and_then(|e| e.checked_add(BLOCK_TRAILER_LEN));
+    let (start, end) = match (start, end) {
+        (Some(s), Some(e)) if e <= body.len() => (s, e - BLOCK_TRAILER_LEN),
+        _ => {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "{what} at offset {} with {} bytes lies past the end of the file ({} bytes before the footer)",
+                    handle.offset,
+                    handle.size,
+                    body.len()
+                ),
+            ))
+        }
+    };
+    let contents = &body[start..end];
+    let kind = body[end];
+    let stored = unmask_crc(read_fixed32(body, end + 1).unwrap_or(0));
+    let computed = crc32c::crc32c_append(crc32c::crc32c(contents), &[kind]);
+    if stored != computed {
+        return Err(Error::Checksum { path: path.to_path_buf(), what: what.to_string(), stored, computed });
+    }
+    match kind {
+        NO_COMPRESSION => Ok(Cow::Borrowed(contents)),
+        SNAPPY_COMPRESSION => snap::raw::Decoder::new()
+            .decompress_vec(contents)
+            .map(Cow::Owned)
+            .map_err(|e| Error::corrupt(path, format!("{what}: bad snappy data: {e}"))),
+        other => Err(Error::unsupported(path, format!("{what} uses compression type {other}, which bnn-convert cannot read"))),
+    }
+}

@@ -1,0 +1,67 @@
+//! Tensor values and descriptions shared by every container format.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+use crate::dtype::DType;
+
+/// The values of one tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData<'a> {
+    /// Fixed-size elements, little-endian, row-major: borrowed from a memory map where possible.
+    Bytes(Cow<'a, [u8]>),
+    /// The elements of a string tensor, row-major.
+    Strings(Vec<Vec<u8>>),
+}
+
+impl TensorData<'_> {
+    /// The raw bytes of a fixed-size tensor (`None` for strings).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            TensorData::Bytes(b) => Some(b),
+            TensorData::Strings(_) => None,
+        }
+    }
+
+    /// Total bytes of the values (for strings, of all strings together).
+    pub fn nbytes(&self) -> u64 {
+        match self {
+            TensorData::Bytes(b) => b.len() as u64,
+            TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
+        }
+    }
+
+    /// Takes ownership of the values.
+    pub fn into_owned(self) -> TensorData<'static> {
+        match self {
+            TensorData::Bytes(b) => TensorData::Bytes(Cow::Owned(b.into_owned())),
+            TensorData::Strings(s) => TensorData::Strings(s),
+        }
+    }
+}
+
+/// What a container says about a tensor without reading its values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorInfo {
+    /// The tensor's name in the container.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// Stored bytes (for strings: the encoded size in the shard).
+    pub nbytes: u64,
+    /// Which data shard holds it (`None` for safetensors, or a partitioned variable's parts).
+    pub shard: Option<u32>,
+}
+
+/// Reads `f32` values from little-endian bytes (any trailing partial element is ignored).
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Little-endian bytes of `f32` values.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
