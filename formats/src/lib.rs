@@ -4,11 +4,19 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod checkpoint;
+pub mod checkpoint_state;
 pub mod coding;
+pub mod convert;
 pub mod dtype;
 pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod naming;
+pub mod object_graph;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
+pub mod safetensors_file;
 pub mod table;
 pub mod tensor;
 

@@ -1,0 +1,249 @@
+//! A model checkpoint in either container, TensorFlow bundle or safetensors, seen the same
+//! way: variables with their TensorFlow names and kinds, layers, manifests, the global step.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::bundle::BundleReader;
+use crate::checkpoint_state::{resolve_checkpoint, step_of};
+use crate::error::{Error, Result};
+use crate::layout::{classify, group_layers, Layer, VariableKind};
+use crate::manifest::Manifest;
+use crate::naming;
+use crate::object_graph::{ObjectGraph, OBJECT_GRAPH_KEY, VARIABLE_VALUE_SUFFIX};
+use crate::safetensors_file::SafetensorsFile;
+use crate::tensor::{TensorData, TensorInfo};
+
+/// Which container a checkpoint is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// TensorFlow tensor bundle (`.index` + `.data-*`).
+    TfBundle,
+    /// A safetensors file.
+    Safetensors,
+}
+
+/// One stored tensor, described for BNN work.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Variable {
+    /// The key it is stored under (the TF checkpoint key, or the safetensors name).
+    pub key: String,
+    /// Its TensorFlow variable name (`den_1/kernel_posterior_loc`).
+    pub name: String,
+    /// Type, shape, size and shard.
+    #[serde(flatten)]
+    pub info: TensorInfo,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: VariableKind,
+}
+
+#[derive(Debug)]
+enum Store {
+    Bundle(BundleReader),
+    Safetensors(SafetensorsFile),
+}
+
+/// An opened checkpoint.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    store: Store,
+    variables: Vec<Variable>,
+    manifest: Manifest,
+    global_step: Option<i64>,
+    object_graph: Option<ObjectGraph>,
+}
+
+/// Whether `path` names a safetensors file (by extension, or by content for other names).
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+impl Checkpoint {
+    /// Opens a TensorFlow checkpoint (folder, prefix, `.index` or `.data-*` path) or a
+    /// `.safetensors` file.
+    pub fn open(input: impl AsRef<Path>) -> Result<Checkpoint> {
+        let input = input.as_ref();
+        if is_safetensors(input) {
+            return Checkpoint::from_safetensors(SafetensorsFile::open(input)?);
+        }
+        let prefix = resolve_checkpoint(input)?;
+        Checkpoint::from_bundle(BundleReader::open(&prefix)?)
+    }
+
+    fn from_bundle(reader: BundleReader) -> Result<Checkpoint> {
+        let prefix = reader.prefix().to_path_buf();
+        let object_graph = if reader.entries().contains_key(OBJECT_GRAPH_KEY) {
+            match reader.read(OBJECT_GRAPH_KEY)? {
+                TensorData::Strings(s) if s.len() == 1 => Some(ObjectGraph::decode(reader.index_path(), &s[0])?),
+                _ => return Err(Error::corrupt(reader.index_path(), format!("{OBJECT_GRAPH_KEY} is not a scalar string"))),
+            }
+        } else {
+            None
+        };
+        let variables = reader
+            .infos()
+            .into_iter()
+            .map(|info| {
+                let (name, kind) = describe_key(&info.name, object_graph.as_ref());
+                Variable { key: info.name.clone(), name, info, kind }
+            })
+            .collect();
+        let dir = prefix.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let manifest = Manifest::find(dir)?;
+        let mut ckpt = Checkpoint { path: prefix, store: Store::Bundle(reader), variables, manifest, global_step: None, object_graph };
+        ckpt.global_step = ckpt.read_global_step().or_else(|| step_of(&ckpt.path).and_then(|s| i64::try_from(s).ok()));
+        Ok(ckpt)
+    }
+
+    fn from_safetensors(file: SafetensorsFile) -> Result<Checkpoint> {
+        let keys = naming::tf_keys_from_metadata(file.metadata());
+        let variables = file
+            .infos()
+            .map(|info| {
+                let name = naming::variable_name_for(&info.name, keys.get(&info.name).map(String::as_str));
+                Variable { key: info.name.clone(), kind: classify(&name), name, info: info.clone() }
+            })
+            .collect();
+        let global_step = file.metadata().get(naming::META_GLOBAL_STEP).and_then(|s| s.parse().ok());
+        Ok(Checkpoint {
+            path: file.path().to_path_buf(),
+            store: Store::Safetensors(file),
+            variables,
+            manifest: Manifest::default(),
+            global_step,
+            object_graph: None,
+        })
+    }
+
+    fn read_global_step(&self) -> Option<i64> {
+        let v = self.variables.iter().find(|v| v.kind == VariableKind::Step && v.name.ends_with("global_step"))?;
+        let data = self.read(&v.key).ok()?;
+        let bytes = data.bytes()?;
+        match bytes.len() {
+            8 => Some(i64::from_le_bytes(bytes.try_into().ok()?)),
+            4 => Some(i64::from(i32::from_le_bytes(bytes.try_into().ok()?))),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint prefix or safetensors path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The container format.
+    pub fn format(&self) -> Format {
+        match self.store {
+            Store::Bundle(_) => Format::TfBundle,
+            Store::Safetensors(_) => Format::Safetensors,
+        }
+    }
+
+    /// The bundle reader, for a TensorFlow checkpoint.
+    pub fn bundle(&self) -> Option<&BundleReader> {
+        match &self.store {
+            Store::Bundle(b) => Some(b),
+            Store::Safetensors(_) => None,
+        }
+    }
+
+    /// The `__metadata__` of a safetensors file (empty for a TF checkpoint).
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        match &self.store {
+            Store::Bundle(_) => Default::default(),
+            Store::Safetensors(f) => f.metadata().clone(),
+        }
+    }
+
+    /// Every stored tensor.
+    pub fn variables(&self) -> &[Variable] {
+        &self.variables
+    }
+
+    /// The variable stored under `key`.
+    pub fn variable(&self, key: &str) -> Result<&Variable> {
+        self.variables
+            .iter()
+            .find(|v| v.key == key)
+            .ok_or_else(|| Error::NoSuchTensor { path: self.path.clone(), name: key.to_string() })
+    }
+
+    /// BNN layers: weights grouped by layer, recording stored keys.
+    pub fn layers(&self) -> Vec<Layer> {
+        group_layers(self.variables.iter().filter(|v| v.kind.is_model()).map(|v| (v.key.as_str(), v.name.as_str())))
+    }
+
+    /// The BPrune manifests found next to the checkpoint.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Checks the manifest's trainable variables against the stored variable names.
+    pub fn check_manifest(&self) -> Result<()> {
+        self.manifest.check_against(self.variables.iter().map(|v| v.name.as_str()))
+    }
+
+    /// The training step: the `global_step` variable, else the number ending the prefix.
+    pub fn global_step(&self) -> Option<i64> {
+        self.global_step
+    }
+
+    /// The decoded TF2 object graph, if the checkpoint has one.
+    pub fn object_graph(&self) -> Option<&ObjectGraph> {
+        self.object_graph.as_ref()
+    }
+
+    /// Reads the values stored under `key`, checksum-verified for TF checkpoints.
+    pub fn read(&self, key: &str) -> Result<TensorData<'_>> {
+        match &self.store {
+            Store::Bundle(b) => b.read(key),
+            Store::Safetensors(f) => f.bytes(key).map(|b| TensorData::Bytes(b.into())),
+        }
+    }
+
+    /// Streams the bytes of fixed-size tensor `key` to `sink` in bounded chunks (see
+    /// [`BundleReader::stream`]: on `Err` whatever the sink wrote must be discarded).
+    pub fn stream(&self, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        match &self.store {
+            Store::Bundle(b) => b.stream(key, sink),
+            Store::Safetensors(f) => {
+                let bytes = f.bytes(key)?;
+                for chunk in bytes.chunks(4 << 20) {
+                    sink(chunk).map_err(|e| Error::io(&self.path, e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The TensorFlow variable name and kind of a bundle key, using the object graph for TF2 keys.
+fn describe_key(key: &str, graph: Option<&ObjectGraph>) -> (String, VariableKind) {
+    if key == OBJECT_GRAPH_KEY {
+        return (key.to_string(), VariableKind::ObjectGraph);
+    }
+    let Some(graph) = graph else {
+        return (key.to_string(), classify(key));
+    };
+    if let Some(slot) = graph.slot(key) {
+        let of = graph.variable_name(&slot.original_key).unwrap_or_else(|| strip_value_suffix(&slot.original_key));
+        return (format!("{of}/{}", slot.slot_name), VariableKind::OptimizerSlot { of, slot: slot.slot_name.clone() });
+    }
+    let name = graph.variable_name(key).unwrap_or_else(|| strip_value_suffix(key));
+    let kind = if key.starts_with("optimizer/") || key.contains("/.OPTIMIZER_SLOT/") {
+        VariableKind::OptimizerState
+    } else if key.starts_with("save_counter/") {
+        VariableKind::Step
+    } else {
+        classify(&name)
+    };
+    (name, kind)
+}
+
+fn strip_value_suffix(key: &str) -> String {
+    key.strip_suffix(VARIABLE_VALUE_SUFFIX).unwrap_or(key).to_string()
+}

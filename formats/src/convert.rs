@@ -1,0 +1,171 @@
+//! Conversions between TensorFlow checkpoints and safetensors, streaming tensor by tensor.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::bundle::{write_atomically, BundleWriter};
+use crate::checkpoint::{Checkpoint, Variable};
+use crate::checkpoint_state::{CheckpointState, STATE_FILE};
+use crate::error::{Error, Result};
+use crate::layout::VariableKind;
+use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
+use crate::safetensors_file::{write_safetensors, PlannedTensor, SafetensorsFile};
+use crate::tensor::TensorData;
+
+/// Choices for [`checkpoint_to_safetensors`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ToSafetensorsOptions {
+    /// Keep optimizer slots, optimizer state and step counters, not just the model.
+    pub include_optimizer: bool,
+    /// Leave out tensors safetensors cannot hold (strings, complex128) instead of failing.
+    pub skip_unsupported: bool,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConversionReport {
+    /// Output file or prefix.
+    pub output: PathBuf,
+    /// (source key, output name) of every tensor written.
+    pub written: Vec<(String, String)>,
+    /// (source key, reason) of every tensor left out.
+    pub skipped: Vec<(String, String)>,
+    /// Tensor bytes written.
+    pub bytes: u64,
+}
+
+fn wanted(v: &Variable, include_optimizer: bool) -> Option<&'static str> {
+    match &v.kind {
+        k if k.is_model() => None,
+        VariableKind::OptimizerSlot { .. } | VariableKind::OptimizerState | VariableKind::Step if include_optimizer => None,
+        VariableKind::OptimizerSlot { .. } | VariableKind::OptimizerState => Some("optimizer variable (see --include-optimizer)"),
+        VariableKind::Step => Some("step counter (kept in metadata; see --include-optimizer)"),
+        VariableKind::Metric => Some("metric accumulator"),
+        VariableKind::ObjectGraph => Some("TF2 object graph (decoded into metadata)"),
+        _ => Some("not part of the model"),
+    }
+}
+
+/// Converts a checkpoint to a safetensors file at `out`, written atomically; values are copied
+/// bit for bit, one bounded chunk at a time.
+pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetensorsOptions) -> Result<ConversionReport> {
+    ckpt.check_manifest()?;
+    let mut report = ConversionReport { output: out.to_path_buf(), ..Default::default() };
+    let mut chosen: Vec<&Variable> = Vec::new();
+    for v in ckpt.variables() {
+        if let Some(reason) = wanted(v, opts.include_optimizer) {
+            report.skipped.push((v.key.clone(), reason.into()));
+        } else if v.info.dtype.to_safetensors().is_none() {
+            if !opts.skip_unsupported {
+                return Err(Error::unsupported(
+                    ckpt.path(),
+                    format!("tensor '{}' is {}, which safetensors cannot hold (use --skip-unsupported to leave it out)", v.key, v.info.dtype),
+                ));
+            }
+            report.skipped.push((v.key.clone(), format!("{} has no safetensors dtype", v.info.dtype)));
+        } else {
+            chosen.push(v);
+        }
+    }
+    if let Some(b) = ckpt.bundle() {
+        if let Some(missing) = b.missing_shards().first() {
+            return Err(Error::MissingShard { shard: missing.clone(), index: b.index_path().to_path_buf(), num_shards: b.header().num_shards });
+        }
+    }
+    let names = naming::assign_names(chosen.iter().map(|v| (v.key.as_str(), v.name.as_str())));
+    let planned: Vec<PlannedTensor> = chosen
+        .iter()
+        .zip(&names)
+        .map(|(v, n)| PlannedTensor { name: n.clone(), dtype: v.info.dtype, shape: v.info.shape.clone() })
+        .collect();
+    let metadata = conversion_metadata(ckpt, &chosen, &names)?;
+    write_safetensors(out, &planned, &metadata, |i, sink| ckpt.stream(&chosen[i].key, sink))?;
+    report.bytes = chosen.iter().map(|v| v.info.nbytes).sum();
+    report.written = chosen.iter().zip(names).map(|(v, n)| (v.key.clone(), n)).collect();
+    Ok(report)
+}
+
+fn conversion_metadata(ckpt: &Checkpoint, chosen: &[&Variable], names: &[String]) -> Result<BTreeMap<String, String>> {
+    let json = |v: serde_json::Value| v.to_string();
+    let key_to_name: BTreeMap<&str, &str> = chosen.iter().zip(names).map(|(v, n)| (v.key.as_str(), n.as_str())).collect();
+    let tf_keys: BTreeMap<&str, &str> = chosen.iter().zip(names).map(|(v, n)| (n.as_str(), v.key.as_str())).collect();
+    let layers: Vec<serde_json::Value> = ckpt
+        .layers()
+        .iter()
+        .map(|l| {
+            let params: BTreeMap<String, &str> = l
+                .params
+                .iter()
+                .filter_map(|(p, key)| Some((p.suffix().to_string(), *key_to_name.get(key.as_str())?)))
+                .collect();
+            serde_json::json!({"layer": l.name, "bayesian": l.is_bayesian(), "params": params})
+        })
+        .collect();
+    let mut m = BTreeMap::new();
+    m.insert(META_WRITER.to_string(), format!("bnn-convert {}", env!("CARGO_PKG_VERSION")));
+    m.insert(META_SOURCE.to_string(), ckpt.path().display().to_string());
+    m.insert(META_TF_KEYS.to_string(), json(serde_json::to_value(tf_keys).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?));
+    m.insert(META_LAYERS.to_string(), json(serde_json::Value::Array(layers)));
+    if let Some(step) = ckpt.global_step() {
+        m.insert(META_GLOBAL_STEP.to_string(), step.to_string());
+    }
+    if !ckpt.manifest().is_empty() {
+        m.insert(META_MANIFEST.to_string(), json(serde_json::to_value(ckpt.manifest()).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?));
+    }
+    Ok(m)
+}
+
+/// Converts a safetensors file to a TensorFlow checkpoint at `prefix`, restoring the original
+/// checkpoint keys from the metadata, and records it in the folder's `checkpoint` state file.
+pub fn safetensors_to_checkpoint(input: &Path, prefix: &Path) -> Result<ConversionReport> {
+    let file = SafetensorsFile::open(input)?;
+    let keys = naming::tf_keys_from_metadata(file.metadata());
+    let mut writer = BundleWriter::create(prefix)?;
+    let mut report = ConversionReport { output: prefix.to_path_buf(), ..Default::default() };
+    for info in file.infos() {
+        let key = keys.get(&info.name).cloned().unwrap_or_else(|| naming::variable_name_for(&info.name, None));
+        let bytes = file.bytes(&info.name)?;
+        writer.add_bytes(&key, info.dtype, &info.shape, bytes)?;
+        report.bytes += bytes.len() as u64;
+        report.written.push((info.name.clone(), key));
+    }
+    writer.finish()?;
+    record_in_state_file(prefix)?;
+    Ok(report)
+}
+
+/// Makes `prefix` the latest checkpoint of its folder's `checkpoint` state file, keeping the
+/// checkpoints already listed there.
+pub fn record_in_state_file(prefix: &Path) -> Result<()> {
+    let dir = prefix.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = prefix
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid(prefix, "checkpoint prefix needs a UTF-8 file name"))?
+        .to_string();
+    let state_path = dir.join(STATE_FILE);
+    let mut state = if state_path.is_file() { CheckpointState::read(&state_path)? } else { CheckpointState::default() };
+    state.model_checkpoint_path = name.clone();
+    if !state.all_model_checkpoint_paths.contains(&name) {
+        state.all_model_checkpoint_paths.push(name);
+        state.all_model_checkpoint_timestamps.clear();
+    }
+    write_atomically(&state_path, |w| {
+        use std::io::Write;
+        w.write_all(state.to_text().as_bytes()).map_err(|e| Error::io(&state_path, e))
+    })
+}
+
+/// Reads every tensor of a checkpoint once, verifying every checksum; returns the bytes read.
+pub fn verify_all(ckpt: &Checkpoint) -> Result<u64> {
+    let mut total = 0u64;
+    for v in ckpt.variables() {
+        total += match ckpt.read(&v.key)? {
+            TensorData::Bytes(b) => b.len() as u64,
+            TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
+        };
+    }
+    Ok(total)
+}

@@ -1,0 +1,203 @@
+//! Safetensors files: reading through the `safetensors` crate over a memory map, and a
+//! streaming writer that never holds more than one chunk of tensor data in memory.
+//!
+//! Layout (the safetensors spec): an 8-byte little-endian header length N, N bytes of JSON
+//! (`{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}`,
+//! padded with spaces to a multiple of 8), then the tensor bytes, contiguous.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::bundle::write_atomically;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::TensorInfo;
+
+/// An open safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    tensors: Vec<(TensorInfo, std::ops::Range<usize>)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl SafetensorsFile {
+    /// Opens and validates `path` (header, offsets, dtypes).
+    pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: read-only private map; the file is not modified while we read it.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| Error::corrupt(&path, format!("not a valid safetensors file: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+                Error::unsupported(&path, format!("tensor '{name}' has safetensors dtype {:?}, which TensorFlow has no type for", info.dtype))
+            })?;
+            let (begin, end) = info.data_offsets;
+            tensors.push((
+                TensorInfo {
+                    name: name.clone(),
+                    dtype,
+                    shape: info.shape.iter().map(|&d| d as u64).collect(),
+                    nbytes: (end - begin) as u64,
+                    shard: None,
+                },
+                data_start + begin..data_start + end,
+            ));
+        }
+        tensors.sort_by_key(|(_, range)| range.start);
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        Ok(SafetensorsFile { path, map, data_start, tensors, metadata })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The `__metadata__` entries.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Every tensor, in file order.
+    pub fn infos(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.tensors.iter().map(|(i, _)| i)
+    }
+
+    /// Offset of the first tensor byte in the file.
+    pub fn data_start(&self) -> usize {
+        self.data_start
+    }
+
+    /// The bytes of tensor `name`, borrowed from the memory map.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        self.tensors
+            .iter()
+            .find(|(i, _)| i.name == name)
+            .map(|(_, r)| &self.map[r.clone()])
+            .ok_or_else(|| Error::NoSuchTensor { path: self.path.clone(), name: name.to_string() })
+    }
+}
+
+/// One tensor to be written: its header record; its bytes come from the writer's callback.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Name in the file.
+    pub name: String,
+    /// Element type (must have a safetensors equivalent).
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+}
+
+impl PlannedTensor {
+    fn nbytes(&self) -> Option<u64> {
+        self.shape.iter().try_fold(self.dtype.size()? as u64, |acc, &d| acc.checked_mul(d))
+    }
+}
+
+/// Writes a safetensors file atomically at `path`: the header from `tensors` and `metadata`,
+/// then each tensor's bytes as `fill(i, sink)` produces them, in any number of chunks.
+pub fn write_safetensors<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, mut fill: F) -> Result<()>
+where
+    F: FnMut(usize, &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+{
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::invalid(path, e.to_string()))?);
+    }
+    let mut offset = 0u64;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let dtype = t
+            .dtype
+            .safetensors_name()
+            .ok_or_else(|| Error::unsupported(path, format!("tensor '{}' is {}, which safetensors cannot hold", t.name, t.dtype)))?;
+        let n = t.nbytes().ok_or_else(|| Error::invalid(path, format!("tensor '{}' is too large", t.name)))?;
+        if header.contains_key(&t.name) {
+            return Err(Error::invalid(path, format!("tensor '{}' planned twice", t.name)));
+        }
+        header.insert(t.name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + n]}));
+        offset += n;
+        sizes.push(n);
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| Error::invalid(path, e.to_string()))?;
+    // The spec pads the header with spaces so tensor data starts 8-byte aligned.
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    write_atomically(path, |w| {
+        let io = |e| Error::io(path, e);
+        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&json).map_err(io)?;
+        for (i, t) in tensors.iter().enumerate() {
+            let mut written = 0u64;
+            fill(i, &mut |chunk: &[u8]| {
+                written += chunk.len() as u64;
+                w.write_all(chunk)
+            })?;
+            if written != sizes[i] {
+                return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {written}", t.name, sizes[i])));
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_files_are_read_by_the_safetensors_crate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let tensors = vec![
+            PlannedTensor { name: "a.kernel".into(), dtype: DType::Float32, shape: vec![2, 3] },
+            PlannedTensor { name: "b".into(), dtype: DType::Bfloat16, shape: vec![] },
+            PlannedTensor { name: "empty".into(), dtype: DType::Int64, shape: vec![0, 4] },
+        ];
+        let data: Vec<Vec<u8>> = vec![(0u8..24).collect(), vec![0x80, 0x3f], vec![]];
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        write_safetensors(&path, &tensors, &meta, |i, sink| {
+            for chunk in data[i].chunks(5) {
+                sink(chunk).map_err(|e| Error::io("x", e))?;
+            }
+            Ok(())
+        })
+        .expect("written");
+        let bytes = std::fs::read(&path).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        assert_eq!(st.tensor("a.kernel").expect("a").data(), &data[0][..]);
+        assert_eq!(st.tensor("b").expect("b").dtype(), safetensors::Dtype::BF16);
+        let f = SafetensorsFile::open(&path).expect("opens");
+        assert_eq!(f.metadata()["k"], "v");
+        assert_eq!(f.bytes("b").expect("b"), &[0x80, 0x3f]);
+        assert_eq!(f.infos().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["a.kernel", "b", "empty"]);
+    }
+
+    #[test]
+    fn failures_leave_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let t = vec![PlannedTensor { name: "a".into(), dtype: DType::Float32, shape: vec![2] }];
+        let r = write_safetensors(&path, &t, &BTreeMap::new(), |_, sink| sink(&[1, 2, 3]).map_err(|e| Error::io("x", e)));
+        assert!(r.is_err());
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0, "no temporary file left behind");
+        let s = vec![PlannedTensor { name: "s".into(), dtype: DType::String, shape: vec![1] }];
+        assert!(write_safetensors(&path, &s, &BTreeMap::new(), |_, _| Ok(())).unwrap_err().to_string().contains("cannot hold"));
+        std::fs::write(&path, b"garbage!garbage!").expect("write");
+        assert!(SafetensorsFile::open(&path).unwrap_err().to_string().contains("not a valid safetensors"));
+    }
+}
