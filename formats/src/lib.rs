@@ -17,6 +17,7 @@ pub mod object_graph;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
 pub mod safetensors_file;
+pub mod synthetic;
 pub mod table;
 pub mod tensor;
 

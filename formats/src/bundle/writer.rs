@@ -124,7 +124,6 @@ impl BundleWriter {
         let data_path = data_shard_path(&self.prefix, 0, 1);
         let index_path = index_path(&self.prefix);
         let data = self.data.into_inner().map_err(|e| Error::io(&data_path, e.into_error()))?;
-        data.as_file().sync_all().map_err(|e| Error::io(&data_path, e))?;
 
         let mut header = BundleHeaderProto::new();
         header.num_shards = 1;
@@ -140,7 +139,6 @@ impl BundleWriter {
         let dir = parent_dir(&self.prefix);
         let mut index = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
         table.finish_into(&mut index).map_err(|e| Error::io(&index_path, e))?;
-        index.as_file().sync_all().map_err(|e| Error::io(&index_path, e))?;
 
         data.persist(&data_path).map_err(|e| Error::io(&data_path, e.error))?;
         index.persist(&index_path).map_err(|e| Error::io(&index_path, e.error))?;
@@ -166,7 +164,8 @@ pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut BufWriter<&mut Fi
         w.flush().map_err(|e| Error::io(path, e))?;
         value
     };
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    // No fsync: like `cp`, durability is left to the OS; the rename still guarantees that a
+    // reader never sees a partial file.
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(value)
 }
