@@ -108,7 +108,11 @@ fn print_text(ckpt: &Checkpoint, shards: &[(PathBuf, bool)]) {
     }
     let m = ckpt.manifest();
     if let Some(f) = &m.layer_names_file {
-        println!("manifest: {} lists {} trainable variables", f.display(), m.layer_names.len());
+        let check = match ckpt.check_manifest() {
+            Ok(()) => "all stored".to_string(),
+            Err(_) => "SOME MISSING (see the error below)".to_string(),
+        };
+        println!("manifest: {} lists {} trainable variables: {check}", f.display(), m.layer_names.len());
     }
     if let Some(f) = &m.ops_file {
         println!(

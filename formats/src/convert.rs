@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
 use crate::safetensors_file::{write_safetensors, PlannedTensor, SafetensorsFile};
-use crate::tensor::TensorData;
 
 /// Choices for [`checkpoint_to_safetensors`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -159,13 +158,18 @@ pub fn record_in_state_file(prefix: &Path) -> Result<()> {
 }
 
 /// Reads every tensor of a checkpoint once, verifying every checksum; returns the bytes read.
+/// Fixed-size tensors are streamed, so memory stays bounded.
 pub fn verify_all(ckpt: &Checkpoint) -> Result<u64> {
     let mut total = 0u64;
     for v in ckpt.variables() {
-        total += match ckpt.read(&v.key)? {
-            TensorData::Bytes(b) => b.len() as u64,
-            TensorData::Strings(s) => s.iter().map(|x| x.len() as u64).sum(),
-        };
+        if v.info.dtype.size().is_some() {
+            ckpt.stream(&v.key, &mut |chunk| {
+                total += chunk.len() as u64;
+                Ok(())
+            })?;
+        } else {
+            total += ckpt.read(&v.key)?.nbytes();
+        }
     }
     Ok(total)
 }

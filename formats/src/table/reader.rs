@@ -120,3 +120,62 @@ fn read_block<'a>(path: &Path, body: &'a [u8], handle: BlockHandle, what: &str) 
         other => Err(Error::unsupported(path, format!("{what} uses compression type {other}, which bnn-convert cannot read"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::block::BlockBuilder;
+    use super::*;
+    use crate::coding::mask_crc;
+
+    /// Appends `contents` snappy-compressed with its trailer; returns its handle.
+    fn push_snappy_block(out: &mut Vec<u8>, contents: &[u8]) -> BlockHandle {
+        let compressed = snap::raw::Encoder::new().compress_vec(contents).expect("compress");
+        let handle = BlockHandle { offset: out.len() as u64, size: compressed.len() as u64 };
+        out.extend_from_slice(&compressed);
+        out.push(SNAPPY_COMPRESSION);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&compressed), &[SNAPPY_COMPRESSION]);
+        out.extend_from_slice(&mask_crc(crc).to_le_bytes());
+        handle
+    }
+
+    fn snappy_table(kind_of_data_block: Option<u8>) -> Vec<u8> {
+        let mut data = BlockBuilder::new(16);
+        data.add(b"", b"header");
+        data.add(b"den_1/kernel_posterior_loc", &[7u8; 100]);
+        let mut out = Vec::new();
+        let data_handle = push_snappy_block(&mut out, &data.finish());
+        if let Some(kind) = kind_of_data_block {
+            // Rewrite the trailer with another compression type (and a matching checksum).
+            let end = (data_handle.offset + data_handle.size) as usize;
+            out[end] = kind;
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&out[data_handle.offset as usize..end]), &[kind]);
+            out[end + 1..end + 5].copy_from_slice(&mask_crc(crc).to_le_bytes());
+        }
+        let meta = push_snappy_block(&mut out, &BlockBuilder::new(16).finish());
+        let mut index = BlockBuilder::new(1);
+        let mut h = Vec::new();
+        data_handle.encode(&mut h);
+        index.add(b"den_1/kernel_posterior_loc", &h);
+        let index_handle = push_snappy_block(&mut out, &index.finish());
+        let mut footer = Vec::new();
+        meta.encode(&mut footer);
+        index_handle.encode(&mut footer);
+        footer.resize(40, 0);
+        footer.extend_from_slice(&TABLE_MAGIC.to_le_bytes());
+        out.extend_from_slice(&footer);
+        out
+    }
+
+    #[test]
+    fn snappy_blocks_are_decompressed() {
+        let t = Table::parse(Path::new("s.index"), &snappy_table(None)).expect("snappy table parses");
+        assert_eq!(t.entries().len(), 2);
+        assert_eq!(t.entries()[1].1, vec![7u8; 100]);
+    }
+
+    #[test]
+    fn unknown_compression_is_a_clear_error() {
+        let err = Table::parse(Path::new("z.index"), &snappy_table(Some(4))).unwrap_err().to_string();
+        assert!(err.starts_with("z.index: unsupported: data block 0 uses compression type 4"), "{err}");
+    }
+}
