@@ -138,7 +138,7 @@ fn strings_need_skip_unsupported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("d.safetensors");
     let run = bnn_convert(&[&"ckpt-to-safetensors", &fixtures().join("tf1_all_dtypes"), &"-o", &out]);
-    assert_one_line_error(&run, &["string", "--skip-unsupported"]);
+    assert_one_line_error(&run, &["all_dtypes", "which safetensors cannot hold", "--skip-unsupported"]);
     assert!(listing(dir.path()).is_empty(), "no partial output");
     let run = bnn_convert(&[&"ckpt-to-safetensors", &fixtures().join("tf1_all_dtypes"), &"-o", &out, &"--skip-unsupported"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
@@ -154,4 +154,28 @@ fn strings_need_skip_unsupported() {
         assert_eq!(sha(st.tensor(name).expect("t").data()), want[key]["sha256"].as_str().expect("sha"), "{key}");
     }
     assert!(st.names().iter().any(|n| tf_keys[*n].contains("bfloat16") || st.tensor(n).map(|t| t.dtype() == safetensors::Dtype::BF16).unwrap_or(false)));
+}
+
+#[test]
+fn tensorflow_reads_every_dtype_our_bundle_writer_writes() {
+    let Some(py) = tf_python() else { return };
+    // Copy every tensor of the all-dtypes fixture (strings and complex128 included) through
+    // our reader and writer, then let TensorFlow read the result.
+    let src = formats::checkpoint::Checkpoint::open(fixtures().join("tf1_all_dtypes")).expect("opens");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("copy");
+    let mut w = formats::bundle::BundleWriter::create(&prefix).expect("create");
+    for v in src.variables() {
+        match src.read(&v.key).expect("read") {
+            formats::TensorData::Bytes(b) => w.add_bytes(&v.key, v.info.dtype, &v.info.shape, &b),
+            formats::TensorData::Strings(s) => w.add_strings(&v.key, &v.info.shape, &s),
+        }
+        .expect("add");
+    }
+    w.finish().expect("finish");
+    let out = std::process::Command::new(&py).arg(fixtures().join("tf_read.py")).arg(&prefix).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tf: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let want = expected_tensors("tf1_all_dtypes");
+    assert_eq!(tf["tensors"].as_object().expect("tensors"), &want, "TensorFlow reads back exactly the fixture");
 }
