@@ -44,7 +44,8 @@ impl TensorData<'_> {
 /// What a container says about a tensor without reading its values.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TensorInfo {
-    /// The tensor's name in the container.
+    /// The tensor's name in the container (left out of JSON: owners print it as their key).
+    #[serde(skip)]
     pub name: String,
     /// Element type.
     pub dtype: DType,

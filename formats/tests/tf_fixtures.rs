@@ -164,3 +164,40 @@ fn real_bprune_sample_index_parses_and_reports_missing_shard() {
     let reader = BundleReader::open(dir.join("model.ckpt-14000")).expect("opens");
     assert_eq!(reader.missing_shards().len(), 1);
 }
+
+#[test]
+fn every_way_of_naming_a_checkpoint_resolves() {
+    use formats::checkpoint_state::resolve_checkpoint;
+    let dir = fixtures().join("tf1_bnn_fc");
+    let latest = dir.join("model.ckpt-3000");
+    for input in [
+        dir.clone(),
+        dir.join("checkpoint"),
+        latest.clone(),
+        dir.join("model.ckpt-3000.index"),
+        dir.join("model.ckpt-3000.data-00000-of-00001"),
+    ] {
+        assert_eq!(resolve_checkpoint(&input).expect("resolves"), latest, "{}", input.display());
+    }
+    assert_eq!(resolve_checkpoint(&dir.join("model.ckpt-0")).expect("older step"), dir.join("model.ckpt-0"));
+    assert!(resolve_checkpoint(&dir.join("model.ckpt-5")).is_err());
+}
+
+#[test]
+fn moved_archives_with_absolute_state_paths_still_resolve() {
+    // BPrune's MonitoredTrainingSession writes absolute paths; after the folder is moved they
+    // point nowhere, and the same file name inside the folder is used instead.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for f in ["model.ckpt-3000.index", "model.ckpt-3000.data-00000-of-00001", "model.ckpt-0.index", "model.ckpt-0.data-00000-of-00001"] {
+        std::fs::copy(fixtures().join("tf1_bnn_fc").join(f), tmp.path().join(f)).expect("copy");
+    }
+    std::fs::write(
+        tmp.path().join("checkpoint"),
+        "model_checkpoint_path: \"/old/run/model.ckpt-3000\"\nall_model_checkpoint_paths: \"/old/run/model.ckpt-0\"\nall_model_checkpoint_paths: \"/old/run/model.ckpt-3000\"\n",
+    )
+    .expect("write");
+    let ckpt = Checkpoint::open(tmp.path()).expect("resolves inside the moved folder");
+    assert_eq!(ckpt.path(), tmp.path().join("model.ckpt-3000"));
+    let all = formats::checkpoint_state::checkpoints_in(tmp.path()).expect("all steps");
+    assert_eq!(all, vec![tmp.path().join("model.ckpt-0"), tmp.path().join("model.ckpt-3000")]);
+}

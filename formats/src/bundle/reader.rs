@@ -386,6 +386,37 @@ mod tests {
         assert_eq!(out, vec![0, 0, 9, 8, 0, 0, 7, 6]);
     }
 
+    fn index_with_header(header: BundleHeaderProto) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = crate::table::TableBuilder::default();
+        t.add(b"", &header.write_to_bytes().expect("encode"));
+        std::fs::write(dir.path().join("m.index"), t.finish()).expect("write");
+        dir
+    }
+
+    #[test]
+    fn big_endian_and_future_bundles_are_rejected() {
+        let mut h = BundleHeaderProto::new();
+        h.num_shards = 1;
+        h.endianness = Endianness::BIG.into();
+        let dir = index_with_header(h.clone());
+        let err = BundleReader::open(dir.path().join("m")).unwrap_err().to_string();
+        assert!(err.contains("m.index: unsupported: big-endian"), "{err}");
+
+        h.endianness = Endianness::LITTLE.into();
+        let mut v = crate::proto::types::VersionDef::new();
+        v.min_consumer = 7;
+        h.version = protobuf::MessageField::some(v);
+        let dir = index_with_header(h.clone());
+        let err = BundleReader::open(dir.path().join("m")).unwrap_err().to_string();
+        assert!(err.contains("version 7"), "{err}");
+
+        h.version = protobuf::MessageField::none();
+        h.num_shards = -3;
+        let dir = index_with_header(h);
+        assert!(BundleReader::open(dir.path().join("m")).unwrap_err().to_string().contains("-3 data shards"));
+    }
+
     #[test]
     fn extents_outside_shape_are_rejected() {
         let full = Extent { start: 0, length: None };
