@@ -84,7 +84,12 @@ mod tests {
         assert_eq!(crc, 0xe306_9283);
         assert_eq!(unmask_crc(mask_crc(crc)), crc);
         assert_ne!(mask_crc(crc), crc);
-        // LevelDB's Mask: ((crc >> 15) | (crc << 17)) + 0xa282ead8.
-        assert_eq!(mask_crc(crc), ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8));
+        // LevelDB's Mask, written as LevelDB writes it: ((crc >> 15) | (crc << 17)) + 0xa282ead8.
+        let leveldb = |c: u32| -> u32 {
+            #[allow(clippy::manual_rotate)]
+            let rotated = (c >> 15) | (c << 17);
+            rotated.wrapping_add(0xa282_ead8)
+        };
+        assert_eq!(mask_crc(crc), leveldb(crc));
     }
 }

@@ -120,10 +120,7 @@ fn extents_from_proto(slice: &TensorSliceProto) -> Vec<Extent> {
         .iter()
         .map(|e| Extent {
             start: e.start,
-            length: match e.has_length {
-                Some(tensor_slice_proto::extent::Has_length::Length(n)) => Some(n),
-                None => None,
-            },
+            length: e.has_length.as_ref().map(|tensor_slice_proto::extent::Has_length::Length(n)| *n),
         })
         .collect()
 }

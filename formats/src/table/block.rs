@@ -5,9 +5,11 @@
 
 use crate::coding::{put_varint64, read_fixed32, read_varint32};
 
-/// Decodes every entry of a block, returning owned keys and borrowed values, or a description
-/// of what is malformed.
-pub(crate) fn decode_block(block: &[u8]) -> Result<Vec<(Vec<u8>, &[u8])>, String> {
+/// A decoded entry: the key (rebuilt from its shared prefix) and the value, borrowed.
+pub(crate) type BlockEntry<'a> = (Vec<u8>, &'a [u8]);
+
+/// Decodes every entry of a block, or describes what is malformed.
+pub(crate) fn decode_block(block: &[u8]) -> Result<Vec<BlockEntry<'_>>, String> {
     let len = block.len();
     if len < 4 {
         return Err(format!("block of {len} bytes is too short for its restart count"));
@@ -26,7 +28,7 @@ pub(crate) fn decode_block(block: &[u8]) -> Result<Vec<(Vec<u8>, &[u8])>, String
         return Err("restart point past the end of the block's entries".into());
     }
 
-    let mut entries: Vec<(Vec<u8>, &[u8])> = Vec::new();
+    let mut entries: Vec<BlockEntry<'_>> = Vec::new();
     let mut last_key: Vec<u8> = Vec::new();
     let mut pos = 0usize;
     while pos < entries_end {
