@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
-use formats::convert::{checkpoint_to_safetensors, safetensors_to_checkpoint, ToSafetensorsOptions};
+use formats::convert::{checkpoint_to_safetensors, safetensors_to_checkpoint, Edits, ToSafetensorsOptions};
 
 /// Arguments of `ckpt-to-safetensors`.
 #[derive(clap::Args)]
@@ -29,7 +29,7 @@ pub struct ToSafetensorsArgs {
 pub fn to_safetensors(a: ToSafetensorsArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: a.skip_unsupported };
-    let report = checkpoint_to_safetensors(&ckpt, &a.output, opts)?;
+    let report = checkpoint_to_safetensors(&ckpt, &a.output, opts, &Edits::default())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
     } else {

@@ -55,6 +55,8 @@ pub struct Checkpoint {
     manifest: Manifest,
     global_step: Option<i64>,
     object_graph: Option<ObjectGraph>,
+    /// Safetensors name -> original TF checkpoint key, from the metadata.
+    tf_keys: std::collections::HashMap<String, String>,
 }
 
 /// Whether `path` names a safetensors file (by extension, or by content for other names).
@@ -94,7 +96,15 @@ impl Checkpoint {
             .collect();
         let dir = prefix.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let manifest = Manifest::find(dir)?;
-        let mut ckpt = Checkpoint { path: prefix, store: Store::Bundle(reader), variables, manifest, global_step: None, object_graph };
+        let mut ckpt = Checkpoint {
+            path: prefix,
+            store: Store::Bundle(reader),
+            variables,
+            manifest,
+            global_step: None,
+            object_graph,
+            tf_keys: Default::default(),
+        };
         ckpt.global_step = ckpt.read_global_step().or_else(|| step_of(&ckpt.path).and_then(|s| i64::try_from(s).ok()));
         Ok(ckpt)
     }
@@ -116,6 +126,7 @@ impl Checkpoint {
             manifest: Manifest::default(),
             global_step,
             object_graph: None,
+            tf_keys: keys,
         })
     }
 
@@ -127,6 +138,15 @@ impl Checkpoint {
             8 => Some(i64::from_le_bytes(bytes.try_into().ok()?)),
             4 => Some(i64::from(i32::from_le_bytes(bytes.try_into().ok()?))),
             _ => None,
+        }
+    }
+
+    /// The key a variable has (or had) in a TensorFlow checkpoint: its stored key for a bundle;
+    /// for safetensors, the original key kept in the metadata, else its variable name.
+    pub fn tf_key<'a>(&'a self, v: &'a Variable) -> &'a str {
+        match self.store {
+            Store::Bundle(_) => &v.key,
+            Store::Safetensors(_) => self.tf_keys.get(&v.key).map(String::as_str).unwrap_or(&v.name),
         }
     }
 

@@ -11,7 +11,8 @@ use crate::checkpoint_state::{CheckpointState, STATE_FILE};
 use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
-use crate::safetensors_file::{write_safetensors, PlannedTensor, SafetensorsFile};
+use crate::safetensors_file::{write_safetensors, PlannedTensor};
+use crate::tensor::TensorData;
 
 /// Choices for [`checkpoint_to_safetensors`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,6 +21,26 @@ pub struct ToSafetensorsOptions {
     pub include_optimizer: bool,
     /// Leave out tensors safetensors cannot hold (strings, complex128) instead of failing.
     pub skip_unsupported: bool,
+}
+
+/// Changes made while a checkpoint is copied: tensors given new values (same dtype and shape),
+/// by stored key, and metadata entries to add.
+#[derive(Debug, Clone, Default)]
+pub struct Edits {
+    /// New little-endian bytes of tensors, by stored key.
+    pub values: BTreeMap<String, Vec<u8>>,
+    /// Extra `__metadata__` entries (safetensors output only).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Edits {
+    /// Passes the bytes of `key` to `sink`: the edited value if there is one, else the stored one.
+    fn stream(&self, ckpt: &Checkpoint, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        match self.values.get(key) {
+            Some(bytes) => sink(bytes).map_err(|e| Error::io(ckpt.path(), e)),
+            None => ckpt.stream(key, sink),
+        }
+    }
 }
 
 /// What a conversion did.
@@ -47,15 +68,27 @@ fn wanted(v: &Variable, include_optimizer: bool) -> Option<&'static str> {
     }
 }
 
-/// Converts a checkpoint to a safetensors file at `out`, written atomically; values are copied
-/// bit for bit, one bounded chunk at a time.
-pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetensorsOptions) -> Result<ConversionReport> {
+/// The tensors a safetensors conversion writes, their names, and the metadata describing them.
+#[derive(Debug)]
+pub struct SafetensorsPlan<'a> {
+    /// Variables written, in order.
+    pub variables: Vec<&'a Variable>,
+    /// Their safetensors names.
+    pub names: Vec<String>,
+    /// `__metadata__` (see docs/naming.md).
+    pub metadata: BTreeMap<String, String>,
+    /// (key, reason) of variables left out.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Decides what [`checkpoint_to_safetensors`] writes, without writing it.
+pub fn plan_safetensors(ckpt: &Checkpoint, opts: ToSafetensorsOptions) -> Result<SafetensorsPlan<'_>> {
     ckpt.check_manifest()?;
-    let mut report = ConversionReport { output: out.to_path_buf(), ..Default::default() };
+    let mut skipped = Vec::new();
     let mut chosen: Vec<&Variable> = Vec::new();
     for v in ckpt.variables() {
         if let Some(reason) = wanted(v, opts.include_optimizer) {
-            report.skipped.push((v.key.clone(), reason.into()));
+            skipped.push((v.key.clone(), reason.into()));
         } else if v.info.dtype.to_safetensors().is_none() {
             if !opts.skip_unsupported {
                 return Err(Error::unsupported(
@@ -63,7 +96,7 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
                     format!("tensor '{}' is {}, which safetensors cannot hold (use --skip-unsupported to leave it out)", v.key, v.info.dtype),
                 ));
             }
-            report.skipped.push((v.key.clone(), format!("{} has no safetensors dtype", v.info.dtype)));
+            skipped.push((v.key.clone(), format!("{} has no safetensors dtype", v.info.dtype)));
         } else {
             chosen.push(v);
         }
@@ -73,23 +106,35 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
             return Err(Error::MissingShard { shard: missing.clone(), index: b.index_path().to_path_buf(), num_shards: b.header().num_shards });
         }
     }
-    let names = naming::assign_names(chosen.iter().map(|v| (v.key.as_str(), v.name.as_str())));
-    let planned: Vec<PlannedTensor> = chosen
+    let names = naming::assign_names(chosen.iter().map(|v| (ckpt.tf_key(v), v.name.as_str())));
+    let metadata = conversion_metadata(ckpt, &chosen, &names)?;
+    Ok(SafetensorsPlan { variables: chosen, names, metadata, skipped })
+}
+
+/// Converts a checkpoint to a safetensors file at `out`, written atomically; values are copied
+/// bit for bit, one bounded chunk at a time, except those `edits` replaces.
+pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetensorsOptions, edits: &Edits) -> Result<ConversionReport> {
+    let mut plan = plan_safetensors(ckpt, opts)?;
+    plan.metadata.extend(edits.metadata.clone());
+    let planned: Vec<PlannedTensor> = plan
+        .variables
         .iter()
-        .zip(&names)
+        .zip(&plan.names)
         .map(|(v, n)| PlannedTensor { name: n.clone(), dtype: v.info.dtype, shape: v.info.shape.clone() })
         .collect();
-    let metadata = conversion_metadata(ckpt, &chosen, &names)?;
-    write_safetensors(out, &planned, &metadata, |i, sink| ckpt.stream(&chosen[i].key, sink))?;
-    report.bytes = chosen.iter().map(|v| v.info.nbytes).sum();
-    report.written = chosen.iter().zip(names).map(|(v, n)| (v.key.clone(), n)).collect();
-    Ok(report)
+    write_safetensors(out, &planned, &plan.metadata, |i, sink| edits.stream(ckpt, &plan.variables[i].key, sink))?;
+    Ok(ConversionReport {
+        output: out.to_path_buf(),
+        bytes: plan.variables.iter().map(|v| v.info.nbytes).sum(),
+        written: plan.variables.iter().zip(plan.names).map(|(v, n)| (v.key.clone(), n)).collect(),
+        skipped: plan.skipped,
+    })
 }
 
 fn conversion_metadata(ckpt: &Checkpoint, chosen: &[&Variable], names: &[String]) -> Result<BTreeMap<String, String>> {
     let json = |v: serde_json::Value| v.to_string();
     let key_to_name: BTreeMap<&str, &str> = chosen.iter().zip(names).map(|(v, n)| (v.key.as_str(), n.as_str())).collect();
-    let tf_keys: BTreeMap<&str, &str> = chosen.iter().zip(names).map(|(v, n)| (n.as_str(), v.key.as_str())).collect();
+    let tf_keys: BTreeMap<&str, &str> = chosen.iter().zip(names).map(|(v, n)| (n.as_str(), ckpt.tf_key(v))).collect();
     let layers: Vec<serde_json::Value> = ckpt
         .layers()
         .iter()
@@ -119,20 +164,61 @@ fn conversion_metadata(ckpt: &Checkpoint, chosen: &[&Variable], names: &[String]
 /// Converts a safetensors file to a TensorFlow checkpoint at `prefix`, restoring the original
 /// checkpoint keys from the metadata, and records it in the folder's `checkpoint` state file.
 pub fn safetensors_to_checkpoint(input: &Path, prefix: &Path) -> Result<ConversionReport> {
-    let file = SafetensorsFile::open(input)?;
-    let keys = naming::tf_keys_from_metadata(file.metadata());
+    checkpoint_to_bundle(&Checkpoint::open(input)?, prefix, &Edits::default())
+}
+
+/// Writes every tensor of `ckpt` (optimizer state included) under its TensorFlow key to a
+/// checkpoint at `prefix`, with `edits` applied; records it in the folder's `checkpoint` file
+/// and, for a TensorFlow source, copies its `.meta` graph and BPrune manifests alongside so
+/// that `import_meta_graph` + `restore` and BPrune's scripts work on the result.
+pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> Result<ConversionReport> {
     let mut writer = BundleWriter::create(prefix)?;
     let mut report = ConversionReport { output: prefix.to_path_buf(), ..Default::default() };
-    for info in file.infos() {
-        let key = keys.get(&info.name).cloned().unwrap_or_else(|| naming::variable_name_for(&info.name, None));
-        let bytes = file.bytes(&info.name)?;
-        writer.add_bytes(&key, info.dtype, &info.shape, bytes)?;
-        report.bytes += bytes.len() as u64;
-        report.written.push((info.name.clone(), key));
+    for v in ckpt.variables() {
+        let key = ckpt.tf_key(v).to_string();
+        if v.info.dtype.size().is_some() {
+            writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| edits.stream(ckpt, &v.key, sink))?;
+        } else {
+            match ckpt.read(&v.key)? {
+                TensorData::Strings(s) => writer.add_strings(&key, &v.info.shape, &s)?,
+                TensorData::Bytes(_) => return Err(Error::corrupt(ckpt.path(), format!("'{}' holds bytes, not strings", v.key))),
+            }
+        }
+        report.bytes += v.info.nbytes;
+        report.written.push((v.key.clone(), key));
     }
     writer.finish()?;
     record_in_state_file(prefix)?;
+    if ckpt.bundle().is_some() {
+        copy_companions(ckpt, prefix)?;
+    }
     Ok(report)
+}
+
+/// Copies the source's `.meta` file and manifests next to `prefix`, never over existing files.
+fn copy_companions(ckpt: &Checkpoint, prefix: &Path) -> Result<()> {
+    let mut pairs: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let meta = PathBuf::from(format!("{}.meta", ckpt.path().display()));
+    if meta.is_file() {
+        pairs.push((meta, PathBuf::from(format!("{}.meta", prefix.display()))));
+    }
+    let dir = prefix.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let m = ckpt.manifest();
+    for src in m.layer_names_file.iter().chain(m.ops_file.iter()) {
+        if let Some(name) = src.file_name() {
+            pairs.push((src.clone(), dir.join(name)));
+        }
+    }
+    for (src, dst) in pairs {
+        if !dst.exists() {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            write_atomically(&dst, |w| {
+                use std::io::Write;
+                w.write_all(&bytes).map_err(|e| Error::io(&dst, e))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes `prefix` the latest checkpoint of its folder's `checkpoint` state file, keeping the

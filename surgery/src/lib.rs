@@ -1,0 +1,13 @@
+//! Work on BNN checkpoints: signal-to-noise statistics, pruning, sparse storage, batch
+//! processing of checkpoint archives, and native Monte Carlo inference.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod error;
+pub mod prune;
+pub mod snr;
+pub mod softplus;
+pub mod sparse;
+pub mod values;
+
+pub use error::{Error, Result};

@@ -1,0 +1,262 @@
+//! Pruning by signal-to-noise ratio: choose which weights go (a threshold, or a sparsity with
+//! the threshold derived from it), and what a pruned weight becomes (`zero` or `bprune` mode).
+
+use formats::checkpoint::Checkpoint;
+use formats::convert::Edits;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::snr::{read_posterior, snr_values, Target};
+use crate::softplus::ZERO_SCALE_RHO;
+use crate::values::element_bytes;
+
+/// Metadata entry holding the pruning report of a safetensors output.
+pub const META_PRUNE: &str = "bnn_prune";
+
+/// BPrune's reading of a zero threshold: SNR <= 1e-44 (the smallest float32 subnormals).
+const BPRUNE_ZERO_THRESHOLD: f64 = 1e-44;
+
+/// Which weights to prune.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// Every weight with SNR <= T.
+    Threshold(f64),
+    /// The lowest-SNR fraction of the weights, over all targets together or in each one.
+    Sparsity {
+        /// Fraction to prune, in [0, 1].
+        fraction: f64,
+        /// The same fraction in every layer instead of overall.
+        per_layer: bool,
+    },
+}
+
+/// What a pruned weight becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// mu = 0 and a scale that is exactly 0 after softplus: every sample of the weight is 0.
+    Zero,
+    /// BPrune's rule: mu = 0 and rho = 0 (so sigma = ln 2 remains), for comparison with studies
+    /// made with BPrune.
+    Bprune,
+}
+
+/// Everything that decides a pruning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneOptions {
+    /// Which weights.
+    pub criterion: Criterion,
+    /// What they become.
+    pub mode: Mode,
+}
+
+/// The outcome for one posterior.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetReport {
+    /// Layer name.
+    pub layer: String,
+    /// `kernel` or `bias`.
+    pub part: &'static str,
+    /// Weights in the tensor.
+    pub total: usize,
+    /// Weights kept.
+    pub kept: usize,
+    /// Weights pruned.
+    pub pruned: usize,
+    /// BPrune's reported non-zero count: `count_nonzero(mu) * 2` after pruning (mu and rho).
+    pub bprune_nonzero: usize,
+}
+
+/// The outcome of a pruning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneReport {
+    /// The options used.
+    pub options: PruneOptions,
+    /// The SNR threshold in effect (for a sparsity: the largest pruned SNR; per layer, the
+    /// largest over layers).
+    pub threshold: f64,
+    /// Per posterior.
+    pub layers: Vec<TargetReport>,
+    /// Weights in all targets.
+    pub total: usize,
+    /// Weights kept.
+    pub kept: usize,
+    /// Fraction pruned.
+    pub sparsity: f64,
+}
+
+/// A pruning computed in memory: the new mu and rho bytes, the kept-weight masks and the report.
+#[derive(Debug, Clone)]
+pub struct Pruning {
+    /// Targets in order.
+    pub targets: Vec<Target>,
+    /// For each target, which weights are kept.
+    pub keep: Vec<Vec<bool>>,
+    /// New tensor bytes by stored key, and the report as metadata.
+    pub edits: Edits,
+    /// What was done.
+    pub report: PruneReport,
+}
+
+/// Which weights to keep for each target (SNR arrays in target order).
+fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<bool>>, f64) {
+    match criterion {
+        Criterion::Threshold(t) => {
+            let t = if mode == Mode::Bprune && t == 0.0 { BPRUNE_ZERO_THRESHOLD } else { t };
+            // `!(s <= t)` keeps NaN SNRs (undefined) rather than pruning them silently.
+            (snrs.iter().map(|s| s.iter().map(|v| !(*v <= t)).collect()).collect(), t)
+        }
+        Criterion::Sparsity { fraction, per_layer: true } => {
+            let mut threshold = f64::NEG_INFINITY;
+            let masks = snrs
+                .iter()
+                .map(|s| {
+                    let (mask, t) = lowest_fraction(&[s.as_slice()], fraction);
+                    threshold = threshold.max(t);
+                    mask.into_iter().next().unwrap_or_default()
+                })
+                .collect();
+            (masks, threshold)
+        }
+        Criterion::Sparsity { fraction, per_layer: false } => {
+            let all: Vec<&[f64]> = snrs.iter().map(Vec::as_slice).collect();
+            lowest_fraction(&all, fraction)
+        }
+    }
+}
+
+/// Prunes exactly round(fraction * n) weights, those of lowest SNR (ties broken by position),
+/// so the sparsity is hit to within one weight even when many SNRs are equal. Returns the
+/// masks and the largest pruned SNR.
+fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
+    let mut order: Vec<(usize, usize)> = groups.iter().enumerate().flat_map(|(g, s)| (0..s.len()).map(move |i| (g, i))).collect();
+    let n = order.len();
+    let k = ((fraction * n as f64).round() as usize).min(n);
+    order.sort_by(|a, b| groups[a.0][a.1].total_cmp(&groups[b.0][b.1]).then(a.cmp(b)));
+    let mut masks: Vec<Vec<bool>> = groups.iter().map(|s| vec![true; s.len()]).collect();
+    let mut threshold = f64::NEG_INFINITY;
+    for &(g, i) in &order[..k] {
+        masks[g][i] = false;
+        threshold = threshold.max(groups[g][i]);
+    }
+    (masks, threshold)
+}
+
+/// Computes the pruning of `targets` in `ckpt`.
+pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
+    if let Criterion::Sparsity { fraction, .. } = options.criterion {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
+        }
+    }
+    let mut posteriors = Vec::with_capacity(targets.len());
+    for t in targets {
+        posteriors.push(read_posterior(ckpt, t)?);
+    }
+    let snrs: Vec<Vec<f64>> = targets.iter().zip(&posteriors).map(|(t, (mu, rho))| snr_values(t.dtype, mu, rho)).collect();
+    let (keep, threshold) = keep_masks(&snrs, options.criterion, options.mode);
+
+    let mut edits = Edits::default();
+    let mut layers = Vec::new();
+    for (t, mask) in targets.iter().zip(&keep) {
+        let rho_value = match options.mode {
+            Mode::Zero => ZERO_SCALE_RHO,
+            Mode::Bprune => 0.0,
+        };
+        let zero = element_bytes(t.dtype, 0.0).unwrap_or_default();
+        let rho_fill = element_bytes(t.dtype, rho_value).unwrap_or_default();
+        let width = zero.len();
+        let mut mu = ckpt.read(&t.loc_key)?.bytes().map(<[u8]>::to_vec).unwrap_or_default();
+        let mut rho = ckpt.read(&t.rho_key)?.bytes().map(<[u8]>::to_vec).unwrap_or_default();
+        let mut nonzero_mu = 0usize;
+        for (i, &kept) in mask.iter().enumerate() {
+            let at = i * width..(i + 1) * width;
+            if kept {
+                // BPrune counts non-zero mu after pruning; -0.0 counts as zero, like numpy.
+                nonzero_mu += usize::from(posteriors_nonzero(&mu[at.clone()]));
+            } else {
+                mu[at.clone()].copy_from_slice(&zero);
+                rho[at].copy_from_slice(&rho_fill);
+            }
+        }
+        let kept = mask.iter().filter(|k| **k).count();
+        layers.push(TargetReport {
+            layer: t.layer.clone(),
+            part: t.part.name(),
+            total: mask.len(),
+            kept,
+            pruned: mask.len() - kept,
+            bprune_nonzero: 2 * nonzero_mu,
+        });
+        edits.values.insert(t.loc_key.clone(), mu);
+        edits.values.insert(t.rho_key.clone(), rho);
+    }
+    let total: usize = layers.iter().map(|l| l.total).sum();
+    let kept: usize = layers.iter().map(|l| l.kept).sum();
+    let report = PruneReport {
+        options: options.clone(),
+        threshold,
+        layers,
+        total,
+        kept,
+        sparsity: if total == 0 { 0.0 } else { (total - kept) as f64 / total as f64 },
+    };
+    edits
+        .metadata
+        .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
+    Ok(Pruning { targets: targets.to_vec(), keep, edits, report })
+}
+
+/// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
+fn posteriors_nonzero(element: &[u8]) -> bool {
+    let mut bytes = element.to_vec();
+    if let Some(last) = bytes.last_mut() {
+        *last &= 0x7f; // clear the sign bit
+    }
+    bytes.iter().any(|b| *b != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparsity_is_exact_despite_ties() {
+        let snr = vec![vec![0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]];
+        let (m, t) = keep_masks(&snr, Criterion::Sparsity { fraction: 0.25, per_layer: false }, Mode::Zero);
+        assert_eq!(m[0].iter().filter(|k| !**k).count(), 2, "2 of 8 pruned although 4 tie at 0");
+        assert_eq!(t, 0.0);
+        let (m, t) = keep_masks(&snr, Criterion::Sparsity { fraction: 0.75, per_layer: false }, Mode::Zero);
+        assert_eq!(m[0], vec![false, false, false, false, false, false, true, true]);
+        assert_eq!(t, 2.0);
+    }
+
+    #[test]
+    fn per_layer_and_global_differ() {
+        let snr = vec![vec![1.0, 2.0], vec![10.0, 20.0]];
+        let (g, _) = keep_masks(&snr, Criterion::Sparsity { fraction: 0.5, per_layer: false }, Mode::Zero);
+        assert_eq!(g, vec![vec![false, false], vec![true, true]]);
+        let (p, _) = keep_masks(&snr, Criterion::Sparsity { fraction: 0.5, per_layer: true }, Mode::Zero);
+        assert_eq!(p, vec![vec![false, true], vec![false, true]]);
+    }
+
+    #[test]
+    fn thresholds_and_bprune_zero() {
+        let snr = vec![vec![0.0, 1e-45, 0.5, 1.0, 1.5, f64::NAN]];
+        let (m, _) = keep_masks(&snr, Criterion::Threshold(1.0), Mode::Zero);
+        assert_eq!(m[0], vec![false, false, false, false, true, true]);
+        let (m, t) = keep_masks(&snr, Criterion::Threshold(0.0), Mode::Bprune);
+        assert_eq!(t, 1e-44);
+        assert_eq!(m[0], vec![false, false, true, true, true, true]);
+        let (m, _) = keep_masks(&snr, Criterion::Threshold(0.0), Mode::Zero);
+        assert_eq!(m[0], vec![false, true, true, true, true, true]);
+    }
+
+    #[test]
+    fn signed_zero_is_zero() {
+        assert!(!posteriors_nonzero(&(-0.0f32).to_le_bytes()));
+        assert!(!posteriors_nonzero(&0.0f32.to_le_bytes()));
+        assert!(posteriors_nonzero(&1e-45f32.to_le_bytes()));
+    }
+}

@@ -1,0 +1,276 @@
+//! Signal-to-noise ratios of Gaussian weight posteriors, SNR = |mu| / softplus(rho), and their
+//! statistics per layer and overall.
+
+use std::path::Path;
+
+use formats::checkpoint::Checkpoint;
+use formats::layout::Param;
+use formats::DType;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::softplus::{softplus, softplus_f32};
+use crate::values::to_f64;
+
+/// Which posterior of a layer: its kernel or its bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// `kernel_posterior_loc` with `kernel_posterior_untransformed_scale`.
+    Kernel,
+    /// `bias_posterior_loc` with `bias_posterior_untransformed_scale`.
+    Bias,
+}
+
+impl Part {
+    fn params(self) -> (Param, Param) {
+        match self {
+            Part::Kernel => (Param::KernelLoc, Param::KernelRho),
+            Part::Bias => (Param::BiasLoc, Param::BiasRho),
+        }
+    }
+
+    /// `kernel` or `bias`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Kernel => "kernel",
+            Part::Bias => "bias",
+        }
+    }
+}
+
+/// A Gaussian posterior to analyse or prune: the stored keys of its mu and rho.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    /// Layer name.
+    pub layer: String,
+    /// Kernel or bias.
+    pub part: Part,
+    /// Stored key of mu.
+    pub loc_key: String,
+    /// Stored key of rho.
+    pub rho_key: String,
+    /// Element type of both.
+    pub dtype: DType,
+    /// Shape of both.
+    pub shape: Vec<u64>,
+}
+
+/// The posteriors of `ckpt` to work on: the kernels of every layer with a posterior scale, or
+/// of the named `layers`; `parts` adds biases (which need their own scale).
+pub fn select_targets(ckpt: &Checkpoint, layers: Option<&[String]>, parts: &[Part]) -> Result<Vec<Target>> {
+    let all = ckpt.layers();
+    if let Some(wanted) = layers {
+        if let Some(unknown) = wanted.iter().find(|w| !all.iter().any(|l| &l.name == *w)) {
+            let known: Vec<&str> = all.iter().map(|l| l.name.as_str()).collect();
+            return Err(Error::invalid(ckpt.path(), format!("no layer '{unknown}' (layers: {})", known.join(", "))));
+        }
+    }
+    let mut targets = Vec::new();
+    for layer in all.iter().filter(|l| layers.is_none_or(|w| w.contains(&l.name))) {
+        for &part in parts {
+            let (loc, rho) = part.params();
+            let (Some(loc_key), Some(rho_key)) = (layer.get(loc), layer.get(rho)) else {
+                if layers.is_some() {
+                    return Err(Error::invalid(
+                        ckpt.path(),
+                        format!("layer '{}' has no {} posterior scale to prune by", layer.name, part.name()),
+                    ));
+                }
+                continue;
+            };
+            let (l, r) = (ckpt.variable(loc_key)?, ckpt.variable(rho_key)?);
+            if l.info.shape != r.info.shape || l.info.dtype != r.info.dtype || !l.info.dtype.is_float() {
+                return Err(Error::invalid(
+                    ckpt.path(),
+                    format!("'{loc_key}' and '{rho_key}' are not float tensors of one type and shape"),
+                ));
+            }
+            targets.push(Target {
+                layer: layer.name.clone(),
+                part,
+                loc_key: loc_key.to_string(),
+                rho_key: rho_key.to_string(),
+                dtype: l.info.dtype,
+                shape: l.info.shape.clone(),
+            });
+        }
+    }
+    if targets.is_empty() {
+        return Err(Error::invalid(ckpt.path(), "no Bayesian layer (kernel_posterior_loc with kernel_posterior_untransformed_scale) found"));
+    }
+    Ok(targets)
+}
+
+/// mu and rho of a target, as f64.
+pub fn read_posterior(ckpt: &Checkpoint, t: &Target) -> Result<(Vec<f64>, Vec<f64>)> {
+    let read = |key: &str| -> Result<Vec<f64>> {
+        let data = ckpt.read(key)?;
+        let bytes = data.bytes().ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' is not numeric")))?;
+        to_f64(t.dtype, bytes).ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' is {}, not a float type", t.dtype)))
+    };
+    Ok((read(&t.loc_key)?, read(&t.rho_key)?))
+}
+
+/// SNR of every weight, computed in the stored precision as TensorFlow would (f64 for f64
+/// tensors, f32 otherwise) and widened exactly to f64.
+pub fn snr_values(dtype: DType, mu: &[f64], rho: &[f64]) -> Vec<f64> {
+    match dtype {
+        DType::Float64 => mu.iter().zip(rho).map(|(m, r)| m.abs() / softplus(*r)).collect(),
+        _ => mu.iter().zip(rho).map(|(m, r)| ((*m as f32).abs() / softplus_f32(*r as f32)) as f64).collect(),
+    }
+}
+
+/// How many values lie at or under a threshold.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CountUnder {
+    /// The threshold T.
+    pub threshold: f64,
+    /// Values with SNR <= T.
+    pub count: usize,
+    /// `count` / total.
+    pub fraction: f64,
+}
+
+/// Summary statistics of a set of SNR values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Number of values.
+    pub count: usize,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Arithmetic mean.
+    pub mean: f64,
+    /// (level, value) pairs, numpy's default 'linear' quantiles.
+    pub quantiles: Vec<(f64, f64)>,
+    /// Counts at or under each threshold.
+    pub under: Vec<CountUnder>,
+}
+
+/// Statistics of `values` (any order); NaNs are counted but sort last.
+pub fn stats(values: &[f64], levels: &[f64], thresholds: &[f64]) -> Stats {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let quantile = |q: f64| -> f64 {
+        if n == 0 {
+            return f64::NAN;
+        }
+        let pos = q * (n - 1) as f64;
+        let lo = pos.floor() as usize;
+        let hi = (lo + 1).min(n - 1);
+        let t = pos - lo as f64;
+        let (a, b) = (sorted[lo], sorted[hi]);
+        // numpy's _lerp: exact at both ends of the interval.
+        if t >= 0.5 {
+            b - (b - a) * (1.0 - t)
+        } else {
+            a + (b - a) * t
+        }
+    };
+    let under = thresholds
+        .iter()
+        .map(|&t| {
+            let count = sorted.partition_point(|v| *v <= t);
+            CountUnder { threshold: t, count, fraction: if n == 0 { 0.0 } else { count as f64 / n as f64 } }
+        })
+        .collect();
+    Stats {
+        count: n,
+        min: sorted.first().copied().unwrap_or(f64::NAN),
+        max: sorted.last().copied().unwrap_or(f64::NAN),
+        mean: if n == 0 { f64::NAN } else { values.iter().sum::<f64>() / n as f64 },
+        quantiles: levels.iter().map(|&q| (q, quantile(q))).collect(),
+        under,
+    }
+}
+
+/// The SNR statistics of one posterior.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetSnr {
+    /// The posterior.
+    pub target: Target,
+    /// Its statistics.
+    pub stats: Stats,
+    /// Histogram over log10(SNR): (bin lower edge, count).
+    pub histogram: Vec<(f64, usize)>,
+}
+
+/// SNR statistics of a whole checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnrReport {
+    /// The checkpoint analysed.
+    pub path: String,
+    /// Per posterior.
+    pub layers: Vec<TargetSnr>,
+    /// Over all of them.
+    pub overall: Stats,
+}
+
+/// Quantile levels reported by default.
+pub const DEFAULT_LEVELS: [f64; 7] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99];
+/// Thresholds reported by default (BPrune's default is 10).
+pub const DEFAULT_THRESHOLDS: [f64; 5] = [0.5, 1.0, 2.0, 5.0, 10.0];
+
+/// Histogram of log10 SNR in bins of 0.25 decades; zeros fall in the lowest bin.
+fn log_histogram(values: &[f64]) -> Vec<(f64, usize)> {
+    let logs: Vec<f64> = values.iter().filter(|v| v.is_finite()).map(|v| v.max(1e-12).log10()).collect();
+    let (lo, hi) = logs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if logs.is_empty() {
+        return Vec::new();
+    }
+    let width = 0.25;
+    let start = (lo / width).floor() * width;
+    let bins = (((hi - start) / width).floor() as usize + 1).min(400);
+    let mut counts = vec![0usize; bins];
+    for v in logs {
+        counts[(((v - start) / width) as usize).min(bins - 1)] += 1;
+    }
+    counts.into_iter().enumerate().map(|(i, c)| (start + i as f64 * width, c)).collect()
+}
+
+/// Computes the SNR report of `ckpt` for `targets`.
+pub fn analyse(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+    let mut layers = Vec::new();
+    let mut all = Vec::new();
+    for t in targets {
+        let (mu, rho) = read_posterior(ckpt, t)?;
+        let snr = snr_values(t.dtype, &mu, &rho);
+        layers.push(TargetSnr { target: t.clone(), stats: stats(&snr, levels, thresholds), histogram: log_histogram(&snr) });
+        all.extend(snr);
+    }
+    Ok(SnrReport { path: display(ckpt.path()), layers, overall: stats(&all, levels, thresholds) })
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_match_numpy() {
+        // numpy: np.quantile([3, 1, 4, 1, 5, 9, 2, 6], [0.1, 0.5, 0.9]) = [1.0, 3.5, 6.9]
+        let s = stats(&[3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0], &[0.1, 0.5, 0.9], &[1.0, 4.5]);
+        assert_eq!(s.quantiles[0].1, 1.0);
+        assert_eq!(s.quantiles[1].1, 3.5);
+        assert!((s.quantiles[2].1 - 6.9).abs() < 1e-12);
+        assert_eq!((s.min, s.max, s.mean), (1.0, 9.0, 3.875));
+        assert_eq!(s.under[0].count, 2);
+        assert_eq!(s.under[1].count, 5);
+        assert_eq!(s.under[1].fraction, 5.0 / 8.0);
+    }
+
+    #[test]
+    fn snr_by_hand() {
+        // mu = 0.5, rho = 0: sigma = ln 2, SNR = 0.5 / ln 2 = 0.7213475204444817.
+        let v = snr_values(DType::Float64, &[0.5, -0.5], &[0.0, 0.0]);
+        assert_eq!(v, vec![0.5 / std::f64::consts::LN_2; 2]);
+        let v32 = snr_values(DType::Float32, &[0.5], &[0.0]);
+        assert_eq!(v32[0], (0.5f32 / std::f32::consts::LN_2) as f64);
+    }
+}
