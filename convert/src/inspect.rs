@@ -85,17 +85,9 @@ fn print_text(ckpt: &Checkpoint, shards: &[(PathBuf, bool)]) {
             ]
         })
         .collect();
-    let header = ["NAME", "DTYPE", "SHAPE", "BYTES", "SHARD", "KIND"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    let header = ["NAME", "DTYPE", "SHAPE", "BYTES", "SHARD", "KIND"].map(String::from).to_vec();
+    let rows: Vec<Vec<String>> = std::iter::once(header).chain(rows.into_iter().map(|r| r.to_vec())).collect();
+    print!("{}", crate::table(&rows));
     let total: u64 = ckpt.variables().iter().map(|v| v.info.nbytes).sum();
     println!("{} tensors, {total} bytes", ckpt.variables().len());
     let layers = ckpt.layers();

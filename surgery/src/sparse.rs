@@ -4,7 +4,7 @@
 //! A pruned posterior pair (mu, rho) of shape [d0, ..., dn] is viewed as a matrix of
 //! rows = d0 * ... * d(n-1) and cols = dn, and stored in CSR form: `<mu>.csr_indptr`
 //! (U32, rows + 1 offsets; U64 past 4 Gi entries), `<mu>.csr_indices` (column of each kept
-//! weight: U16 when cols <= 65536, else U32), `<mu>.csr_values` and `<rho>.csr_values` (the
+//! weight: U8 when cols <= 256, U16 when cols <= 65536, else U32), `<mu>.csr_values` and `<rho>.csr_values` (the
 //! kept values, in the stored dtype). mu and rho share the pattern. The metadata entry
 //! `bnn_sparse` says, for every dense tensor replaced, where its parts are and the bytes of the
 //! value every pruned position holds.
@@ -75,7 +75,11 @@ fn matrix_view(shape: &[u64]) -> (u64, u64) {
 /// CSR row offsets and column indices of the kept positions, as little-endian bytes.
 fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>, DType) {
     let wide_ptr = keep.len() as u64 >= u32::MAX as u64;
-    let narrow_idx = cols <= 65536;
+    let idx_type = match cols {
+        0..=256 => DType::Uint8,
+        257..=65536 => DType::Uint16,
+        _ => DType::Uint32,
+    };
     let (mut indptr, mut indices) = (Vec::new(), Vec::new());
     let mut nnz = 0u64;
     let push_ptr = |v: &mut Vec<u8>, n: u64| {
@@ -89,10 +93,10 @@ fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>,
     for r in 0..rows as usize {
         for c in 0..cols as usize {
             if keep[r * cols as usize + c] {
-                if narrow_idx {
-                    indices.extend_from_slice(&(c as u16).to_le_bytes());
-                } else {
-                    indices.extend_from_slice(&(c as u32).to_le_bytes());
+                match idx_type {
+                    DType::Uint8 => indices.push(c as u8),
+                    DType::Uint16 => indices.extend_from_slice(&(c as u16).to_le_bytes()),
+                    _ => indices.extend_from_slice(&(c as u32).to_le_bytes()),
                 }
                 nnz += 1;
             }
@@ -100,7 +104,6 @@ fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>,
         push_ptr(&mut indptr, nnz);
     }
     let ptr_type = if wide_ptr { DType::Uint64 } else { DType::Uint32 };
-    let idx_type = if narrow_idx { DType::Uint16 } else { DType::Uint32 };
     (indptr, ptr_type, indices, idx_type)
 }
 
@@ -199,6 +202,7 @@ fn read_index(file: &SafetensorsFile) -> Result<SparseIndex> {
 fn le_uint(bytes: &[u8], i: usize, width: usize) -> Option<u64> {
     let b = bytes.get(i * width..(i + 1) * width)?;
     Some(match width {
+        1 => b[0] as u64,
         2 => u16::from_le_bytes([b[0], b[1]]) as u64,
         4 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
         8 => u64::from_le_bytes(b.try_into().ok()?),
@@ -278,11 +282,12 @@ mod tests {
         // 2 x 3, kept: (0,1), (1,0), (1,2)
         let keep = [false, true, false, true, false, true];
         let (indptr, pt, indices, it) = csr_pattern(&keep, 2, 3);
-        assert_eq!((pt, it), (DType::Uint32, DType::Uint16));
+        assert_eq!((pt, it), (DType::Uint32, DType::Uint8));
         let ptr: Vec<u32> = indptr.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let idx: Vec<u16> = indices.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         assert_eq!(ptr, vec![0, 1, 3]);
-        assert_eq!(idx, vec![1, 0, 2]);
+        assert_eq!(indices, vec![1, 0, 2]);
+        let wide = vec![true; 300];
+        assert_eq!(csr_pattern(&wide, 1, 300).3, DType::Uint16);
         assert_eq!(matrix_view(&[5, 5, 3, 8]), (75, 8));
         assert_eq!(matrix_view(&[10]), (1, 10));
     }

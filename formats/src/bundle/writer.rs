@@ -39,7 +39,7 @@ impl BundleWriter {
     pub fn create(prefix: impl AsRef<Path>) -> Result<BundleWriter> {
         let prefix = prefix.as_ref().to_path_buf();
         let dir = parent_dir(&prefix);
-        let tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        let tmp = new_output_temp(dir)?;
         Ok(BundleWriter { prefix, data: BufWriter::with_capacity(1 << 20, tmp), offset: 0, entries: BTreeMap::new() })
     }
 
@@ -137,13 +137,25 @@ impl BundleWriter {
             table.add(name.as_bytes(), &entry.encode());
         }
         let dir = parent_dir(&self.prefix);
-        let mut index = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        let mut index = new_output_temp(dir)?;
         table.finish_into(&mut index).map_err(|e| Error::io(&index_path, e))?;
 
         data.persist(&data_path).map_err(|e| Error::io(&data_path, e.error))?;
         index.persist(&index_path).map_err(|e| Error::io(&index_path, e.error))?;
         Ok(())
     }
+}
+
+/// A temporary file in `dir` with the permissions of an ordinary new file (tempfile's are
+/// private to the owner, which outputs must not be).
+fn new_output_temp(dir: &Path) -> Result<NamedTempFile> {
+    let tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(tmp.path(), e))?;
+    }
+    Ok(tmp)
 }
 
 fn parent_dir(prefix: &Path) -> &Path {
@@ -157,7 +169,7 @@ fn parent_dir(prefix: &Path) -> &Path {
 /// renamed over `path` only if `fill` succeeds.
 pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut BufWriter<&mut File>) -> Result<T>) -> Result<T> {
     let dir = parent_dir(path);
-    let mut tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = new_output_temp(dir)?;
     let value = {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         let value = fill(&mut w)?;
