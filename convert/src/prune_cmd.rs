@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use formats::checkpoint::{Checkpoint, Format};
-use formats::convert::{checkpoint_to_bundle, checkpoint_to_safetensors, ToSafetensorsOptions};
-use surgery::prune::{prune, Criterion, Mode, PruneOptions, PruneReport};
+use formats::checkpoint::Checkpoint;
+use formats::convert::{checkpoint_to_safetensors, ToSafetensorsOptions};
+use surgery::prune::{prune, prune_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport};
 use surgery::snr::{select_targets, Part};
 
 /// What pruned weights become.
@@ -17,14 +17,9 @@ enum ModeArg {
     Bprune,
 }
 
-/// Arguments of `prune`.
+/// How to prune: shared by `prune` and `prune-batch`.
 #[derive(clap::Args)]
-pub struct Args {
-    /// Checkpoint (folder, prefix, .index) or .safetensors file.
-    input: PathBuf,
-    /// Output: a checkpoint prefix, or a .safetensors file (default: the input's format).
-    #[arg(short, long)]
-    output: PathBuf,
+pub struct Rule {
     /// Prune weights with SNR <= T (BPrune's default: 10).
     #[arg(long, conflicts_with = "sparsity")]
     threshold: Option<f64>,
@@ -43,6 +38,35 @@ pub struct Args {
     /// Prune bias posteriors too (they need their own untransformed scale).
     #[arg(long)]
     bias: bool,
+}
+
+impl Rule {
+    /// The library's description of this rule.
+    pub fn job(&self) -> PruneJob {
+        let criterion = match (self.threshold, self.sparsity) {
+            (_, Some(fraction)) => Criterion::Sparsity { fraction, per_layer: self.per_layer },
+            (Some(t), None) => Criterion::Threshold(t),
+            (None, None) => Criterion::Threshold(10.0),
+        };
+        let mode = match self.mode {
+            ModeArg::Zero => Mode::Zero,
+            ModeArg::Bprune => Mode::Bprune,
+        };
+        let parts = if self.bias { vec![Part::Kernel, Part::Bias] } else { vec![Part::Kernel] };
+        PruneJob { options: PruneOptions { criterion, mode }, layers: self.layers.clone(), parts }
+    }
+}
+
+/// Arguments of `prune`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint (folder, prefix, .index) or .safetensors file.
+    input: PathBuf,
+    /// Output: a checkpoint prefix, or a .safetensors file (default: the input's format).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    rule: Rule,
     /// Store pruned posteriors in CSR form (safetensors output; see docs/sparse-format.md).
     #[arg(long)]
     sparse: bool,
@@ -60,44 +84,37 @@ fn is_safetensors(p: &Path) -> bool {
 
 /// Runs `prune`.
 pub fn run(a: Args) -> Result<()> {
-    let ckpt = Checkpoint::open(&a.input)?;
-    let criterion = match (a.threshold, a.sparsity) {
-        (_, Some(fraction)) => Criterion::Sparsity { fraction, per_layer: a.per_layer },
-        (Some(t), None) => Criterion::Threshold(t),
-        (None, None) => Criterion::Threshold(10.0),
-    };
-    let mode = match a.mode {
-        ModeArg::Zero => Mode::Zero,
-        ModeArg::Bprune => Mode::Bprune,
-    };
-    let parts: &[Part] = if a.bias { &[Part::Kernel, Part::Bias] } else { &[Part::Kernel] };
-    let targets = select_targets(&ckpt, a.layers.as_deref(), parts)?;
-    let pruning = prune(&ckpt, &targets, &PruneOptions { criterion, mode })?;
-    let to_safetensors = is_safetensors(&a.output) || (ckpt.format() == Format::Safetensors && a.output.extension().is_none_or(|e| e == "safetensors"));
-    let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: false };
+    let job = a.rule.job();
+    let to_bundle = !is_safetensors(&a.output) && (a.input.extension().is_none_or(|e| e != "safetensors") || a.output.extension().is_some());
     let mut sizes = None;
-    if a.sparse {
-        if !to_safetensors {
+    let report = if to_bundle {
+        if a.sparse {
             bail!("{}: --sparse needs a .safetensors output", a.output.display());
         }
-        sizes = Some(surgery::sparse::write_sparse(&ckpt, &pruning, &a.output, opts)?);
-    } else if to_safetensors {
-        checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
+        prune_to_bundle(&a.input, &a.output, &job)?
     } else {
-        if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let ckpt = Checkpoint::open(&a.input)?;
+        let targets = select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
+        let pruning = prune(&ckpt, &targets, &job.options)?;
+        let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: false };
+        if a.sparse {
+            sizes = Some(surgery::sparse::write_sparse(&ckpt, &pruning, &a.output, opts)?);
+        } else {
+            checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
         }
-        checkpoint_to_bundle(&ckpt, &a.output, &pruning.edits)?;
-        // A TF checkpoint has no metadata: the report goes beside it.
-        let json = serde_json::to_string_pretty(&pruning.report).context("serializing the report")?;
-        crate::write_file_atomically(&PathBuf::from(format!("{}.prune.json", a.output.display())), json.as_bytes())?;
-    }
+        pruning.report
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&pruning.report).context("serializing the report")?);
+        println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
     } else {
-        print_report(&pruning.report, &a.output);
+        print_report(&report, &a.output);
         if let Some(s) = sizes {
-            println!("sparse storage: {} of {} dense tensor bytes ({:.1}%)", s.sparse_bytes, s.dense_bytes, 100.0 * s.sparse_bytes as f64 / s.dense_bytes.max(1) as f64);
+            println!(
+                "sparse storage: {} of {} dense tensor bytes ({:.1}%)",
+                s.sparse_bytes,
+                s.dense_bytes,
+                100.0 * s.sparse_bytes as f64 / s.dense_bytes.max(1) as f64
+            );
         }
     }
     Ok(())

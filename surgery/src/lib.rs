@@ -2,6 +2,7 @@
 //! processing of checkpoint archives, and native Monte Carlo inference.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod engine;
 pub mod error;
 pub mod prune;

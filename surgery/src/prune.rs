@@ -208,6 +208,41 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
     Ok(Pruning { targets: targets.to_vec(), keep, edits, report })
 }
 
+/// A complete pruning request: the rule and which posteriors it applies to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PruneJob {
+    /// Threshold or sparsity, and mode.
+    pub options: PruneOptions,
+    /// Only these layers (`None`: every layer with a posterior scale).
+    pub layers: Option<Vec<String>>,
+    /// Kernels, and biases when asked for.
+    pub parts: Vec<crate::snr::Part>,
+}
+
+/// Prunes the checkpoint at `input` into a TensorFlow checkpoint at `prefix` (every tensor
+/// kept, `.meta` and manifests copied) with the report beside it as `<prefix>.prune.json`.
+pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
+    let ckpt = Checkpoint::open(input)?;
+    let targets = crate::snr::select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
+    let pruning = prune(&ckpt, &targets, &job.options)?;
+    if let Some(dir) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    formats::convert::checkpoint_to_bundle(&ckpt, prefix, &pruning.edits)?;
+    let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
+    let report_path = report_path(prefix);
+    formats::bundle::write_atomically(&report_path, |w| {
+        use std::io::Write;
+        w.write_all(json.as_bytes()).map_err(|e| formats::Error::io(&report_path, e))
+    })?;
+    Ok(pruning.report)
+}
+
+/// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.
+pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("{}.prune.json", prefix.display()))
+}
+
 /// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
 fn posteriors_nonzero(element: &[u8]) -> bool {
     let mut bytes = element.to_vec();

@@ -1,0 +1,11 @@
+//! `prune-batch`: prune every checkpoint under some folders and inside `.tar`, `.tar.zst` and
+//! `.zst` archives, in parallel, into a mirror tree, with a CSV and JSON summary; resumable.
+
+mod archive;
+mod discover;
+mod run;
+mod summary;
+
+pub use discover::{discover, Job, JobSource};
+pub use run::{run_batch, BatchOptions};
+pub use summary::{write_summary, Record, Status};
