@@ -1,12 +1,20 @@
 //! `bnn-convert`: read, convert, prune and export TensorFlow Probability BNN checkpoints.
 //! A thin command-line layer over the `formats` library.
 
+mod batch_cmd;
 mod convert_cmd;
+mod eval_cmd;
+mod export_cmd;
 mod inspect;
+mod output;
+mod prune_cmd;
+mod snr_cmd;
+mod sweep_cmd;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+pub(crate) use output::{table, write_file_atomically};
 
 #[derive(Parser)]
 #[command(name = "bnn-convert", version, about = "Read, convert, prune and export TensorFlow Probability BNN checkpoints without TensorFlow")]
@@ -23,6 +31,20 @@ enum Command {
     CkptToSafetensors(convert_cmd::ToSafetensorsArgs),
     /// Convert a safetensors file to a TensorFlow checkpoint.
     SafetensorsToCkpt(convert_cmd::ToCheckpointArgs),
+    /// Signal-to-noise ratio statistics of the weight posteriors, per layer and overall.
+    Snr(snr_cmd::Args),
+    /// Prune weights by signal-to-noise ratio (threshold or sparsity; zero or BPrune mode).
+    Prune(prune_cmd::Args),
+    /// Prune every checkpoint under folders and inside archives, in parallel, with a summary.
+    PruneBatch(batch_cmd::Args),
+    /// Turn a sparse file written by `prune --sparse` back into a dense one, bit for bit.
+    Densify(prune_cmd::DensifyArgs),
+    /// Export a BNN to ONNX (mean network or Monte Carlo graph).
+    ExportOnnx(export_cmd::Args),
+    /// Accuracy, log-likelihood, entropy and time of a BNN on a labelled data set.
+    Eval(eval_cmd::Args),
+    /// Pruning study: prune at several SNR thresholds, evaluate and time each.
+    Sweep(sweep_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,12 +53,27 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::CkptToSafetensors(a) => convert_cmd::to_safetensors(a),
         Command::SafetensorsToCkpt(a) => convert_cmd::to_checkpoint(a),
+        Command::Snr(a) => snr_cmd::run(a),
+        Command::Prune(a) => prune_cmd::run(a),
+        Command::Densify(a) => prune_cmd::densify(a),
+        Command::PruneBatch(a) => batch_cmd::run(a),
+        Command::ExportOnnx(a) => export_cmd::run(a),
+        Command::Eval(a) => eval_cmd::run(a),
+        Command::Sweep(a) => sweep_cmd::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error chain joined, each part naming its file.
-            eprintln!("bnn-convert: error: {}", format!("{e:#}").replace('\n', " "));
+            // One line: the error chain joined, each part naming its file, without repeating a
+            // cause that the message before it already quotes.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !line.contains(&cause) {
+                    line = format!("{line}: {cause}");
+                }
+            }
+            eprintln!("bnn-convert: error: {}", line.replace('\n', " "));
             ExitCode::FAILURE
         }
     }

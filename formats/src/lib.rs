@@ -3,17 +3,21 @@
 //! TF2 object graphs, and safetensors. No TensorFlow needed.
 #![warn(missing_docs)]
 
+pub mod arch;
 pub mod bundle;
 pub mod checkpoint;
 pub mod checkpoint_state;
 pub mod coding;
 pub mod convert;
+pub mod dataset;
 pub mod dtype;
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod meta_graph;
 pub mod naming;
 pub mod object_graph;
+pub mod onnx;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
 pub mod safetensors_file;

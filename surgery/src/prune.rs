@@ -245,11 +245,11 @@ pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
 
 /// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
 fn posteriors_nonzero(element: &[u8]) -> bool {
-    let mut bytes = element.to_vec();
-    if let Some(last) = bytes.last_mut() {
-        *last &= 0x7f; // clear the sign bit
+    match element.split_last() {
+        // Little-endian: the sign bit is the top bit of the last byte.
+        Some((last, rest)) => last & 0x7f != 0 || rest.iter().any(|b| *b != 0),
+        None => false,
     }
-    bytes.iter().any(|b| *b != 0)
 }
 
 #[cfg(test)]

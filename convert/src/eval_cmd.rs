@@ -1,0 +1,199 @@
+//! `eval`: accuracy, mean held-out log-likelihood, predictive entropy and time of a BNN on a
+//! labelled data set, with the native engine; plus the model and data loading that
+//! `export-onnx` and `sweep` share.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use formats::arch::{Arch, Posterior};
+use formats::checkpoint::Checkpoint;
+use formats::dataset::{self, Array, ArrayData};
+use formats::meta_graph::{meta_path, read_arch};
+use serde_json::json;
+
+use surgery::engine::metrics::{evaluate, Metrics};
+use surgery::engine::{Estimator, Model, SparseKernels};
+
+/// Model selection shared by `eval`, `export-onnx` and `sweep`.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// Checkpoint folder, prefix, .index file, or .safetensors file.
+    pub input: PathBuf,
+    /// Architecture: a JSON file (docs/architecture.md) or a preset (bnn-fc, bnn-conv,
+    /// vgg-16, resnet-18). Default: read from the checkpoint's `.meta`.
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+/// Opens the checkpoint, finds its architecture and loads the weights it uses.
+pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
+    let ckpt = Checkpoint::open(&m.input)?;
+    let arch = match &m.arch {
+        Some(spec) => Arch::load(spec)?,
+        None => {
+            let meta = meta_path(ckpt.path());
+            if !meta.is_file() {
+                bail!("{}: no .meta graph next to the checkpoint; give the network with --arch FILE or a preset", meta.display());
+            }
+            read_arch(&meta)?
+        }
+    };
+    Ok(arch.bind(&ckpt)?)
+}
+
+/// Arguments of `eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Inputs: .npy (float32 / uint8), MNIST IDX images (name *idx*ubyte), or a CIFAR-10
+    /// binary batch (.bin).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Labels (.npy int64 / uint8 or IDX); default: derived from --data
+    /// (`*_x.npy` -> `*_y.npy`, `*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`; CIFAR has them inline).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Monte Carlo samples; 0 evaluates the mean network (weights = mu).
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// Seed of the Monte Carlo draws.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Monte Carlo estimator: flipout (as TFP Flipout layers) or reparam.
+    #[arg(long, default_value = "flipout")]
+    pub estimator: String,
+    /// CSR kernels: auto (for layers at least 25% pruned), always, never.
+    #[arg(long, default_value = "auto")]
+    pub sparse: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `auto|always|never`.
+pub fn sparse_kernels(s: &str) -> Result<SparseKernels> {
+    Ok(match s {
+        "auto" => SparseKernels::Auto,
+        "always" => SparseKernels::Always,
+        "never" => SparseKernels::Never,
+        _ => bail!("--sparse must be auto, always or never, not '{s}'"),
+    })
+}
+
+/// A labelled data set, inputs flattened per example.
+pub struct Data {
+    /// `[n, example]` values.
+    pub x: Vec<f32>,
+    /// `n` labels.
+    pub y: Vec<i64>,
+}
+
+/// Result of one evaluation.
+pub struct Evaluation {
+    /// Scores.
+    pub metrics: Metrics,
+    /// Wall time of the prediction, seconds.
+    pub seconds: f64,
+}
+
+/// Predicts `data` with `model` (mean network when `samples == 0`) and scores it.
+pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Estimator) -> Result<Evaluation> {
+    let t = Instant::now();
+    let probs = if samples == 0 { model.predict_mean(&data.x)? } else { model.predict_mc(&data.x, samples, seed, est)?.mean };
+    let seconds = t.elapsed().as_secs_f64();
+    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds })
+}
+
+/// Runs `eval`.
+pub fn run(a: Args) -> Result<()> {
+    let (arch, posts) = load_model(&a.model)?;
+    let model = Model::new(&arch, &posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
+    let est = match a.estimator.as_str() {
+        "flipout" => Estimator::Flipout,
+        "reparam" => Estimator::Reparameterization,
+        other => bail!("--estimator must be flipout or reparam, not '{other}'"),
+    };
+    let data = read_data(&a.data, a.labels.as_deref(), model.example_len(), model.classes())?;
+    let e = run_eval(&model, &data, a.samples, a.seed, est)?;
+    let (sparse, layers) = model.sparse_layers();
+    let m = e.metrics;
+    if a.json {
+        let out = json!({
+            "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
+            "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
+            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
+            "sparse_layers": sparse, "layers": layers,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let mode = if a.samples == 0 { "mean network".to_string() } else { format!("{} MC samples", a.samples) };
+        println!("{} examples, {mode}, {sparse}/{layers} layers sparse", m.n);
+        println!("accuracy                 {:.4}", m.accuracy);
+        println!("mean log-likelihood      {:.4}", m.mean_log_likelihood);
+        println!("mean predictive entropy  {:.4}", m.mean_entropy);
+        println!("seconds                  {:.4}", e.seconds);
+    }
+    Ok(())
+}
+
+// ---- data files (readers: formats::dataset) ---------------------------------------------
+
+/// Values of an array as f32 inputs: floats as stored, bytes scaled to [0, 1].
+fn inputs_of(a: Array) -> Vec<f32> {
+    match a.data {
+        ArrayData::F32(v) => v,
+        ArrayData::U8(v) => v.into_iter().map(|b| f32::from(b) / 255.0).collect(),
+        ArrayData::I64(v) => v.into_iter().map(|i| i as f32).collect(),
+    }
+}
+
+/// Values of an array as integer labels.
+fn labels_of(a: Array, path: &Path) -> Result<Vec<i64>> {
+    Ok(match a.data {
+        ArrayData::I64(v) => v,
+        ArrayData::U8(v) => v.into_iter().map(i64::from).collect(),
+        ArrayData::F32(_) => bail!("{}: labels must be integers (int64 or uint8), not float32", path.display()),
+    })
+}
+
+fn is_idx(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("idx") && n.contains("ubyte"))
+}
+
+fn read_array(path: &Path) -> Result<Array> {
+    Ok(if is_idx(path) { dataset::read_idx(path)? } else { dataset::read_npy(path)? })
+}
+
+/// Reads inputs and labels; inputs are reshaped to the model's example size.
+/// `.npy` (float32 as is, uint8 / 255), MNIST IDX (/ 255), or CIFAR-10 binary batches
+/// (`.bin`, labels inline, NHWC / 255).
+pub fn read_data(data: &Path, labels: Option<&Path>, example: usize, classes: usize) -> Result<Data> {
+    let name = data.to_string_lossy();
+    let (x, y) = if name.ends_with(".bin") {
+        let c = dataset::read_cifar10(&[data.to_path_buf()])?;
+        (c.images.into_iter().map(|b| f32::from(b) / 255.0).collect(), c.labels.into_iter().map(i64::from).collect())
+    } else {
+        let x = inputs_of(read_array(data)?);
+        let lp = match labels {
+            Some(l) => l.to_path_buf(),
+            None => {
+                let guess = name.replacen("_x.npy", "_y.npy", 1).replacen("-images-idx3-ubyte", "-labels-idx1-ubyte", 1);
+                if guess == name {
+                    bail!("{}: cannot derive the labels file name; give --labels", data.display());
+                }
+                PathBuf::from(guess)
+            }
+        };
+        let y = labels_of(read_array(&lp)?, &lp)?;
+        (x, y)
+    };
+    if example == 0 || x.len() != y.len() * example {
+        bail!("{}: {} values for {} labels; the model takes {example} values per example", data.display(), x.len(), y.len());
+    }
+    if let Some(bad) = y.iter().find(|&&l| l < 0 || l as usize >= classes) {
+        bail!("{}: label {bad} outside 0..{classes}", labels.unwrap_or(data).display());
+    }
+    Ok(Data { x, y })
+}

@@ -1,0 +1,55 @@
+//! `export-onnx`: a BNN checkpoint to an ONNX model (see docs/onnx.md).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use formats::onnx::{build, write, Mode, Options, Sparse};
+
+use crate::eval_cmd::{load_model, ModelArgs};
+
+/// Arguments of `export-onnx`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output .onnx file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// mean: deterministic network with weights = mu; mc: S weight samples drawn in the runtime.
+    #[arg(long, default_value = "mean")]
+    pub mode: String,
+    /// Monte Carlo samples in --mode mc.
+    #[arg(long, default_value_t = 100)]
+    pub samples: usize,
+    /// Sparse initializers: auto (where smaller), always, never (loads in every runtime).
+    #[arg(long, default_value = "auto")]
+    pub sparse: String,
+}
+
+/// Runs `export-onnx`.
+pub fn run(a: Args) -> Result<()> {
+    let mode = match a.mode.as_str() {
+        "mean" => Mode::Mean,
+        "mc" => Mode::MonteCarlo { samples: a.samples },
+        other => bail!("--mode must be mean or mc, not '{other}'"),
+    };
+    let sparse = match a.sparse.as_str() {
+        "auto" => Sparse::Auto,
+        "always" => Sparse::Always,
+        "never" => Sparse::Never,
+        other => bail!("--sparse must be auto, always or never, not '{other}'"),
+    };
+    let (arch, posts) = load_model(&a.model)?;
+    let model = build(&arch, &posts, Options { mode, sparse }, &a.model.input)?;
+    write(&model, &a.output)?;
+    let g = model.graph.as_ref();
+    println!(
+        "{}: {} nodes, {} dense + {} sparse initializers, opset {}",
+        a.output.display(),
+        g.map_or(0, |g| g.node.len()),
+        g.map_or(0, |g| g.initializer.len()),
+        g.map_or(0, |g| g.sparse_initializer.len()),
+        formats::onnx::OPSET
+    );
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Architecture description: the network a BNN checkpoint's posterior variables belong to.
+//!
+//! An [`Arch`] is an input shape (one example, batch dimension excluded; images NHWC) and a
+//! sequence of [`Op`]s from the input to the logits. Weight ops name the checkpoint layer
+//! (variable scope) holding their parameters. It comes from the `.meta` graph
+//! ([`crate::meta_graph`]), from a JSON file, or from a preset ([`Arch::preset`]); the JSON
+//! form is documented in `docs/architecture.md`. [`Arch::bind`] checks it against a
+//! checkpoint and loads the weights it uses ([`Posterior`]).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layout::{Layer, Param};
+use crate::tensor::f32_values;
+
+/// Zero padding of a convolution or pooling window, as TensorFlow defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Padding {
+    /// Output size ceil(in / stride); the padding is split, the larger half after.
+    Same,
+    /// No padding: output size ceil((in - window + 1) / stride).
+    Valid,
+}
+
+impl Padding {
+    /// Output length and padding before, for an input of `len`, a window and a stride.
+    pub fn output(self, len: usize, window: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Same => {
+                let out = len.div_ceil(stride);
+                let total = ((out - 1) * stride + window).saturating_sub(len);
+                (out, total / 2)
+            }
+            Padding::Valid => ((len + 1).saturating_sub(window).div_ceil(stride), 0),
+        }
+    }
+}
+
+/// One step of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// `x @ kernel + bias` (MatMul + BiasAdd); kernel `[in, out]`.
+    Dense {
+        /// Checkpoint layer holding the kernel and bias (`den_1`); empty in presets, filled by
+        /// [`Arch::bind`] with the checkpoint's layers in order.
+        layer: String,
+    },
+    /// 2-D convolution (Conv2D + BiasAdd), NHWC, kernel `[kh, kw, in, out]`.
+    Conv2d {
+        /// Checkpoint layer holding the kernel and bias.
+        layer: String,
+        /// Stride along height and width.
+        strides: [usize; 2],
+        /// Padding mode.
+        padding: Padding,
+    },
+    /// Elementwise max(x, 0).
+    Relu,
+    /// Max pooling, NHWC.
+    MaxPool {
+        /// Window height and width.
+        size: [usize; 2],
+        /// Stride along height and width.
+        strides: [usize; 2],
+        /// Padding mode.
+        padding: Padding,
+    },
+    /// Reshape to one dimension per example (Reshape / Flatten), C order.
+    Flatten,
+    /// `relu(body(x) + shortcut(x))`: a residual block (ResNet). An empty shortcut is identity.
+    Residual {
+        /// Main branch.
+        body: Vec<Op>,
+        /// Projection branch (1x1 strided conv) or empty.
+        shortcut: Vec<Op>,
+    },
+}
+
+/// A network: input shape and ops up to the logits (softmax is applied by the predictors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arch {
+    /// Name of the input (the TF placeholder, `Placeholder`); used as ONNX input name.
+    #[serde(default = "default_input_name")]
+    pub input_name: String,
+    /// Shape of one example, without the batch dimension: `[features]` or `[h, w, c]`.
+    pub input_shape: Vec<usize>,
+    /// Ops from the input to the logits.
+    pub ops: Vec<Op>,
+}
+
+fn default_input_name() -> String {
+    "input".to_string()
+}
+
+/// Names accepted by [`Arch::preset`].
+pub const PRESETS: [&str; 4] = ["bnn-fc", "bnn-conv", "vgg-16", "resnet-18"];
+
+fn dense() -> Op {
+    Op::Dense { layer: String::new() }
+}
+
+/// A SAME conv; its kernel size comes from the weights.
+fn conv(stride: usize) -> Op {
+    Op::Conv2d { layer: String::new(), strides: [stride, stride], padding: Padding::Same }
+}
+
+fn pool2() -> Op {
+    Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid }
+}
+
+impl Arch {
+    /// The paper's models, with unnamed layers ([`Arch::bind`] names them):
+    /// `bnn-fc` 784-256-256-10 MLP (MNIST); `bnn-conv` two 5x5 conv + 2x2 pool stages and a
+    /// dense layer (MNIST 28x28x1); `vgg-16` (CIFAR-10 32x32x3: 13 3x3 convs in 5 pooled
+    /// blocks, dense 512, dense 10); `resnet-18` (CIFAR-10: 3x3 stem, 8 basic blocks, global
+    /// 4x4 pool, dense 10; no batch norm, as the BNN variant has none).
+    pub fn preset(name: &str) -> Option<Arch> {
+        let relu = || Op::Relu;
+        let (input_shape, ops) = match name {
+            "bnn-fc" => (vec![784], vec![dense(), relu(), dense(), relu(), dense()]),
+            "bnn-conv" => (
+                vec![28, 28, 1],
+                vec![conv(1), relu(), pool2(), conv(1), relu(), pool2(), Op::Flatten, dense()],
+            ),
+            "vgg-16" => {
+                let mut ops = Vec::new();
+                for convs in [2, 2, 3, 3, 3] {
+                    for _ in 0..convs {
+                        ops.extend([conv(1), relu()]);
+                    }
+                    ops.push(pool2());
+                }
+                ops.extend([Op::Flatten, dense(), relu(), dense()]);
+                (vec![32, 32, 3], ops)
+            }
+            "resnet-18" => {
+                let mut ops = vec![conv(1), relu()];
+                for (stage, _width) in [64, 128, 256, 512].into_iter().enumerate() {
+                    for block in 0..2 {
+                        let stride = if stage > 0 && block == 0 { 2 } else { 1 };
+                        let shortcut = if stride == 2 { vec![conv(2)] } else { vec![] };
+                        ops.push(Op::Residual { body: vec![conv(stride), relu(), conv(1)], shortcut });
+                    }
+                }
+                ops.extend([Op::MaxPool { size: [4, 4], strides: [4, 4], padding: Padding::Valid }, Op::Flatten, dense()]);
+                (vec![32, 32, 3], ops)
+            }
+            _ => return None,
+        };
+        Some(Arch { input_name: default_input_name(), input_shape, ops })
+    }
+
+    /// Reads a JSON architecture file, or a preset when `spec` is a preset name.
+    pub fn load(spec: &str) -> Result<Arch> {
+        if let Some(a) = Arch::preset(spec) {
+            return Ok(a);
+        }
+        let path = Path::new(spec);
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::NotFound { path: path.into(), what: format!("no such file (and not a preset: {})", PRESETS.join(", ")) }
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+        let arch: Arch = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(path, format!("not an architecture description: {e}")))?;
+        if arch.input_shape.is_empty() || arch.input_shape.contains(&0) {
+            return Err(Error::invalid(path, "input_shape must be non-empty with positive sizes"));
+        }
+        fn windows_ok(ops: &[Op]) -> bool {
+            ops.iter().all(|op| match op {
+                Op::Conv2d { strides, .. } => !strides.contains(&0),
+                Op::MaxPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
+                Op::Residual { body, shortcut } => windows_ok(body) && windows_ok(shortcut),
+                _ => true,
+            })
+        }
+        if !windows_ok(&arch.ops) {
+            return Err(Error::invalid(path, "strides and pool sizes must be positive"));
+        }
+        Ok(arch)
+    }
+
+    /// Every weight op (Dense, Conv2d), depth first, in execution order.
+    pub fn weight_ops_mut(&mut self) -> Vec<&mut String> {
+        fn walk<'a>(ops: &'a mut [Op], out: &mut Vec<&'a mut String>) {
+            for op in ops {
+                match op {
+                    Op::Dense { layer } | Op::Conv2d { layer, .. } => out.push(layer),
+                    Op::Residual { body, shortcut } => {
+                        walk(body, out);
+                        walk(shortcut, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&mut self.ops, &mut out);
+        out
+    }
+
+    /// Names of the layers the weight ops use, in execution order.
+    pub fn layer_names(&self) -> Vec<String> {
+        self.clone().weight_ops_mut().into_iter().map(|s| s.clone()).collect()
+    }
+
+    /// Names unnamed weight ops after the checkpoint's weight layers (in checkpoint order),
+    /// checks that every named layer exists and that shapes chain, and loads the weights.
+    pub fn bind(mut self, ckpt: &Checkpoint) -> Result<(Arch, Vec<Posterior>)> {
+        let path = ckpt.path().to_path_buf();
+        let layers: Vec<Layer> = ckpt.layers().into_iter().filter(|l| l.get(Param::KernelLoc).is_some() || l.get(Param::Kernel).is_some()).collect();
+        let slots = self.weight_ops_mut();
+        let unnamed = slots.iter().filter(|s| s.is_empty()).count();
+        if unnamed > 0 && (unnamed != slots.len() || slots.len() != layers.len()) {
+            return Err(Error::invalid(
+                &path,
+                format!("architecture has {} weight layers but the checkpoint has {}", slots.len(), layers.len()),
+            ));
+        }
+        for (slot, layer) in slots.into_iter().zip(&layers) {
+            if slot.is_empty() {
+                *slot = layer.name.clone();
+            }
+        }
+        let mut posts = Vec::new();
+        for name in self.layer_names() {
+            let layer = layers
+                .iter()
+                .find(|l| l.name == name)
+                .ok_or_else(|| Error::invalid(&path, format!("architecture layer '{name}' has no kernel in the checkpoint")))?;
+            posts.push(Posterior::read(ckpt, layer)?);
+        }
+        shape_check(&self, &posts).map_err(|what| Error::invalid(&path, what))?;
+        Ok((self, posts))
+    }
+}
+
+/// The weights of one layer: posterior means and, for Bayesian layers, scales.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posterior {
+    /// Layer name.
+    pub name: String,
+    /// Kernel shape: `[in, out]` (dense) or `[kh, kw, in, out]` (conv).
+    pub kernel_shape: Vec<usize>,
+    /// Kernel mean mu (or the deterministic kernel), C order.
+    pub kernel_mu: Vec<f32>,
+    /// Kernel sigma = softplus(rho); `None` for deterministic layers.
+    pub kernel_sigma: Option<Vec<f32>>,
+    /// Bias mean (zeros when the layer has no bias).
+    pub bias_mu: Vec<f32>,
+    /// Bias sigma when the bias is Bayesian.
+    pub bias_sigma: Option<Vec<f32>>,
+}
+
+/// softplus(x) = log(1 + e^x), computed without overflow; exactly 0 for very negative x.
+pub fn softplus(x: f32) -> f32 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+impl Posterior {
+    fn read(ckpt: &Checkpoint, layer: &Layer) -> Result<Posterior> {
+        let path = ckpt.path();
+        let f32_of = |key: &str| -> Result<(Vec<usize>, Vec<f32>)> {
+            let var = ckpt.variable(key)?;
+            if var.info.dtype != DType::Float32 {
+                return Err(Error::unsupported(path, format!("'{key}' is {:?}; inference needs float32", var.info.dtype)));
+            }
+            let data = ckpt.read(key)?;
+            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
+            Ok((var.info.shape.iter().map(|&d| d as usize).collect(), f32_values(bytes)))
+        };
+        let kernel_key = layer.get(Param::KernelLoc).or(layer.get(Param::Kernel));
+        let kernel_key = kernel_key.ok_or_else(|| Error::invalid(path, format!("layer '{}' has no kernel", layer.name)))?;
+        let (kernel_shape, kernel_mu) = f32_of(kernel_key)?;
+        let kernel_sigma = match layer.get(Param::KernelRho) {
+            Some(k) => {
+                let (shape, rho) = f32_of(k)?;
+                if shape != kernel_shape {
+                    return Err(Error::corrupt(path, format!("'{k}' shape {shape:?} differs from the kernel's {kernel_shape:?}")));
+                }
+                Some(rho.into_iter().map(softplus).collect())
+            }
+            None => None,
+        };
+        let out = *kernel_shape.last().unwrap_or(&0);
+        if kernel_shape.len() != 2 && kernel_shape.len() != 4 {
+            return Err(Error::unsupported(path, format!("layer '{}' kernel has rank {}", layer.name, kernel_shape.len())));
+        }
+        let bias = |p: Param| -> Result<Option<Vec<f32>>> {
+            match layer.get(p) {
+                Some(k) => {
+                    let (shape, v) = f32_of(k)?;
+                    if shape != [out] {
+                        return Err(Error::corrupt(path, format!("'{k}' shape {shape:?}, expected [{out}]")));
+                    }
+                    Ok(Some(v))
+                }
+                None => Ok(None),
+            }
+        };
+        let bias_mu = bias(Param::BiasLoc)?.or(bias(Param::Bias)?).unwrap_or_else(|| vec![0.0; out]);
+        let bias_sigma = bias(Param::BiasRho)?.map(|r| r.into_iter().map(softplus).collect());
+        Ok(Posterior { name: layer.name.clone(), kernel_shape, kernel_mu, kernel_sigma, bias_mu, bias_sigma })
+    }
+
+    /// Number of outputs (units or filters).
+    pub fn units(&self) -> usize {
+        *self.kernel_shape.last().unwrap_or(&0)
+    }
+
+    /// Fraction of kernel weights that are pruned: mu == 0 and sigma == 0 (or no sigma).
+    pub fn pruned_fraction(&self) -> f64 {
+        let zero = match &self.kernel_sigma {
+            Some(s) => self.kernel_mu.iter().zip(s).filter(|(m, s)| **m == 0.0 && **s == 0.0).count(),
+            None => self.kernel_mu.iter().filter(|m| **m == 0.0).count(),
+        };
+        zero as f64 / self.kernel_mu.len().max(1) as f64
+    }
+}
+
+/// Shape of one example after each op; `Err` says where shapes do not chain.
+pub fn shape_check(arch: &Arch, posts: &[Posterior]) -> std::result::Result<Vec<usize>, String> {
+    let mut next = 0;
+    walk_shapes(&arch.ops, arch.input_shape.clone(), posts, &mut next)
+}
+
+fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mut usize) -> std::result::Result<Vec<usize>, String> {
+    for op in ops {
+        shape = match op {
+            Op::Dense { layer } => {
+                let p = &posts[*next];
+                *next += 1;
+                let n: usize = shape.iter().product();
+                if p.kernel_shape.len() != 2 || p.kernel_shape[0] != n || shape.len() != 1 {
+                    return Err(format!("dense layer '{layer}' kernel {:?} does not take input {shape:?}", p.kernel_shape));
+                }
+                vec![p.kernel_shape[1]]
+            }
+            Op::Conv2d { layer, strides, padding } => {
+                let p = &posts[*next];
+                *next += 1;
+                let k = &p.kernel_shape;
+                if k.len() != 4 || shape.len() != 3 || k[2] != shape[2] {
+                    return Err(format!("conv layer '{layer}' kernel {k:?} does not take input {shape:?}"));
+                }
+                vec![padding.output(shape[0], k[0], strides[0]).0, padding.output(shape[1], k[1], strides[1]).0, k[3]]
+            }
+            Op::Relu => shape,
+            Op::MaxPool { size, strides, padding } => {
+                if shape.len() != 3 {
+                    return Err(format!("max pool needs [h, w, c] input, got {shape:?}"));
+                }
+                vec![padding.output(shape[0], size[0], strides[0]).0, padding.output(shape[1], size[1], strides[1]).0, shape[2]]
+            }
+            Op::Flatten => vec![shape.iter().product()],
+            Op::Residual { body, shortcut } => {
+                let a = walk_shapes(body, shape.clone(), posts, next)?;
+                let b = walk_shapes(shortcut, shape, posts, next)?;
+                if a != b {
+                    return Err(format!("residual branches give {a:?} and {b:?}"));
+                }
+                a
+            }
+        };
+        if shape.contains(&0) {
+            return Err(format!("{op:?} produces an empty output {shape:?}"));
+        }
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_matches_tensorflow() {
+        // TF: SAME out = ceil(8/2) = 4, pad total = (4-1)*2+5-8 = 3 -> before 1.
+        assert_eq!(Padding::Same.output(8, 5, 2), (4, 1));
+        assert_eq!(Padding::Same.output(8, 5, 1), (8, 2));
+        assert_eq!(Padding::Valid.output(8, 2, 2), (4, 0));
+        assert_eq!(Padding::Valid.output(7, 3, 2), (3, 0));
+    }
+
+    #[test]
+    fn presets_round_trip_through_json() {
+        for name in PRESETS {
+            let a = Arch::preset(name).expect("preset");
+            let json = serde_json::to_string(&a).expect("json");
+            assert_eq!(serde_json::from_str::<Arch>(&json).expect("parse"), a);
+        }
+        assert_eq!(Arch::preset("bnn-fc").map(|mut a| a.weight_ops_mut().len()), Some(3));
+        assert_eq!(Arch::preset("vgg-16").map(|mut a| a.weight_ops_mut().len()), Some(15));
+        // stem + 16 block convs + 3 projections + classifier
+        assert_eq!(Arch::preset("resnet-18").map(|mut a| a.weight_ops_mut().len()), Some(21));
+    }
+
+    #[test]
+    fn load_rejects_zero_strides_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("a.json");
+        std::fs::write(&p, r#"{"input_shape": [4, 4, 1], "ops": [{"op": "max_pool", "size": [2, 2], "strides": [0, 2], "padding": "SAME"}]}"#)
+            .expect("write");
+        let e = Arch::load(&p.to_string_lossy()).expect_err("zero stride");
+        assert!(e.to_string().contains("a.json") && e.to_string().contains("strides"), "{e}");
+        assert_eq!(Arch::load("bnn-conv").map(|a| a.input_shape).ok(), Some(vec![28, 28, 1]));
+    }
+
+    #[test]
+    fn softplus_is_stable() {
+        assert_eq!(softplus(-200.0), 0.0);
+        assert!((softplus(0.0) - std::f32::consts::LN_2).abs() < 1e-7);
+        assert_eq!(softplus(100.0), 100.0);
+    }
+}

@@ -1,0 +1,266 @@
+//! Recovers the network ([`Arch`]) from a TF1 `.meta` file (MetaGraphDef).
+//!
+//! The weight layers are the variable scopes holding `kernel_posterior_loc` (or `kernel`)
+//! variables. Each layer's output is its `BiasAdd` followed by any `Relu`/`Identity`; the
+//! network output is the layer output whose backward trace to a `Placeholder` passes through
+//! the most weight layers. The trace reads, from the output back to the input: `Relu`,
+//! `MaxPool`, `Reshape` (as Flatten), `Identity`, and weight-layer scopes. Inside a scope
+//! the layer's input is the first input of the `MatMul`/`Conv2D` whose input comes from
+//! outside the scope: this skips Flipout's and reparameterization's sampling ops, which stay
+//! inside the scope. Anything else on the path (residual adds, batch norm) is reported as
+//! unsupported; give such networks with `--arch`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use protobuf::Message;
+
+use crate::arch::{Arch, Op, Padding};
+use crate::error::{Error, Result};
+use crate::layout::{classify, Param, VariableKind};
+use crate::proto::graph::{MetaGraphDef, NodeDef};
+
+/// The `.meta` file next to a checkpoint prefix.
+pub fn meta_path(prefix: &Path) -> std::path::PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".meta");
+    s.into()
+}
+
+/// Reads `path` (a `.meta` MetaGraphDef) and recovers the network.
+pub fn read_arch(path: &Path) -> Result<Arch> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let meta = MetaGraphDef::parse_from_bytes(&bytes)
+        .map_err(|e| Error::corrupt(path, format!("not a MetaGraphDef: {e}")))?;
+    arch_from_nodes(&meta.graph_def.node).map_err(|what| Error::unsupported(path, what))
+}
+
+struct Graph<'a> {
+    nodes: HashMap<&'a str, &'a NodeDef>,
+    consumers: HashMap<&'a str, Vec<&'a NodeDef>>,
+    /// Weight layer scopes, longest first so that nested scopes match first.
+    layers: Vec<String>,
+}
+
+/// Node name of a tensor reference (`den_1/Relu:0` -> `den_1/Relu`; `^ctrl` -> None).
+fn node_of(input: &str) -> Option<&str> {
+    if input.starts_with('^') {
+        return None;
+    }
+    Some(input.split(':').next().unwrap_or(input))
+}
+
+impl<'a> Graph<'a> {
+    fn new(nodes: &'a [NodeDef]) -> Graph<'a> {
+        let mut map = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<&NodeDef>> = HashMap::new();
+        let mut layers = Vec::new();
+        for n in nodes {
+            map.insert(n.name.as_str(), n);
+            for i in n.input.iter().filter_map(|i| node_of(i)) {
+                consumers.entry(i).or_default().push(n);
+            }
+            if matches!(n.op.as_str(), "VarHandleOp" | "VariableV2" | "Variable") {
+                if let VariableKind::Weight { layer, param: Param::KernelLoc | Param::Kernel } = classify(&n.name) {
+                    layers.push(layer);
+                }
+            }
+        }
+        layers.sort_by_key(|l| std::cmp::Reverse(l.len()));
+        Graph { nodes: map, consumers, layers }
+    }
+
+    fn node(&self, name: &str) -> std::result::Result<&'a NodeDef, String> {
+        self.nodes.get(name).copied().ok_or_else(|| format!("graph references missing node '{name}'"))
+    }
+
+    fn input0(&self, n: &NodeDef) -> std::result::Result<&'a NodeDef, String> {
+        let first = n.input.first().and_then(|i| node_of(i)).ok_or_else(|| format!("node '{}' has no input", n.name))?;
+        self.node(first)
+    }
+
+    fn scope_of(&self, name: &str) -> Option<&str> {
+        self.layers.iter().find(|l| name.strip_prefix(l.as_str()).is_some_and(|r| r.starts_with('/'))).map(String::as_str)
+    }
+
+    /// A layer's output node: its BiasAdd, then the Relu/Identity chain after it.
+    fn layer_output(&self, layer: &str) -> Option<&'a NodeDef> {
+        let mut n = *self.nodes.get(format!("{layer}/BiasAdd").as_str())?;
+        loop {
+            let next = self.consumers.get(n.name.as_str()).and_then(|cs| {
+                let acts: Vec<_> = cs.iter().filter(|c| matches!(c.op.as_str(), "Relu" | "Identity")).collect();
+                (acts.len() == 1).then(|| *acts[0])
+            });
+            match next {
+                Some(c) => n = c,
+                None => return Some(n),
+            }
+        }
+    }
+
+    /// Ops from the placeholder to `out` (in execution order) and the placeholder node.
+    fn trace(&self, out: &'a NodeDef) -> std::result::Result<(Vec<Op>, &'a NodeDef), String> {
+        let mut ops = Vec::new();
+        let mut n = out;
+        for _ in 0..=self.nodes.len() {
+            if let Some(layer) = self.scope_of(&n.name) {
+                if n.op == "Relu" {
+                    ops.push(Op::Relu);
+                    n = self.input0(n)?;
+                    continue;
+                }
+                let main = self.main_op(layer)?;
+                ops.push(main_to_op(layer, main)?);
+                n = self.input0(main)?;
+                continue;
+            }
+            match n.op.as_str() {
+                "Placeholder" | "PlaceholderWithDefault" => {
+                    ops.reverse();
+                    return Ok((ops, n));
+                }
+                "Relu" => ops.push(Op::Relu),
+                "Identity" => {}
+                "Reshape" => ops.push(Op::Flatten),
+                "MaxPool" => {
+                    check_nhwc(n)?;
+                    let (size, strides) = (window(n, "ksize")?, window(n, "strides")?);
+                    ops.push(Op::MaxPool { size, strides, padding: padding(n)? });
+                }
+                other => return Err(format!("op {other} ('{}') on the path to the logits is not supported; give the network with --arch", n.name)),
+            }
+            n = self.input0(n)?;
+        }
+        Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// The MatMul/Conv2D of `layer` that reads the layer's input (from outside its scope).
+    fn main_op(&self, layer: &str) -> std::result::Result<&'a NodeDef, String> {
+        let prefix = format!("{layer}/");
+        let mut found: Vec<&NodeDef> = self
+            .nodes
+            .values()
+            .filter(|n| n.name.starts_with(&prefix) && matches!(n.op.as_str(), "MatMul" | "Conv2D"))
+            .filter(|n| n.input.first().and_then(|i| node_of(i)).is_some_and(|i| !i.starts_with(&prefix)))
+            .copied()
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found.first().copied().ok_or_else(|| format!("layer '{layer}' has no MatMul/Conv2D reading its input"))
+    }
+}
+
+fn check_nhwc(n: &NodeDef) -> std::result::Result<(), String> {
+    match n.attr.get("data_format").map(|a| a.s()) {
+        None | Some(b"NHWC") => Ok(()),
+        Some(f) => Err(format!("'{}' uses data format {}; only NHWC is supported", n.name, String::from_utf8_lossy(f))),
+    }
+}
+
+fn window(n: &NodeDef, attr: &str) -> std::result::Result<[usize; 2], String> {
+    let v = n.attr.get(attr).map(|a| a.list().i.clone()).unwrap_or_default();
+    match v.as_slice() {
+        [1, h, w, 1] if *h > 0 && *w > 0 => Ok([*h as usize, *w as usize]),
+        _ => Err(format!("'{}' has {attr} {v:?}; expected [1, h, w, 1]", n.name)),
+    }
+}
+
+fn padding(n: &NodeDef) -> std::result::Result<Padding, String> {
+    match n.attr.get("padding").map(|a| a.s()) {
+        Some(b"SAME") => Ok(Padding::Same),
+        Some(b"VALID") => Ok(Padding::Valid),
+        other => Err(format!("'{}' has padding {:?}; only SAME and VALID are supported", n.name, other.map(String::from_utf8_lossy))),
+    }
+}
+
+fn main_to_op(layer: &str, n: &NodeDef) -> std::result::Result<Op, String> {
+    if n.op == "MatMul" {
+        let flag = |a: &str| n.attr.get(a).is_some_and(|v| v.b());
+        if flag("transpose_a") || flag("transpose_b") {
+            return Err(format!("'{}' is a transposed MatMul", n.name));
+        }
+        return Ok(Op::Dense { layer: layer.to_string() });
+    }
+    check_nhwc(n)?;
+    if let Some(d) = n.attr.get("dilations") {
+        if d.list().i.iter().any(|&x| x != 1) {
+            return Err(format!("'{}' is a dilated convolution", n.name));
+        }
+    }
+    Ok(Op::Conv2d { layer: layer.to_string(), strides: window(n, "strides")?, padding: padding(n)? })
+}
+
+/// Recovers the network from the nodes of a GraphDef; `Err` says what is not supported.
+pub fn arch_from_nodes(nodes: &[NodeDef]) -> std::result::Result<Arch, String> {
+    let g = Graph::new(nodes);
+    if g.layers.is_empty() {
+        return Err("the graph has no kernel variables (kernel_posterior_loc / kernel)".into());
+    }
+    let mut best: Option<(usize, Vec<Op>, &NodeDef)> = None;
+    let mut first_err = None;
+    for layer in &g.layers {
+        let Some(out) = g.layer_output(layer) else { continue };
+        match g.trace(out) {
+            Ok((ops, ph)) => {
+                let weights = ops.iter().filter(|o| matches!(o, Op::Dense { .. } | Op::Conv2d { .. })).count();
+                if best.as_ref().is_none_or(|b| weights > b.0) {
+                    best = Some((weights, ops, ph));
+                }
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    let Some((_, ops, ph)) = best else {
+        return Err(first_err.unwrap_or_else(|| "no layer has a BiasAdd output".into()));
+    };
+    let dims: Vec<i64> = ph.attr.get("shape").map(|a| a.shape().dim.iter().map(|d| d.size).collect()).unwrap_or_default();
+    let input_shape: Vec<usize> = match dims.split_first() {
+        Some((_, rest)) if !rest.is_empty() && rest.iter().all(|&d| d > 0) => rest.iter().map(|&d| d as usize).collect(),
+        _ => return Err(format!("input placeholder '{}' has shape {dims:?}; need [batch, known sizes...]", ph.name)),
+    };
+    Ok(Arch { input_name: ph.name.clone(), input_shape, ops })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(p: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(p)
+    }
+
+    #[test]
+    fn recovers_the_tf1_mlp() {
+        let arch = read_arch(&fixture("tf1_bnn_fc/model.ckpt-3000.meta")).expect("arch");
+        let d = |l: &str| Op::Dense { layer: l.into() };
+        assert_eq!(arch.input_name, "Placeholder");
+        assert_eq!(arch.input_shape, vec![64]);
+        assert_eq!(arch.ops, vec![d("den_1"), Op::Relu, d("den_2"), Op::Relu, d("den_3")]);
+    }
+
+    #[test]
+    fn recovers_the_tf1_conv_net() {
+        let arch = read_arch(&fixture("tf1_bnn_conv/model.ckpt-2000.meta")).expect("arch");
+        let c = |l: &str| Op::Conv2d { layer: l.into(), strides: [1, 1], padding: Padding::Same };
+        assert_eq!(arch.input_shape, vec![8, 8, 1]);
+        assert_eq!(
+            arch.ops,
+            vec![
+                c("Conv_1"),
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                c("Conv_2"),
+                Op::Relu,
+                Op::Flatten,
+                Op::Dense { layer: "den_out".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn graph_without_kernels_is_an_error_naming_the_file() {
+        let e = read_arch(&fixture("tf1_two_shards/model.ckpt.meta")).expect_err("no BNN");
+        assert!(e.to_string().contains("model.ckpt.meta"), "{e}");
+        let e = read_arch(&fixture("tf1_bnn_fc/model.ckpt-3000.index")).expect_err("not a meta");
+        assert!(e.to_string().contains("model.ckpt-3000.index"), "{e}");
+    }
+}

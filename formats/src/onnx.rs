@@ -1,0 +1,504 @@
+//! ONNX export of a BNN: an [`Arch`] and its [`Posterior`]s to an ONNX `ModelProto`
+//! (opset 17), as edge runtimes load it. See `docs/onnx.md`.
+//!
+//! * [`Mode::Mean`]: the deterministic network with weights = mu. Input `[batch, ...]` (the
+//!   TF input shape, NHWC for images), outputs `logits` and `probabilities` `[batch, classes]`.
+//! * [`Mode::MonteCarlo`]: S weight samples mu + sigma * eps drawn in the runtime
+//!   (`RandomNormalLike`), all S networks evaluated in one pass: dense kernels are stacked to
+//!   `[S, in, out]` (batched MatMul), convolutions become one grouped Conv with S groups.
+//!   Outputs `probabilities_mean` and `probabilities_variance` (over the S samples, divided by
+//!   S) `[batch, classes]`.
+//!
+//! Convolutions run NCHW inside the graph: the input is transposed once, and back to NHWC
+//! before flattening so that dense kernels see TensorFlow's feature order.
+
+use std::io::Write;
+use std::path::Path;
+
+pub use onnx_protobuf::ModelProto;
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension::Value as DimValue,
+    tensor_shape_proto::Dimension, type_proto, AttributeProto, GraphProto, Message, NodeProto,
+    OperatorSetIdProto, SparseTensorProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use crate::arch::{shape_check, Arch, Op, Padding, Posterior};
+use crate::error::{Error, Result};
+
+/// The ONNX operator set the export targets.
+pub const OPSET: i64 = 17;
+
+/// Which network to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Weights = posterior means.
+    Mean,
+    /// Monte Carlo over `samples` weight draws in the runtime.
+    MonteCarlo {
+        /// Number of weight samples S.
+        samples: usize,
+    },
+}
+
+/// How kernels are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparse {
+    /// Sparse initializer where it is smaller than the dense tensor (below 1/3 non-zeros).
+    Auto,
+    /// Every kernel as a sparse initializer.
+    Always,
+    /// Dense initializers only: loads in every runtime.
+    Never,
+}
+
+/// Export options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Mean or Monte Carlo network.
+    pub mode: Mode,
+    /// Storage of kernels.
+    pub sparse: Sparse,
+}
+
+struct Builder {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    sparse_inits: Vec<SparseTensorProto>,
+    sparse: Sparse,
+    counter: usize,
+}
+
+/// What the current tensor looks like: `[N|S,N, features]` or `[N, S*C, H, W]`.
+#[derive(Clone)]
+struct Cur {
+    name: String,
+    /// Per-example TF shape (`[k]` or `[h, w, c]`).
+    shape: Vec<usize>,
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), type_: AttributeType::INTS.into(), ints: v.to_vec(), ..Default::default() }
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), type_: AttributeType::INT.into(), i: v, ..Default::default() }
+}
+
+fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::FLOAT as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::INT64 as i32,
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// HWIO (TF) to OIHW (ONNX).
+fn hwio_to_oihw(v: &[f32], k: &[usize]) -> Vec<f32> {
+    let (kh, kw, ci, co) = (k[0], k[1], k[2], k[3]);
+    let mut out = vec![0.0; v.len()];
+    for h in 0..kh {
+        for w in 0..kw {
+            for i in 0..ci {
+                for o in 0..co {
+                    out[((o * ci + i) * kh + h) * kw + w] = v[((h * kw + w) * ci + i) * co + o];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// ONNX pads `[top, left, bottom, right]` for a TF padding mode.
+fn pads(p: Padding, hw: &[usize], window: &[usize], strides: &[usize; 2]) -> Vec<i64> {
+    let mut begin = Vec::new();
+    let mut end = Vec::new();
+    for d in 0..2 {
+        let (out, before) = p.output(hw[d], window[d], strides[d]);
+        let total = ((out.max(1) - 1) * strides[d] + window[d]).saturating_sub(hw[d]);
+        let total = if p == Padding::Valid { 0 } else { total };
+        begin.push(before as i64);
+        end.push((total - before) as i64);
+    }
+    begin.extend(end);
+    begin
+}
+
+impl Builder {
+    fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{hint}_{}", self.counter)
+    }
+
+    /// Adds a node; returns its (single) output name. `name` ends the node name (tract keys
+    /// `RandomNormalLike` on a node name ending in `Like`).
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> String {
+        let out = self.fresh(op);
+        self.nodes.push(NodeProto {
+            name: format!("{out}_{op}"),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    fn const_i64(&mut self, hint: &str, values: &[i64]) -> String {
+        let name = self.fresh(hint);
+        self.inits.push(i64_tensor(&name, &[values.len()], values));
+        name
+    }
+
+    /// A float initializer; kernels (`kernel == true`) may be stored sparse.
+    fn init(&mut self, name: &str, dims: &[usize], values: &[f32], kernel: bool) -> String {
+        let nnz = values.iter().filter(|v| **v != 0.0).count();
+        // A sparse entry costs 4 bytes of value + 8 of int64 index against 4 dense bytes.
+        let sparse = kernel
+            && match self.sparse {
+                Sparse::Always => true,
+                Sparse::Auto => nnz * 12 < values.len() * 4,
+                Sparse::Never => false,
+            };
+        if sparse {
+            let (idx, vals): (Vec<i64>, Vec<f32>) =
+                values.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, v)| (i as i64, *v)).unzip();
+            self.sparse_inits.push(SparseTensorProto {
+                values: Some(f32_tensor(name, &[vals.len()], &vals)).into(),
+                indices: Some(i64_tensor(&format!("{name}_indices"), &[idx.len()], &idx)).into(),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            });
+        } else {
+            self.inits.push(f32_tensor(name, dims, values));
+        }
+        name.to_string()
+    }
+
+    /// mu + sigma * eps with eps drawn in the runtime, shape `[S, dims...]`.
+    fn sample(&mut self, name: &str, dims: &[usize], mu: &[f32], sigma: &[f32], samples: usize) -> String {
+        let mu = self.init(&format!("{name}_mu"), dims, mu, true);
+        let sigma = self.init(&format!("{name}_sigma"), dims, sigma, true);
+        let shape: Vec<i64> = std::iter::once(samples as i64).chain(dims.iter().map(|&d| d as i64)).collect();
+        let shape = self.const_i64(&format!("{name}_shape"), &shape);
+        let sigma_s = self.node("Expand", &[&sigma, &shape], vec![]);
+        let eps = self.fresh(&format!("{name}_eps"));
+        self.nodes.push(NodeProto {
+            name: format!("{eps}_RandomNormalLike"),
+            op_type: "RandomNormalLike".into(),
+            input: vec![sigma_s.clone()],
+            output: vec![eps.clone()],
+            attribute: vec![attr_int("dtype", DataType::FLOAT as i64)],
+            ..Default::default()
+        });
+        let noise = self.node("Mul", &[&sigma_s, &eps], vec![]);
+        self.node("Add", &[&mu, &noise], vec![])
+    }
+
+    fn ops(&mut self, ops: &[Op], mut cur: Cur, posts: &mut std::slice::Iter<'_, Posterior>, mode: Mode) -> Cur {
+        let s = match mode {
+            Mode::Mean => 1,
+            Mode::MonteCarlo { samples } => samples,
+        };
+        let mc = matches!(mode, Mode::MonteCarlo { .. });
+        for op in ops {
+            cur = match op {
+                Op::Dense { .. } => {
+                    let Some(p) = posts.next() else { return cur };
+                    let (k, o) = (p.kernel_shape[0], p.kernel_shape[1]);
+                    let w = match (&p.kernel_sigma, mc) {
+                        (Some(sig), true) => self.sample(&p.name, &[k, o], &p.kernel_mu, sig, s),
+                        _ => self.init(&format!("{}/kernel", p.name), &[k, o], &p.kernel_mu, true),
+                    };
+                    let b = match (&p.bias_sigma, mc) {
+                        (Some(sig), true) => self.sample(&format!("{}/bias", p.name), &[1, o], &p.bias_mu, sig, s),
+                        _ => self.init(&format!("{}/bias", p.name), &[o], &p.bias_mu, false),
+                    };
+                    let m = self.node("MatMul", &[&cur.name, &w], vec![]);
+                    Cur { name: self.node("Add", &[&m, &b], vec![]), shape: vec![o] }
+                }
+                Op::Conv2d { strides, padding, .. } => {
+                    let Some(p) = posts.next() else { return cur };
+                    let k = &p.kernel_shape;
+                    let (kh, kw, ci, co) = (k[0], k[1], k[2], k[3]);
+                    let mu = hwio_to_oihw(&p.kernel_mu, k);
+                    let w = match (&p.kernel_sigma, mc) {
+                        (Some(sig), true) => {
+                            let sig = hwio_to_oihw(sig, k);
+                            let w = self.sample(&p.name, &[co, ci, kh, kw], &mu, &sig, s);
+                            let shape = self.const_i64("group_kernel_shape", &[(s * co) as i64, ci as i64, kh as i64, kw as i64]);
+                            self.node("Reshape", &[&w, &shape], vec![])
+                        }
+                        _ if mc => {
+                            let tiled: Vec<f32> = (0..s).flat_map(|_| mu.iter().copied()).collect();
+                            self.init(&format!("{}/kernel", p.name), &[s * co, ci, kh, kw], &tiled, true)
+                        }
+                        _ => self.init(&format!("{}/kernel", p.name), &[co, ci, kh, kw], &mu, true),
+                    };
+                    let b = match (&p.bias_sigma, mc) {
+                        (Some(sig), true) => {
+                            let b = self.sample(&format!("{}/bias", p.name), &[co], &p.bias_mu, sig, s);
+                            let shape = self.const_i64("group_bias_shape", &[(s * co) as i64]);
+                            self.node("Reshape", &[&b, &shape], vec![])
+                        }
+                        _ => {
+                            let tiled: Vec<f32> = (0..s).flat_map(|_| p.bias_mu.iter().copied()).collect();
+                            self.init(&format!("{}/bias", p.name), &[s * co], &tiled, false)
+                        }
+                    };
+                    let attrs = vec![
+                        attr_ints("kernel_shape", &[kh as i64, kw as i64]),
+                        attr_ints("strides", &[strides[0] as i64, strides[1] as i64]),
+                        attr_ints("pads", &pads(*padding, &cur.shape, &[kh, kw], strides)),
+                        attr_int("group", s as i64),
+                    ];
+                    let out = self.node("Conv", &[&cur.name, &w, &b], attrs);
+                    let h = padding.output(cur.shape[0], kh, strides[0]).0;
+                    let wd = padding.output(cur.shape[1], kw, strides[1]).0;
+                    Cur { name: out, shape: vec![h, wd, co] }
+                }
+                Op::Relu => Cur { name: self.node("Relu", &[&cur.name], vec![]), shape: cur.shape },
+                Op::MaxPool { size, strides, padding } => {
+                    let attrs = vec![
+                        attr_ints("kernel_shape", &[size[0] as i64, size[1] as i64]),
+                        attr_ints("strides", &[strides[0] as i64, strides[1] as i64]),
+                        attr_ints("pads", &pads(*padding, &cur.shape, size, strides)),
+                    ];
+                    let h = padding.output(cur.shape[0], size[0], strides[0]).0;
+                    let w = padding.output(cur.shape[1], size[1], strides[1]).0;
+                    Cur { name: self.node("MaxPool", &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
+                }
+                Op::Flatten if cur.shape.len() == 1 => cur,
+                Op::Flatten => {
+                    let (h, w, c) = (cur.shape[0], cur.shape[1], cur.shape[2]);
+                    let n = h * w * c;
+                    let name = if mc {
+                        // [N, S*C, H, W] -> [N, S, C, H, W] -> [S, N, H, W, C] -> [S, N, HWC]
+                        let split = self.const_i64("split_samples", &[0, s as i64, c as i64, h as i64, w as i64]);
+                        let x = self.node("Reshape", &[&cur.name, &split], vec![]);
+                        let x = self.node("Transpose", &[&x], vec![attr_ints("perm", &[1, 0, 3, 4, 2])]);
+                        let flat = self.const_i64("flat_shape", &[s as i64, -1, n as i64]);
+                        self.node("Reshape", &[&x, &flat], vec![])
+                    } else {
+                        let x = self.node("Transpose", &[&cur.name], vec![attr_ints("perm", &[0, 2, 3, 1])]);
+                        self.node("Flatten", &[&x], vec![attr_int("axis", 1)])
+                    };
+                    Cur { name, shape: vec![n] }
+                }
+                Op::Residual { body, shortcut } => {
+                    let a = self.ops(body, cur.clone(), posts, mode);
+                    let b = self.ops(shortcut, cur, posts, mode);
+                    let sum = self.node("Add", &[&a.name, &b.name], vec![]);
+                    Cur { name: self.node("Relu", &[&sum], vec![]), shape: a.shape }
+                }
+            };
+        }
+        cur
+    }
+}
+
+fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Some(n) => DimValue::DimValue(*n as i64),
+                None => DimValue::DimParam("batch".into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    let tensor = type_proto::Tensor {
+        elem_type: DataType::FLOAT as i32,
+        shape: Some(TensorShapeProto { dim, ..Default::default() }).into(),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.into(),
+        type_: Some(TypeProto { value: Some(type_proto::Value::TensorType(tensor)), ..Default::default() }).into(),
+        ..Default::default()
+    }
+}
+
+/// Builds the ONNX model. `arch` and `posts` come from [`Arch::bind`]; `source` (the
+/// checkpoint) is named in errors.
+pub fn build(arch: &Arch, posts: &[Posterior], opts: Options, source: &Path) -> Result<ModelProto> {
+    let out_shape = shape_check(arch, posts).map_err(|e| Error::invalid(source, e))?;
+    let [classes] = out_shape[..] else {
+        return Err(Error::invalid(source, format!("the network ends in shape {out_shape:?}, not a vector of logits")));
+    };
+    let samples = match opts.mode {
+        Mode::MonteCarlo { samples: 0 } => return Err(Error::invalid(source, "--samples must be at least 1")),
+        Mode::MonteCarlo { samples } => samples,
+        Mode::Mean => 1,
+    };
+    if matches!(opts.mode, Mode::MonteCarlo { .. }) && posts.iter().all(|p| p.kernel_sigma.is_none()) {
+        return Err(Error::invalid(source, "no Bayesian layer (kernel_posterior_untransformed_scale) to sample; use --mode mean"));
+    }
+    let mut b = Builder { nodes: vec![], inits: vec![], sparse_inits: vec![], sparse: opts.sparse, counter: 0 };
+    let input = arch.input_name.clone();
+    let mut cur = Cur { name: input.clone(), shape: arch.input_shape.clone() };
+    if cur.shape.len() == 3 {
+        cur.name = b.node("Transpose", &[&input], vec![attr_ints("perm", &[0, 3, 1, 2])]);
+        if samples > 1 {
+            // Channel groups for the grouped convolutions: [x; x; ...] along channels.
+            let reps = b.const_i64("sample_repeats", &[1, samples as i64, 1, 1]);
+            cur.name = b.node("Tile", &[&cur.name, &reps], vec![]);
+        }
+    }
+    let cur = b.ops(&arch.ops, cur, &mut posts.iter(), opts.mode);
+    let outputs = match opts.mode {
+        Mode::Mean => {
+            b.nodes.push(NodeProto {
+                name: "logits_Identity".into(),
+                op_type: "Identity".into(),
+                input: vec![cur.name.clone()],
+                output: vec!["logits".into()],
+                ..Default::default()
+            });
+            b.nodes.push(NodeProto {
+                name: "probabilities_Softmax".into(),
+                op_type: "Softmax".into(),
+                input: vec!["logits".into()],
+                output: vec!["probabilities".into()],
+                attribute: vec![attr_int("axis", -1)],
+                ..Default::default()
+            });
+            vec!["logits", "probabilities"]
+        }
+        Mode::MonteCarlo { .. } => {
+            let p = b.node("Softmax", &[&cur.name], vec![attr_int("axis", -1)]);
+            let reduce = || vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)];
+            b.nodes.push(NodeProto {
+                name: "probabilities_mean_ReduceMean".into(),
+                op_type: "ReduceMean".into(),
+                input: vec![p.clone()],
+                output: vec!["probabilities_mean".into()],
+                attribute: reduce(),
+                ..Default::default()
+            });
+            let d = b.node("Sub", &[&p, "probabilities_mean"], vec![]);
+            let sq = b.node("Mul", &[&d, &d], vec![]);
+            b.nodes.push(NodeProto {
+                name: "probabilities_variance_ReduceMean".into(),
+                op_type: "ReduceMean".into(),
+                input: vec![sq],
+                output: vec!["probabilities_variance".into()],
+                attribute: reduce(),
+                ..Default::default()
+            });
+            vec!["probabilities_mean", "probabilities_variance"]
+        }
+    };
+    let in_dims: Vec<Option<usize>> = std::iter::once(None).chain(arch.input_shape.iter().map(|&d| Some(d))).collect();
+    let graph = GraphProto {
+        name: "bnn".into(),
+        node: b.nodes,
+        initializer: b.inits,
+        sparse_initializer: b.sparse_inits,
+        input: vec![value_info(&input, &in_dims)],
+        output: outputs.iter().map(|o| value_info(o, &[None, Some(classes)])).collect(),
+        ..Default::default()
+    };
+    Ok(ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET, ..Default::default() }],
+        producer_name: "bnn-convert".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph).into(),
+        ..Default::default()
+    })
+}
+
+/// Replaces sparse initializers by the equivalent dense ones (for runtimes without sparse
+/// initializer support, e.g. tract).
+pub fn densify(model: &mut ModelProto) {
+    let Some(graph) = model.graph.as_mut() else { return };
+    for sp in std::mem::take(&mut graph.sparse_initializer) {
+        let (Some(values), Some(indices)) = (sp.values.as_ref(), sp.indices.as_ref()) else { continue };
+        let n: i64 = sp.dims.iter().product();
+        let mut dense = vec![0f32; n.max(0) as usize];
+        let vals = values.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        let idx = indices.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        for (i, v) in idx.zip(vals) {
+            if let Some(slot) = dense.get_mut(i as usize) {
+                *slot = v;
+            }
+        }
+        let dims: Vec<usize> = sp.dims.iter().map(|&d| d as usize).collect();
+        graph.initializer.push(f32_tensor(&values.name, &dims, &dense));
+    }
+}
+
+/// The serialized model; `path` (the destination) is named in errors.
+pub fn encode(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
+    model.write_to_bytes().map_err(|e| Error::invalid(path, format!("cannot encode the ONNX model: {e}")))
+}
+
+/// A temporary file in `dir` readable like any other output (tempfile's default is 0600).
+fn output_tempfile(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    b.tempfile_in(dir)
+}
+
+/// Writes `model` to `path` through a temporary file in the same folder, renamed at the end.
+pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
+    let bytes = encode(model, path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // tempfile's errors repeat the temporary path; name the destination once instead.
+    let plain = |e: std::io::Error| Error::invalid(path, format!("cannot write: {}", std::io::Error::from(e.kind())));
+    let mut tmp = output_tempfile(dir).map_err(plain)?;
+    tmp.write_all(&bytes).map_err(plain)?;
+    tmp.persist(path).map_err(|e| plain(e.error))?;
+    Ok(())
+}
+
+/// Reads an ONNX model file.
+pub fn read(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    ModelProto::parse_from_bytes(&bytes).map_err(|e| Error::corrupt(path, format!("not an ONNX model: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hwio_to_oihw_moves_each_weight() {
+        // k = [kh=1, kw=2, in=2, out=3]; each HWIO value is its own flat index.
+        let k = [1, 2, 2, 3];
+        let v: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let t = hwio_to_oihw(&v, &k);
+        let oihw = |o: usize, i: usize, w: usize| t[(o * 2 + i) * 2 + w];
+        // HWIO[0][1][1][2] = ((0*2+1)*2+1)*3+2 = 11; HWIO[0][0][0][1] = 1.
+        assert_eq!(oihw(2, 1, 1), 11.0);
+        assert_eq!(oihw(1, 0, 0), 1.0);
+        assert_eq!(oihw(0, 1, 0), 3.0);
+    }
+
+    #[test]
+    fn same_pads_put_the_extra_row_after() {
+        assert_eq!(pads(Padding::Same, &[8, 8], &[5, 5], &[1, 1]), vec![2, 2, 2, 2]);
+        assert_eq!(pads(Padding::Same, &[8, 8], &[2, 2], &[2, 2]), vec![0, 0, 0, 0]);
+        assert_eq!(pads(Padding::Same, &[7, 7], &[3, 3], &[2, 2]), vec![1, 1, 1, 1]);
+        assert_eq!(pads(Padding::Same, &[8, 8], &[3, 3], &[2, 2]), vec![0, 0, 1, 1]);
+        assert_eq!(pads(Padding::Valid, &[8, 8], &[3, 3], &[2, 2]), vec![0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,34 @@
+//! Native inference for BNNs: mean and Monte Carlo forward passes (Flipout or
+//! reparameterization) of dense and conv layers, batched and multithreaded (rayon), with CSR
+//! kernels for pruned layers.
+//!
+//! Build a [`Model`] from an architecture and its posteriors ([`formats::arch::Arch::bind`]),
+//! then call [`Model::predict_mean`] or [`Model::predict_mc`]; [`metrics::evaluate`] scores
+//! the result.
+
+pub mod conv;
+pub mod dense;
+pub mod metrics;
+pub mod predict;
+pub mod sampler;
+pub mod sparse;
+
+pub use predict::{Estimator, McPrediction, Model, SparseKernels};
+
+/// Errors of the inference engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Architecture and weights do not fit together.
+    #[error("architecture does not match the weights: {0}")]
+    Shape(String),
+    /// The input batch has the wrong size.
+    #[error("input has {got} values, not a multiple of the {per_example} values of one example {shape:?}")]
+    Input {
+        /// Values given.
+        got: usize,
+        /// Values per example.
+        per_example: usize,
+        /// The example shape.
+        shape: Vec<usize>,
+    },
+}
