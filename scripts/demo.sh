@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a bundled example: a real TF1 BNN checkpoint written by TensorFlow Probability
-# (fixtures/tf1_bnn_fc) is inspected, converted to safetensors and back, without TensorFlow.
+# (fixtures/tf1_bnn_fc) is inspected, converted to safetensors and back, analysed, pruned,
+# exported to ONNX and evaluated on the bundled digits, all without TensorFlow.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,3 +21,12 @@ echo
 echo "== safetensors-to-ckpt (original TensorFlow names restored)"
 "$bin" safetensors-to-ckpt "$out/bnn.safetensors" -o "$out/ckpt/model.ckpt-roundtrip"
 "$bin" inspect --verify "$out/ckpt"
+
+echo
+echo "== snr, then prune every weight with SNR <= 1 (mu = 0, softplus(rho) = 0)"
+"$bin" snr fixtures/tf1_bnn_fc --plot "$out/snr.svg"
+"$bin" prune fixtures/tf1_bnn_fc -o "$out/pruned/model.ckpt-3000" --threshold 1
+echo
+echo "== export-onnx and eval of the pruned network"
+"$bin" export-onnx "$out/pruned/model.ckpt-3000" -o "$out/bnn.onnx"
+"$bin" eval "$out/pruned/model.ckpt-3000" --data fixtures/data/digits_test_x.npy --samples 100
