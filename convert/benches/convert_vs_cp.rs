@@ -4,9 +4,12 @@
 //! `cargo bench -p bnn-convert --bench convert_vs_cp` (set `BNN_BENCH_MIB` for another size).
 //! Writes its table between markers in docs/performance.md.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+
+use common::{median, timed, write_section};
 
 const RUNS: usize = 3;
 
@@ -15,31 +18,6 @@ fn peak_rss_of_children_kib() -> i64 {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     usage.ru_maxrss
-}
-
-fn timed(cmd: &mut Command) -> f64 {
-    let start = Instant::now();
-    let status = cmd.status().expect("command starts");
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Replaces the text between `<!-- bench:NAME -->` markers in docs/performance.md.
-fn write_section(name: &str, body: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".into());
-    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
-    let section = format!("{open}\n{body}{close}");
-    let text = match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], section, &text[b + close.len()..]),
-        _ => format!("{}\n{section}\n", text.trim_end()),
-    };
-    std::fs::write(&path, text).expect("write docs/performance.md");
 }
 
 fn main() {
@@ -65,12 +43,12 @@ fn main() {
     let copy = root.join("copy.bin");
 
     // Warm the page cache once so both contenders read from memory.
-    timed(Command::new("cat").arg(&data).stdout(std::process::Stdio::null()));
+    timed(Command::new("cat").arg(&data));
     let mut convert = Vec::new();
     let mut cp = Vec::new();
     for _ in 0..RUNS {
         let _ = std::fs::remove_file(&out);
-        convert.push(timed(Command::new(bin).arg("ckpt-to-safetensors").arg(&prefix).arg("-o").arg(&out).stdout(std::process::Stdio::null())));
+        convert.push(timed(Command::new(bin).arg("ckpt-to-safetensors").arg(&prefix).arg("-o").arg(&out)));
         let _ = std::fs::remove_file(&copy);
         cp.push(timed(Command::new("cp").arg(&data).arg(&copy)));
     }

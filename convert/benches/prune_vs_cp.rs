@@ -5,33 +5,12 @@
 //! `cargo bench -p bnn-convert --bench prune_vs_cp` (`BNN_BENCH_MIB` sets the size of 1).
 //! Writes its section between markers in docs/performance.md.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
-fn timed(cmd: &mut Command) -> f64 {
-    let start = Instant::now();
-    let status = cmd.stdout(Stdio::null()).status().expect("command starts");
-    assert!(status.success(), "{cmd:?} failed");
-    start.elapsed().as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn write_section(name: &str, body: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/performance.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".into());
-    let (open, close) = (format!("<!-- bench:{name} -->"), format!("<!-- /bench:{name} -->"));
-    let section = format!("{open}\n{body}{close}");
-    let text = match (text.find(&open), text.find(&close)) {
-        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], section, &text[b + close.len()..]),
-        _ => format!("{}\n\n{section}\n", text.trim_end()),
-    };
-    std::fs::write(&path, text).expect("write docs/performance.md");
-}
+use common::{median, timed, write_section};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
