@@ -2,7 +2,7 @@
 # Everything the trainer's tests need, on a fresh Debian machine (CI runs this):
 # Open MPI + libclang (scripts/setup-mpi.sh), the TensorFlow C library from the
 # tensorflow-cpu wheel (scripts/setup-tensorflow.sh), bnn-convert for the checkpoint
-# round trip, then `cargo test -p bnn-train` (unit tests, CLI tests, TensorFlow-Python
+# round trip, then `cargo test -p bnn-train` and bnn-convert's MPI batch test (unit tests, CLI tests, TensorFlow-Python
 # interop, and the `mpirun -np 2` tests). Optional dependencies are required here:
 # a missing one fails instead of skipping. Exits non-zero on any failure.
 set -euo pipefail
@@ -21,6 +21,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 cargo build -p bnn-convert
 cargo test -p bnn-train --no-fail-fast
+# prune-batch split across MPI ranks (bnn-convert's optional `mpi` feature).
+cargo test -p bnn-convert --features mpi --test batch_mpi
 
 # The same binary, as a user runs it on two ranks.
 bin="$CARGO_TARGET_DIR/debug/bnn-train"

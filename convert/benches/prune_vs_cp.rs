@@ -27,7 +27,7 @@ fn main() {
     std::fs::create_dir_all(base.join("large")).expect("mkdir");
     let data = PathBuf::from(format!("{}.data-00000-of-00001", prefix.display()));
     if !data.is_file() {
-        formats::synthetic::write_synthetic_bnn(&prefix, &vec![(n, 4096u64); 4], 7).expect("generate");
+        formats::synthetic::write_synthetic_bnn(&prefix, &[(n, 4096u64); 4], 7).expect("generate");
     }
     let bytes = std::fs::metadata(&data).expect("data").len();
     let out = base.join("large-out/model.ckpt-1000");

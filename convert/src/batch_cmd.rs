@@ -55,12 +55,20 @@ pub fn run(a: Args) -> Result<()> {
     let opts = BatchOptions { job: a.rule.job(), threads, compress: matches!(a.compress, Compress::Zstd), all_steps: a.all_steps };
     let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(jobs.len() as u64) };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let records = run_batch(&jobs, &a.output, &opts, &|done| {
+    let progress = |done: &[surgery::batch::Record]| {
         if let Some(r) = done.last() {
             bar.set_message(r.path.clone());
         }
         bar.inc(1);
-    })?;
+    };
+    #[cfg(not(feature = "mpi"))]
+    let records = run_batch(&jobs, &a.output, &opts, &progress)?;
+    // Under mpirun each rank prunes its share; rank 0 alone writes the summary.
+    #[cfg(feature = "mpi")]
+    let Some(records) = surgery::batch::mpi::run_on_ranks(&jobs, &a.output, |mine| run_batch(mine, &a.output, &opts, &progress))? else {
+        bar.finish_and_clear();
+        return Ok(());
+    };
     bar.finish_and_clear();
     write_summary(&a.output, &records)?;
     let count = |s: Status| records.iter().filter(|r| r.status == s).count();

@@ -1,10 +1,11 @@
 //! `snr`: signal-to-noise statistics of the weight posteriors, per layer and overall.
 
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use surgery::snr::{analyse, select_targets, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
 
 /// Arguments of `snr`.
@@ -24,7 +25,7 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Draw the SNR histograms per layer, log10 axis, to this SVG file.
+    /// Draw the SNR histograms per layer, log axis, to this file (`.png`, else SVG).
     #[arg(long)]
     plot: Option<PathBuf>,
 }
@@ -36,7 +37,7 @@ pub fn run(a: Args) -> Result<()> {
     let targets = select_targets(&ckpt, a.layers.as_deref(), parts)?;
     let report = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &a.thresholds)?;
     if let Some(path) = &a.plot {
-        crate::write_file_atomically(path, histogram_svg(&report).as_bytes())?;
+        plot(&report, path)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
@@ -62,54 +63,103 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// One histogram panel per posterior, bars over log10(SNR), with the thresholds marked.
-fn histogram_svg(report: &SnrReport) -> String {
-    let (pw, ph, margin) = (520.0, 160.0, 40.0);
-    let height = margin + report.layers.len() as f64 * (ph + margin);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <text x=\"{margin}\" y=\"20\" font-size=\"13\">SNR = |mu| / softplus(rho), log10 axis: {}</text>\n",
-        pw + 2.0 * margin,
-        xml_escape(&report.path)
-    );
+/// Fonts tried for plot labels, after `$BNN_PLOT_FONT`. Rendered by ab_glyph (pure Rust), so
+/// no fontconfig or other system library is needed; without any font the plot has no text.
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:\\Windows\\Fonts\\arial.ttf",
+];
+const BAR_COLOR: RGBColor = RGBColor(74, 122, 181);
+
+/// Registers the first readable font as "sans-serif"; false when there is none.
+fn register_font() -> bool {
+    let candidates = std::env::var_os("BNN_PLOT_FONT").map(PathBuf::from).into_iter().chain(FONT_PATHS.iter().map(PathBuf::from));
+    for path in candidates {
+        if let Ok(bytes) = std::fs::read(&path) {
+            // plotters keeps registered fonts for the whole process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Draws the SNR histograms per posterior (log10 axis, thresholds in red) to `path`: PNG when
+/// its name ends in `.png`, SVG otherwise. Written to a temporary file renamed into place.
+fn plot(report: &SnrReport, path: &Path) -> Result<()> {
+    let labels = register_font();
+    if !labels {
+        eprintln!("bnn-convert: note: no TrueType font found (set BNN_PLOT_FONT=font.ttf): plot drawn without text");
+    }
+    let size = (760u32, 40 + 220 * report.layers.len().max(1) as u32);
+    let png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if png {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        // The encoder picks the format from the name, so the temporary file ends in .png too.
+        let tmp = tempfile::Builder::new().suffix(".png").tempfile_in(dir).with_context(|| format!("{}: creating a temporary file", path.display()))?;
+        {
+            let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
+            draw(&root, report, labels).map_err(|e| anyhow::anyhow!("{}: drawing: {e}", path.display()))?;
+            root.present().map_err(|e| anyhow::anyhow!("{}: encoding PNG: {e}", path.display()))?;
+        }
+        tmp.persist(path).with_context(|| format!("{}: renaming into place", path.display()))?;
+    } else {
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+            draw(&root, report, labels).map_err(|e| anyhow::anyhow!("{}: drawing: {e}", path.display()))?;
+            root.present().map_err(|e| anyhow::anyhow!("{}: drawing: {e}", path.display()))?;
+        }
+        crate::write_file_atomically(path, svg.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One panel per posterior: a bar per 0.25-decade bin of log10(SNR), a line per threshold.
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &SnrReport, labels: bool) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
     let (lo, hi) = report
         .layers
         .iter()
         .flat_map(|l| l.histogram.iter().map(|(x, _)| *x))
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x + 0.25)));
-    let span = (hi - lo).max(0.25);
-    for (i, l) in report.layers.iter().enumerate() {
-        let top = margin + i as f64 * (ph + margin);
+    let (lo, hi) = if lo < hi { (lo, hi) } else { (-1.0, 1.0) };
+    let body = if labels { root.titled(&format!("SNR = |mu| / softplus(rho): {}", report.path), ("sans-serif", 16))? } else { root.margin(30, 0, 0, 0) };
+    let panels = body.split_evenly((report.layers.len().max(1), 1));
+    for (area, l) in panels.iter().zip(&report.layers) {
         let peak = l.histogram.iter().map(|(_, c)| *c).max().unwrap_or(1).max(1) as f64;
-        let _ = writeln!(s, "<text x=\"{margin}\" y=\"{}\">{}/{} ({} weights)</text>", top + 12.0, l.target.layer, l.target.part.name(), l.stats.count);
-        let _ = writeln!(s, "<rect x=\"{margin}\" y=\"{}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>", top + 16.0);
-        for (x, c) in &l.histogram {
-            let bx = margin + (x - lo) / span * pw;
-            let bh = *c as f64 / peak * (ph - 4.0);
-            let _ = writeln!(
-                s,
-                "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#4a7ab5\"/>",
-                top + 16.0 + ph - bh,
-                0.25 / span * pw - 1.0
-            );
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(12);
+        if labels {
+            builder
+                .caption(format!("{}/{} ({} weights)", l.target.layer, l.target.part.name(), l.stats.count), ("sans-serif", 14))
+                .x_label_area_size(28)
+                .y_label_area_size(56);
         }
-        for u in &l.stats.under {
-            if u.threshold > 0.0 {
-                let x = margin + (u.threshold.log10() - lo) / span * pw;
-                if (margin..=margin + pw).contains(&x) {
-                    let _ = writeln!(s, "<line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"3,2\"/>", top + 16.0, top + 16.0 + ph);
-                    let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" fill=\"#c33\">{}</text>", x + 2.0, top + 28.0, u.threshold);
-                }
-            }
+        let mut chart = builder.build_cartesian_2d(lo..hi, 0.0..peak * 1.05)?;
+        if labels {
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_labels(((hi - lo).ceil() as usize + 1).min(16))
+                .x_label_formatter(&|x| format!("1e{x:.0}"))
+                .x_desc("SNR (log axis)")
+                .y_desc("weights")
+                .draw()?;
+        } else {
+            chart.plotting_area().draw(&Rectangle::new([(lo, 0.0), (hi, peak * 1.05)], BLACK.stroke_width(1)))?;
         }
-        for k in (lo.ceil() as i64)..=(hi.floor() as i64) {
-            let x = margin + (k as f64 - lo) / span * pw;
-            let _ = writeln!(s, "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">1e{k}</text>", top + 30.0 + ph);
+        chart.draw_series(l.histogram.iter().filter(|(_, c)| *c > 0).map(|(x, c)| Rectangle::new([(*x, 0.0), (x + 0.23, *c as f64)], BAR_COLOR.filled())))?;
+        for u in l.stats.under.iter().filter(|u| u.threshold > 0.0 && (lo..=hi).contains(&u.threshold.log10())) {
+            let x = u.threshold.log10();
+            chart.draw_series(LineSeries::new([(x, 0.0), (x, peak * 1.05)], RED.stroke_width(1)))?;
         }
     }
-    s + "</svg>\n"
-}
-
-fn xml_escape(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod prune;
 pub mod snr;
 pub mod softplus;
 pub mod sparse;
+pub mod threshold;
 pub mod values;
 
 pub use error::{Error, Result};

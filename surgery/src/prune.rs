@@ -3,12 +3,15 @@
 
 use formats::checkpoint::Checkpoint;
 use formats::convert::Edits;
+use formats::DType;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::snr::{read_posterior, snr_values, Target};
+use crate::snr::{snr_values, Target};
 use crate::softplus::ZERO_SCALE_RHO;
-use crate::values::element_bytes;
+use crate::threshold::keep_f32;
+use crate::values::{element_bytes, to_f64};
 
 /// Metadata entry holding the pruning report of a safetensors output.
 pub const META_PRUNE: &str = "bnn_prune";
@@ -99,11 +102,21 @@ pub struct Pruning {
     pub report: PruneReport,
 }
 
+/// The threshold applied: BPrune reads T = 0 as SNR <= 1e-44.
+fn effective_threshold(t: f64, mode: Mode) -> f64 {
+    if mode == Mode::Bprune && t == 0.0 {
+        BPRUNE_ZERO_THRESHOLD
+    } else {
+        t
+    }
+}
+
 /// Which weights to keep for each target (SNR arrays in target order).
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(s <= t)` on purpose: see below.
 fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<bool>>, f64) {
     match criterion {
         Criterion::Threshold(t) => {
-            let t = if mode == Mode::Bprune && t == 0.0 { BPRUNE_ZERO_THRESHOLD } else { t };
+            let t = effective_threshold(t, mode);
             // `!(s <= t)` keeps NaN SNRs (undefined) rather than pruning them silently.
             (snrs.iter().map(|s| s.iter().map(|v| !(*v <= t)).collect()).collect(), t)
         }
@@ -150,36 +163,58 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
         }
     }
-    let mut posteriors = Vec::with_capacity(targets.len());
+    let numeric = |key: &str, data: &formats::tensor::TensorData<'_>| -> Result<Vec<u8>> {
+        data.bytes().map(<[u8]>::to_vec).ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' is not numeric")))
+    };
+    // Each posterior is read (and its CRC checked) once; the copies become the edited tensors.
+    let mut raw = Vec::with_capacity(targets.len());
     for t in targets {
-        posteriors.push(read_posterior(ckpt, t)?);
+        raw.push((numeric(&t.loc_key, &ckpt.read(&t.loc_key)?)?, numeric(&t.rho_key, &ckpt.read(&t.rho_key)?)?));
     }
-    let snrs: Vec<Vec<f64>> = targets.iter().zip(&posteriors).map(|(t, (mu, rho))| snr_values(t.dtype, mu, rho)).collect();
-    let (keep, threshold) = keep_masks(&snrs, options.criterion, options.mode);
+    let (keep, threshold) = match options.criterion {
+        // The common case needs no f64 copies of the posteriors: see `threshold`.
+        Criterion::Threshold(t) if targets.iter().all(|t| t.dtype == DType::Float32) => {
+            let t = effective_threshold(t, options.mode);
+            (raw.iter().map(|(mu, rho)| keep_f32(mu, rho, t)).collect(), t)
+        }
+        _ => {
+            let mut snrs = Vec::with_capacity(targets.len());
+            for (t, (mu, rho)) in targets.iter().zip(&raw) {
+                let not_float = || Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype));
+                let (mu, rho) = (to_f64(t.dtype, mu).ok_or_else(not_float)?, to_f64(t.dtype, rho).ok_or_else(not_float)?);
+                snrs.push(snr_values(t.dtype, &mu, &rho));
+            }
+            keep_masks(&snrs, options.criterion, options.mode)
+        }
+    };
 
     let mut edits = Edits::default();
     let mut layers = Vec::new();
-    for (t, mask) in targets.iter().zip(&keep) {
+    for ((t, mask), (mut mu, mut rho)) in targets.iter().zip(&keep).zip(raw) {
         let rho_value = match options.mode {
             Mode::Zero => ZERO_SCALE_RHO,
             Mode::Bprune => 0.0,
         };
-        let zero = element_bytes(t.dtype, 0.0).unwrap_or_default();
-        let rho_fill = element_bytes(t.dtype, rho_value).unwrap_or_default();
+        let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
+            return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
+        };
         let width = zero.len();
-        let mut mu = ckpt.read(&t.loc_key)?.bytes().map(<[u8]>::to_vec).unwrap_or_default();
-        let mut rho = ckpt.read(&t.rho_key)?.bytes().map(<[u8]>::to_vec).unwrap_or_default();
-        let mut nonzero_mu = 0usize;
-        for (i, &kept) in mask.iter().enumerate() {
-            let at = i * width..(i + 1) * width;
-            if kept {
-                // BPrune counts non-zero mu after pruning; -0.0 counts as zero, like numpy.
-                nonzero_mu += usize::from(posteriors_nonzero(&mu[at.clone()]));
-            } else {
-                mu[at.clone()].copy_from_slice(&zero);
-                rho[at].copy_from_slice(&rho_fill);
-            }
+        if mu.len() != mask.len() * width || rho.len() != mask.len() * width {
+            return Err(Error::invalid(ckpt.path(), format!("'{}' and its scale differ in size", t.loc_key)));
         }
+        // In parallel chunks: this pass touches every byte of the posteriors.
+        let step = 16 * 1024;
+        let nonzero_mu: usize = mu
+            .par_chunks_mut(step * width)
+            .zip(rho.par_chunks_mut(step * width))
+            .zip(mask.par_chunks(step))
+            .map(|((mu, rho), mask)| match width {
+                // Element widths known at compile time turn the per-weight work into word moves.
+                2 => apply_mask::<2>(mu, rho, mask, &zero, &rho_fill),
+                4 => apply_mask::<4>(mu, rho, mask, &zero, &rho_fill),
+                _ => apply_mask::<8>(mu, rho, mask, &zero, &rho_fill),
+            })
+            .sum();
         let kept = mask.iter().filter(|k| **k).count();
         layers.push(TargetReport {
             layer: t.layer.clone(),
@@ -241,6 +276,24 @@ pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &
 /// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.
 pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}.prune.json", prefix.display()))
+}
+
+/// Writes `zero` into mu and `fill` into rho wherever `mask` is false (elements of `W` bytes) and
+/// returns how many kept mu are non-zero (BPrune's count; -0.0 counts as zero, like numpy).
+fn apply_mask<const W: usize>(mu: &mut [u8], rho: &mut [u8], mask: &[bool], zero: &[u8], fill: &[u8]) -> usize {
+    let (Ok(zero), Ok(fill)) = (<[u8; W]>::try_from(zero), <[u8; W]>::try_from(fill)) else {
+        return 0;
+    };
+    let mut nonzero = 0;
+    for ((m, r), &kept) in mu.chunks_exact_mut(W).zip(rho.chunks_exact_mut(W)).zip(mask) {
+        if kept {
+            nonzero += usize::from(posteriors_nonzero(m));
+        } else {
+            m.copy_from_slice(&zero);
+            r.copy_from_slice(&fill);
+        }
+    }
+    nonzero
 }
 
 /// Whether a little-endian float element is non-zero (either sign of zero counts as zero).

@@ -3,6 +3,8 @@
 
 mod archive;
 mod discover;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 mod run;
 mod summary;
 
