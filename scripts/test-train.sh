@@ -2,8 +2,9 @@
 # Everything the trainer's tests need, on a fresh Debian machine (CI runs this):
 # Open MPI + libclang (scripts/setup-mpi.sh), the TensorFlow C library from the
 # tensorflow-cpu wheel (scripts/setup-tensorflow.sh), bnn-convert for the checkpoint
-# round trip, then `cargo test -p bnn-train` and bnn-convert's MPI batch test (unit tests, CLI tests, TensorFlow-Python
-# interop, and the `mpirun -np 2` tests). Optional dependencies are required here:
+# round trip, then `cargo test -p bnn-train` (unit tests, CLI tests, TensorFlow-Python
+# interop, and the `mpirun -np 2` tests) and bnn-convert's MPI batch test (`prune-batch`
+# split across ranks, cargo feature `mpi`). Optional dependencies are required here:
 # a missing one fails instead of skipping. Exits non-zero on any failure.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
