@@ -42,11 +42,9 @@ pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
     Ok(arch.bind(&ckpt)?)
 }
 
-/// Arguments of `eval`.
+/// The labelled data set to evaluate on: shared by `eval` and `sweep`.
 #[derive(clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub model: ModelArgs,
+pub struct DataArgs {
     /// Inputs: .npy (float32 / uint8), MNIST IDX images (name *idx*ubyte), or a CIFAR-10
     /// binary batch (.bin).
     #[arg(long)]
@@ -55,6 +53,22 @@ pub struct Args {
     /// (`*_x.npy` -> `*_y.npy`, `*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`; CIFAR has them inline).
     #[arg(long)]
     pub labels: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// Reads the data set for a model with `example` inputs and `classes` outputs.
+    pub fn read(&self, example: usize, classes: usize) -> Result<Data> {
+        read_data(&self.data, self.labels.as_deref(), example, classes)
+    }
+}
+
+/// Arguments of `eval`.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Monte Carlo samples; 0 evaluates the mean network (weights = mu).
     #[arg(long, default_value_t = 100)]
     pub samples: usize,
@@ -115,7 +129,7 @@ pub fn run(a: Args) -> Result<()> {
         "reparam" => Estimator::Reparameterization,
         other => bail!("--estimator must be flipout or reparam, not '{other}'"),
     };
-    let data = read_data(&a.data, a.labels.as_deref(), model.example_len(), model.classes())?;
+    let data = a.data.read(model.example_len(), model.classes())?;
     let e = run_eval(&model, &data, a.samples, a.seed, est)?;
     let (sparse, layers) = model.sparse_layers();
     let m = e.metrics;

@@ -12,19 +12,15 @@ use surgery::prune::{prune, Criterion, Mode, PruneOptions, Pruning};
 use surgery::snr::{select_targets, Part};
 
 use surgery::engine::{Estimator, Model, SparseKernels};
-use crate::eval_cmd::{load_model, read_data, run_eval, sparse_kernels, ModelArgs};
+use crate::eval_cmd::{load_model, run_eval, sparse_kernels, DataArgs, ModelArgs};
 
 /// Arguments of `sweep`.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Inputs (as for `eval`).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Labels (as for `eval`).
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// SNR thresholds, comma-separated (a negative one prunes nothing).
     #[arg(long, value_delimiter = ',', conflicts_with = "fractions", allow_hyphen_values = true)]
     pub thresholds: Vec<f32>,
@@ -107,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
         fr.into_iter().map(|fraction| Criterion::Sparsity { fraction, per_layer: false }).collect()
     };
     let probe = Model::new(&arch, &posts, SparseKernels::Never).with_context(|| a.model.input.display().to_string())?;
-    let data = read_data(&a.data, a.labels.as_deref(), probe.example_len(), probe.classes())?;
+    let data = a.data.read(probe.example_len(), probe.classes())?;
     let total: usize = posts.iter().map(|p| p.kernel_mu.len()).sum();
     let mut rows = Vec::new();
     for criterion in criteria {
@@ -163,7 +159,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(path) = &a.json {
         let out = json!({
-            "input": a.model.input, "data": a.data, "samples": a.samples, "seed": a.seed,
+            "input": a.model.input, "data": a.data.data, "samples": a.samples, "seed": a.seed,
             "kernel_weights": total,
             "rows": rows.iter().map(|r| json!({
                 "threshold": r.threshold, "kept_fraction": r.kept, "pruned_fraction": 1.0 - r.kept,
