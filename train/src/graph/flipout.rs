@@ -103,6 +103,51 @@ pub fn activate(g: &mut GraphBuilder, x: Output, activation: Option<&str>) -> Re
     }
 }
 
+/// What distinguishes one Flipout layer kind from another: the kernel shape, the extra
+/// dimensions of the per-example sign vectors, and the product of inputs and kernel.
+struct LayerKind<'a> {
+    kernel_shape: &'a [i64],
+    /// Sign shape after the batch dimension, for the inputs and for the outputs.
+    sign_in: &'a [i32],
+    sign_out: &'a [i32],
+    product: &'a dyn Fn(&mut GraphBuilder, &Output, &Output) -> Result<Output>,
+}
+
+/// The Flipout layer body shared by dense and conv layers, as TFP builds it:
+/// `activation(x * loc + ((x * s_in) * (sigma * eps)) * s_out + bias)`, with the KL to N(0, 1).
+fn flipout_layer(
+    g: &mut GraphBuilder,
+    name: &str,
+    x: &Output,
+    kind: LayerKind<'_>,
+    activation: Option<&str>,
+    init: PosteriorInit,
+) -> Result<(Output, FlipoutParams)> {
+    let units = kind.kernel_shape.last().copied().unwrap_or(1);
+    g.scope(name, |g| {
+        let (loc, rho, bias) = posterior(g, kind.kernel_shape, units, init)?;
+        let sigma = g.unary("Softplus", &rho.read)?;
+        let kl = kl_standard_normal(g, &loc.read, &sigma, kind.kernel_shape.len())?;
+        let mean = (kind.product)(g, x, &loc.read)?;
+        let pert = g.scope("flipout", |g| {
+            let eps = g.noise(kind.kernel_shape)?;
+            let w = g.binary("Mul", &sigma, &eps)?;
+            let batch = batch_dim(g, x)?;
+            let in_shape = batch_shape(g, &batch, kind.sign_in)?;
+            let out_shape = batch_shape(g, &batch, kind.sign_out)?;
+            let s_in = g.random_rademacher(&in_shape)?;
+            let s_out = g.random_rademacher(&out_shape)?;
+            let xs = g.binary("Mul", x, &s_in)?;
+            let xw = (kind.product)(g, &xs, &w)?;
+            g.binary("Mul", &xw, &s_out)
+        })?;
+        let y = g.binary("AddV2", &mean, &pert)?;
+        let y = g.op1("BiasAdd", "BiasAdd", &[y, bias.read.clone()])?;
+        let y = activate(g, y, activation)?;
+        Ok((y, FlipoutParams { loc, rho, bias, kl }))
+    })
+}
+
 /// A `DenseFlipout` layer named `name` mapping `[batch, in_dim]` to `[batch, units]`.
 pub fn dense(
     g: &mut GraphBuilder,
@@ -113,28 +158,9 @@ pub fn dense(
     activation: Option<&str>,
     init: PosteriorInit,
 ) -> Result<(Output, FlipoutParams)> {
-    g.scope(name, |g| {
-        let (loc, rho, bias) = posterior(g, &[in_dim, units], units, init)?;
-        let sigma = g.unary("Softplus", &rho.read)?;
-        let kl = kl_standard_normal(g, &loc.read, &sigma, 2)?;
-        let mean = g.binary("MatMul", x, &loc.read)?;
-        let pert = g.scope("flipout", |g| {
-            let eps = g.noise(&[in_dim, units])?;
-            let w = g.binary("Mul", &sigma, &eps)?;
-            let batch = batch_dim(g, x)?;
-            let in_shape = batch_shape(g, &batch, &[in_dim as i32])?;
-            let out_shape = batch_shape(g, &batch, &[units as i32])?;
-            let s_in = g.random_rademacher(&in_shape)?;
-            let s_out = g.random_rademacher(&out_shape)?;
-            let xs = g.binary("Mul", x, &s_in)?;
-            let xw = g.binary("MatMul", &xs, &w)?;
-            g.binary("Mul", &xw, &s_out)
-        })?;
-        let y = g.binary("AddV2", &mean, &pert)?;
-        let y = g.op1("BiasAdd", "BiasAdd", &[y, bias.read.clone()])?;
-        let y = activate(g, y, activation)?;
-        Ok((y, FlipoutParams { loc, rho, bias, kl }))
-    })
+    let matmul = |g: &mut GraphBuilder, a: &Output, b: &Output| g.binary("MatMul", a, b);
+    let kind = LayerKind { kernel_shape: &[in_dim, units], sign_in: &[in_dim as i32], sign_out: &[units as i32], product: &matmul };
+    flipout_layer(g, name, x, kind, activation, init)
 }
 
 /// Geometry of a 2-D convolution.
@@ -169,30 +195,15 @@ pub fn conv(
     activation: Option<&str>,
     init: PosteriorInit,
 ) -> Result<(Output, FlipoutParams)> {
-    let kshape = [geo.kernel, geo.kernel, geo.in_channels, geo.filters];
-    g.scope(name, |g| {
-        let (loc, rho, bias) = posterior(g, &kshape, geo.filters, init)?;
-        let sigma = g.unary("Softplus", &rho.read)?;
-        let kl = kl_standard_normal(g, &loc.read, &sigma, 4)?;
-        let mean = conv2d(g, x, &loc.read, geo.stride)?;
-        let pert = g.scope("flipout", |g| {
-            let eps = g.noise(&kshape)?;
-            let w = g.binary("Mul", &sigma, &eps)?;
-            let batch = batch_dim(g, x)?;
-            // One sign per example and channel, shared over the spatial positions (TFP).
-            let in_shape = batch_shape(g, &batch, &[1, 1, geo.in_channels as i32])?;
-            let out_shape = batch_shape(g, &batch, &[1, 1, geo.filters as i32])?;
-            let s_in = g.random_rademacher(&in_shape)?;
-            let s_out = g.random_rademacher(&out_shape)?;
-            let xs = g.binary("Mul", x, &s_in)?;
-            let xw = conv2d(g, &xs, &w, geo.stride)?;
-            g.binary("Mul", &xw, &s_out)
-        })?;
-        let y = g.binary("AddV2", &mean, &pert)?;
-        let y = g.op1("BiasAdd", "BiasAdd", &[y, bias.read.clone()])?;
-        let y = activate(g, y, activation)?;
-        Ok((y, FlipoutParams { loc, rho, bias, kl }))
-    })
+    let convolve = |g: &mut GraphBuilder, a: &Output, k: &Output| conv2d(g, a, k, geo.stride);
+    let kind = LayerKind {
+        kernel_shape: &[geo.kernel, geo.kernel, geo.in_channels, geo.filters],
+        // One sign per example and channel, shared over the spatial positions (TFP).
+        sign_in: &[1, 1, geo.in_channels as i32],
+        sign_out: &[1, 1, geo.filters as i32],
+        product: &convolve,
+    };
+    flipout_layer(g, name, x, kind, activation, init)
 }
 
 #[cfg(test)]
