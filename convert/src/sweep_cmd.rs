@@ -67,7 +67,7 @@ fn apply(posts: &[Posterior], pruning: &Pruning) -> Vec<Posterior> {
     for (t, keep) in pruning.targets.iter().zip(&pruning.keep) {
         let Some(p) = out.iter_mut().find(|p| p.name == t.layer && t.part == Part::Kernel) else { continue };
         let Some(sigma) = p.kernel_sigma.as_mut() else { continue };
-        for ((m, s), &k) in p.kernel_mu.iter_mut().zip(sigma.iter_mut()).zip(keep) {
+        for ((m, s), k) in p.kernel_mu.iter_mut().zip(sigma.iter_mut()).zip(keep.iter()) {
             if !k {
                 *m = 0.0;
                 *s = 0.0;

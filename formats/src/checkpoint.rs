@@ -225,6 +225,15 @@ impl Checkpoint {
         }
     }
 
+    /// Reads the values stored under `key` without checksum verification (see
+    /// [`BundleReader::read_unverified`]: only for a caller that streams them verified later).
+    pub fn read_unverified(&self, key: &str) -> Result<TensorData<'_>> {
+        match &self.store {
+            Store::Bundle(b) => b.read_unverified(key),
+            Store::Safetensors(_) => self.read(key),
+        }
+    }
+
     /// Streams the bytes of fixed-size tensor `key` to `sink` in bounded chunks (see
     /// [`BundleReader::stream`]: on `Err` whatever the sink wrote must be discarded).
     pub fn stream(&self, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {

@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::bundle::{write_atomically, BundleWriter};
 use crate::checkpoint::{Checkpoint, Variable};
 use crate::checkpoint_state::{CheckpointState, STATE_FILE};
+pub use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
@@ -27,19 +29,27 @@ pub struct ToSafetensorsOptions {
 /// by stored key, and metadata entries to add.
 #[derive(Debug, Clone, Default)]
 pub struct Edits {
-    /// New little-endian bytes of tensors, by stored key.
-    pub values: BTreeMap<String, Vec<u8>>,
+    /// How to rewrite tensors, by stored key.
+    pub values: BTreeMap<String, Arc<dyn TensorEdit>>,
     /// Extra `__metadata__` entries (safetensors output only).
     pub metadata: BTreeMap<String, String>,
 }
 
 impl Edits {
-    /// Passes the bytes of `key` to `sink`: the edited value if there is one, else the stored one.
-    fn stream(&self, ckpt: &Checkpoint, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
-        match self.values.get(key) {
-            Some(bytes) => sink(bytes).map_err(|e| Error::io(ckpt.path(), e)),
-            None => ckpt.stream(key, sink),
-        }
+    /// Passes the bytes of `key` to `sink`, rewritten if there is an edit for it.
+    pub fn stream(&self, ckpt: &Checkpoint, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+        let Some(edit) = self.values.get(key) else {
+            return ckpt.stream(key, sink);
+        };
+        let mut edited = Vec::new();
+        let mut offset = 0u64;
+        ckpt.stream(key, &mut |chunk| {
+            // Chunks after the first are as large or smaller: one allocation per tensor.
+            edited.resize(chunk.len(), 0);
+            edit.apply(offset, chunk, &mut edited);
+            offset += chunk.len() as u64;
+            sink(&edited)
+        })
     }
 }
 
@@ -177,7 +187,10 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
     for v in ckpt.variables() {
         let key = ckpt.tf_key(v).to_string();
         if v.info.dtype.size().is_some() {
-            writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| edits.stream(ckpt, &v.key, sink))?;
+            match edits.values.get(&v.key) {
+                Some(edit) => writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?,
+                None => writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| ckpt.stream(&v.key, sink))?,
+            }
         } else {
             match ckpt.read(&v.key)? {
                 TensorData::Strings(s) => writer.add_strings(&key, &v.info.shape, &s)?,

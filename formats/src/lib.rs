@@ -11,6 +11,7 @@ pub mod coding;
 pub mod convert;
 pub mod dataset;
 pub mod dtype;
+pub mod edit;
 pub mod error;
 pub mod layout;
 pub mod manifest;
@@ -24,6 +25,7 @@ pub mod safetensors_file;
 pub mod synthetic;
 pub mod table;
 pub mod tensor;
+pub mod write_behind;
 
 pub use dtype::DType;
 pub use error::{Error, Result};

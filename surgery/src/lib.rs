@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod engine;
 pub mod error;
+pub mod mask;
 pub mod prune;
 pub mod snr;
 pub mod softplus;

@@ -1,13 +1,15 @@
 //! Pruning by signal-to-noise ratio: choose which weights go (a threshold, or a sparsity with
 //! the threshold derived from it), and what a pruned weight becomes (`zero` or `bprune` mode).
 
+use std::sync::Arc;
+
 use formats::checkpoint::Checkpoint;
 use formats::convert::Edits;
 use formats::DType;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::mask::{KeepMask, MaskEdit};
 use crate::snr::{snr_values, Target};
 use crate::softplus::ZERO_SCALE_RHO;
 use crate::threshold::keep_f32;
@@ -89,14 +91,17 @@ pub struct PruneReport {
     pub sparsity: f64,
 }
 
-/// A pruning computed in memory: the new mu and rho bytes, the kept-weight masks and the report.
+/// A decided pruning: which weights stay, the edits that write it, and the report.
 #[derive(Debug, Clone)]
 pub struct Pruning {
     /// Targets in order.
     pub targets: Vec<Target>,
     /// For each target, which weights are kept.
-    pub keep: Vec<Vec<bool>>,
-    /// New tensor bytes by stored key, and the report as metadata.
+    pub keep: Vec<Arc<KeepMask>>,
+    /// What pruned mu and rho elements become, for each target (little-endian elements).
+    pub fills: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Masking edits of every mu and rho, applied as the checkpoint streams to its output,
+    /// and the report as metadata.
     pub edits: Edits,
     /// What was done.
     pub report: PruneReport,
@@ -156,76 +161,86 @@ fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
     (masks, threshold)
 }
 
-/// Computes the pruning of `targets` in `ckpt`.
+/// Decides the pruning of `targets` in `ckpt`. Nothing is copied: the posteriors are read where
+/// they are stored, and the returned edits mask them while a conversion streams them out.
 pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
     if let Criterion::Sparsity { fraction, .. } = options.criterion {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
         }
     }
-    let numeric = |key: &str, data: &formats::tensor::TensorData<'_>| -> Result<Vec<u8>> {
-        data.bytes().map(<[u8]>::to_vec).ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' is not numeric")))
-    };
-    // Each posterior is read (and its CRC checked) once; the copies become the edited tensors.
-    let mut raw = Vec::with_capacity(targets.len());
+    let mut stored = Vec::with_capacity(targets.len());
     for t in targets {
-        raw.push((numeric(&t.loc_key, &ckpt.read(&t.loc_key)?)?, numeric(&t.rho_key, &ckpt.read(&t.rho_key)?)?));
+        // Unverified: every output streams these tensors again, checksum-verified, and fails
+        // (writing nothing) if they are damaged.
+        let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
+        let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
+        if mu.bytes().is_none() {
+            return Err(numeric(&t.loc_key));
+        }
+        if rho.bytes().is_none() {
+            return Err(numeric(&t.rho_key));
+        }
+        if mu.nbytes() != rho.nbytes() {
+            return Err(Error::invalid(ckpt.path(), format!("'{}' and its scale differ in size", t.loc_key)));
+        }
+        stored.push((mu, rho));
     }
-    let (keep, threshold) = match options.criterion {
+    /// The bytes of a tensor checked numeric above.
+    fn bytes<'a>(d: &'a formats::TensorData<'_>) -> &'a [u8] {
+        d.bytes().unwrap_or_default()
+    }
+    let (decided, threshold): (Vec<(KeepMask, usize)>, f64) = match options.criterion {
         // The common case needs no f64 copies of the posteriors: see `threshold`.
         Criterion::Threshold(t) if targets.iter().all(|t| t.dtype == DType::Float32) => {
             let t = effective_threshold(t, options.mode);
-            (raw.iter().map(|(mu, rho)| keep_f32(mu, rho, t)).collect(), t)
+            (stored.iter().map(|(mu, rho)| keep_f32(bytes(mu), bytes(rho), t)).collect(), t)
         }
         _ => {
             let mut snrs = Vec::with_capacity(targets.len());
-            for (t, (mu, rho)) in targets.iter().zip(&raw) {
+            for (t, (mu, rho)) in targets.iter().zip(&stored) {
                 let not_float = || Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype));
-                let (mu, rho) = (to_f64(t.dtype, mu).ok_or_else(not_float)?, to_f64(t.dtype, rho).ok_or_else(not_float)?);
+                let (mu, rho) = (to_f64(t.dtype, bytes(mu)).ok_or_else(not_float)?, to_f64(t.dtype, bytes(rho)).ok_or_else(not_float)?);
                 snrs.push(snr_values(t.dtype, &mu, &rho));
             }
-            keep_masks(&snrs, options.criterion, options.mode)
+            let (masks, threshold) = keep_masks(&snrs, options.criterion, options.mode);
+            let decided = masks
+                .iter()
+                .zip(targets.iter().zip(&stored))
+                .map(|(keep, (t, (mu, _)))| {
+                    let width = t.dtype.size().unwrap_or(1);
+                    let nonzero = bytes(mu).chunks_exact(width).zip(keep).filter(|(m, k)| **k && element_nonzero(m)).count();
+                    (KeepMask::from_bools(keep), nonzero)
+                })
+                .collect();
+            (decided, threshold)
         }
     };
 
-    let mut edits = Edits::default();
+    let rho_value = match options.mode {
+        Mode::Zero => ZERO_SCALE_RHO,
+        Mode::Bprune => 0.0,
+    };
+    let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
     let mut layers = Vec::new();
-    for ((t, mask), (mut mu, mut rho)) in targets.iter().zip(&keep).zip(raw) {
-        let rho_value = match options.mode {
-            Mode::Zero => ZERO_SCALE_RHO,
-            Mode::Bprune => 0.0,
-        };
+    for (t, (keep, nonzero_mu)) in targets.iter().zip(decided) {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
             return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
         };
-        let width = zero.len();
-        if mu.len() != mask.len() * width || rho.len() != mask.len() * width {
-            return Err(Error::invalid(ckpt.path(), format!("'{}' and its scale differ in size", t.loc_key)));
-        }
-        // In parallel chunks: this pass touches every byte of the posteriors.
-        let step = 16 * 1024;
-        let nonzero_mu: usize = mu
-            .par_chunks_mut(step * width)
-            .zip(rho.par_chunks_mut(step * width))
-            .zip(mask.par_chunks(step))
-            .map(|((mu, rho), mask)| match width {
-                // Element widths known at compile time turn the per-weight work into word moves.
-                2 => apply_mask::<2>(mu, rho, mask, &zero, &rho_fill),
-                4 => apply_mask::<4>(mu, rho, mask, &zero, &rho_fill),
-                _ => apply_mask::<8>(mu, rho, mask, &zero, &rho_fill),
-            })
-            .sum();
-        let kept = mask.iter().filter(|k| **k).count();
+        let kept = keep.kept();
         layers.push(TargetReport {
             layer: t.layer.clone(),
             part: t.part.name(),
-            total: mask.len(),
+            total: keep.len(),
             kept,
-            pruned: mask.len() - kept,
+            pruned: keep.len() - kept,
             bprune_nonzero: 2 * nonzero_mu,
         });
-        edits.values.insert(t.loc_key.clone(), mu);
-        edits.values.insert(t.rho_key.clone(), rho);
+        let keep = Arc::new(keep);
+        edits.values.insert(t.loc_key.clone(), Arc::new(MaskEdit::new(keep.clone(), zero.clone())));
+        edits.values.insert(t.rho_key.clone(), Arc::new(MaskEdit::new(keep.clone(), rho_fill.clone())));
+        keeps.push(keep);
+        fills.push((zero, rho_fill));
     }
     let total: usize = layers.iter().map(|l| l.total).sum();
     let kept: usize = layers.iter().map(|l| l.kept).sum();
@@ -240,7 +255,7 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
     edits
         .metadata
         .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
-    Ok(Pruning { targets: targets.to_vec(), keep, edits, report })
+    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
 }
 
 /// A complete pruning request: the rule and which posteriors it applies to.
@@ -278,26 +293,8 @@ pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}.prune.json", prefix.display()))
 }
 
-/// Writes `zero` into mu and `fill` into rho wherever `mask` is false (elements of `W` bytes) and
-/// returns how many kept mu are non-zero (BPrune's count; -0.0 counts as zero, like numpy).
-fn apply_mask<const W: usize>(mu: &mut [u8], rho: &mut [u8], mask: &[bool], zero: &[u8], fill: &[u8]) -> usize {
-    let (Ok(zero), Ok(fill)) = (<[u8; W]>::try_from(zero), <[u8; W]>::try_from(fill)) else {
-        return 0;
-    };
-    let mut nonzero = 0;
-    for ((m, r), &kept) in mu.chunks_exact_mut(W).zip(rho.chunks_exact_mut(W)).zip(mask) {
-        if kept {
-            nonzero += usize::from(posteriors_nonzero(m));
-        } else {
-            m.copy_from_slice(&zero);
-            r.copy_from_slice(&fill);
-        }
-    }
-    nonzero
-}
-
 /// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
-fn posteriors_nonzero(element: &[u8]) -> bool {
+fn element_nonzero(element: &[u8]) -> bool {
     match element.split_last() {
         // Little-endian: the sign bit is the top bit of the last byte.
         Some((last, rest)) => last & 0x7f != 0 || rest.iter().any(|b| *b != 0),
@@ -343,8 +340,8 @@ mod tests {
 
     #[test]
     fn signed_zero_is_zero() {
-        assert!(!posteriors_nonzero(&(-0.0f32).to_le_bytes()));
-        assert!(!posteriors_nonzero(&0.0f32.to_le_bytes()));
-        assert!(posteriors_nonzero(&1e-45f32.to_le_bytes()));
+        assert!(!element_nonzero(&(-0.0f32).to_le_bytes()));
+        assert!(!element_nonzero(&0.0f32.to_le_bytes()));
+        assert!(element_nonzero(&1e-45f32.to_le_bytes()));
     }
 }

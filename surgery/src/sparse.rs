@@ -19,6 +19,7 @@ use formats::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::mask::KeepMask;
 use crate::prune::Pruning;
 
 /// Metadata entry describing the sparse tensors of a file.
@@ -73,7 +74,7 @@ fn matrix_view(shape: &[u64]) -> (u64, u64) {
 }
 
 /// CSR row offsets and column indices of the kept positions, as little-endian bytes.
-fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>, DType) {
+fn csr_pattern(keep: &KeepMask, rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>, DType) {
     let wide_ptr = keep.len() as u64 >= u32::MAX as u64;
     let idx_type = match cols {
         0..=256 => DType::Uint8,
@@ -92,7 +93,7 @@ fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>,
     push_ptr(&mut indptr, 0);
     for r in 0..rows as usize {
         for c in 0..cols as usize {
-            if keep[r * cols as usize + c] {
+            if keep.get(r * cols as usize + c) {
                 match idx_type {
                     DType::Uint8 => indices.push(c as u8),
                     DType::Uint16 => indices.extend_from_slice(&(c as u16).to_le_bytes()),
@@ -107,8 +108,9 @@ fn csr_pattern(keep: &[bool], rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>,
     (indptr, ptr_type, indices, idx_type)
 }
 
-fn kept_values(dense: &[u8], keep: &[bool], width: usize) -> Vec<u8> {
-    keep.iter().enumerate().filter(|(_, k)| **k).flat_map(|(i, _)| dense[i * width..(i + 1) * width].iter().copied()).collect()
+/// The stored elements of the kept weights (a pruning leaves them as they are).
+fn kept_values(stored: &[u8], keep: &KeepMask, width: usize) -> Vec<u8> {
+    stored.chunks_exact(width).zip(keep.iter()).filter(|(_, k)| *k).flat_map(|(e, _)| e.iter().copied()).collect()
 }
 
 /// Writes the pruned checkpoint to `out` as safetensors with every pruned posterior in CSR form.
@@ -119,26 +121,26 @@ pub fn write_sparse(ckpt: &Checkpoint, pruning: &Pruning, out: &Path, opts: ToSa
     // Parts to write instead of dense tensors, by the dense tensor's stored key.
     let mut parts: BTreeMap<&str, Vec<(PlannedTensor, Vec<u8>)>> = BTreeMap::new();
     let mut index = SparseIndex { order: plan.names.clone(), tensors: BTreeMap::new() };
-    for (t, keep) in pruning.targets.iter().zip(&pruning.keep) {
+    for ((t, keep), (mu_fill, rho_fill)) in pruning.targets.iter().zip(&pruning.keep).zip(&pruning.fills) {
         let (Some(loc_name), Some(rho_name)) = (name_of.get(t.loc_key.as_str()), name_of.get(t.rho_key.as_str())) else {
             continue;
         };
         let (rows, cols) = matrix_view(&t.shape);
         let (indptr, ptr_type, indices, idx_type) = csr_pattern(keep, rows, cols);
         let width = t.dtype.size().unwrap_or(1);
-        let nnz = keep.iter().filter(|k| **k).count() as u64;
+        let nnz = keep.kept() as u64;
         let dtype_name = t.dtype.safetensors_name().unwrap_or_default();
         let (indptr_name, indices_name) = (format!("{loc_name}.csr_indptr"), format!("{loc_name}.csr_indices"));
-        for (key, name, with_pattern) in [(&t.loc_key, *loc_name, true), (&t.rho_key, *rho_name, false)] {
-            let dense = pruning.edits.values.get(key).ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' was not pruned")))?;
-            let fill = keep.iter().position(|k| !*k).map(|i| dense[i * width..(i + 1) * width].to_vec()).unwrap_or_else(|| vec![0; width]);
+        for (key, name, fill, with_pattern) in [(&t.loc_key, *loc_name, mu_fill, true), (&t.rho_key, *rho_name, rho_fill, false)] {
+            let stored = ckpt.read(key)?;
+            let stored = stored.bytes().ok_or_else(|| Error::invalid(ckpt.path(), format!("'{key}' is not numeric")))?;
             let values_name = format!("{name}.csr_values");
             let mut list = Vec::new();
             if with_pattern {
                 list.push((PlannedTensor { name: indptr_name.clone(), dtype: ptr_type, shape: vec![rows + 1] }, indptr.clone()));
                 list.push((PlannedTensor { name: indices_name.clone(), dtype: idx_type, shape: vec![nnz] }, indices.clone()));
             }
-            list.push((PlannedTensor { name: values_name.clone(), dtype: t.dtype, shape: vec![nnz] }, kept_values(dense, keep, width)));
+            list.push((PlannedTensor { name: values_name.clone(), dtype: t.dtype, shape: vec![nnz] }, kept_values(stored, keep, width)));
             parts.insert(key.as_str(), list);
             index.tensors.insert(
                 name.to_string(),
@@ -181,10 +183,7 @@ pub fn write_sparse(ckpt: &Checkpoint, pruning: &Pruning, out: &Path, opts: ToSa
     }
     write_safetensors(out, &planned, &plan.metadata, |i, sink| match sources[i] {
         Source::Part(bytes) => sink(bytes).map_err(|e| formats::Error::io(out, e)),
-        Source::Dense(key) => match pruning.edits.values.get(key) {
-            Some(bytes) => sink(bytes).map_err(|e| formats::Error::io(out, e)),
-            None => ckpt.stream(key, sink),
-        },
+        Source::Dense(key) => pruning.edits.stream(ckpt, key, sink),
     })?;
     let dense_bytes = plan.variables.iter().map(|v| v.info.nbytes).sum();
     let sparse_bytes = planned.iter().map(|p| p.shape.iter().product::<u64>() * p.dtype.size().unwrap_or(0) as u64).sum();
@@ -281,13 +280,13 @@ mod tests {
     fn csr_pattern_by_hand() {
         // 2 x 3, kept: (0,1), (1,0), (1,2)
         let keep = [false, true, false, true, false, true];
-        let (indptr, pt, indices, it) = csr_pattern(&keep, 2, 3);
+        let (indptr, pt, indices, it) = csr_pattern(&KeepMask::from_bools(&keep), 2, 3);
         assert_eq!((pt, it), (DType::Uint32, DType::Uint8));
         let ptr: Vec<u32> = indptr.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         assert_eq!(ptr, vec![0, 1, 3]);
         assert_eq!(indices, vec![1, 0, 2]);
         let wide = vec![true; 300];
-        assert_eq!(csr_pattern(&wide, 1, 300).3, DType::Uint16);
+        assert_eq!(csr_pattern(&KeepMask::from_bools(&wide), 1, 300).3, DType::Uint16);
         assert_eq!(matrix_view(&[5, 5, 3, 8]), (75, 8));
         assert_eq!(matrix_view(&[10]), (1, 10));
     }

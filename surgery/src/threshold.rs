@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::mask::KeepMask;
 use crate::softplus::softplus_f32;
 
 /// Half-width of the "undecided" band around T, relative. The approximation's error is under
@@ -12,15 +13,19 @@ use crate::softplus::softplus_f32;
 const BAND: f64 = 2e-3;
 /// Beyond this |rho| the approximation's exponent trick would leave f32's normal range.
 const MAX_ABS_RHO: f32 = 80.0;
-/// Weights per parallel work item (a chunk of SNRs stays in L1 cache).
-const CHUNK: usize = 1024;
+/// Weights per parallel work item (a multiple of 64).
+const CHUNK: usize = 64 * 256;
 
 /// softplus(rho) to within relative 3e-5 for |rho| <= 80; branch-free so that it vectorizes.
 /// softplus(rho) = max(rho, 0) + ln(1 + z) with z = e^-|rho| = 2^y, y <= 0.
 #[inline(always)]
 fn softplus_approx(rho: f32) -> f32 {
+    // `min` drops a NaN operand, so y is finite, in [-116, 0], for every rho.
     let y = -rho.abs().min(MAX_ABS_RHO) * std::f32::consts::LOG2_E;
-    let n = y as i32; // truncates toward zero: f = y - n lies in (-1, 0]
+    // Truncates toward zero: f = y - n lies in (-1, 0]. Not `as i32`, whose NaN and overflow
+    // handling keeps the loop from vectorizing.
+    // SAFETY: y is finite and within i32's range (above).
+    let n: i32 = unsafe { y.to_int_unchecked() };
     let f = y - n as f32;
     // 2^f on [-1, 0] and ln(1 + z) / z on [0, 1]: Chebyshev fits (numpy), errors 7e-6 and 2e-5.
     let p = 0.999_996_1 + f * (0.693_029_3 + f * (0.239_385_04 + f * (0.053_186_5 + f * 0.006_838_265)));
@@ -36,34 +41,151 @@ fn pruned_exact(mu: f32, rho: f32, t: f64) -> bool {
     ((mu.abs() / softplus_f32(rho)) as f64) <= t
 }
 
-/// Keep mask (`!(SNR <= t)`) of a float32 posterior given as little-endian mu and rho bytes.
-pub fn keep_f32(mu: &[u8], rho: &[u8], t: f64) -> Vec<bool> {
+/// The smallest f32 at or above `x`.
+fn f32_at_or_above(x: f64) -> f32 {
+    let f = x as f32;
+    if f as f64 >= x || f.is_nan() {
+        f
+    } else if f == 0.0 {
+        f32::from_bits(1)
+    } else if f > 0.0 {
+        f32::from_bits(f.to_bits() + 1)
+    } else {
+        f32::from_bits(f.to_bits() - 1)
+    }
+}
+
+/// Below this the approximate SNR may be subnormal, where relative error bounds do not hold:
+/// such weights are decided exactly.
+const TINY: f64 = 1e-37;
+
+/// The kept weights (`!(SNR <= t)`) of a float32 posterior given as little-endian mu and rho
+/// bytes, and how many of them have a non-zero mu (BPrune's count).
+pub fn keep_f32(mu: &[u8], rho: &[u8], t: f64) -> (KeepMask, usize) {
     let n = mu.len().min(rho.len()) / 4;
-    let mut keep = vec![false; n];
-    let (lo, hi) = (t * (1.0 - BAND), t * (1.0 + BAND));
-    keep.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
-        let at = c * CHUNK * 4;
-        let (mu, rho) = (&mu[at..at + out.len() * 4], &rho[at..at + out.len() * 4]);
-        let mut approx = [0f32; CHUNK];
-        for ((a, m), r) in approx.iter_mut().zip(mu.chunks_exact(4)).zip(rho.chunks_exact(4)) {
-            let (m, r) = (f32::from_le_bytes([m[0], m[1], m[2], m[3]]), f32::from_le_bytes([r[0], r[1], r[2], r[3]]));
-            *a = m.abs() / softplus_approx(r);
+    // Approximate SNRs above `hi` are certainly kept, below `lo` certainly pruned.
+    let hi = f32_at_or_above(t * (1.0 + BAND) + TINY);
+    let lo = -f32_at_or_above(-(t * (1.0 - BAND) - TINY));
+    let mut words = vec![0u64; n.div_ceil(64)];
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = is_x86_feature_detected!("avx2");
+    let nonzero = words
+        .par_chunks_mut(CHUNK / 64)
+        .enumerate()
+        .map(|(c, out)| {
+            let first = c * CHUNK;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 (checked above).
+                return unsafe { decide_words_avx2(mu, rho, n, first, out, t, lo, hi) };
+            }
+            decide_words(mu, rho, n, first, out, t, lo, hi)
+        })
+        .sum();
+    (KeepMask::from_words(words, n), nonzero)
+}
+
+/// Fills `out` with the keep words of weights `first..`; returns their kept non-zero mu.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn decide_words(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], t: f64, lo: f32, hi: f32) -> usize {
+    let mut nonzero = 0usize;
+    for (w, word) in out.iter_mut().enumerate() {
+        let start = first + 64 * w;
+        let len = (n - start).min(64);
+        let (mu, rho) = (&mu[4 * start..4 * (start + len)], &rho[4 * start..4 * (start + len)]);
+        let (keep, nonzero_mu) = decide_word(mu, rho, t, lo, hi);
+        *word = keep;
+        nonzero += (keep & nonzero_mu).count_ones() as usize;
+    }
+    nonzero
+}
+
+/// [`decide_words`] compiled for AVX2: twice the lanes for the softplus approximation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decide_words_avx2(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], t: f64, lo: f32, hi: f32) -> usize {
+    decide_words(mu, rho, n, first, out, t, lo, hi)
+}
+
+/// Keep bits and non-zero-mu bits of up to 64 weights.
+#[inline(always)]
+fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> (u64, u64) {
+    let load = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    // Plain copies first (they compile to memcpy), then arithmetic on whole arrays (SIMD).
+    let (mut mu_bits, mut rho_bits) = ([0u32; 64], [0u32; 64]);
+    for (d, c) in mu_bits.iter_mut().zip(mu.chunks_exact(4)) {
+        *d = u32::from_le_bytes(c.try_into().unwrap_or_default());
+    }
+    for (d, c) in rho_bits.iter_mut().zip(rho.chunks_exact(4)) {
+        *d = u32::from_le_bytes(c.try_into().unwrap_or_default());
+    }
+    let mut snr = [0f32; 64];
+    let mut rho_abs = [0f32; 64];
+    for i in 0..64 {
+        let (m, r) = (f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i]));
+        snr[i] = m.abs() / softplus_approx(r);
+        rho_abs[i] = r.abs();
+    }
+    let (mut keep, mut unsure, nonzero) = if mu.len() == 256 {
+        classify_64(&snr, &rho_abs, &mu_bits, lo, hi)
+    } else {
+        classify(&snr[..mu.len() / 4], &rho_abs, &mu_bits, lo, hi)
+    };
+    while unsure != 0 {
+        let i = unsure.trailing_zeros() as usize;
+        if !pruned_exact(load(&mu[4 * i..]), load(&rho[4 * i..]), t) {
+            keep |= 1 << i;
         }
-        for (i, k) in out.iter_mut().enumerate() {
-            let s = approx[i] as f64;
-            let r = f32::from_le_bytes([rho[4 * i], rho[4 * i + 1], rho[4 * i + 2], rho[4 * i + 3]]);
-            // Outside the approximation's range, NaN, or too close to call: exact.
-            *k = if r.abs() <= MAX_ABS_RHO && s > hi.max(lo) {
-                true
-            } else if r.abs() <= MAX_ABS_RHO && s < lo.min(hi) {
-                false
-            } else {
-                let m = f32::from_le_bytes([mu[4 * i], mu[4 * i + 1], mu[4 * i + 2], mu[4 * i + 3]]);
-                !pruned_exact(m, r, t)
-            };
+        unsure &= unsure - 1;
+    }
+    (keep, nonzero)
+}
+
+/// (certainly kept, undecided, non-zero mu) bits from approximate SNRs: undecided are those
+/// outside the approximation's range, NaN, or too close to call.
+#[inline(always)]
+fn classify(snr: &[f32], rho_abs: &[f32; 64], mu_bits: &[u32; 64], lo: f32, hi: f32) -> (u64, u64, u64) {
+    let (mut keep, mut unsure, mut nonzero) = (0u64, 0u64, 0u64);
+    for (i, &s) in snr.iter().enumerate() {
+        let in_range = rho_abs[i] <= MAX_ABS_RHO;
+        let (above, below) = (s > hi, s < lo);
+        keep |= u64::from(in_range & above) << i;
+        unsure |= u64::from(!(in_range & (above | below))) << i;
+        nonzero |= u64::from(mu_bits[i] & 0x7fff_ffff != 0) << i;
+    }
+    (keep, unsure, nonzero)
+}
+
+/// [`classify`] of a full word, four weights per SSE2 compare (SSE2 is part of x86-64).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify_64(snr: &[f32; 64], rho_abs: &[f32; 64], mu_bits: &[u32; 64], lo: f32, hi: f32) -> (u64, u64, u64) {
+    use std::arch::x86_64::*;
+    let (mut keep, mut unsure, mut zero) = (0u64, 0u64, 0u64);
+    // SAFETY: SSE2 is always present on x86-64; every load reads 4 lanes inside a 64-lane array.
+    unsafe {
+        let (hi, lo, max) = (_mm_set1_ps(hi), _mm_set1_ps(lo), _mm_set1_ps(MAX_ABS_RHO));
+        let magnitude = _mm_set1_epi32(0x7fff_ffff);
+        for q in 0..16 {
+            let s = _mm_loadu_ps(snr.as_ptr().add(4 * q));
+            let in_range = _mm_cmple_ps(_mm_loadu_ps(rho_abs.as_ptr().add(4 * q)), max);
+            let above = _mm_cmpgt_ps(s, hi);
+            let decided = _mm_and_ps(in_range, _mm_or_ps(above, _mm_cmplt_ps(s, lo)));
+            let m = _mm_and_si128(_mm_loadu_si128(mu_bits.as_ptr().add(4 * q).cast()), magnitude);
+            keep |= (_mm_movemask_ps(_mm_and_ps(in_range, above)) as u64) << (4 * q);
+            unsure |= (_mm_movemask_ps(decided) as u64 ^ 0xf) << (4 * q);
+            zero |= (_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(m, _mm_setzero_si128()))) as u64) << (4 * q);
         }
-    });
-    keep
+    }
+    (keep, unsure, !zero)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn classify_64(snr: &[f32; 64], rho_abs: &[f32; 64], mu_bits: &[u32; 64], lo: f32, hi: f32) -> (u64, u64, u64) {
+    classify(snr, rho_abs, mu_bits, lo, hi)
 }
 
 #[cfg(test)]
@@ -91,6 +213,30 @@ mod tests {
     }
 
     #[test]
+    fn vector_and_scalar_classification_agree() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for _ in 0..2000 {
+            let mut snr = [0f32; 64];
+            let mut rho_abs = [0f32; 64];
+            let mut mu_bits = [0u32; 64];
+            for i in 0..64 {
+                snr[i] = match i % 9 {
+                    0 => f32::NAN,
+                    1 => 1.0,
+                    _ => uniform(&mut state) * 3.0,
+                };
+                rho_abs[i] = if i % 11 == 0 { 100.0 } else { uniform(&mut state) * 90.0 };
+                mu_bits[i] = match i % 5 {
+                    0 => 0,
+                    1 => 0x8000_0000,
+                    _ => (uniform(&mut state) * 1e6) as u32,
+                };
+            }
+            assert_eq!(classify_64(&snr, &rho_abs, &mu_bits, 0.998, 1.002), classify(&snr, &rho_abs, &mu_bits, 0.998, 1.002));
+        }
+    }
+
+    #[test]
     fn fast_decisions_equal_exact_ones() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let (mut mu, mut rho, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
@@ -103,15 +249,19 @@ mod tests {
         }
         // Edge cases: zero-mode pruned weights (0 / 0 is NaN: kept), huge rho, NaN, -0.
         pairs.extend([(0.0, -1000.0), (0.1, -1000.0), (0.1, 90.0), (f32::NAN, 0.0), (-0.0, -3.0), (1e-3, f32::INFINITY)]);
+        // Subnormal SNRs, for BPrune's T = 0 (1e-44).
+        pairs.extend([(1.4e-45, 0.0), (1e-44, 0.5), (7e-45, -0.3), (3e-44, 1.0), (1e-38, 20.0)]);
         for (m, r) in &pairs {
             mu.extend_from_slice(&m.to_le_bytes());
             rho.extend_from_slice(&r.to_le_bytes());
         }
         for t in [0.0, 1e-44, 0.5, 1.0, 2.0, 10.0, f64::INFINITY] {
-            let fast = keep_f32(&mu, &rho, t);
+            let (fast, nonzero) = keep_f32(&mu, &rho, t);
             let exact: Vec<bool> = pairs.iter().map(|(m, r)| !pruned_exact(*m, *r, t)).collect();
-            assert_eq!(fast, exact, "threshold {t}");
-            assert!(t == 0.0 || t.is_infinite() || fast.iter().any(|k| *k) && fast.iter().any(|k| !*k));
+            assert_eq!(fast.iter().collect::<Vec<_>>(), exact, "threshold {t}");
+            let exact_nonzero = pairs.iter().zip(&exact).filter(|((m, _), k)| **k && *m != 0.0).count();
+            assert_eq!(nonzero, exact_nonzero, "threshold {t}");
+            assert!(t == 0.0 || t.is_infinite() || fast.kept() > 0 && fast.kept() < fast.len());
         }
     }
 }

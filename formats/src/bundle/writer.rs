@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+
+use crate::edit::TensorEdit;
+use crate::write_behind::{PieceChecksum, WriteBehind};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message;
@@ -24,11 +27,13 @@ use crate::table::TableBuilder;
 
 /// Version of the bundle format written (TensorFlow's `kTensorBundleVersion`).
 const BUNDLE_VERSION: i32 = 1;
+/// Bytes per write to the data file.
+const WRITE_BUFFER: usize = 4 << 20;
 
 /// Builds a checkpoint `<prefix>.index` + `<prefix>.data-00000-of-00001`.
 pub struct BundleWriter {
     prefix: PathBuf,
-    data: BufWriter<NamedTempFile>,
+    data: WriteBehind<NamedTempFile>,
     offset: u64,
     entries: BTreeMap<String, Entry>,
 }
@@ -40,7 +45,9 @@ impl BundleWriter {
         let prefix = prefix.as_ref().to_path_buf();
         let dir = parent_dir(&prefix);
         let tmp = new_output_temp(dir)?;
-        Ok(BundleWriter { prefix, data: BufWriter::with_capacity(1 << 20, tmp), offset: 0, entries: BTreeMap::new() })
+        // Written behind: the kernel copies one buffer while the caller makes the next.
+        let data = WriteBehind::new(tmp, WRITE_BUFFER).map_err(|e| Error::io(&prefix, e))?;
+        Ok(BundleWriter { prefix, data, offset: 0, entries: BTreeMap::new() })
     }
 
     fn check_new(&self, name: &str) -> Result<()> {
@@ -59,35 +66,52 @@ impl BundleWriter {
     where
         F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
     {
+        self.add_fixed(name, dtype, shape, |data, written| {
+            produce(&mut |chunk: &[u8]| {
+                *written += chunk.len() as u64;
+                data.write_all(chunk)
+            })
+        })
+    }
+
+    /// Adds a fixed-size tensor whose stored bytes `produce` passes in chunks of whole
+    /// elements, rewritten by `edit` straight into the output buffers (no intermediate copy).
+    pub fn add_edited<F>(&mut self, name: &str, dtype: DType, shape: &[u64], edit: &dyn TensorEdit, produce: F) -> Result<()>
+    where
+        F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+    {
+        self.add_fixed(name, dtype, shape, |data, written| {
+            produce(&mut |chunk: &[u8]| {
+                let offset = *written;
+                *written += chunk.len() as u64;
+                data.write_with(chunk.len(), &mut |at, dst| edit.apply(offset + at as u64, &chunk[at..at + dst.len()], dst))
+            })
+        })
+    }
+
+    /// Records a fixed-size tensor whose bytes `write` appends to the data file it is given,
+    /// counting them in the `u64`; its checksum comes from the data file's pieces at `finish`.
+    fn add_fixed<F>(&mut self, name: &str, dtype: DType, shape: &[u64], write: F) -> Result<()>
+    where
+        F: FnOnce(&mut WriteBehind<NamedTempFile>, &mut u64) -> Result<()>,
+    {
         self.check_new(name)?;
-        let entry = Entry {
-            dtype,
-            shape: shape.to_vec(),
-            shard_id: 0,
-            offset: self.offset,
-            size: 0,
-            masked_crc32c: 0,
-            slices: vec![],
-        };
+        let entry = Entry { dtype, shape: shape.to_vec(), shard_id: 0, offset: self.offset, size: 0, masked_crc32c: 0, slices: vec![] };
         let expected = entry
             .dense_bytes()
             .ok_or_else(|| Error::invalid(&self.prefix, format!("tensor '{name}' of {dtype} {shape:?} has no fixed size")))?;
-        let mut crc = 0u32;
         let mut written = 0u64;
-        let data = &mut self.data;
-        produce(&mut |chunk: &[u8]| {
-            crc = crc32c::crc32c_append(crc, chunk);
-            written += chunk.len() as u64;
-            data.write_all(chunk)
-        })?;
+        write(&mut self.data, &mut written)?;
         if written != expected {
             return Err(Error::invalid(
                 &self.prefix,
                 format!("tensor '{name}' of {dtype} {shape:?} needs {expected} bytes, got {written}"),
             ));
         }
+        // Each tensor is a piece of its own, so the writer thread's checksums are per tensor.
+        self.data.end_piece().map_err(|e| Error::io(&self.prefix, e))?;
         self.offset += written;
-        self.entries.insert(name.to_string(), Entry { size: written, masked_crc32c: mask_crc(crc), ..entry });
+        self.entries.insert(name.to_string(), Entry { size: written, ..entry });
         Ok(())
     }
 
@@ -103,8 +127,11 @@ impl BundleWriter {
         if count != strings.len() as u64 {
             return Err(Error::invalid(&self.prefix, format!("string tensor '{name}' of shape {shape:?} given {} strings", strings.len())));
         }
+        // TensorFlow checksums string tensors over their lengths as fixed32 and their bytes,
+        // not over the varints stored: the encoder computes that checksum.
         let (bytes, crc) = encode_strings(strings);
         self.data.write_all(&bytes).map_err(|e| Error::io(&self.prefix, e))?;
+        self.data.end_piece().map_err(|e| Error::io(&self.prefix, e))?;
         let entry = Entry {
             dtype: DType::String,
             shape: shape.to_vec(),
@@ -123,7 +150,9 @@ impl BundleWriter {
     pub fn finish(self) -> Result<()> {
         let data_path = data_shard_path(&self.prefix, 0, 1);
         let index_path = index_path(&self.prefix);
-        let data = self.data.into_inner().map_err(|e| Error::io(&data_path, e.into_error()))?;
+        let (data, pieces) = self.data.finish().map_err(|e| Error::io(&data_path, e))?;
+        let mut entries = self.entries;
+        set_checksums(&mut entries, &pieces).map_err(|what| Error::invalid(&data_path, what))?;
 
         let mut header = BundleHeaderProto::new();
         header.num_shards = 1;
@@ -133,7 +162,7 @@ impl BundleWriter {
         header.version = protobuf::MessageField::some(version);
         let mut table = TableBuilder::default();
         table.add(b"", &header.write_to_bytes().map_err(|e| Error::invalid(&index_path, e.to_string()))?);
-        for (name, entry) in &self.entries {
+        for (name, entry) in &entries {
             table.add(name.as_bytes(), &entry.encode());
         }
         let dir = parent_dir(&self.prefix);
@@ -144,6 +173,30 @@ impl BundleWriter {
         index.persist(&index_path).map_err(|e| Error::io(&index_path, e.error))?;
         Ok(())
     }
+}
+
+/// Sets each fixed-size entry's checksum from those of the data file's pieces: every tensor
+/// was one or more whole pieces, in offset order. (String tensors keep theirs: see
+/// `add_strings`.)
+fn set_checksums(entries: &mut BTreeMap<String, Entry>, pieces: &[PieceChecksum]) -> std::result::Result<(), String> {
+    let mut by_offset: Vec<&mut Entry> = entries.values_mut().collect();
+    by_offset.sort_by_key(|e| e.offset);
+    let mut pieces = pieces.iter();
+    for entry in by_offset {
+        let (mut covered, mut crc) = (0u64, 0u32);
+        while covered < entry.size {
+            let &(len, piece_crc) = pieces.next().ok_or("data file shorter than its tensors")?;
+            crc = crc32c::crc32c_combine(crc, piece_crc, len as usize);
+            covered += len;
+        }
+        if covered != entry.size {
+            return Err(format!("tensor at offset {} does not end on a piece boundary", entry.offset));
+        }
+        if entry.dtype != DType::String {
+            entry.masked_crc32c = mask_crc(crc);
+        }
+    }
+    Ok(())
 }
 
 /// A temporary file in `dir` with the permissions of an ordinary new file (tempfile's are

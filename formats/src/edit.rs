@@ -1,0 +1,9 @@
+//! Rewriting a tensor while it is copied.
+
+/// A new value for a stored tensor, made chunk by chunk while the stored value streams to the
+/// output, so that editing a large checkpoint never holds a whole tensor in memory.
+pub trait TensorEdit: Send + Sync + std::fmt::Debug {
+    /// Writes into `dst` the new bytes for `src`, the stored bytes that start `offset` bytes
+    /// into the tensor. `dst` is as long as `src`, and both hold whole elements.
+    fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]);
+}
