@@ -10,56 +10,68 @@ use std::thread::JoinHandle;
 const QUEUED: usize = 2;
 
 /// Length and CRC32C of one piece: the bytes between two [`WriteBehind::end_piece`] calls
-/// (or of one buffer, for a piece longer than a buffer).
+/// (split where a piece spans buffers).
 pub type PieceChecksum = (u64, u32);
 
 /// What the writer thread hands back.
 type Outcome<W> = io::Result<(W, Vec<PieceChecksum>)>;
 
-/// Writes to `W` on a background thread, a buffer at a time, and takes the CRC32C of every
-/// buffer written. Call [`WriteBehind::finish`] to get `W` back with the checksums and the
-/// first write error, if any; dropping it instead waits for the thread and drops `W`.
+/// A full buffer: its bytes, how many are data, and where pieces end within them.
+type Filled = (Vec<u8>, usize, Vec<usize>);
+
+/// Writes to `W` a buffer at a time, taking the CRC32C of every piece written, on a
+/// background thread once there is more than one buffer of data (a small file is written
+/// at `finish`, with no thread). Call [`WriteBehind::finish`] to get `W` back with the
+/// checksums and the first write error, if any; dropping it instead drops `W`.
 pub struct WriteBehind<W: Write + Send + 'static> {
-    /// Always `capacity` long; `used` bytes of it are data.
+    /// Always `capacity` long; `used` bytes of it are data, pieces ending at `ends`.
     buf: Vec<u8>,
     used: usize,
-    to_writer: Option<SyncSender<(Vec<u8>, usize)>>,
-    spare: Receiver<Vec<u8>>,
+    ends: Vec<usize>,
+    /// Until the thread starts.
+    inner: Option<W>,
+    to_writer: Option<SyncSender<Filled>>,
+    spare: Option<Receiver<Vec<u8>>>,
     writer: Option<JoinHandle<Outcome<W>>>,
 }
 
 impl<W: Write + Send + 'static> WriteBehind<W> {
-    /// Starts the thread that writes to `inner` in buffers of `capacity` bytes.
-    pub fn new(inner: W, capacity: usize) -> io::Result<WriteBehind<W>> {
-        let (to_writer, queue) = sync_channel::<(Vec<u8>, usize)>(QUEUED);
-        let (give_back, spare) = channel();
-        let writer = std::thread::Builder::new().name("write-behind".into()).spawn(move || {
-            let mut inner = inner;
-            let mut pieces = Vec::new();
-            for (buf, used) in queue {
-                let data = &buf[..used];
-                pieces.push((used as u64, crc32c::crc32c(data)));
-                inner.write_all(data)?;
-                // The producer may be gone (dropped after an error): then nobody reuses it.
-                let _ = give_back.send(buf);
-            }
-            inner.flush()?;
-            Ok((inner, pieces))
-        })?;
-        Ok(WriteBehind { buf: vec![0; capacity.max(8)], used: 0, to_writer: Some(to_writer), spare, writer: Some(writer) })
+    /// A writer to `inner` in buffers of `capacity` bytes.
+    pub fn new(inner: W, capacity: usize) -> WriteBehind<W> {
+        WriteBehind { buf: vec![0; capacity.max(8)], used: 0, ends: Vec::new(), inner: Some(inner), to_writer: None, spare: None, writer: None }
     }
 
-    /// Ends the current piece: what is buffered goes to the writer thread now, so the next
-    /// bytes start a checksum of their own.
-    pub fn end_piece(&mut self) -> io::Result<()> {
-        if self.used == 0 {
-            return Ok(());
+    /// Ends the current piece, so the next bytes get a checksum of their own.
+    pub fn end_piece(&mut self) {
+        if self.used > self.ends.last().copied().unwrap_or(0) {
+            self.ends.push(self.used);
         }
-        let next = self.spare.try_recv().unwrap_or_else(|_| vec![0; self.buf.len()]);
-        let full = std::mem::replace(&mut self.buf, next);
-        let sent = self.to_writer.as_ref().is_some_and(|tx| tx.send((full, self.used)).is_ok());
+    }
+
+    /// Hands the full buffer to the writer thread, starting it the first time.
+    fn send(&mut self) -> io::Result<()> {
+        if let Some(inner) = self.inner.take() {
+            let (to_writer, queue) = sync_channel::<Filled>(QUEUED);
+            let (give_back, spare) = channel();
+            let spawned = std::thread::Builder::new().name("write-behind".into()).spawn(move || {
+                let mut inner = inner;
+                let mut pieces = Vec::new();
+                for (buf, used, ends) in queue {
+                    write_buffer(&mut inner, &buf[..used], &ends, &mut pieces)?;
+                    // The producer may be gone (dropped after an error): then nobody reuses it.
+                    let _ = give_back.send(buf);
+                }
+                inner.flush()?;
+                Ok((inner, pieces))
+            });
+            self.writer = Some(spawned?);
+            self.to_writer = Some(to_writer);
+            self.spare = Some(spare);
+        }
+        let next = self.spare.as_ref().and_then(|s| s.try_recv().ok()).unwrap_or_else(|| vec![0; self.buf.len()]);
+        let full = (std::mem::replace(&mut self.buf, next), self.used, std::mem::take(&mut self.ends));
         self.used = 0;
-        if sent {
+        if self.to_writer.as_ref().is_some_and(|tx| tx.send(full).is_ok()) {
             Ok(())
         } else {
             // The thread stopped: it hit a write error, which it returns.
@@ -74,7 +86,7 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
         let mut done = 0;
         while done < len {
             if self.used == self.buf.len() {
-                self.end_piece()?;
+                self.send()?;
             }
             let n = (len - done).min(self.buf.len() - self.used);
             fill(done, &mut self.buf[self.used..self.used + n]);
@@ -94,18 +106,39 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
         }
     }
 
-    /// Writes what is buffered, waits for the thread, and returns the inner writer (flushed)
-    /// with the checksum of every piece, in order.
+    /// Writes what is buffered and returns the inner writer (flushed) with the checksum of
+    /// every piece, in order.
     pub fn finish(mut self) -> Outcome<W> {
-        self.end_piece()?;
+        self.end_piece();
+        if let Some(mut inner) = self.inner.take() {
+            let mut pieces = Vec::new();
+            write_buffer(&mut inner, &self.buf[..self.used], &self.ends, &mut pieces)?;
+            inner.flush()?;
+            return Ok((inner, pieces));
+        }
+        if self.used > 0 {
+            self.send()?;
+        }
         self.stop()
     }
+}
+
+/// Writes `data` and records the checksum of each piece in it (`ends`: where pieces end).
+fn write_buffer(inner: &mut impl Write, data: &[u8], ends: &[usize], pieces: &mut Vec<PieceChecksum>) -> io::Result<()> {
+    let mut start = 0;
+    for &end in ends.iter().chain([&data.len()]) {
+        if end > start {
+            pieces.push(((end - start) as u64, crc32c::crc32c(&data[start..end])));
+            start = end;
+        }
+    }
+    inner.write_all(data)
 }
 
 impl<W: Write + Send + 'static> Write for WriteBehind<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.used == self.buf.len() {
-            self.end_piece()?;
+            self.send()?;
         }
         let n = data.len().min(self.buf.len() - self.used);
         self.buf[self.used..self.used + n].copy_from_slice(&data[..n]);
@@ -113,9 +146,9 @@ impl<W: Write + Send + 'static> Write for WriteBehind<W> {
         Ok(n)
     }
 
-    /// Ends the piece (see [`WriteBehind::end_piece`]); the data reaches `W` later.
+    /// Does nothing: the data reaches `W` as buffers fill, and at [`WriteBehind::finish`].
     fn flush(&mut self) -> io::Result<()> {
-        self.end_piece()
+        Ok(())
     }
 }
 
@@ -133,7 +166,7 @@ mod tests {
 
     #[test]
     fn bytes_arrive_in_order_with_piece_checksums() {
-        let mut w = WriteBehind::new(Vec::new(), 16).expect("thread");
+        let mut w = WriteBehind::new(Vec::new(), 16);
         let mut expect = Vec::new();
         let mut pieces = Vec::new();
         for i in 0..60u32 {
@@ -143,9 +176,16 @@ mod tests {
             } else {
                 w.write_with(piece.len(), &mut |at, dst| dst.copy_from_slice(&piece[at..at + dst.len()])).expect("write");
             }
-            w.end_piece().expect("end");
+            w.end_piece();
+            // A piece is split where it crosses a 16-byte buffer boundary.
+            let mut at = expect.len();
             expect.extend_from_slice(&piece);
-            pieces.extend(piece.chunks(16).map(|c| (c.len() as u64, crc32c::crc32c(c))));
+            while at < expect.len() {
+                let end = (at / 16 + 1) * 16;
+                let end = end.min(expect.len());
+                pieces.push(((end - at) as u64, crc32c::crc32c(&expect[at..end])));
+                at = end;
+            }
         }
         let (out, sums) = w.finish().expect("finish");
         assert_eq!(out, expect);
@@ -164,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_write_error_reaches_the_producer() {
-        let mut w = WriteBehind::new(Failing, 8).expect("thread");
+        let mut w = WriteBehind::new(Failing, 8);
         let mut result = Ok(());
         for _ in 0..100 {
             result = w.write_all(b"abcdefghij");
@@ -174,5 +214,17 @@ mod tests {
         }
         let err = result.and_then(|_| w.finish().map(|_| ())).expect_err("must fail");
         assert_eq!(err.to_string(), "disk full");
+    }
+
+    #[test]
+    fn small_files_are_written_without_a_thread() {
+        let mut w = WriteBehind::new(Vec::new(), 64);
+        w.write_all(b"abc").expect("write");
+        w.end_piece();
+        w.write_all(b"defg").expect("write");
+        assert!(w.writer.is_none());
+        let (out, sums) = w.finish().expect("finish");
+        assert_eq!(out, b"abcdefg");
+        assert_eq!(sums, vec![(3, crc32c::crc32c(b"abc")), (4, crc32c::crc32c(b"defg"))]);
     }
 }

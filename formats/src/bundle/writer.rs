@@ -46,7 +46,7 @@ impl BundleWriter {
         let dir = parent_dir(&prefix);
         let tmp = new_output_temp(dir)?;
         // Written behind: the kernel copies one buffer while the caller makes the next.
-        let data = WriteBehind::new(tmp, WRITE_BUFFER).map_err(|e| Error::io(&prefix, e))?;
+        let data = WriteBehind::new(tmp, WRITE_BUFFER);
         Ok(BundleWriter { prefix, data, offset: 0, entries: BTreeMap::new() })
     }
 
@@ -109,7 +109,7 @@ impl BundleWriter {
             ));
         }
         // Each tensor is a piece of its own, so the writer thread's checksums are per tensor.
-        self.data.end_piece().map_err(|e| Error::io(&self.prefix, e))?;
+        self.data.end_piece();
         self.offset += written;
         self.entries.insert(name.to_string(), Entry { size: written, ..entry });
         Ok(())
@@ -131,7 +131,7 @@ impl BundleWriter {
         // not over the varints stored: the encoder computes that checksum.
         let (bytes, crc) = encode_strings(strings);
         self.data.write_all(&bytes).map_err(|e| Error::io(&self.prefix, e))?;
-        self.data.end_piece().map_err(|e| Error::io(&self.prefix, e))?;
+        self.data.end_piece();
         let entry = Entry {
             dtype: DType::String,
             shape: shape.to_vec(),
