@@ -146,19 +146,33 @@ fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<b
 
 /// Prunes exactly round(fraction * n) weights, those of lowest SNR (ties broken by position),
 /// so the sparsity is hit to within one weight even when many SNRs are equal. Returns the
-/// masks and the largest pruned SNR.
+/// masks and the largest pruned SNR. Linear time: a selection, not a sort, finds that SNR.
 fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
-    let mut order: Vec<(usize, usize)> = groups.iter().enumerate().flat_map(|(g, s)| (0..s.len()).map(move |i| (g, i))).collect();
-    let n = order.len();
+    let n: usize = groups.iter().map(|g| g.len()).sum();
     let k = ((fraction * n as f64).round() as usize).min(n);
-    order.sort_by(|a, b| groups[a.0][a.1].total_cmp(&groups[b.0][b.1]).then(a.cmp(b)));
     let mut masks: Vec<Vec<bool>> = groups.iter().map(|s| vec![true; s.len()]).collect();
-    let mut threshold = f64::NEG_INFINITY;
-    for &(g, i) in &order[..k] {
-        masks[g][i] = false;
-        threshold = threshold.max(groups[g][i]);
+    if k == 0 {
+        return (masks, f64::NEG_INFINITY);
     }
-    (masks, threshold)
+    let mut all: Vec<f64> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+    let (_, &mut largest, _) = all.select_nth_unstable_by(k - 1, f64::total_cmp);
+    drop(all);
+    // Everything below the k-th SNR goes, and of the SNRs equal to it the first ones.
+    let below = groups.iter().flat_map(|g| g.iter()).filter(|s| s.total_cmp(&largest).is_lt()).count();
+    let mut ties = k - below;
+    for (mask, snr) in masks.iter_mut().zip(groups) {
+        for (keep, s) in mask.iter_mut().zip(snr.iter()) {
+            match s.total_cmp(&largest) {
+                std::cmp::Ordering::Less => *keep = false,
+                std::cmp::Ordering::Equal if ties > 0 => {
+                    *keep = false;
+                    ties -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    (masks, largest)
 }
 
 /// Decides the pruning of `targets` in `ckpt`. Nothing is copied: the posteriors are read where
@@ -305,6 +319,30 @@ fn element_nonzero(element: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_equals_sorting_every_weight() {
+        // Reference: sort all (SNR, group, position) and prune the first k.
+        let groups: Vec<Vec<f64>> = (0..3)
+            .map(|g| (0..257).map(|i| if (i + g) % 7 == 0 { f64::NAN } else { ((i * 37 + g * 11) % 23) as f64 / 4.0 }).collect())
+            .collect();
+        let views: Vec<&[f64]> = groups.iter().map(Vec::as_slice).collect();
+        for fraction in [0.0, 0.01, 0.3, 0.5, 0.77, 0.9, 1.0] {
+            let mut order: Vec<(usize, usize)> = (0..3).flat_map(|g| (0..257).map(move |i| (g, i))).collect();
+            order.sort_by(|a, b| groups[a.0][a.1].total_cmp(&groups[b.0][b.1]).then(a.cmp(b)));
+            let k = (fraction * order.len() as f64).round() as usize;
+            let mut want = vec![vec![true; 257]; 3];
+            for &(g, i) in &order[..k] {
+                want[g][i] = false;
+            }
+            let (got, t) = lowest_fraction(&views, fraction);
+            assert_eq!(got, want, "fraction {fraction}");
+            if k > 0 {
+                let (g, i) = order[k - 1];
+                assert_eq!(t.to_bits(), groups[g][i].to_bits());
+            }
+        }
+    }
 
     #[test]
     fn sparsity_is_exact_despite_ties() {
