@@ -88,7 +88,9 @@ struct Opts {
     /// Write the JSON report here (rank 0); `-` for stdout.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Intra-op threads per rank (0: TensorFlow's default; under mpirun, cores / ranks).
+    /// Threads of each of TensorFlow's pools per rank (default: under mpirun, cores / ranks;
+    /// else the BNN runs the two products of each Flipout layer side by side on half the cores
+    /// each, and the CNN uses TensorFlow's default).
     #[arg(long)]
     threads: Option<usize>,
     /// Skip the test-set evaluation after each epoch.
