@@ -80,15 +80,20 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     }
 
     /// Appends `len` bytes that `fill` writes in place (no copy): it is called with each
-    /// stretch's position within the `len` bytes and the stretch, whose lengths are multiples
-    /// of 8 when `len`, the buffer capacity and the bytes since the piece began are.
-    pub fn write_with(&mut self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+    /// stretch's position within the `len` bytes and the stretch. Every stretch but the last
+    /// is a multiple of `align` bytes long (a buffer goes out early rather than split one), so
+    /// each starts at a multiple of `align`.
+    pub fn write_with(&mut self, len: usize, align: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+        let align = align.clamp(1, self.buf.len());
         let mut done = 0;
         while done < len {
-            if self.used == self.buf.len() {
+            let left = len - done;
+            let room = self.buf.len() - self.used;
+            let n = if left <= room { left } else { room / align * align };
+            if n == 0 {
                 self.send()?;
+                continue;
             }
-            let n = (len - done).min(self.buf.len() - self.used);
             fill(done, &mut self.buf[self.used..self.used + n]);
             self.used += n;
             done += n;
@@ -174,7 +179,7 @@ mod tests {
             if i % 2 == 0 {
                 w.write_all(&piece).expect("write");
             } else {
-                w.write_with(piece.len(), &mut |at, dst| dst.copy_from_slice(&piece[at..at + dst.len()])).expect("write");
+                w.write_with(piece.len(), 1, &mut |at, dst| dst.copy_from_slice(&piece[at..at + dst.len()])).expect("write");
             }
             w.end_piece();
             // A piece is split where it crosses a 16-byte buffer boundary.
@@ -214,6 +219,23 @@ mod tests {
         }
         let err = result.and_then(|_| w.finish().map(|_| ())).expect_err("must fail");
         assert_eq!(err.to_string(), "disk full");
+    }
+
+    #[test]
+    fn aligned_stretches_start_on_the_alignment() {
+        let mut w = WriteBehind::new(Vec::new(), 64);
+        w.write_all(&[7; 6]).expect("write");
+        let data: Vec<u8> = (0..200u8).collect();
+        let mut starts = Vec::new();
+        w.write_with(data.len(), 8, &mut |at, dst| {
+            starts.push((at, dst.len()));
+            dst.copy_from_slice(&data[at..at + dst.len()]);
+        })
+        .expect("write");
+        // 58 bytes of room after the 6: 56 of them used, then whole buffers of 64.
+        assert_eq!(starts, vec![(0, 56), (56, 64), (120, 64), (184, 16)]);
+        let (out, _) = w.finish().expect("finish");
+        assert_eq!(&out[6..], &data[..]);
     }
 
     #[test]

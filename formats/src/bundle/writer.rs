@@ -80,11 +80,13 @@ impl BundleWriter {
     where
         F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
     {
+        // Stretches of 64 whole elements: masks then work a 64-bit word at a time.
+        let align = 64 * dtype.size().unwrap_or(1);
         self.add_fixed(name, dtype, shape, |data, written| {
             produce(&mut |chunk: &[u8]| {
                 let offset = *written;
                 *written += chunk.len() as u64;
-                data.write_with(chunk.len(), &mut |at, dst| edit.apply(offset + at as u64, &chunk[at..at + dst.len()], dst))
+                data.write_with(chunk.len(), align, &mut |at, dst| edit.apply(offset + at as u64, &chunk[at..at + dst.len()], dst))
             })
         })
     }
@@ -233,4 +235,52 @@ pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut BufWriter<&mut Fi
     // reader never sees a partial file.
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleReader;
+
+    /// Flips the sign bit of every float32: wrong unless chunks hold whole elements.
+    #[derive(Debug)]
+    struct Negate;
+    impl TensorEdit for Negate {
+        fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
+            assert_eq!(offset % 256, 0, "chunks start on 64 elements");
+            assert_eq!(src.len() % 4, 0, "whole elements");
+            dst.copy_from_slice(src);
+            for e in dst.chunks_exact_mut(4) {
+                e[3] ^= 0x80;
+            }
+        }
+    }
+
+    #[test]
+    fn edited_tensors_after_odd_sized_ones_keep_whole_elements_and_checksums() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = dir.path().join("m");
+        let n = WRITE_BUFFER / 4 + 1000; // crosses a buffer boundary
+        let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut w = BundleWriter::create(&prefix).expect("create");
+        w.add_bytes("a_half", DType::Float16, &[3], &[1, 2, 3, 4, 5, 6]).expect("f16");
+        w.add_edited("b_kernel", DType::Float32, &[n as u64], &Negate, |sink| {
+            // Source chunks of 1 MiB, as a reader would stream them.
+            for c in bytes.chunks(1 << 20) {
+                sink(c).map_err(|e| Error::io(Path::new("src"), e))?;
+            }
+            Ok(())
+        })
+        .expect("edited");
+        w.add_strings("c_names", &[2], &[b"x".to_vec(), b"yz".to_vec()]).expect("strings");
+        w.finish().expect("finish");
+
+        let r = BundleReader::open(&prefix).expect("open");
+        let got = r.read("b_kernel").expect("checksum verified");
+        let got: Vec<f32> = got.bytes().expect("bytes").chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(got, values.iter().map(|v| -v).collect::<Vec<_>>());
+        assert_eq!(r.read("a_half").expect("read").bytes(), Some(&[1u8, 2, 3, 4, 5, 6][..]));
+        assert!(r.read("c_names").is_ok());
+    }
 }
