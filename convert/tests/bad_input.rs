@@ -16,6 +16,17 @@ fn assert_conversion_fails(prefix: &Path, needles: &[&str]) {
     assert!(listing(out_dir.path()).is_empty(), "partial output left: {:?}", listing(out_dir.path()));
 }
 
+/// Runs `prune` on `prefix` to a TF checkpoint and to safetensors; checks both fail and that
+/// nothing was written (the damage is found while the output streams).
+fn assert_prune_fails(prefix: &Path, needles: &[&str]) {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    for out in [out_dir.path().join("model.ckpt-1"), out_dir.path().join("p.safetensors")] {
+        let run = bnn_convert(&[&"prune", &prefix, &"-o", &out, &"--threshold", &"1"]);
+        assert_one_line_error(&run, needles);
+        assert!(listing(out_dir.path()).is_empty(), "partial output left: {:?}", listing(out_dir.path()));
+    }
+}
+
 fn prefix_of(dir: &Path) -> std::path::PathBuf {
     formats::checkpoint_state::resolve_checkpoint(dir).expect("fixture resolves")
 }
@@ -65,6 +76,7 @@ fn checksum_mismatches_in_index_and_data() {
     bytes[mid] ^= 0x10;
     std::fs::write(&data, &bytes).expect("write");
     assert_conversion_fails(&prefix, &[".data-00000-of-00001", "CRC32C mismatch", "tensor '"]);
+    assert_prune_fails(&prefix, &[".data-00000-of-00001", "CRC32C mismatch", "tensor '"]);
 }
 
 #[test]
