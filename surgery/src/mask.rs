@@ -108,8 +108,6 @@ trait Lane: Copy + std::ops::BitAnd<Output = Self> + std::ops::BitOr<Output = Se
     fn store(self, bytes: &mut [u8]);
     /// All ones if `bit` is 1, else 0.
     fn spread(bit: u64) -> Self;
-    /// The first four little-endian bytes (for the four-byte fast path).
-    fn to_le_bytes_4(self) -> [u8; 4];
 }
 
 macro_rules! lane {
@@ -129,15 +127,6 @@ macro_rules! lane {
             fn spread(bit: u64) -> Self {
                 (0 as $t).wrapping_sub(bit as $t)
             }
-            #[inline(always)]
-            fn to_le_bytes_4(self) -> [u8; 4] {
-                let b = self.to_le_bytes();
-                let mut out = [0u8; 4];
-                for (o, v) in out.iter_mut().zip(b) {
-                    *o = v;
-                }
-                out
-            }
         }
     };
 }
@@ -148,17 +137,17 @@ lane!(u64, 8);
 /// `dst = keep ? src : fill`, element by element, for elements starting at weight `start`
 /// (a multiple of 64): whole words of kept or pruned weights are plain copies or fills.
 fn select<T: Lane, const W: usize>(keep: &KeepMask, start: usize, src: &[u8], dst: &mut [u8], fill: &[u8]) {
-    let fill = T::load(fill);
+    let fill_lane = T::load(fill);
     let words = &keep.words[start / 64..];
     for ((d, s), &word) in dst.chunks_mut(64 * W).zip(src.chunks(64 * W)).zip(words) {
         if word == u64::MAX && s.len() == 64 * W {
             d.copy_from_slice(s);
         } else if W == 4 && s.len() == 64 * W {
-            select_word_4(word, s, d, &fill.to_le_bytes_4());
+            select_word_4(word, s, d, fill);
         } else {
             for (i, (d, s)) in d.chunks_exact_mut(W).zip(s.chunks_exact(W)).enumerate() {
                 let m = T::spread(word >> i & 1);
-                ((T::load(s) & m) | (fill & !m)).store(d);
+                ((T::load(s) & m) | (fill_lane & !m)).store(d);
             }
         }
     }
@@ -186,8 +175,8 @@ const fn lane_masks() -> [[u32; 8]; 256] {
 /// [`select`] of 64 four-byte elements, eight at a time through [`LANE_MASKS`] (SIMD-friendly:
 /// no per-element shifts or branches).
 #[inline(always)]
-fn select_word_4(word: u64, src: &[u8], dst: &mut [u8], fill: &[u8; 4]) {
-    let fill = u32::from_ne_bytes(*fill);
+fn select_word_4(word: u64, src: &[u8], dst: &mut [u8], fill: &[u8]) {
+    let fill = u32::from_ne_bytes(fill.try_into().unwrap_or_default());
     for (k, (d, s)) in dst.chunks_exact_mut(32).zip(src.chunks_exact(32)).enumerate() {
         let masks = &LANE_MASKS[(word >> (8 * k) & 0xff) as usize];
         let mut out = [0u32; 8];

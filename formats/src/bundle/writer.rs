@@ -7,9 +7,6 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-
-use crate::edit::TensorEdit;
-use crate::write_behind::{PieceChecksum, WriteBehind};
 use std::path::{Path, PathBuf};
 
 use protobuf::Message;
@@ -20,10 +17,12 @@ use super::strings::encode_strings;
 use super::{data_shard_path, index_path};
 use crate::coding::mask_crc;
 use crate::dtype::DType;
+use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
 use crate::proto::tensor_bundle::{bundle_header_proto::Endianness, BundleHeaderProto};
 use crate::proto::types::VersionDef;
 use crate::table::TableBuilder;
+use crate::write_behind::{PieceChecksum, WriteBehind};
 
 /// Version of the bundle format written (TensorFlow's `kTensorBundleVersion`).
 const BUNDLE_VERSION: i32 = 1;
