@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
-use formats::convert::{checkpoint_to_safetensors, safetensors_to_checkpoint, Edits, ToSafetensorsOptions};
+use formats::convert::{checkpoint_to_bundle, checkpoint_to_safetensors, Edits, ToSafetensorsOptions};
+use formats::input_files::InputFiles;
 
 /// Arguments of `ckpt-to-safetensors`.
 #[derive(clap::Args)]
@@ -28,8 +29,13 @@ pub struct ToSafetensorsArgs {
 /// Runs `ckpt-to-safetensors`.
 pub fn to_safetensors(a: ToSafetensorsArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&a.checkpoint)?;
+    let mut inputs = InputFiles::new();
+    inputs.add_checkpoint(&ckpt);
+    inputs.check_output(&a.output)?;
     let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: a.skip_unsupported };
+    let folder = crate::output::output_folder(&a.output)?;
     let report = checkpoint_to_safetensors(&ckpt, &a.output, opts, &Edits::default())?;
+    folder.keep();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
     } else {
@@ -63,10 +69,13 @@ pub struct ToCheckpointArgs {
 
 /// Runs `safetensors-to-ckpt`.
 pub fn to_checkpoint(a: ToCheckpointArgs) -> Result<()> {
-    if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    }
-    let report = safetensors_to_checkpoint(&a.input, &a.output)?;
+    let ckpt = Checkpoint::open(&a.input)?;
+    let mut inputs = InputFiles::new();
+    inputs.add_checkpoint(&ckpt);
+    inputs.check_bundle_output(&a.output, &[])?;
+    let folder = crate::output::output_folder(&a.output)?;
+    let report = checkpoint_to_bundle(&ckpt, &a.output, &Edits::default())?;
+    folder.keep();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
     } else {

@@ -26,6 +26,22 @@ pub struct ModelArgs {
     pub arch: Option<String>,
 }
 
+impl ModelArgs {
+    /// The architecture file read, when `--arch` names a file rather than a preset.
+    pub fn arch_file(&self) -> Option<&Path> {
+        self.arch.as_deref().map(Path::new).filter(|p| p.is_file())
+    }
+
+    /// Every file read: the checkpoint's and the architecture file.
+    pub fn input_files(&self) -> Result<formats::input_files::InputFiles> {
+        let mut inputs = crate::output::checkpoint_files(&self.input)?;
+        if let Some(arch) = self.arch_file() {
+            inputs.add_file(arch);
+        }
+        Ok(inputs)
+    }
+}
+
 /// Opens the checkpoint, finds its architecture and loads the weights it uses.
 pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
     let ckpt = Checkpoint::open(&m.input)?;
@@ -56,6 +72,14 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    /// Adds the data files read to `inputs`.
+    pub fn add_to(&self, inputs: &mut formats::input_files::InputFiles) {
+        inputs.add_file(&self.data);
+        if let Some(l) = &self.labels {
+            inputs.add_file(l);
+        }
+    }
+
     /// Reads the data set for a model with `example` inputs and `classes` outputs.
     pub fn read(&self, example: usize, classes: usize) -> Result<Data> {
         read_data(&self.data, self.labels.as_deref(), example, classes)

@@ -39,9 +39,12 @@ pub fn run(a: Args) -> Result<()> {
         "never" => Sparse::Never,
         other => bail!("--sparse must be auto, always or never, not '{other}'"),
     };
+    a.model.input_files()?.check_output(&a.output)?;
     let (arch, posts) = load_model(&a.model)?;
     let model = build(&arch, &posts, Options { mode, sparse }, &a.model.input)?;
+    let folder = crate::output::output_folder(&a.output)?;
     write(&model, &a.output)?;
+    folder.keep();
     let g = model.graph.as_ref();
     println!(
         "{}: {} nodes, {} dense + {} sparse initializers, opset {}",

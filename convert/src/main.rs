@@ -12,6 +12,8 @@ mod snr_cmd;
 mod sweep_cmd;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 pub(crate) use output::{table, write_file_atomically};
@@ -47,8 +49,64 @@ enum Command {
     Sweep(sweep_cmd::Args),
 }
 
+/// Exit status after SIGINT or SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+pub(crate) const EXIT_INTERRUPTED: u8 = 130;
+
+/// An error that ends the command with a particular exit status (see README).
+#[derive(Debug)]
+pub(crate) struct ExitWith {
+    code: u8,
+    message: String,
+}
+
+impl ExitWith {
+    pub(crate) fn new(code: u8, message: String) -> ExitWith {
+        ExitWith { code, message }
+    }
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// On SIGINT/SIGTERM: with `graceful` (a batch), the first signal only sets it, so no new
+/// checkpoint starts; otherwise (or on a second signal) partial outputs and folders made for
+/// them are removed and the process exits 128 + signal.
+fn handle_signals(graceful: Option<Arc<AtomicBool>>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // Default handling: Linux outputs are anonymous files until complete anyway.
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if let Some(stop) = &graceful {
+                if !stop.swap(true, Ordering::SeqCst) {
+                    eprintln!("bnn-convert: interrupted: finishing the checkpoints in progress, starting no more (again to stop now)");
+                    continue;
+                }
+            }
+            formats::output_file::remove_partials();
+            std::process::exit(128 + signal);
+        }
+    });
+    drop(spawned);
+}
+
 fn main() -> ExitCode {
+    // Like `ls | head`: a closed pipe ends the command quietly (SIGPIPE, status 141) instead
+    // of a panic in `println!`. Outputs are unaffected: they are only linked into place when
+    // complete.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    handle_signals(matches!(cli.command, Command::PruneBatch(_)).then(|| stop.clone()));
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::CkptToSafetensors(a) => convert_cmd::to_safetensors(a),
@@ -56,7 +114,7 @@ fn main() -> ExitCode {
         Command::Snr(a) => snr_cmd::run(a),
         Command::Prune(a) => prune_cmd::run(a),
         Command::Densify(a) => prune_cmd::densify(a),
-        Command::PruneBatch(a) => batch_cmd::run(a),
+        Command::PruneBatch(a) => batch_cmd::run(a, stop),
         Command::ExportOnnx(a) => export_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Sweep(a) => sweep_cmd::run(a),
@@ -74,7 +132,10 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("bnn-convert: error: {}", line.replace('\n', " "));
-            ExitCode::FAILURE
+            match e.downcast_ref::<ExitWith>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

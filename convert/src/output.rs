@@ -1,8 +1,12 @@
-//! Shared output helpers of the subcommands: aligned text tables and atomic file writes.
+//! Shared output helpers of the subcommands: aligned text tables, atomic file writes, and the
+//! checks that keep outputs off the inputs.
 
 use std::path::Path;
 
 use anyhow::Result;
+use formats::checkpoint::Checkpoint;
+use formats::input_files::InputFiles;
+use formats::output_file::{create_output_dir, parent_dir, CreatedDirs};
 
 /// Left-aligned columns separated by two spaces, one row a line.
 pub fn table(rows: &[Vec<String>]) -> String {
@@ -17,12 +21,24 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place, so a failed run leaves
-/// no partial file.
+/// Writes `bytes` to `path` so that a failed or killed run leaves no partial file.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    formats::bundle::write_atomically(path, |w| {
+    formats::output_file::write_atomically(path, |w| {
         use std::io::Write;
         w.write_all(bytes).map_err(|e| formats::Error::io(path, e))
     })?;
     Ok(())
+}
+
+/// Every file of the checkpoint (or safetensors file) at `input`.
+pub fn checkpoint_files(input: &Path) -> Result<InputFiles> {
+    let mut files = InputFiles::new();
+    files.add_checkpoint(&Checkpoint::open(input)?);
+    Ok(files)
+}
+
+/// Creates the folder an output file (or checkpoint prefix) goes in; the folders made are
+/// removed again unless the caller keeps them after success.
+pub fn output_folder(output: &Path) -> Result<CreatedDirs> {
+    Ok(create_output_dir(parent_dir(output))?)
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use formats::checkpoint::Checkpoint;
 use formats::convert::{checkpoint_to_safetensors, ToSafetensorsOptions};
-use surgery::prune::{prune, prune_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport};
+use formats::input_files::InputFiles;
+use surgery::prune::{prune, prune_checkpoint_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport, PRUNE_REPORT_SUFFIX};
 use surgery::snr::{select_targets, Part};
 
 /// What pruned weights become.
@@ -87,13 +88,18 @@ pub fn run(a: Args) -> Result<()> {
     let job = a.rule.job();
     let to_bundle = !is_safetensors(&a.output) && (a.input.extension().is_none_or(|e| e != "safetensors") || a.output.extension().is_some());
     let mut sizes = None;
+    if to_bundle && a.sparse {
+        bail!("{}: --sparse needs a .safetensors output", a.output.display());
+    }
+    let ckpt = Checkpoint::open(&a.input)?;
+    let mut inputs = InputFiles::new();
+    inputs.add_checkpoint(&ckpt);
     let report = if to_bundle {
-        if a.sparse {
-            bail!("{}: --sparse needs a .safetensors output", a.output.display());
-        }
-        prune_to_bundle(&a.input, &a.output, &job)?
+        inputs.check_bundle_output(&a.output, &[PRUNE_REPORT_SUFFIX])?;
+        prune_checkpoint_to_bundle(&ckpt, &a.output, &job)?
     } else {
-        let ckpt = Checkpoint::open(&a.input)?;
+        inputs.check_output(&a.output)?;
+        let folder = crate::output::output_folder(&a.output)?;
         let targets = select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
         let pruning = prune(&ckpt, &targets, &job.options)?;
         let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: false };
@@ -102,6 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
         }
+        folder.keep();
         pruning.report
     };
     if a.json {
@@ -152,7 +159,12 @@ pub struct DensifyArgs {
 
 /// Runs `densify`.
 pub fn densify(a: DensifyArgs) -> Result<()> {
+    let mut inputs = InputFiles::new();
+    inputs.add_file(&a.input);
+    inputs.check_output(&a.output)?;
+    let folder = crate::output::output_folder(&a.output)?;
     surgery::sparse::densify(&a.input, &a.output)?;
+    folder.keep();
     println!("wrote {}", a.output.display());
     Ok(())
 }

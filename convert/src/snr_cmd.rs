@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
+use image::ImageEncoder;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use surgery::snr::{analyse, select_targets, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
@@ -37,7 +38,12 @@ pub fn run(a: Args) -> Result<()> {
     let targets = select_targets(&ckpt, a.layers.as_deref(), parts)?;
     let report = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &a.thresholds)?;
     if let Some(path) = &a.plot {
+        let mut inputs = formats::input_files::InputFiles::new();
+        inputs.add_checkpoint(&ckpt);
+        inputs.check_output(path)?;
+        let folder = crate::output::output_folder(path)?;
         plot(&report, path)?;
+        folder.keep();
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
@@ -100,15 +106,19 @@ fn plot(report: &SnrReport, path: &Path) -> Result<()> {
     let size = (760u32, 40 + 220 * report.layers.len().max(1) as u32);
     let png = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
     if png {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        // The encoder picks the format from the name, so the temporary file ends in .png too.
-        let tmp = tempfile::Builder::new().suffix(".png").tempfile_in(dir).with_context(|| format!("{}: creating a temporary file", path.display()))?;
+        // Drawn in memory and encoded there, then written like every other output.
+        let (w, h) = size;
+        let mut rgb = vec![0u8; w as usize * h as usize * 3];
         {
-            let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
+            let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
             draw(&root, report, labels).map_err(|e| anyhow::anyhow!("{}: drawing: {e}", path.display()))?;
-            root.present().map_err(|e| anyhow::anyhow!("{}: encoding PNG: {e}", path.display()))?;
+            root.present().map_err(|e| anyhow::anyhow!("{}: drawing: {e}", path.display()))?;
         }
-        tmp.persist(path).with_context(|| format!("{}: renaming into place", path.display()))?;
+        let mut encoded = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut encoded)
+            .write_image(&rgb, w, h, image::ColorType::Rgb8)
+            .map_err(|e| anyhow::anyhow!("{}: encoding PNG: {e}", path.display()))?;
+        crate::write_file_atomically(path, &encoded)?;
     } else {
         let mut svg = String::new();
         {

@@ -84,6 +84,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs `sweep`.
 pub fn run(a: Args) -> Result<()> {
+    // Checked before the study's minutes of work, not after.
+    let mut inputs = a.model.input_files()?;
+    a.data.add_to(&mut inputs);
+    for out in a.json.iter().chain(&a.plot) {
+        inputs.check_output(out)?;
+    }
     let (arch, posts) = load_model(&a.model)?;
     let sparse = sparse_kernels(&a.sparse)?;
     // issue 4's pruning decides which weights go, on the kernels of the network's Bayesian layers.

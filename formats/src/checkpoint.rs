@@ -236,13 +236,13 @@ impl Checkpoint {
 
     /// Streams the bytes of fixed-size tensor `key` to `sink` in bounded chunks (see
     /// [`BundleReader::stream`]: on `Err` whatever the sink wrote must be discarded).
-    pub fn stream(&self, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+    pub fn stream(&self, key: &str, sink: &mut crate::tensor::Sink) -> Result<()> {
         match &self.store {
             Store::Bundle(b) => b.stream(key, sink),
             Store::Safetensors(f) => {
                 let bytes = f.bytes(key)?;
                 for chunk in bytes.chunks(4 << 20) {
-                    sink(chunk).map_err(|e| Error::io(&self.path, e))?;
+                    sink(chunk)?;
                 }
                 Ok(())
             }

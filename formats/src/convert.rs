@@ -37,7 +37,7 @@ pub struct Edits {
 
 impl Edits {
     /// Passes the bytes of `key` to `sink`, rewritten if there is an edit for it.
-    pub fn stream(&self, ckpt: &Checkpoint, key: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+    pub fn stream(&self, ckpt: &Checkpoint, key: &str, sink: &mut crate::tensor::Sink) -> Result<()> {
         let Some(edit) = self.values.get(key) else {
             return ckpt.stream(key, sink);
         };

@@ -13,12 +13,14 @@ pub mod dataset;
 pub mod dtype;
 pub mod edit;
 pub mod error;
+pub mod input_files;
 pub mod layout;
 pub mod manifest;
 pub mod meta_graph;
 pub mod naming;
 pub mod object_graph;
 pub mod onnx;
+pub mod output_file;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
 pub mod safetensors_file;

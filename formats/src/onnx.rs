@@ -447,27 +447,10 @@ pub fn encode(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
     model.write_to_bytes().map_err(|e| Error::invalid(path, format!("cannot encode the ONNX model: {e}")))
 }
 
-/// A temporary file in `dir` readable like any other output (tempfile's default is 0600).
-fn output_tempfile(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
-    let mut b = tempfile::Builder::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        b.permissions(std::fs::Permissions::from_mode(0o644));
-    }
-    b.tempfile_in(dir)
-}
-
-/// Writes `model` to `path` through a temporary file in the same folder, renamed at the end.
+/// Writes `model` to `path` atomically (see [`crate::output_file`]).
 pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
     let bytes = encode(model, path)?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    // tempfile's errors repeat the temporary path; name the destination once instead.
-    let plain = |e: std::io::Error| Error::invalid(path, format!("cannot write: {}", std::io::Error::from(e.kind())));
-    let mut tmp = output_tempfile(dir).map_err(plain)?;
-    tmp.write_all(&bytes).map_err(plain)?;
-    tmp.persist(path).map_err(|e| plain(e.error))?;
-    Ok(())
+    crate::output_file::write_atomically(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
 }
 
 /// Reads an ONNX model file.

@@ -110,7 +110,7 @@ impl PlannedTensor {
 /// then each tensor's bytes as `fill(i, sink)` produces them, in any number of chunks.
 pub fn write_safetensors<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, mut fill: F) -> Result<()>
 where
-    F: FnMut(usize, &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+    F: FnMut(usize, &mut crate::tensor::Sink) -> Result<()>,
 {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
@@ -144,7 +144,7 @@ where
             let mut written = 0u64;
             fill(i, &mut |chunk: &[u8]| {
                 written += chunk.len() as u64;
-                w.write_all(chunk)
+                w.write_all(chunk).map_err(io)
             })?;
             if written != sizes[i] {
                 return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {written}", t.name, sizes[i])));
@@ -171,7 +171,7 @@ mod tests {
         let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
         write_safetensors(&path, &tensors, &meta, |i, sink| {
             for chunk in data[i].chunks(5) {
-                sink(chunk).map_err(|e| Error::io("x", e))?;
+                sink(chunk)?;
             }
             Ok(())
         })
@@ -191,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.safetensors");
         let t = vec![PlannedTensor { name: "a".into(), dtype: DType::Float32, shape: vec![2] }];
-        let r = write_safetensors(&path, &t, &BTreeMap::new(), |_, sink| sink(&[1, 2, 3]).map_err(|e| Error::io("x", e)));
+        let r = write_safetensors(&path, &t, &BTreeMap::new(), |_, sink| sink(&[1, 2, 3]));
         assert!(r.is_err());
         assert!(!path.exists());
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0, "no temporary file left behind");

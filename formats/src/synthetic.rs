@@ -52,7 +52,7 @@ pub fn write_synthetic_bnn(prefix: &Path, layers: &[(u64, u64)], seed: u64) -> R
                     for _ in 0..n {
                         buf.extend_from_slice(&rng.uniform(lo, hi).to_le_bytes());
                     }
-                    sink(&buf).map_err(|e| crate::Error::io(prefix, e))?;
+                    sink(&buf)?;
                     left -= n;
                 }
                 Ok(())

@@ -66,3 +66,7 @@ pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
 pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
+
+/// Where streamed tensor bytes go, a chunk at a time. A sink's errors name its own file (the
+/// output), so that a full disk is reported against the file being written, not the input.
+pub type Sink<'a> = dyn FnMut(&[u8]) -> crate::error::Result<()> + 'a;

@@ -18,6 +18,9 @@ use crate::values::{element_bytes, to_f64};
 /// Metadata entry holding the pruning report of a safetensors output.
 pub const META_PRUNE: &str = "bnn_prune";
 
+/// What [`prune_to_bundle`] appends to the output prefix for its report.
+pub const PRUNE_REPORT_SUFFIX: &str = ".prune.json";
+
 /// BPrune's reading of a zero threshold: SNR <= 1e-44 (the smallest float32 subnormals).
 const BPRUNE_ZERO_THRESHOLD: f64 = 1e-44;
 
@@ -286,25 +289,29 @@ pub struct PruneJob {
 /// Prunes the checkpoint at `input` into a TensorFlow checkpoint at `prefix` (every tensor
 /// kept, `.meta` and manifests copied) with the report beside it as `<prefix>.prune.json`.
 pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
-    let ckpt = Checkpoint::open(input)?;
-    let targets = crate::snr::select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
-    let pruning = prune(&ckpt, &targets, &job.options)?;
-    if let Some(dir) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    formats::convert::checkpoint_to_bundle(&ckpt, prefix, &pruning.edits)?;
+    prune_checkpoint_to_bundle(&Checkpoint::open(input)?, prefix, job)
+}
+
+/// [`prune_to_bundle`] of an opened checkpoint. Folders it creates for the output are removed
+/// again if it fails.
+pub fn prune_checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
+    let targets = crate::snr::select_targets(ckpt, job.layers.as_deref(), &job.parts)?;
+    let pruning = prune(ckpt, &targets, &job.options)?;
+    let folder = formats::output_file::create_output_dir(formats::output_file::parent_dir(prefix))?;
+    formats::convert::checkpoint_to_bundle(ckpt, prefix, &pruning.edits)?;
     let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
     let report_path = report_path(prefix);
     formats::bundle::write_atomically(&report_path, |w| {
         use std::io::Write;
         w.write_all(json.as_bytes()).map_err(|e| formats::Error::io(&report_path, e))
     })?;
+    folder.keep();
     Ok(pruning.report)
 }
 
 /// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.
 pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("{}.prune.json", prefix.display()))
+    std::path::PathBuf::from(format!("{}{PRUNE_REPORT_SUFFIX}", prefix.display()))
 }
 
 /// Whether a little-endian float element is non-zero (either sign of zero counts as zero).

@@ -182,7 +182,7 @@ pub fn write_sparse(ckpt: &Checkpoint, pruning: &Pruning, out: &Path, opts: ToSa
         }
     }
     write_safetensors(out, &planned, &plan.metadata, |i, sink| match sources[i] {
-        Source::Part(bytes) => sink(bytes).map_err(|e| formats::Error::io(out, e)),
+        Source::Part(bytes) => sink(bytes),
         Source::Dense(key) => pruning.edits.stream(ckpt, key, sink),
     })?;
     let dense_bytes = plan.variables.iter().map(|v| v.info.nbytes).sum();
@@ -267,7 +267,7 @@ pub fn densify(input: &Path, out: &Path) -> Result<()> {
             Some((_, b)) => b.as_slice(),
             None => file.bytes(name)?,
         };
-        sink(bytes).map_err(|e| formats::Error::io(out, e))
+        sink(bytes)
     })?;
     Ok(())
 }

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 pub use entry::{shape_from_proto, shape_to_proto, Entry};
 pub use reader::{BundleHeader, BundleReader};
 pub use slice_key::{encode_slice_key, is_slice_key, Extent};
-pub use writer::{write_atomically, BundleWriter};
+pub use crate::output_file::write_atomically;
+pub use writer::BundleWriter;
 
 /// `<prefix>.index`.
 pub fn index_path(prefix: &Path) -> PathBuf {

@@ -242,11 +242,10 @@ impl BundleReader {
     ///
     /// The checksum is verified after the last chunk: on `Err` the sink has seen bad data and
     /// whatever it wrote must be discarded.
-    pub fn stream(&self, name: &str, sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()> {
+    pub fn stream(&self, name: &str, sink: &mut crate::tensor::Sink) -> Result<()> {
         let entry = self.entry(name)?;
-        let sink_err = |e| Error::io(&self.prefix, e);
         if !entry.slices.is_empty() {
-            return sink(&self.assemble(name, entry)?).map_err(sink_err);
+            return sink(&self.assemble(name, entry)?);
         }
         if entry.dtype == DType::String {
             return Err(Error::unsupported(&self.index_path, format!("streaming string tensor '{name}'")));
@@ -262,7 +261,7 @@ impl BundleReader {
             if self.verify_checksums {
                 crc = crc32c::crc32c_append(crc, chunk);
             }
-            sink(chunk).map_err(sink_err)?;
+            sink(chunk)?;
             // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
             // are read again from the file if touched later; no borrowed data changes.
             let _ = unsafe { shard.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, chunk.len()) };

@@ -5,12 +5,10 @@
 //! a half-written checkpoint.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message;
-use tempfile::NamedTempFile;
 
 use super::entry::Entry;
 use super::strings::encode_strings;
@@ -19,6 +17,8 @@ use crate::coding::mask_crc;
 use crate::dtype::DType;
 use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
+use crate::output_file::OutputFile;
+use crate::tensor::Sink;
 use crate::proto::tensor_bundle::{bundle_header_proto::Endianness, BundleHeaderProto};
 use crate::proto::types::VersionDef;
 use crate::table::TableBuilder;
@@ -32,7 +32,7 @@ const WRITE_BUFFER: usize = 4 << 20;
 /// Builds a checkpoint `<prefix>.index` + `<prefix>.data-00000-of-00001`.
 pub struct BundleWriter {
     prefix: PathBuf,
-    data: WriteBehind<NamedTempFile>,
+    data: WriteBehind<OutputFile>,
     offset: u64,
     entries: BTreeMap<String, Entry>,
 }
@@ -42,8 +42,7 @@ impl BundleWriter {
     /// [`BundleWriter::finish`].
     pub fn create(prefix: impl AsRef<Path>) -> Result<BundleWriter> {
         let prefix = prefix.as_ref().to_path_buf();
-        let dir = parent_dir(&prefix);
-        let tmp = new_output_temp(dir)?;
+        let tmp = OutputFile::create(&data_shard_path(&prefix, 0, 1))?;
         // Written behind: the kernel copies one buffer while the caller makes the next.
         let data = WriteBehind::new(tmp, WRITE_BUFFER);
         Ok(BundleWriter { prefix, data, offset: 0, entries: BTreeMap::new() })
@@ -63,12 +62,13 @@ impl BundleWriter {
     /// the sink it is given.
     pub fn add_streamed<F>(&mut self, name: &str, dtype: DType, shape: &[u64], produce: F) -> Result<()>
     where
-        F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+        F: FnOnce(&mut Sink) -> Result<()>,
     {
+        let data_path = data_shard_path(&self.prefix, 0, 1);
         self.add_fixed(name, dtype, shape, |data, written| {
             produce(&mut |chunk: &[u8]| {
                 *written += chunk.len() as u64;
-                data.write_all(chunk)
+                data.write_all(chunk).map_err(|e| Error::io(&data_path, e))
             })
         })
     }
@@ -77,15 +77,17 @@ impl BundleWriter {
     /// elements, rewritten by `edit` straight into the output buffers (no intermediate copy).
     pub fn add_edited<F>(&mut self, name: &str, dtype: DType, shape: &[u64], edit: &dyn TensorEdit, produce: F) -> Result<()>
     where
-        F: FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<()>,
+        F: FnOnce(&mut Sink) -> Result<()>,
     {
         // Stretches of 64 whole elements: masks then work a 64-bit word at a time.
         let align = 64 * dtype.size().unwrap_or(1);
+        let data_path = data_shard_path(&self.prefix, 0, 1);
         self.add_fixed(name, dtype, shape, |data, written| {
             produce(&mut |chunk: &[u8]| {
                 let offset = *written;
                 *written += chunk.len() as u64;
                 data.write_with(chunk.len(), align, &mut |at, dst| edit.apply(offset + at as u64, &chunk[at..at + dst.len()], dst))
+                    .map_err(|e| Error::io(&data_path, e))
             })
         })
     }
@@ -94,7 +96,7 @@ impl BundleWriter {
     /// counting them in the `u64`; its checksum comes from the data file's pieces at `finish`.
     fn add_fixed<F>(&mut self, name: &str, dtype: DType, shape: &[u64], write: F) -> Result<()>
     where
-        F: FnOnce(&mut WriteBehind<NamedTempFile>, &mut u64) -> Result<()>,
+        F: FnOnce(&mut WriteBehind<OutputFile>, &mut u64) -> Result<()>,
     {
         self.check_new(name)?;
         let entry = Entry { dtype, shape: shape.to_vec(), shard_id: 0, offset: self.offset, size: 0, masked_crc32c: 0, slices: vec![] };
@@ -118,7 +120,7 @@ impl BundleWriter {
 
     /// Adds a fixed-size tensor from its little-endian bytes.
     pub fn add_bytes(&mut self, name: &str, dtype: DType, shape: &[u64], bytes: &[u8]) -> Result<()> {
-        self.add_streamed(name, dtype, shape, |sink| sink(bytes).map_err(|e| Error::io(Path::new(name), e)))
+        self.add_streamed(name, dtype, shape, |sink| sink(bytes))
     }
 
     /// Adds a string tensor.
@@ -131,7 +133,7 @@ impl BundleWriter {
         // TensorFlow checksums string tensors over their lengths as fixed32 and their bytes,
         // not over the varints stored: the encoder computes that checksum.
         let (bytes, crc) = encode_strings(strings);
-        self.data.write_all(&bytes).map_err(|e| Error::io(&self.prefix, e))?;
+        self.data.write_all(&bytes).map_err(|e| Error::io(data_shard_path(&self.prefix, 0, 1), e))?;
         self.data.end_piece();
         let entry = Entry {
             dtype: DType::String,
@@ -166,12 +168,12 @@ impl BundleWriter {
         for (name, entry) in &entries {
             table.add(name.as_bytes(), &entry.encode());
         }
-        let dir = parent_dir(&self.prefix);
-        let mut index = new_output_temp(dir)?;
+        let mut index = OutputFile::create(&index_path)?;
         table.finish_into(&mut index).map_err(|e| Error::io(&index_path, e))?;
 
-        data.persist(&data_path).map_err(|e| Error::io(&data_path, e.error))?;
-        index.persist(&index_path).map_err(|e| Error::io(&index_path, e.error))?;
+        // Data first, index last: a reader never finds an index without its data.
+        data.commit()?;
+        index.commit()?;
         Ok(())
     }
 }
@@ -198,42 +200,6 @@ fn set_checksums(entries: &mut BTreeMap<String, Entry>, pieces: &[PieceChecksum]
         }
     }
     Ok(())
-}
-
-/// A temporary file in `dir` with the permissions of an ordinary new file (tempfile's are
-/// private to the owner, which outputs must not be).
-fn new_output_temp(dir: &Path) -> Result<NamedTempFile> {
-    let tmp = NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(tmp.path(), e))?;
-    }
-    Ok(tmp)
-}
-
-fn parent_dir(prefix: &Path) -> &Path {
-    match prefix.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Writes `file` atomically: `fill` writes into a temporary file in the same folder, which is
-/// renamed over `path` only if `fill` succeeds.
-pub fn write_atomically<T>(path: &Path, fill: impl FnOnce(&mut BufWriter<&mut File>) -> Result<T>) -> Result<T> {
-    let dir = parent_dir(path);
-    let mut tmp = new_output_temp(dir)?;
-    let value = {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let value = fill(&mut w)?;
-        w.flush().map_err(|e| Error::io(path, e))?;
-        value
-    };
-    // No fsync: like `cp`, durability is left to the OS; the rename still guarantees that a
-    // reader never sees a partial file.
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(value)
 }
 
 #[cfg(test)]
@@ -267,7 +233,7 @@ mod tests {
         w.add_edited("b_kernel", DType::Float32, &[n as u64], &Negate, |sink| {
             // Source chunks of 1 MiB, as a reader would stream them.
             for c in bytes.chunks(1 << 20) {
-                sink(c).map_err(|e| Error::io(Path::new("src"), e))?;
+                sink(c)?;
             }
             Ok(())
         })

@@ -47,18 +47,60 @@ pub fn checkpoints_of(dir: &Path, all_steps: bool) -> Result<Vec<PathBuf>> {
     Ok(vec![resolve_checkpoint(dir)?])
 }
 
-/// Walks `roots` (sorted, deterministic) and lists the jobs. Outputs of root `r` go under the
-/// output folder's `<r's name>/`, mirroring the tree.
-pub fn discover(roots: &[PathBuf], all_steps: bool) -> Result<Vec<Job>> {
+/// The folder of the output tree that mirrors input root `root` is `<out_root>/<this name>`.
+fn root_name(root: &Path) -> Result<PathBuf> {
+    Ok(root.canonicalize().map_err(|e| Error::io(root, e))?.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root")))
+}
+
+/// `path` resolved as far as it exists (a missing tail is kept as written).
+fn resolved(path: &Path) -> PathBuf {
+    let mut missing = Vec::new();
+    let mut at = path.to_path_buf();
+    loop {
+        if let Ok(c) = at.canonicalize() {
+            return missing.iter().rev().fold(c, |acc: PathBuf, part| acc.join(part));
+        }
+        match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+            (Some(name), Some(parent)) => {
+                missing.push(name);
+                at = if parent.as_os_str().is_empty() { PathBuf::from(".") } else { parent.to_path_buf() };
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// Refuses an output folder that would put outputs over inputs: the output root equal to an
+/// input root, or an input root inside the output root's mirror of it. An output root inside an
+/// input root is fine: discovery skips it.
+pub fn check_output_root(roots: &[PathBuf], out_root: &Path) -> Result<()> {
+    let out = resolved(out_root);
+    for root in roots {
+        let input = resolved(root);
+        let mirror = resolved(&out_root.join(root_name(root)?));
+        if input == out || input.starts_with(&mirror) {
+            return Err(Error::invalid(
+                out_root,
+                format!("refusing to write the pruned tree over input folder {} (choose an output folder outside it, or a new folder inside it)", root.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Walks `roots` (sorted, deterministic) and lists the jobs, skipping the output tree `skip`
+/// where it lies inside a root. Outputs of root `r` go under the output folder's
+/// `<r's name>/`, mirroring the tree.
+pub fn discover(roots: &[PathBuf], all_steps: bool, skip: Option<&Path>) -> Result<Vec<Job>> {
+    let skip = skip.map(resolved);
     let mut jobs = Vec::new();
     for root in roots {
-        let name = root
-            .canonicalize()
-            .map_err(|e| Error::io(root, e))?
-            .file_name()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("root"));
-        for entry in WalkDir::new(root).sort_by_file_name() {
+        let name = root_name(root)?;
+        let walk = WalkDir::new(root).sort_by_file_name().into_iter().filter_entry(|e| {
+            // Only folders are compared: a resolve per folder, not per file.
+            !(e.file_type().is_dir() && skip.as_ref().is_some_and(|s| e.path().canonicalize().is_ok_and(|c| &c == s)))
+        });
+        for entry in walk {
             let entry = entry.map_err(|e| Error::invalid(root, format!("cannot walk: {e}")))?;
             let path = entry.path();
             let rel = path.strip_prefix(root).unwrap_or(path);

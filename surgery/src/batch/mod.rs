@@ -8,6 +8,6 @@ pub mod mpi;
 mod run;
 mod summary;
 
-pub use discover::{discover, Job, JobSource};
+pub use discover::{check_output_root, discover, Job, JobSource};
 pub use run::{run_batch, BatchOptions};
 pub use summary::{write_summary, Record, Status};

@@ -2,6 +2,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -23,7 +25,48 @@ pub struct BatchOptions {
     pub compress: bool,
     /// Every step of each folder, not just the latest.
     pub all_steps: bool,
+    /// Set (by a signal handler) to start no further checkpoint; those left are recorded as
+    /// [`Status::Interrupted`], the ones in progress finish.
+    pub stop: Arc<AtomicBool>,
 }
+
+impl BatchOptions {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Names scratch folders in the output tree: `.bnn-work-<pid>-<random>`.
+const SCRATCH_PREFIX: &str = ".bnn-work-";
+
+/// A scratch folder of this process in `out_root`, removed when dropped.
+fn scratch_dir(out_root: &Path) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .tempdir_in(out_root)
+        .map_err(|e| Error::io(out_root, e))
+}
+
+/// Removes the scratch folders that killed runs left in `out_root`.
+fn sweep_stale_scratch(out_root: &Path) {
+    let Ok(entries) = std::fs::read_dir(out_root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(SCRATCH_PREFIX)).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !formats::output_file::process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn interrupted(path: String, output: &Path) -> Record {
+    let mut r = record(path, output, Instant::now(), Ok(None));
+    r.status = Status::Interrupted;
+    r
+}
+
 
 /// Marks an archive whose checkpoints are all done.
 const ARCHIVE_DONE: &str = ".bnn-batch-done";
@@ -66,28 +109,27 @@ fn final_output(prefix: &Path, compress: bool) -> PathBuf {
 }
 
 /// Prunes one checkpoint into `prefix` (or `prefix.tar.zst`); `Ok(None)` if already done.
-fn prune_one(input: &Path, prefix: &Path, opts: &BatchOptions) -> Result<Option<PruneReport>> {
+fn prune_one(input: &Path, prefix: &Path, out_root: &Path, opts: &BatchOptions) -> Result<Option<PruneReport>> {
     if final_output(prefix, opts.compress).is_file() {
         return Ok(None);
     }
     if !opts.compress {
         return prune_to_bundle(input, prefix, &opts.job).map(Some);
     }
-    let dir = prefix.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let work = tempfile::tempdir_in(dir).map_err(|e| Error::io(dir, e))?;
+    let folder = formats::output_file::create_output_dir(formats::output_file::parent_dir(prefix))?;
+    let work = scratch_dir(out_root)?;
     let name = prefix.file_name().map(PathBuf::from).unwrap_or_default();
     let report = prune_to_bundle(input, &work.path().join(&name), &opts.job)?;
     let packed = final_output(prefix, true);
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    {
-        let enc = zstd::stream::write::Encoder::new(tmp.as_file(), 3).map_err(|e| Error::io(&packed, e))?;
+    formats::output_file::write_atomically(&packed, |w| {
+        let enc = zstd::stream::write::Encoder::new(w, 3).map_err(|e| formats::Error::io(&packed, e))?;
         let mut tar = tar::Builder::new(enc);
-        tar.append_dir_all(".", work.path()).map_err(|e| Error::io(&packed, e))?;
-        let enc = tar.into_inner().map_err(|e| Error::io(&packed, e))?;
-        enc.finish().map_err(|e| Error::io(&packed, e))?;
-    }
-    tmp.persist(&packed).map_err(|e| Error::io(&packed, e.error))?;
+        tar.append_dir_all(".", work.path()).map_err(|e| formats::Error::io(&packed, e))?;
+        let enc = tar.into_inner().map_err(|e| formats::Error::io(&packed, e))?;
+        enc.finish().map_err(|e| formats::Error::io(&packed, e))?;
+        Ok(())
+    })?;
+    folder.keep();
     Ok(Some(report))
 }
 
@@ -97,13 +139,19 @@ fn run_job(job: &Job, out_root: &Path, opts: &BatchOptions) -> Vec<Record> {
     match &job.source {
         JobSource::Checkpoint(input) => {
             let prefix = out_root.join(&job.output);
-            vec![record(input.display().to_string(), &prefix, started, prune_one(input, &prefix, opts))]
+            if opts.stopped() {
+                return vec![interrupted(input.display().to_string(), &prefix)];
+            }
+            vec![record(input.display().to_string(), &prefix, started, prune_one(input, &prefix, out_root, opts))]
         }
         JobSource::Archive(archive) => {
             let out_dir = out_root.join(&job.output);
             let label = archive.display().to_string();
             if out_dir.join(ARCHIVE_DONE).is_file() {
                 return vec![record(label, &out_dir, started, Ok(None))];
+            }
+            if opts.stopped() {
+                return vec![interrupted(label, &out_dir)];
             }
             match run_archive(archive, &out_dir, out_root, opts) {
                 Ok(records) => records,
@@ -114,10 +162,9 @@ fn run_job(job: &Job, out_root: &Path, opts: &BatchOptions) -> Vec<Record> {
 }
 
 fn run_archive(archive: &Path, out_dir: &Path, out_root: &Path, opts: &BatchOptions) -> Result<Vec<Record>> {
-    std::fs::create_dir_all(out_root).map_err(|e| Error::io(out_root, e))?;
     // Checkpoint files are streamed out of the archive into a scratch folder inside the output
     // tree (so it is on the same file system) and removed when the archive is done.
-    let scratch = tempfile::Builder::new().prefix(".bnn-work-").tempdir_in(out_root).map_err(|e| Error::io(out_root, e))?;
+    let scratch = scratch_dir(out_root)?;
     if extract_checkpoints(archive, scratch.path())? == 0 {
         return Err(Error::invalid(archive, "no checkpoint files in the archive"));
     }
@@ -140,10 +187,14 @@ fn run_archive(archive: &Path, out_dir: &Path, out_root: &Path, opts: &BatchOpti
             let name = prefix.file_name().map(PathBuf::from).unwrap_or_default();
             let out = out_dir.join(rel).join(&name);
             let label = format!("{}!{}", archive.display(), rel.join(&name).display());
-            records.push(record(label, &out, started, prune_one(&prefix, &out, opts)));
+            if opts.stopped() {
+                records.push(interrupted(label, &out));
+                continue;
+            }
+            records.push(record(label, &out, started, prune_one(&prefix, &out, out_root, opts)));
         }
     }
-    if records.iter().all(|r| r.status != Status::Failed) {
+    if records.iter().all(|r| matches!(r.status, Status::Ok | Status::Skipped)) {
         File::create(out_dir.join(ARCHIVE_DONE)).map_err(|e| Error::io(out_dir, e))?;
     }
     Ok(records)
@@ -156,6 +207,7 @@ pub fn run_batch(jobs: &[Job], out_root: &Path, opts: &BatchOptions, on_done: &(
         .num_threads(opts.threads.max(1))
         .build()
         .map_err(|e| Error::invalid(out_root, format!("cannot start {} threads: {e}", opts.threads)))?;
+    sweep_stale_scratch(out_root);
     let nested: Vec<Vec<Record>> = pool.install(|| {
         jobs.par_iter()
             .map(|job| {

@@ -16,6 +16,8 @@ pub enum Status {
     Skipped,
     /// Could not be pruned; see `error`.
     Failed,
+    /// Not started: the run was interrupted (Ctrl-C or SIGTERM) first; the next run does it.
+    Interrupted,
 }
 
 /// One line of the summary.
@@ -57,6 +59,7 @@ pub fn write_summary(dir: &Path, records: &[Record]) -> Result<()> {
             Status::Ok => "ok",
             Status::Skipped => "skipped",
             Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
         };
         let layers: Vec<String> = r.layers.iter().map(|(l, k, t)| format!("{l}:{k}/{t}")).collect();
         let cells = [
