@@ -6,6 +6,7 @@ fn main() {
         "proto/tensor_bundle.proto",
         "proto/trackable_object_graph.proto",
         "proto/graph.proto",
+        "proto/saved_metadata.proto",
     ];
     protobuf_codegen::Codegen::new()
         .pure()

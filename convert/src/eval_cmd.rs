@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use formats::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
 use formats::dataset::{self, Array, ArrayData};
+use formats::checkpoint_state::saved_model_of;
 use formats::meta_graph::{meta_path, read_arch};
 use serde_json::json;
 
@@ -45,9 +46,11 @@ impl ModelArgs {
 /// Opens the checkpoint, finds its architecture and loads the weights it uses.
 pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
     let ckpt = Checkpoint::open(&m.input)?;
-    let arch = match &m.arch {
-        Some(spec) => Arch::load(spec)?,
-        None => {
+    let arch = match (&m.arch, saved_model_of(ckpt.path())) {
+        (Some(spec), _) => Arch::load(spec)?,
+        // A Keras SavedModel says what it is in its Keras metadata.
+        (None, Some(saved_model)) => formats::keras_metadata::read_arch(&saved_model)?,
+        (None, None) => {
             let meta = meta_path(ckpt.path());
             if !meta.is_file() {
                 bail!("{}: no .meta graph next to the checkpoint; give the network with --arch FILE or a preset", meta.display());

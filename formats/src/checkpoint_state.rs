@@ -182,9 +182,32 @@ pub fn checkpoints_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(prefixes)
 }
 
+/// A TF2 SavedModel folder's file holding the serialized graph.
+pub const SAVED_MODEL_FILE: &str = "saved_model.pb";
+
+/// The variables of a SavedModel folder: a tensor bundle at `variables/variables`.
+fn saved_model_variables(dir: &Path) -> PathBuf {
+    dir.join("variables").join("variables")
+}
+
+/// The SavedModel folder whose variables bundle is at `prefix`, if it is one.
+pub fn saved_model_of(prefix: &Path) -> Option<PathBuf> {
+    let dir = prefix.parent()?.parent()?;
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    (prefix.file_name()? == "variables" && dir.join(SAVED_MODEL_FILE).is_file()).then(|| dir.to_path_buf())
+}
+
 /// Resolves what a user typed to a checkpoint prefix: a folder (its latest checkpoint), a
-/// `checkpoint` state file, a prefix, an `.index` file or a `.data-K-of-N` file.
+/// SavedModel folder (its `variables/variables` bundle), a `checkpoint` state file, a prefix,
+/// an `.index` file or a `.data-K-of-N` file.
 pub fn resolve_checkpoint(input: &Path) -> Result<PathBuf> {
+    if input.is_dir() && input.join(SAVED_MODEL_FILE).is_file() {
+        let variables = saved_model_variables(input);
+        if !index_path(&variables).is_file() {
+            return Err(Error::NotFound { path: index_path(&variables), what: "SavedModel folder without its variables bundle".into() });
+        }
+        return Ok(variables);
+    }
     if input.is_dir() {
         let state = input.join(STATE_FILE);
         if state.is_file() {

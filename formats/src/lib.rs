@@ -14,6 +14,7 @@ pub mod dtype;
 pub mod edit;
 pub mod error;
 pub mod input_files;
+pub mod keras_metadata;
 pub mod layout;
 pub mod manifest;
 pub mod meta_graph;
