@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use formats::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
-use formats::dataset::{self, Array, ArrayData};
 use formats::checkpoint_state::saved_model_of;
+use formats::dataset::{self, Array};
 use formats::meta_graph::{meta_path, read_arch};
 use serde_json::json;
 
@@ -64,14 +64,22 @@ pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
 /// The labelled data set to evaluate on: shared by `eval` and `sweep`.
 #[derive(clap::Args)]
 pub struct DataArgs {
-    /// Inputs: .npy (float32 / uint8), MNIST IDX images (name *idx*ubyte), or a CIFAR-10
-    /// binary batch (.bin).
+    /// Inputs: .npy (float16/32/64 as is, integers as is, uint8 / 255), .npz (arrays `x` and
+    /// `y`, or --x-key / --y-key), MNIST IDX images (name *idx*ubyte), or a CIFAR-10 binary
+    /// batch (.bin).
     #[arg(long)]
     pub data: PathBuf,
-    /// Labels (.npy int64 / uint8 or IDX); default: derived from --data
-    /// (`*_x.npy` -> `*_y.npy`, `*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`; CIFAR has them inline).
+    /// Labels (.npy of any integer dtype, .npz, or IDX); default: derived from --data
+    /// (`*_x.npy` -> `*_y.npy`, `*-images-idx3-ubyte` -> `*-labels-idx1-ubyte`; a .npz and
+    /// CIFAR have them inline).
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// Name of the inputs array in a .npz.
+    #[arg(long, default_value = "x")]
+    pub x_key: String,
+    /// Name of the labels array in a .npz.
+    #[arg(long, default_value = "y")]
+    pub y_key: String,
 }
 
 impl DataArgs {
@@ -85,7 +93,7 @@ impl DataArgs {
 
     /// Reads the data set for a model with `example` inputs and `classes` outputs.
     pub fn read(&self, example: usize, classes: usize) -> Result<Data> {
-        read_data(&self.data, self.labels.as_deref(), example, classes)
+        read_data(self, example, classes)
     }
 }
 
@@ -181,44 +189,43 @@ pub fn run(a: Args) -> Result<()> {
 
 // ---- data files (readers: formats::dataset) ---------------------------------------------
 
-/// Values of an array as f32 inputs: floats as stored, bytes scaled to [0, 1].
-fn inputs_of(a: Array) -> Vec<f32> {
-    match a.data {
-        ArrayData::F32(v) => v,
-        ArrayData::U8(v) => v.into_iter().map(|b| f32::from(b) / 255.0).collect(),
-        ArrayData::I64(v) => v.into_iter().map(|i| i as f32).collect(),
-    }
-}
-
-/// Values of an array as integer labels.
-fn labels_of(a: Array, path: &Path) -> Result<Vec<i64>> {
-    Ok(match a.data {
-        ArrayData::I64(v) => v,
-        ArrayData::U8(v) => v.into_iter().map(i64::from).collect(),
-        ArrayData::F32(_) => bail!("{}: labels must be integers (int64 or uint8), not float32", path.display()),
-    })
-}
-
 fn is_idx(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains("idx") && n.contains("ubyte"))
 }
 
-fn read_array(path: &Path) -> Result<Array> {
-    Ok(if is_idx(path) { dataset::read_idx(path)? } else { dataset::read_npy(path)? })
+fn is_npz(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+}
+
+/// Reads one array: the whole file (.npy, IDX), or array `key` of a .npz.
+fn read_array(path: &Path, key: &str) -> Result<Array> {
+    Ok(if is_npz(path) {
+        let mut npz = dataset::Npz::open(path)?;
+        if !npz.contains(key) {
+            bail!("{}: no array '{key}' (it has {}); name them with --x-key and --y-key", path.display(), npz.names().join(", "));
+        }
+        npz.array(key)?
+    } else if is_idx(path) {
+        dataset::read_idx(path)?
+    } else {
+        dataset::read_npy(path)?
+    })
 }
 
 /// Reads inputs and labels; inputs are reshaped to the model's example size.
-/// `.npy` (float32 as is, uint8 / 255), MNIST IDX (/ 255), or CIFAR-10 binary batches
-/// (`.bin`, labels inline, NHWC / 255).
-pub fn read_data(data: &Path, labels: Option<&Path>, example: usize, classes: usize) -> Result<Data> {
+/// `.npy` (floats and integers as is, uint8 / 255), `.npz` (the same, by array name), MNIST
+/// IDX (/ 255), or CIFAR-10 binary batches (`.bin`, labels inline, NHWC / 255).
+pub fn read_data(args: &DataArgs, example: usize, classes: usize) -> Result<Data> {
+    let data = args.data.as_path();
     let name = data.to_string_lossy();
-    let (x, y) = if name.ends_with(".bin") {
+    let (x, y, label_file) = if name.ends_with(".bin") {
         let c = dataset::read_cifar10(&[data.to_path_buf()])?;
-        (c.images.into_iter().map(|b| f32::from(b) / 255.0).collect(), c.labels.into_iter().map(i64::from).collect())
+        (c.images.into_iter().map(|b| f32::from(b) / 255.0).collect(), c.labels.into_iter().map(i64::from).collect(), data.to_path_buf())
     } else {
-        let x = inputs_of(read_array(data)?);
-        let lp = match labels {
-            Some(l) => l.to_path_buf(),
+        let x = read_array(data, &args.x_key)?.into_inputs();
+        let lp = match &args.labels {
+            Some(l) => l.clone(),
+            None if is_npz(data) => data.to_path_buf(),
             None => {
                 let guess = name.replacen("_x.npy", "_y.npy", 1).replacen("-images-idx3-ubyte", "-labels-idx1-ubyte", 1);
                 if guess == name {
@@ -227,14 +234,18 @@ pub fn read_data(data: &Path, labels: Option<&Path>, example: usize, classes: us
                 PathBuf::from(guess)
             }
         };
-        let y = labels_of(read_array(&lp)?, &lp)?;
-        (x, y)
+        let labels = read_array(&lp, &args.y_key)?;
+        let dtype = labels.dtype;
+        let Some(y) = labels.into_labels() else {
+            bail!("{}: labels must be integers, not {dtype}", lp.display());
+        };
+        (x, y, lp)
     };
     if example == 0 || x.len() != y.len() * example {
         bail!("{}: {} values for {} labels; the model takes {example} values per example", data.display(), x.len(), y.len());
     }
     if let Some(bad) = y.iter().find(|&&l| l < 0 || l as usize >= classes) {
-        bail!("{}: label {bad} outside 0..{classes}", labels.unwrap_or(data).display());
+        bail!("{}: label {bad} outside 0..{classes}", label_file.display());
     }
     Ok(Data { x, y })
 }

@@ -151,3 +151,49 @@ fn cifar10_binary_batch_channels_and_labels_by_hand() {
     std::fs::write(&bin, vec![0u8; 3000]).expect("bin");
     assert_one_line_error(&bnn_convert(&[&"eval", &st, &"--arch", &arch, &"--data", &bin]), &["test_batch.bin"]);
 }
+
+/// `eval --json` on tf1_bnn_fc's mean network with extra arguments.
+fn eval_with(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Value {
+    let ckpt = fixtures().join("tf1_bnn_fc");
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"eval", &ckpt, &"--samples", &"0", &"--json"];
+    all.extend_from_slice(args);
+    json_of(&bnn_convert(&all))
+}
+
+#[test]
+fn int32_and_other_label_dtypes_npz_and_fortran_inputs_give_the_int64_result() {
+    // The same digits test set saved by numpy in other dtypes, orders and containers
+    // (fixtures/generate_npy.py): every result must equal the float32 / int64 baseline.
+    let x = fixtures().join("data/digits_test_x.npy");
+    let npy = fixtures().join("data/npy");
+    let base = eval_with(&[&"--data", &x]);
+    let int32 = npy.join("digits_test_y_int32.npy");
+    let uint16 = npy.join("digits_test_y_uint16.npy");
+    let npz = npy.join("digits_test.npz");
+    let keras = npy.join("digits_keras.npz");
+    let runs = [
+        ("int32 labels", eval_with(&[&"--data", &x, &"--labels", &int32])),
+        ("uint16 labels", eval_with(&[&"--data", &x, &"--labels", &uint16])),
+        // x float16 in Fortran order, y int32, as `x` / `y`.
+        ("npz x/y", eval_with(&[&"--data", &npz])),
+        // x float64, y int8 under Keras-style names.
+        ("npz named keys", eval_with(&[&"--data", &keras, &"--x-key", &"x_test", &"--y-key", &"y_test"])),
+    ];
+    for (what, r) in runs {
+        assert_eq!(r["n"], 360, "{what}");
+        assert_eq!(r["accuracy"], base["accuracy"], "{what}");
+        assert_eq!(r["mean_log_likelihood"], base["mean_log_likelihood"], "{what}");
+    }
+}
+
+#[test]
+fn npz_without_the_keys_and_float_labels_are_one_line_errors() {
+    let npy = fixtures().join("data/npy");
+    let ckpt = fixtures().join("tf1_bnn_fc");
+    let keras = npy.join("digits_keras.npz");
+    let out = bnn_convert(&[&"eval", &ckpt, &"--data", &keras]);
+    assert_one_line_error(&out, &["digits_keras.npz", "no array 'x'", "x_test", "--x-key"]);
+    let floats = npy.join("float32.npy");
+    let out = bnn_convert(&[&"eval", &ckpt, &"--data", &fixtures().join("data/digits_test_x.npy"), &"--labels", &floats]);
+    assert_one_line_error(&out, &["float32.npy", "labels must be integers, not float32"]);
+}

@@ -73,6 +73,12 @@ pub enum Op {
     },
     /// Reshape to one dimension per example (Reshape / Flatten), C order.
     Flatten,
+    /// TF `Reshape` of each example to `shape` (`[features]` or `[h, w, c]`), C order: the
+    /// values keep their order, e.g. a flat `[64]` input to an `[8, 8, 1]` image.
+    Reshape {
+        /// Shape of one example after the op, batch excluded.
+        shape: Vec<usize>,
+    },
     /// `relu(body(x) + shortcut(x))`: a residual block (ResNet). An empty shortcut is identity.
     Residual {
         /// Main branch.
@@ -178,12 +184,13 @@ impl Arch {
             ops.iter().all(|op| match op {
                 Op::Conv2d { strides, .. } => !strides.contains(&0),
                 Op::MaxPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
+                Op::Reshape { shape } => !shape.is_empty() && !shape.contains(&0),
                 Op::Residual { body, shortcut } => windows_ok(body) && windows_ok(shortcut),
                 _ => true,
             })
         }
         if !windows_ok(&arch.ops) {
-            return Err(Error::invalid(path, "strides and pool sizes must be positive"));
+            return Err(Error::invalid(path, "strides, pool sizes and reshape sizes must be positive"));
         }
         Ok(arch)
     }
@@ -365,6 +372,13 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 vec![padding.output(shape[0], size[0], strides[0]).0, padding.output(shape[1], size[1], strides[1]).0, shape[2]]
             }
             Op::Flatten => vec![shape.iter().product()],
+            Op::Reshape { shape: to } => {
+                let (from_n, to_n) = (shape.iter().product::<usize>(), to.iter().product::<usize>());
+                if from_n != to_n || !(to.len() == 1 || to.len() == 3) {
+                    return Err(format!("reshape to {to:?} does not take input {shape:?} (same number of values, to [features] or [h, w, c])"));
+                }
+                to.clone()
+            }
             Op::Residual { body, shortcut } => {
                 let a = walk_shapes(body, shape.clone(), posts, next)?;
                 let b = walk_shapes(shortcut, shape, posts, next)?;
@@ -416,6 +430,19 @@ mod tests {
         let e = Arch::load(&p.to_string_lossy()).expect_err("zero stride");
         assert!(e.to_string().contains("a.json") && e.to_string().contains("strides"), "{e}");
         assert_eq!(Arch::load("bnn-conv").map(|a| a.input_shape).ok(), Some(vec![28, 28, 1]));
+    }
+
+    #[test]
+    fn reshape_keeps_the_value_count_and_takes_vectors_or_images() {
+        let arch = |shape: Vec<usize>, to: Vec<usize>| Arch { input_name: "x".into(), input_shape: shape, ops: vec![Op::Reshape { shape: to }] };
+        assert_eq!(shape_check(&arch(vec![64], vec![8, 8, 1]), &[]), Ok(vec![8, 8, 1]));
+        assert_eq!(shape_check(&arch(vec![4, 4, 4], vec![8, 8, 1]), &[]), Ok(vec![8, 8, 1]));
+        assert_eq!(shape_check(&arch(vec![2, 2, 3], vec![12]), &[]), Ok(vec![12]));
+        let e = shape_check(&arch(vec![64], vec![8, 8, 2]), &[]).expect_err("128 values");
+        assert!(e.contains("reshape to [8, 8, 2] does not take input [64]"), "{e}");
+        assert!(shape_check(&arch(vec![64], vec![8, 8]), &[]).is_err(), "rank 2 is neither a vector nor an image");
+        let json = r#"{"input_shape": [64], "ops": [{"op": "reshape", "shape": [8, 8, 1]}]}"#;
+        assert_eq!(serde_json::from_str::<Arch>(json).map(|a| a.ops).ok(), Some(vec![Op::Reshape { shape: vec![8, 8, 1] }]));
     }
 
     #[test]

@@ -1,11 +1,18 @@
-//! Readers for the image datasets a BNN is trained and evaluated on: NumPy `.npy` arrays
-//! (float32, int64, uint8), MNIST IDX files and CIFAR-10 binary batches.
+//! Readers for the image datasets a BNN is trained and evaluated on: NumPy `.npy` arrays and
+//! `.npz` archives (every float and integer dtype NumPy writes, either byte order, C or
+//! Fortran order; parsed by `ndarray-npy`), MNIST IDX files and CIFAR-10 binary batches.
 //!
 //! Everything is read from bytes the caller gives (or a file path); nothing is downloaded.
 //! Every reader checks sizes against the header before trusting it, so a truncated or
 //! corrupt file is an error, never a panic or a huge allocation.
 
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::{ReadDataError, ReadNpyExt, ReadableElement};
+use py_literal::Value as PyValue;
 
 /// What went wrong reading a dataset file.
 #[derive(Debug, thiserror::Error)]
@@ -40,19 +47,28 @@ impl DatasetError {
             other => other,
         }
     }
+
+    /// Puts `what` (e.g. the archive member) before the reason.
+    fn within(self, what: &str) -> Self {
+        match self {
+            DatasetError::Invalid { path, reason } => DatasetError::Invalid { path, reason: format!("{what}: {reason}") },
+            other => other,
+        }
+    }
 }
 
 /// Result of the dataset readers.
 pub type Result<T> = std::result::Result<T, DatasetError>;
 
-/// The element values of an array, by element type.
+/// The element values of an array, by the kind of value (the engine and trainer compute in
+/// float32; bytes are kept apart because image bytes are scaled to [0, 1]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArrayData {
-    /// 32-bit floats.
+    /// Floats: float32 as stored; float16 exactly and float64 rounded to the nearest float32.
     F32(Vec<f32>),
-    /// 64-bit signed integers.
+    /// Signed and unsigned integers other than uint8, widened to int64.
     I64(Vec<i64>),
-    /// Bytes.
+    /// Bytes (uint8).
     U8(Vec<u8>),
 }
 
@@ -71,7 +87,8 @@ impl ArrayData {
         self.len() == 0
     }
 
-    /// The NumPy name of the element type (`float32`, `int64`, `uint8`).
+    /// The NumPy name of the element type the values are held in (`float32`, `int64`,
+    /// `uint8`); [`Array::dtype`] is the one the file stored.
     pub fn dtype_name(&self) -> &'static str {
         match self {
             ArrayData::F32(_) => "float32",
@@ -86,8 +103,31 @@ impl ArrayData {
 pub struct Array {
     /// Dimensions, outermost first.
     pub shape: Vec<usize>,
-    /// The elements, `shape.iter().product()` of them.
+    /// The elements, `shape.iter().product()` of them, in C order whatever the file's order.
     pub data: ArrayData,
+    /// The NumPy name of the element type in the file (`int32`, `float16`, ...).
+    pub dtype: &'static str,
+}
+
+impl Array {
+    /// The values as network inputs: floats and integers as they are, bytes scaled to [0, 1]
+    /// (image pixels).
+    pub fn into_inputs(self) -> Vec<f32> {
+        match self.data {
+            ArrayData::F32(v) => v,
+            ArrayData::U8(v) => v.into_iter().map(|b| f32::from(b) / 255.0).collect(),
+            ArrayData::I64(v) => v.into_iter().map(|i| i as f32).collect(),
+        }
+    }
+
+    /// The values as class labels; `None` for a float array (labels must be integers).
+    pub fn into_labels(self) -> Option<Vec<i64>> {
+        match self.data {
+            ArrayData::I64(v) => Some(v),
+            ArrayData::U8(v) => Some(v.into_iter().map(i64::from).collect()),
+            ArrayData::F32(_) => None,
+        }
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -98,85 +138,194 @@ fn checked_product(dims: &[usize]) -> Result<usize> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| DatasetError::invalid("shape too large"))
 }
 
-/// Parses a `.npy` file (format versions 1.0, 2.0 and 3.0) holding a little-endian,
-/// C-order array of `float32` (`<f4`), `int64` (`<i8`) or `uint8` (`|u1`).
+/// NumPy refuses longer headers by default (`max_header_size`); so do we, before any
+/// allocation sized by the header.
+const NPY_MAX_HEADER: usize = 10_000;
+
+/// A float16 value as its bits, read by ndarray-npy like its own element types (which have
+/// no float16).
+#[derive(Debug, Clone, Copy)]
+struct F16(u16);
+
+impl ReadableElement for F16 {
+    fn read_to_end_exact_vec<R: Read>(mut reader: R, type_desc: &PyValue, len: usize) -> std::result::Result<Vec<Self>, ReadDataError> {
+        let big = match type_desc.as_string().map(String::as_str) {
+            Some("<f2" | "f2" | "=f2" | "e") => false,
+            Some(">f2") => true,
+            _ => return Err(ReadDataError::WrongDescriptor(type_desc.clone())),
+        };
+        let mut bytes = vec![0u8; len.checked_mul(2).ok_or(ReadDataError::MissingData)?];
+        reader.read_exact(&mut bytes)?;
+        let extra = reader.read_to_end(&mut Vec::new())?;
+        if extra != 0 {
+            return Err(ReadDataError::ExtraBytes(extra));
+        }
+        let conv = if big { u16::from_be_bytes } else { u16::from_le_bytes };
+        Ok(bytes.chunks_exact(2).map(|c| F16(conv([c[0], c[1]]))).collect())
+    }
+}
+
+/// IEEE half precision to single (exact: every float16 is a float32).
+fn f16_to_f32(h: u16) -> f32 {
+    let negative = h & 0x8000 != 0;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let magnitude = match exp {
+        // Zero and subnormals: man * 2^-24.
+        0 => man as f32 * f32::from_bits(0x3380_0000),
+        0x1f => f32::from_bits(0x7f80_0000 | (man << 13)),
+        e => f32::from_bits(((e + 112) << 23) | (man << 13)),
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+/// The element kinds read from `.npy` files: (descriptor without byte-order mark, NumPy
+/// name, bytes per element).
+const NPY_DTYPES: &[(&str, &str, usize)] = &[
+    ("f2", "float16", 2),
+    ("f4", "float32", 4),
+    ("f8", "float64", 8),
+    ("u1", "uint8", 1),
+    ("i1", "int8", 1),
+    ("i2", "int16", 2),
+    ("i4", "int32", 4),
+    ("i8", "int64", 8),
+    ("u2", "uint16", 2),
+    ("u4", "uint32", 4),
+    ("u8", "uint64", 8),
+];
+
+/// Reads the whole array as `T`, in C order (a Fortran-order file is transposed back).
+fn read_as<T: ReadableElement + Clone>(bytes: &[u8]) -> Result<Vec<T>> {
+    let a = ArrayD::<T>::read_npy(bytes).map_err(|e| DatasetError::invalid(format!(".npy: {e}")))?;
+    Ok(if a.is_standard_layout() { a.into_raw_vec_and_offset().0 } else { a.iter().cloned().collect() })
+}
+
+fn widen<T: Into<i64> + ReadableElement + Clone>(bytes: &[u8]) -> Result<ArrayData> {
+    Ok(ArrayData::I64(read_as::<T>(bytes)?.into_iter().map(Into::into).collect()))
+}
+
+/// Parses a `.npy` file (format versions 1.0, 2.0 and 3.0) holding an array of float16,
+/// float32, float64, uint8, int8..int64 or uint16..uint64, in either byte order, C or
+/// Fortran order. Floats become [`ArrayData::F32`], bytes [`ArrayData::U8`], other
+/// integers [`ArrayData::I64`] (a uint64 above the int64 range is an error).
 pub fn parse_npy(bytes: &[u8]) -> Result<Array> {
-    const MAGIC: &[u8] = b"\x93NUMPY";
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+    // The fixed prefix is checked here so that ndarray-npy never allocates a header buffer
+    // larger than the file.
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(DatasetError::invalid("not a .npy file (magic \\x93NUMPY missing)"));
     }
-    let major = bytes[6];
-    let (header_len, header_start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 => {
-            if bytes.len() < 12 {
-                return Err(DatasetError::invalid("truncated .npy header"));
-            }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+    let (header_len, prefix) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10usize),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 => return Err(DatasetError::invalid("truncated .npy header")),
         v => return Err(DatasetError::invalid(format!("unsupported .npy format version {v}"))),
     };
-    let data_start = header_start.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or_else(|| DatasetError::invalid("truncated .npy header"))?;
-    let header = std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| DatasetError::invalid(".npy header is not text"))?;
-    let descr = dict_value(header, "descr").ok_or_else(|| DatasetError::invalid(".npy header has no 'descr'"))?;
-    let fortran = dict_value(header, "fortran_order").ok_or_else(|| DatasetError::invalid(".npy header has no 'fortran_order'"))?;
-    let shape_text = dict_value(header, "shape").ok_or_else(|| DatasetError::invalid(".npy header has no 'shape'"))?;
-    if fortran.trim() != "False" {
-        return Err(DatasetError::invalid("Fortran-order .npy arrays are not supported"));
+    if header_len > NPY_MAX_HEADER {
+        return Err(DatasetError::invalid(format!(".npy header of {header_len} bytes is longer than NumPy's limit of {NPY_MAX_HEADER}")));
     }
-    let shape = parse_shape(shape_text)?;
-    let count = checked_product(&shape)?;
-    let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
-    let elem = match descr {
-        "<f4" => 4,
-        "<i8" => 8,
-        "|u1" | "<u1" | "u1" => 1,
-        other => return Err(DatasetError::invalid(format!("unsupported .npy dtype '{other}' (float32 '<f4', int64 '<i8' or uint8 '|u1')"))),
+    if prefix + header_len > bytes.len() {
+        return Err(DatasetError::invalid("truncated .npy header"));
+    }
+    let mut reader = bytes;
+    let header = Header::from_reader(&mut reader).map_err(|e| DatasetError::invalid(format!("bad .npy header: {e}")))?;
+    // A structured dtype's descriptor is a list: shown as Python writes it.
+    let descr = header.type_descriptor.as_string().cloned().unwrap_or_else(|| header.type_descriptor.to_string());
+    let code = descr.trim_start_matches(['<', '>', '|', '=']);
+    let Some(&(_, dtype, elem)) = NPY_DTYPES.iter().find(|(c, _, _)| *c == code) else {
+        return Err(DatasetError::invalid(format!("unsupported .npy dtype '{descr}' (float16/32/64, int8..int64 or uint8..uint64)")));
     };
-    let body = &bytes[data_start..];
+    let count = checked_product(&header.shape)?;
     let need = count.checked_mul(elem).ok_or_else(|| DatasetError::invalid("shape too large"))?;
-    if body.len() != need {
-        return Err(DatasetError::invalid(format!("shape {shape:?} needs {need} data bytes, the file has {}", body.len())));
+    // Checked before ndarray-npy allocates `count` elements.
+    if reader.len() != need {
+        return Err(DatasetError::invalid(format!("shape {:?} needs {need} data bytes, the file has {}", header.shape, reader.len())));
     }
-    let data = match elem {
-        4 => ArrayData::F32(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        8 => ArrayData::I64(body.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect()),
-        _ => ArrayData::U8(body.to_vec()),
-    };
-    Ok(Array { shape, data })
-}
-
-/// The text after `'key':` in a `.npy` header dict, up to the next top-level comma.
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let pat_single = format!("'{key}':");
-    let pat_double = format!("\"{key}\":");
-    let start = header.find(&pat_single).map(|i| i + pat_single.len()).or_else(|| header.find(&pat_double).map(|i| i + pat_double.len()))?;
-    let rest = &header[start..];
-    let mut depth = 0i32;
-    for (i, c) in rest.char_indices() {
-        match c {
-            '(' | '[' => depth += 1,
-            ')' | ']' => depth -= 1,
-            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
-            _ => {}
+    let data = match dtype {
+        "float16" => ArrayData::F32(read_as::<F16>(bytes)?.into_iter().map(|h| f16_to_f32(h.0)).collect()),
+        "float32" => ArrayData::F32(read_as::<f32>(bytes)?),
+        // Inputs are computed in float32; labels must be integers anyway.
+        "float64" => ArrayData::F32(read_as::<f64>(bytes)?.into_iter().map(|v| v as f32).collect()),
+        "uint8" => ArrayData::U8(read_as::<u8>(bytes)?),
+        "int8" => widen::<i8>(bytes)?,
+        "int16" => widen::<i16>(bytes)?,
+        "int32" => widen::<i32>(bytes)?,
+        "int64" => ArrayData::I64(read_as::<i64>(bytes)?),
+        "uint16" => widen::<u16>(bytes)?,
+        "uint32" => widen::<u32>(bytes)?,
+        _ => {
+            let v = read_as::<u64>(bytes)?;
+            let out: std::result::Result<Vec<i64>, _> = v.iter().map(|&u| i64::try_from(u).map_err(|_| u)).collect();
+            ArrayData::I64(out.map_err(|u| DatasetError::invalid(format!("uint64 value {u} is outside the int64 range")))?)
         }
-    }
-    None
-}
-
-fn parse_shape(text: &str) -> Result<Vec<usize>> {
-    let inner = text.trim().strip_prefix('(').and_then(|t| t.strip_suffix(')')).ok_or_else(|| DatasetError::invalid(format!("bad .npy shape '{text}'")))?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| DatasetError::invalid(format!("bad .npy shape '{text}'"))))
-        .collect()
+    };
+    Ok(Array { shape: header.shape, data, dtype })
 }
 
 /// Reads a `.npy` file; see [`parse_npy`].
 pub fn read_npy(path: &Path) -> Result<Array> {
     parse_npy(&read_file(path)?).map_err(|e| e.at(path))
+}
+
+/// A NumPy `.npz` archive (`np.savez`, stored, or `np.savez_compressed`, deflated): a zip
+/// file of `.npy` members, one per array name.
+pub struct Npz {
+    zip: zip::ZipArchive<Cursor<Vec<u8>>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Npz {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Npz").field("path", &self.path).field("names", &self.names()).finish()
+    }
+}
+
+impl Npz {
+    /// Opens the archive in `bytes` (the zip directory is read; members on demand).
+    pub fn parse(bytes: Vec<u8>) -> Result<Npz> {
+        let zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DatasetError::invalid(format!("not a .npz (zip) archive: {e}")))?;
+        Ok(Npz { zip, path: PathBuf::new() })
+    }
+
+    /// Opens the archive at `path`.
+    pub fn open(path: &Path) -> Result<Npz> {
+        let mut npz = Npz::parse(read_file(path)?).map_err(|e| e.at(path))?;
+        npz.path = path.to_path_buf();
+        Ok(npz)
+    }
+
+    /// The array names (member names without `.npy`), in archive order.
+    pub fn names(&self) -> Vec<String> {
+        self.zip.file_names().map(|n| n.strip_suffix(".npy").unwrap_or(n).to_string()).collect()
+    }
+
+    /// Whether the archive has an array `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.zip.index_for_name(&format!("{name}.npy")).is_some()
+    }
+
+    /// Reads the array `name`; see [`parse_npy`] for what is read.
+    pub fn array(&mut self, name: &str) -> Result<Array> {
+        let member = format!("{name}.npy");
+        let path = self.path.clone();
+        let fail = |reason: String| DatasetError::Invalid { path: path.clone(), reason };
+        if !self.contains(name) {
+            return Err(fail(format!("no array '{name}' (it has {})", self.names().join(", "))));
+        }
+        let mut bytes = Vec::new();
+        {
+            let mut f = self.zip.by_name(&member).map_err(|e| fail(format!("array '{name}': {e}")))?;
+            // At most the declared size is read: a member cannot grow past what the
+            // directory says, whatever its compressed stream holds.
+            let declared = f.size();
+            (&mut f).take(declared).read_to_end(&mut bytes).map_err(|e| fail(format!("array '{name}': {e}")))?;
+        }
+        parse_npy(&bytes).map_err(|e| e.within(&format!("array '{name}'")).at(&self.path))
+    }
 }
 
 /// Parses an MNIST IDX file of unsigned bytes (magic `0x00 0x00 0x08 D`, D dimensions as
@@ -202,7 +351,7 @@ pub fn parse_idx(bytes: &[u8]) -> Result<Array> {
     if body.len() != count {
         return Err(DatasetError::invalid(format!("IDX shape {shape:?} needs {count} data bytes, the file has {}", body.len())));
     }
-    Ok(Array { shape, data: ArrayData::U8(body.to_vec()) })
+    Ok(Array { shape, data: ArrayData::U8(body.to_vec()), dtype: "uint8" })
 }
 
 /// Reads an MNIST IDX file; see [`parse_idx`].
@@ -330,17 +479,55 @@ mod tests {
         // One element short.
         let e = parse_npy(&npy("<f4", "(3,)", &body)).unwrap_err();
         assert!(e.to_string().contains("needs 12 data bytes"), "{e}");
-        assert!(parse_npy(&npy(">f4", "(2,)", &body)).unwrap_err().to_string().contains("unsupported .npy dtype"));
-        assert!(parse_npy(&npy("<f8", "(1,)", &body)).is_err());
-        let fortran = npy("<f4", "(2,)", &body);
-        let text = String::from_utf8_lossy(&fortran).replace("False", "True ");
-        assert!(parse_npy(text.as_bytes()).is_err());
+        // One element long.
+        assert!(parse_npy(&npy("<f4", "(1,)", &body)).unwrap_err().to_string().contains("needs 4 data bytes"));
+        assert!(parse_npy(&npy("<c8", "(1,)", &body)).unwrap_err().to_string().contains("unsupported .npy dtype '<c8'"));
         assert!(parse_npy(b"PK\x03\x04 not npy").unwrap_err().to_string().contains("magic"));
         assert!(parse_npy(&npy("<f4", "(18446744073709551615, 2)", &body)).is_err());
+        // A huge shape over a small file fails before any allocation of that size.
+        assert!(parse_npy(&npy("<f8", "(1000000000000,)", &body)).unwrap_err().to_string().contains("needs 8000000000000 data bytes"));
         // Header length pointing past the end.
         let mut cut = npy("<f4", "(2,)", &body);
         cut.truncate(20);
         assert!(parse_npy(&cut).is_err());
+        // A version-2 header length of 4 GiB is refused before it is read.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_npy(&v2).unwrap_err().to_string().contains("longer than NumPy's limit"));
+        // Not a dict, a missing key.
+        assert!(parse_npy(&npy_header("[1, 2]", &[])).unwrap_err().to_string().contains("bad .npy header"));
+        assert!(parse_npy(&npy_header("{'descr': '<f4', 'shape': (1,)}", &body[..4])).is_err());
+    }
+
+    /// A version-1.0 `.npy` with `header` as its dict text.
+    fn npy_header(header: &str, body: &[u8]) -> Vec<u8> {
+        let header = format!("{header}\n");
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn f16_conversion_matches_ieee() {
+        // (bits, value): zero, negative zero, one, smallest subnormal, largest subnormal,
+        // smallest normal, largest finite, infinity, -2.
+        let cases = [
+            (0x0000u16, 0.0f32),
+            (0x8000, -0.0),
+            (0x3c00, 1.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x03ff, 6.097_555_2e-5),
+            (0x0400, 6.103_515_6e-5),
+            (0x7bff, 65504.0),
+            (0x7c00, f32::INFINITY),
+            (0xc000, -2.0),
+        ];
+        for (bits, want) in cases {
+            assert_eq!(f16_to_f32(bits).to_bits(), want.to_bits(), "{bits:#06x}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
     }
 
     #[test]

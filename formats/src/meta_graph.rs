@@ -4,7 +4,8 @@
 //! variables. Each layer's output is its `BiasAdd` followed by any `Relu`/`Identity`; the
 //! network output is the layer output whose backward trace to a `Placeholder` passes through
 //! the most weight layers. The trace reads, from the output back to the input: `Relu`,
-//! `MaxPool`, `Reshape` (as Flatten), `Identity`, and weight-layer scopes. Inside a scope
+//! `MaxPool`, `Reshape` (its target shape evaluated from the constants it is computed from),
+//! `Identity`, and weight-layer scopes. Inside a scope
 //! the layer's input is the first input of the `MatMul`/`Conv2D` whose input comes from
 //! outside the scope: this skips Flipout's and reparameterization's sampling ops, which stay
 //! inside the scope. Anything else on the path (residual adds, batch norm) is reported as
@@ -121,7 +122,7 @@ impl<'a> Graph<'a> {
                 }
                 "Relu" => ops.push(Op::Relu),
                 "Identity" => {}
-                "Reshape" => ops.push(Op::Flatten),
+                "Reshape" => ops.push(self.reshape(n)?),
                 "MaxPool" => {
                     check_nhwc(n)?;
                     let (size, strides) = (window(n, "ksize")?, window(n, "strides")?);
@@ -132,6 +133,80 @@ impl<'a> Graph<'a> {
             n = self.input0(n)?;
         }
         Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// A `Reshape` node as an op: its shape input is evaluated ([`Graph::shape_value`]); the
+    /// first entry must be the batch (-1 or the input's own batch size), the rest the
+    /// example's shape (a single -1 there is a flatten).
+    fn reshape(&self, n: &NodeDef) -> std::result::Result<Op, String> {
+        let shape_input = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("Reshape '{}' has no shape input", n.name))?;
+        let dims = self.shape_value(self.node(shape_input)?, 0).map_err(|why| format!("Reshape '{}': shape {why}; give the network with --arch", n.name))?;
+        let bad = || format!("Reshape '{}' to {dims:?} does not keep the batch dimension first; give the network with --arch", n.name);
+        let (first, rest) = dims.split_first().ok_or_else(bad)?;
+        if !matches!(first, Dim::Batch | Dim::Size(-1)) {
+            return Err(bad());
+        }
+        match rest {
+            [Dim::Size(-1)] => Ok(Op::Flatten),
+            _ => {
+                let shape: Option<Vec<usize>> =
+                    rest.iter().map(|d| match d { Dim::Size(v) if *v > 0 => usize::try_from(*v).ok(), _ => None }).collect();
+                match shape {
+                    Some(s) if s.len() == 1 => Ok(Op::Flatten),
+                    Some(s) if !s.is_empty() => Ok(Op::Reshape { shape: s }),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
+
+    /// The value of an int32/int64 vector tensor computed from constants: `Const`, `Pack`,
+    /// `ConcatV2`, `Identity`/`Cast`, and the batch size (`StridedSlice` element 0 of a
+    /// `Shape`), which is how Keras `Reshape`/`Flatten` build their target shape.
+    fn shape_value(&self, n: &NodeDef, depth: usize) -> std::result::Result<Vec<Dim>, String> {
+        // Graphs come from files: a cycle or an absurd chain must end.
+        if depth > 64 {
+            return Err(format!("computed through more than 64 ops at '{}'", n.name));
+        }
+        let input = |i: usize| -> std::result::Result<&'a NodeDef, String> {
+            let name = n.input.get(i).and_then(|s| node_of(s)).ok_or_else(|| format!("'{}' lacks input {i}", n.name))?;
+            self.node(name)
+        };
+        match n.op.as_str() {
+            "Const" => const_ints(n).map(|v| v.into_iter().map(Dim::Size).collect()),
+            "Identity" | "Cast" => self.shape_value(input(0)?, depth + 1),
+            "Pack" => {
+                let count = n.input.iter().filter(|i| !i.starts_with('^')).count();
+                let mut out = Vec::with_capacity(count);
+                for i in 0..count {
+                    match self.shape_value(input(i)?, depth + 1)?[..] {
+                        [d] => out.push(d),
+                        _ => return Err(format!("packs a non-scalar at '{}'", n.name)),
+                    }
+                }
+                Ok(out)
+            }
+            "ConcatV2" => {
+                let count = n.input.iter().filter(|i| !i.starts_with('^')).count();
+                let mut out = Vec::new();
+                // The last input is the axis.
+                for i in 0..count.saturating_sub(1) {
+                    out.extend(self.shape_value(input(i)?, depth + 1)?);
+                }
+                Ok(out)
+            }
+            "StridedSlice" if input(0)?.op == "Shape" => {
+                let begin = const_ints(input(1)?)?;
+                let end = const_ints(input(2)?)?;
+                let shrink = n.attr.get("shrink_axis_mask").map(|a| a.i()).unwrap_or(0);
+                if begin == [0] && end == [1] && shrink == 1 {
+                    Ok(vec![Dim::Batch])
+                } else {
+                    Err(format!("slices a shape other than the batch size at '{}'", n.name))
+                }
+            }
+            other => Err(format!("computed by op {other} ('{}')", n.name)),
+        }
     }
 
     /// The MatMul/Conv2D of `layer` that reads the layer's input (from outside its scope).
@@ -146,6 +221,36 @@ impl<'a> Graph<'a> {
             .collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));
         found.first().copied().ok_or_else(|| format!("layer '{layer}' has no MatMul/Conv2D reading its input"))
+    }
+}
+
+/// One entry of a shape computed in the graph.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dim {
+    /// A constant (-1: inferred by Reshape).
+    Size(i64),
+    /// The batch size, read from the input at run time.
+    Batch,
+}
+
+/// The integers of a `Const` int32/int64 node (scalar or vector).
+fn const_ints(n: &NodeDef) -> std::result::Result<Vec<i64>, String> {
+    use crate::proto::types::DataType;
+    if n.op != "Const" {
+        return Err(format!("'{}' is a {}, not a constant", n.name, n.op));
+    }
+    let t = n.attr.get("value").map(|a| a.tensor()).ok_or_else(|| format!("constant '{}' has no value", n.name))?;
+    let bytes = &t.tensor_content;
+    match t.dtype.enum_value_or_default() {
+        DataType::DT_INT32 if !bytes.is_empty() => {
+            Ok(bytes.chunks_exact(4).map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
+        DataType::DT_INT32 => Ok(t.int_val.iter().map(|&v| i64::from(v)).collect()),
+        DataType::DT_INT64 if !bytes.is_empty() => {
+            Ok(bytes.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
+        }
+        DataType::DT_INT64 => Ok(t.int64_val.clone()),
+        other => Err(format!("constant '{}' is {other:?}, not an integer", n.name)),
     }
 }
 

@@ -207,6 +207,48 @@ impl Builder {
         self.node("Add", &[&mu, &noise], vec![])
     }
 
+    /// Each example's values in TF's (NHWC, C) order: `[N, features]` (mean) or
+    /// `[S, N, features]` (MC; a vector that no sampled layer has touched yet stays `[N, features]`).
+    fn to_rows(&mut self, cur: &Cur, s: usize, mc: bool) -> String {
+        if cur.shape.len() != 3 {
+            return cur.name.clone();
+        }
+        let (h, w, c) = (cur.shape[0], cur.shape[1], cur.shape[2]);
+        let n = h * w * c;
+        if mc {
+            // [N, S*C, H, W] -> [N, S, C, H, W] -> [S, N, H, W, C] -> [S, N, HWC]
+            let split = self.const_i64("split_samples", &[0, s as i64, c as i64, h as i64, w as i64]);
+            let x = self.node("Reshape", &[&cur.name, &split], vec![]);
+            let x = self.node("Transpose", &[&x], vec![attr_ints("perm", &[1, 0, 3, 4, 2])]);
+            let flat = self.const_i64("flat_shape", &[s as i64, -1, n as i64]);
+            self.node("Reshape", &[&x, &flat], vec![])
+        } else {
+            let x = self.node("Transpose", &[&cur.name], vec![attr_ints("perm", &[0, 2, 3, 1])]);
+            self.node("Flatten", &[&x], vec![attr_int("axis", 1)])
+        }
+    }
+
+    /// The inverse of [`Builder::to_rows`] for an `[h, w, c]` image: `[N, C, H, W]` (mean) or
+    /// the sample-grouped `[N, S*C, H, W]` (MC).
+    fn rows_to_image(&mut self, rows: &str, shape: &[usize], s: usize, mc: bool) -> String {
+        let (h, w, c) = (shape[0] as i64, shape[1] as i64, shape[2] as i64);
+        if mc {
+            // Vectors not yet sampled ([N, k]) broadcast to [S, N, k]; sampled ones stay.
+            let reps = self.const_i64("sample_broadcast", &[s as i64, 1, 1]);
+            let x = self.node("Expand", &[rows, &reps], vec![]);
+            let split = self.const_i64("image_shape", &[s as i64, -1, h, w, c]);
+            let x = self.node("Reshape", &[&x, &split], vec![]);
+            // [S, N, H, W, C] -> [N, S, C, H, W] -> [N, S*C, H, W]
+            let x = self.node("Transpose", &[&x], vec![attr_ints("perm", &[1, 0, 4, 2, 3])]);
+            let grouped = self.const_i64("grouped_shape", &[0, s as i64 * c, h, w]);
+            self.node("Reshape", &[&x, &grouped], vec![])
+        } else {
+            let nhwc = self.const_i64("image_shape", &[-1, h, w, c]);
+            let x = self.node("Reshape", &[rows, &nhwc], vec![]);
+            self.node("Transpose", &[&x], vec![attr_ints("perm", &[0, 3, 1, 2])])
+        }
+    }
+
     fn ops(&mut self, ops: &[Op], mut cur: Cur, posts: &mut std::slice::Iter<'_, Posterior>, mode: Mode) -> Cur {
         let s = match mode {
             Mode::Mean => 1,
@@ -282,20 +324,13 @@ impl Builder {
                 }
                 Op::Flatten if cur.shape.len() == 1 => cur,
                 Op::Flatten => {
-                    let (h, w, c) = (cur.shape[0], cur.shape[1], cur.shape[2]);
-                    let n = h * w * c;
-                    let name = if mc {
-                        // [N, S*C, H, W] -> [N, S, C, H, W] -> [S, N, H, W, C] -> [S, N, HWC]
-                        let split = self.const_i64("split_samples", &[0, s as i64, c as i64, h as i64, w as i64]);
-                        let x = self.node("Reshape", &[&cur.name, &split], vec![]);
-                        let x = self.node("Transpose", &[&x], vec![attr_ints("perm", &[1, 0, 3, 4, 2])]);
-                        let flat = self.const_i64("flat_shape", &[s as i64, -1, n as i64]);
-                        self.node("Reshape", &[&x, &flat], vec![])
-                    } else {
-                        let x = self.node("Transpose", &[&cur.name], vec![attr_ints("perm", &[0, 2, 3, 1])]);
-                        self.node("Flatten", &[&x], vec![attr_int("axis", 1)])
-                    };
-                    Cur { name, shape: vec![n] }
+                    let n = cur.shape.iter().product();
+                    Cur { name: self.to_rows(&cur, s, mc), shape: vec![n] }
+                }
+                Op::Reshape { shape } if shape.len() == 1 => Cur { name: self.to_rows(&cur, s, mc), shape: shape.clone() },
+                Op::Reshape { shape } => {
+                    let rows = self.to_rows(&cur, s, mc);
+                    Cur { name: self.rows_to_image(&rows, shape, s, mc), shape: shape.clone() }
                 }
                 Op::Residual { body, shortcut } => {
                     let a = self.ops(body, cur.clone(), posts, mode);

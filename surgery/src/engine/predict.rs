@@ -40,6 +40,8 @@ enum Layer {
     Relu,
     MaxPool(Window),
     Flatten,
+    /// Reshape to an `[h, w, c]` image (to a vector it is [`Layer::Flatten`]).
+    ToImage(Vec<usize>),
     Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize> },
 }
 
@@ -116,6 +118,14 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
             Op::Flatten => {
                 shape = vec![shape.iter().product()];
                 Layer::Flatten
+            }
+            Op::Reshape { shape: to } => {
+                shape = to.clone();
+                if to.len() == 1 {
+                    Layer::Flatten
+                } else {
+                    Layer::ToImage(to.clone())
+                }
             }
             Op::Residual { body, shortcut } => {
                 let (b, out_shape) = build(body, shape.clone(), posts, sparse);
@@ -413,6 +423,17 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                 shape = vec![h, w, win.input[2]];
             }
             Layer::Flatten => shape = vec![shape.iter().product()],
+            Layer::ToImage(to) => {
+                // Images are example-major: a feature-major vector goes back to [n, k] first;
+                // an example-major [n, ...] already holds the values in the new order.
+                if act.feature_major {
+                    let k = act.data.len() / n.max(1);
+                    let t = transpose(&act.data, k, n, ws);
+                    ws.give(std::mem::replace(&mut act.data, t));
+                    act.feature_major = false;
+                }
+                shape = to.clone();
+            }
             Layer::Residual { body, shortcut, out_shape } => {
                 let mut a = Act { data: act.data.clone(), feature_major: act.feature_major };
                 run_layers(body, &mut a, n, &shape, draw, ws);

@@ -1,0 +1,193 @@
+//! TF1 checkpoints whose network is read by following the `.meta` graph (no `--arch`),
+//! written by real TensorFlow + TFP (fixtures/generate_graphs.py): the mean network's logits
+//! from the native engine, from the exported ONNX model in tract and in onnxruntime, and the
+//! accuracy of `eval`, against what TensorFlow computed (`logits.npy`, `expected.json`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{assert_one_line_error, bnn_convert, fixtures};
+use formats::arch::{Arch, Op, Padding, Posterior};
+use formats::checkpoint::Checkpoint;
+use formats::dataset::{read_npy, ArrayData};
+use formats::meta_graph::{meta_path, read_arch};
+use formats::onnx::{build, encode, Mode, Options, Sparse};
+use surgery::engine::{Model, SparseKernels};
+use tract_onnx::prelude::*;
+
+/// Every graph fixture: folder and the ops TF's graph holds.
+fn cases() -> Vec<(&'static str, Vec<Op>)> {
+    vec![(
+        "tf1_reshape_conv",
+        vec![
+            Op::Reshape { shape: vec![8, 8, 1] },
+            Op::Conv2d { layer: "Conv_1".into(), strides: [1, 1], padding: Padding::Same },
+            Op::Relu,
+            Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+            Op::Flatten,
+            Op::Dense { layer: "den_out".into() },
+        ],
+    )]
+}
+
+fn load(folder: &str) -> (Arch, Vec<Posterior>) {
+    let ckpt = Checkpoint::open(fixtures().join(folder)).expect("ckpt");
+    read_arch(&meta_path(ckpt.path())).expect("arch").bind(&ckpt).expect("bind")
+}
+
+fn expected(folder: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(folder).join("expected.json")).expect("read")).expect("json")
+}
+
+fn f32s(p: &Path) -> Vec<f32> {
+    match read_npy(p).expect("npy").data {
+        ArrayData::F32(v) => v,
+        other => panic!("{}: {}", p.display(), other.dtype_name()),
+    }
+}
+
+fn tf_logits(folder: &str) -> Vec<f32> {
+    f32s(&fixtures().join(folder).join("logits.npy"))
+}
+
+fn test_x() -> Vec<f32> {
+    f32s(&fixtures().join("data/digits_test_x.npy"))
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn architecture_is_read_from_the_graph() {
+    for (folder, ops) in cases() {
+        let ckpt = Checkpoint::open(fixtures().join(folder)).expect("ckpt");
+        let arch = read_arch(&meta_path(ckpt.path())).expect("arch");
+        assert_eq!(arch.input_name, "Placeholder", "{folder}");
+        let shape: Vec<usize> = expected(folder)["input_shape"].as_array().expect("shape")[1..].iter().map(|d| d.as_u64().unwrap_or(0) as usize).collect();
+        assert_eq!(arch.input_shape, shape, "{folder}");
+        assert_eq!(arch.ops, ops, "{folder}");
+    }
+}
+
+#[test]
+fn native_engine_and_onnx_in_tract_give_tensorflows_logits() {
+    let x = test_x();
+    for (folder, _) in cases() {
+        let (arch, posts) = load(folder);
+        let tf = tf_logits(folder);
+        let native = Model::new(&arch, &posts, SparseKernels::Never).expect("model").logits_mean(&x).expect("logits");
+        assert!(worst(&native, &tf) < 1e-4, "{folder}: native vs TF {}", worst(&native, &tf));
+        let onnx = build(&arch, &posts, Options { mode: Mode::Mean, sparse: Sparse::Never }, Path::new(folder)).expect("build");
+        let bytes = encode(&onnx, Path::new("m.onnx")).expect("encode");
+        let shape: Vec<usize> = std::iter::once(360).chain(arch.input_shape.iter().copied()).collect();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract loads the model");
+        let out = plan.run(tvec!(Tensor::from_shape(&shape, &x).expect("tensor").into())).expect("run");
+        let logits: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+        assert!(worst(&logits, &tf) < 1e-4, "{folder}: tract vs TF {}", worst(&logits, &tf));
+        // The Monte Carlo graph with sigma = 0 is the mean network S times over.
+        let mut zero = posts.clone();
+        zero.iter_mut().for_each(|p| p.kernel_sigma.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v = 0.0)));
+        let mc = build(&arch, &zero, Options { mode: Mode::MonteCarlo { samples: 3 }, sparse: Sparse::Never }, Path::new(folder)).expect("build");
+        let bytes = encode(&mc, Path::new("mc.onnx")).expect("encode");
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract loads the MC model");
+        let out = plan.run(tvec!(Tensor::from_shape(&shape, &x).expect("tensor").into())).expect("run");
+        let mean: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+        let probs: Vec<f32> = Model::new(&arch, &posts, SparseKernels::Never).expect("model").predict_mean(&x).expect("p").iter().map(|&p| p as f32).collect();
+        assert!(worst(&mean, &probs) < 1e-5, "{folder}: MC graph without noise vs mean network {}", worst(&mean, &probs));
+    }
+}
+
+const RUN_ORT: &str = r#"
+import sys
+import numpy as np, onnxruntime as ort
+x = np.load(sys.argv[1])
+s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+i = s.get_inputs()[0]
+np.save(sys.argv[3], s.run(["logits"], {i.name: x.reshape([-1] + list(i.shape[1:])).astype(np.float32)})[0])
+"#;
+
+fn python() -> Option<PathBuf> {
+    let py = fixtures().join("../.venv/bin/python");
+    let ok = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn export_onnx_without_arch_gives_tensorflows_logits_in_onnxruntime() {
+    let Some(py) = python() else {
+        eprintln!("note: skipped: .venv/bin/python with onnxruntime not found (pip install onnxruntime)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    for (folder, _) in cases() {
+        let model = dir.path().join(format!("{folder}.onnx"));
+        let r = bnn_convert(&[&"export-onnx", &fixtures().join(folder), &"-o", &model]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let got = dir.path().join(format!("{folder}_logits.npy"));
+        let out = Command::new(&py).arg("-c").arg(RUN_ORT).arg(fixtures().join("data/digits_test_x.npy")).arg(&model).arg(&got).output().expect("python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let w = worst(&f32s(&got), &tf_logits(folder));
+        assert!(w < 1e-4, "{folder}: onnxruntime vs TF {w}");
+    }
+}
+
+#[test]
+fn eval_and_sweep_without_arch_give_tensorflows_accuracy() {
+    let data = fixtures().join("data/digits_test_x.npy");
+    for (folder, _) in cases() {
+        let out = bnn_convert(&[&"eval", &fixtures().join(folder), &"--data", &data, &"--samples", &"0", &"--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let tf = &expected(folder)["mean_model"];
+        let correct = (v["accuracy"].as_f64().unwrap_or(-1.0) * 360.0).round() as i64;
+        assert_eq!(correct, tf["correct"].as_i64().unwrap_or(-2), "{folder}");
+        let d = v["mean_log_likelihood"].as_f64().unwrap_or(f64::NAN) - tf["mean_log_likelihood"].as_f64().unwrap_or(0.0);
+        assert!(d.abs() < 1e-4, "{folder}: log-likelihood differs by {d}");
+        // The MC path runs too (Flipout samples through the same ops).
+        let out = bnn_convert(&[&"eval", &fixtures().join(folder), &"--data", &data, &"--samples", &"4", &"--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let dir = tempfile::tempdir().expect("tmp");
+        let json = dir.path().join("s.json");
+        let out = bnn_convert(&[&"sweep", &fixtures().join(folder), &"--data", &data, &"--thresholds", &"-1,1", &"--samples", &"2", &"--repeats", &"1", &"--json", &json]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+        let row0 = (s["rows"][0]["mean_accuracy"].as_f64().unwrap_or(-1.0) * 360.0).round() as i64;
+        assert_eq!(row0, tf["correct"].as_i64().unwrap_or(-2), "{folder}: sweep's unpruned row");
+    }
+}
+
+#[test]
+fn unsupported_op_on_the_path_is_one_line_naming_op_node_checkpoint_and_arch() {
+    // The reshape fixture's graph with its Reshape's shape computed by an op we do not
+    // evaluate, and a Square between the input and the first conv.
+    use formats::proto::graph::MetaGraphDef;
+    use protobuf::Message;
+    let src = fixtures().join("tf1_reshape_conv");
+    let ckpt = Checkpoint::open(&src).expect("ckpt");
+    let meta = std::fs::read(meta_path(ckpt.path())).expect("meta");
+    let dir = common::copy_fixture("tf1_reshape_conv");
+    let mut g = MetaGraphDef::parse_from_bytes(&meta).expect("parse");
+    for n in g.graph_def.mut_or_insert_default().node.iter_mut() {
+        if n.name == "reshape/Reshape" {
+            n.op = "Square".into();
+        }
+    }
+    let prefix = dir.path().join(ckpt.path().file_name().expect("name"));
+    std::fs::write(meta_path(&prefix), g.write_to_bytes().expect("encode")).expect("write");
+    let out = bnn_convert(&[&"eval", &dir.path(), &"--data", &fixtures().join("data/digits_test_x.npy")]);
+    assert_one_line_error(&out, &["Square", "'reshape/Reshape'", ".meta", "--arch"]);
+}
