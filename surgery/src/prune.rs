@@ -10,10 +10,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mask::{KeepMask, MaskEdit};
-use crate::snr::{snr_values, Target};
+use crate::posterior::{classify, for_each_chunk, Weight, CHUNK_WEIGHTS};
+use crate::radix::TopHistogram;
+use crate::snr::{read_posterior, NonFinite, Target};
 use crate::softplus::ZERO_SCALE_RHO;
-use crate::threshold::keep_f32;
-use crate::values::{element_bytes, to_f64};
+use crate::threshold::{approx_keys, decide_f32, decision_snr, Decided, KEY_SLACK};
+use crate::values::element_bytes;
 
 /// Metadata entry holding the pruning report of a safetensors output.
 pub const META_PRUNE: &str = "bnn_prune";
@@ -67,8 +69,13 @@ pub struct TargetReport {
     pub total: usize,
     /// Weights kept.
     pub kept: usize,
-    /// Weights pruned.
+    /// Weights pruned, cumulatively: `already_pruned` + `newly_pruned`.
     pub pruned: usize,
+    /// Weights that were pruned before (mu = 0 with rho = 0 or softplus(rho) = 0, either
+    /// mode); they stay pruned, rewritten in this pruning's mode.
+    pub already_pruned: usize,
+    /// Weights this pruning pruned.
+    pub newly_pruned: usize,
     /// BPrune's reported non-zero count: `count_nonzero(mu) * 2` after pruning (mu and rho).
     pub bprune_nonzero: usize,
 }
@@ -87,8 +94,14 @@ pub struct PruneReport {
     pub total: usize,
     /// Weights kept.
     pub kept: usize,
-    /// Fraction pruned.
+    /// Weights pruned before, in all targets (included in the pruned count).
+    pub already_pruned: usize,
+    /// Weights this pruning pruned, in all targets.
+    pub newly_pruned: usize,
+    /// Fraction pruned, cumulatively (already and newly pruned).
     pub sparsity: f64,
+    /// Tensors with NaN or infinite values: those weights are never pruned.
+    pub non_finite: Vec<NonFinite>,
 }
 
 /// A decided pruning: which weights stay, the edits that write it, and the report.
@@ -116,7 +129,8 @@ fn effective_threshold(t: f64, mode: Mode) -> f64 {
     }
 }
 
-/// Which weights to keep for each target (SNR arrays in target order).
+/// Which weights to keep for each target, from decision SNRs in target order (0 for an
+/// already-pruned weight, NaN for an undefined one: see [`decision_snr`]).
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(s <= t)` on purpose: see below.
 fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<bool>>, f64) {
     match criterion {
@@ -145,11 +159,13 @@ fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<b
 }
 
 /// Prunes exactly round(fraction * n) weights, those of lowest SNR (ties broken by position),
-/// so the sparsity is hit to within one weight even when many SNRs are equal. Returns the
-/// masks and the largest pruned SNR. Linear time: a selection, not a sort, finds that SNR.
+/// so the sparsity is hit to within one weight even when many SNRs are equal; NaN SNRs
+/// (undefined weights) are never pruned. Returns the masks and the largest pruned SNR. Linear
+/// time: a selection, not a sort, finds that SNR.
 fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
     let n: usize = groups.iter().map(|g| g.len()).sum();
-    let k = ((fraction * n as f64).round() as usize).min(n);
+    let defined = groups.iter().flat_map(|g| g.iter()).filter(|s| !s.is_nan()).count();
+    let k = ((fraction * n as f64).round() as usize).min(defined);
     let mut masks: Vec<Vec<bool>> = groups.iter().map(|s| vec![true; s.len()]).collect();
     if k == 0 {
         return (masks, f64::NEG_INFINITY);
@@ -176,59 +192,27 @@ fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
 }
 
 /// Decides the pruning of `targets` in `ckpt`. Nothing is copied: the posteriors are read where
-/// they are stored, and the returned edits mask them while a conversion streams them out.
+/// they are stored, chunk by chunk (releasing each chunk's pages), the outcome is kept as one
+/// bit per weight, and the returned edits mask them while a conversion streams them out.
+///
+/// Already-pruned weights (mu = 0 with rho = 0 or softplus(rho) = 0, in either mode) stay
+/// pruned (rewritten in `options.mode`) and count as SNR 0 for a sparsity; weights with a NaN
+/// or infinite mu or rho are never pruned and reported in [`PruneReport::non_finite`].
 pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
     if let Criterion::Sparsity { fraction, .. } = options.criterion {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
         }
     }
-    let mut stored = Vec::with_capacity(targets.len());
-    for t in targets {
-        // Unverified: every output streams these tensors again, checksum-verified, and fails
-        // (writing nothing) if they are damaged.
-        let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
-        let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
-        if mu.bytes().is_none() {
-            return Err(numeric(&t.loc_key));
-        }
-        if rho.bytes().is_none() {
-            return Err(numeric(&t.rho_key));
-        }
-        if mu.nbytes() != rho.nbytes() {
-            return Err(Error::invalid(ckpt.path(), format!("'{}' and its scale differ in size", t.loc_key)));
-        }
-        stored.push((mu, rho));
-    }
-    /// The bytes of a tensor checked numeric above.
-    fn bytes<'a>(d: &'a formats::TensorData<'_>) -> &'a [u8] {
-        d.bytes().unwrap_or_default()
-    }
-    let (decided, threshold): (Vec<(KeepMask, usize)>, f64) = match options.criterion {
-        // The common case needs no f64 copies of the posteriors: see `threshold`.
-        Criterion::Threshold(t) if targets.iter().all(|t| t.dtype == DType::Float32) => {
+    let all_f32 = targets.iter().all(|t| t.dtype == DType::Float32);
+    let (decided, threshold): (Vec<(KeepMask, Decided)>, f64) = match options.criterion {
+        // The common cases stream: see `threshold` and `sparsity_f32`.
+        Criterion::Threshold(t) if all_f32 => {
             let t = effective_threshold(t, options.mode);
-            (stored.iter().map(|(mu, rho)| keep_f32(bytes(mu), bytes(rho), t)).collect(), t)
+            (targets.iter().map(|target| decide_target(ckpt, target, t, None)).collect::<Result<_>>()?, t)
         }
-        _ => {
-            let mut snrs = Vec::with_capacity(targets.len());
-            for (t, (mu, rho)) in targets.iter().zip(&stored) {
-                let not_float = || Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype));
-                let (mu, rho) = (to_f64(t.dtype, bytes(mu)).ok_or_else(not_float)?, to_f64(t.dtype, bytes(rho)).ok_or_else(not_float)?);
-                snrs.push(snr_values(t.dtype, &mu, &rho));
-            }
-            let (masks, threshold) = keep_masks(&snrs, options.criterion, options.mode);
-            let decided = masks
-                .iter()
-                .zip(targets.iter().zip(&stored))
-                .map(|(keep, (t, (mu, _)))| {
-                    let width = t.dtype.size().unwrap_or(1);
-                    let nonzero = bytes(mu).chunks_exact(width).zip(keep).filter(|(m, k)| **k && element_nonzero(m)).count();
-                    (KeepMask::from_bools(keep), nonzero)
-                })
-                .collect();
-            (decided, threshold)
-        }
+        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer)?,
+        _ => decide_in_memory(ckpt, targets, options)?,
     };
 
     let rho_value = match options.mode {
@@ -236,20 +220,28 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
         Mode::Bprune => 0.0,
     };
     let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
-    let mut layers = Vec::new();
-    for (t, (keep, nonzero_mu)) in targets.iter().zip(decided) {
+    let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
+    for (t, (keep, d)) in targets.iter().zip(decided) {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
             return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
         };
         let kept = keep.kept();
+        let pruned = keep.len() - kept;
         layers.push(TargetReport {
             layer: t.layer.clone(),
             part: t.part.name(),
             total: keep.len(),
             kept,
-            pruned: keep.len() - kept,
-            bprune_nonzero: 2 * nonzero_mu,
+            pruned,
+            already_pruned: d.already,
+            newly_pruned: pruned - d.already.min(pruned),
+            bprune_nonzero: 2 * d.nonzero,
         });
+        for (key, count) in [(&t.loc_key, d.undefined_mu), (&t.rho_key, d.undefined_rho)] {
+            if count > 0 {
+                non_finite.push(NonFinite { key: key.clone(), count });
+            }
+        }
         let keep = Arc::new(keep);
         edits.values.insert(t.loc_key.clone(), Arc::new(MaskEdit::new(keep.clone(), zero.clone())));
         edits.values.insert(t.rho_key.clone(), Arc::new(MaskEdit::new(keep.clone(), rho_fill.clone())));
@@ -261,15 +253,202 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
     let report = PruneReport {
         options: options.clone(),
         threshold,
-        layers,
         total,
         kept,
+        already_pruned: layers.iter().map(|l| l.already_pruned).sum(),
+        newly_pruned: layers.iter().map(|l| l.newly_pruned).sum(),
         sparsity: if total == 0 { 0.0 } else { (total - kept) as f64 / total as f64 },
+        layers,
+        non_finite,
     };
     edits
         .metadata
         .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
     Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
+}
+
+/// Number of weights of a target.
+fn weights(ckpt: &Checkpoint, t: &Target) -> Result<usize> {
+    let width = t.dtype.size().unwrap_or(1) as u64;
+    usize::try_from(ckpt.variable(&t.loc_key)?.info.nbytes / width)
+        .map_err(|_| Error::invalid(ckpt.path(), format!("'{}' is too large", t.loc_key)))
+}
+
+/// Decides a float32 target at threshold `t`, streaming. With `ties`: of the weights whose
+/// decision SNR equals `t`, only the first `*ties` (in storage order, counted down across
+/// calls) are pruned, the rest kept.
+fn decide_target(ckpt: &Checkpoint, target: &Target, t: f64, mut ties: Option<&mut u64>) -> Result<(KeepMask, Decided)> {
+    let n = weights(ckpt, target)?;
+    let mut words = vec![0u64; n.div_ceil(64)];
+    let mut equal = vec![0u64; CHUNK_WEIGHTS / 64];
+    let mut total = Decided::default();
+    for_each_chunk(ckpt, target, false, |first, mu, rho| {
+        let count = (mu.len() / 4).min(n.saturating_sub(first));
+        let w = words.get_mut(first / 64..(first + count).div_ceil(64)).unwrap_or_default();
+        let mut d = decide_f32(&mu[..4 * count], &rho[..4 * count], t, w, &mut equal);
+        if let Some(left) = ties.as_deref_mut() {
+            for (i, (word, eq)) in w.iter_mut().zip(&equal).enumerate() {
+                let mut eq = *eq;
+                while eq != 0 {
+                    let b = eq.trailing_zeros() as usize;
+                    eq &= eq - 1;
+                    if *left > 0 {
+                        *left -= 1;
+                        continue;
+                    }
+                    let j = 64 * i + b;
+                    let (m, r) = (f32_at(mu, j), f32_at(rho, j));
+                    // Past the quota: kept, unless pruned before (that one stays pruned).
+                    if !crate::posterior::is_pruned_f32(m, r) {
+                        *word |= 1 << b;
+                        d.nonzero += usize::from(m != 0.0);
+                    }
+                }
+            }
+        }
+        total = total + d;
+        Ok(())
+    })?;
+    Ok((KeepMask::from_words(words, n), total))
+}
+
+/// Little-endian f32 element `i` of `bytes` (0 past the end).
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    bytes.get(4 * i..4 * i + 4).map_or(0.0, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The sparsity pruning of float32 targets, streaming, in memory independent of their size:
+///
+/// 1. approximate SNR keys (within [`KEY_SLACK`] of the exact f32 bit pattern) counted by
+///    their top 16 bits locate the bucket of the k-th smallest SNR;
+/// 2. exact SNRs of the weights whose approximate key lies near that bucket, counted key by
+///    key, give the k-th smallest SNR exactly, and how many weights lie below it;
+/// 3. every weight is decided at that SNR (as `--threshold` does), and of the weights equal to
+///    it only as many as needed to prune exactly k are pruned, the first in storage order.
+///
+/// The same weights as sorting every SNR would prune (`lowest_fraction`).
+fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool) -> Result<(Vec<(KeepMask, Decided)>, f64)> {
+    let groups: Vec<Vec<usize>> = if per_layer { (0..targets.len()).map(|i| vec![i]).collect() } else { vec![(0..targets.len()).collect()] };
+    let mut out: Vec<Option<(KeepMask, Decided)>> = (0..targets.len()).map(|_| None).collect();
+    let mut threshold = f64::NEG_INFINITY;
+    let mut keys = Vec::new();
+    for group in groups {
+        let (mut hist, mut undefined, mut n) = (TopHistogram::default(), 0u64, 0u64);
+        for &i in &group {
+            n += weights(ckpt, &targets[i])? as u64;
+            for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
+                approx_keys(mu, rho, &mut keys);
+                for &k in &keys {
+                    if k == u32::MAX {
+                        undefined += 1;
+                    } else {
+                        hist.add(k);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let k = ((fraction * n as f64).round() as u64).min(n - undefined);
+        let mut cut = None;
+        if let Some((top, _)) = k.checked_sub(1).and_then(|r| hist.locate(r)) {
+            drop(hist);
+            cut = Some(exact_cut(ckpt, targets, &group, top, k, &mut keys)?);
+        }
+        let t = cut.map_or(f64::NEG_INFINITY, |(key, _)| f32::from_bits(key) as f64);
+        let mut ties = cut.map_or(0, |(_, ties)| ties);
+        for &i in &group {
+            out[i] = Some(decide_target(ckpt, &targets[i], t, Some(&mut ties))?);
+        }
+        threshold = threshold.max(t);
+    }
+    Ok((out.into_iter().map(Option::unwrap_or_default).collect(), threshold))
+}
+
+/// Pass two of [`sparsity_f32`]: the exact key of the k-th smallest decision SNR of `group`,
+/// known to lie in bucket `top` of the approximate keys, and how many weights equal to it are
+/// pruned (k minus those below it).
+fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k: u64, keys: &mut Vec<u32>) -> Result<(u32, u64)> {
+    // Exact keys in [lo, hi] are counted one by one: the approximate bucket widened by the
+    // approximation's error holds the k-th exact key (see `threshold::approx_keys`).
+    let lo = (top << 16).saturating_sub(KEY_SLACK);
+    let hi = (top << 16 | 0xffff).saturating_add(KEY_SLACK).min(u32::MAX - 1);
+    let mut window = vec![0u64; (hi - lo + 1) as usize];
+    let mut below = 0u64;
+    for &i in group {
+        for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
+            approx_keys(mu, rho, keys);
+            for (j, &a) in keys.iter().enumerate() {
+                if a == u32::MAX {
+                    continue;
+                }
+                if a < lo.saturating_sub(KEY_SLACK) && lo >= KEY_SLACK {
+                    below += 1;
+                    continue;
+                }
+                if a > hi.saturating_add(KEY_SLACK) {
+                    continue;
+                }
+                let e = decision_snr(f32_at(mu, j), f32_at(rho, j)).to_bits();
+                if e < lo {
+                    below += 1;
+                } else if e <= hi {
+                    window[(e - lo) as usize] += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let rank = k - 1;
+    let mut seen = below;
+    for (offset, &c) in window.iter().enumerate() {
+        if rank < seen + c {
+            return Ok((lo + offset as u32, k - seen));
+        }
+        seen += c;
+    }
+    Err(Error::invalid(ckpt.path(), "the SNR of the requested sparsity was not found (the checkpoint changed while being read?)"))
+}
+
+/// The pruning decisions holding every SNR as f64: for f64, f16 and bf16 posteriors.
+fn decide_in_memory(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<(Vec<(KeepMask, Decided)>, f64)> {
+    let mut snrs = Vec::with_capacity(targets.len());
+    let mut info = Vec::with_capacity(targets.len());
+    for t in targets {
+        let (mu, rho) = read_posterior(ckpt, t)?;
+        let weights = classify(t.dtype, &mu, &rho);
+        let already: Vec<bool> = weights.iter().map(|w| *w == Weight::Pruned).collect();
+        let nonzero: Vec<bool> = mu.iter().map(|m| *m != 0.0).collect();
+        let d = Decided {
+            nonzero: 0,
+            already: already.iter().filter(|a| **a).count(),
+            undefined_mu: mu.iter().filter(|v| !v.is_finite()).count(),
+            undefined_rho: rho.iter().filter(|v| !v.is_finite()).count(),
+        };
+        snrs.push(
+            weights
+                .iter()
+                .map(|w| match w {
+                    Weight::Pruned => 0.0,
+                    Weight::Undefined => f64::NAN,
+                    Weight::Snr(s) => *s,
+                })
+                .collect::<Vec<f64>>(),
+        );
+        info.push((already, nonzero, d));
+    }
+    let (masks, threshold) = keep_masks(&snrs, options.criterion, options.mode);
+    let decided = masks
+        .into_iter()
+        .zip(info)
+        .map(|(mut keep, (already, nonzero, mut d))| {
+            for (k, a) in keep.iter_mut().zip(&already) {
+                *k &= !a;
+            }
+            d.nonzero = keep.iter().zip(&nonzero).filter(|(k, nz)| **k && **nz).count();
+            (KeepMask::from_bools(&keep), d)
+        })
+        .collect();
+    Ok((decided, threshold))
 }
 
 /// A complete pruning request: the rule and which posteriors it applies to.
@@ -307,15 +486,6 @@ pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}.prune.json", prefix.display()))
 }
 
-/// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
-fn element_nonzero(element: &[u8]) -> bool {
-    match element.split_last() {
-        // Little-endian: the sign bit is the top bit of the last byte.
-        Some((last, rest)) => last & 0x7f != 0 || rest.iter().any(|b| *b != 0),
-        None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,7 +500,9 @@ mod tests {
         for fraction in [0.0, 0.01, 0.3, 0.5, 0.77, 0.9, 1.0] {
             let mut order: Vec<(usize, usize)> = (0..3).flat_map(|g| (0..257).map(move |i| (g, i))).collect();
             order.sort_by(|a, b| groups[a.0][a.1].total_cmp(&groups[b.0][b.1]).then(a.cmp(b)));
-            let k = (fraction * order.len() as f64).round() as usize;
+            // NaN SNRs (undefined weights) are never pruned.
+            let defined = groups.iter().flatten().filter(|s| !s.is_nan()).count();
+            let k = ((fraction * order.len() as f64).round() as usize).min(defined);
             let mut want = vec![vec![true; 257]; 3];
             for &(g, i) in &order[..k] {
                 want[g][i] = false;
@@ -374,12 +546,5 @@ mod tests {
         assert_eq!(m[0], vec![false, false, true, true, true, true]);
         let (m, _) = keep_masks(&snr, Criterion::Threshold(0.0), Mode::Zero);
         assert_eq!(m[0], vec![false, true, true, true, true, true]);
-    }
-
-    #[test]
-    fn signed_zero_is_zero() {
-        assert!(!element_nonzero(&(-0.0f32).to_le_bytes()));
-        assert!(!element_nonzero(&0.0f32.to_le_bytes()));
-        assert!(element_nonzero(&1e-45f32.to_le_bytes()));
     }
 }
