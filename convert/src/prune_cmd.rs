@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use formats::checkpoint::Checkpoint;
 use formats::convert::{checkpoint_to_safetensors, ToSafetensorsOptions};
-use surgery::prune::{prune, prune_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport};
+use surgery::prune::{prune, prune_streaming, prune_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport};
 use surgery::snr::{select_targets, Part};
 
 /// What pruned weights become.
@@ -96,16 +96,20 @@ pub fn run(a: Args) -> Result<()> {
         }
         prune_to_bundle(&a.input, &a.output, &job)?
     } else {
-        let ckpt = Checkpoint::open(&a.input)?;
+        let ckpt = std::sync::Arc::new(Checkpoint::open(&a.input)?);
         let targets = select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
-        let pruning = prune(&ckpt, &targets, &job.options)?;
         let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: false };
         if a.sparse {
+            // CSR storage needs the keep bits of every target.
+            let pruning = prune(&ckpt, &targets, &job.options)?;
             sizes = Some(surgery::sparse::write_sparse(&ckpt, &pruning, &a.output, opts)?);
+            pruning.report
         } else {
+            let pruning = prune_streaming(&ckpt, &targets, &job.options)?;
             checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
+            pruning.check(&a.output)?;
+            pruning.report
         }
-        pruning.report
     };
     warn_non_finite(&a.input, &report);
     if a.json {

@@ -109,7 +109,8 @@ pub struct PruneReport {
 pub struct Pruning {
     /// Targets in order.
     pub targets: Vec<Target>,
-    /// For each target, which weights are kept.
+    /// For each target, which weights are kept (from [`prune`]; [`prune_streaming`] holds
+    /// none for the targets it decides while they stream).
     pub keep: Vec<Arc<KeepMask>>,
     /// What pruned mu and rho elements become, for each target (little-endian elements).
     pub fills: Vec<(Vec<u8>, Vec<u8>)>,
@@ -118,6 +119,8 @@ pub struct Pruning {
     pub edits: Edits,
     /// What was done.
     pub report: PruneReport,
+    /// Targets decided while they stream (see [`prune_streaming`]).
+    decisions: Vec<Arc<Decision>>,
 }
 
 /// The threshold applied: BPrune reads T = 0 as SNR <= 1e-44.
@@ -191,47 +194,233 @@ fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
     (masks, largest)
 }
 
-/// Decides the pruning of `targets` in `ckpt`. Nothing is copied: the posteriors are read where
-/// they are stored, chunk by chunk (releasing each chunk's pages), the outcome is kept as one
-/// bit per weight, and the returned edits mask them while a conversion streams them out.
+/// Decides the pruning of `targets` in `ckpt`, keeping the outcome as one bit per weight
+/// ([`Pruning::keep`], needed by sparse output). The posteriors are read where they are stored,
+/// chunk by chunk (releasing each chunk's pages), and the returned edits mask them while a
+/// conversion streams them out. [`prune_streaming`] does the same without holding the bits.
 ///
 /// Already-pruned weights (mu = 0 with rho = 0 or softplus(rho) = 0, in either mode) stay
 /// pruned (rewritten in `options.mode`) and count as SNR 0 for a sparsity; weights with a NaN
 /// or infinite mu or rho are never pruned and reported in [`PruneReport::non_finite`].
 pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
+    let (plans, threshold) = plan(ckpt, targets, options)?;
+    let plans = plans
+        .into_iter()
+        .zip(targets)
+        .map(|(p, t)| match p {
+            Plan::Rule(rule, d) => Ok(Plan::Mask(Arc::new(mask_of(ckpt, t, &rule)?), d)),
+            mask => Ok(mask),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    finish(ckpt, None, targets, options, plans, threshold)
+}
+
+/// [`prune`] in memory that does not grow with the checkpoint: float32 posteriors stored in one
+/// piece are decided again, chunk by chunk, as they stream out (against the mapped other half
+/// of each pair), so no per-weight state is held; [`Pruning::keep`] is left empty for them.
+/// The decisions are the same as [`prune`]'s.
+pub fn prune_streaming(ckpt: &Arc<Checkpoint>, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
+    let (plans, threshold) = plan(ckpt, targets, options)?;
+    finish(ckpt, Some(ckpt), targets, options, plans, threshold)
+}
+
+/// How the weights of one target are decided.
+#[derive(Debug)]
+enum Plan {
+    /// Held as bits.
+    Mask(Arc<KeepMask>, Decided),
+    /// A float32 target, decided again wherever needed (its counts already known).
+    Rule(Rule, Decided),
+}
+
+/// The decision rule of a float32 target: prune every weight whose decision SNR is <= `t`
+/// (and every weight pruned before); with `ties`, of the weights whose decision SNR equals `t`
+/// only the first `quota` in storage order.
+#[derive(Debug, Clone)]
+struct Rule {
+    t: f64,
+    ties: Option<Ties>,
+}
+
+#[derive(Debug, Clone)]
+struct Ties {
+    quota: u64,
+    /// Weights whose decision SNR equals `t` before each chunk of [`CHUNK_WEIGHTS`] weights.
+    before: Vec<u64>,
+}
+
+impl Rule {
+    /// Decides `mu.len() / 4` weights, the first of which is weight `first`, of which `seen`
+    /// ties came before; `keep` and `equal` hold a word per 64 weights.
+    fn decide(&self, mu: &[u8], rho: &[u8], seen: u64, keep: &mut [u64], equal: &mut [u64]) -> Decided {
+        let mut d = decide_f32(mu, rho, self.t, keep, equal);
+        if let Some(ties) = &self.ties {
+            let mut left = ties.quota.saturating_sub(seen);
+            let words = (mu.len() / 4).div_ceil(64);
+            for (i, (word, eq)) in keep[..words].iter_mut().zip(&equal[..words]).enumerate() {
+                let mut eq = *eq;
+                while eq != 0 {
+                    let b = eq.trailing_zeros() as usize;
+                    eq &= eq - 1;
+                    if left > 0 {
+                        left -= 1;
+                        continue;
+                    }
+                    let (m, r) = (f32_at(mu, 64 * i + b), f32_at(rho, 64 * i + b));
+                    // Past the quota: kept, unless pruned before (that one stays pruned).
+                    if !crate::posterior::is_pruned_f32(m, r) {
+                        *word |= 1 << b;
+                        d.kept += 1;
+                        d.nonzero += usize::from(m != 0.0);
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Ties before weight `first` (a multiple of 64) of target `t`.
+    fn ties_before(&self, ckpt: &Checkpoint, t: &Target, first: usize) -> u64 {
+        let Some(ties) = &self.ties else { return 0 };
+        let chunk = first / CHUNK_WEIGHTS;
+        let mut seen = ties.before.get(chunk).copied().unwrap_or(0);
+        let start = chunk * CHUNK_WEIGHTS;
+        if start < first {
+            // A stream chunk not on a decision chunk boundary: count the ties in between.
+            if let (Ok(mu), Ok(rho)) = (ckpt.read_unverified(&t.loc_key), ckpt.read_unverified(&t.rho_key)) {
+                let (mu, rho) = (mu.bytes().unwrap_or_default(), rho.bytes().unwrap_or_default());
+                let (a, b) = (4 * start, 4 * first);
+                if let (Some(mu), Some(rho)) = (mu.get(a..b), rho.get(a..b)) {
+                    let words = (first - start).div_ceil(64);
+                    let (mut keep, mut equal) = (vec![0u64; words], vec![0u64; words]);
+                    decide_f32(mu, rho, self.t, &mut keep, &mut equal);
+                    seen += equal.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The decisions for every target (counts known, bits held only where needed), and the
+/// threshold in effect.
+fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<(Vec<Plan>, f64)> {
     if let Criterion::Sparsity { fraction, .. } = options.criterion {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
         }
     }
     let all_f32 = targets.iter().all(|t| t.dtype == DType::Float32);
-    let (decided, threshold): (Vec<(KeepMask, Decided)>, f64) = match options.criterion {
+    match options.criterion {
         // The common cases stream: see `threshold` and `sparsity_f32`.
         Criterion::Threshold(t) if all_f32 => {
             let t = effective_threshold(t, options.mode);
-            (targets.iter().map(|target| decide_target(ckpt, target, t, None)).collect::<Result<_>>()?, t)
+            let rule = Rule { t, ties: None };
+            let plans = targets.iter().map(|target| Ok(Plan::Rule(rule.clone(), count(ckpt, target, &rule)?.0))).collect::<Result<_>>()?;
+            Ok((plans, t))
         }
-        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer)?,
-        _ => decide_in_memory(ckpt, targets, options)?,
-    };
+        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer),
+        _ => {
+            let (decided, t) = decide_in_memory(ckpt, targets, options)?;
+            Ok((decided.into_iter().map(|(m, d)| Plan::Mask(Arc::new(m), d)).collect(), t))
+        }
+    }
+}
 
+/// The counts of a target under `rule` (chunk by chunk, nothing held), and the ties per chunk.
+fn count(ckpt: &Checkpoint, target: &Target, rule: &Rule) -> Result<(Decided, Vec<u64>)> {
+    let (mut keep, mut equal) = (vec![0u64; CHUNK_WEIGHTS / 64], vec![0u64; CHUNK_WEIGHTS / 64]);
+    let (mut total, mut seen, mut before) = (Decided::default(), 0u64, vec![0u64]);
+    for_each_chunk(ckpt, target, false, |_, mu, rho| {
+        total = total + rule.decide(mu, rho, seen, &mut keep, &mut equal);
+        seen += equal[..(mu.len() / 4).div_ceil(64)].iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        before.push(seen);
+        Ok(())
+    })?;
+    Ok((total, before))
+}
+
+/// The keep bits of a target under `rule`.
+fn mask_of(ckpt: &Checkpoint, target: &Target, rule: &Rule) -> Result<KeepMask> {
+    let n = weights(ckpt, target)?;
+    let mut words = vec![0u64; n.div_ceil(64)];
+    let mut equal = vec![0u64; CHUNK_WEIGHTS / 64];
+    let mut seen = 0u64;
+    for_each_chunk(ckpt, target, false, |first, mu, rho| {
+        let count = (mu.len() / 4).min(n.saturating_sub(first));
+        let w = words.get_mut(first / 64..(first + count).div_ceil(64)).unwrap_or_default();
+        rule.decide(&mu[..4 * count], &rho[..4 * count], seen, w, &mut equal);
+        seen += equal[..w.len()].iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        Ok(())
+    })?;
+    Ok(KeepMask::from_words(words, n))
+}
+
+/// A float32 target decided while it streams out: the edit of its mu (or rho) decides each
+/// chunk against the same chunk of the mapped rho (or mu).
+#[derive(Debug)]
+struct Decision {
+    ckpt: Arc<Checkpoint>,
+    target: Target,
+    rule: Rule,
+    /// Set if the other half could not be read (it was read before, so this does not happen);
+    /// the chunk is then left unpruned and [`Pruning::check`] fails.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct DecidingEdit {
+    decision: Arc<Decision>,
+    /// Edits mu (else rho).
+    mu_side: bool,
+    /// One element: what a pruned weight becomes.
+    fill: Vec<u8>,
+}
+
+impl formats::convert::TensorEdit for DecidingEdit {
+    fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
+        let d = &self.decision;
+        let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
+        let range = offset as usize..offset as usize + src.len();
+        let other = d.ckpt.read_unverified(other_key).ok();
+        let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
+            d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            dst.copy_from_slice(src);
+            return;
+        };
+        let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
+        let (n, first) = (src.len() / 4, offset as usize / 4);
+        let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
+        d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        crate::mask::apply_mask(&KeepMask::from_words(keep, n), 0, src, dst, &self.fill);
+        drop(other);
+        d.ckpt.release(other_key, range);
+    }
+}
+
+/// The edits and report of a decided pruning; `streaming`: decide float32 targets stored in
+/// one piece again as they stream out instead of holding their bits.
+fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Target], options: &PruneOptions, plans: Vec<Plan>, threshold: f64) -> Result<Pruning> {
     let rho_value = match options.mode {
         Mode::Zero => ZERO_SCALE_RHO,
         Mode::Bprune => 0.0,
     };
-    let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
+    let (mut keeps, mut fills, mut edits, mut decisions) = (Vec::new(), Vec::new(), Edits::default(), Vec::new());
     let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
-    for (t, (keep, d)) in targets.iter().zip(decided) {
+    for (t, plan) in targets.iter().zip(plans) {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
             return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
         };
-        let kept = keep.kept();
-        let pruned = keep.len() - kept;
+        let total = weights(ckpt, t)?;
+        let d = match &plan {
+            Plan::Mask(_, d) | Plan::Rule(_, d) => *d,
+        };
+        let pruned = total - d.kept.min(total);
         layers.push(TargetReport {
             layer: t.layer.clone(),
             part: t.part.name(),
-            total: keep.len(),
-            kept,
+            total,
+            kept: total - pruned,
             pruned,
             already_pruned: d.already,
             newly_pruned: pruned - d.already.min(pruned),
@@ -242,10 +431,28 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
                 non_finite.push(NonFinite { key: key.clone(), count });
             }
         }
-        let keep = Arc::new(keep);
-        edits.values.insert(t.loc_key.clone(), Arc::new(MaskEdit::new(keep.clone(), zero.clone())));
-        edits.values.insert(t.rho_key.clone(), Arc::new(MaskEdit::new(keep.clone(), rho_fill.clone())));
-        keeps.push(keep);
+        // Stored in one piece (borrowed from the map): decided again as it streams.
+        let in_one_piece = |c: &Checkpoint| matches!(c.read_unverified(&t.loc_key), Ok(formats::TensorData::Bytes(std::borrow::Cow::Borrowed(_))));
+        let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
+            (Plan::Rule(rule, _), Some(shared)) if in_one_piece(shared) => {
+                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into() });
+                decisions.push(decision.clone());
+                (
+                    Arc::new(DecidingEdit { decision: decision.clone(), mu_side: true, fill: zero.clone() }),
+                    Arc::new(DecidingEdit { decision, mu_side: false, fill: rho_fill.clone() }),
+                )
+            }
+            (plan, _) => {
+                let keep = match plan {
+                    Plan::Mask(keep, _) => keep,
+                    Plan::Rule(rule, _) => Arc::new(mask_of(ckpt, t, &rule)?),
+                };
+                keeps.push(keep.clone());
+                (Arc::new(MaskEdit::new(keep.clone(), zero.clone())), Arc::new(MaskEdit::new(keep, rho_fill.clone())))
+            }
+        };
+        edits.values.insert(t.loc_key.clone(), mu_edit);
+        edits.values.insert(t.rho_key.clone(), rho_edit);
         fills.push((zero, rho_fill));
     }
     let total: usize = layers.iter().map(|l| l.total).sum();
@@ -264,7 +471,18 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
     edits
         .metadata
         .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
-    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
+    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report, decisions })
+}
+
+impl Pruning {
+    /// After the edits have been applied: fails if a streamed decision could not read the
+    /// other half of its pair (then the output must be discarded).
+    pub fn check(&self, path: &std::path::Path) -> Result<()> {
+        if self.decisions.iter().any(|d| d.failed.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::invalid(path, "a posterior could not be read again while it was written"));
+        }
+        Ok(())
+    }
 }
 
 /// Number of weights of a target.
@@ -272,44 +490,6 @@ fn weights(ckpt: &Checkpoint, t: &Target) -> Result<usize> {
     let width = t.dtype.size().unwrap_or(1) as u64;
     usize::try_from(ckpt.variable(&t.loc_key)?.info.nbytes / width)
         .map_err(|_| Error::invalid(ckpt.path(), format!("'{}' is too large", t.loc_key)))
-}
-
-/// Decides a float32 target at threshold `t`, streaming. With `ties`: of the weights whose
-/// decision SNR equals `t`, only the first `*ties` (in storage order, counted down across
-/// calls) are pruned, the rest kept.
-fn decide_target(ckpt: &Checkpoint, target: &Target, t: f64, mut ties: Option<&mut u64>) -> Result<(KeepMask, Decided)> {
-    let n = weights(ckpt, target)?;
-    let mut words = vec![0u64; n.div_ceil(64)];
-    let mut equal = vec![0u64; CHUNK_WEIGHTS / 64];
-    let mut total = Decided::default();
-    for_each_chunk(ckpt, target, false, |first, mu, rho| {
-        let count = (mu.len() / 4).min(n.saturating_sub(first));
-        let w = words.get_mut(first / 64..(first + count).div_ceil(64)).unwrap_or_default();
-        let mut d = decide_f32(&mu[..4 * count], &rho[..4 * count], t, w, &mut equal);
-        if let Some(left) = ties.as_deref_mut() {
-            for (i, (word, eq)) in w.iter_mut().zip(&equal).enumerate() {
-                let mut eq = *eq;
-                while eq != 0 {
-                    let b = eq.trailing_zeros() as usize;
-                    eq &= eq - 1;
-                    if *left > 0 {
-                        *left -= 1;
-                        continue;
-                    }
-                    let j = 64 * i + b;
-                    let (m, r) = (f32_at(mu, j), f32_at(rho, j));
-                    // Past the quota: kept, unless pruned before (that one stays pruned).
-                    if !crate::posterior::is_pruned_f32(m, r) {
-                        *word |= 1 << b;
-                        d.nonzero += usize::from(m != 0.0);
-                    }
-                }
-            }
-        }
-        total = total + d;
-        Ok(())
-    })?;
-    Ok((KeepMask::from_words(words, n), total))
 }
 
 /// Little-endian f32 element `i` of `bytes` (0 past the end).
@@ -327,9 +507,9 @@ fn f32_at(bytes: &[u8], i: usize) -> f32 {
 ///    it only as many as needed to prune exactly k are pruned, the first in storage order.
 ///
 /// The same weights as sorting every SNR would prune (`lowest_fraction`).
-fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool) -> Result<(Vec<(KeepMask, Decided)>, f64)> {
+fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool) -> Result<(Vec<Plan>, f64)> {
     let groups: Vec<Vec<usize>> = if per_layer { (0..targets.len()).map(|i| vec![i]).collect() } else { vec![(0..targets.len()).collect()] };
-    let mut out: Vec<Option<(KeepMask, Decided)>> = (0..targets.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Plan>> = (0..targets.len()).map(|_| None).collect();
     let mut threshold = f64::NEG_INFINITY;
     let mut keys = Vec::new();
     for group in groups {
@@ -355,13 +535,22 @@ fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer:
             cut = Some(exact_cut(ckpt, targets, &group, top, k, &mut keys)?);
         }
         let t = cut.map_or(f64::NEG_INFINITY, |(key, _)| f32::from_bits(key) as f64);
-        let mut ties = cut.map_or(0, |(_, ties)| ties);
+        let mut left = cut.map_or(0, |(_, ties)| ties);
         for &i in &group {
-            out[i] = Some(decide_target(ckpt, &targets[i], t, Some(&mut ties))?);
+            let mut rule = Rule { t, ties: Some(Ties { quota: left, before: Vec::new() }) };
+            let (d, before) = count(ckpt, &targets[i], &rule)?;
+            left = left.saturating_sub(before.last().copied().unwrap_or(0));
+            if let Some(ties) = &mut rule.ties {
+                ties.before = before;
+            }
+            out[i] = Some(Plan::Rule(rule, d));
         }
         threshold = threshold.max(t);
     }
-    Ok((out.into_iter().map(Option::unwrap_or_default).collect(), threshold))
+    out.into_iter()
+        .map(|p| p.ok_or_else(|| Error::invalid(ckpt.path(), "a target was left undecided")))
+        .collect::<Result<Vec<_>>>()
+        .map(|plans| (plans, threshold))
 }
 
 /// Pass two of [`sparsity_f32`]: the exact key of the k-th smallest decision SNR of `group`,
@@ -419,6 +608,7 @@ fn decide_in_memory(ckpt: &Checkpoint, targets: &[Target], options: &PruneOption
         let already: Vec<bool> = weights.iter().map(|w| *w == Weight::Pruned).collect();
         let nonzero: Vec<bool> = mu.iter().map(|m| *m != 0.0).collect();
         let d = Decided {
+            kept: 0,
             nonzero: 0,
             already: already.iter().filter(|a| **a).count(),
             undefined_mu: mu.iter().filter(|v| !v.is_finite()).count(),
@@ -445,6 +635,7 @@ fn decide_in_memory(ckpt: &Checkpoint, targets: &[Target], options: &PruneOption
                 *k &= !a;
             }
             d.nonzero = keep.iter().zip(&nonzero).filter(|(k, nz)| **k && **nz).count();
+            d.kept = keep.iter().filter(|k| **k).count();
             (KeepMask::from_bools(&keep), d)
         })
         .collect();
@@ -465,13 +656,14 @@ pub struct PruneJob {
 /// Prunes the checkpoint at `input` into a TensorFlow checkpoint at `prefix` (every tensor
 /// kept, `.meta` and manifests copied) with the report beside it as `<prefix>.prune.json`.
 pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
-    let ckpt = Checkpoint::open(input)?;
+    let ckpt = Arc::new(Checkpoint::open(input)?);
     let targets = crate::snr::select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
-    let pruning = prune(&ckpt, &targets, &job.options)?;
+    let pruning = prune_streaming(&ckpt, &targets, &job.options)?;
     if let Some(dir) = prefix.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     formats::convert::checkpoint_to_bundle(&ckpt, prefix, &pruning.edits)?;
+    pruning.check(prefix)?;
     let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
     let report_path = report_path(prefix);
     formats::bundle::write_atomically(&report_path, |w| {

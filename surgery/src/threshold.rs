@@ -77,6 +77,8 @@ const TINY: f64 = 1e-37;
 /// What deciding a run of weights found, besides the keep bits.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Decided {
+    /// Kept weights.
+    pub kept: usize,
     /// Kept weights with a non-zero mu (BPrune's count).
     pub nonzero: usize,
     /// Weights that were already pruned (mu = 0 with rho = 0 or softplus(rho) = 0); they are
@@ -92,6 +94,7 @@ impl std::ops::Add for Decided {
     type Output = Decided;
     fn add(self, o: Decided) -> Decided {
         Decided {
+            kept: self.kept + o.kept,
             nonzero: self.nonzero + o.nonzero,
             already: self.already + o.already,
             undefined_mu: self.undefined_mu + o.undefined_mu,
@@ -150,6 +153,7 @@ fn decide_words(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], 
         let bits = decide_word(mu, rho, t, lo, hi);
         *word = bits.keep;
         *eq = bits.equal;
+        d.kept += bits.keep.count_ones() as usize;
         d.nonzero += (bits.keep & bits.nonzero_mu).count_ones() as usize;
         d.already += bits.already.count_ones() as usize;
         d.undefined_mu += bits.undefined_mu.count_ones() as usize;
