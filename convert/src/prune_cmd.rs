@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use formats::checkpoint::Checkpoint;
 use formats::convert::{checkpoint_to_safetensors, ToSafetensorsOptions};
 use formats::input_files::InputFiles;
-use surgery::prune::{prune, prune_checkpoint_to_bundle, Criterion, Mode, PruneJob, PruneOptions, PruneReport, PRUNE_REPORT_SUFFIX};
+use surgery::prune::{
+    prune, prune_checkpoint_to_bundle, prune_streaming, Criterion, Mode, PruneJob, PruneOptions, PruneReport, PRUNE_REPORT_SUFFIX,
+};
 use surgery::snr::{select_targets, Part};
 
 /// What pruned weights become.
@@ -21,10 +23,13 @@ enum ModeArg {
 /// How to prune: shared by `prune` and `prune-batch`.
 #[derive(clap::Args)]
 pub struct Rule {
-    /// Prune weights with SNR <= T (BPrune's default: 10).
+    /// Prune weights with SNR <= T (BPrune's default: 10). Weights pruned before (mu = 0 with
+    /// rho = 0 or softplus(rho) = 0, either mode) stay pruned and are counted (ALREADY);
+    /// weights with NaN or infinite mu or rho are never pruned (a warning names the tensor).
     #[arg(long, conflicts_with = "sparsity")]
     threshold: Option<f64>,
-    /// Prune this fraction of the weights, those of lowest SNR.
+    /// Prune this fraction of the weights, those of lowest SNR (weights pruned before count
+    /// as SNR 0, so they are part of the fraction; ties broken by position).
     #[arg(long)]
     sparsity: Option<f64>,
     /// With --sparsity: the same fraction in every layer instead of overall.
@@ -91,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     if to_bundle && a.sparse {
         bail!("{}: --sparse needs a .safetensors output", a.output.display());
     }
-    let ckpt = Checkpoint::open(&a.input)?;
+    let ckpt = std::sync::Arc::new(Checkpoint::open(&a.input)?);
     let mut inputs = InputFiles::new();
     inputs.add_checkpoint(&ckpt);
     let report = if to_bundle {
@@ -101,16 +106,22 @@ pub fn run(a: Args) -> Result<()> {
         inputs.check_output(&a.output)?;
         let folder = crate::output::output_folder(&a.output)?;
         let targets = select_targets(&ckpt, job.layers.as_deref(), &job.parts)?;
-        let pruning = prune(&ckpt, &targets, &job.options)?;
         let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: false };
-        if a.sparse {
+        let report = if a.sparse {
+            // CSR storage needs the keep bits of every target.
+            let pruning = prune(&ckpt, &targets, &job.options)?;
             sizes = Some(surgery::sparse::write_sparse(&ckpt, &pruning, &a.output, opts)?);
+            pruning.report
         } else {
+            let pruning = prune_streaming(&ckpt, &targets, &job.options)?;
             checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
-        }
+            pruning.check(&a.output)?;
+            pruning.report
+        };
         folder.keep();
-        pruning.report
+        report
     };
+    warn_non_finite(&a.input, &report);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
     } else {
@@ -127,24 +138,48 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Prints the report as a table; PRUNED counts cumulatively (ALREADY: pruned before this run).
 fn print_report(r: &PruneReport, out: &Path) {
     let mode = match r.options.mode {
         Mode::Zero => "zero",
         Mode::Bprune => "bprune",
     };
     println!("pruned {} (mode {mode}, SNR threshold {})", out.display(), r.threshold);
-    let mut rows = vec![vec!["LAYER".to_string(), "KEPT".into(), "TOTAL".into(), "PRUNED".into(), "BPRUNE_NONZERO".into()]];
+    let header = ["LAYER", "KEPT", "TOTAL", "PRUNED", "ALREADY", "NEW", "BPRUNE_NONZERO"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     for l in &r.layers {
         rows.push(vec![
             format!("{}/{}", l.layer, l.part),
             l.kept.to_string(),
             l.total.to_string(),
             format!("{:.2}%", 100.0 * l.pruned as f64 / l.total.max(1) as f64),
+            l.already_pruned.to_string(),
+            l.newly_pruned.to_string(),
             l.bprune_nonzero.to_string(),
         ]);
     }
-    rows.push(vec!["overall".into(), r.kept.to_string(), r.total.to_string(), format!("{:.2}%", 100.0 * r.sparsity), String::new()]);
+    rows.push(vec![
+        "overall".into(),
+        r.kept.to_string(),
+        r.total.to_string(),
+        format!("{:.2}%", 100.0 * r.sparsity),
+        r.already_pruned.to_string(),
+        r.newly_pruned.to_string(),
+        String::new(),
+    ]);
     print!("{}", crate::table(&rows));
+}
+
+/// Warns, by name, about tensors whose NaN or infinite values kept weights from being pruned.
+pub fn warn_non_finite(input: &Path, r: &PruneReport) {
+    for n in &r.non_finite {
+        eprintln!(
+            "bnn-convert: warning: {}: tensor '{}' holds {} NaN or infinite values; those weights were not pruned",
+            input.display(),
+            n.key,
+            n.count
+        );
+    }
 }
 
 /// Arguments of `densify`.

@@ -10,6 +10,11 @@ use plotters::prelude::*;
 use surgery::snr::{analyse, select_targets, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
 
 /// Arguments of `snr`.
+///
+/// Already-pruned weights (mu = 0 with rho = 0, BPrune's mode, or with softplus(rho) = 0, zero
+/// mode) are counted in the PRUNED columns and left out of every other statistic: COUNT is all
+/// weights, the extremes, quantiles and threshold fractions are over the weights not pruned.
+/// Weights whose mu or rho is NaN or infinite are left out too, with a warning naming the tensor.
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint (folder, prefix, .index) or .safetensors file.
@@ -37,6 +42,14 @@ pub fn run(a: Args) -> Result<()> {
     let parts: &[Part] = if a.bias { &[Part::Kernel, Part::Bias] } else { &[Part::Kernel] };
     let targets = select_targets(&ckpt, a.layers.as_deref(), parts)?;
     let report = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &a.thresholds)?;
+    for n in &report.non_finite {
+        eprintln!(
+            "bnn-convert: warning: {}: tensor '{}' holds {} NaN or infinite values; their weights are left out of the statistics",
+            a.input.display(),
+            n.key,
+            n.count
+        );
+    }
     if let Some(path) = &a.plot {
         let mut inputs = formats::input_files::InputFiles::new();
         inputs.add_checkpoint(&ckpt);
@@ -49,15 +62,23 @@ pub fn run(a: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
         return Ok(());
     }
-    let mut header = vec!["LAYER".to_string(), "COUNT".into(), "MIN".into()];
+    let mut header = vec!["LAYER".to_string(), "COUNT".into(), "PRUNED".into(), "PRUNED%".into(), "MIN".into()];
     header.extend(DEFAULT_LEVELS.iter().map(|q| format!("Q{}", q * 100.0)));
     header.push("MAX".into());
     header.extend(a.thresholds.iter().map(|t| format!("<={t}")));
+    // A layer with nothing left to analyse (all pruned) has no statistics: "-", not NaN.
+    let num = |v: f64, f: &dyn Fn(f64) -> String| if v.is_nan() { "-".to_string() } else { f(v) };
     let row = |name: String, s: &surgery::snr::Stats| -> Vec<String> {
-        let mut r = vec![name, s.count.to_string(), format!("{:.3e}", s.min)];
-        r.extend(s.quantiles.iter().map(|(_, v)| format!("{v:.4}")));
-        r.push(format!("{:.4}", s.max));
-        r.extend(s.under.iter().map(|u| format!("{:.1}%", 100.0 * u.fraction)));
+        let mut r = vec![
+            name,
+            (s.count + s.pruned + s.undefined).to_string(),
+            s.pruned.to_string(),
+            format!("{:.1}%", 100.0 * s.pruned_fraction),
+            num(s.min, &|v| format!("{v:.3e}")),
+        ];
+        r.extend(s.quantiles.iter().map(|(_, v)| num(*v, &|v| format!("{v:.4}"))));
+        r.push(num(s.max, &|v| format!("{v:.4}")));
+        r.extend(s.under.iter().map(|u| if s.count == 0 { "-".to_string() } else { format!("{:.1}%", 100.0 * u.fraction) }));
         r
     };
     let mut rows = vec![header];

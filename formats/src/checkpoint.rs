@@ -59,6 +59,9 @@ pub struct Checkpoint {
     tf_keys: std::collections::HashMap<String, String>,
 }
 
+/// Bytes of a safetensors tensor handed to a streaming sink at a time.
+const SAFETENSORS_CHUNK: usize = 4 << 20;
+
 /// Whether `path` names a safetensors file (by extension, or by content for other names).
 fn is_safetensors(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "safetensors")
@@ -241,11 +244,33 @@ impl Checkpoint {
             Store::Bundle(b) => b.stream(key, sink),
             Store::Safetensors(f) => {
                 let bytes = f.bytes(key)?;
-                for chunk in bytes.chunks(4 << 20) {
+                for (i, chunk) in bytes.chunks(SAFETENSORS_CHUNK).enumerate() {
                     sink(chunk)?;
+                    // Bounded memory, as for bundles: the pages just copied are not needed again.
+                    f.release(key, i * SAFETENSORS_CHUNK..i * SAFETENSORS_CHUNK + chunk.len());
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Checks the CRC32C of the stored bytes of `key`, computed by a caller that read them
+    /// through [`Checkpoint::read_unverified`] (see [`BundleReader::verify_checksum`]);
+    /// safetensors files have no checksums, so they pass.
+    pub fn verify_checksum(&self, key: &str, computed: u32) -> Result<()> {
+        match &self.store {
+            Store::Bundle(b) => b.verify_checksum(key, computed),
+            Store::Safetensors(_) => Ok(()),
+        }
+    }
+
+    /// Drops the memory-mapped pages behind bytes `range` of `key`'s stored value from this
+    /// process's memory, for callers that walk [`Checkpoint::read_unverified`] data in chunks
+    /// and want resident memory bounded by the chunk, not the checkpoint.
+    pub fn release(&self, key: &str, range: std::ops::Range<usize>) {
+        match &self.store {
+            Store::Bundle(b) => b.release(key, range),
+            Store::Safetensors(f) => f.release(key, range),
         }
     }
 }

@@ -89,6 +89,21 @@ impl SafetensorsFile {
     }
 }
 
+impl SafetensorsFile {
+    /// Drops the memory-mapped pages behind bytes `range` of tensor `name` from this
+    /// process's memory (read again from the file if touched later), so that walking a large
+    /// file keeps resident memory bounded.
+    pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
+        let Some((_, r)) = self.tensors.iter().find(|(i, _)| i.name == name) else { return };
+        if range.end > r.len() || range.start >= range.end {
+            return;
+        }
+        // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
+        // are read again from the file if touched later; no borrowed data changes.
+        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start + range.start, range.len()) };
+    }
+}
+
 /// One tensor to be written: its header record; its bytes come from the writer's callback.
 #[derive(Debug, Clone)]
 pub struct PlannedTensor {

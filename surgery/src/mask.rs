@@ -81,25 +81,31 @@ const PAR_WEIGHTS: usize = 64 * 1024;
 
 impl TensorEdit for MaskEdit {
     fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
-        let width = self.fill.len();
-        let first = (offset / width as u64) as usize;
-        // The stream's chunks are multiples of 64 elements (see `BundleReader::stream`); if
-        // one were not, the bit-by-bit path below still gets it right.
-        let aligned = first % 64 == 0;
-        dst.par_chunks_mut(PAR_WEIGHTS * width).zip(src.par_chunks(PAR_WEIGHTS * width)).enumerate().for_each(|(c, (d, s))| {
-            let start = first + c * PAR_WEIGHTS;
-            match (width, aligned) {
-                (2, true) => select::<u16, 2>(&self.keep, start, s, d, &self.fill),
-                (4, true) => select::<u32, 4>(&self.keep, start, s, d, &self.fill),
-                (8, true) => select::<u64, 8>(&self.keep, start, s, d, &self.fill),
-                _ => {
-                    for (i, (d, s)) in d.chunks_exact_mut(width).zip(s.chunks_exact(width)).enumerate() {
-                        d.copy_from_slice(if self.keep.get(start + i) { s } else { &self.fill });
-                    }
+        let first = (offset / self.fill.len() as u64) as usize;
+        apply_mask(&self.keep, first, src, dst, &self.fill);
+    }
+}
+
+/// `dst = keep ? src : fill` for the elements of `src` (whole elements as wide as `fill`),
+/// which are weights `first..` of `keep`.
+pub fn apply_mask(keep: &KeepMask, first: usize, src: &[u8], dst: &mut [u8], fill: &[u8]) {
+    let width = fill.len();
+    // The stream's chunks are multiples of 64 elements (see `BundleReader::stream`); if
+    // one were not, the bit-by-bit path below still gets it right.
+    let aligned = first % 64 == 0;
+    dst.par_chunks_mut(PAR_WEIGHTS * width).zip(src.par_chunks(PAR_WEIGHTS * width)).enumerate().for_each(|(c, (d, s))| {
+        let start = first + c * PAR_WEIGHTS;
+        match (width, aligned) {
+            (2, true) => select::<u16, 2>(keep, start, s, d, fill),
+            (4, true) => select::<u32, 4>(keep, start, s, d, fill),
+            (8, true) => select::<u64, 8>(keep, start, s, d, fill),
+            _ => {
+                for (i, (d, s)) in d.chunks_exact_mut(width).zip(s.chunks_exact(width)).enumerate() {
+                    d.copy_from_slice(if keep.get(start + i) { s } else { fill });
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// An unsigned integer as wide as an element, to select elements without branches.

@@ -10,10 +10,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mask::{KeepMask, MaskEdit};
-use crate::snr::{snr_values, Target};
+use crate::posterior::{classify, for_each_chunk, Weight, CHUNK_WEIGHTS};
+use crate::radix::TopHistogram;
+use crate::snr::{read_posterior, NonFinite, Target};
 use crate::softplus::ZERO_SCALE_RHO;
-use crate::threshold::keep_f32;
-use crate::values::{element_bytes, to_f64};
+use crate::threshold::{approx_keys, decide_f32, decision_snr, Decided, KEY_SLACK};
+use crate::values::element_bytes;
 
 /// Metadata entry holding the pruning report of a safetensors output.
 pub const META_PRUNE: &str = "bnn_prune";
@@ -70,8 +72,13 @@ pub struct TargetReport {
     pub total: usize,
     /// Weights kept.
     pub kept: usize,
-    /// Weights pruned.
+    /// Weights pruned, cumulatively: `already_pruned` + `newly_pruned`.
     pub pruned: usize,
+    /// Weights that were pruned before (mu = 0 with rho = 0 or softplus(rho) = 0, either
+    /// mode); they stay pruned, rewritten in this pruning's mode.
+    pub already_pruned: usize,
+    /// Weights this pruning pruned.
+    pub newly_pruned: usize,
     /// BPrune's reported non-zero count: `count_nonzero(mu) * 2` after pruning (mu and rho).
     pub bprune_nonzero: usize,
 }
@@ -90,8 +97,14 @@ pub struct PruneReport {
     pub total: usize,
     /// Weights kept.
     pub kept: usize,
-    /// Fraction pruned.
+    /// Weights pruned before, in all targets (included in the pruned count).
+    pub already_pruned: usize,
+    /// Weights this pruning pruned, in all targets.
+    pub newly_pruned: usize,
+    /// Fraction pruned, cumulatively (already and newly pruned).
     pub sparsity: f64,
+    /// Tensors with NaN or infinite values: those weights are never pruned.
+    pub non_finite: Vec<NonFinite>,
 }
 
 /// A decided pruning: which weights stay, the edits that write it, and the report.
@@ -99,7 +112,8 @@ pub struct PruneReport {
 pub struct Pruning {
     /// Targets in order.
     pub targets: Vec<Target>,
-    /// For each target, which weights are kept.
+    /// For each target, which weights are kept (from [`prune`]; [`prune_streaming`] holds
+    /// none for the targets it decides while they stream).
     pub keep: Vec<Arc<KeepMask>>,
     /// What pruned mu and rho elements become, for each target (little-endian elements).
     pub fills: Vec<(Vec<u8>, Vec<u8>)>,
@@ -108,6 +122,8 @@ pub struct Pruning {
     pub edits: Edits,
     /// What was done.
     pub report: PruneReport,
+    /// Targets decided while they stream (see [`prune_streaming`]).
+    decisions: Vec<Arc<Decision>>,
 }
 
 /// The threshold applied: BPrune reads T = 0 as SNR <= 1e-44.
@@ -119,7 +135,8 @@ fn effective_threshold(t: f64, mode: Mode) -> f64 {
     }
 }
 
-/// Which weights to keep for each target (SNR arrays in target order).
+/// Which weights to keep for each target, from decision SNRs in target order (0 for an
+/// already-pruned weight, NaN for an undefined one: see [`decision_snr`]).
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(s <= t)` on purpose: see below.
 fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<bool>>, f64) {
     match criterion {
@@ -148,11 +165,13 @@ fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<b
 }
 
 /// Prunes exactly round(fraction * n) weights, those of lowest SNR (ties broken by position),
-/// so the sparsity is hit to within one weight even when many SNRs are equal. Returns the
-/// masks and the largest pruned SNR. Linear time: a selection, not a sort, finds that SNR.
+/// so the sparsity is hit to within one weight even when many SNRs are equal; NaN SNRs
+/// (undefined weights) are never pruned. Returns the masks and the largest pruned SNR. Linear
+/// time: a selection, not a sort, finds that SNR.
 fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
     let n: usize = groups.iter().map(|g| g.len()).sum();
-    let k = ((fraction * n as f64).round() as usize).min(n);
+    let defined = groups.iter().flat_map(|g| g.iter()).filter(|s| !s.is_nan()).count();
+    let k = ((fraction * n as f64).round() as usize).min(defined);
     let mut masks: Vec<Vec<bool>> = groups.iter().map(|s| vec![true; s.len()]).collect();
     if k == 0 {
         return (masks, f64::NEG_INFINITY);
@@ -178,85 +197,265 @@ fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
     (masks, largest)
 }
 
-/// Decides the pruning of `targets` in `ckpt`. Nothing is copied: the posteriors are read where
-/// they are stored, and the returned edits mask them while a conversion streams them out.
+/// Decides the pruning of `targets` in `ckpt`, keeping the outcome as one bit per weight
+/// ([`Pruning::keep`], needed by sparse output). The posteriors are read where they are stored,
+/// chunk by chunk (releasing each chunk's pages), and the returned edits mask them while a
+/// conversion streams them out. [`prune_streaming`] does the same without holding the bits.
+///
+/// Already-pruned weights (mu = 0 with rho = 0 or softplus(rho) = 0, in either mode) stay
+/// pruned (rewritten in `options.mode`) and count as SNR 0 for a sparsity; weights with a NaN
+/// or infinite mu or rho are never pruned and reported in [`PruneReport::non_finite`].
 pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
+    let (plans, threshold) = plan(ckpt, targets, options)?;
+    let plans = plans
+        .into_iter()
+        .zip(targets)
+        .map(|(p, t)| match p {
+            Plan::Rule(rule, d) => Ok(Plan::Mask(Arc::new(mask_of(ckpt, t, &rule)?), d)),
+            mask => Ok(mask),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    finish(ckpt, None, targets, options, plans, threshold)
+}
+
+/// [`prune`] in memory that does not grow with the checkpoint: float32 posteriors stored in one
+/// piece are decided again, chunk by chunk, as they stream out (against the mapped other half
+/// of each pair), so no per-weight state is held; [`Pruning::keep`] is left empty for them.
+/// The decisions are the same as [`prune`]'s.
+pub fn prune_streaming(ckpt: &Arc<Checkpoint>, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
+    let (plans, threshold) = plan(ckpt, targets, options)?;
+    finish(ckpt, Some(ckpt), targets, options, plans, threshold)
+}
+
+/// How the weights of one target are decided.
+#[derive(Debug)]
+enum Plan {
+    /// Held as bits.
+    Mask(Arc<KeepMask>, Decided),
+    /// A float32 target, decided again wherever needed (its counts already known).
+    Rule(Rule, Decided),
+}
+
+/// The decision rule of a float32 target: prune every weight whose decision SNR is <= `t`
+/// (and every weight pruned before); with `ties`, of the weights whose decision SNR equals `t`
+/// only the first `quota` in storage order.
+#[derive(Debug, Clone)]
+struct Rule {
+    t: f64,
+    ties: Option<Ties>,
+}
+
+#[derive(Debug, Clone)]
+struct Ties {
+    quota: u64,
+    /// Weights whose decision SNR equals `t` before each chunk of [`CHUNK_WEIGHTS`] weights.
+    before: Vec<u64>,
+}
+
+impl Rule {
+    /// Decides `mu.len() / 4` weights, the first of which is weight `first`, of which `seen`
+    /// ties came before; `keep` and `equal` hold a word per 64 weights.
+    fn decide(&self, mu: &[u8], rho: &[u8], seen: u64, keep: &mut [u64], equal: &mut [u64]) -> Decided {
+        let mut d = decide_f32(mu, rho, self.t, keep, equal);
+        if let Some(ties) = &self.ties {
+            let mut left = ties.quota.saturating_sub(seen);
+            let words = (mu.len() / 4).div_ceil(64);
+            for (i, (word, eq)) in keep[..words].iter_mut().zip(&equal[..words]).enumerate() {
+                let mut eq = *eq;
+                while eq != 0 {
+                    let b = eq.trailing_zeros() as usize;
+                    eq &= eq - 1;
+                    if left > 0 {
+                        left -= 1;
+                        continue;
+                    }
+                    let (m, r) = (f32_at(mu, 64 * i + b), f32_at(rho, 64 * i + b));
+                    // Past the quota: kept, unless pruned before (that one stays pruned).
+                    if !crate::posterior::is_pruned_f32(m, r) {
+                        *word |= 1 << b;
+                        d.kept += 1;
+                        d.nonzero += usize::from(m != 0.0);
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Ties before weight `first` (a multiple of 64) of target `t`.
+    fn ties_before(&self, ckpt: &Checkpoint, t: &Target, first: usize) -> u64 {
+        let Some(ties) = &self.ties else { return 0 };
+        let chunk = first / CHUNK_WEIGHTS;
+        let mut seen = ties.before.get(chunk).copied().unwrap_or(0);
+        let start = chunk * CHUNK_WEIGHTS;
+        if start < first {
+            // A stream chunk not on a decision chunk boundary: count the ties in between.
+            if let (Ok(mu), Ok(rho)) = (ckpt.read_unverified(&t.loc_key), ckpt.read_unverified(&t.rho_key)) {
+                let (mu, rho) = (mu.bytes().unwrap_or_default(), rho.bytes().unwrap_or_default());
+                let (a, b) = (4 * start, 4 * first);
+                if let (Some(mu), Some(rho)) = (mu.get(a..b), rho.get(a..b)) {
+                    let words = (first - start).div_ceil(64);
+                    let (mut keep, mut equal) = (vec![0u64; words], vec![0u64; words]);
+                    decide_f32(mu, rho, self.t, &mut keep, &mut equal);
+                    seen += equal.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// The decisions for every target (counts known, bits held only where needed), and the
+/// threshold in effect.
+fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<(Vec<Plan>, f64)> {
     if let Criterion::Sparsity { fraction, .. } = options.criterion {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
         }
     }
-    let mut stored = Vec::with_capacity(targets.len());
-    for t in targets {
-        // Unverified: every output streams these tensors again, checksum-verified, and fails
-        // (writing nothing) if they are damaged.
-        let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
-        let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
-        if mu.bytes().is_none() {
-            return Err(numeric(&t.loc_key));
-        }
-        if rho.bytes().is_none() {
-            return Err(numeric(&t.rho_key));
-        }
-        if mu.nbytes() != rho.nbytes() {
-            return Err(Error::invalid(ckpt.path(), format!("'{}' and its scale differ in size", t.loc_key)));
-        }
-        stored.push((mu, rho));
-    }
-    /// The bytes of a tensor checked numeric above.
-    fn bytes<'a>(d: &'a formats::TensorData<'_>) -> &'a [u8] {
-        d.bytes().unwrap_or_default()
-    }
-    let (decided, threshold): (Vec<(KeepMask, usize)>, f64) = match options.criterion {
-        // The common case needs no f64 copies of the posteriors: see `threshold`.
-        Criterion::Threshold(t) if targets.iter().all(|t| t.dtype == DType::Float32) => {
+    let all_f32 = targets.iter().all(|t| t.dtype == DType::Float32);
+    match options.criterion {
+        // The common cases stream: see `threshold` and `sparsity_f32`.
+        Criterion::Threshold(t) if all_f32 => {
             let t = effective_threshold(t, options.mode);
-            (stored.iter().map(|(mu, rho)| keep_f32(bytes(mu), bytes(rho), t)).collect(), t)
+            let rule = Rule { t, ties: None };
+            let plans = targets.iter().map(|target| Ok(Plan::Rule(rule.clone(), count(ckpt, target, &rule)?.0))).collect::<Result<_>>()?;
+            Ok((plans, t))
         }
+        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer),
         _ => {
-            let mut snrs = Vec::with_capacity(targets.len());
-            for (t, (mu, rho)) in targets.iter().zip(&stored) {
-                let not_float = || Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype));
-                let (mu, rho) = (to_f64(t.dtype, bytes(mu)).ok_or_else(not_float)?, to_f64(t.dtype, bytes(rho)).ok_or_else(not_float)?);
-                snrs.push(snr_values(t.dtype, &mu, &rho));
-            }
-            let (masks, threshold) = keep_masks(&snrs, options.criterion, options.mode);
-            let decided = masks
-                .iter()
-                .zip(targets.iter().zip(&stored))
-                .map(|(keep, (t, (mu, _)))| {
-                    let width = t.dtype.size().unwrap_or(1);
-                    let nonzero = bytes(mu).chunks_exact(width).zip(keep).filter(|(m, k)| **k && element_nonzero(m)).count();
-                    (KeepMask::from_bools(keep), nonzero)
-                })
-                .collect();
-            (decided, threshold)
+            let (decided, t) = decide_in_memory(ckpt, targets, options)?;
+            Ok((decided.into_iter().map(|(m, d)| Plan::Mask(Arc::new(m), d)).collect(), t))
         }
-    };
+    }
+}
 
+/// The counts of a target under `rule` (chunk by chunk, nothing held), and the ties per chunk.
+fn count(ckpt: &Checkpoint, target: &Target, rule: &Rule) -> Result<(Decided, Vec<u64>)> {
+    let (mut keep, mut equal) = (vec![0u64; CHUNK_WEIGHTS / 64], vec![0u64; CHUNK_WEIGHTS / 64]);
+    let (mut total, mut seen, mut before) = (Decided::default(), 0u64, vec![0u64]);
+    for_each_chunk(ckpt, target, false, |_, mu, rho| {
+        total = total + rule.decide(mu, rho, seen, &mut keep, &mut equal);
+        seen += equal[..(mu.len() / 4).div_ceil(64)].iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        before.push(seen);
+        Ok(())
+    })?;
+    Ok((total, before))
+}
+
+/// The keep bits of a target under `rule`.
+fn mask_of(ckpt: &Checkpoint, target: &Target, rule: &Rule) -> Result<KeepMask> {
+    let n = weights(ckpt, target)?;
+    let mut words = vec![0u64; n.div_ceil(64)];
+    let mut equal = vec![0u64; CHUNK_WEIGHTS / 64];
+    let mut seen = 0u64;
+    for_each_chunk(ckpt, target, false, |first, mu, rho| {
+        let count = (mu.len() / 4).min(n.saturating_sub(first));
+        let w = words.get_mut(first / 64..(first + count).div_ceil(64)).unwrap_or_default();
+        rule.decide(&mu[..4 * count], &rho[..4 * count], seen, w, &mut equal);
+        seen += equal[..w.len()].iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        Ok(())
+    })?;
+    Ok(KeepMask::from_words(words, n))
+}
+
+/// A float32 target decided while it streams out: the edit of its mu (or rho) decides each
+/// chunk against the same chunk of the mapped rho (or mu).
+#[derive(Debug)]
+struct Decision {
+    ckpt: Arc<Checkpoint>,
+    target: Target,
+    rule: Rule,
+    /// Set if the other half could not be read (it was read before, so this does not happen);
+    /// the chunk is then left unpruned and [`Pruning::check`] fails.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct DecidingEdit {
+    decision: Arc<Decision>,
+    /// Edits mu (else rho).
+    mu_side: bool,
+    /// One element: what a pruned weight becomes.
+    fill: Vec<u8>,
+}
+
+impl formats::convert::TensorEdit for DecidingEdit {
+    fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
+        let d = &self.decision;
+        let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
+        let range = offset as usize..offset as usize + src.len();
+        let other = d.ckpt.read_unverified(other_key).ok();
+        let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
+            d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            dst.copy_from_slice(src);
+            return;
+        };
+        let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
+        let (n, first) = (src.len() / 4, offset as usize / 4);
+        let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
+        d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        crate::mask::apply_mask(&KeepMask::from_words(keep, n), 0, src, dst, &self.fill);
+        drop(other);
+        d.ckpt.release(other_key, range);
+    }
+}
+
+/// The edits and report of a decided pruning; `streaming`: decide float32 targets stored in
+/// one piece again as they stream out instead of holding their bits.
+fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Target], options: &PruneOptions, plans: Vec<Plan>, threshold: f64) -> Result<Pruning> {
     let rho_value = match options.mode {
         Mode::Zero => ZERO_SCALE_RHO,
         Mode::Bprune => 0.0,
     };
-    let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
-    let mut layers = Vec::new();
-    for (t, (keep, nonzero_mu)) in targets.iter().zip(decided) {
+    let (mut keeps, mut fills, mut edits, mut decisions) = (Vec::new(), Vec::new(), Edits::default(), Vec::new());
+    let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
+    for (t, plan) in targets.iter().zip(plans) {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
             return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
         };
-        let kept = keep.kept();
+        let total = weights(ckpt, t)?;
+        let d = match &plan {
+            Plan::Mask(_, d) | Plan::Rule(_, d) => *d,
+        };
+        let pruned = total - d.kept.min(total);
         layers.push(TargetReport {
             layer: t.layer.clone(),
             part: t.part.name(),
-            total: keep.len(),
-            kept,
-            pruned: keep.len() - kept,
-            bprune_nonzero: 2 * nonzero_mu,
+            total,
+            kept: total - pruned,
+            pruned,
+            already_pruned: d.already,
+            newly_pruned: pruned - d.already.min(pruned),
+            bprune_nonzero: 2 * d.nonzero,
         });
-        let keep = Arc::new(keep);
-        edits.values.insert(t.loc_key.clone(), Arc::new(MaskEdit::new(keep.clone(), zero.clone())));
-        edits.values.insert(t.rho_key.clone(), Arc::new(MaskEdit::new(keep.clone(), rho_fill.clone())));
-        keeps.push(keep);
+        for (key, count) in [(&t.loc_key, d.undefined_mu), (&t.rho_key, d.undefined_rho)] {
+            if count > 0 {
+                non_finite.push(NonFinite { key: key.clone(), count });
+            }
+        }
+        // Stored in one piece (borrowed from the map): decided again as it streams.
+        let in_one_piece = |c: &Checkpoint| matches!(c.read_unverified(&t.loc_key), Ok(formats::TensorData::Bytes(std::borrow::Cow::Borrowed(_))));
+        let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
+            (Plan::Rule(rule, _), Some(shared)) if in_one_piece(shared) => {
+                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into() });
+                decisions.push(decision.clone());
+                (
+                    Arc::new(DecidingEdit { decision: decision.clone(), mu_side: true, fill: zero.clone() }),
+                    Arc::new(DecidingEdit { decision, mu_side: false, fill: rho_fill.clone() }),
+                )
+            }
+            (plan, _) => {
+                let keep = match plan {
+                    Plan::Mask(keep, _) => keep,
+                    Plan::Rule(rule, _) => Arc::new(mask_of(ckpt, t, &rule)?),
+                };
+                keeps.push(keep.clone());
+                (Arc::new(MaskEdit::new(keep.clone(), zero.clone())), Arc::new(MaskEdit::new(keep, rho_fill.clone())))
+            }
+        };
+        edits.values.insert(t.loc_key.clone(), mu_edit);
+        edits.values.insert(t.rho_key.clone(), rho_edit);
         fills.push((zero, rho_fill));
     }
     let total: usize = layers.iter().map(|l| l.total).sum();
@@ -264,15 +463,186 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
     let report = PruneReport {
         options: options.clone(),
         threshold,
-        layers,
         total,
         kept,
+        already_pruned: layers.iter().map(|l| l.already_pruned).sum(),
+        newly_pruned: layers.iter().map(|l| l.newly_pruned).sum(),
         sparsity: if total == 0 { 0.0 } else { (total - kept) as f64 / total as f64 },
+        layers,
+        non_finite,
     };
     edits
         .metadata
         .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
-    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
+    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report, decisions })
+}
+
+impl Pruning {
+    /// After the edits have been applied: fails if a streamed decision could not read the
+    /// other half of its pair (then the output must be discarded).
+    pub fn check(&self, path: &std::path::Path) -> Result<()> {
+        if self.decisions.iter().any(|d| d.failed.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::invalid(path, "a posterior could not be read again while it was written"));
+        }
+        Ok(())
+    }
+}
+
+/// Number of weights of a target.
+fn weights(ckpt: &Checkpoint, t: &Target) -> Result<usize> {
+    let width = t.dtype.size().unwrap_or(1) as u64;
+    usize::try_from(ckpt.variable(&t.loc_key)?.info.nbytes / width)
+        .map_err(|_| Error::invalid(ckpt.path(), format!("'{}' is too large", t.loc_key)))
+}
+
+/// Little-endian f32 element `i` of `bytes` (0 past the end).
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    bytes.get(4 * i..4 * i + 4).map_or(0.0, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The sparsity pruning of float32 targets, streaming, in memory independent of their size:
+///
+/// 1. approximate SNR keys (within [`KEY_SLACK`] of the exact f32 bit pattern) counted by
+///    their top 16 bits locate the bucket of the k-th smallest SNR;
+/// 2. exact SNRs of the weights whose approximate key lies near that bucket, counted key by
+///    key, give the k-th smallest SNR exactly, and how many weights lie below it;
+/// 3. every weight is decided at that SNR (as `--threshold` does), and of the weights equal to
+///    it only as many as needed to prune exactly k are pruned, the first in storage order.
+///
+/// The same weights as sorting every SNR would prune (`lowest_fraction`).
+fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool) -> Result<(Vec<Plan>, f64)> {
+    let groups: Vec<Vec<usize>> = if per_layer { (0..targets.len()).map(|i| vec![i]).collect() } else { vec![(0..targets.len()).collect()] };
+    let mut out: Vec<Option<Plan>> = (0..targets.len()).map(|_| None).collect();
+    let mut threshold = f64::NEG_INFINITY;
+    let mut keys = Vec::new();
+    for group in groups {
+        let (mut hist, mut undefined, mut n) = (TopHistogram::default(), 0u64, 0u64);
+        for &i in &group {
+            n += weights(ckpt, &targets[i])? as u64;
+            for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
+                approx_keys(mu, rho, &mut keys);
+                for &k in &keys {
+                    if k == u32::MAX {
+                        undefined += 1;
+                    } else {
+                        hist.add(k);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let k = ((fraction * n as f64).round() as u64).min(n - undefined);
+        let mut cut = None;
+        if let Some((top, _)) = k.checked_sub(1).and_then(|r| hist.locate(r)) {
+            drop(hist);
+            cut = Some(exact_cut(ckpt, targets, &group, top, k, &mut keys)?);
+        }
+        let t = cut.map_or(f64::NEG_INFINITY, |(key, _)| f32::from_bits(key) as f64);
+        let mut left = cut.map_or(0, |(_, ties)| ties);
+        for &i in &group {
+            let mut rule = Rule { t, ties: Some(Ties { quota: left, before: Vec::new() }) };
+            let (d, before) = count(ckpt, &targets[i], &rule)?;
+            left = left.saturating_sub(before.last().copied().unwrap_or(0));
+            if let Some(ties) = &mut rule.ties {
+                ties.before = before;
+            }
+            out[i] = Some(Plan::Rule(rule, d));
+        }
+        threshold = threshold.max(t);
+    }
+    out.into_iter()
+        .map(|p| p.ok_or_else(|| Error::invalid(ckpt.path(), "a target was left undecided")))
+        .collect::<Result<Vec<_>>>()
+        .map(|plans| (plans, threshold))
+}
+
+/// Pass two of [`sparsity_f32`]: the exact key of the k-th smallest decision SNR of `group`,
+/// known to lie in bucket `top` of the approximate keys, and how many weights equal to it are
+/// pruned (k minus those below it).
+fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k: u64, keys: &mut Vec<u32>) -> Result<(u32, u64)> {
+    // Exact keys in [lo, hi] are counted one by one: the approximate bucket widened by the
+    // approximation's error holds the k-th exact key (see `threshold::approx_keys`).
+    let lo = (top << 16).saturating_sub(KEY_SLACK);
+    let hi = (top << 16 | 0xffff).saturating_add(KEY_SLACK).min(u32::MAX - 1);
+    let mut window = vec![0u64; (hi - lo + 1) as usize];
+    let mut below = 0u64;
+    for &i in group {
+        for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
+            approx_keys(mu, rho, keys);
+            for (j, &a) in keys.iter().enumerate() {
+                if a == u32::MAX {
+                    continue;
+                }
+                if a < lo.saturating_sub(KEY_SLACK) && lo >= KEY_SLACK {
+                    below += 1;
+                    continue;
+                }
+                if a > hi.saturating_add(KEY_SLACK) {
+                    continue;
+                }
+                let e = decision_snr(f32_at(mu, j), f32_at(rho, j)).to_bits();
+                if e < lo {
+                    below += 1;
+                } else if e <= hi {
+                    window[(e - lo) as usize] += 1;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    let rank = k - 1;
+    let mut seen = below;
+    for (offset, &c) in window.iter().enumerate() {
+        if rank < seen + c {
+            return Ok((lo + offset as u32, k - seen));
+        }
+        seen += c;
+    }
+    Err(Error::invalid(ckpt.path(), "the SNR of the requested sparsity was not found (the checkpoint changed while being read?)"))
+}
+
+/// The pruning decisions holding every SNR as f64: for f64, f16 and bf16 posteriors.
+fn decide_in_memory(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<(Vec<(KeepMask, Decided)>, f64)> {
+    let mut snrs = Vec::with_capacity(targets.len());
+    let mut info = Vec::with_capacity(targets.len());
+    for t in targets {
+        let (mu, rho) = read_posterior(ckpt, t)?;
+        let weights = classify(t.dtype, &mu, &rho);
+        let already: Vec<bool> = weights.iter().map(|w| *w == Weight::Pruned).collect();
+        let nonzero: Vec<bool> = mu.iter().map(|m| *m != 0.0).collect();
+        let d = Decided {
+            kept: 0,
+            nonzero: 0,
+            already: already.iter().filter(|a| **a).count(),
+            undefined_mu: mu.iter().filter(|v| !v.is_finite()).count(),
+            undefined_rho: rho.iter().filter(|v| !v.is_finite()).count(),
+        };
+        snrs.push(
+            weights
+                .iter()
+                .map(|w| match w {
+                    Weight::Pruned => 0.0,
+                    Weight::Undefined => f64::NAN,
+                    Weight::Snr(s) => *s,
+                })
+                .collect::<Vec<f64>>(),
+        );
+        info.push((already, nonzero, d));
+    }
+    let (masks, threshold) = keep_masks(&snrs, options.criterion, options.mode);
+    let decided = masks
+        .into_iter()
+        .zip(info)
+        .map(|(mut keep, (already, nonzero, mut d))| {
+            for (k, a) in keep.iter_mut().zip(&already) {
+                *k &= !a;
+            }
+            d.nonzero = keep.iter().zip(&nonzero).filter(|(k, nz)| **k && **nz).count();
+            d.kept = keep.iter().filter(|k| **k).count();
+            (KeepMask::from_bools(&keep), d)
+        })
+        .collect();
+    Ok((decided, threshold))
 }
 
 /// A complete pruning request: the rule and which posteriors it applies to.
@@ -289,16 +659,17 @@ pub struct PruneJob {
 /// Prunes the checkpoint at `input` into a TensorFlow checkpoint at `prefix` (every tensor
 /// kept, `.meta` and manifests copied) with the report beside it as `<prefix>.prune.json`.
 pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
-    prune_checkpoint_to_bundle(&Checkpoint::open(input)?, prefix, job)
+    prune_checkpoint_to_bundle(&Arc::new(Checkpoint::open(input)?), prefix, job)
 }
 
 /// [`prune_to_bundle`] of an opened checkpoint. Folders it creates for the output are removed
 /// again if it fails.
-pub fn prune_checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
+pub fn prune_checkpoint_to_bundle(ckpt: &Arc<Checkpoint>, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
     let targets = crate::snr::select_targets(ckpt, job.layers.as_deref(), &job.parts)?;
-    let pruning = prune(ckpt, &targets, &job.options)?;
+    let pruning = prune_streaming(ckpt, &targets, &job.options)?;
     let folder = formats::output_file::create_output_dir(formats::output_file::parent_dir(prefix))?;
     formats::convert::checkpoint_to_bundle(ckpt, prefix, &pruning.edits)?;
+    pruning.check(prefix)?;
     let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
     let report_path = report_path(prefix);
     formats::bundle::write_atomically(&report_path, |w| {
@@ -312,15 +683,6 @@ pub fn prune_checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &std::path::Path, j
 /// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.
 pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}{PRUNE_REPORT_SUFFIX}", prefix.display()))
-}
-
-/// Whether a little-endian float element is non-zero (either sign of zero counts as zero).
-fn element_nonzero(element: &[u8]) -> bool {
-    match element.split_last() {
-        // Little-endian: the sign bit is the top bit of the last byte.
-        Some((last, rest)) => last & 0x7f != 0 || rest.iter().any(|b| *b != 0),
-        None => false,
-    }
 }
 
 #[cfg(test)]
@@ -337,7 +699,9 @@ mod tests {
         for fraction in [0.0, 0.01, 0.3, 0.5, 0.77, 0.9, 1.0] {
             let mut order: Vec<(usize, usize)> = (0..3).flat_map(|g| (0..257).map(move |i| (g, i))).collect();
             order.sort_by(|a, b| groups[a.0][a.1].total_cmp(&groups[b.0][b.1]).then(a.cmp(b)));
-            let k = (fraction * order.len() as f64).round() as usize;
+            // NaN SNRs (undefined weights) are never pruned.
+            let defined = groups.iter().flatten().filter(|s| !s.is_nan()).count();
+            let k = ((fraction * order.len() as f64).round() as usize).min(defined);
             let mut want = vec![vec![true; 257]; 3];
             for &(g, i) in &order[..k] {
                 want[g][i] = false;
@@ -381,12 +745,5 @@ mod tests {
         assert_eq!(m[0], vec![false, false, true, true, true, true]);
         let (m, _) = keep_masks(&snr, Criterion::Threshold(0.0), Mode::Zero);
         assert_eq!(m[0], vec![false, true, true, true, true, true]);
-    }
-
-    #[test]
-    fn signed_zero_is_zero() {
-        assert!(!element_nonzero(&(-0.0f32).to_le_bytes()));
-        assert!(!element_nonzero(&0.0f32.to_le_bytes()));
-        assert!(element_nonzero(&1e-45f32.to_le_bytes()));
     }
 }

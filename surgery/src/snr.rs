@@ -135,10 +135,22 @@ pub struct CountUnder {
 }
 
 /// Summary statistics of a set of SNR values.
+///
+/// Already-pruned weights (mu = 0 with rho = 0 or softplus(rho) = 0, see
+/// [`crate::posterior::Weight::Pruned`]) and weights with a NaN or infinite mu or rho are
+/// counted on their own and left out of every statistic: `count`, the extremes, the mean, the
+/// quantiles and the threshold counts are over the remaining weights. A set with no such
+/// weights has NaN statistics (serialized as `null`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Stats {
-    /// Number of values.
+    /// Number of values the statistics are over.
     pub count: usize,
+    /// Weights already pruned (left out).
+    pub pruned: usize,
+    /// `pruned` / all weights (`count + pruned + undefined`).
+    pub pruned_fraction: f64,
+    /// Weights whose mu or rho is NaN or infinite (left out).
+    pub undefined: usize,
     /// Smallest value.
     pub min: f64,
     /// Largest value.
@@ -151,7 +163,36 @@ pub struct Stats {
     pub under: Vec<CountUnder>,
 }
 
-/// Statistics of `values` (any order); NaNs are counted but sort last.
+impl Stats {
+    /// Records the weights left out of these statistics.
+    fn with_left_out(mut self, pruned: usize, undefined: usize) -> Stats {
+        let all = self.count + pruned + undefined;
+        self.pruned = pruned;
+        self.undefined = undefined;
+        self.pruned_fraction = if all == 0 { 0.0 } else { pruned as f64 / all as f64 };
+        self
+    }
+}
+
+/// The two ranks (0-based, ascending) numpy's 'linear' quantile `q` of `n` values interpolates
+/// between, and the weight of the upper one.
+pub(crate) fn quantile_ranks(q: f64, n: usize) -> (usize, usize, f64) {
+    let pos = q * (n - 1) as f64;
+    let lo = pos.floor() as usize;
+    (lo, (lo + 1).min(n - 1), pos - lo as f64)
+}
+
+/// numpy's _lerp: exact at both ends of the interval.
+pub(crate) fn lerp(a: f64, b: f64, t: f64) -> f64 {
+    if t >= 0.5 {
+        b - (b - a) * (1.0 - t)
+    } else {
+        a + (b - a) * t
+    }
+}
+
+/// Statistics of `values` (any order; NaNs are counted but sort last), holding them all: the
+/// reference the streaming statistics of [`analyse`] equal, and the path for f64 posteriors.
 pub fn stats(values: &[f64], levels: &[f64], thresholds: &[f64]) -> Stats {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -160,17 +201,8 @@ pub fn stats(values: &[f64], levels: &[f64], thresholds: &[f64]) -> Stats {
         if n == 0 {
             return f64::NAN;
         }
-        let pos = q * (n - 1) as f64;
-        let lo = pos.floor() as usize;
-        let hi = (lo + 1).min(n - 1);
-        let t = pos - lo as f64;
-        let (a, b) = (sorted[lo], sorted[hi]);
-        // numpy's _lerp: exact at both ends of the interval.
-        if t >= 0.5 {
-            b - (b - a) * (1.0 - t)
-        } else {
-            a + (b - a) * t
-        }
+        let (lo, hi, t) = quantile_ranks(q, n);
+        lerp(sorted[lo], sorted[hi], t)
     };
     let under = thresholds
         .iter()
@@ -181,12 +213,24 @@ pub fn stats(values: &[f64], levels: &[f64], thresholds: &[f64]) -> Stats {
         .collect();
     Stats {
         count: n,
+        pruned: 0,
+        pruned_fraction: 0.0,
+        undefined: 0,
         min: sorted.first().copied().unwrap_or(f64::NAN),
         max: sorted.last().copied().unwrap_or(f64::NAN),
         mean: if n == 0 { f64::NAN } else { values.iter().sum::<f64>() / n as f64 },
         quantiles: levels.iter().map(|&q| (q, quantile(q))).collect(),
         under,
     }
+}
+
+/// A tensor with NaN or infinite values, whose weights the statistics leave out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NonFinite {
+    /// Stored key of the tensor.
+    pub key: String,
+    /// How many of its values are NaN or infinite.
+    pub count: usize,
 }
 
 /// The SNR statistics of one posterior.
@@ -209,6 +253,8 @@ pub struct SnrReport {
     pub layers: Vec<TargetSnr>,
     /// Over all of them.
     pub overall: Stats,
+    /// Tensors holding NaN or infinite values (their weights are left out of the statistics).
+    pub non_finite: Vec<NonFinite>,
 }
 
 /// Quantile levels reported by default.
@@ -216,37 +262,127 @@ pub const DEFAULT_LEVELS: [f64; 7] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99];
 /// Thresholds reported by default (BPrune's default is 10).
 pub const DEFAULT_THRESHOLDS: [f64; 5] = [0.5, 1.0, 2.0, 5.0, 10.0];
 
+/// Width of a histogram bin, in decades.
+const BIN_WIDTH: f64 = 0.25;
+/// Most histogram bins.
+const MAX_BINS: usize = 400;
+
+/// The log10 histogram's bins for finite values from `lo` to `hi` (smallest and largest):
+/// zeros fall in the lowest bin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogBins {
+    pub(crate) start: f64,
+    pub(crate) bins: usize,
+}
+
+impl LogBins {
+    pub(crate) fn new(lo: f64, hi: f64) -> LogBins {
+        let (lo, hi) = (lo.max(1e-12).log10(), hi.max(1e-12).log10());
+        let start = (lo / BIN_WIDTH).floor() * BIN_WIDTH;
+        LogBins { start, bins: (((hi - start) / BIN_WIDTH).floor() as usize + 1).min(MAX_BINS) }
+    }
+
+    #[inline]
+    pub(crate) fn bin(&self, v: f64) -> usize {
+        (((v.max(1e-12).log10() - self.start) / BIN_WIDTH) as usize).min(self.bins - 1)
+    }
+
+    pub(crate) fn edges(&self, counts: Vec<usize>) -> Vec<(f64, usize)> {
+        counts.into_iter().enumerate().map(|(i, c)| (self.start + i as f64 * BIN_WIDTH, c)).collect()
+    }
+}
+
 /// Histogram of log10 SNR in bins of 0.25 decades; zeros fall in the lowest bin.
 fn log_histogram(values: &[f64]) -> Vec<(f64, usize)> {
-    let logs: Vec<f64> = values.iter().filter(|v| v.is_finite()).map(|v| v.max(1e-12).log10()).collect();
-    let (lo, hi) = logs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-    if logs.is_empty() {
+    let (lo, hi) = values.iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if lo > hi {
         return Vec::new();
     }
-    let width = 0.25;
-    let start = (lo / width).floor() * width;
-    let bins = (((hi - start) / width).floor() as usize + 1).min(400);
-    let mut counts = vec![0usize; bins];
-    for v in logs {
-        counts[(((v - start) / width) as usize).min(bins - 1)] += 1;
+    let bins = LogBins::new(lo, hi);
+    let mut counts = vec![0usize; bins.bins];
+    for v in values.iter().filter(|v| v.is_finite()) {
+        counts[bins.bin(*v)] += 1;
     }
-    counts.into_iter().enumerate().map(|(i, c)| (start + i as f64 * width, c)).collect()
+    bins.edges(counts)
 }
 
-/// Computes the SNR report of `ckpt` for `targets`.
+/// Computes the SNR report of `ckpt` for `targets`, reading each posterior chunk by chunk
+/// (checksums verified) in memory that does not grow with the checkpoint; see [`Stats`] for
+/// what pruned and non-finite weights count as.
 pub fn analyse(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+    if targets.iter().any(|t| t.dtype == DType::Float64) {
+        return analyse_in_memory(ckpt, targets, levels, thresholds);
+    }
+    crate::snr_stream::analyse_f32(ckpt, targets, levels, thresholds)
+}
+
+/// [`analyse`] holding every SNR: for f64 posteriors (whose SNRs are not 32-bit keys), and the
+/// reference the streaming version is tested against.
+pub fn analyse_in_memory(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+    use crate::posterior::{classify, Weight};
     let mut layers = Vec::new();
     let mut all = Vec::new();
+    let (mut all_pruned, mut all_undefined) = (0, 0);
+    let mut non_finite = Vec::new();
     for t in targets {
         let (mu, rho) = read_posterior(ckpt, t)?;
-        let snr = snr_values(t.dtype, &mu, &rho);
-        layers.push(TargetSnr { target: t.clone(), stats: stats(&snr, levels, thresholds), histogram: log_histogram(&snr) });
+        for (key, values) in [(&t.loc_key, &mu), (&t.rho_key, &rho)] {
+            let count = values.iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                non_finite.push(NonFinite { key: key.clone(), count });
+            }
+        }
+        let weights = classify(t.dtype, &mu, &rho);
+        let snr: Vec<f64> = weights.iter().filter_map(|w| if let Weight::Snr(s) = w { Some(*s) } else { None }).collect();
+        let pruned = weights.iter().filter(|w| **w == Weight::Pruned).count();
+        let undefined = weights.iter().filter(|w| **w == Weight::Undefined).count();
+        (all_pruned, all_undefined) = (all_pruned + pruned, all_undefined + undefined);
+        layers.push(TargetSnr {
+            target: t.clone(),
+            stats: stats(&snr, levels, thresholds).with_left_out(pruned, undefined),
+            histogram: log_histogram(&snr),
+        });
         all.extend(snr);
     }
-    Ok(SnrReport { path: display(ckpt.path()), layers, overall: stats(&all, levels, thresholds) })
+    Ok(SnrReport { path: display(ckpt.path()), layers, overall: stats(&all, levels, thresholds).with_left_out(all_pruned, all_undefined), non_finite })
 }
 
-fn display(p: &Path) -> String {
+/// Pieces of [`analyse`] shared with its streaming version.
+pub(crate) mod parts {
+    pub(crate) use super::{display, lerp, quantile_ranks, LogBins, Stats};
+
+    /// Statistics from their parts (see [`Stats`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        count: usize,
+        pruned: usize,
+        undefined: usize,
+        min: f64,
+        max: f64,
+        sum: f64,
+        quantiles: Vec<(f64, f64)>,
+        under: Vec<(f64, usize)>,
+    ) -> Stats {
+        let n = count;
+        Stats {
+            count,
+            pruned: 0,
+            pruned_fraction: 0.0,
+            undefined: 0,
+            min: if n == 0 { f64::NAN } else { min },
+            max: if n == 0 { f64::NAN } else { max },
+            mean: if n == 0 { f64::NAN } else { sum / n as f64 },
+            quantiles,
+            under: under
+                .into_iter()
+                .map(|(threshold, c)| super::CountUnder { threshold, count: c, fraction: if n == 0 { 0.0 } else { c as f64 / n as f64 } })
+                .collect(),
+        }
+        .with_left_out(pruned, undefined)
+    }
+}
+
+pub(crate) fn display(p: &Path) -> String {
     p.display().to_string()
 }
 

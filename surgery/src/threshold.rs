@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::mask::KeepMask;
+use crate::posterior::{is_pruned_f32, ZERO_SOFTPLUS_RHO_F32};
 use crate::softplus::softplus_f32;
 
 /// Half-width of the "undecided" band around T, relative. The approximation's error is under
@@ -34,11 +35,25 @@ fn softplus_approx(rho: f32) -> f32 {
     rho.max(0.0) + z * g
 }
 
-/// Whether the weight (mu, rho) has SNR <= t, exactly as `|mu| / softplus_f32(rho)` compared in
-/// f64 (so a NaN SNR is kept).
+/// The SNR a pruning decision compares, exactly: 0 for an already-pruned weight (mu = 0 with
+/// rho = 0 or softplus(rho) = 0, see [`crate::posterior::Weight::Pruned`]), NaN (so never
+/// `<= T`: never pruned) for a weight whose mu or rho is NaN or infinite, else
+/// `|mu| / softplus_f32(rho)` as [`crate::snr::snr_values`] computes it.
 #[inline]
+pub fn decision_snr(mu: f32, rho: f32) -> f32 {
+    if !mu.is_finite() || !rho.is_finite() {
+        return f32::NAN;
+    }
+    if is_pruned_f32(mu, rho) {
+        return 0.0;
+    }
+    mu.abs() / softplus_f32(rho)
+}
+
+/// Whether the weight (mu, rho) is pruned at threshold t: its [`decision_snr`] compared in f64.
+#[cfg(test)]
 fn pruned_exact(mu: f32, rho: f32, t: f64) -> bool {
-    ((mu.abs() / softplus_f32(rho)) as f64) <= t
+    (decision_snr(mu, rho) as f64) <= t
 }
 
 /// The smallest f32 at or above `x`.
@@ -59,68 +74,141 @@ fn f32_at_or_above(x: f64) -> f32 {
 /// such weights are decided exactly.
 const TINY: f64 = 1e-37;
 
-/// The kept weights (`!(SNR <= t)`) of a float32 posterior given as little-endian mu and rho
-/// bytes, and how many of them have a non-zero mu (BPrune's count).
+/// What deciding a run of weights found, besides the keep bits.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    /// Kept weights.
+    pub kept: usize,
+    /// Kept weights with a non-zero mu (BPrune's count).
+    pub nonzero: usize,
+    /// Weights that were already pruned (mu = 0 with rho = 0 or softplus(rho) = 0); they are
+    /// pruned again whatever the threshold.
+    pub already: usize,
+    /// Weights with a NaN or infinite mu (kept).
+    pub undefined_mu: usize,
+    /// Weights with a NaN or infinite rho (kept).
+    pub undefined_rho: usize,
+}
+
+impl std::ops::Add for Decided {
+    type Output = Decided;
+    fn add(self, o: Decided) -> Decided {
+        Decided {
+            kept: self.kept + o.kept,
+            nonzero: self.nonzero + o.nonzero,
+            already: self.already + o.already,
+            undefined_mu: self.undefined_mu + o.undefined_mu,
+            undefined_rho: self.undefined_rho + o.undefined_rho,
+        }
+    }
+}
+
+/// The kept weights (`!(decision SNR <= t)`, and not already pruned) of a float32 posterior
+/// given as little-endian mu and rho bytes, and how many of them have a non-zero mu.
 pub fn keep_f32(mu: &[u8], rho: &[u8], t: f64) -> (KeepMask, usize) {
     let n = mu.len().min(rho.len()) / 4;
+    let mut words = vec![0u64; n.div_ceil(64)];
+    let mut equal = vec![0u64; n.div_ceil(64)];
+    let d = decide_f32(mu, rho, t, &mut words, &mut equal);
+    (KeepMask::from_words(words, n), d.nonzero)
+}
+
+/// Decides the float32 weights given as little-endian `mu` and `rho` bytes at threshold `t`:
+/// sets bit `i` of `keep` for each kept weight and bit `i` of `equal` for each weight whose
+/// [`decision_snr`] equals `t` exactly (pruned, for tie-breaking by a caller that prunes only
+/// some of them). Both slices hold at least `n.div_ceil(64)` words for `n` weights.
+pub fn decide_f32(mu: &[u8], rho: &[u8], t: f64, keep: &mut [u64], equal: &mut [u64]) -> Decided {
+    let n = mu.len().min(rho.len()) / 4;
+    let words = n.div_ceil(64);
     // Approximate SNRs above `hi` are certainly kept, below `lo` certainly pruned.
     let hi = f32_at_or_above(t * (1.0 + BAND) + TINY);
     let lo = -f32_at_or_above(-(t * (1.0 - BAND) - TINY));
-    let mut words = vec![0u64; n.div_ceil(64)];
     #[cfg(target_arch = "x86_64")]
     let avx2 = is_x86_feature_detected!("avx2");
-    let nonzero = words
+    keep[..words]
         .par_chunks_mut(CHUNK / 64)
+        .zip(equal[..words].par_chunks_mut(CHUNK / 64))
         .enumerate()
-        .map(|(c, out)| {
+        .map(|(c, (out, eq))| {
             let first = c * CHUNK;
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU has AVX2 (checked above).
-                return unsafe { decide_words_avx2(mu, rho, n, first, out, t, lo, hi) };
+                return unsafe { decide_words_avx2(mu, rho, n, first, out, eq, t, lo, hi) };
             }
-            decide_words(mu, rho, n, first, out, t, lo, hi)
+            decide_words(mu, rho, n, first, out, eq, t, lo, hi)
         })
-        .sum();
-    (KeepMask::from_words(words, n), nonzero)
+        .reduce(Decided::default, |a, b| a + b)
 }
 
-/// Fills `out` with the keep words of weights `first..`; returns their kept non-zero mu.
+/// Fills `out` and `eq` with the keep and equal words of weights `first..`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn decide_words(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], t: f64, lo: f32, hi: f32) -> usize {
-    let mut nonzero = 0usize;
-    for (w, word) in out.iter_mut().enumerate() {
+fn decide_words(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], eq: &mut [u64], t: f64, lo: f32, hi: f32) -> Decided {
+    let mut d = Decided::default();
+    for (w, (word, eq)) in out.iter_mut().zip(eq.iter_mut()).enumerate() {
         let start = first + 64 * w;
         let len = (n - start).min(64);
         let (mu, rho) = (&mu[4 * start..4 * (start + len)], &rho[4 * start..4 * (start + len)]);
-        let (keep, nonzero_mu) = decide_word(mu, rho, t, lo, hi);
-        *word = keep;
-        nonzero += (keep & nonzero_mu).count_ones() as usize;
+        let bits = decide_word(mu, rho, t, lo, hi);
+        *word = bits.keep;
+        *eq = bits.equal;
+        d.kept += bits.keep.count_ones() as usize;
+        d.nonzero += (bits.keep & bits.nonzero_mu).count_ones() as usize;
+        d.already += bits.already.count_ones() as usize;
+        d.undefined_mu += bits.undefined_mu.count_ones() as usize;
+        d.undefined_rho += bits.undefined_rho.count_ones() as usize;
     }
-    nonzero
+    d
 }
 
 /// [`decide_words`] compiled for AVX2: twice the lanes for the softplus approximation.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn decide_words_avx2(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], t: f64, lo: f32, hi: f32) -> usize {
-    decide_words(mu, rho, n, first, out, t, lo, hi)
+unsafe fn decide_words_avx2(mu: &[u8], rho: &[u8], n: usize, first: usize, out: &mut [u64], eq: &mut [u64], t: f64, lo: f32, hi: f32) -> Decided {
+    decide_words(mu, rho, n, first, out, eq, t, lo, hi)
 }
 
-/// Keep bits and non-zero-mu bits of up to 64 weights.
+/// The decisions about up to 64 weights, one bit each.
+struct WordBits {
+    keep: u64,
+    nonzero_mu: u64,
+    equal: u64,
+    already: u64,
+    undefined_mu: u64,
+    undefined_rho: u64,
+}
+
+/// Loads up to 64 little-endian f32 bit patterns.
 #[inline(always)]
-fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> (u64, u64) {
-    let load = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    // Plain copies first (they compile to memcpy), then arithmetic on whole arrays (SIMD).
-    let (mut mu_bits, mut rho_bits) = ([0u32; 64], [0u32; 64]);
-    for (d, c) in mu_bits.iter_mut().zip(mu.chunks_exact(4)) {
+fn load_bits(bytes: &[u8]) -> [u32; 64] {
+    let mut out = [0u32; 64];
+    // Plain copies (they compile to memcpy), then arithmetic on whole arrays (SIMD).
+    for (d, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
         *d = u32::from_le_bytes(c.try_into().unwrap_or_default());
     }
-    for (d, c) in rho_bits.iter_mut().zip(rho.chunks_exact(4)) {
-        *d = u32::from_le_bytes(c.try_into().unwrap_or_default());
+    out
+}
+
+/// Bits of weights already pruned, and of those with a non-finite mu or rho.
+#[inline(always)]
+fn special_bits(mu_bits: &[u32; 64], rho_bits: &[u32; 64], len: usize) -> (u64, u64, u64) {
+    let (mut already, mut undefined_mu, mut undefined_rho) = (0u64, 0u64, 0u64);
+    for i in 0..len {
+        let (m, r) = (mu_bits[i], f32::from_bits(rho_bits[i]));
+        already |= u64::from(m & 0x7fff_ffff == 0 && (r == 0.0 || r <= ZERO_SOFTPLUS_RHO_F32)) << i;
+        undefined_mu |= u64::from(m & 0x7f80_0000 == 0x7f80_0000) << i;
+        undefined_rho |= u64::from(rho_bits[i] & 0x7f80_0000 == 0x7f80_0000) << i;
     }
+    (already, undefined_mu, undefined_rho)
+}
+
+/// Decides up to 64 weights.
+#[inline(always)]
+fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> WordBits {
+    let len = mu.len() / 4;
+    let (mu_bits, rho_bits) = (load_bits(mu), load_bits(rho));
     let mut snr = [0f32; 64];
     let mut rho_abs = [0f32; 64];
     for i in 0..64 {
@@ -128,20 +216,61 @@ fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> (u64, u64) {
         snr[i] = m.abs() / softplus_approx(r);
         rho_abs[i] = r.abs();
     }
-    let (mut keep, mut unsure, nonzero) = if mu.len() == 256 {
+    let (mut keep, mut unsure, nonzero_mu) = if len == 64 {
         classify_64(&snr, &rho_abs, &mu_bits, lo, hi)
     } else {
-        classify(&snr[..mu.len() / 4], &rho_abs, &mu_bits, lo, hi)
+        classify(&snr[..len], &rho_abs, &mu_bits, lo, hi)
     };
+    let (already, undefined_mu, undefined_rho) = special_bits(&mu_bits, &rho_bits, len);
+    // Non-finite weights were never decided by the approximation (NaN or out of range) except
+    // an infinite mu over a finite scale, which it keeps, as decision_snr does.
+    let mut equal = 0u64;
     while unsure != 0 {
         let i = unsure.trailing_zeros() as usize;
-        if !pruned_exact(load(&mu[4 * i..]), load(&rho[4 * i..]), t) {
+        let s = decision_snr(f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i])) as f64;
+        if !(s <= t) {
             keep |= 1 << i;
         }
+        equal |= u64::from(s == t) << i;
         unsure &= unsure - 1;
     }
-    (keep, nonzero)
+    WordBits { keep: keep & !already, nonzero_mu, equal, already, undefined_mu, undefined_rho }
 }
+
+/// Approximate SNR keys (f32 bit patterns of the [`decision_snr`]) of the weights given as
+/// little-endian f32 `mu` and `rho` bytes, into `keys`: exact for already-pruned weights (0),
+/// tiny or huge SNRs and scales outside the approximation's range, within [`KEY_SLACK`] of the
+/// exact key otherwise; `u32::MAX` for weights with a NaN or infinite mu or rho.
+pub fn approx_keys(mu: &[u8], rho: &[u8], keys: &mut Vec<u32>) {
+    let n = mu.len().min(rho.len()) / 4;
+    keys.resize(n, 0);
+    keys.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        let first = c * CHUNK;
+        for (w, out) in out.chunks_mut(64).enumerate() {
+            let start = first + 64 * w;
+            let len = out.len();
+            let (mu_bits, rho_bits) = (load_bits(&mu[4 * start..4 * (start + len)]), load_bits(&rho[4 * start..4 * (start + len)]));
+            let mut exact = 0u64;
+            for i in 0..len {
+                let (m, r) = (f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i]));
+                let s = m.abs() / softplus_approx(r);
+                out[i] = s.to_bits();
+                let trusted = r.abs() <= MAX_ABS_RHO && s >= 2.0 * TINY as f32 && s <= f32::MAX / 4.0;
+                exact |= u64::from(!trusted) << i;
+            }
+            while exact != 0 {
+                let i = exact.trailing_zeros() as usize;
+                let s = decision_snr(f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i]));
+                out[i] = if s.is_nan() { u32::MAX } else { s.to_bits() };
+                exact &= exact - 1;
+            }
+        }
+    });
+}
+
+/// Largest distance between an approximate key of [`approx_keys`] and the exact one (the
+/// approximation's relative error of 5e-5 is under 850 units in the last place).
+pub const KEY_SLACK: u32 = 4096;
 
 /// (certainly kept, undecided, non-zero mu) bits from approximate SNRs: undecided are those
 /// outside the approximation's range, NaN, or too close to call.
@@ -247,8 +376,9 @@ mod tests {
             let m = if i % 7 == 0 { softplus_f32(r) * (1 + i % 2) as f32 } else { m };
             pairs.push((m, r));
         }
-        // Edge cases: zero-mode pruned weights (0 / 0 is NaN: kept), huge rho, NaN, -0.
-        pairs.extend([(0.0, -1000.0), (0.1, -1000.0), (0.1, 90.0), (f32::NAN, 0.0), (-0.0, -3.0), (1e-3, f32::INFINITY)]);
+        // Edge cases: pruned weights of both modes (pruned again), huge rho, NaN, -0, infinities.
+        pairs.extend([(0.0, -1000.0), (-0.0, 0.0), (0.1, -1000.0), (0.1, 90.0), (f32::NAN, 0.0), (-0.0, -3.0), (1e-3, f32::INFINITY)]);
+        pairs.extend([(f32::INFINITY, 0.5), (0.0, f32::NEG_INFINITY), (f32::NEG_INFINITY, f32::INFINITY), (0.0, -103.0), (0.0, -104.0)]);
         // Subnormal SNRs, for BPrune's T = 0 (1e-44).
         pairs.extend([(1.4e-45, 0.0), (1e-44, 0.5), (7e-45, -0.3), (3e-44, 1.0), (1e-38, 20.0)]);
         for (m, r) in &pairs {
@@ -257,7 +387,7 @@ mod tests {
         }
         for t in [0.0, 1e-44, 0.5, 1.0, 2.0, 10.0, f64::INFINITY] {
             let (fast, nonzero) = keep_f32(&mu, &rho, t);
-            let exact: Vec<bool> = pairs.iter().map(|(m, r)| !pruned_exact(*m, *r, t)).collect();
+            let exact: Vec<bool> = pairs.iter().map(|(m, r)| !pruned_exact(*m, *r, t) && !is_pruned_f32(*m, *r)).collect();
             assert_eq!(fast.iter().collect::<Vec<_>>(), exact, "threshold {t}");
             let exact_nonzero = pairs.iter().zip(&exact).filter(|((m, _), k)| **k && *m != 0.0).count();
             assert_eq!(nonzero, exact_nonzero, "threshold {t}");

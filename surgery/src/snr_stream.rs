@@ -1,0 +1,325 @@
+//! [`crate::snr::analyse`] for posteriors stored as f32, f16 or bf16 (whose SNRs are f32
+//! values), in two streaming passes over the mapped checkpoint without holding the SNRs:
+//!
+//! 1. every SNR is computed exactly (as [`crate::snr::snr_values`] does) and counted by the
+//!    top 16 bits of its bit pattern (non-negative f32 values order like their bits), with the
+//!    extremes, the sum (in storage order, so the mean is the one summing every value gives),
+//!    and the threshold counts;
+//! 2. the SNRs are computed again and, for the few buckets holding the ranks the quantiles
+//!    need, counted by their low 16 bits, which pins those ranks to exact values; the log10
+//!    histogram, whose range pass one found, is filled too.
+//!
+//! Memory: the chunk being read, a few 512 KiB histograms per posterior, nothing per weight.
+
+use formats::checkpoint::Checkpoint;
+use formats::DType;
+use rayon::prelude::*;
+
+use crate::error::Result;
+use crate::posterior::{for_each_chunk, is_pruned_f32, load_f32};
+use crate::radix::{LowHistograms, TopHistogram};
+use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
+use crate::snr::{NonFinite, SnrReport, Stats, Target, TargetSnr};
+use crate::softplus::softplus_f32;
+
+/// Key of an already-pruned weight.
+const PRUNED: u32 = u32::MAX;
+/// Keys of weights with a NaN or infinite mu, rho, or both. Analysed weights' keys are the bit
+/// patterns of non-negative f32 SNRs (at most +inf, 0x7f80_0000), so these never collide.
+const UNDEFINED_MU: u32 = u32::MAX - 1;
+const UNDEFINED_RHO: u32 = u32::MAX - 2;
+const UNDEFINED_BOTH: u32 = u32::MAX - 3;
+/// Keys from here up are markers, not SNRs.
+const MARKERS: u32 = UNDEFINED_BOTH;
+/// Bit pattern of +inf: keys below it are finite SNRs.
+const INFINITY: u32 = 0x7f80_0000;
+/// Weights per parallel work item.
+const PAR_WEIGHTS: usize = 1 << 14;
+
+/// The key of weight (mu, rho): its f32 SNR's bit pattern, or a marker.
+#[inline(always)]
+fn key_of(mu: f32, rho: f32) -> u32 {
+    match (mu.is_finite(), rho.is_finite()) {
+        (true, true) if is_pruned_f32(mu, rho) => PRUNED,
+        (true, true) => (mu.abs() / softplus_f32(rho)).to_bits(),
+        (false, true) => UNDEFINED_MU,
+        (true, false) => UNDEFINED_RHO,
+        (false, false) => UNDEFINED_BOTH,
+    }
+}
+
+/// Keys of the weights of one chunk (little-endian mu and rho of `dtype`), computed in parallel.
+pub(crate) fn chunk_keys(dtype: DType, mu: &[u8], rho: &[u8], keys: &mut Vec<u32>) {
+    let n = mu.len() / dtype.size().unwrap_or(4);
+    keys.resize(n, 0);
+    keys.par_chunks_mut(PAR_WEIGHTS).enumerate().for_each(|(c, out)| {
+        let first = c * PAR_WEIGHTS;
+        match dtype {
+            DType::Float32 => {
+                let (mu, rho) = (&mu[4 * first..], &rho[4 * first..]);
+                for ((k, m), r) in out.iter_mut().zip(mu.chunks_exact(4)).zip(rho.chunks_exact(4)) {
+                    *k = key_of(f32::from_le_bytes([m[0], m[1], m[2], m[3]]), f32::from_le_bytes([r[0], r[1], r[2], r[3]]));
+                }
+            }
+            _ => {
+                for (j, k) in out.iter_mut().enumerate() {
+                    *k = key_of(load_f32(dtype, mu, first + j), load_f32(dtype, rho, first + j));
+                }
+            }
+        }
+    });
+}
+
+/// The largest key (f32 bit pattern) of a value <= `t`, if any SNR can be <= `t`.
+fn key_at_or_below(t: f64) -> Option<u32> {
+    if t.is_nan() || t < 0.0 {
+        return None;
+    }
+    let f = t as f32;
+    let f = if f as f64 > t { f32::from_bits(f.to_bits() - 1) } else { f };
+    Some(f.to_bits())
+}
+
+/// What pass one learns about a group of weights (one posterior, or all of them).
+#[derive(Debug, Clone)]
+struct First {
+    hist: TopHistogram,
+    /// Weights analysed (the histogram's total, kept when the histogram is dropped).
+    count: u64,
+    pruned: u64,
+    undefined: u64,
+    undefined_mu: u64,
+    undefined_rho: u64,
+    min: u32,
+    max: u32,
+    /// Largest finite key, if any.
+    max_finite: Option<u32>,
+    sum: f64,
+    under: Vec<u64>,
+}
+
+impl First {
+    fn new(thresholds: usize) -> First {
+        First {
+            hist: TopHistogram::default(),
+            count: 0,
+            pruned: 0,
+            undefined: 0,
+            undefined_mu: 0,
+            undefined_rho: 0,
+            min: u32::MAX,
+            max: 0,
+            max_finite: None,
+            sum: 0.0,
+            under: vec![0; thresholds],
+        }
+    }
+
+    /// Adds a group's counts (not its sum: the overall sum runs in storage order).
+    fn merge(&mut self, o: &First) {
+        self.hist.merge(&o.hist);
+        self.count += o.count;
+        self.pruned += o.pruned;
+        self.undefined += o.undefined;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.max_finite = self.max_finite.max(o.max_finite);
+        for (a, b) in self.under.iter_mut().zip(&o.under) {
+            *a += b;
+        }
+    }
+
+    /// The (bucket, rank within it) pairs of the ranks each quantile level needs.
+    fn quantile_locations(&self, levels: &[f64]) -> Vec<[(u32, u64); 2]> {
+        let n = self.count as usize;
+        if n == 0 {
+            return Vec::new();
+        }
+        levels
+            .iter()
+            .map(|&q| {
+                let (lo, hi, _) = quantile_ranks(q, n);
+                [self.hist.locate(lo as u64).unwrap_or_default(), self.hist.locate(hi as u64).unwrap_or_default()]
+            })
+            .collect()
+    }
+}
+
+/// Pass one over a chunk's keys.
+fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys: &[i64]) {
+    for &k in keys {
+        if k >= MARKERS {
+            match k {
+                PRUNED => layer.pruned += 1,
+                UNDEFINED_MU => layer.undefined_mu += 1,
+                UNDEFINED_RHO => layer.undefined_rho += 1,
+                _ => {
+                    layer.undefined_mu += 1;
+                    layer.undefined_rho += 1;
+                }
+            }
+            layer.undefined += u64::from(k != PRUNED);
+            continue;
+        }
+        layer.hist.add(k);
+        layer.count += 1;
+        layer.min = layer.min.min(k);
+        layer.max = layer.max.max(k);
+        if k < INFINITY {
+            layer.max_finite = layer.max_finite.max(Some(k));
+        }
+        let v = f32::from_bits(k) as f64;
+        layer.sum += v;
+        *overall_sum += v;
+        for (u, &limit) in layer.under.iter_mut().zip(under_keys) {
+            *u += u64::from(k as i64 <= limit);
+        }
+    }
+}
+
+/// Histogram bins by key: each top-16-bit bucket lies in one bin or straddles one boundary
+/// (a bucket spans under 0.6% in value, a bin 78%), found once by bisection, so binning a
+/// weight costs a table look-up and a compare instead of a logarithm.
+struct BinTable {
+    bins: LogBins,
+    first_top: u32,
+    /// Bin of the bucket's smallest keys; `u16::MAX`: bin each key by its logarithm.
+    base: Vec<u16>,
+    /// Keys from here on are in bin `base + 1`.
+    boundary: Vec<u32>,
+}
+
+impl BinTable {
+    /// For finite keys from `lo` to `hi`.
+    fn new(lo: u32, hi: u32) -> BinTable {
+        let value = |k: u32| f32::from_bits(k) as f64;
+        let bins = LogBins::new(value(lo), value(hi));
+        let bin = |k: u32| bins.bin(value(k));
+        let (first_top, last_top) = (lo >> 16, hi >> 16);
+        let mut base = Vec::with_capacity((last_top - first_top + 1) as usize);
+        let mut boundary = Vec::with_capacity(base.capacity());
+        for top in first_top..=last_top {
+            let (a, b) = ((top << 16).max(lo), (top << 16 | 0xffff).min(hi));
+            let (fa, fb) = (bin(a), bin(b));
+            if fa == fb {
+                base.push(fa as u16);
+                boundary.push(u32::MAX);
+            } else if fb == fa + 1 {
+                // Smallest key of the bucket in the upper bin (bin() is monotone in the key).
+                let (mut l, mut h) = (a, b);
+                while l + 1 < h {
+                    let m = l + (h - l) / 2;
+                    if bin(m) == fb {
+                        h = m;
+                    } else {
+                        l = m;
+                    }
+                }
+                base.push(fa as u16);
+                boundary.push(h);
+            } else {
+                base.push(u16::MAX);
+                boundary.push(u32::MAX);
+            }
+        }
+        BinTable { bins, first_top, base, boundary }
+    }
+
+    #[inline(always)]
+    fn bin(&self, k: u32) -> usize {
+        let i = ((k >> 16) - self.first_top) as usize;
+        match self.base.get(i) {
+            Some(&b) if b != u16::MAX => b as usize + usize::from(k >= self.boundary[i]),
+            _ => self.bins.bin(f32::from_bits(k) as f64),
+        }
+    }
+}
+
+/// Quantile values from the located ranks, now that pass two counted their buckets.
+fn quantiles(levels: &[f64], n: u64, locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Vec<(f64, f64)> {
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| {
+            let value = |j: usize| {
+                locations.get(i).and_then(|l| low.key_at(l[j].0, l[j].1)).map(|k| f32::from_bits(k) as f64).unwrap_or(f64::NAN)
+            };
+            if n == 0 {
+                return (q, f64::NAN);
+            }
+            let (_, _, t) = quantile_ranks(q, n as usize);
+            (q, lerp(value(0), value(1), t))
+        })
+        .collect()
+}
+
+fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Stats {
+    let n = f.count;
+    let value = |k: u32| f32::from_bits(k) as f64;
+    assemble(
+        n as usize,
+        f.pruned as usize,
+        f.undefined as usize,
+        value(f.min),
+        value(f.max),
+        sum,
+        quantiles(levels, n, locations, low),
+        thresholds.iter().zip(&f.under).map(|(t, c)| (*t, *c as usize)).collect(),
+    )
+}
+
+/// The streaming [`crate::snr::analyse`] (every target f32, f16 or bf16).
+pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+    let under_keys: Vec<i64> = thresholds.iter().map(|t| key_at_or_below(*t).map_or(-1, i64::from)).collect();
+    let mut keys = Vec::new();
+    // Pass one.
+    let mut overall = First::new(thresholds.len());
+    let mut overall_sum = 0.0;
+    let mut layers: Vec<(First, Vec<[(u32, u64); 2]>)> = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut layer = First::new(thresholds.len());
+        for_each_chunk(ckpt, t, true, |_, mu, rho| {
+            chunk_keys(t.dtype, mu, rho, &mut keys);
+            first_pass(&keys, &mut layer, &mut overall_sum, &under_keys);
+            Ok(())
+        })?;
+        overall.merge(&layer);
+        let locations = layer.quantile_locations(levels);
+        // Only the counts stay: the 512 KiB bucket histogram is not needed again.
+        layer.hist = TopHistogram::default();
+        layers.push((layer, locations));
+    }
+    // Pass two.
+    let overall_locations = overall.quantile_locations(levels);
+    let mut overall_low = LowHistograms::new(overall_locations.iter().flat_map(|l| [l[0].0, l[1].0]));
+    let mut out = Vec::with_capacity(targets.len());
+    let mut non_finite = Vec::new();
+    for (t, (layer, locations)) in targets.iter().zip(&layers) {
+        let mut low = LowHistograms::new(locations.iter().flat_map(|l| [l[0].0, l[1].0]));
+        let table = layer.max_finite.map(|hi| BinTable::new(layer.min, hi));
+        let mut bins = vec![0usize; table.as_ref().map_or(0, |b| b.bins.bins)];
+        for_each_chunk(ckpt, t, false, |_, mu, rho| {
+            chunk_keys(t.dtype, mu, rho, &mut keys);
+            for &k in &keys {
+                if k >= MARKERS {
+                    continue;
+                }
+                low.add(k);
+                overall_low.add(k);
+                if let (Some(table), true) = (&table, k < INFINITY) {
+                    bins[table.bin(k)] += 1;
+                }
+            }
+            Ok(())
+        })?;
+        for (key, n) in [(&t.loc_key, layer.undefined_mu), (&t.rho_key, layer.undefined_rho)] {
+            if n > 0 {
+                non_finite.push(NonFinite { key: key.clone(), count: n as usize });
+            }
+        }
+        let stats = stats_of(layer, layer.sum, levels, thresholds, locations, &low);
+        out.push(TargetSnr { target: t.clone(), stats, histogram: table.map(|b| b.bins.edges(bins)).unwrap_or_default() });
+    }
+    let overall_stats = stats_of(&overall, overall_sum, levels, thresholds, &overall_locations, &overall_low);
+    Ok(SnrReport { path: display(ckpt.path()), layers: out, overall: overall_stats, non_finite })
+}

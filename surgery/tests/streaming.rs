@@ -1,0 +1,145 @@
+//! The streaming `snr` statistics and `prune` decisions on a checkpoint larger than the fixtures
+//! (several chunks per tensor), full of the awkward cases (pruned weights of both modes, ties,
+//! zero SNRs, NaN and infinite values, scales outside the fast approximation's range), against
+//! the in-memory algorithm that sorts every SNR.
+
+use std::path::Path;
+
+use formats::bundle::BundleWriter;
+use formats::checkpoint::Checkpoint;
+use formats::DType;
+use surgery::posterior::{classify_f32, Weight};
+use surgery::prune::{prune, Criterion, Mode, PruneOptions};
+use surgery::snr::{analyse, analyse_in_memory, select_targets, Part, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
+
+/// Kernel shapes: the first spans two 1 Mi-weight chunks and ends mid-chunk.
+const LAYERS: [(u64, u64); 3] = [(1100, 1000), (300, 701), (64, 10)];
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+}
+
+/// (mu, rho) of weight `i`: mostly random, with every special case sprinkled in.
+fn weight(rng: &mut Rng, i: usize, layer: usize) -> (f32, f32) {
+    match (i + 7 * layer) % 211 {
+        0 | 13 | 26 => (0.0, -1000.0),         // zero-mode pruned
+        1 | 40 => (-0.0, 0.0),                  // BPrune-mode pruned
+        2 => (0.0, rng.uniform(-5.0, 1.0)),     // SNR 0, not pruned
+        3..=9 => (0.125, -3.0),                 // many equal SNRs (ties)
+        10 => (rng.uniform(-0.3, 0.3), -95.0),  // tiny scale: huge SNR
+        11 => (rng.uniform(-0.3, 0.3), 90.0),   // scale beyond the approximation's range
+        12 => (0.5, -1000.0),                   // zero scale, live mean: SNR +inf
+        14 if i % 5 == 0 => (f32::NAN, -3.0),   // undefined
+        15 if i % 7 == 0 => (0.1, f32::INFINITY),
+        16 if i % 9 == 0 => (f32::NEG_INFINITY, -2.0),
+        17 => (1e-40, -2.0),                    // subnormal SNR
+        _ => (rng.uniform(-0.3, 0.3), rng.uniform(-9.0, 2.0)),
+    }
+}
+
+/// Writes the test checkpoint; returns every (mu, rho) per layer.
+fn write(prefix: &Path) -> Vec<Vec<(f32, f32)>> {
+    let mut w = BundleWriter::create(prefix).expect("create");
+    let mut rng = Rng(7);
+    let mut all = Vec::new();
+    for (l, &(rows, cols)) in LAYERS.iter().enumerate() {
+        let n = (rows * cols) as usize;
+        let weights: Vec<(f32, f32)> = (0..n).map(|i| weight(&mut rng, i, l)).collect();
+        let mu: Vec<u8> = weights.iter().flat_map(|w| w.0.to_le_bytes()).collect();
+        let rho: Vec<u8> = weights.iter().flat_map(|w| w.1.to_le_bytes()).collect();
+        let name = format!("den_{}", l + 1);
+        w.add_bytes(&format!("{name}/kernel_posterior_loc"), DType::Float32, &[rows, cols], &mu).expect("mu");
+        w.add_bytes(&format!("{name}/kernel_posterior_untransformed_scale"), DType::Float32, &[rows, cols], &rho).expect("rho");
+        all.push(weights);
+    }
+    w.finish().expect("finish");
+    all
+}
+
+#[test]
+fn streaming_statistics_equal_sorting_every_snr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("model.ckpt-1");
+    write(&prefix);
+    let ckpt = Checkpoint::open(&prefix).expect("open");
+    let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+    let thresholds = [0.0, 1e-39, 0.125 / 0.048587352, 0.5, 1.0, 2.0, 10.0, f64::INFINITY];
+    let streamed = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &thresholds).expect("streamed");
+    let sorted = analyse_in_memory(&ckpt, &targets, &DEFAULT_LEVELS, &thresholds).expect("in memory");
+    // JSON prints every f64 to the last bit.
+    let json = |r| serde_json::to_string_pretty(r).expect("json");
+    assert_eq!(json(&streamed), json(&sorted));
+    // The cases are really there: pruned weights counted apart, NaN/inf named, no NaN statistic.
+    let o = &streamed.overall;
+    assert!(o.pruned > 20_000 && o.undefined > 100 && o.max.is_infinite(), "{o:?}");
+    assert!(o.quantiles.iter().all(|(_, v)| v.is_finite()) && o.mean.is_infinite());
+    assert_eq!(streamed.non_finite.len(), 6, "{:?}", streamed.non_finite);
+    let _ = DEFAULT_THRESHOLDS;
+}
+
+/// The decision SNR of a weight for pruning (already pruned: 0; undefined: never pruned).
+fn decision(w: (f32, f32)) -> Option<f64> {
+    match classify_f32(w.0, w.1).0 {
+        Weight::Pruned => Some(0.0),
+        Weight::Undefined => None,
+        Weight::Snr(s) => Some(s),
+    }
+}
+
+#[test]
+fn streaming_pruning_equals_sorting_every_snr() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("model.ckpt-1");
+    let layers = write(&prefix);
+    let ckpt = Checkpoint::open(&prefix).expect("open");
+    let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+    let already: Vec<Vec<bool>> = layers.iter().map(|l| l.iter().map(|w| classify_f32(w.0, w.1).0 == Weight::Pruned).collect()).collect();
+    for (fraction, per_layer) in [(0.0, false), (0.01, false), (0.3, false), (0.5, true), (0.7, false), (0.955, true), (1.0, false)] {
+        let options = PruneOptions { criterion: Criterion::Sparsity { fraction, per_layer }, mode: Mode::Zero };
+        let got = prune(&ckpt, &targets, &options).expect("prune");
+        // Reference: sort (decision SNR, layer, position) and prune the first k of each group.
+        let groups: Vec<Vec<usize>> = if per_layer { (0..layers.len()).map(|l| vec![l]).collect() } else { vec![(0..layers.len()).collect()] };
+        let mut want: Vec<Vec<bool>> = layers.iter().map(|l| vec![true; l.len()]).collect();
+        for g in groups {
+            let mut order: Vec<(f64, usize, usize)> =
+                g.iter().flat_map(|&l| layers[l].iter().enumerate().filter_map(move |(i, w)| decision(*w).map(|s| (s, l, i)))).collect();
+            let n: usize = g.iter().map(|&l| layers[l].len()).sum();
+            order.sort_by(|a, b| a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+            let k = ((fraction * n as f64).round() as usize).min(order.len());
+            for &(_, l, i) in &order[..k] {
+                want[l][i] = false;
+            }
+        }
+        for (l, keep) in want.iter_mut().enumerate() {
+            for (k, a) in keep.iter_mut().zip(&already[l]) {
+                *k &= !a;
+            }
+            assert!(got.keep[l].iter().eq(keep.iter().copied()), "fraction {fraction} per_layer {per_layer} layer {l}");
+            let r = &got.report.layers[l];
+            assert_eq!(r.already_pruned, already[l].iter().filter(|a| **a).count());
+            assert_eq!(r.pruned, keep.iter().filter(|k| !**k).count());
+            assert_eq!(r.pruned, r.already_pruned + r.newly_pruned);
+        }
+    }
+    // Thresholds: decided exactly as the exact SNR compares.
+    for (t, mode) in [(0.0, Mode::Bprune), (0.5, Mode::Zero), (2.573, Mode::Bprune), (f64::INFINITY, Mode::Zero)] {
+        let got = prune(&ckpt, &targets, &PruneOptions { criterion: Criterion::Threshold(t), mode }).expect("prune");
+        let t = if t == 0.0 { 1e-44 } else { t };
+        for (l, layer) in layers.iter().enumerate() {
+            let want = layer.iter().map(|w| classify_f32(w.0, w.1).0 != Weight::Pruned && decision(*w).is_none_or(|s| !(s <= t)));
+            assert!(got.keep[l].iter().eq(want), "threshold {t} layer {l}");
+        }
+    }
+}
