@@ -4,7 +4,7 @@
 //! Sequential models, and functional models whose layers form one chain, of the layers
 //! [`Op`] can express: `InputLayer`, `Dense` and TFP's `DenseFlipout` /
 //! `DenseReparameterization`, `Conv2D` and TFP's `Conv2DFlipout` / `Conv2DReparameterization`
-//! (NHWC, no dilation), `MaxPooling2D`, `Flatten`, `Reshape` to one dimension, `ReLU` and
+//! (NHWC, no dilation), `MaxPooling2D`, `Flatten`, `Reshape`, `ReLU` and
 //! `relu` activations, and `Dropout`-like layers (identity at inference). A `softmax`
 //! activation on the last layer is left to the predictors, which apply softmax anyway.
 //! Anything else is refused naming the layer and its class, with a pointer to `--arch`.
@@ -113,6 +113,28 @@ fn activation(v: Option<&Value>, layer: &str, last: bool) -> Built<Option<Op>> {
     }
 }
 
+/// A `Reshape` layer: to one dimension it is a flatten; otherwise a reshape to the target,
+/// whose one `-1` (if any) is resolved from the input shape when it is the network's first op.
+fn reshape(target: Option<&Value>, layer: &str, first_on: Option<&[usize]>) -> Built<Op> {
+    let dims = target.and_then(items).ok_or_else(|| corrupt(format!("layer '{layer}': no target_shape")))?;
+    if dims.len() == 1 {
+        return Ok(Op::Flatten);
+    }
+    let known: Option<Vec<usize>> = dims.iter().map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok()).filter(|n| *n > 0)).collect();
+    if let Some(shape) = known {
+        return Ok(Op::Reshape { shape });
+    }
+    let unknown = dims.iter().filter(|d| d.as_i64() == Some(-1)).count();
+    let total = first_on.and_then(|s| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)));
+    let fixed = dims.iter().filter_map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok())).try_fold(1usize, |a, d| a.checked_mul(d));
+    match (unknown, total, fixed) {
+        (1, Some(total), Some(fixed)) if fixed > 0 && total % fixed == 0 => Ok(Op::Reshape {
+            shape: dims.iter().map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok()).unwrap_or(total / fixed)).collect(),
+        }),
+        _ => Err(Refusal::Unsupported(format!("layer '{layer}': reshape to {dims:?} (a -1 is resolved only on the input)"))),
+    }
+}
+
 fn shape_of(v: Option<&Value>) -> Option<Vec<usize>> {
     items(v?)?.iter().skip(1).map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok())).collect()
 }
@@ -201,7 +223,7 @@ fn arch_from_model_json(model: &Value) -> Built<Arch> {
                 ops.push(Op::MaxPool { size, strides, padding: padding(config.get("padding"), &name)? });
             }
             "Flatten" => ops.push(Op::Flatten),
-            "Reshape" if items(config.get("target_shape").unwrap_or(&Value::Null)).is_some_and(|t| t.len() == 1) => ops.push(Op::Flatten),
+            "Reshape" => ops.push(reshape(config.get("target_shape"), &name, ops.is_empty().then_some(input_shape.as_deref()).flatten())?),
             "Activation" => ops.extend(activation(config.get("activation"), &name, last)?),
             "ReLU" if config.get("max_value").is_none_or(Value::is_null)
                 && config.get("negative_slope").is_none_or(|v| v.as_f64() == Some(0.0))
@@ -249,6 +271,21 @@ mod tests {
                 Op::Dense { layer: "out".into() },
             ]
         );
+    }
+
+    #[test]
+    fn reshapes_of_a_flat_input() {
+        let m = |target: Value| {
+            sequential(serde_json::json!([
+                {"class_name": "InputLayer", "config": {"name": "x", "batch_input_shape": [null, 64]}},
+                {"class_name": "Reshape", "config": {"name": "r", "target_shape": target}}
+            ]))
+        };
+        let ops = |target| arch_from_model_json(&m(target)).expect("arch").ops;
+        assert_eq!(ops(serde_json::json!([8, 8, 1])), vec![Op::Reshape { shape: vec![8, 8, 1] }]);
+        assert_eq!(ops(serde_json::json!({"class_name": "__tuple__", "items": [8, -1, 1]})), vec![Op::Reshape { shape: vec![8, 8, 1] }]);
+        assert_eq!(ops(serde_json::json!([-1])), vec![Op::Flatten]);
+        assert!(arch_from_model_json(&m(serde_json::json!([7, -1, 1]))).is_err(), "64 is not a multiple of 7");
     }
 
     #[test]
