@@ -49,8 +49,14 @@ impl Edits {
             edit.apply(offset, chunk, &mut edited);
             offset += chunk.len() as u64;
             sink(&edited)
-        })
+        })?;
+        edit_finished(ckpt, key, edit.as_ref())
     }
+}
+
+/// [`TensorEdit::finished`] of the edit of `key`, as an error about the checkpoint.
+fn edit_finished(ckpt: &Checkpoint, key: &str, edit: &dyn TensorEdit) -> Result<()> {
+    edit.finished().map_err(|what| Error::invalid(ckpt.path(), format!("'{key}': {what}")))
 }
 
 /// What a conversion did.
@@ -188,7 +194,10 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
         let key = ckpt.tf_key(v).to_string();
         if v.info.dtype.size().is_some() {
             match edits.values.get(&v.key) {
-                Some(edit) => writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?,
+                Some(edit) => {
+                    writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?;
+                    edit_finished(ckpt, &v.key, edit.as_ref())?;
+                }
                 None => writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| ckpt.stream(&v.key, sink))?,
             }
         } else {
@@ -271,4 +280,40 @@ pub fn verify_all(ckpt: &Checkpoint) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies the bytes but reports, at the end, that it could not do its job.
+    #[derive(Debug)]
+    struct FailsAtTheEnd;
+    impl TensorEdit for FailsAtTheEnd {
+        fn apply(&self, _offset: u64, src: &[u8], dst: &mut [u8]) {
+            dst.copy_from_slice(src);
+        }
+        fn finished(&self) -> std::result::Result<(), String> {
+            Err("lost its other half".into())
+        }
+    }
+
+    #[test]
+    fn an_edit_failing_when_finished_discards_every_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src/model.ckpt-1");
+        std::fs::create_dir(dir.path().join("src")).expect("mkdir");
+        crate::synthetic::write_synthetic_bnn(&src, &[(4, 3)], 1).expect("synthetic");
+        let ckpt = Checkpoint::open(&src).expect("open");
+        let mut edits = Edits::default();
+        edits.values.insert("den_1/kernel_posterior_loc".into(), Arc::new(FailsAtTheEnd));
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        let st = checkpoint_to_safetensors(&ckpt, &out.join("a.safetensors"), ToSafetensorsOptions::default(), &edits);
+        let tf = checkpoint_to_bundle(&ckpt, &out.join("model.ckpt-1"), &edits);
+        for e in [st.expect_err("safetensors"), tf.expect_err("bundle")] {
+            assert!(e.to_string().contains("den_1/kernel_posterior_loc': lost its other half"), "{e}");
+        }
+        assert_eq!(std::fs::read_dir(&out).expect("ls").count(), 0, "nothing committed");
+    }
 }

@@ -7,4 +7,10 @@ pub trait TensorEdit: Send + Sync + std::fmt::Debug {
     /// into the tensor. `dst` is as long as `src`, and both hold whole elements; writers in
     /// this crate start every chunk at a multiple of 64 elements.
     fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]);
+
+    /// Called once the whole tensor has passed through [`TensorEdit::apply`], before the output
+    /// is committed: an error (what went wrong) fails the conversion and discards the output.
+    fn finished(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

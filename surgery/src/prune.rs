@@ -122,8 +122,6 @@ pub struct Pruning {
     pub edits: Edits,
     /// What was done.
     pub report: PruneReport,
-    /// Targets decided while they stream (see [`prune_streaming`]).
-    decisions: Vec<Arc<Decision>>,
 }
 
 /// The threshold applied: BPrune reads T = 0 as SNR <= 1e-44.
@@ -367,7 +365,7 @@ struct Decision {
     target: Target,
     rule: Rule,
     /// Set if the other half could not be read (it was read before, so this does not happen);
-    /// the chunk is then left unpruned and [`Pruning::check`] fails.
+    /// the chunk is then left unpruned and the edit's `finished` fails the output.
     failed: std::sync::atomic::AtomicBool,
 }
 
@@ -399,6 +397,13 @@ impl formats::convert::TensorEdit for DecidingEdit {
         drop(other);
         d.ckpt.release(other_key, range);
     }
+
+    fn finished(&self) -> std::result::Result<(), String> {
+        if self.decision.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("its posterior pair could not be read again while it was written".into());
+        }
+        Ok(())
+    }
 }
 
 /// The edits and report of a decided pruning; `streaming`: decide float32 targets stored in
@@ -408,7 +413,7 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         Mode::Zero => ZERO_SCALE_RHO,
         Mode::Bprune => 0.0,
     };
-    let (mut keeps, mut fills, mut edits, mut decisions) = (Vec::new(), Vec::new(), Edits::default(), Vec::new());
+    let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
     let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
     for (t, plan) in targets.iter().zip(plans) {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
@@ -439,7 +444,6 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
             (Plan::Rule(rule, _), Some(shared)) if in_one_piece(shared) => {
                 let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into() });
-                decisions.push(decision.clone());
                 (
                     Arc::new(DecidingEdit { decision: decision.clone(), mu_side: true, fill: zero.clone() }),
                     Arc::new(DecidingEdit { decision, mu_side: false, fill: rho_fill.clone() }),
@@ -474,19 +478,9 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
     edits
         .metadata
         .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
-    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report, decisions })
+    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
 }
 
-impl Pruning {
-    /// After the edits have been applied: fails if a streamed decision could not read the
-    /// other half of its pair (then the output must be discarded).
-    pub fn check(&self, path: &std::path::Path) -> Result<()> {
-        if self.decisions.iter().any(|d| d.failed.load(std::sync::atomic::Ordering::Relaxed)) {
-            return Err(Error::invalid(path, "a posterior could not be read again while it was written"));
-        }
-        Ok(())
-    }
-}
 
 /// Number of weights of a target.
 fn weights(ckpt: &Checkpoint, t: &Target) -> Result<usize> {
@@ -669,7 +663,6 @@ pub fn prune_checkpoint_to_bundle(ckpt: &Arc<Checkpoint>, prefix: &std::path::Pa
     let pruning = prune_streaming(ckpt, &targets, &job.options)?;
     let folder = formats::output_file::create_output_dir(formats::output_file::parent_dir(prefix))?;
     formats::convert::checkpoint_to_bundle(ckpt, prefix, &pruning.edits)?;
-    pruning.check(prefix)?;
     let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
     let report_path = report_path(prefix);
     formats::bundle::write_atomically(&report_path, |w| {
