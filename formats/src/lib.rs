@@ -22,6 +22,7 @@ pub mod onnx;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
 pub mod safetensors_file;
+pub mod sparse;
 pub mod synthetic;
 pub mod table;
 pub mod tensor;
