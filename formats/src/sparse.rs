@@ -198,19 +198,20 @@ fn densify_entry(
         bad(format!("fill '{shown}' is not {width} bytes of hex"))
     })?;
 
-    let part = |n: &str, want: DType, len: u64, what: &str| -> Result<&[u8]> {
+    // A part must exist, have the dtype the layout prescribes and hold exactly `len` elements.
+    let part = |n: &str, want: DType, len: u64, what: &str, why: &str| -> Result<&[u8]> {
         let info = stored.get(n).ok_or_else(|| bad(format!("{what} part '{n}' is missing")))?;
         if info.dtype != want {
             return Err(bad(format!("{what} part '{n}' is {} (expected {want})", info.dtype)));
         }
         if info.shape != [len] {
-            return Err(bad(format!("{what} part '{n}' has shape {:?} (expected [{len}])", info.shape)));
+            return Err(bad(format!("{what} part '{n}' has shape {:?} but {why} [{len}]", info.shape)));
         }
         Ok(file.bytes(n)?)
     };
     let rows_plus_one = e.rows.checked_add(1).ok_or_else(|| bad("too many rows".into()))?;
     let (ptr_type, idx_type) = (indptr_dtype(elements), indices_dtype(e.cols));
-    let indptr = part(&e.indptr, ptr_type, rows_plus_one, "indptr")?;
+    let indptr = part(&e.indptr, ptr_type, rows_plus_one, "indptr", "rows + 1 offsets need")?;
     let offsets: Vec<u64> = le_uints(indptr, ptr_type.size().unwrap_or(4)).collect();
     if offsets.first() != Some(&0) {
         return Err(bad("indptr does not start at 0".into()));
@@ -223,8 +224,9 @@ fn densify_entry(
         return Err(bad(format!("indptr ends at {nnz}, more than the {elements} elements")));
     }
     // The last offset is the number of stored entries: indices and values must hold exactly that.
-    let indices = part(&e.indices, idx_type, nnz, "indices")?;
-    let values = part(&e.values, dtype, nnz, "values")?;
+    let why = format!("indptr ends at {nnz}, so it must be");
+    let indices = part(&e.indices, idx_type, nnz, "indices", &why)?;
+    let values = part(&e.values, dtype, nnz, "values", &why)?;
     let columns: Vec<u64> = le_uints(indices, idx_type.size().unwrap_or(1)).collect();
 
     let mut out = Vec::new();
