@@ -222,6 +222,33 @@ mod tests {
     }
 
     #[test]
+    fn offsets_past_u64_are_an_error_before_writing() {
+        // Two tensors of 2^63 bytes each: the second's end offset wrapped to 0 in the old plan.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let t = vec![
+            PlannedTensor { name: "a".into(), dtype: DType::Float32, shape: vec![1 << 61] },
+            PlannedTensor { name: "b".into(), dtype: DType::Float32, shape: vec![1 << 61] },
+        ];
+        let err = write_safetensors(&path, &t, &BTreeMap::new(), |_, _| Ok(())).expect_err("too large").to_string();
+        assert!(err.ends_with("m.safetensors: tensors up to 'b' are too large together"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn in_memory_files_parse_like_files_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let t = vec![PlannedTensor { name: "a".into(), dtype: DType::Uint8, shape: vec![3] }];
+        write_safetensors(&path, &t, &BTreeMap::new(), |_, sink| sink(&[1, 2, 3]).map_err(|e| Error::io("x", e))).expect("write");
+        let bytes = std::fs::read(&path).expect("read");
+        let f = SafetensorsFile::parse("mem.safetensors", bytes.clone()).expect("parses");
+        assert_eq!(f.bytes("a").expect("a"), &[1, 2, 3]);
+        let err = SafetensorsFile::parse("mem.safetensors", bytes[..bytes.len() - 1].to_vec()).expect_err("truncated").to_string();
+        assert!(err.starts_with("mem.safetensors: not a valid safetensors file"), "{err}");
+    }
+
+    #[test]
     fn failures_leave_no_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.safetensors");
