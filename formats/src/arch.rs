@@ -33,10 +33,11 @@ impl Padding {
         match self {
             Padding::Same => {
                 let out = len.div_ceil(stride);
-                let total = ((out - 1) * stride + window).saturating_sub(len);
+                // Saturating: window and stride come from a `.meta` file.
+                let total = out.saturating_sub(1).saturating_mul(stride).saturating_add(window).saturating_sub(len);
                 (out, total / 2)
             }
-            Padding::Valid => ((len + 1).saturating_sub(window).div_ceil(stride), 0),
+            Padding::Valid => (len.checked_sub(window).map_or(0, |d| d.saturating_add(1).div_ceil(stride)), 0),
         }
     }
 }
@@ -337,6 +338,12 @@ impl Posterior {
     }
 }
 
+/// Elements of one example of `shape`; an error when they overflow (shapes come from `.meta`
+/// placeholders and architecture files).
+fn element_count(shape: &[usize]) -> std::result::Result<usize, String> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| format!("input shape {shape:?} has too many elements"))
+}
+
 /// Shape of one example after each op; `Err` says where shapes do not chain.
 pub fn shape_check(arch: &Arch, posts: &[Posterior]) -> std::result::Result<Vec<usize>, String> {
     let mut next = 0;
@@ -347,16 +354,16 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
     for op in ops {
         shape = match op {
             Op::Dense { layer } => {
-                let p = &posts[*next];
+                let p = posts.get(*next).ok_or_else(|| format!("dense layer '{layer}' has no weights"))?;
                 *next += 1;
-                let n: usize = shape.iter().product();
+                let n = element_count(&shape)?;
                 if p.kernel_shape.len() != 2 || p.kernel_shape[0] != n || shape.len() != 1 {
                     return Err(format!("dense layer '{layer}' kernel {:?} does not take input {shape:?}", p.kernel_shape));
                 }
                 vec![p.kernel_shape[1]]
             }
             Op::Conv2d { layer, strides, padding } => {
-                let p = &posts[*next];
+                let p = posts.get(*next).ok_or_else(|| format!("conv layer '{layer}' has no weights"))?;
                 *next += 1;
                 let k = &p.kernel_shape;
                 if k.len() != 4 || shape.len() != 3 || k[2] != shape[2] {
@@ -371,9 +378,9 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 }
                 vec![padding.output(shape[0], size[0], strides[0]).0, padding.output(shape[1], size[1], strides[1]).0, shape[2]]
             }
-            Op::Flatten => vec![shape.iter().product()],
+            Op::Flatten => vec![element_count(&shape)?],
             Op::Reshape { shape: to } => {
-                let (from_n, to_n) = (shape.iter().product::<usize>(), to.iter().product::<usize>());
+                let (from_n, to_n) = (element_count(&shape)?, element_count(to)?);
                 if from_n != to_n || !(to.len() == 1 || to.len() == 3) {
                     return Err(format!("reshape to {to:?} does not take input {shape:?} (same number of values, to [features] or [h, w, c])"));
                 }
@@ -443,6 +450,23 @@ mod tests {
         assert!(shape_check(&arch(vec![64], vec![8, 8]), &[]).is_err(), "rank 2 is neither a vector nor an image");
         let json = r#"{"input_shape": [64], "ops": [{"op": "reshape", "shape": [8, 8, 1]}]}"#;
         assert_eq!(serde_json::from_str::<Arch>(json).map(|a| a.ops).ok(), Some(vec![Op::Reshape { shape: vec![8, 8, 1] }]));
+    }
+
+    #[test]
+    fn huge_input_shapes_are_errors_not_overflows() {
+        // A `.meta` placeholder of [batch, 2^33, 2^33, 1]: the element count wraps a u64, which
+        // the old product did silently in release builds (and panicked on in debug ones).
+        let post = |shape: Vec<usize>| Posterior { name: "d".into(), kernel_shape: shape, kernel_mu: vec![], kernel_sigma: None, bias_mu: vec![], bias_sigma: None };
+        let big = Arch { input_name: "x".into(), input_shape: vec![1 << 33, 1 << 33, 1], ops: vec![Op::Flatten, dense()] };
+        assert_eq!(shape_check(&big, &[post(vec![4, 2])]), Err("input shape [8589934592, 8589934592, 1] has too many elements".into()));
+        let big = Arch { input_name: "x".into(), input_shape: vec![1 << 33, 1 << 33], ops: vec![dense()] };
+        assert!(shape_check(&big, &[post(vec![4, 2])]).expect_err("overflow").contains("too many elements"));
+        // More weight ops than weights: an error, not an index out of bounds.
+        let two = Arch { input_name: "x".into(), input_shape: vec![4], ops: vec![dense(), dense()] };
+        assert!(shape_check(&two, &[post(vec![4, 4])]).expect_err("short").contains("has no weights"));
+        // Windows and strides near usize::MAX saturate instead of wrapping.
+        assert_eq!(Padding::Same.output(8, usize::MAX, 2).0, 4);
+        assert_eq!(Padding::Valid.output(usize::MAX, 2, 1).0, usize::MAX - 1);
     }
 
     #[test]

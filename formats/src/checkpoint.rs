@@ -13,6 +13,7 @@ use crate::manifest::Manifest;
 use crate::naming;
 use crate::object_graph::{ObjectGraph, OBJECT_GRAPH_KEY, VARIABLE_VALUE_SUFFIX};
 use crate::safetensors_file::SafetensorsFile;
+use crate::sparse::{read_sparse, SparseView, MAX_DENSE_TENSOR_BYTES, META_SPARSE};
 use crate::tensor::{TensorData, TensorInfo};
 
 /// Which container a checkpoint is in.
@@ -43,7 +44,8 @@ pub struct Variable {
 #[derive(Debug)]
 enum Store {
     Bundle(BundleReader),
-    Safetensors(SafetensorsFile),
+    /// A safetensors file; for a `prune --sparse` file, with the dense view of its CSR tensors.
+    Safetensors(SafetensorsFile, Option<SparseView>),
 }
 
 /// An opened checkpoint.
@@ -114,8 +116,15 @@ impl Checkpoint {
 
     fn from_safetensors(file: SafetensorsFile) -> Result<Checkpoint> {
         let keys = naming::tf_keys_from_metadata(file.metadata());
-        let variables = file
-            .infos()
+        // A sparse file is seen as the dense model it stores: validated and rebuilt here, its
+        // CSR parts hidden.
+        let sparse = read_sparse(&file, MAX_DENSE_TENSOR_BYTES)?;
+        let infos: Vec<&TensorInfo> = match &sparse {
+            Some(view) => view.infos.iter().collect(),
+            None => file.infos().collect(),
+        };
+        let variables = infos
+            .into_iter()
             .map(|info| {
                 let name = naming::variable_name_for(&info.name, keys.get(&info.name).map(String::as_str));
                 Variable { key: info.name.clone(), kind: classify(&name), name, info: info.clone() }
@@ -124,7 +133,7 @@ impl Checkpoint {
         let global_step = file.metadata().get(naming::META_GLOBAL_STEP).and_then(|s| s.parse().ok());
         Ok(Checkpoint {
             path: file.path().to_path_buf(),
-            store: Store::Safetensors(file),
+            store: Store::Safetensors(file, sparse),
             variables,
             manifest: Manifest::default(),
             global_step,
@@ -149,7 +158,7 @@ impl Checkpoint {
     pub fn tf_key<'a>(&'a self, v: &'a Variable) -> &'a str {
         match self.store {
             Store::Bundle(_) => &v.key,
-            Store::Safetensors(_) => self.tf_keys.get(&v.key).map(String::as_str).unwrap_or(&v.name),
+            Store::Safetensors(..) => self.tf_keys.get(&v.key).map(String::as_str).unwrap_or(&v.name),
         }
     }
 
@@ -162,7 +171,7 @@ impl Checkpoint {
     pub fn format(&self) -> Format {
         match self.store {
             Store::Bundle(_) => Format::TfBundle,
-            Store::Safetensors(_) => Format::Safetensors,
+            Store::Safetensors(..) => Format::Safetensors,
         }
     }
 
@@ -170,15 +179,28 @@ impl Checkpoint {
     pub fn bundle(&self) -> Option<&BundleReader> {
         match &self.store {
             Store::Bundle(b) => Some(b),
-            Store::Safetensors(_) => None,
+            Store::Safetensors(..) => None,
         }
     }
 
-    /// The `__metadata__` of a safetensors file (empty for a TF checkpoint).
+    /// The `__metadata__` of a safetensors file (empty for a TF checkpoint); for a sparse file,
+    /// that of the dense file it stands for (without `bnn_sparse`).
     pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
         match &self.store {
             Store::Bundle(_) => Default::default(),
-            Store::Safetensors(f) => f.metadata().clone(),
+            Store::Safetensors(f, _) => {
+                let mut m = f.metadata().clone();
+                m.remove(META_SPARSE);
+                m
+            }
+        }
+    }
+
+    /// The sparse layout of a `prune --sparse` file (`None` for every other checkpoint).
+    pub fn sparse(&self) -> Option<&crate::sparse::SparseIndex> {
+        match &self.store {
+            Store::Safetensors(_, Some(view)) => Some(&view.index),
+            _ => None,
         }
     }
 
@@ -224,7 +246,20 @@ impl Checkpoint {
     pub fn read(&self, key: &str) -> Result<TensorData<'_>> {
         match &self.store {
             Store::Bundle(b) => b.read(key),
-            Store::Safetensors(f) => f.bytes(key).map(|b| TensorData::Bytes(b.into())),
+            Store::Safetensors(f, sparse) => self.safetensors_bytes(f, sparse.as_ref(), key).map(|b| TensorData::Bytes(b.into())),
+        }
+    }
+
+    /// The bytes of `key` in a safetensors file: rebuilt for a sparse-stored tensor; a CSR part
+    /// is not a tensor of the model, so it is not found.
+    fn safetensors_bytes<'a>(&self, f: &'a SafetensorsFile, sparse: Option<&'a SparseView>, key: &str) -> Result<&'a [u8]> {
+        match sparse {
+            None => f.bytes(key),
+            Some(view) => match view.dense.get(key) {
+                Some(bytes) => Ok(bytes),
+                None if view.infos.iter().any(|i| i.name == key) => f.bytes(key),
+                None => Err(Error::NoSuchTensor { path: self.path.clone(), name: key.to_string() }),
+            },
         }
     }
 
@@ -233,7 +268,7 @@ impl Checkpoint {
     pub fn read_unverified(&self, key: &str) -> Result<TensorData<'_>> {
         match &self.store {
             Store::Bundle(b) => b.read_unverified(key),
-            Store::Safetensors(_) => self.read(key),
+            Store::Safetensors(..) => self.read(key),
         }
     }
 
@@ -242,11 +277,12 @@ impl Checkpoint {
     pub fn stream(&self, key: &str, sink: &mut crate::tensor::Sink) -> Result<()> {
         match &self.store {
             Store::Bundle(b) => b.stream(key, sink),
-            Store::Safetensors(f) => {
-                let bytes = f.bytes(key)?;
+            Store::Safetensors(f, sparse) => {
+                let bytes = self.safetensors_bytes(f, sparse.as_ref(), key)?;
                 for (i, chunk) in bytes.chunks(SAFETENSORS_CHUNK).enumerate() {
                     sink(chunk)?;
-                    // Bounded memory, as for bundles: the pages just copied are not needed again.
+                    // Bounded memory, as for bundles: the pages just copied are not needed again
+                    // (a no-op for tensors densified from sparse storage, which are owned).
                     f.release(key, i * SAFETENSORS_CHUNK..i * SAFETENSORS_CHUNK + chunk.len());
                 }
                 Ok(())
@@ -260,7 +296,7 @@ impl Checkpoint {
     pub fn verify_checksum(&self, key: &str, computed: u32) -> Result<()> {
         match &self.store {
             Store::Bundle(b) => b.verify_checksum(key, computed),
-            Store::Safetensors(_) => Ok(()),
+            Store::Safetensors(..) => Ok(()),
         }
     }
 
@@ -270,7 +306,7 @@ impl Checkpoint {
     pub fn release(&self, key: &str, range: std::ops::Range<usize>) {
         match &self.store {
             Store::Bundle(b) => b.release(key, range),
-            Store::Safetensors(f) => f.release(key, range),
+            Store::Safetensors(f, _) => f.release(key, range),
         }
     }
 }

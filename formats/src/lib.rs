@@ -25,6 +25,7 @@ pub mod output_file;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;
 pub mod safetensors_file;
+pub mod sparse;
 pub mod synthetic;
 pub mod table;
 pub mod tensor;

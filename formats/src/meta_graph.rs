@@ -31,7 +31,12 @@ pub fn meta_path(prefix: &Path) -> std::path::PathBuf {
 /// Reads `path` (a `.meta` MetaGraphDef) and recovers the network.
 pub fn read_arch(path: &Path) -> Result<Arch> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let meta = MetaGraphDef::parse_from_bytes(&bytes)
+    parse_arch(path, &bytes)
+}
+
+/// Recovers the network from the bytes of a `.meta` file; `path` only names it in errors.
+pub fn parse_arch(path: &Path, bytes: &[u8]) -> Result<Arch> {
+    let meta = MetaGraphDef::parse_from_bytes(bytes)
         .map_err(|e| Error::corrupt(path, format!("not a MetaGraphDef: {e}")))?;
     arch_from_nodes(&meta.graph_def.node).map_err(|what| Error::unsupported(path, what))
 }
@@ -87,7 +92,8 @@ impl<'a> Graph<'a> {
     /// A layer's output node: its BiasAdd, then the Relu/Identity chain after it.
     fn layer_output(&self, layer: &str) -> Option<&'a NodeDef> {
         let mut n = *self.nodes.get(format!("{layer}/BiasAdd").as_str())?;
-        loop {
+        // Bounded: a hostile graph can chain activations in a cycle.
+        for _ in 0..=self.nodes.len() {
             let next = self.consumers.get(n.name.as_str()).and_then(|cs| {
                 let acts: Vec<_> = cs.iter().filter(|c| matches!(c.op.as_str(), "Relu" | "Identity")).collect();
                 (acts.len() == 1).then(|| *acts[0])
@@ -97,6 +103,7 @@ impl<'a> Graph<'a> {
                 None => return Some(n),
             }
         }
+        None
     }
 
     /// Ops from the placeholder to `out` (in execution order) and the placeholder node.
@@ -359,6 +366,25 @@ mod tests {
                 Op::Dense { layer: "den_out".into() },
             ]
         );
+    }
+
+    #[test]
+    fn activation_cycles_end_the_search_instead_of_hanging() {
+        // BiasAdd -> Relu <-> Identity: the old walk after the BiasAdd went round for ever.
+        let node = |name: &str, op: &str, inputs: &[&str]| {
+            let mut n = NodeDef::new();
+            n.name = name.into();
+            n.op = op.into();
+            n.input = inputs.iter().map(|s| s.to_string()).collect();
+            n
+        };
+        let nodes = vec![
+            node("den_1/kernel_posterior_loc", "VariableV2", &[]),
+            node("den_1/BiasAdd", "BiasAdd", &[]),
+            node("r", "Relu", &["den_1/BiasAdd", "i"]),
+            node("i", "Identity", &["r"]),
+        ];
+        assert_eq!(arch_from_nodes(&nodes), Err("no layer has a BiasAdd output".to_string()));
     }
 
     #[test]

@@ -17,11 +17,28 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorInfo;
 
+/// The bytes of a file: memory-mapped from disk, or handed over in memory.
+#[derive(Debug)]
+enum Backing {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Map(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 /// An open safetensors file.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Mmap,
+    map: Backing,
     data_start: usize,
     tensors: Vec<(TensorInfo, std::ops::Range<usize>)>,
     metadata: BTreeMap<String, String>,
@@ -34,6 +51,17 @@ impl SafetensorsFile {
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: read-only private map; the file is not modified while we read it.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        SafetensorsFile::from_backing(path, Backing::Map(map))
+    }
+
+    /// Parses the bytes of a safetensors file held in memory; `path` only names it in errors.
+    pub fn parse(path: impl AsRef<Path>, bytes: Vec<u8>) -> Result<SafetensorsFile> {
+        SafetensorsFile::from_backing(path.as_ref().to_path_buf(), Backing::Owned(bytes))
+    }
+
+    fn from_backing(path: PathBuf, map: Backing) -> Result<SafetensorsFile> {
+        // read_metadata checks the header size cap, every offset against shape x dtype and the
+        // file length, so each range below lies inside the map.
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
             .map_err(|e| Error::corrupt(&path, format!("not a valid safetensors file: {e}")))?;
         let data_start = 8 + header_len;
@@ -43,15 +71,21 @@ impl SafetensorsFile {
                 Error::unsupported(&path, format!("tensor '{name}' has safetensors dtype {:?}, which TensorFlow has no type for", info.dtype))
             })?;
             let (begin, end) = info.data_offsets;
+            let range = data_start
+                .checked_add(begin)
+                .zip(data_start.checked_add(end))
+                .filter(|(b, e)| b <= e && *e <= map.len())
+                .map(|(b, e)| b..e)
+                .ok_or_else(|| Error::corrupt(&path, format!("tensor '{name}' lies outside the file")))?;
             tensors.push((
                 TensorInfo {
                     name: name.clone(),
                     dtype,
                     shape: info.shape.iter().map(|&d| d as u64).collect(),
-                    nbytes: (end - begin) as u64,
+                    nbytes: range.len() as u64,
                     shard: None,
                 },
-                data_start + begin..data_start + end,
+                range,
             ));
         }
         tensors.sort_by_key(|(_, range)| range.start);
@@ -84,7 +118,7 @@ impl SafetensorsFile {
         self.tensors
             .iter()
             .find(|(i, _)| i.name == name)
-            .map(|(_, r)| &self.map[r.clone()])
+            .and_then(|(_, r)| self.map.get(r.clone()))
             .ok_or_else(|| Error::NoSuchTensor { path: self.path.clone(), name: name.to_string() })
     }
 }
@@ -98,9 +132,12 @@ impl SafetensorsFile {
         if range.end > r.len() || range.start >= range.end {
             return;
         }
-        // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
-        // are read again from the file if touched later; no borrowed data changes.
-        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start + range.start, range.len()) };
+        // Files handed over in memory have nothing to release.
+        if let Backing::Map(map) = &self.map {
+            // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
+            // are read again from the file if touched later; no borrowed data changes.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start + range.start, range.len()) };
+        }
     }
 }
 
@@ -142,8 +179,9 @@ where
         if header.contains_key(&t.name) {
             return Err(Error::invalid(path, format!("tensor '{}' planned twice", t.name)));
         }
-        header.insert(t.name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + n]}));
-        offset += n;
+        let end = offset.checked_add(n).ok_or_else(|| Error::invalid(path, format!("tensors up to '{}' are too large together", t.name)))?;
+        header.insert(t.name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}));
+        offset = end;
         sizes.push(n);
     }
     let mut json = serde_json::to_vec(&header).map_err(|e| Error::invalid(path, e.to_string()))?;
@@ -199,6 +237,33 @@ mod tests {
         assert_eq!(f.metadata()["k"], "v");
         assert_eq!(f.bytes("b").expect("b"), &[0x80, 0x3f]);
         assert_eq!(f.infos().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["a.kernel", "b", "empty"]);
+    }
+
+    #[test]
+    fn offsets_past_u64_are_an_error_before_writing() {
+        // Two tensors of 2^63 bytes each: the second's end offset wrapped to 0 in the old plan.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let t = vec![
+            PlannedTensor { name: "a".into(), dtype: DType::Float32, shape: vec![1 << 61] },
+            PlannedTensor { name: "b".into(), dtype: DType::Float32, shape: vec![1 << 61] },
+        ];
+        let err = write_safetensors(&path, &t, &BTreeMap::new(), |_, _| Ok(())).expect_err("too large").to_string();
+        assert!(err.ends_with("m.safetensors: tensors up to 'b' are too large together"), "{err}");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn in_memory_files_parse_like_files_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.safetensors");
+        let t = vec![PlannedTensor { name: "a".into(), dtype: DType::Uint8, shape: vec![3] }];
+        write_safetensors(&path, &t, &BTreeMap::new(), |_, sink| sink(&[1, 2, 3])).expect("write");
+        let bytes = std::fs::read(&path).expect("read");
+        let f = SafetensorsFile::parse("mem.safetensors", bytes.clone()).expect("parses");
+        assert_eq!(f.bytes("a").expect("a"), &[1, 2, 3]);
+        let err = SafetensorsFile::parse("mem.safetensors", bytes[..bytes.len() - 1].to_vec()).expect_err("truncated").to_string();
+        assert!(err.starts_with("mem.safetensors: not a valid safetensors file"), "{err}");
     }
 
     #[test]

@@ -12,50 +12,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use formats::checkpoint::Checkpoint;
+use formats::checkpoint::{Checkpoint, Format};
 use formats::convert::{plan_safetensors, ToSafetensorsOptions};
-use formats::safetensors_file::{write_safetensors, PlannedTensor, SafetensorsFile};
+use formats::safetensors_file::{write_safetensors, PlannedTensor};
+pub use formats::sparse::{matrix_view, SparseEntry, SparseIndex, META_SPARSE};
+use formats::sparse::{indices_dtype, indptr_dtype};
 use formats::DType;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::mask::KeepMask;
 use crate::prune::Pruning;
-
-/// Metadata entry describing the sparse tensors of a file.
-pub const META_SPARSE: &str = "bnn_sparse";
-
-/// Where the CSR parts of one dense tensor are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SparseEntry {
-    /// Always `csr`.
-    pub layout: String,
-    /// The dense tensor's dtype (safetensors spelling).
-    pub dtype: String,
-    /// The dense tensor's shape.
-    pub shape: Vec<u64>,
-    /// Rows of the matrix view.
-    pub rows: u64,
-    /// Columns of the matrix view.
-    pub cols: u64,
-    /// Name of the row-offset tensor.
-    pub indptr: String,
-    /// Name of the column-index tensor.
-    pub indices: String,
-    /// Name of the kept-values tensor.
-    pub values: String,
-    /// Hex of the element every pruned position holds.
-    pub fill: String,
-}
-
-/// The `bnn_sparse` metadata: replaced tensors and the dense order to restore.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SparseIndex {
-    /// Every tensor name of the dense file, in order.
-    pub order: Vec<String>,
-    /// Sparse-stored tensors by dense name.
-    pub tensors: BTreeMap<String, SparseEntry>,
-}
 
 /// Sizes of a sparse write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,21 +33,11 @@ pub struct SparseSummary {
     pub sparse_bytes: u64,
 }
 
-fn matrix_view(shape: &[u64]) -> (u64, u64) {
-    match shape.split_last() {
-        Some((&cols, rest)) => (rest.iter().product(), cols),
-        None => (1, 1),
-    }
-}
-
 /// CSR row offsets and column indices of the kept positions, as little-endian bytes.
 fn csr_pattern(keep: &KeepMask, rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8>, DType) {
-    let wide_ptr = keep.len() as u64 >= u32::MAX as u64;
-    let idx_type = match cols {
-        0..=256 => DType::Uint8,
-        257..=65536 => DType::Uint16,
-        _ => DType::Uint32,
-    };
+    let ptr_type = indptr_dtype(keep.len() as u64);
+    let wide_ptr = ptr_type == DType::Uint64;
+    let idx_type = indices_dtype(cols);
     let (mut indptr, mut indices) = (Vec::new(), Vec::new());
     let mut nnz = 0u64;
     let push_ptr = |v: &mut Vec<u8>, n: u64| {
@@ -104,7 +61,6 @@ fn csr_pattern(keep: &KeepMask, rows: u64, cols: u64) -> (Vec<u8>, DType, Vec<u8
         }
         push_ptr(&mut indptr, nnz);
     }
-    let ptr_type = if wide_ptr { DType::Uint64 } else { DType::Uint32 };
     (indptr, ptr_type, indices, idx_type)
 }
 
@@ -125,7 +81,7 @@ pub fn write_sparse(ckpt: &Checkpoint, pruning: &Pruning, out: &Path, opts: ToSa
         let (Some(loc_name), Some(rho_name)) = (name_of.get(t.loc_key.as_str()), name_of.get(t.rho_key.as_str())) else {
             continue;
         };
-        let (rows, cols) = matrix_view(&t.shape);
+        let (rows, cols) = matrix_view(&t.shape).ok_or_else(|| Error::invalid(ckpt.path(), format!("'{}' has too many elements", t.loc_key)))?;
         let (indptr, ptr_type, indices, idx_type) = csr_pattern(keep, rows, cols);
         let width = t.dtype.size().unwrap_or(1);
         let nnz = keep.kept() as u64;
@@ -190,83 +146,22 @@ pub fn write_sparse(ckpt: &Checkpoint, pruning: &Pruning, out: &Path, opts: ToSa
     Ok(SparseSummary { dense_bytes, sparse_bytes })
 }
 
-fn read_index(file: &SafetensorsFile) -> Result<SparseIndex> {
-    let text = file
-        .metadata()
-        .get(META_SPARSE)
-        .ok_or_else(|| Error::invalid(file.path(), format!("no '{META_SPARSE}' metadata: not a sparse bnn-convert file")))?;
-    serde_json::from_str(text).map_err(|e| Error::invalid(file.path(), format!("bad '{META_SPARSE}' metadata: {e}")))
-}
-
-fn le_uint(bytes: &[u8], i: usize, width: usize) -> Option<u64> {
-    let b = bytes.get(i * width..(i + 1) * width)?;
-    Some(match width {
-        1 => b[0] as u64,
-        2 => u16::from_le_bytes([b[0], b[1]]) as u64,
-        4 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64,
-        8 => u64::from_le_bytes(b.try_into().ok()?),
-        _ => return None,
-    })
-}
-
-/// Rebuilds the dense bytes of one sparse entry, checking every offset and index.
-fn dense_from_csr(file: &SafetensorsFile, name: &str, e: &SparseEntry) -> Result<(DType, Vec<u8>)> {
-    let bad = |what: String| Error::invalid(file.path(), format!("sparse tensor '{name}': {what}"));
-    let info = |n: &str| file.infos().find(|i| i.name == n).cloned().ok_or_else(|| bad(format!("part '{n}' is missing")));
-    let values_info = info(&e.values)?;
-    let (ptr_info, idx_info) = (info(&e.indptr)?, info(&e.indices)?);
-    let dtype = values_info.dtype;
-    let width = dtype.size().ok_or_else(|| bad("values are not fixed-size".into()))?;
-    let fill: Vec<u8> = (0..e.fill.len() / 2).filter_map(|i| u8::from_str_radix(&e.fill[2 * i..2 * i + 2], 16).ok()).collect();
-    if fill.len() != width || e.rows.checked_mul(e.cols) != Some(e.shape.iter().product()) {
-        return Err(bad("fill value or shape does not fit the dtype".into()));
-    }
-    let (indptr, indices, values) = (file.bytes(&e.indptr)?, file.bytes(&e.indices)?, file.bytes(&e.values)?);
-    let (pw, iw) = (ptr_info.dtype.size().unwrap_or(0), idx_info.dtype.size().unwrap_or(0));
-    let total = usize::try_from(e.rows * e.cols).map_err(|_| bad("too large".into()))?;
-    let mut out = fill.repeat(total);
-    for r in 0..e.rows as usize {
-        let (a, b) = (le_uint(indptr, r, pw), le_uint(indptr, r + 1, pw));
-        let (Some(a), Some(b)) = (a, b) else { return Err(bad("row offsets are truncated".into())) };
-        for j in a..b {
-            let c = le_uint(indices, j as usize, iw).filter(|&c| c < e.cols).ok_or_else(|| bad(format!("column index {j} is missing or out of range")))?;
-            let src = values.get(j as usize * width..(j as usize + 1) * width).ok_or_else(|| bad("values are truncated".into()))?;
-            let at = (r * e.cols as usize + c as usize) * width;
-            out[at..at + width].copy_from_slice(src);
-        }
-    }
-    Ok((dtype, out))
-}
-
-/// Writes the dense equivalent of sparse safetensors file `input` to `out`.
+/// Writes the dense equivalent of sparse safetensors file `input` to `out`: the dense view
+/// [`Checkpoint::open`] validates and rebuilds (formats::sparse), written back tensor by tensor.
 pub fn densify(input: &Path, out: &Path) -> Result<()> {
-    let file = SafetensorsFile::open(input)?;
-    let index = read_index(&file)?;
-    let mut dense: BTreeMap<&str, (DType, Vec<u8>)> = BTreeMap::new();
-    for (name, e) in &index.tensors {
-        dense.insert(name, dense_from_csr(&file, name, e)?);
+    let ckpt = Checkpoint::open(input)?;
+    if ckpt.format() != Format::Safetensors || ckpt.sparse().is_none() {
+        return Err(Error::invalid(input, format!("no '{META_SPARSE}' metadata: not a sparse bnn-convert file")));
     }
-    let mut planned = Vec::new();
-    for name in &index.order {
-        let (dtype, shape) = match (dense.get(name.as_str()), index.tensors.get(name)) {
-            (Some((dtype, _)), Some(e)) => (*dtype, e.shape.clone()),
-            _ => {
-                let i = file.infos().find(|i| &i.name == name).ok_or_else(|| {
-                    Error::invalid(input, format!("tensor '{name}' listed in '{META_SPARSE}' is missing"))
-                })?;
-                (i.dtype, i.shape.clone())
-            }
-        };
-        planned.push(PlannedTensor { name: name.clone(), dtype, shape });
-    }
-    let mut metadata = file.metadata().clone();
-    metadata.remove(META_SPARSE);
-    write_safetensors(out, &planned, &metadata, |i, sink| {
-        let name = planned[i].name.as_str();
-        let bytes = match dense.get(name) {
-            Some((_, b)) => b.as_slice(),
-            None => file.bytes(name)?,
-        };
+    let planned: Vec<PlannedTensor> = ckpt
+        .variables()
+        .iter()
+        .map(|v| PlannedTensor { name: v.key.clone(), dtype: v.info.dtype, shape: v.info.shape.clone() })
+        .collect();
+    write_safetensors(out, &planned, &ckpt.metadata(), |i, sink| {
+        // Reading names the input on error; the sink's failures are the output's.
+        let data = ckpt.read(&planned[i].name)?;
+        let bytes = data.bytes().ok_or_else(|| formats::Error::unsupported(input, format!("'{}' is not numeric", planned[i].name)))?;
         sink(bytes)
     })?;
     Ok(())
@@ -287,7 +182,8 @@ mod tests {
         assert_eq!(indices, vec![1, 0, 2]);
         let wide = vec![true; 300];
         assert_eq!(csr_pattern(&KeepMask::from_bools(&wide), 1, 300).3, DType::Uint16);
-        assert_eq!(matrix_view(&[5, 5, 3, 8]), (75, 8));
-        assert_eq!(matrix_view(&[10]), (1, 10));
+        assert_eq!(matrix_view(&[5, 5, 3, 8]), Some((75, 8)));
+        assert_eq!(matrix_view(&[10]), Some((1, 10)));
+        assert_eq!(matrix_view(&[1 << 32, 1 << 32]), None);
     }
 }

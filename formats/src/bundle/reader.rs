@@ -299,36 +299,46 @@ impl BundleReader {
         let _ = unsafe { shard.unchecked_advise_range(UncheckedAdvice::DontNeed, entry.offset as usize + range.start, range.len()) };
     }
 
-    /// Builds the full value of a partitioned variable from its slices.
+    /// Builds the full value of a partitioned variable from its slices. Every slice is found
+    /// and bounds-checked, and together they must cover the declared shape, before the full
+    /// tensor is allocated: a declared shape alone never sizes an allocation.
     fn assemble(&self, name: &str, full: &Entry) -> Result<Vec<u8>> {
+        let corrupt = |what: String| Error::corrupt(&self.index_path, format!("tensor '{name}': {what}"));
         let elem = full
             .dtype
             .size()
             .ok_or_else(|| Error::unsupported(&self.index_path, format!("partitioned string tensor '{name}'")))?;
-        let total = full
-            .dense_bytes()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}' is too large")))?;
-        let mut out = vec![0u8; total];
+        let mut found = Vec::with_capacity(full.slices.len());
+        let mut keys = std::collections::BTreeSet::new();
         let mut covered = 0u64;
         for extents in &full.slices {
             let (starts, lens) = resolve_extents(&full.shape, extents)
-                .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} lies outside its shape {:?}", full.shape)))?;
+                .ok_or_else(|| corrupt(format!("slice {extents:?} lies outside its shape {:?}", full.shape)))?;
             let key = encode_slice_key(name, extents);
-            let part = self
-                .slices
-                .get(&key)
-                .ok_or_else(|| Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} is not stored")))?;
-            if part.dtype != full.dtype || part.shape != lens {
-                return Err(Error::corrupt(&self.index_path, format!("tensor '{name}': slice {extents:?} has the wrong dtype or shape")));
+            let part = self.slices.get(&key).ok_or_else(|| corrupt(format!("slice {extents:?} is not stored")))?;
+            if !keys.insert(key) {
+                return Err(corrupt(format!("slice {extents:?} is listed twice")));
             }
+            if part.dtype != full.dtype || part.shape != lens {
+                return Err(corrupt(format!("slice {extents:?} has the wrong dtype or shape")));
+            }
+            // The part's bytes must be in its shard before they count towards the whole.
+            self.stored_slice(name, part)?;
+            covered = part.num_elements().and_then(|n| covered.checked_add(n)).ok_or_else(|| corrupt("slices are too large".into()))?;
+            found.push((starts, lens, part));
+        }
+        if Some(covered) != full.num_elements() {
+            return Err(corrupt(format!("slices cover {covered} of {} elements", full.num_elements().unwrap_or(0))));
+        }
+        let total = covered
+            .checked_mul(elem as u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt("too large".into()))?;
+        let mut out = vec![0u8; total];
+        for (starts, lens, part) in found {
             let data = self.read_entry(name, part)?;
             let bytes = data.bytes().unwrap_or_default();
             copy_block(&mut out, &full.shape, bytes, &starts, &lens, elem);
-            covered += part.num_elements().unwrap_or(0);
-        }
-        if Some(covered) != full.num_elements() {
-            return Err(Error::corrupt(&self.index_path, format!("tensor '{name}': slices cover {covered} of {} elements", full.num_elements().unwrap_or(0))));
         }
         Ok(out)
     }
@@ -457,6 +467,44 @@ mod tests {
         h.num_shards = -3;
         let dir = index_with_header(h);
         assert!(BundleReader::open(dir.path().join("m")).unwrap_err().to_string().contains("-3 data shards"));
+    }
+
+    #[test]
+    fn a_partitioned_shape_alone_never_sizes_an_allocation() {
+        // 2^20 x 2^20 float32 declared (4 TiB), one 1 x 1 slice stored: the old reader allocated
+        // the 4 TiB before looking for the slices, and aborted.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = BundleHeaderProto::new();
+        h.num_shards = 1;
+        let one = [Extent { start: 0, length: Some(1) }, Extent { start: 0, length: Some(1) }];
+        let full = Entry { dtype: DType::Float32, shape: vec![1 << 20, 1 << 20], shard_id: 0, offset: 0, size: 0, masked_crc32c: 0, slices: vec![one.to_vec()] };
+        let value = 1.5f32.to_le_bytes();
+        let crc = crate::coding::mask_crc(crc32c::crc32c(&value));
+        let part = Entry { dtype: DType::Float32, shape: vec![1, 1], shard_id: 0, offset: 0, size: 4, masked_crc32c: crc, slices: vec![] };
+        let mut records = vec![(b"big".to_vec(), full.encode()), (encode_slice_key("big", &one), part.encode())];
+        records.sort();
+        let mut t = crate::table::TableBuilder::default();
+        t.add(b"", &h.write_to_bytes().expect("encode"));
+        for (k, v) in &records {
+            t.add(k, v);
+        }
+        std::fs::write(dir.path().join("m.index"), t.finish()).expect("index");
+        std::fs::write(dir.path().join("m.data-00000-of-00001"), value).expect("shard");
+        let reader = BundleReader::open(dir.path().join("m")).expect("opens");
+        let err = reader.read("big").unwrap_err().to_string();
+        assert!(err.ends_with("m.index: tensor 'big': slices cover 1 of 1099511627776 elements"), "{err}");
+        // The same slice listed twice does not count twice.
+        let twice = Entry { slices: vec![one.to_vec(), one.to_vec()], shape: vec![2, 1], ..full };
+        let mut records = vec![(b"big".to_vec(), twice.encode()), (encode_slice_key("big", &one), part.encode())];
+        records.sort();
+        let mut t = crate::table::TableBuilder::default();
+        t.add(b"", &h.write_to_bytes().expect("encode"));
+        for (k, v) in &records {
+            t.add(k, v);
+        }
+        std::fs::write(dir.path().join("m.index"), t.finish()).expect("index");
+        let err = BundleReader::open(dir.path().join("m")).expect("opens").read("big").unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,14 @@ use crate::error::{Error, Result};
 const NO_COMPRESSION: u8 = 0;
 const SNAPPY_COMPRESSION: u8 = 1;
 
+/// Largest decompressed block accepted (1 GiB): TensorFlow writes blocks of about 256 KiB, and
+/// a single entry is a short proto, so only a hostile file comes near it.
+pub const MAX_BLOCK_BYTES: usize = 1 << 30;
+
+/// Snappy emits at most 64 bytes per 3 input bytes (a copy with a two-byte offset), so a block
+/// claiming more than 22 times its compressed size is damaged; checked before allocating.
+const MAX_SNAPPY_EXPANSION: usize = 22;
+
 /// A parsed table: its entries in key order.
 #[derive(Debug)]
 pub struct Table {
@@ -113,10 +121,18 @@ fn read_block<'a>(path: &Path, body: &'a [u8], handle: BlockHandle, what: &str) 
     }
     match kind {
         NO_COMPRESSION => Ok(Cow::Borrowed(contents)),
-        SNAPPY_COMPRESSION => snap::raw::Decoder::new()
-            .decompress_vec(contents)
-            .map(Cow::Owned)
-            .map_err(|e| Error::corrupt(path, format!("{what}: bad snappy data: {e}"))),
+        SNAPPY_COMPRESSION => {
+            let bad = |e: snap::Error| Error::corrupt(path, format!("{what}: bad snappy data: {e}"));
+            let claimed = snap::raw::decompress_len(contents).map_err(bad)?;
+            let limit = contents.len().saturating_mul(MAX_SNAPPY_EXPANSION).min(MAX_BLOCK_BYTES);
+            if claimed > limit {
+                return Err(Error::corrupt(
+                    path,
+                    format!("{what}: snappy block of {} bytes claims {claimed} bytes decompressed (at most {limit} possible)", contents.len()),
+                ));
+            }
+            snap::raw::Decoder::new().decompress_vec(contents).map(Cow::Owned).map_err(bad)
+        }
         other => Err(Error::unsupported(path, format!("{what} uses compression type {other}, which bnn-convert cannot read"))),
     }
 }
@@ -171,6 +187,27 @@ mod tests {
         let t = Table::parse(Path::new("s.index"), &snappy_table(None)).expect("snappy table parses");
         assert_eq!(t.entries().len(), 2);
         assert_eq!(t.entries()[1].1, vec![7u8; 100]);
+    }
+
+    #[test]
+    fn snappy_lengths_past_the_cap_are_refused_before_allocating() {
+        // Five bytes of varint claiming 2^32 - 1 bytes, then one literal byte: the old reader
+        // allocated 4 GiB before finding out.
+        let mut out = Vec::new();
+        let contents = [0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x41];
+        out.extend_from_slice(&contents);
+        out.push(SNAPPY_COMPRESSION);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&contents), &[SNAPPY_COMPRESSION]);
+        out.extend_from_slice(&mask_crc(crc).to_le_bytes());
+        let handle = BlockHandle { offset: 0, size: contents.len() as u64 };
+        let err = read_block(Path::new("h.index"), &out, handle, "index block").unwrap_err().to_string();
+        assert_eq!(err, "h.index: index block: snappy block of 7 bytes claims 4294967295 bytes decompressed (at most 154 possible)");
+        // A real block of 22x compression still reads: 6400 equal bytes compress to about 300.
+        let mut ok = Vec::new();
+        let zeros = vec![0u8; 6400];
+        let h = push_snappy_block(&mut ok, &zeros);
+        assert!(h.size as usize * MAX_SNAPPY_EXPANSION >= 6400, "{}", h.size);
+        assert_eq!(read_block(Path::new("h.index"), &ok, h, "b").expect("reads").as_ref(), &zeros[..]);
     }
 
     #[test]
