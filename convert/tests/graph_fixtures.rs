@@ -19,17 +19,39 @@ use tract_onnx::prelude::*;
 
 /// Every graph fixture: folder and the ops TF's graph holds.
 fn cases() -> Vec<(&'static str, Vec<Op>)> {
-    vec![(
-        "tf1_reshape_conv",
-        vec![
-            Op::Reshape { shape: vec![8, 8, 1] },
-            Op::Conv2d { layer: "Conv_1".into(), strides: [1, 1], padding: Padding::Same },
-            Op::Relu,
-            Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
-            Op::Flatten,
-            Op::Dense { layer: "den_out".into() },
-        ],
-    )]
+    let conv = |l: &str, padding| Op::Conv2d { layer: l.into(), strides: [1, 1], padding };
+    let dense = |l: &str| Op::Dense { layer: l.into() };
+    vec![
+        (
+            "tf1_reshape_conv",
+            vec![
+                Op::Reshape { shape: vec![8, 8, 1] },
+                conv("Conv_1", Padding::Same),
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                Op::Flatten,
+                dense("den_out"),
+            ],
+        ),
+        (
+            // Pad, Relu6, AvgPool (SAME: partial windows), Elu, Mean over H,W, Dropout
+            // (skipped), Tanh.
+            "tf1_ops_mix",
+            vec![
+                Op::Pad { pads: [1, 2, 0, 1] },
+                conv("Conv_1", Padding::Valid),
+                Op::Relu6,
+                Op::AvgPool { size: [2, 2], strides: [2, 2], padding: Padding::Same },
+                conv("Conv_2", Padding::Same),
+                Op::Elu,
+                Op::GlobalAvgPool,
+                dense("den_1"),
+                Op::Tanh,
+                dense("den_out"),
+            ],
+        ),
+        ("tf1_sigmoid_mlp", vec![dense("den_1"), Op::Sigmoid, dense("den_out")]),
+    ]
 }
 
 fn load(folder: &str) -> (Arch, Vec<Posterior>) {

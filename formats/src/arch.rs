@@ -62,6 +62,31 @@ pub enum Op {
     },
     /// Elementwise max(x, 0).
     Relu,
+    /// Elementwise min(max(x, 0), 6) (TF `Relu6`).
+    Relu6,
+    /// Elementwise x for x > 0, e^x - 1 otherwise (TF `Elu`, alpha 1).
+    Elu,
+    /// Elementwise 1 / (1 + e^-x).
+    Sigmoid,
+    /// Elementwise tanh(x).
+    Tanh,
+    /// Average pooling, NHWC (TF `AvgPool`): padded positions are not counted.
+    AvgPool {
+        /// Window height and width.
+        size: [usize; 2],
+        /// Stride along height and width.
+        strides: [usize; 2],
+        /// Padding mode.
+        padding: Padding,
+    },
+    /// Mean over height and width, `[h, w, c]` to `[c]` (TF `Mean` over axes 1, 2; Keras
+    /// `GlobalAveragePooling2D`).
+    GlobalAvgPool,
+    /// Zero padding of an image, NHWC (TF `Pad` / Keras `ZeroPadding2D`).
+    Pad {
+        /// Rows before and after, columns before and after: `[top, bottom, left, right]`.
+        pads: [usize; 4],
+    },
     /// Max pooling, NHWC.
     MaxPool {
         /// Window height and width.
@@ -183,7 +208,7 @@ impl Arch {
         fn windows_ok(ops: &[Op]) -> bool {
             ops.iter().all(|op| match op {
                 Op::Conv2d { strides, .. } => !strides.contains(&0),
-                Op::MaxPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
+                Op::MaxPool { size, strides, .. } | Op::AvgPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
                 Op::Reshape { shape } => !shape.is_empty() && !shape.contains(&0),
                 Op::Residual { body, shortcut } => windows_ok(body) && windows_ok(shortcut),
                 _ => true,
@@ -265,6 +290,21 @@ pub struct Posterior {
     pub bias_mu: Vec<f32>,
     /// Bias sigma when the bias is Bayesian.
     pub bias_sigma: Option<Vec<f32>>,
+}
+
+impl Op {
+    /// The elementwise function of an activation op (`None` for other ops): one definition
+    /// for every predictor.
+    pub fn activation(&self) -> Option<fn(f32) -> f32> {
+        match self {
+            Op::Relu => Some(|x| x.max(0.0)),
+            Op::Relu6 => Some(|x| x.clamp(0.0, 6.0)),
+            Op::Elu => Some(|x| if x > 0.0 { x } else { x.exp_m1() }),
+            Op::Sigmoid => Some(|x| 1.0 / (1.0 + (-x).exp())),
+            Op::Tanh => Some(f32::tanh),
+            _ => None,
+        }
+    }
 }
 
 /// softplus(x) = log(1 + e^x), computed without overflow; exactly 0 for very negative x.
@@ -364,13 +404,27 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 }
                 vec![padding.output(shape[0], k[0], strides[0]).0, padding.output(shape[1], k[1], strides[1]).0, k[3]]
             }
-            Op::Relu => shape,
-            Op::MaxPool { size, strides, padding } => {
+            Op::Relu | Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => shape,
+            Op::MaxPool { size, strides, padding } | Op::AvgPool { size, strides, padding } => {
                 if shape.len() != 3 {
-                    return Err(format!("max pool needs [h, w, c] input, got {shape:?}"));
+                    return Err(format!("pooling needs [h, w, c] input, got {shape:?}"));
                 }
                 vec![padding.output(shape[0], size[0], strides[0]).0, padding.output(shape[1], size[1], strides[1]).0, shape[2]]
             }
+            Op::GlobalAvgPool => match shape[..] {
+                [_, _, c] => vec![c],
+                _ => return Err(format!("global average pooling needs [h, w, c] input, got {shape:?}")),
+            },
+            Op::Pad { pads: [t, b, l, r] } => match shape[..] {
+                [h, w, c] => {
+                    let grow = |n: usize, a: usize, z: usize| n.checked_add(a).and_then(|v| v.checked_add(z));
+                    match (grow(h, *t, *b), grow(w, *l, *r)) {
+                        (Some(h), Some(w)) => vec![h, w, c],
+                        _ => return Err(format!("padding {:?} overflows", [t, b, l, r])),
+                    }
+                }
+                _ => return Err(format!("pad needs [h, w, c] input, got {shape:?}")),
+            },
             Op::Flatten => vec![shape.iter().product()],
             Op::Reshape { shape: to } => {
                 let (from_n, to_n) = (shape.iter().product::<usize>(), to.iter().product::<usize>());
@@ -443,6 +497,30 @@ mod tests {
         assert!(shape_check(&arch(vec![64], vec![8, 8]), &[]).is_err(), "rank 2 is neither a vector nor an image");
         let json = r#"{"input_shape": [64], "ops": [{"op": "reshape", "shape": [8, 8, 1]}]}"#;
         assert_eq!(serde_json::from_str::<Arch>(json).map(|a| a.ops).ok(), Some(vec![Op::Reshape { shape: vec![8, 8, 1] }]));
+    }
+
+    #[test]
+    fn pooling_padding_and_activations_shapes_and_values() {
+        let arch = |ops: Vec<Op>| Arch { input_name: "x".into(), input_shape: vec![8, 8, 1], ops };
+        let pad = Op::Pad { pads: [1, 2, 0, 1] };
+        let avg = Op::AvgPool { size: [2, 2], strides: [2, 2], padding: Padding::Same };
+        assert_eq!(shape_check(&arch(vec![pad.clone()]), &[]), Ok(vec![11, 9, 1]));
+        assert_eq!(shape_check(&arch(vec![pad, avg, Op::Elu]), &[]), Ok(vec![6, 5, 1]));
+        assert_eq!(shape_check(&arch(vec![Op::GlobalAvgPool, Op::Tanh]), &[]), Ok(vec![1]));
+        assert!(shape_check(&arch(vec![Op::Flatten, Op::GlobalAvgPool]), &[]).is_err());
+        let json = r#"[{"op": "relu6"}, {"op": "elu"}, {"op": "sigmoid"}, {"op": "tanh"}, {"op": "global_avg_pool"},
+            {"op": "pad", "pads": [1, 2, 0, 1]}, {"op": "avg_pool", "size": [2, 2], "strides": [2, 2], "padding": "SAME"}]"#;
+        let ops: Vec<Op> = serde_json::from_str(json).expect("ops");
+        assert_eq!(ops.len(), 7);
+        // Hand-computed values.
+        let f = |op: Op, x: f32| op.activation().map(|a| a(x));
+        assert_eq!(f(Op::Relu6, 7.5), Some(6.0));
+        assert_eq!(f(Op::Relu6, -1.0), Some(0.0));
+        assert_eq!(f(Op::Elu, -1.0), Some((-1.0f32).exp() - 1.0));
+        assert_eq!(f(Op::Elu, 2.0), Some(2.0));
+        assert_eq!(f(Op::Sigmoid, 0.0), Some(0.5));
+        assert_eq!(f(Op::Tanh, 0.5), Some(0.5f32.tanh()));
+        assert_eq!(f(Op::Flatten, 1.0), None);
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl<'a> Graph<'a> {
         let mut n = *self.nodes.get(format!("{layer}/BiasAdd").as_str())?;
         loop {
             let next = self.consumers.get(n.name.as_str()).and_then(|cs| {
-                let acts: Vec<_> = cs.iter().filter(|c| matches!(c.op.as_str(), "Relu" | "Identity")).collect();
+                let acts: Vec<_> = cs.iter().filter(|c| c.op == "Identity" || activation(&c.op).is_some()).collect();
                 (acts.len() == 1).then(|| *acts[0])
             });
             match next {
@@ -105,8 +105,8 @@ impl<'a> Graph<'a> {
         let mut n = out;
         for _ in 0..=self.nodes.len() {
             if let Some(layer) = self.scope_of(&n.name) {
-                if n.op == "Relu" {
-                    ops.push(Op::Relu);
+                if let Some(act) = activation(&n.op) {
+                    ops.push(act);
                     n = self.input0(n)?;
                     continue;
                 }
@@ -120,19 +120,54 @@ impl<'a> Graph<'a> {
                     ops.reverse();
                     return Ok((ops, n));
                 }
-                "Relu" => ops.push(Op::Relu),
-                "Identity" => {}
+                "Identity" | "StopGradient" => {}
+                op if activation(op).is_some() => ops.extend(activation(op)),
                 "Reshape" => ops.push(self.reshape(n)?),
-                "MaxPool" => {
+                "MaxPool" | "AvgPool" => {
                     check_nhwc(n)?;
-                    let (size, strides) = (window(n, "ksize")?, window(n, "strides")?);
-                    ops.push(Op::MaxPool { size, strides, padding: padding(n)? });
+                    let (size, strides, padding) = (window(n, "ksize")?, window(n, "strides")?, padding(n)?);
+                    ops.push(if n.op == "MaxPool" { Op::MaxPool { size, strides, padding } } else { Op::AvgPool { size, strides, padding } });
+                }
+                "Mean" => ops.push(self.global_mean(n)?),
+                "Pad" => ops.push(self.pad(n)?),
+                // Keras Dropout in a TF1 graph: `If(keras_learning_phase, x)`; at inference
+                // (learning phase false) it passes x through.
+                "If" | "StatelessIf" if is_dropout(n) => {
+                    let x = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("dropout '{}' has no input", n.name))?;
+                    n = self.node(x)?;
+                    continue;
                 }
                 other => return Err(format!("op {other} ('{}') on the path to the logits is not supported; give the network with --arch", n.name)),
             }
             n = self.input0(n)?;
         }
         Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// `Mean` over axes 1 and 2 of an NHWC image without kept dimensions: global average
+    /// pooling.
+    fn global_mean(&self, n: &NodeDef) -> std::result::Result<Op, String> {
+        let axes = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("Mean '{}' has no axes", n.name))?;
+        let mut axes = const_ints(self.node(axes)?)?;
+        axes.sort_unstable();
+        let keep = n.attr.get("keep_dims").is_some_and(|a| a.b());
+        if axes == [1, 2] && !keep {
+            Ok(Op::GlobalAvgPool)
+        } else {
+            Err(format!("op Mean ('{}') over axes {axes:?}{} on the path to the logits is not supported (only over height and width, as global average pooling); give the network with --arch", n.name, if keep { " keeping dimensions" } else { "" }))
+        }
+    }
+
+    /// `Pad` of an NHWC image with constant paddings `[[0, 0], [t, b], [l, r], [0, 0]]`.
+    fn pad(&self, n: &NodeDef) -> std::result::Result<Op, String> {
+        let p = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("Pad '{}' has no paddings", n.name))?;
+        let v = const_ints(self.node(p)?)?;
+        match v[..] {
+            [0, 0, t, b, l, r, 0, 0] if [t, b, l, r].iter().all(|&x| (0..=1 << 20).contains(&x)) => {
+                Ok(Op::Pad { pads: [t as usize, b as usize, l as usize, r as usize] })
+            }
+            _ => Err(format!("op Pad ('{}') with paddings {v:?} on the path to the logits is not supported (only height and width of an NHWC image); give the network with --arch", n.name)),
+        }
     }
 
     /// A `Reshape` node as an op: its shape input is evaluated ([`Graph::shape_value`]); the
@@ -222,6 +257,23 @@ impl<'a> Graph<'a> {
         found.sort_by(|a, b| a.name.cmp(&b.name));
         found.first().copied().ok_or_else(|| format!("layer '{layer}' has no MatMul/Conv2D reading its input"))
     }
+}
+
+/// The op of a TF activation.
+fn activation(op: &str) -> Option<Op> {
+    Some(match op {
+        "Relu" => Op::Relu,
+        "Relu6" => Op::Relu6,
+        "Elu" => Op::Elu,
+        "Sigmoid" => Op::Sigmoid,
+        "Tanh" => Op::Tanh,
+        _ => return None,
+    })
+}
+
+/// Whether an `If` node is a Keras `Dropout` (its branch functions are named after it).
+fn is_dropout(n: &NodeDef) -> bool {
+    ["then_branch", "else_branch"].iter().all(|b| n.attr.get(*b).is_some_and(|a| a.func().name.to_ascii_lowercase().contains("dropout")))
 }
 
 /// One entry of a shape computed in the graph.

@@ -162,6 +162,13 @@ impl Builder {
         name
     }
 
+    /// A float scalar initializer.
+    fn const_f32(&mut self, hint: &str, value: f32) -> String {
+        let name = self.fresh(hint);
+        self.inits.push(f32_tensor(&name, &[], &[value]));
+        name
+    }
+
     /// A float initializer; kernels (`kernel == true`) may be stored sparse.
     fn init(&mut self, name: &str, dims: &[usize], values: &[f32], kernel: bool) -> String {
         let nnz = values.iter().filter(|v| **v != 0.0).count();
@@ -312,15 +319,43 @@ impl Builder {
                     Cur { name: out, shape: vec![h, wd, co] }
                 }
                 Op::Relu => Cur { name: self.node("Relu", &[&cur.name], vec![]), shape: cur.shape },
-                Op::MaxPool { size, strides, padding } => {
-                    let attrs = vec![
+                Op::Relu6 => {
+                    let lo = self.const_f32("relu6_min", 0.0);
+                    let hi = self.const_f32("relu6_max", 6.0);
+                    Cur { name: self.node("Clip", &[&cur.name, &lo, &hi], vec![]), shape: cur.shape }
+                }
+                // ONNX Elu's default alpha is 1, as TF's.
+                Op::Elu => Cur { name: self.node("Elu", &[&cur.name], vec![]), shape: cur.shape },
+                Op::Sigmoid => Cur { name: self.node("Sigmoid", &[&cur.name], vec![]), shape: cur.shape },
+                Op::Tanh => Cur { name: self.node("Tanh", &[&cur.name], vec![]), shape: cur.shape },
+                Op::MaxPool { size, strides, padding } | Op::AvgPool { size, strides, padding } => {
+                    let mut attrs = vec![
                         attr_ints("kernel_shape", &[size[0] as i64, size[1] as i64]),
                         attr_ints("strides", &[strides[0] as i64, strides[1] as i64]),
                         attr_ints("pads", &pads(*padding, &cur.shape, size, strides)),
                     ];
+                    let kind = if matches!(op, Op::MaxPool { .. }) {
+                        "MaxPool"
+                    } else {
+                        // TF averages over the window's positions inside the image only.
+                        attrs.push(attr_int("count_include_pad", 0));
+                        "AveragePool"
+                    };
                     let h = padding.output(cur.shape[0], size[0], strides[0]).0;
                     let w = padding.output(cur.shape[1], size[1], strides[1]).0;
-                    Cur { name: self.node("MaxPool", &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
+                    Cur { name: self.node(kind, &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
+                }
+                Op::GlobalAvgPool => {
+                    // [N, (S*)C, 1, 1] is a 1x1 image: to_rows makes it [N, C] / [S, N, C].
+                    let c = cur.shape[2];
+                    let pooled = Cur { name: self.node("GlobalAveragePool", &[&cur.name], vec![]), shape: vec![1, 1, c] };
+                    Cur { name: self.to_rows(&pooled, s, mc), shape: vec![c] }
+                }
+                Op::Pad { pads: [t, b, l, r] } => {
+                    // NCHW: begins of N, C, H, W then their ends; the sample groups share C.
+                    let p = self.const_i64("pads", &[0, 0, *t as i64, *l as i64, 0, 0, *b as i64, *r as i64]);
+                    let shape = vec![cur.shape[0] + t + b, cur.shape[1] + l + r, cur.shape[2]];
+                    Cur { name: self.node("Pad", &[&cur.name, &p], vec![]), shape }
                 }
                 Op::Flatten if cur.shape.len() == 1 => cur,
                 Op::Flatten => {
