@@ -51,6 +51,22 @@ fn cases() -> Vec<(&'static str, Vec<Op>)> {
             ],
         ),
         ("tf1_sigmoid_mlp", vec![dense("den_1"), Op::Sigmoid, dense("den_out")]),
+        (
+            // Keras BatchNormalization on an image (If + FusedBatchNormV3, default epsilon)
+            // and on a vector (the unfused batchnorm/mul_1 ... add_1, epsilon 1e-2).
+            "tf1_bn_conv",
+            vec![
+                conv("Conv_1", Padding::Same),
+                Op::BatchNorm { layer: "bn_1".into(), epsilon: 1e-3, params: None },
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                Op::Flatten,
+                dense("den_1"),
+                Op::BatchNorm { layer: "bn_2".into(), epsilon: 1e-2, params: None },
+                Op::Relu,
+                dense("den_out"),
+            ],
+        ),
     ]
 }
 
@@ -212,4 +228,30 @@ fn unsupported_op_on_the_path_is_one_line_naming_op_node_checkpoint_and_arch() {
     std::fs::write(meta_path(&prefix), g.write_to_bytes().expect("encode")).expect("write");
     let out = bnn_convert(&[&"eval", &dir.path(), &"--data", &fixtures().join("data/digits_test_x.npy")]);
     assert_one_line_error(&out, &["Square", "'reshape/Reshape'", ".meta", "--arch"]);
+}
+
+#[test]
+fn prune_and_snr_leave_batch_norm_variables_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = fixtures().join("tf1_bn_conv");
+    let out = dir.path().join("pruned/model.ckpt");
+    let r = bnn_convert(&[&"prune", &src, &"-o", &out, &"--threshold", &"1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = Checkpoint::open(&src).expect("ckpt");
+    let after = Checkpoint::open(&out).expect("pruned");
+    for bn in ["bn_1", "bn_2"] {
+        for v in ["gamma", "beta", "moving_mean", "moving_variance"] {
+            let key = format!("{bn}/{v}");
+            let (a, b) = (before.read(&key).expect("before"), after.read(&key).expect("after"));
+            assert_eq!(a.bytes(), b.bytes(), "{key} must be copied unchanged");
+        }
+    }
+    // The pruned checkpoint still evaluates with the architecture from its .meta, BN included.
+    let r = bnn_convert(&[&"eval", &out, &"--data", &fixtures().join("data/digits_test_x.npy"), &"--samples", &"0", &"--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // snr counts only the Bayesian kernels: Conv_1 (8*9), den_1 (128*32), den_out (32*10).
+    let r = bnn_convert(&[&"snr", &src, &"--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(!text.contains("bn_1") && !text.contains("bn_2"), "BN variables are not Bayesian layers: {text}");
 }

@@ -104,6 +104,19 @@ pub enum Op {
         /// Shape of one example after the op, batch excluded.
         shape: Vec<usize>,
     },
+    /// Batch normalization at inference, per channel (the last dimension):
+    /// `(x - moving_mean) / sqrt(moving_variance + epsilon) * gamma + beta` (TF
+    /// `FusedBatchNormV3`, or the unfused `batchnorm/mul_1 ... add_1`).
+    BatchNorm {
+        /// Checkpoint scope holding `gamma` (optional, default 1), `beta` (optional, default
+        /// 0), `moving_mean` and `moving_variance`.
+        layer: String,
+        /// Added to the variance.
+        epsilon: f32,
+        /// The statistics, loaded by [`Arch::bind`] (not part of the JSON).
+        #[serde(skip)]
+        params: Option<BatchNormParams>,
+    },
     /// `relu(body(x) + shortcut(x))`: a residual block (ResNet). An empty shortcut is identity.
     Residual {
         /// Main branch.
@@ -111,6 +124,59 @@ pub enum Op {
         /// Projection branch (1x1 strided conv) or empty.
         shortcut: Vec<Op>,
     },
+}
+
+/// The variables of a batch normalization layer, one value per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormParams {
+    /// Scale (`gamma`).
+    pub gamma: Vec<f32>,
+    /// Offset (`beta`).
+    pub beta: Vec<f32>,
+    /// Moving mean.
+    pub mean: Vec<f32>,
+    /// Moving variance.
+    pub variance: Vec<f32>,
+}
+
+impl BatchNormParams {
+    /// The equivalent per-channel `x * scale + shift`: scale = gamma / sqrt(variance +
+    /// epsilon), shift = beta - mean * scale (what TF's unfused form computes).
+    pub fn scale_shift(&self, epsilon: f32) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = self.gamma.iter().zip(&self.variance).map(|(g, v)| g / (v + epsilon).sqrt()).collect();
+        let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        (scale, shift)
+    }
+
+    fn read(ckpt: &Checkpoint, layer: &str) -> Result<BatchNormParams> {
+        let path = ckpt.path();
+        let get = |name: &str, required: bool| -> Result<Option<Vec<f32>>> {
+            let key = format!("{layer}/{name}");
+            if ckpt.variable(&key).is_err() {
+                return if required {
+                    Err(Error::invalid(path, format!("batch normalization '{layer}' has no '{key}' in the checkpoint")))
+                } else {
+                    Ok(None)
+                };
+            }
+            let var = ckpt.variable(&key)?;
+            if var.info.dtype != DType::Float32 || var.info.shape.len() != 1 {
+                return Err(Error::unsupported(path, format!("'{key}' is {:?} {:?}; batch normalization needs a float32 vector", var.info.dtype, var.info.shape)));
+            }
+            let data = ckpt.read(&key)?;
+            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
+            Ok(Some(f32_values(bytes)))
+        };
+        let mean = get("moving_mean", true)?.unwrap_or_default();
+        let variance = get("moving_variance", true)?.unwrap_or_default();
+        let c = mean.len();
+        let gamma = get("gamma", false)?.unwrap_or_else(|| vec![1.0; c]);
+        let beta = get("beta", false)?.unwrap_or_else(|| vec![0.0; c]);
+        if variance.len() != c || gamma.len() != c || beta.len() != c {
+            return Err(Error::corrupt(path, format!("batch normalization '{layer}' variables have different lengths")));
+        }
+        Ok(BatchNormParams { gamma, beta, mean, variance })
+    }
 }
 
 /// A network: input shape and ops up to the logits (softmax is applied by the predictors).
@@ -270,6 +336,20 @@ impl Arch {
                 .ok_or_else(|| Error::invalid(&path, format!("architecture layer '{name}' has no kernel in the checkpoint")))?;
             posts.push(Posterior::read(ckpt, layer)?);
         }
+        fn load_bn(ops: &mut [Op], ckpt: &Checkpoint) -> Result<()> {
+            for op in ops {
+                match op {
+                    Op::BatchNorm { layer, params, .. } => *params = Some(BatchNormParams::read(ckpt, layer)?),
+                    Op::Residual { body, shortcut } => {
+                        load_bn(body, ckpt)?;
+                        load_bn(shortcut, ckpt)?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        load_bn(&mut self.ops, ckpt)?;
         shape_check(&self, &posts).map_err(|what| Error::invalid(&path, what))?;
         Ok((self, posts))
     }
@@ -426,6 +506,16 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 _ => return Err(format!("pad needs [h, w, c] input, got {shape:?}")),
             },
             Op::Flatten => vec![shape.iter().product()],
+            Op::BatchNorm { layer, params, .. } => {
+                let c = shape.last().copied().unwrap_or(0);
+                match params {
+                    Some(p) if p.mean.len() != c => {
+                        return Err(format!("batch normalization '{layer}' has {} channels, its input {shape:?} has {c}", p.mean.len()))
+                    }
+                    Some(_) => shape,
+                    None => return Err(format!("batch normalization '{layer}' has no statistics (the architecture is not bound to a checkpoint)")),
+                }
+            }
             Op::Reshape { shape: to } => {
                 let (from_n, to_n) = (shape.iter().product::<usize>(), to.iter().product::<usize>());
                 if from_n != to_n || !(to.len() == 1 || to.len() == 3) {

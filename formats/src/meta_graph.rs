@@ -19,7 +19,7 @@ use protobuf::Message;
 use crate::arch::{Arch, Op, Padding};
 use crate::error::{Error, Result};
 use crate::layout::{classify, Param, VariableKind};
-use crate::proto::graph::{MetaGraphDef, NodeDef};
+use crate::proto::graph::{FunctionDef, MetaGraphDef, NodeDef};
 
 /// The `.meta` file next to a checkpoint prefix.
 pub fn meta_path(prefix: &Path) -> std::path::PathBuf {
@@ -33,11 +33,13 @@ pub fn read_arch(path: &Path) -> Result<Arch> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let meta = MetaGraphDef::parse_from_bytes(&bytes)
         .map_err(|e| Error::corrupt(path, format!("not a MetaGraphDef: {e}")))?;
-    arch_from_nodes(&meta.graph_def.node).map_err(|what| Error::unsupported(path, what))
+    arch_from_graph(&meta.graph_def.node, &meta.graph_def.library.function).map_err(|what| Error::unsupported(path, what))
 }
 
 struct Graph<'a> {
     nodes: HashMap<&'a str, &'a NodeDef>,
+    /// Function bodies (the branches of `If` nodes), by name.
+    functions: HashMap<&'a str, &'a [NodeDef]>,
     consumers: HashMap<&'a str, Vec<&'a NodeDef>>,
     /// Weight layer scopes, longest first so that nested scopes match first.
     layers: Vec<String>,
@@ -52,7 +54,8 @@ fn node_of(input: &str) -> Option<&str> {
 }
 
 impl<'a> Graph<'a> {
-    fn new(nodes: &'a [NodeDef]) -> Graph<'a> {
+    fn new(nodes: &'a [NodeDef], functions: &'a [FunctionDef]) -> Graph<'a> {
+        let functions = functions.iter().map(|f| (f.signature.name.as_str(), f.node_def.as_slice())).collect();
         let mut map = HashMap::new();
         let mut consumers: HashMap<&str, Vec<&NodeDef>> = HashMap::new();
         let mut layers = Vec::new();
@@ -68,7 +71,7 @@ impl<'a> Graph<'a> {
             }
         }
         layers.sort_by_key(|l| std::cmp::Reverse(l.len()));
-        Graph { nodes: map, consumers, layers }
+        Graph { nodes: map, functions, consumers, layers }
     }
 
     fn node(&self, name: &str) -> std::result::Result<&'a NodeDef, String> {
@@ -129,6 +132,32 @@ impl<'a> Graph<'a> {
                     ops.push(if n.op == "MaxPool" { Op::MaxPool { size, strides, padding } } else { Op::AvgPool { size, strides, padding } });
                 }
                 "Mean" => ops.push(self.global_mean(n)?),
+                "FusedBatchNorm" | "FusedBatchNormV2" | "FusedBatchNormV3" => {
+                    check_nhwc(n)?;
+                    if n.attr.get("is_training").is_some_and(|a| a.b()) {
+                        return Err(format!("op {} ('{}') normalizes with batch statistics (is_training); give the network with --arch", n.op, n.name));
+                    }
+                    let layer = parent_scope(&n.name)?;
+                    ops.push(Op::BatchNorm { layer: layer.to_string(), epsilon: attr_f32(n, "epsilon")?, params: None });
+                }
+                // Keras BatchNormalization on an image in a TF1 graph: `If(keras_learning_phase,
+                // gamma, beta, moving_mean, moving_variance, x)`; the inference branch is a
+                // FusedBatchNormV3 with the moving statistics.
+                "If" | "StatelessIf" if self.batch_norm_if(n).is_some() => {
+                    let (layer, epsilon, x) = self.batch_norm_if(n).ok_or_else(|| format!("'{}'", n.name))??;
+                    ops.push(Op::BatchNorm { layer, epsilon, params: None });
+                    n = x;
+                    continue;
+                }
+                // Unfused batch normalization (Keras on vectors, tf.nn.batch_normalization):
+                // `<bn>/batchnorm/add_1 = x * mul + (beta - moving_mean * mul)`, mul = gamma *
+                // rsqrt(moving_variance + eps).
+                "Add" | "AddV2" if n.name.ends_with("/batchnorm/add_1") => {
+                    let (op, x) = self.unfused_batch_norm(n)?;
+                    ops.push(op);
+                    n = x;
+                    continue;
+                }
                 "Pad" => ops.push(self.pad(n)?),
                 // Keras Dropout in a TF1 graph: `If(keras_learning_phase, x)`; at inference
                 // (learning phase false) it passes x through.
@@ -142,6 +171,51 @@ impl<'a> Graph<'a> {
             n = self.input0(n)?;
         }
         Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// For an `If` whose branches hold a fused batch normalization of the scope's moving
+    /// statistics: the layer, epsilon (from the inference branch) and the data input.
+    #[allow(clippy::type_complexity)]
+    fn batch_norm_if(&self, n: &NodeDef) -> Option<std::result::Result<(String, f32, &'a NodeDef), String>> {
+        let layer = parent_scope(&n.name).ok()?;
+        let stats = format!("{layer}/moving_mean");
+        if !n.input.iter().any(|i| node_of(i) == Some(stats.as_str())) {
+            return None;
+        }
+        let branch = n.attr.get("else_branch").map(|a| a.func().name.as_str())?;
+        let body = self.functions.get(branch)?;
+        let bn = body.iter().find(|f| f.op.starts_with("FusedBatchNorm"))?;
+        Some((|| {
+            let epsilon = attr_f32(bn, "epsilon")?;
+            check_nhwc(bn)?;
+            // The data input: not the learning phase, not a variable of the layer.
+            let prefix = format!("{layer}/");
+            let x = n
+                .input
+                .iter()
+                .skip(1)
+                .filter_map(|i| node_of(i))
+                .find(|i| !i.starts_with(&prefix))
+                .ok_or_else(|| format!("batch normalization '{}' has no data input", n.name))?;
+            Ok((layer.to_string(), epsilon, self.node(x)?))
+        })())
+    }
+
+    /// The unfused form ending in `<bn>/batchnorm/add_1`: the layer, epsilon (the constant
+    /// of `<bn>/batchnorm/add`) and the data input (the first input of `batchnorm/mul_1`).
+    fn unfused_batch_norm(&self, n: &NodeDef) -> std::result::Result<(Op, &'a NodeDef), String> {
+        let base = n.name.strip_suffix("/add_1").unwrap_or(&n.name);
+        let layer = base.strip_suffix("/batchnorm").unwrap_or(base);
+        let mul_1 = self.node(&format!("{base}/mul_1"))?;
+        let x = self.input0(mul_1)?;
+        let eps_node = self.node(&format!("{base}/add/y"))?;
+        let t = eps_node.attr.get("value").map(|a| a.tensor()).ok_or_else(|| format!("'{}' has no value", eps_node.name))?;
+        let epsilon = match (t.float_val.first(), t.tensor_content.get(..4)) {
+            (Some(v), _) => *v,
+            (None, Some(b)) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            _ => return Err(format!("batch normalization epsilon '{}' is not a float constant", eps_node.name)),
+        };
+        Ok((Op::BatchNorm { layer: layer.to_string(), epsilon, params: None }, x))
     }
 
     /// `Mean` over axes 1 and 2 of an NHWC image without kept dimensions: global average
@@ -259,6 +333,15 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// The scope a node is in (`bn_1/cond` -> `bn_1`).
+fn parent_scope(name: &str) -> std::result::Result<&str, String> {
+    name.rsplit_once('/').map(|(p, _)| p).ok_or_else(|| format!("'{name}' is in no layer scope"))
+}
+
+fn attr_f32(n: &NodeDef, attr: &str) -> std::result::Result<f32, String> {
+    n.attr.get(attr).map(|a| a.f()).ok_or_else(|| format!("'{}' has no {attr}", n.name))
+}
+
 /// The op of a TF activation.
 fn activation(op: &str) -> Option<Op> {
     Some(match op {
@@ -348,7 +431,12 @@ fn main_to_op(layer: &str, n: &NodeDef) -> std::result::Result<Op, String> {
 
 /// Recovers the network from the nodes of a GraphDef; `Err` says what is not supported.
 pub fn arch_from_nodes(nodes: &[NodeDef]) -> std::result::Result<Arch, String> {
-    let g = Graph::new(nodes);
+    arch_from_graph(nodes, &[])
+}
+
+/// [`arch_from_nodes`] with the graph's function library (the bodies of `If` branches).
+pub fn arch_from_graph(nodes: &[NodeDef], functions: &[FunctionDef]) -> std::result::Result<Arch, String> {
+    let g = Graph::new(nodes, functions);
     if g.layers.is_empty() {
         return Err("the graph has no kernel variables (kernel_posterior_loc / kernel)".into());
     }

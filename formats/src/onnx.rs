@@ -351,6 +351,32 @@ impl Builder {
                     let pooled = Cur { name: self.node("GlobalAveragePool", &[&cur.name], vec![]), shape: vec![1, 1, c] };
                     Cur { name: self.to_rows(&pooled, s, mc), shape: vec![c] }
                 }
+                // Bound ops always carry their statistics; an unbound one is left out of
+                // shape_check's reach only in hand-built calls (nothing to compute with).
+                Op::BatchNorm { params: None, .. } => cur,
+                Op::BatchNorm { layer, epsilon, params: Some(p) } if cur.shape.len() == 3 => {
+                    // Images: ONNX BatchNormalization over the channel axis of [N, (S*)C, H, W]
+                    // (the S sample groups share the statistics).
+                    let tile = |v: &[f32]| -> Vec<f32> { (0..s).flat_map(|_| v.iter().copied()).collect() };
+                    let c = p.mean.len() * s;
+                    let names: Vec<String> = [("gamma", &p.gamma), ("beta", &p.beta), ("moving_mean", &p.mean), ("moving_variance", &p.variance)]
+                        .iter()
+                        .map(|(n, v)| self.init(&format!("{layer}/{n}"), &[c], &tile(v), false))
+                        .collect();
+                    let attrs = vec![AttributeProto { name: "epsilon".into(), type_: AttributeType::FLOAT.into(), f: *epsilon, ..Default::default() }];
+                    let name = self.node("BatchNormalization", &[&cur.name, &names[0], &names[1], &names[2], &names[3]], attrs);
+                    Cur { name, shape: cur.shape }
+                }
+                Op::BatchNorm { layer, epsilon, params: Some(p) } => {
+                    // Vectors ([N, C] or [S, N, C]): the same per-channel affine map, broadcast
+                    // over the last axis.
+                    let (scale, shift) = p.scale_shift(*epsilon);
+                    let c = scale.len();
+                    let scale = self.init(&format!("{layer}/scale"), &[c], &scale, false);
+                    let shift = self.init(&format!("{layer}/shift"), &[c], &shift, false);
+                    let m = self.node("Mul", &[&cur.name, &scale], vec![]);
+                    Cur { name: self.node("Add", &[&m, &shift], vec![]), shape: cur.shape }
+                }
                 Op::Pad { pads: [t, b, l, r] } => {
                     // NCHW: begins of N, C, H, W then their ends; the sample groups share C.
                     let p = self.const_i64("pads", &[0, 0, *t as i64, *l as i64, 0, 0, *b as i64, *r as i64]);

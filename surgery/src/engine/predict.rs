@@ -50,6 +50,8 @@ enum Layer {
     GlobalAvgPool([usize; 3]),
     /// Zero padding of `[h, w, c]` examples by `[top, bottom, left, right]`.
     Pad([usize; 3], [usize; 4]),
+    /// Batch normalization at inference as a per-channel `x * scale + shift`.
+    BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
     Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize> },
 }
 
@@ -131,6 +133,11 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                 let input = [shape[0], shape[1], shape[2]];
                 shape = vec![shape[2]];
                 Layer::GlobalAvgPool(input)
+            }
+            Op::BatchNorm { params: None, .. } => continue,
+            Op::BatchNorm { epsilon, params: Some(p), .. } => {
+                let (scale, shift) = p.scale_shift(*epsilon);
+                Layer::BatchNorm { scale, shift }
             }
             Op::Pad { pads } => {
                 let input = [shape[0], shape[1], shape[2]];
@@ -465,6 +472,19 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
             Layer::Pad(input, pads) => {
                 act.data = pad(&act.data, n, *input, *pads);
                 shape = vec![input[0] + pads[0] + pads[1], input[1] + pads[2] + pads[3], input[2]];
+            }
+            Layer::BatchNorm { scale, shift } => {
+                let c = scale.len().max(1);
+                if act.feature_major {
+                    // [c, n]: one row per channel.
+                    for ((row, s), b) in act.data.chunks_exact_mut(n.max(1)).zip(scale).zip(shift) {
+                        row.iter_mut().for_each(|v| *v = *v * s + b);
+                    }
+                } else {
+                    for px in act.data.chunks_exact_mut(c) {
+                        px.iter_mut().zip(scale).zip(shift).for_each(|((v, s), b)| *v = *v * s + b);
+                    }
+                }
             }
             Layer::ToImage(to) => {
                 // Images are example-major: a feature-major vector goes back to [n, k] first;
