@@ -67,6 +67,29 @@ fn cases() -> Vec<(&'static str, Vec<Op>)> {
                 dense("den_out"),
             ],
         ),
+        (
+            // Keras functional ResNet-style: Add of an identity shortcut, then of a strided
+            // body and a 1x1 strided projection; the graph's relu after each Add.
+            "tf1_resnet",
+            vec![
+                conv("Conv_1", Padding::Same),
+                Op::Relu,
+                Op::Residual { body: vec![conv("Conv_2", Padding::Same), Op::Relu, conv("Conv_3", Padding::Same)], shortcut: vec![], relu: false },
+                Op::Relu,
+                Op::Residual {
+                    body: vec![
+                        Op::Conv2d { layer: "Conv_4".into(), strides: [2, 2], padding: Padding::Same },
+                        Op::Relu,
+                        conv("Conv_5", Padding::Same),
+                    ],
+                    shortcut: vec![Op::Conv2d { layer: "Conv_6".into(), strides: [2, 2], padding: Padding::Same }],
+                    relu: false,
+                },
+                Op::Relu,
+                Op::GlobalAvgPool,
+                dense("den_out"),
+            ],
+        ),
     ]
 }
 

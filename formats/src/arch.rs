@@ -117,12 +117,17 @@ pub enum Op {
         #[serde(skip)]
         params: Option<BatchNormParams>,
     },
-    /// `relu(body(x) + shortcut(x))`: a residual block (ResNet). An empty shortcut is identity.
+    /// `relu(body(x) + shortcut(x))` (or without the relu): a residual block (ResNet); TF
+    /// `Add`/`AddV2` of two branches from the same tensor. An empty shortcut is identity.
     Residual {
         /// Main branch.
         body: Vec<Op>,
         /// Projection branch (1x1 strided conv) or empty.
         shortcut: Vec<Op>,
+        /// Whether the sum goes through a relu (the ResNet block; the default). Graphs read
+        /// from a `.meta` have `false` and the graph's own activation after the `Add`.
+        #[serde(default = "default_true", skip_serializing_if = "is_true")]
+        relu: bool,
     },
 }
 
@@ -191,6 +196,14 @@ pub struct Arch {
     pub ops: Vec<Op>,
 }
 
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_input_name() -> String {
     "input".to_string()
 }
@@ -242,7 +255,7 @@ impl Arch {
                     for block in 0..2 {
                         let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                         let shortcut = if stride == 2 { vec![conv(2)] } else { vec![] };
-                        ops.push(Op::Residual { body: vec![conv(stride), relu(), conv(1)], shortcut });
+                        ops.push(Op::Residual { body: vec![conv(stride), relu(), conv(1)], shortcut, relu: true });
                     }
                 }
                 ops.extend([Op::MaxPool { size: [4, 4], strides: [4, 4], padding: Padding::Valid }, Op::Flatten, dense()]);
@@ -276,7 +289,7 @@ impl Arch {
                 Op::Conv2d { strides, .. } => !strides.contains(&0),
                 Op::MaxPool { size, strides, .. } | Op::AvgPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
                 Op::Reshape { shape } => !shape.is_empty() && !shape.contains(&0),
-                Op::Residual { body, shortcut } => windows_ok(body) && windows_ok(shortcut),
+                Op::Residual { body, shortcut, .. } => windows_ok(body) && windows_ok(shortcut),
                 _ => true,
             })
         }
@@ -292,7 +305,7 @@ impl Arch {
             for op in ops {
                 match op {
                     Op::Dense { layer } | Op::Conv2d { layer, .. } => out.push(layer),
-                    Op::Residual { body, shortcut } => {
+                    Op::Residual { body, shortcut, .. } => {
                         walk(body, out);
                         walk(shortcut, out);
                     }
@@ -340,7 +353,7 @@ impl Arch {
             for op in ops {
                 match op {
                     Op::BatchNorm { layer, params, .. } => *params = Some(BatchNormParams::read(ckpt, layer)?),
-                    Op::Residual { body, shortcut } => {
+                    Op::Residual { body, shortcut, .. } => {
                         load_bn(body, ckpt)?;
                         load_bn(shortcut, ckpt)?;
                     }
@@ -523,7 +536,7 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 }
                 to.clone()
             }
-            Op::Residual { body, shortcut } => {
+            Op::Residual { body, shortcut, .. } => {
                 let a = walk_shapes(body, shape.clone(), posts, next)?;
                 let b = walk_shapes(shortcut, shape, posts, next)?;
                 if a != b {
@@ -611,6 +624,16 @@ mod tests {
         assert_eq!(f(Op::Sigmoid, 0.0), Some(0.5));
         assert_eq!(f(Op::Tanh, 0.5), Some(0.5f32.tanh()));
         assert_eq!(f(Op::Flatten, 1.0), None);
+    }
+
+    #[test]
+    fn residual_relu_defaults_to_true_and_false_round_trips() {
+        let old = r#"{"op": "residual", "body": [], "shortcut": []}"#;
+        assert_eq!(serde_json::from_str::<Op>(old).ok(), Some(Op::Residual { body: vec![], shortcut: vec![], relu: true }));
+        let plain = Op::Residual { body: vec![Op::Relu], shortcut: vec![], relu: false };
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(json.contains(r#""relu":false"#), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).ok(), Some(plain));
     }
 
     #[test]

@@ -40,6 +40,8 @@ struct Graph<'a> {
     nodes: HashMap<&'a str, &'a NodeDef>,
     /// Function bodies (the branches of `If` nodes), by name.
     functions: HashMap<&'a str, &'a [NodeDef]>,
+    /// Residual blocks already read: `Add` node -> (block, the node its branches start from).
+    residuals: std::cell::RefCell<HashMap<&'a str, (Op, &'a str)>>,
     consumers: HashMap<&'a str, Vec<&'a NodeDef>>,
     /// Weight layer scopes, longest first so that nested scopes match first.
     layers: Vec<String>,
@@ -71,7 +73,7 @@ impl<'a> Graph<'a> {
             }
         }
         layers.sort_by_key(|l| std::cmp::Reverse(l.len()));
-        Graph { nodes: map, functions, consumers, layers }
+        Graph { nodes: map, functions, residuals: Default::default(), consumers, layers }
     }
 
     fn node(&self, name: &str) -> std::result::Result<&'a NodeDef, String> {
@@ -104,9 +106,20 @@ impl<'a> Graph<'a> {
 
     /// Ops from the placeholder to `out` (in execution order) and the placeholder node.
     fn trace(&self, out: &'a NodeDef) -> std::result::Result<(Vec<Op>, &'a NodeDef), String> {
+        self.walk(out, None, &mut Vec::new(), 0)
+    }
+
+    /// Walks back from `out` to `stop` (or to the placeholder): the ops on the way in
+    /// execution order and the node the walk ended at; `visited` gets every node it landed on.
+    fn walk(&self, out: &'a NodeDef, stop: Option<&str>, visited: &mut Vec<&'a str>, depth: usize) -> std::result::Result<(Vec<Op>, &'a NodeDef), String> {
         let mut ops = Vec::new();
         let mut n = out;
         for _ in 0..=self.nodes.len() {
+            visited.push(n.name.as_str());
+            if stop == Some(n.name.as_str()) {
+                ops.reverse();
+                return Ok((ops, n));
+            }
             if let Some(layer) = self.scope_of(&n.name) {
                 if let Some(act) = activation(&n.op) {
                     ops.push(act);
@@ -158,6 +171,13 @@ impl<'a> Graph<'a> {
                     n = x;
                     continue;
                 }
+                // Two branches from one tensor, summed: a residual block.
+                "Add" | "AddV2" => {
+                    let (op, join) = self.residual(n, depth)?;
+                    ops.push(op);
+                    n = join;
+                    continue;
+                }
                 "Pad" => ops.push(self.pad(n)?),
                 // Keras Dropout in a TF1 graph: `If(keras_learning_phase, x)`; at inference
                 // (learning phase false) it passes x through.
@@ -171,6 +191,38 @@ impl<'a> Graph<'a> {
             n = self.input0(n)?;
         }
         Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// An `Add` of two branches as a residual block (the branch with more weight layers is the
+    /// body) and the node both branches start from; memoized, so a deep ResNet's nested
+    /// walks stay linear.
+    fn residual(&self, n: &'a NodeDef, depth: usize) -> std::result::Result<(Op, &'a NodeDef), String> {
+        if let Some((op, join)) = self.residuals.borrow().get(n.name.as_str()) {
+            return Ok((op.clone(), self.node(join)?));
+        }
+        // Graphs come from files: nesting must end.
+        if depth > 256 {
+            return Err(format!("residual blocks nested deeper than 256 at '{}'", n.name));
+        }
+        let branches: Vec<&str> = n.input.iter().filter_map(|i| node_of(i)).collect();
+        let [a, b] = branches[..] else {
+            return Err(format!("op {} ('{}') has {} inputs, not two branches; give the network with --arch", n.op, n.name, branches.len()));
+        };
+        let (a, b) = (self.node(a)?, self.node(b)?);
+        let (mut spine_a, mut spine_b) = (Vec::new(), Vec::new());
+        self.walk(a, None, &mut spine_a, depth + 1)?;
+        self.walk(b, None, &mut spine_b, depth + 1)?;
+        let join = spine_b
+            .iter()
+            .find(|x| spine_a.contains(x))
+            .copied()
+            .ok_or_else(|| format!("the branches of {} ('{}') do not start from one tensor; give the network with --arch", n.op, n.name))?;
+        let (ops_a, _) = self.walk(a, Some(join), &mut Vec::new(), depth + 1)?;
+        let (ops_b, join) = self.walk(b, Some(join), &mut Vec::new(), depth + 1)?;
+        let (body, shortcut) = if weight_count(&ops_a) >= weight_count(&ops_b) { (ops_a, ops_b) } else { (ops_b, ops_a) };
+        let op = Op::Residual { body, shortcut, relu: false };
+        self.residuals.borrow_mut().insert(n.name.as_str(), (op.clone(), join.name.as_str()));
+        Ok((op, join))
     }
 
     /// For an `If` whose branches hold a fused batch normalization of the scope's moving
@@ -333,6 +385,17 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Weight ops in `ops`, residual branches included.
+fn weight_count(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|o| match o {
+            Op::Dense { .. } | Op::Conv2d { .. } => 1,
+            Op::Residual { body, shortcut, .. } => weight_count(body) + weight_count(shortcut),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// The scope a node is in (`bn_1/cond` -> `bn_1`).
 fn parent_scope(name: &str) -> std::result::Result<&str, String> {
     name.rsplit_once('/').map(|(p, _)| p).ok_or_else(|| format!("'{name}' is in no layer scope"))
@@ -446,7 +509,7 @@ pub fn arch_from_graph(nodes: &[NodeDef], functions: &[FunctionDef]) -> std::res
         let Some(out) = g.layer_output(layer) else { continue };
         match g.trace(out) {
             Ok((ops, ph)) => {
-                let weights = ops.iter().filter(|o| matches!(o, Op::Dense { .. } | Op::Conv2d { .. })).count();
+                let weights = weight_count(&ops);
                 if best.as_ref().is_none_or(|b| weights > b.0) {
                     best = Some((weights, ops, ph));
                 }

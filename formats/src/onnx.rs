@@ -393,11 +393,12 @@ impl Builder {
                     let rows = self.to_rows(&cur, s, mc);
                     Cur { name: self.rows_to_image(&rows, shape, s, mc), shape: shape.clone() }
                 }
-                Op::Residual { body, shortcut } => {
+                Op::Residual { body, shortcut, relu } => {
                     let a = self.ops(body, cur.clone(), posts, mode);
                     let b = self.ops(shortcut, cur, posts, mode);
                     let sum = self.node("Add", &[&a.name, &b.name], vec![]);
-                    Cur { name: self.node("Relu", &[&sum], vec![]), shape: a.shape }
+                    let name = if *relu { self.node("Relu", &[&sum], vec![]) } else { sum };
+                    Cur { name, shape: a.shape }
                 }
             };
         }

@@ -52,7 +52,7 @@ enum Layer {
     Pad([usize; 3], [usize; 4]),
     /// Batch normalization at inference as a per-channel `x * scale + shift`.
     BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
-    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize> },
+    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize>, relu: bool },
 }
 
 /// A network ready to run.
@@ -162,11 +162,11 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                     Layer::ToImage(to.clone())
                 }
             }
-            Op::Residual { body, shortcut } => {
+            Op::Residual { body, shortcut, relu } => {
                 let (b, out_shape) = build(body, shape.clone(), posts, sparse);
                 let (s, _) = build(shortcut, shape.clone(), posts, sparse);
                 shape = out_shape.clone();
-                Layer::Residual { body: b, shortcut: s, out_shape }
+                Layer::Residual { body: b, shortcut: s, out_shape, relu: *relu }
             }
         };
         out.push(layer);
@@ -497,7 +497,7 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                 }
                 shape = to.clone();
             }
-            Layer::Residual { body, shortcut, out_shape } => {
+            Layer::Residual { body, shortcut, out_shape, relu } => {
                 let mut a = Act { data: act.data.clone(), feature_major: act.feature_major };
                 run_layers(body, &mut a, n, &shape, draw, ws);
                 let mut b = Act { data: std::mem::take(&mut act.data), feature_major: act.feature_major };
@@ -512,7 +512,11 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                     }
                 }
                 act.feature_major = a.feature_major && b.feature_major;
-                act.data = a.data.iter().zip(&b.data).map(|(a, b)| (a + b).max(0.0)).collect();
+                act.data = if *relu {
+                    a.data.iter().zip(&b.data).map(|(a, b)| (a + b).max(0.0)).collect()
+                } else {
+                    a.data.iter().zip(&b.data).map(|(a, b)| a + b).collect()
+                };
                 shape = out_shape.clone();
             }
         }
