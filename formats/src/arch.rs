@@ -530,8 +530,10 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 }
             }
             Op::Reshape { shape: to } => {
-                let (from_n, to_n) = (shape.iter().product::<usize>(), to.iter().product::<usize>());
-                if from_n != to_n || !(to.len() == 1 || to.len() == 3) {
+                // Shapes come from files: a product that overflows is a mismatch, not a panic.
+                let count = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+                let (from_n, to_n) = (count(&shape), count(to));
+                if from_n.is_none() || from_n != to_n || !(to.len() == 1 || to.len() == 3) {
                     return Err(format!("reshape to {to:?} does not take input {shape:?} (same number of values, to [features] or [h, w, c])"));
                 }
                 to.clone()
@@ -598,6 +600,7 @@ mod tests {
         let e = shape_check(&arch(vec![64], vec![8, 8, 2]), &[]).expect_err("128 values");
         assert!(e.contains("reshape to [8, 8, 2] does not take input [64]"), "{e}");
         assert!(shape_check(&arch(vec![64], vec![8, 8]), &[]).is_err(), "rank 2 is neither a vector nor an image");
+        assert!(shape_check(&arch(vec![64], vec![usize::MAX, 2, 1]), &[]).is_err(), "overflowing product");
         let json = r#"{"input_shape": [64], "ops": [{"op": "reshape", "shape": [8, 8, 1]}]}"#;
         assert_eq!(serde_json::from_str::<Arch>(json).map(|a| a.ops).ok(), Some(vec![Op::Reshape { shape: vec![8, 8, 1] }]));
     }

@@ -216,7 +216,7 @@ impl Builder {
 
     /// Each example's values in TF's (NHWC, C) order: `[N, features]` (mean) or
     /// `[S, N, features]` (MC; a vector that no sampled layer has touched yet stays `[N, features]`).
-    fn to_rows(&mut self, cur: &Cur, s: usize, mc: bool) -> String {
+    fn rows_of(&mut self, cur: &Cur, s: usize, mc: bool) -> String {
         if cur.shape.len() != 3 {
             return cur.name.clone();
         }
@@ -235,7 +235,7 @@ impl Builder {
         }
     }
 
-    /// The inverse of [`Builder::to_rows`] for an `[h, w, c]` image: `[N, C, H, W]` (mean) or
+    /// The inverse of [`Builder::rows_of`] for an `[h, w, c]` image: `[N, C, H, W]` (mean) or
     /// the sample-grouped `[N, S*C, H, W]` (MC).
     fn rows_to_image(&mut self, rows: &str, shape: &[usize], s: usize, mc: bool) -> String {
         let (h, w, c) = (shape[0] as i64, shape[1] as i64, shape[2] as i64);
@@ -346,10 +346,10 @@ impl Builder {
                     Cur { name: self.node(kind, &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
                 }
                 Op::GlobalAvgPool => {
-                    // [N, (S*)C, 1, 1] is a 1x1 image: to_rows makes it [N, C] / [S, N, C].
+                    // [N, (S*)C, 1, 1] is a 1x1 image: rows_of makes it [N, C] / [S, N, C].
                     let c = cur.shape[2];
                     let pooled = Cur { name: self.node("GlobalAveragePool", &[&cur.name], vec![]), shape: vec![1, 1, c] };
-                    Cur { name: self.to_rows(&pooled, s, mc), shape: vec![c] }
+                    Cur { name: self.rows_of(&pooled, s, mc), shape: vec![c] }
                 }
                 // Bound ops always carry their statistics; an unbound one is left out of
                 // shape_check's reach only in hand-built calls (nothing to compute with).
@@ -386,11 +386,11 @@ impl Builder {
                 Op::Flatten if cur.shape.len() == 1 => cur,
                 Op::Flatten => {
                     let n = cur.shape.iter().product();
-                    Cur { name: self.to_rows(&cur, s, mc), shape: vec![n] }
+                    Cur { name: self.rows_of(&cur, s, mc), shape: vec![n] }
                 }
-                Op::Reshape { shape } if shape.len() == 1 => Cur { name: self.to_rows(&cur, s, mc), shape: shape.clone() },
+                Op::Reshape { shape } if shape.len() == 1 => Cur { name: self.rows_of(&cur, s, mc), shape: shape.clone() },
                 Op::Reshape { shape } => {
-                    let rows = self.to_rows(&cur, s, mc);
+                    let rows = self.rows_of(&cur, s, mc);
                     Cur { name: self.rows_to_image(&rows, shape, s, mc), shape: shape.clone() }
                 }
                 Op::Residual { body, shortcut, relu } => {
