@@ -278,3 +278,63 @@ fn prune_and_snr_leave_batch_norm_variables_alone() {
     let text = String::from_utf8_lossy(&r.stdout);
     assert!(!text.contains("bn_1") && !text.contains("bn_2"), "BN variables are not Bayesian layers: {text}");
 }
+
+/// Made-up weights, deterministic.
+fn made_up(name: &str, shape: Vec<usize>, seed: &mut u32) -> Posterior {
+    let mut next = || {
+        *seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        ((*seed >> 8) as f32 / (1u32 << 24) as f32) - 0.5
+    };
+    let len: usize = shape.iter().product();
+    let units = *shape.last().expect("shape");
+    Posterior {
+        name: name.into(),
+        kernel_mu: (0..len).map(|_| next()).collect(),
+        kernel_sigma: Some((0..len).map(|_| 0.1 * next().abs()).collect()),
+        bias_mu: (0..units).map(|_| next()).collect(),
+        bias_sigma: None,
+        kernel_shape: shape,
+    }
+}
+
+#[test]
+fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
+    // dense -> reshape to an image (the MC graph's [S, N, k] rows become grouped images) ->
+    // conv -> reshape image to image -> avg pool -> flatten -> dense.
+    let json = r#"{"input_name": "x", "input_shape": [12], "ops": [
+        {"op": "dense", "layer": "d1"}, {"op": "tanh"}, {"op": "reshape", "shape": [4, 4, 2]},
+        {"op": "conv2d", "layer": "c1", "strides": [1, 1], "padding": "SAME"}, {"op": "elu"},
+        {"op": "reshape", "shape": [2, 8, 3]}, {"op": "avg_pool", "size": [2, 3], "strides": [2, 2], "padding": "SAME"},
+        {"op": "flatten"}, {"op": "dense", "layer": "d2"}]}"#;
+    let arch: Arch = serde_json::from_str(json).expect("arch");
+    let mut seed = 7;
+    let mut posts = vec![made_up("d1", vec![12, 32], &mut seed), made_up("c1", vec![3, 3, 2, 3], &mut seed), made_up("d2", vec![12, 5], &mut seed)];
+    let n = 6;
+    let x: Vec<f32> = (0..n * 12).map(|i| ((i * 29) % 13) as f32 / 13.0 - 0.4).collect();
+    let run = |model: &formats::onnx::ModelProto| -> Vec<f32> {
+        let bytes = encode(model, Path::new("t.onnx")).expect("encode");
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract");
+        let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
+        out[1].to_plain_array_view::<f32>().expect("f32").iter().copied().collect()
+    };
+    let native: Vec<f32> = Model::new(&arch, &posts, SparseKernels::Never).expect("model").predict_mean(&x).expect("p").iter().map(|&p| p as f32).collect();
+    let mean = build(&arch, &posts, Options { mode: Mode::Mean, sparse: Sparse::Never }, Path::new("t")).expect("build");
+    assert!(worst(&run(&mean), &native) < 1e-5, "mean graph");
+    posts.iter_mut().for_each(|p| p.kernel_sigma.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v = 0.0)));
+    let mc = build(&arch, &posts, Options { mode: Mode::MonteCarlo { samples: 3 }, sparse: Sparse::Never }, Path::new("t")).expect("build");
+    let bytes = encode(&mc, Path::new("t.onnx")).expect("encode");
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract");
+    let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
+    let mc_mean: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+    assert!(worst(&mc_mean, &native) < 1e-5, "MC graph without noise");
+}
