@@ -19,17 +19,78 @@ use tract_onnx::prelude::*;
 
 /// Every graph fixture: folder and the ops TF's graph holds.
 fn cases() -> Vec<(&'static str, Vec<Op>)> {
-    vec![(
-        "tf1_reshape_conv",
-        vec![
-            Op::Reshape { shape: vec![8, 8, 1] },
-            Op::Conv2d { layer: "Conv_1".into(), strides: [1, 1], padding: Padding::Same },
-            Op::Relu,
-            Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
-            Op::Flatten,
-            Op::Dense { layer: "den_out".into() },
-        ],
-    )]
+    let conv = |l: &str, padding| Op::Conv2d { layer: l.into(), strides: [1, 1], padding };
+    let dense = |l: &str| Op::Dense { layer: l.into() };
+    vec![
+        (
+            "tf1_reshape_conv",
+            vec![
+                Op::Reshape { shape: vec![8, 8, 1] },
+                conv("Conv_1", Padding::Same),
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                Op::Flatten,
+                dense("den_out"),
+            ],
+        ),
+        (
+            // Pad, Relu6, AvgPool (SAME: partial windows), Elu, Mean over H,W, Dropout
+            // (skipped), Tanh.
+            "tf1_ops_mix",
+            vec![
+                Op::Pad { pads: [1, 2, 0, 1] },
+                conv("Conv_1", Padding::Valid),
+                Op::Relu6,
+                Op::AvgPool { size: [2, 2], strides: [2, 2], padding: Padding::Same },
+                conv("Conv_2", Padding::Same),
+                Op::Elu,
+                Op::GlobalAvgPool,
+                dense("den_1"),
+                Op::Tanh,
+                dense("den_out"),
+            ],
+        ),
+        ("tf1_sigmoid_mlp", vec![dense("den_1"), Op::Sigmoid, dense("den_out")]),
+        (
+            // Keras BatchNormalization on an image (If + FusedBatchNormV3, default epsilon)
+            // and on a vector (the unfused batchnorm/mul_1 ... add_1, epsilon 1e-2).
+            "tf1_bn_conv",
+            vec![
+                conv("Conv_1", Padding::Same),
+                Op::BatchNorm { layer: "bn_1".into(), epsilon: 1e-3, params: None },
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                Op::Flatten,
+                dense("den_1"),
+                Op::BatchNorm { layer: "bn_2".into(), epsilon: 1e-2, params: None },
+                Op::Relu,
+                dense("den_out"),
+            ],
+        ),
+        (
+            // Keras functional ResNet-style: Add of an identity shortcut, then of a strided
+            // body and a 1x1 strided projection; the graph's relu after each Add.
+            "tf1_resnet",
+            vec![
+                conv("Conv_1", Padding::Same),
+                Op::Relu,
+                Op::Residual { body: vec![conv("Conv_2", Padding::Same), Op::Relu, conv("Conv_3", Padding::Same)], shortcut: vec![], relu: false },
+                Op::Relu,
+                Op::Residual {
+                    body: vec![
+                        Op::Conv2d { layer: "Conv_4".into(), strides: [2, 2], padding: Padding::Same },
+                        Op::Relu,
+                        conv("Conv_5", Padding::Same),
+                    ],
+                    shortcut: vec![Op::Conv2d { layer: "Conv_6".into(), strides: [2, 2], padding: Padding::Same }],
+                    relu: false,
+                },
+                Op::Relu,
+                Op::GlobalAvgPool,
+                dense("den_out"),
+            ],
+        ),
+    ]
 }
 
 fn load(folder: &str) -> (Arch, Vec<Posterior>) {
@@ -190,4 +251,90 @@ fn unsupported_op_on_the_path_is_one_line_naming_op_node_checkpoint_and_arch() {
     std::fs::write(meta_path(&prefix), g.write_to_bytes().expect("encode")).expect("write");
     let out = bnn_convert(&[&"eval", &dir.path(), &"--data", &fixtures().join("data/digits_test_x.npy")]);
     assert_one_line_error(&out, &["Square", "'reshape/Reshape'", ".meta", "--arch"]);
+}
+
+#[test]
+fn prune_and_snr_leave_batch_norm_variables_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = fixtures().join("tf1_bn_conv");
+    let out = dir.path().join("pruned/model.ckpt");
+    let r = bnn_convert(&[&"prune", &src, &"-o", &out, &"--threshold", &"1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let before = Checkpoint::open(&src).expect("ckpt");
+    let after = Checkpoint::open(&out).expect("pruned");
+    for bn in ["bn_1", "bn_2"] {
+        for v in ["gamma", "beta", "moving_mean", "moving_variance"] {
+            let key = format!("{bn}/{v}");
+            let (a, b) = (before.read(&key).expect("before"), after.read(&key).expect("after"));
+            assert_eq!(a.bytes(), b.bytes(), "{key} must be copied unchanged");
+        }
+    }
+    // The pruned checkpoint still evaluates with the architecture from its .meta, BN included.
+    let r = bnn_convert(&[&"eval", &out, &"--data", &fixtures().join("data/digits_test_x.npy"), &"--samples", &"0", &"--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // snr counts only the Bayesian kernels: Conv_1 (8*9), den_1 (128*32), den_out (32*10).
+    let r = bnn_convert(&[&"snr", &src, &"--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(!text.contains("bn_1") && !text.contains("bn_2"), "BN variables are not Bayesian layers: {text}");
+}
+
+/// Made-up weights, deterministic.
+fn made_up(name: &str, shape: Vec<usize>, seed: &mut u32) -> Posterior {
+    let mut next = || {
+        *seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        ((*seed >> 8) as f32 / (1u32 << 24) as f32) - 0.5
+    };
+    let len: usize = shape.iter().product();
+    let units = *shape.last().expect("shape");
+    Posterior {
+        name: name.into(),
+        kernel_mu: (0..len).map(|_| next()).collect(),
+        kernel_sigma: Some((0..len).map(|_| 0.1 * next().abs()).collect()),
+        bias_mu: (0..units).map(|_| next()).collect(),
+        bias_sigma: None,
+        kernel_shape: shape,
+    }
+}
+
+#[test]
+fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
+    // dense -> reshape to an image (the MC graph's [S, N, k] rows become grouped images) ->
+    // conv -> reshape image to image -> avg pool -> flatten -> dense.
+    let json = r#"{"input_name": "x", "input_shape": [12], "ops": [
+        {"op": "dense", "layer": "d1"}, {"op": "tanh"}, {"op": "reshape", "shape": [4, 4, 2]},
+        {"op": "conv2d", "layer": "c1", "strides": [1, 1], "padding": "SAME"}, {"op": "elu"},
+        {"op": "reshape", "shape": [2, 8, 3]}, {"op": "avg_pool", "size": [2, 3], "strides": [2, 2], "padding": "SAME"},
+        {"op": "flatten"}, {"op": "dense", "layer": "d2"}]}"#;
+    let arch: Arch = serde_json::from_str(json).expect("arch");
+    let mut seed = 7;
+    let mut posts = vec![made_up("d1", vec![12, 32], &mut seed), made_up("c1", vec![3, 3, 2, 3], &mut seed), made_up("d2", vec![12, 5], &mut seed)];
+    let n = 6;
+    let x: Vec<f32> = (0..n * 12).map(|i| ((i * 29) % 13) as f32 / 13.0 - 0.4).collect();
+    let run = |model: &formats::onnx::ModelProto| -> Vec<f32> {
+        let bytes = encode(model, Path::new("t.onnx")).expect("encode");
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &bytes[..])
+            .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract");
+        let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
+        out[1].to_plain_array_view::<f32>().expect("f32").iter().copied().collect()
+    };
+    let native: Vec<f32> = Model::new(&arch, &posts, SparseKernels::Never).expect("model").predict_mean(&x).expect("p").iter().map(|&p| p as f32).collect();
+    let mean = build(&arch, &posts, Options { mode: Mode::Mean, sparse: Sparse::Never }, Path::new("t")).expect("build");
+    assert!(worst(&run(&mean), &native) < 1e-5, "mean graph");
+    posts.iter_mut().for_each(|p| p.kernel_sigma.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v = 0.0)));
+    let mc = build(&arch, &posts, Options { mode: Mode::MonteCarlo { samples: 3 }, sparse: Sparse::Never }, Path::new("t")).expect("build");
+    let bytes = encode(&mc, Path::new("t.onnx")).expect("encode");
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract");
+    let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
+    let mc_mean: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+    assert!(worst(&mc_mean, &native) < 1e-5, "MC graph without noise");
 }

@@ -63,6 +63,31 @@ pub enum Op {
     },
     /// Elementwise max(x, 0).
     Relu,
+    /// Elementwise min(max(x, 0), 6) (TF `Relu6`).
+    Relu6,
+    /// Elementwise x for x > 0, e^x - 1 otherwise (TF `Elu`, alpha 1).
+    Elu,
+    /// Elementwise 1 / (1 + e^-x).
+    Sigmoid,
+    /// Elementwise tanh(x).
+    Tanh,
+    /// Average pooling, NHWC (TF `AvgPool`): padded positions are not counted.
+    AvgPool {
+        /// Window height and width.
+        size: [usize; 2],
+        /// Stride along height and width.
+        strides: [usize; 2],
+        /// Padding mode.
+        padding: Padding,
+    },
+    /// Mean over height and width, `[h, w, c]` to `[c]` (TF `Mean` over axes 1, 2; Keras
+    /// `GlobalAveragePooling2D`).
+    GlobalAvgPool,
+    /// Zero padding of an image, NHWC (TF `Pad` / Keras `ZeroPadding2D`).
+    Pad {
+        /// Rows before and after, columns before and after: `[top, bottom, left, right]`.
+        pads: [usize; 4],
+    },
     /// Max pooling, NHWC.
     MaxPool {
         /// Window height and width.
@@ -80,13 +105,84 @@ pub enum Op {
         /// Shape of one example after the op, batch excluded.
         shape: Vec<usize>,
     },
-    /// `relu(body(x) + shortcut(x))`: a residual block (ResNet). An empty shortcut is identity.
+    /// Batch normalization at inference, per channel (the last dimension):
+    /// `(x - moving_mean) / sqrt(moving_variance + epsilon) * gamma + beta` (TF
+    /// `FusedBatchNormV3`, or the unfused `batchnorm/mul_1 ... add_1`).
+    BatchNorm {
+        /// Checkpoint scope holding `gamma` (optional, default 1), `beta` (optional, default
+        /// 0), `moving_mean` and `moving_variance`.
+        layer: String,
+        /// Added to the variance.
+        epsilon: f32,
+        /// The statistics, loaded by [`Arch::bind`] (not part of the JSON).
+        #[serde(skip)]
+        params: Option<BatchNormParams>,
+    },
+    /// `relu(body(x) + shortcut(x))` (or without the relu): a residual block (ResNet); TF
+    /// `Add`/`AddV2` of two branches from the same tensor. An empty shortcut is identity.
     Residual {
         /// Main branch.
         body: Vec<Op>,
         /// Projection branch (1x1 strided conv) or empty.
         shortcut: Vec<Op>,
+        /// Whether the sum goes through a relu (the ResNet block; the default). Graphs read
+        /// from a `.meta` have `false` and the graph's own activation after the `Add`.
+        #[serde(default = "default_true", skip_serializing_if = "is_true")]
+        relu: bool,
     },
+}
+
+/// The variables of a batch normalization layer, one value per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormParams {
+    /// Scale (`gamma`).
+    pub gamma: Vec<f32>,
+    /// Offset (`beta`).
+    pub beta: Vec<f32>,
+    /// Moving mean.
+    pub mean: Vec<f32>,
+    /// Moving variance.
+    pub variance: Vec<f32>,
+}
+
+impl BatchNormParams {
+    /// The equivalent per-channel `x * scale + shift`: scale = gamma / sqrt(variance +
+    /// epsilon), shift = beta - mean * scale (what TF's unfused form computes).
+    pub fn scale_shift(&self, epsilon: f32) -> (Vec<f32>, Vec<f32>) {
+        let scale: Vec<f32> = self.gamma.iter().zip(&self.variance).map(|(g, v)| g / (v + epsilon).sqrt()).collect();
+        let shift = self.beta.iter().zip(&self.mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        (scale, shift)
+    }
+
+    fn read(ckpt: &Checkpoint, layer: &str) -> Result<BatchNormParams> {
+        let path = ckpt.path();
+        let get = |name: &str, required: bool| -> Result<Option<Vec<f32>>> {
+            let key = format!("{layer}/{name}");
+            if ckpt.variable(&key).is_err() {
+                return if required {
+                    Err(Error::invalid(path, format!("batch normalization '{layer}' has no '{key}' in the checkpoint")))
+                } else {
+                    Ok(None)
+                };
+            }
+            let var = ckpt.variable(&key)?;
+            if var.info.dtype != DType::Float32 || var.info.shape.len() != 1 {
+                return Err(Error::unsupported(path, format!("'{key}' is {:?} {:?}; batch normalization needs a float32 vector", var.info.dtype, var.info.shape)));
+            }
+            let data = ckpt.read(&key)?;
+            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
+            Ok(Some(f32_values(bytes)))
+        };
+        let mean = get("moving_mean", true)?.unwrap_or_default();
+        let variance = get("moving_variance", true)?.unwrap_or_default();
+        let c = mean.len();
+        let gamma = get("gamma", false)?.unwrap_or_else(|| vec![1.0; c]);
+        let beta = get("beta", false)?.unwrap_or_else(|| vec![0.0; c]);
+        if variance.len() != c || gamma.len() != c || beta.len() != c {
+            return Err(Error::corrupt(path, format!("batch normalization '{layer}' variables have different lengths")));
+        }
+        Ok(BatchNormParams { gamma, beta, mean, variance })
+    }
 }
 
 /// A network: input shape and ops up to the logits (softmax is applied by the predictors).
@@ -99,6 +195,14 @@ pub struct Arch {
     pub input_shape: Vec<usize>,
     /// Ops from the input to the logits.
     pub ops: Vec<Op>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_input_name() -> String {
@@ -152,7 +256,7 @@ impl Arch {
                     for block in 0..2 {
                         let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                         let shortcut = if stride == 2 { vec![conv(2)] } else { vec![] };
-                        ops.push(Op::Residual { body: vec![conv(stride), relu(), conv(1)], shortcut });
+                        ops.push(Op::Residual { body: vec![conv(stride), relu(), conv(1)], shortcut, relu: true });
                     }
                 }
                 ops.extend([Op::MaxPool { size: [4, 4], strides: [4, 4], padding: Padding::Valid }, Op::Flatten, dense()]);
@@ -184,9 +288,9 @@ impl Arch {
         fn windows_ok(ops: &[Op]) -> bool {
             ops.iter().all(|op| match op {
                 Op::Conv2d { strides, .. } => !strides.contains(&0),
-                Op::MaxPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
+                Op::MaxPool { size, strides, .. } | Op::AvgPool { size, strides, .. } => !strides.contains(&0) && !size.contains(&0),
                 Op::Reshape { shape } => !shape.is_empty() && !shape.contains(&0),
-                Op::Residual { body, shortcut } => windows_ok(body) && windows_ok(shortcut),
+                Op::Residual { body, shortcut, .. } => windows_ok(body) && windows_ok(shortcut),
                 _ => true,
             })
         }
@@ -202,7 +306,7 @@ impl Arch {
             for op in ops {
                 match op {
                     Op::Dense { layer } | Op::Conv2d { layer, .. } => out.push(layer),
-                    Op::Residual { body, shortcut } => {
+                    Op::Residual { body, shortcut, .. } => {
                         walk(body, out);
                         walk(shortcut, out);
                     }
@@ -246,6 +350,20 @@ impl Arch {
                 .ok_or_else(|| Error::invalid(&path, format!("architecture layer '{name}' has no kernel in the checkpoint")))?;
             posts.push(Posterior::read(ckpt, layer)?);
         }
+        fn load_bn(ops: &mut [Op], ckpt: &Checkpoint) -> Result<()> {
+            for op in ops {
+                match op {
+                    Op::BatchNorm { layer, params, .. } => *params = Some(BatchNormParams::read(ckpt, layer)?),
+                    Op::Residual { body, shortcut, .. } => {
+                        load_bn(body, ckpt)?;
+                        load_bn(shortcut, ckpt)?;
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        load_bn(&mut self.ops, ckpt)?;
         shape_check(&self, &posts).map_err(|what| Error::invalid(&path, what))?;
         Ok((self, posts))
     }
@@ -266,6 +384,21 @@ pub struct Posterior {
     pub bias_mu: Vec<f32>,
     /// Bias sigma when the bias is Bayesian.
     pub bias_sigma: Option<Vec<f32>>,
+}
+
+impl Op {
+    /// The elementwise function of an activation op (`None` for other ops): one definition
+    /// for every predictor.
+    pub fn activation(&self) -> Option<fn(f32) -> f32> {
+        match self {
+            Op::Relu => Some(|x| x.max(0.0)),
+            Op::Relu6 => Some(|x| x.clamp(0.0, 6.0)),
+            Op::Elu => Some(|x| if x > 0.0 { x } else { x.exp_m1() }),
+            Op::Sigmoid => Some(|x| 1.0 / (1.0 + (-x).exp())),
+            Op::Tanh => Some(f32::tanh),
+            _ => None,
+        }
+    }
 }
 
 /// softplus(x) = log(1 + e^x), computed without overflow; exactly 0 for very negative x.
@@ -371,22 +504,48 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
                 }
                 vec![padding.output(shape[0], k[0], strides[0]).0, padding.output(shape[1], k[1], strides[1]).0, k[3]]
             }
-            Op::Relu => shape,
-            Op::MaxPool { size, strides, padding } => {
+            Op::Relu | Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => shape,
+            Op::MaxPool { size, strides, padding } | Op::AvgPool { size, strides, padding } => {
                 if shape.len() != 3 {
-                    return Err(format!("max pool needs [h, w, c] input, got {shape:?}"));
+                    return Err(format!("pooling needs [h, w, c] input, got {shape:?}"));
                 }
                 vec![padding.output(shape[0], size[0], strides[0]).0, padding.output(shape[1], size[1], strides[1]).0, shape[2]]
             }
+            Op::GlobalAvgPool => match shape[..] {
+                [_, _, c] => vec![c],
+                _ => return Err(format!("global average pooling needs [h, w, c] input, got {shape:?}")),
+            },
+            Op::Pad { pads: [t, b, l, r] } => match shape[..] {
+                [h, w, c] => {
+                    let grow = |n: usize, a: usize, z: usize| n.checked_add(a).and_then(|v| v.checked_add(z));
+                    match (grow(h, *t, *b), grow(w, *l, *r)) {
+                        (Some(h), Some(w)) => vec![h, w, c],
+                        _ => return Err(format!("padding {:?} overflows", [t, b, l, r])),
+                    }
+                }
+                _ => return Err(format!("pad needs [h, w, c] input, got {shape:?}")),
+            },
             Op::Flatten => vec![element_count(&shape)?],
+            Op::BatchNorm { layer, params, .. } => {
+                let c = shape.last().copied().unwrap_or(0);
+                match params {
+                    Some(p) if p.mean.len() != c => {
+                        return Err(format!("batch normalization '{layer}' has {} channels, its input {shape:?} has {c}", p.mean.len()))
+                    }
+                    Some(_) => shape,
+                    None => return Err(format!("batch normalization '{layer}' has no statistics (the architecture is not bound to a checkpoint)")),
+                }
+            }
             Op::Reshape { shape: to } => {
-                let (from_n, to_n) = (element_count(&shape)?, element_count(to)?);
-                if from_n != to_n || !(to.len() == 1 || to.len() == 3) {
+                // Shapes come from files: a product that overflows is a mismatch, not a panic.
+                let count = |d: &[usize]| d.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+                let (from_n, to_n) = (count(&shape), count(to));
+                if from_n.is_none() || from_n != to_n || !(to.len() == 1 || to.len() == 3) {
                     return Err(format!("reshape to {to:?} does not take input {shape:?} (same number of values, to [features] or [h, w, c])"));
                 }
                 to.clone()
             }
-            Op::Residual { body, shortcut } => {
+            Op::Residual { body, shortcut, .. } => {
                 let a = walk_shapes(body, shape.clone(), posts, next)?;
                 let b = walk_shapes(shortcut, shape, posts, next)?;
                 if a != b {
@@ -448,25 +607,43 @@ mod tests {
         let e = shape_check(&arch(vec![64], vec![8, 8, 2]), &[]).expect_err("128 values");
         assert!(e.contains("reshape to [8, 8, 2] does not take input [64]"), "{e}");
         assert!(shape_check(&arch(vec![64], vec![8, 8]), &[]).is_err(), "rank 2 is neither a vector nor an image");
+        assert!(shape_check(&arch(vec![64], vec![usize::MAX, 2, 1]), &[]).is_err(), "overflowing product");
         let json = r#"{"input_shape": [64], "ops": [{"op": "reshape", "shape": [8, 8, 1]}]}"#;
         assert_eq!(serde_json::from_str::<Arch>(json).map(|a| a.ops).ok(), Some(vec![Op::Reshape { shape: vec![8, 8, 1] }]));
     }
 
     #[test]
-    fn huge_input_shapes_are_errors_not_overflows() {
-        // A `.meta` placeholder of [batch, 2^33, 2^33, 1]: the element count wraps a u64, which
-        // the old product did silently in release builds (and panicked on in debug ones).
-        let post = |shape: Vec<usize>| Posterior { name: "d".into(), kernel_shape: shape, kernel_mu: vec![], kernel_sigma: None, bias_mu: vec![], bias_sigma: None };
-        let big = Arch { input_name: "x".into(), input_shape: vec![1 << 33, 1 << 33, 1], ops: vec![Op::Flatten, dense()] };
-        assert_eq!(shape_check(&big, &[post(vec![4, 2])]), Err("input shape [8589934592, 8589934592, 1] has too many elements".into()));
-        let big = Arch { input_name: "x".into(), input_shape: vec![1 << 33, 1 << 33], ops: vec![dense()] };
-        assert!(shape_check(&big, &[post(vec![4, 2])]).expect_err("overflow").contains("too many elements"));
-        // More weight ops than weights: an error, not an index out of bounds.
-        let two = Arch { input_name: "x".into(), input_shape: vec![4], ops: vec![dense(), dense()] };
-        assert!(shape_check(&two, &[post(vec![4, 4])]).expect_err("short").contains("has no weights"));
-        // Windows and strides near usize::MAX saturate instead of wrapping.
-        assert_eq!(Padding::Same.output(8, usize::MAX, 2).0, 4);
-        assert_eq!(Padding::Valid.output(usize::MAX, 2, 1).0, usize::MAX - 1);
+    fn pooling_padding_and_activations_shapes_and_values() {
+        let arch = |ops: Vec<Op>| Arch { input_name: "x".into(), input_shape: vec![8, 8, 1], ops };
+        let pad = Op::Pad { pads: [1, 2, 0, 1] };
+        let avg = Op::AvgPool { size: [2, 2], strides: [2, 2], padding: Padding::Same };
+        assert_eq!(shape_check(&arch(vec![pad.clone()]), &[]), Ok(vec![11, 9, 1]));
+        assert_eq!(shape_check(&arch(vec![pad, avg, Op::Elu]), &[]), Ok(vec![6, 5, 1]));
+        assert_eq!(shape_check(&arch(vec![Op::GlobalAvgPool, Op::Tanh]), &[]), Ok(vec![1]));
+        assert!(shape_check(&arch(vec![Op::Flatten, Op::GlobalAvgPool]), &[]).is_err());
+        let json = r#"[{"op": "relu6"}, {"op": "elu"}, {"op": "sigmoid"}, {"op": "tanh"}, {"op": "global_avg_pool"},
+            {"op": "pad", "pads": [1, 2, 0, 1]}, {"op": "avg_pool", "size": [2, 2], "strides": [2, 2], "padding": "SAME"}]"#;
+        let ops: Vec<Op> = serde_json::from_str(json).expect("ops");
+        assert_eq!(ops.len(), 7);
+        // Hand-computed values.
+        let f = |op: Op, x: f32| op.activation().map(|a| a(x));
+        assert_eq!(f(Op::Relu6, 7.5), Some(6.0));
+        assert_eq!(f(Op::Relu6, -1.0), Some(0.0));
+        assert_eq!(f(Op::Elu, -1.0), Some((-1.0f32).exp() - 1.0));
+        assert_eq!(f(Op::Elu, 2.0), Some(2.0));
+        assert_eq!(f(Op::Sigmoid, 0.0), Some(0.5));
+        assert_eq!(f(Op::Tanh, 0.5), Some(0.5f32.tanh()));
+        assert_eq!(f(Op::Flatten, 1.0), None);
+    }
+
+    #[test]
+    fn residual_relu_defaults_to_true_and_false_round_trips() {
+        let old = r#"{"op": "residual", "body": [], "shortcut": []}"#;
+        assert_eq!(serde_json::from_str::<Op>(old).ok(), Some(Op::Residual { body: vec![], shortcut: vec![], relu: true }));
+        let plain = Op::Residual { body: vec![Op::Relu], shortcut: vec![], relu: false };
+        let json = serde_json::to_string(&plain).expect("json");
+        assert!(json.contains(r#""relu":false"#), "{json}");
+        assert_eq!(serde_json::from_str::<Op>(&json).ok(), Some(plain));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use protobuf::Message;
 use crate::arch::{Arch, Op, Padding};
 use crate::error::{Error, Result};
 use crate::layout::{classify, Param, VariableKind};
-use crate::proto::graph::{MetaGraphDef, NodeDef};
+use crate::proto::graph::{FunctionDef, MetaGraphDef, NodeDef};
 
 /// The `.meta` file next to a checkpoint prefix.
 pub fn meta_path(prefix: &Path) -> std::path::PathBuf {
@@ -38,11 +38,15 @@ pub fn read_arch(path: &Path) -> Result<Arch> {
 pub fn parse_arch(path: &Path, bytes: &[u8]) -> Result<Arch> {
     let meta = MetaGraphDef::parse_from_bytes(bytes)
         .map_err(|e| Error::corrupt(path, format!("not a MetaGraphDef: {e}")))?;
-    arch_from_nodes(&meta.graph_def.node).map_err(|what| Error::unsupported(path, what))
+    arch_from_graph(&meta.graph_def.node, &meta.graph_def.library.function).map_err(|what| Error::unsupported(path, what))
 }
 
 struct Graph<'a> {
     nodes: HashMap<&'a str, &'a NodeDef>,
+    /// Function bodies (the branches of `If` nodes), by name.
+    functions: HashMap<&'a str, &'a [NodeDef]>,
+    /// Residual blocks already read: `Add` node -> (block, the node its branches start from).
+    residuals: std::cell::RefCell<HashMap<&'a str, (Op, &'a str)>>,
     consumers: HashMap<&'a str, Vec<&'a NodeDef>>,
     /// Weight layer scopes, longest first so that nested scopes match first.
     layers: Vec<String>,
@@ -57,7 +61,8 @@ fn node_of(input: &str) -> Option<&str> {
 }
 
 impl<'a> Graph<'a> {
-    fn new(nodes: &'a [NodeDef]) -> Graph<'a> {
+    fn new(nodes: &'a [NodeDef], functions: &'a [FunctionDef]) -> Graph<'a> {
+        let functions = functions.iter().map(|f| (f.signature.name.as_str(), f.node_def.as_slice())).collect();
         let mut map = HashMap::new();
         let mut consumers: HashMap<&str, Vec<&NodeDef>> = HashMap::new();
         let mut layers = Vec::new();
@@ -73,7 +78,7 @@ impl<'a> Graph<'a> {
             }
         }
         layers.sort_by_key(|l| std::cmp::Reverse(l.len()));
-        Graph { nodes: map, consumers, layers }
+        Graph { nodes: map, functions, residuals: Default::default(), consumers, layers }
     }
 
     fn node(&self, name: &str) -> std::result::Result<&'a NodeDef, String> {
@@ -95,7 +100,7 @@ impl<'a> Graph<'a> {
         // Bounded: a hostile graph can chain activations in a cycle.
         for _ in 0..=self.nodes.len() {
             let next = self.consumers.get(n.name.as_str()).and_then(|cs| {
-                let acts: Vec<_> = cs.iter().filter(|c| matches!(c.op.as_str(), "Relu" | "Identity")).collect();
+                let acts: Vec<_> = cs.iter().filter(|c| c.op == "Identity" || activation(&c.op).is_some()).collect();
                 (acts.len() == 1).then(|| *acts[0])
             });
             match next {
@@ -108,12 +113,23 @@ impl<'a> Graph<'a> {
 
     /// Ops from the placeholder to `out` (in execution order) and the placeholder node.
     fn trace(&self, out: &'a NodeDef) -> std::result::Result<(Vec<Op>, &'a NodeDef), String> {
+        self.walk(out, None, &mut Vec::new(), 0)
+    }
+
+    /// Walks back from `out` to `stop` (or to the placeholder): the ops on the way in
+    /// execution order and the node the walk ended at; `visited` gets every node it landed on.
+    fn walk(&self, out: &'a NodeDef, stop: Option<&str>, visited: &mut Vec<&'a str>, depth: usize) -> std::result::Result<(Vec<Op>, &'a NodeDef), String> {
         let mut ops = Vec::new();
         let mut n = out;
         for _ in 0..=self.nodes.len() {
+            visited.push(n.name.as_str());
+            if stop == Some(n.name.as_str()) {
+                ops.reverse();
+                return Ok((ops, n));
+            }
             if let Some(layer) = self.scope_of(&n.name) {
-                if n.op == "Relu" {
-                    ops.push(Op::Relu);
+                if let Some(act) = activation(&n.op) {
+                    ops.push(act);
                     n = self.input0(n)?;
                     continue;
                 }
@@ -127,19 +143,164 @@ impl<'a> Graph<'a> {
                     ops.reverse();
                     return Ok((ops, n));
                 }
-                "Relu" => ops.push(Op::Relu),
-                "Identity" => {}
+                "Identity" | "StopGradient" => {}
+                op if activation(op).is_some() => ops.extend(activation(op)),
                 "Reshape" => ops.push(self.reshape(n)?),
-                "MaxPool" => {
+                "MaxPool" | "AvgPool" => {
                     check_nhwc(n)?;
-                    let (size, strides) = (window(n, "ksize")?, window(n, "strides")?);
-                    ops.push(Op::MaxPool { size, strides, padding: padding(n)? });
+                    let (size, strides, padding) = (window(n, "ksize")?, window(n, "strides")?, padding(n)?);
+                    ops.push(if n.op == "MaxPool" { Op::MaxPool { size, strides, padding } } else { Op::AvgPool { size, strides, padding } });
+                }
+                "Mean" => ops.push(self.global_mean(n)?),
+                "FusedBatchNorm" | "FusedBatchNormV2" | "FusedBatchNormV3" => {
+                    check_nhwc(n)?;
+                    if n.attr.get("is_training").is_some_and(|a| a.b()) {
+                        return Err(format!("op {} ('{}') normalizes with batch statistics (is_training); give the network with --arch", n.op, n.name));
+                    }
+                    let layer = parent_scope(&n.name)?;
+                    ops.push(Op::BatchNorm { layer: layer.to_string(), epsilon: attr_f32(n, "epsilon")?, params: None });
+                }
+                // Keras BatchNormalization on an image in a TF1 graph: `If(keras_learning_phase,
+                // gamma, beta, moving_mean, moving_variance, x)`; the inference branch is a
+                // FusedBatchNormV3 with the moving statistics.
+                "If" | "StatelessIf" if self.batch_norm_if(n).is_some() => {
+                    let (layer, epsilon, x) = self.batch_norm_if(n).ok_or_else(|| format!("'{}'", n.name))??;
+                    ops.push(Op::BatchNorm { layer, epsilon, params: None });
+                    n = x;
+                    continue;
+                }
+                // Unfused batch normalization (Keras on vectors, tf.nn.batch_normalization):
+                // `<bn>/batchnorm/add_1 = x * mul + (beta - moving_mean * mul)`, mul = gamma *
+                // rsqrt(moving_variance + eps).
+                "Add" | "AddV2" if n.name.ends_with("/batchnorm/add_1") => {
+                    let (op, x) = self.unfused_batch_norm(n)?;
+                    ops.push(op);
+                    n = x;
+                    continue;
+                }
+                // Two branches from one tensor, summed: a residual block.
+                "Add" | "AddV2" => {
+                    let (op, join) = self.residual(n, depth)?;
+                    ops.push(op);
+                    n = join;
+                    continue;
+                }
+                "Pad" => ops.push(self.pad(n)?),
+                // Keras Dropout in a TF1 graph: `If(keras_learning_phase, x)`; at inference
+                // (learning phase false) it passes x through.
+                "If" | "StatelessIf" if is_dropout(n) => {
+                    let x = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("dropout '{}' has no input", n.name))?;
+                    n = self.node(x)?;
+                    continue;
                 }
                 other => return Err(format!("op {other} ('{}') on the path to the logits is not supported; give the network with --arch", n.name)),
             }
             n = self.input0(n)?;
         }
         Err(format!("cycle in the graph at '{}'", out.name))
+    }
+
+    /// An `Add` of two branches as a residual block (the branch with more weight layers is the
+    /// body) and the node both branches start from; memoized, so a deep ResNet's nested
+    /// walks stay linear.
+    fn residual(&self, n: &'a NodeDef, depth: usize) -> std::result::Result<(Op, &'a NodeDef), String> {
+        if let Some((op, join)) = self.residuals.borrow().get(n.name.as_str()) {
+            return Ok((op.clone(), self.node(join)?));
+        }
+        // Graphs come from files: nesting must end.
+        if depth > 256 {
+            return Err(format!("residual blocks nested deeper than 256 at '{}'", n.name));
+        }
+        let branches: Vec<&str> = n.input.iter().filter_map(|i| node_of(i)).collect();
+        let [a, b] = branches[..] else {
+            return Err(format!("op {} ('{}') has {} inputs, not two branches; give the network with --arch", n.op, n.name, branches.len()));
+        };
+        let (a, b) = (self.node(a)?, self.node(b)?);
+        let (mut spine_a, mut spine_b) = (Vec::new(), Vec::new());
+        self.walk(a, None, &mut spine_a, depth + 1)?;
+        self.walk(b, None, &mut spine_b, depth + 1)?;
+        let join = spine_b
+            .iter()
+            .find(|x| spine_a.contains(x))
+            .copied()
+            .ok_or_else(|| format!("the branches of {} ('{}') do not start from one tensor; give the network with --arch", n.op, n.name))?;
+        let (ops_a, _) = self.walk(a, Some(join), &mut Vec::new(), depth + 1)?;
+        let (ops_b, join) = self.walk(b, Some(join), &mut Vec::new(), depth + 1)?;
+        let (body, shortcut) = if weight_count(&ops_a) >= weight_count(&ops_b) { (ops_a, ops_b) } else { (ops_b, ops_a) };
+        let op = Op::Residual { body, shortcut, relu: false };
+        self.residuals.borrow_mut().insert(n.name.as_str(), (op.clone(), join.name.as_str()));
+        Ok((op, join))
+    }
+
+    /// For an `If` whose branches hold a fused batch normalization of the scope's moving
+    /// statistics: the layer, epsilon (from the inference branch) and the data input.
+    #[allow(clippy::type_complexity)]
+    fn batch_norm_if(&self, n: &NodeDef) -> Option<std::result::Result<(String, f32, &'a NodeDef), String>> {
+        let layer = parent_scope(&n.name).ok()?;
+        let stats = format!("{layer}/moving_mean");
+        if !n.input.iter().any(|i| node_of(i) == Some(stats.as_str())) {
+            return None;
+        }
+        let branch = n.attr.get("else_branch").map(|a| a.func().name.as_str())?;
+        let body = self.functions.get(branch)?;
+        let bn = body.iter().find(|f| f.op.starts_with("FusedBatchNorm"))?;
+        Some((|| {
+            let epsilon = attr_f32(bn, "epsilon")?;
+            check_nhwc(bn)?;
+            // The data input: not the learning phase, not a variable of the layer.
+            let prefix = format!("{layer}/");
+            let x = n
+                .input
+                .iter()
+                .skip(1)
+                .filter_map(|i| node_of(i))
+                .find(|i| !i.starts_with(&prefix))
+                .ok_or_else(|| format!("batch normalization '{}' has no data input", n.name))?;
+            Ok((layer.to_string(), epsilon, self.node(x)?))
+        })())
+    }
+
+    /// The unfused form ending in `<bn>/batchnorm/add_1`: the layer, epsilon (the constant
+    /// of `<bn>/batchnorm/add`) and the data input (the first input of `batchnorm/mul_1`).
+    fn unfused_batch_norm(&self, n: &NodeDef) -> std::result::Result<(Op, &'a NodeDef), String> {
+        let base = n.name.strip_suffix("/add_1").unwrap_or(&n.name);
+        let layer = base.strip_suffix("/batchnorm").unwrap_or(base);
+        let mul_1 = self.node(&format!("{base}/mul_1"))?;
+        let x = self.input0(mul_1)?;
+        let eps_node = self.node(&format!("{base}/add/y"))?;
+        let t = eps_node.attr.get("value").map(|a| a.tensor()).ok_or_else(|| format!("'{}' has no value", eps_node.name))?;
+        let epsilon = match (t.float_val.first(), t.tensor_content.get(..4)) {
+            (Some(v), _) => *v,
+            (None, Some(b)) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            _ => return Err(format!("batch normalization epsilon '{}' is not a float constant", eps_node.name)),
+        };
+        Ok((Op::BatchNorm { layer: layer.to_string(), epsilon, params: None }, x))
+    }
+
+    /// `Mean` over axes 1 and 2 of an NHWC image without kept dimensions: global average
+    /// pooling.
+    fn global_mean(&self, n: &NodeDef) -> std::result::Result<Op, String> {
+        let axes = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("Mean '{}' has no axes", n.name))?;
+        let mut axes = const_ints(self.node(axes)?)?;
+        axes.sort_unstable();
+        let keep = n.attr.get("keep_dims").is_some_and(|a| a.b());
+        if axes == [1, 2] && !keep {
+            Ok(Op::GlobalAvgPool)
+        } else {
+            Err(format!("op Mean ('{}') over axes {axes:?}{} on the path to the logits is not supported (only over height and width, as global average pooling); give the network with --arch", n.name, if keep { " keeping dimensions" } else { "" }))
+        }
+    }
+
+    /// `Pad` of an NHWC image with constant paddings `[[0, 0], [t, b], [l, r], [0, 0]]`.
+    fn pad(&self, n: &NodeDef) -> std::result::Result<Op, String> {
+        let p = n.input.get(1).and_then(|i| node_of(i)).ok_or_else(|| format!("Pad '{}' has no paddings", n.name))?;
+        let v = const_ints(self.node(p)?)?;
+        match v[..] {
+            [0, 0, t, b, l, r, 0, 0] if [t, b, l, r].iter().all(|&x| (0..=1 << 20).contains(&x)) => {
+                Ok(Op::Pad { pads: [t as usize, b as usize, l as usize, r as usize] })
+            }
+            _ => Err(format!("op Pad ('{}') with paddings {v:?} on the path to the logits is not supported (only height and width of an NHWC image); give the network with --arch", n.name)),
+        }
     }
 
     /// A `Reshape` node as an op: its shape input is evaluated ([`Graph::shape_value`]); the
@@ -231,6 +392,43 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Weight ops in `ops`, residual branches included.
+fn weight_count(ops: &[Op]) -> usize {
+    ops.iter()
+        .map(|o| match o {
+            Op::Dense { .. } | Op::Conv2d { .. } => 1,
+            Op::Residual { body, shortcut, .. } => weight_count(body) + weight_count(shortcut),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The scope a node is in (`bn_1/cond` -> `bn_1`).
+fn parent_scope(name: &str) -> std::result::Result<&str, String> {
+    name.rsplit_once('/').map(|(p, _)| p).ok_or_else(|| format!("'{name}' is in no layer scope"))
+}
+
+fn attr_f32(n: &NodeDef, attr: &str) -> std::result::Result<f32, String> {
+    n.attr.get(attr).map(|a| a.f()).ok_or_else(|| format!("'{}' has no {attr}", n.name))
+}
+
+/// The op of a TF activation.
+fn activation(op: &str) -> Option<Op> {
+    Some(match op {
+        "Relu" => Op::Relu,
+        "Relu6" => Op::Relu6,
+        "Elu" => Op::Elu,
+        "Sigmoid" => Op::Sigmoid,
+        "Tanh" => Op::Tanh,
+        _ => return None,
+    })
+}
+
+/// Whether an `If` node is a Keras `Dropout` (its branch functions are named after it).
+fn is_dropout(n: &NodeDef) -> bool {
+    ["then_branch", "else_branch"].iter().all(|b| n.attr.get(*b).is_some_and(|a| a.func().name.to_ascii_lowercase().contains("dropout")))
+}
+
 /// One entry of a shape computed in the graph.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Dim {
@@ -303,7 +501,12 @@ fn main_to_op(layer: &str, n: &NodeDef) -> std::result::Result<Op, String> {
 
 /// Recovers the network from the nodes of a GraphDef; `Err` says what is not supported.
 pub fn arch_from_nodes(nodes: &[NodeDef]) -> std::result::Result<Arch, String> {
-    let g = Graph::new(nodes);
+    arch_from_graph(nodes, &[])
+}
+
+/// [`arch_from_nodes`] with the graph's function library (the bodies of `If` branches).
+pub fn arch_from_graph(nodes: &[NodeDef], functions: &[FunctionDef]) -> std::result::Result<Arch, String> {
+    let g = Graph::new(nodes, functions);
     if g.layers.is_empty() {
         return Err("the graph has no kernel variables (kernel_posterior_loc / kernel)".into());
     }
@@ -313,7 +516,7 @@ pub fn arch_from_nodes(nodes: &[NodeDef]) -> std::result::Result<Arch, String> {
         let Some(out) = g.layer_output(layer) else { continue };
         match g.trace(out) {
             Ok((ops, ph)) => {
-                let weights = ops.iter().filter(|o| matches!(o, Op::Dense { .. } | Op::Conv2d { .. })).count();
+                let weights = weight_count(&ops);
                 if best.as_ref().is_none_or(|b| weights > b.0) {
                     best = Some((weights, ops, ph));
                 }

@@ -162,6 +162,13 @@ impl Builder {
         name
     }
 
+    /// A float scalar initializer.
+    fn const_f32(&mut self, hint: &str, value: f32) -> String {
+        let name = self.fresh(hint);
+        self.inits.push(f32_tensor(&name, &[], &[value]));
+        name
+    }
+
     /// A float initializer; kernels (`kernel == true`) may be stored sparse.
     fn init(&mut self, name: &str, dims: &[usize], values: &[f32], kernel: bool) -> String {
         let nnz = values.iter().filter(|v| **v != 0.0).count();
@@ -209,7 +216,7 @@ impl Builder {
 
     /// Each example's values in TF's (NHWC, C) order: `[N, features]` (mean) or
     /// `[S, N, features]` (MC; a vector that no sampled layer has touched yet stays `[N, features]`).
-    fn to_rows(&mut self, cur: &Cur, s: usize, mc: bool) -> String {
+    fn rows_of(&mut self, cur: &Cur, s: usize, mc: bool) -> String {
         if cur.shape.len() != 3 {
             return cur.name.clone();
         }
@@ -228,7 +235,7 @@ impl Builder {
         }
     }
 
-    /// The inverse of [`Builder::to_rows`] for an `[h, w, c]` image: `[N, C, H, W]` (mean) or
+    /// The inverse of [`Builder::rows_of`] for an `[h, w, c]` image: `[N, C, H, W]` (mean) or
     /// the sample-grouped `[N, S*C, H, W]` (MC).
     fn rows_to_image(&mut self, rows: &str, shape: &[usize], s: usize, mc: bool) -> String {
         let (h, w, c) = (shape[0] as i64, shape[1] as i64, shape[2] as i64);
@@ -312,31 +319,86 @@ impl Builder {
                     Cur { name: out, shape: vec![h, wd, co] }
                 }
                 Op::Relu => Cur { name: self.node("Relu", &[&cur.name], vec![]), shape: cur.shape },
-                Op::MaxPool { size, strides, padding } => {
-                    let attrs = vec![
+                Op::Relu6 => {
+                    let lo = self.const_f32("relu6_min", 0.0);
+                    let hi = self.const_f32("relu6_max", 6.0);
+                    Cur { name: self.node("Clip", &[&cur.name, &lo, &hi], vec![]), shape: cur.shape }
+                }
+                // ONNX Elu's default alpha is 1, as TF's.
+                Op::Elu => Cur { name: self.node("Elu", &[&cur.name], vec![]), shape: cur.shape },
+                Op::Sigmoid => Cur { name: self.node("Sigmoid", &[&cur.name], vec![]), shape: cur.shape },
+                Op::Tanh => Cur { name: self.node("Tanh", &[&cur.name], vec![]), shape: cur.shape },
+                Op::MaxPool { size, strides, padding } | Op::AvgPool { size, strides, padding } => {
+                    let mut attrs = vec![
                         attr_ints("kernel_shape", &[size[0] as i64, size[1] as i64]),
                         attr_ints("strides", &[strides[0] as i64, strides[1] as i64]),
                         attr_ints("pads", &pads(*padding, &cur.shape, size, strides)),
                     ];
+                    let kind = if matches!(op, Op::MaxPool { .. }) {
+                        "MaxPool"
+                    } else {
+                        // TF averages over the window's positions inside the image only.
+                        attrs.push(attr_int("count_include_pad", 0));
+                        "AveragePool"
+                    };
                     let h = padding.output(cur.shape[0], size[0], strides[0]).0;
                     let w = padding.output(cur.shape[1], size[1], strides[1]).0;
-                    Cur { name: self.node("MaxPool", &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
+                    Cur { name: self.node(kind, &[&cur.name], attrs), shape: vec![h, w, cur.shape[2]] }
+                }
+                Op::GlobalAvgPool => {
+                    // [N, (S*)C, 1, 1] is a 1x1 image: rows_of makes it [N, C] / [S, N, C].
+                    let c = cur.shape[2];
+                    let pooled = Cur { name: self.node("GlobalAveragePool", &[&cur.name], vec![]), shape: vec![1, 1, c] };
+                    Cur { name: self.rows_of(&pooled, s, mc), shape: vec![c] }
+                }
+                // Bound ops always carry their statistics; an unbound one is left out of
+                // shape_check's reach only in hand-built calls (nothing to compute with).
+                Op::BatchNorm { params: None, .. } => cur,
+                Op::BatchNorm { layer, epsilon, params: Some(p) } if cur.shape.len() == 3 => {
+                    // Images: ONNX BatchNormalization over the channel axis of [N, (S*)C, H, W]
+                    // (the S sample groups share the statistics).
+                    let tile = |v: &[f32]| -> Vec<f32> { (0..s).flat_map(|_| v.iter().copied()).collect() };
+                    let c = p.mean.len() * s;
+                    let names: Vec<String> = [("gamma", &p.gamma), ("beta", &p.beta), ("moving_mean", &p.mean), ("moving_variance", &p.variance)]
+                        .iter()
+                        .map(|(n, v)| self.init(&format!("{layer}/{n}"), &[c], &tile(v), false))
+                        .collect();
+                    let attrs = vec![AttributeProto { name: "epsilon".into(), type_: AttributeType::FLOAT.into(), f: *epsilon, ..Default::default() }];
+                    let name = self.node("BatchNormalization", &[&cur.name, &names[0], &names[1], &names[2], &names[3]], attrs);
+                    Cur { name, shape: cur.shape }
+                }
+                Op::BatchNorm { layer, epsilon, params: Some(p) } => {
+                    // Vectors ([N, C] or [S, N, C]): the same per-channel affine map, broadcast
+                    // over the last axis.
+                    let (scale, shift) = p.scale_shift(*epsilon);
+                    let c = scale.len();
+                    let scale = self.init(&format!("{layer}/scale"), &[c], &scale, false);
+                    let shift = self.init(&format!("{layer}/shift"), &[c], &shift, false);
+                    let m = self.node("Mul", &[&cur.name, &scale], vec![]);
+                    Cur { name: self.node("Add", &[&m, &shift], vec![]), shape: cur.shape }
+                }
+                Op::Pad { pads: [t, b, l, r] } => {
+                    // NCHW: begins of N, C, H, W then their ends; the sample groups share C.
+                    let p = self.const_i64("pads", &[0, 0, *t as i64, *l as i64, 0, 0, *b as i64, *r as i64]);
+                    let shape = vec![cur.shape[0] + t + b, cur.shape[1] + l + r, cur.shape[2]];
+                    Cur { name: self.node("Pad", &[&cur.name, &p], vec![]), shape }
                 }
                 Op::Flatten if cur.shape.len() == 1 => cur,
                 Op::Flatten => {
                     let n = cur.shape.iter().product();
-                    Cur { name: self.to_rows(&cur, s, mc), shape: vec![n] }
+                    Cur { name: self.rows_of(&cur, s, mc), shape: vec![n] }
                 }
-                Op::Reshape { shape } if shape.len() == 1 => Cur { name: self.to_rows(&cur, s, mc), shape: shape.clone() },
+                Op::Reshape { shape } if shape.len() == 1 => Cur { name: self.rows_of(&cur, s, mc), shape: shape.clone() },
                 Op::Reshape { shape } => {
-                    let rows = self.to_rows(&cur, s, mc);
+                    let rows = self.rows_of(&cur, s, mc);
                     Cur { name: self.rows_to_image(&rows, shape, s, mc), shape: shape.clone() }
                 }
-                Op::Residual { body, shortcut } => {
+                Op::Residual { body, shortcut, relu } => {
                     let a = self.ops(body, cur.clone(), posts, mode);
                     let b = self.ops(shortcut, cur, posts, mode);
                     let sum = self.node("Add", &[&a.name, &b.name], vec![]);
-                    Cur { name: self.node("Relu", &[&sum], vec![]), shape: a.shape }
+                    let name = if *relu { self.node("Relu", &[&sum], vec![]) } else { sum };
+                    Cur { name, shape: a.shape }
                 }
             };
         }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::conv::{im2col, max_pool, Window};
 use super::dense::{Kernel, Layout};
+use super::image_ops::{global_avg_pool, pad, AvgPool};
 use super::metrics::{softmax, softmax_f32};
 use super::sampler::Sampler;
 use super::EngineError;
@@ -42,7 +43,16 @@ enum Layer {
     Flatten,
     /// Reshape to an `[h, w, c]` image (to a vector it is [`Layer::Flatten`]).
     ToImage(Vec<usize>),
-    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize> },
+    /// An elementwise activation other than Relu ([`Op::activation`]).
+    Map(fn(f32) -> f32),
+    AvgPool(AvgPool),
+    /// Mean over height and width of `[h, w, c]` examples.
+    GlobalAvgPool([usize; 3]),
+    /// Zero padding of `[h, w, c]` examples by `[top, bottom, left, right]`.
+    Pad([usize; 3], [usize; 4]),
+    /// Batch normalization at inference as a per-channel `x * scale + shift`.
+    BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
+    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize>, relu: bool },
 }
 
 /// A network ready to run.
@@ -109,6 +119,31 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                 Layer::Linear { kernel, bias_mu: p.bias_mu.clone(), bias_sigma: p.bias_sigma.clone(), conv }
             }
             Op::Relu => Layer::Relu,
+            Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => match op.activation() {
+                Some(f) => Layer::Map(f),
+                None => continue,
+            },
+            Op::AvgPool { size, strides, padding } => {
+                let p = AvgPool { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding };
+                let [h, w] = p.output();
+                shape = vec![h, w, shape[2]];
+                Layer::AvgPool(p)
+            }
+            Op::GlobalAvgPool => {
+                let input = [shape[0], shape[1], shape[2]];
+                shape = vec![shape[2]];
+                Layer::GlobalAvgPool(input)
+            }
+            Op::BatchNorm { params: None, .. } => continue,
+            Op::BatchNorm { epsilon, params: Some(p), .. } => {
+                let (scale, shift) = p.scale_shift(*epsilon);
+                Layer::BatchNorm { scale, shift }
+            }
+            Op::Pad { pads } => {
+                let input = [shape[0], shape[1], shape[2]];
+                shape = vec![shape[0] + pads[0] + pads[1], shape[1] + pads[2] + pads[3], shape[2]];
+                Layer::Pad(input, *pads)
+            }
             Op::MaxPool { size, strides, padding } => {
                 let win = Window { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding };
                 let [h, w] = win.output();
@@ -127,11 +162,11 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                     Layer::ToImage(to.clone())
                 }
             }
-            Op::Residual { body, shortcut } => {
+            Op::Residual { body, shortcut, relu } => {
                 let (b, out_shape) = build(body, shape.clone(), posts, sparse);
                 let (s, _) = build(shortcut, shape.clone(), posts, sparse);
                 shape = out_shape.clone();
-                Layer::Residual { body: b, shortcut: s, out_shape }
+                Layer::Residual { body: b, shortcut: s, out_shape, relu: *relu }
             }
         };
         out.push(layer);
@@ -423,6 +458,34 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                 shape = vec![h, w, win.input[2]];
             }
             Layer::Flatten => shape = vec![shape.iter().product()],
+            Layer::Map(f) => act.data.iter_mut().for_each(|v| *v = f(*v)),
+            // Image layers: images are always example-major.
+            Layer::AvgPool(p) => {
+                act.data = p.run(&act.data, n);
+                let [h, w] = p.output();
+                shape = vec![h, w, p.input[2]];
+            }
+            Layer::GlobalAvgPool(input) => {
+                act.data = global_avg_pool(&act.data, n, *input);
+                shape = vec![input[2]];
+            }
+            Layer::Pad(input, pads) => {
+                act.data = pad(&act.data, n, *input, *pads);
+                shape = vec![input[0] + pads[0] + pads[1], input[1] + pads[2] + pads[3], input[2]];
+            }
+            Layer::BatchNorm { scale, shift } => {
+                let c = scale.len().max(1);
+                if act.feature_major {
+                    // [c, n]: one row per channel.
+                    for ((row, s), b) in act.data.chunks_exact_mut(n.max(1)).zip(scale).zip(shift) {
+                        row.iter_mut().for_each(|v| *v = *v * s + b);
+                    }
+                } else {
+                    for px in act.data.chunks_exact_mut(c) {
+                        px.iter_mut().zip(scale).zip(shift).for_each(|((v, s), b)| *v = *v * s + b);
+                    }
+                }
+            }
             Layer::ToImage(to) => {
                 // Images are example-major: a feature-major vector goes back to [n, k] first;
                 // an example-major [n, ...] already holds the values in the new order.
@@ -434,7 +497,7 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                 }
                 shape = to.clone();
             }
-            Layer::Residual { body, shortcut, out_shape } => {
+            Layer::Residual { body, shortcut, out_shape, relu } => {
                 let mut a = Act { data: act.data.clone(), feature_major: act.feature_major };
                 run_layers(body, &mut a, n, &shape, draw, ws);
                 let mut b = Act { data: std::mem::take(&mut act.data), feature_major: act.feature_major };
@@ -449,7 +512,11 @@ fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: 
                     }
                 }
                 act.feature_major = a.feature_major && b.feature_major;
-                act.data = a.data.iter().zip(&b.data).map(|(a, b)| (a + b).max(0.0)).collect();
+                act.data = if *relu {
+                    a.data.iter().zip(&b.data).map(|(a, b)| (a + b).max(0.0)).collect()
+                } else {
+                    a.data.iter().zip(&b.data).map(|(a, b)| a + b).collect()
+                };
                 shape = out_shape.clone();
             }
         }
