@@ -1,14 +1,14 @@
 //! Property tests of the `.meta` reader (MetaGraphDef -> architecture -> shape check): any
 //! bytes give a value or an error, never a panic; a generated graph `Placeholder [-1, d1, d2]
-//! -> Reshape -> MatMul -> BiasAdd` recovers exactly that network, and its shapes check out
+//! -> Reshape [-1, -1] -> MatMul -> BiasAdd` recovers exactly that network, and its shapes check out
 //! exactly when d1 * d2 fits and matches the kernel (checked here with u128 arithmetic).
 
 use std::path::Path;
 
 use formats::arch::{shape_check, Op, Posterior};
 use formats::meta_graph::{arch_from_nodes, parse_arch};
-use formats::proto::graph::{AttrValue, MetaGraphDef, NodeDef};
-use formats::proto::types::{tensor_shape_proto, TensorShapeProto};
+use formats::proto::graph::{AttrValue, MetaGraphDef, NodeDef, TensorProto};
+use formats::proto::types::{tensor_shape_proto, DataType, TensorShapeProto};
 use proptest::prelude::*;
 
 fn fixture_meta() -> Vec<u8> {
@@ -35,9 +35,18 @@ fn dense_graph(dims: &[i64]) -> Vec<NodeDef> {
     let mut attr = AttrValue::new();
     attr.set_shape(shape);
     x.attr.insert("shape".into(), attr);
+    // A flatten: the constant target [-1, -1] keeps the batch and flattens the rest.
+    let mut target = node("flat/shape", "Const", &[]);
+    let mut value = TensorProto::new();
+    value.dtype = DataType::DT_INT32.into();
+    value.int_val = vec![-1, -1];
+    let mut attr = AttrValue::new();
+    attr.set_tensor(value);
+    target.attr.insert("value".into(), attr);
     vec![
         x,
-        node("flat", "Reshape", &["x"]),
+        target,
+        node("flat", "Reshape", &["x", "flat/shape"]),
         node("den_1/kernel_posterior_loc", "VariableV2", &[]),
         node("den_1/MatMul", "MatMul", &["flat", "den_1/kernel_posterior_loc"]),
         node("den_1/BiasAdd", "BiasAdd", &["den_1/MatMul"]),
