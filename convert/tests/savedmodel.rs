@@ -1,6 +1,8 @@
-//! TF2 Keras SavedModel folders (fixtures/tf2_keras_savedmodel, written by tf_keras 2.21 + TFP):
-//! accepted wherever a checkpoint is, with the architecture read from `keras_metadata.pb`;
-//! checked against what TensorFlow computed from the saved variables (analysis.json).
+//! TF2 Keras SavedModel folders (fixtures/tf2_keras_savedmodel, a Sequential BNN-Conv, and
+//! fixtures/tf2_keras_resnet, a functional model with batch normalization and a residual Add,
+//! both written by tf_keras 2.21 + TFP): accepted wherever a checkpoint is, with the
+//! architecture read from `keras_metadata.pb`; checked against what TensorFlow computed from
+//! the saved variables (analysis.json).
 
 mod common;
 
@@ -11,12 +13,14 @@ use common::*;
 use serde_json::Value;
 use tract_onnx::prelude::*;
 
+const FIXTURES: [&str; 2] = ["tf2_keras_savedmodel", "tf2_keras_resnet"];
+
 fn saved_model() -> PathBuf {
-    fixtures().join("tf2_keras_savedmodel")
+    fixtures().join(FIXTURES[0])
 }
 
-fn analysis() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(saved_model().join("analysis.json")).expect("analysis")).expect("json")
+fn analysis(folder: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(folder).join("analysis.json")).expect("analysis")).expect("json")
 }
 
 fn run_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
@@ -29,18 +33,27 @@ fn run_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
 fn test_x(n: usize) -> Vec<f32> {
     let b = std::fs::read(fixtures().join("data/digits_test_x.npy")).expect("npy");
     let start = b.len() - 360 * 64 * 4;
-    b[start..].chunks_exact(4).take(n * 64).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b[start..]
+        .chunks_exact(4)
+        .take(n * 64)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
-fn tf_mean_logits() -> Vec<f64> {
-    analysis()["mean_logits"].as_array().expect("rows").iter().flat_map(|r| r.as_array().expect("row").iter().map(|v| v.as_f64().expect("f64"))).collect()
+fn tf_mean_logits(folder: &str) -> Vec<f64> {
+    analysis(folder)["mean_logits"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .flat_map(|r| r.as_array().expect("row").iter().map(|v| v.as_f64().expect("f64")))
+        .collect()
 }
 
-fn assert_logits_close(ours: &[f64], what: &str) {
-    let tf = tf_mean_logits();
+fn assert_logits_close(folder: &str, ours: &[f64], what: &str) {
+    let tf = tf_mean_logits(folder);
     assert_eq!(ours.len(), tf.len(), "{what}");
     let worst = ours.iter().zip(&tf).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(worst <= 1e-4, "{what}: logits differ from TensorFlow's by {worst}");
+    assert!(worst <= 1e-4, "{folder} in {what}: logits differ from TensorFlow's by {worst}");
 }
 
 #[test]
@@ -54,8 +67,21 @@ fn inspect_convert_and_prune_a_savedmodel_folder() {
     run_ok(&[&"ckpt-to-safetensors", &saved_model(), &"-o", &out.path().join("m.safetensors")]);
     let st = std::fs::read(out.path().join("m.safetensors")).expect("written");
     let st = safetensors::SafeTensors::deserialize(&st).expect("valid");
-    assert_eq!(st.len(), 8, "mu, rho and bias mu of two Flipout layers, kernel and bias of den_out: {:?}", st.names());
-    let report = run_ok(&[&"prune", &saved_model(), &"-o", &out.path().join("pruned/model.ckpt-1"), &"--threshold", &"1", &"--json"]);
+    assert_eq!(
+        st.len(),
+        8,
+        "mu, rho and bias mu of two Flipout layers, kernel and bias of den_out: {:?}",
+        st.names()
+    );
+    let report = run_ok(&[
+        &"prune",
+        &saved_model(),
+        &"-o",
+        &out.path().join("pruned/model.ckpt-1"),
+        &"--threshold",
+        &"1",
+        &"--json",
+    ]);
     let report: Value = serde_json::from_str(&report).expect("json");
     assert_eq!(report["layers"].as_array().expect("layers").len(), 2, "the two Flipout layers");
     // Pruned TF output is a plain checkpoint again.
@@ -65,38 +91,42 @@ fn inspect_convert_and_prune_a_savedmodel_folder() {
 #[test]
 fn eval_reads_the_keras_architecture_and_matches_tensorflow() {
     let data = fixtures().join("data/digits_test_x.npy");
-    let out = run_ok(&[&"eval", &saved_model(), &"--data", &data, &"--samples", &"0", &"--json"]);
-    let ours: Value = serde_json::from_str(&out).expect("json");
-    let tf = &analysis()["mean_model"]["tf"];
-    let count = |v: &Value| (v.as_f64().expect("f64") * 360.0).round() as i64;
-    assert_eq!(count(&ours["accuracy"]), count(&tf["accuracy"]));
-    let ll = (ours["mean_log_likelihood"].as_f64().expect("ll") - tf["mean_log_likelihood"].as_f64().expect("ll")).abs();
-    assert!(ll < 1e-4, "mean log-likelihood differs by {ll}");
+    for folder in FIXTURES {
+        let out = run_ok(&[&"eval", &fixtures().join(folder), &"--data", &data, &"--samples", &"0", &"--json"]);
+        let ours: Value = serde_json::from_str(&out).expect("json");
+        let tf = &analysis(folder)["mean_model"]["tf"];
+        let count = |v: &Value| (v.as_f64().expect("f64") * 360.0).round() as i64;
+        assert_eq!(count(&ours["accuracy"]), count(&tf["accuracy"]), "{folder}");
+        let ll = (ours["mean_log_likelihood"].as_f64().expect("ll") - tf["mean_log_likelihood"].as_f64().expect("ll")).abs();
+        assert!(ll < 1e-4, "{folder}: mean log-likelihood differs by {ll}");
+    }
 }
 
-fn export(out: &Path) {
-    run_ok(&[&"export-onnx", &saved_model(), &"-o", &out]);
+fn export(folder: &str, out: &Path) {
+    run_ok(&[&"export-onnx", &fixtures().join(folder), &"-o", &out]);
 }
 
 #[test]
 fn exported_onnx_gives_tensorflows_logits_in_tract() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let onnx = dir.path().join("m.onnx");
-    export(&onnx);
-    let plan = tract_onnx::onnx()
-        .model_for_path(&onnx)
-        .expect("tract loads the model")
-        .with_input_fact(0, f32::fact([16, 8, 8, 1]).into())
-        .expect("fact")
-        .into_optimized()
-        .expect("optimize")
-        .into_runnable()
-        .expect("runnable");
-    let input = Tensor::from_shape(&[16, 8, 8, 1], &test_x(16)).expect("tensor");
-    let out = plan.run(tvec!(input.into())).expect("run");
-    // Outputs: logits, probabilities.
-    let logits: Vec<f64> = out[0].to_plain_array_view::<f32>().expect("f32").iter().map(|v| f64::from(*v)).collect();
-    assert_logits_close(&logits, "tract");
+    for folder in FIXTURES {
+        let dir = tempfile::tempdir().expect("tmp");
+        let onnx = dir.path().join("m.onnx");
+        export(folder, &onnx);
+        let plan = tract_onnx::onnx()
+            .model_for_path(&onnx)
+            .expect("tract loads the model")
+            .with_input_fact(0, f32::fact([16, 8, 8, 1]).into())
+            .expect("fact")
+            .into_optimized()
+            .expect("optimize")
+            .into_runnable()
+            .expect("runnable");
+        let input = Tensor::from_shape(&[16, 8, 8, 1], &test_x(16)).expect("tensor");
+        let out = plan.run(tvec!(input.into())).expect("run");
+        // Outputs: logits, probabilities.
+        let logits: Vec<f64> = out[0].to_plain_array_view::<f32>().expect("f32").iter().map(|v| f64::from(*v)).collect();
+        assert_logits_close(folder, &logits, "tract");
+    }
 }
 
 #[test]
@@ -104,24 +134,35 @@ fn exported_onnx_gives_tensorflows_logits_in_onnxruntime() {
     let py = fixtures().join("../.venv/bin/python");
     let has_ort = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
     if !has_ort {
-        assert!(std::env::var("BNN_REQUIRE_PYTHON").as_deref() != Ok("1"), "BNN_REQUIRE_PYTHON=1 but no onnxruntime in .venv");
+        assert!(
+            std::env::var("BNN_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "BNN_REQUIRE_PYTHON=1 but no onnxruntime in .venv"
+        );
         eprintln!("note: skipped: .venv/bin/python with onnxruntime not found");
         return;
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let onnx = dir.path().join("m.onnx");
-    export(&onnx);
-    let script = r#"
+    for folder in FIXTURES {
+        let dir = tempfile::tempdir().expect("tmp");
+        let onnx = dir.path().join("m.onnx");
+        export(folder, &onnx);
+        let script = r#"
 import json, sys
 import numpy as np, onnxruntime as ort
 x = np.load(sys.argv[1])[:16].reshape(16, 8, 8, 1).astype(np.float32)
 s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
 print(json.dumps(s.run(["logits"], {s.get_inputs()[0].name: x})[0].reshape(-1).tolist()))
 "#;
-    let out = Command::new(&py).arg("-c").arg(script).arg(fixtures().join("data/digits_test_x.npy")).arg(&onnx).output().expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let logits: Vec<f64> = serde_json::from_slice(&out.stdout).expect("json");
-    assert_logits_close(&logits, "onnxruntime");
+        let out = Command::new(&py)
+            .arg("-c")
+            .arg(script)
+            .arg(fixtures().join("data/digits_test_x.npy"))
+            .arg(&onnx)
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let logits: Vec<f64> = serde_json::from_slice(&out.stdout).expect("json");
+        assert_logits_close(folder, &logits, "onnxruntime");
+    }
 }
 
 #[test]

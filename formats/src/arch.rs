@@ -158,14 +158,16 @@ impl BatchNormParams {
         let path = ckpt.path();
         let get = |name: &str, required: bool| -> Result<Option<Vec<f32>>> {
             let key = format!("{layer}/{name}");
-            if ckpt.variable(&key).is_err() {
+            // By stored key (TF1), else by variable name (TF2 object graphs, safetensors).
+            let var = ckpt.variable(&key).ok().or_else(|| ckpt.variables().iter().find(|v| v.name == key));
+            let Some(var) = var else {
                 return if required {
                     Err(Error::invalid(path, format!("batch normalization '{layer}' has no '{key}' in the checkpoint")))
                 } else {
                     Ok(None)
                 };
-            }
-            let var = ckpt.variable(&key)?;
+            };
+            let key = var.key.clone();
             if var.info.dtype != DType::Float32 || var.info.shape.len() != 1 {
                 return Err(Error::unsupported(path, format!("'{key}' is {:?} {:?}; batch normalization needs a float32 vector", var.info.dtype, var.info.shape)));
             }

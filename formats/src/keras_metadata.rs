@@ -1,11 +1,8 @@
 //! The architecture of a TF2 Keras SavedModel, from the Keras metadata it carries
 //! (`keras_metadata.pb`: the model's and each layer's Keras JSON config).
 //!
-//! Sequential models, and functional models whose layers form one chain, of the layers
-//! [`Op`] can express: `InputLayer`, `Dense` and TFP's `DenseFlipout` /
-//! `DenseReparameterization`, `Conv2D` and TFP's `Conv2DFlipout` / `Conv2DReparameterization`
-//! (NHWC, no dilation), `MaxPooling2D`, `Flatten`, `Reshape`, `ReLU` and
-//! `relu` activations, and `Dropout`-like layers (identity at inference). A `softmax`
+//! Sequential and functional models (one input, one output, `Add` of two branches as a
+//! residual) of the layers [`Op`] can express; docs/architecture.md lists them. A `softmax`
 //! activation on the last layer is left to the predictors, which apply softmax anyway.
 //! Anything else is refused naming the layer and its class, with a pointer to `--arch`.
 
@@ -108,6 +105,10 @@ fn activation(v: Option<&Value>, layer: &str, last: bool) -> Built<Option<Op>> {
     match name {
         "linear" => Ok(None),
         "relu" => Ok(Some(Op::Relu)),
+        "relu6" => Ok(Some(Op::Relu6)),
+        "elu" => Ok(Some(Op::Elu)),
+        "sigmoid" => Ok(Some(Op::Sigmoid)),
+        "tanh" => Ok(Some(Op::Tanh)),
         "softmax" if last => Ok(None),
         other => Err(Refusal::Unsupported(format!("layer '{layer}': activation '{other}'"))),
     }
@@ -139,103 +140,173 @@ fn shape_of(v: Option<&Value>) -> Option<Vec<usize>> {
     items(v?)?.iter().skip(1).map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok())).collect()
 }
 
-/// The layer configs of a Sequential or a chain-shaped functional model, in order.
-fn layer_list(model: &Value) -> Built<Vec<&Value>> {
-    let class = model.get("class_name").and_then(Value::as_str).unwrap_or("");
-    let layers = model
-        .get("config")
-        .and_then(|c| c.get("layers"))
+/// The names of the layers feeding a functional layer (`inbound_nodes: [[[name, 0, 0, {}], ...]]`).
+fn inbound(layer: &Value) -> Vec<String> {
+    layer
+        .get("inbound_nodes")
         .and_then(Value::as_array)
-        .ok_or_else(|| corrupt(format!("model of class '{class}' has no config.layers")))?;
-    if class == "Sequential" {
-        return Ok(layers.iter().collect());
-    }
-    // Functional: every layer after the first must take exactly the previous one's output.
-    let mut previous: Option<&str> = None;
-    for l in layers {
-        let name = l.get("name").or_else(|| l.get("config").and_then(|c| c.get("name"))).and_then(Value::as_str).unwrap_or("?");
-        let inbound: Vec<&str> = l
-            .get("inbound_nodes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .flat_map(|node| node.as_array().into_iter().flatten())
-            .filter_map(|edge| edge.as_array().and_then(|e| e.first()).and_then(Value::as_str))
-            .collect();
-        match previous {
-            None if inbound.is_empty() => {}
-            Some(p) if inbound == [p] => {}
-            _ => {
-                return Err(Refusal::Unsupported(format!(
-                    "layer '{name}' takes {inbound:?}: only a single chain of layers is read from Keras metadata"
-                )))
-            }
-        }
-        previous = Some(name);
-    }
-    Ok(layers.iter().collect())
+        .into_iter()
+        .flatten()
+        .flat_map(|node| node.as_array().into_iter().flatten())
+        .filter_map(|edge| edge.as_array().and_then(|e| e.first()).and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
-/// The network of a model's Keras JSON (`{"class_name": "Sequential", "config": {...}}`).
+/// The ops of one layer given the shape of what came before, or `None` for a layer that is
+/// not an op (`InputLayer`, `Add`: handled by the walk).
+fn layer_ops(class: &str, config: &Value, name: &str, last: bool, first_on: Option<&[usize]>) -> Built<Vec<Op>> {
+    let with_activation = |op: Op| -> Built<Vec<Op>> {
+        let mut ops = vec![op];
+        ops.extend(activation(config.get("activation"), name, last)?);
+        Ok(ops)
+    };
+    let zero = |key: &str| config.get(key).is_none_or(|v| v.is_null() || v.as_f64() == Some(0.0));
+    match class {
+        "Dense" | "DenseFlipout" | "DenseReparameterization" | "DenseLocalReparameterization" => with_activation(Op::Dense { layer: name.to_string() }),
+        "Conv2D" | "Convolution2D" | "Conv2DFlipout" | "Convolution2DFlipout" | "Conv2DReparameterization" | "Convolution2DReparameterization" => {
+            if config.get("dilation_rate").is_some_and(|d| pair(Some(d), "dilation_rate", name).ok() != Some([1, 1])) {
+                return Err(Refusal::Unsupported(format!("layer '{name}': dilated convolution")));
+            }
+            if config.get("groups").and_then(Value::as_u64).is_some_and(|g| g != 1) {
+                return Err(Refusal::Unsupported(format!("layer '{name}': grouped convolution")));
+            }
+            let strides = pair(config.get("strides"), "strides", name)?;
+            with_activation(Op::Conv2d { layer: name.to_string(), strides, padding: padding(config.get("padding"), name)? })
+        }
+        "MaxPooling2D" | "MaxPool2D" | "AveragePooling2D" | "AvgPool2D" => {
+            let size = pair(config.get("pool_size"), "pool_size", name)?;
+            let strides = match config.get("strides") {
+                None | Some(Value::Null) => size,
+                s => pair(s, "strides", name)?,
+            };
+            let padding = padding(config.get("padding"), name)?;
+            Ok(vec![if class.starts_with("Max") { Op::MaxPool { size, strides, padding } } else { Op::AvgPool { size, strides, padding } }])
+        }
+        "GlobalAveragePooling2D" | "GlobalAvgPool2D" if config.get("keepdims").is_none_or(|k| k.as_bool() != Some(true)) => Ok(vec![Op::GlobalAvgPool]),
+        "ZeroPadding2D" => {
+            let p = config.get("padding").ok_or_else(|| corrupt(format!("layer '{name}': no padding")))?;
+            let size = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+            let pads = match (size(p), items(p).map(Vec::as_slice)) {
+                (Some(n), _) => Some([n, n, n, n]),
+                (None, Some([h, w])) => match (size(h), size(w), items(h).map(Vec::as_slice), items(w).map(Vec::as_slice)) {
+                    (Some(h), Some(w), _, _) => Some([h, h, w, w]),
+                    (None, None, Some([t, b]), Some([l, r])) => Some([size(t), size(b), size(l), size(r)]).and_then(|v| {
+                        Some([v[0]?, v[1]?, v[2]?, v[3]?])
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            Ok(vec![Op::Pad { pads: pads.ok_or_else(|| corrupt(format!("layer '{name}': padding {p}")))? }])
+        }
+        "BatchNormalization" => {
+            let axis_ok = match config.get("axis") {
+                Some(Value::Number(n)) => n.as_i64() == Some(-1) || n.as_i64() == Some(3),
+                Some(v) => items(v).is_some_and(|a| a.len() == 1 && matches!(a[0].as_i64(), Some(-1) | Some(3))),
+                None => true,
+            };
+            if !axis_ok {
+                return Err(Refusal::Unsupported(format!("layer '{name}': batch normalization over an axis other than the channels")));
+            }
+            let epsilon = config.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3) as f32;
+            Ok(vec![Op::BatchNorm { layer: name.to_string(), epsilon, params: None }])
+        }
+        "Flatten" => Ok(vec![Op::Flatten]),
+        "Reshape" => Ok(vec![reshape(config.get("target_shape"), name, first_on)?]),
+        "Activation" => Ok(activation(config.get("activation"), name, last)?.into_iter().collect()),
+        "ReLU" if zero("negative_slope") && zero("threshold") => match config.get("max_value").and_then(Value::as_f64) {
+            None => Ok(vec![Op::Relu]),
+            Some(m) if m == 6.0 => Ok(vec![Op::Relu6]),
+            Some(m) => Err(Refusal::Unsupported(format!("layer '{name}': ReLU capped at {m}"))),
+        },
+        "ELU" if config.get("alpha").is_none_or(|a| a.as_f64() == Some(1.0)) => Ok(vec![Op::Elu]),
+        // Identity at inference.
+        "Dropout" | "SpatialDropout2D" | "GaussianNoise" | "GaussianDropout" | "ActivityRegularization" => Ok(vec![]),
+        other => Err(Refusal::Unsupported(format!("layer '{name}' of class '{other}'"))),
+    }
+}
+
+/// The network of a model's Keras JSON (`{"class_name": "Sequential", "config": {...}}`, or a
+/// functional model). A functional model is walked in layer order, each layer's output
+/// described by the ops from the input to it; an `Add` of two outputs becomes a residual of
+/// the two op sequences after their common start (the shorter one the shortcut).
 fn arch_from_model_json(model: &Value) -> Built<Arch> {
-    let layers = layer_list(model)?;
-    let mut input_shape = None;
+    let class = model.get("class_name").and_then(Value::as_str).unwrap_or("");
+    let config = model.get("config").ok_or_else(|| corrupt(format!("model of class '{class}' has no config")))?;
+    let layers = config.get("layers").and_then(Value::as_array).ok_or_else(|| corrupt(format!("model of class '{class}' has no config.layers")))?;
+    let sequential = class == "Sequential";
+    let mut input_shape: Option<Vec<usize>> = None;
     let mut input_name = "input".to_string();
-    let mut ops = Vec::new();
+    // Ops from the input to each layer's output (functional), or to the last layer (Sequential).
+    let mut paths: std::collections::HashMap<String, Vec<Op>> = std::collections::HashMap::new();
+    let mut previous: Option<String> = None;
     let count = layers.len();
     for (i, l) in layers.iter().enumerate() {
         let class = l.get("class_name").and_then(Value::as_str).unwrap_or("");
         let config = l.get("config").ok_or_else(|| corrupt(format!("layer {i} of class '{class}' has no config")))?;
-        let name = config.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-        let last = i + 1 == count;
-        if let Some(shape) = shape_of(config.get("batch_input_shape")) {
-            input_shape.get_or_insert(shape);
-        }
+        let name = l.get("name").or_else(|| config.get("name")).and_then(Value::as_str).unwrap_or("").to_string();
         if config.get("data_format").and_then(Value::as_str).is_some_and(|f| f != "channels_last") {
             return Err(Refusal::Unsupported(format!("layer '{name}': data_format must be channels_last (NHWC)")));
         }
-        match class {
-            "InputLayer" => {
-                input_name = name.clone();
-                input_shape = Some(shape_of(config.get("batch_input_shape")).ok_or_else(|| corrupt(format!("input layer '{name}' has no fixed shape")))?);
+        let shape = shape_of(config.get("batch_input_shape"));
+        if class == "InputLayer" {
+            if input_shape.is_some() {
+                return Err(Refusal::Unsupported(format!("input layer '{name}': only models with one input are read")));
             }
-            "Dense" | "DenseFlipout" | "DenseReparameterization" | "DenseLocalReparameterization" => {
-                ops.push(Op::Dense { layer: name.clone() });
-                ops.extend(activation(config.get("activation"), &name, last)?);
-            }
-            "Conv2D" | "Convolution2D" | "Conv2DFlipout" | "Convolution2DFlipout" | "Conv2DReparameterization" | "Convolution2DReparameterization" => {
-                if config.get("dilation_rate").is_some_and(|d| pair(Some(d), "dilation_rate", &name).ok() != Some([1, 1])) {
-                    return Err(Refusal::Unsupported(format!("layer '{name}': dilated convolution")));
-                }
-                if config.get("groups").and_then(Value::as_u64).is_some_and(|g| g != 1) {
-                    return Err(Refusal::Unsupported(format!("layer '{name}': grouped convolution")));
-                }
-                let strides = pair(config.get("strides"), "strides", &name)?;
-                ops.push(Op::Conv2d { layer: name.clone(), strides, padding: padding(config.get("padding"), &name)? });
-                ops.extend(activation(config.get("activation"), &name, last)?);
-            }
-            "MaxPooling2D" | "MaxPool2D" => {
-                let size = pair(config.get("pool_size"), "pool_size", &name)?;
-                let strides = match config.get("strides") {
-                    None | Some(Value::Null) => size,
-                    s => pair(s, "strides", &name)?,
-                };
-                ops.push(Op::MaxPool { size, strides, padding: padding(config.get("padding"), &name)? });
-            }
-            "Flatten" => ops.push(Op::Flatten),
-            "Reshape" => ops.push(reshape(config.get("target_shape"), &name, ops.is_empty().then_some(input_shape.as_deref()).flatten())?),
-            "Activation" => ops.extend(activation(config.get("activation"), &name, last)?),
-            "ReLU" if config.get("max_value").is_none_or(Value::is_null)
-                && config.get("negative_slope").is_none_or(|v| v.as_f64() == Some(0.0))
-                && config.get("threshold").is_none_or(|v| v.as_f64() == Some(0.0)) =>
-            {
-                ops.push(Op::Relu)
-            }
-            // Identity at inference.
-            "Dropout" | "SpatialDropout2D" | "GaussianNoise" | "GaussianDropout" | "ActivityRegularization" => {}
-            other => return Err(Refusal::Unsupported(format!("layer '{name}' of class '{other}'"))),
+            input_name = name.clone();
+            input_shape = Some(shape.ok_or_else(|| corrupt(format!("input layer '{name}' has no fixed shape")))?);
+            paths.insert(name.clone(), Vec::new());
+            previous = Some(name);
+            continue;
         }
+        if input_shape.is_none() {
+            input_shape = shape;
+        }
+        let sources: Vec<String> = if sequential { previous.iter().cloned().collect() } else { inbound(l) };
+        let source_ops = |s: &String| paths.get(s).cloned().ok_or_else(|| corrupt(format!("layer '{name}' takes '{s}', which comes later or not at all")));
+        let ops = match (class, sources.as_slice()) {
+            ("Add", [a, b]) => {
+                let (a, b) = (source_ops(a)?, source_ops(b)?);
+                let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+                let (mut branch_a, mut branch_b) = (a[common..].to_vec(), b[common..].to_vec());
+                if branch_a.len() < branch_b.len() {
+                    std::mem::swap(&mut branch_a, &mut branch_b);
+                }
+                let mut ops = a[..common].to_vec();
+                ops.push(Op::Residual { body: branch_a, shortcut: branch_b, relu: false });
+                ops
+            }
+            ("Add", _) => return Err(Refusal::Unsupported(format!("layer '{name}': an Add of {} inputs (only two branches are read)", sources.len()))),
+            (_, [s]) => {
+                let mut ops = source_ops(s)?;
+                let first_on = if ops.is_empty() { input_shape.as_deref() } else { None };
+                ops.extend(layer_ops(class, config, &name, i + 1 == count, first_on)?);
+                ops
+            }
+            (_, []) if sequential => {
+                // A Sequential model without an InputLayer starts at its first layer.
+                layer_ops(class, config, &name, i + 1 == count, input_shape.as_deref())?
+            }
+            _ => return Err(Refusal::Unsupported(format!("layer '{name}' of class '{class}' takes {sources:?}: only single-input layers and Add are read"))),
+        };
+        paths.insert(name.clone(), ops);
+        previous = Some(name);
     }
+    let output = if sequential {
+        previous
+    } else {
+        // config.output_layers: [[name, 0, 0]] (or one such triple).
+        let outputs = config.get("output_layers").and_then(items).cloned().unwrap_or_default();
+        let names: Vec<String> = match outputs.first() {
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => outputs.iter().filter_map(|o| items(o).and_then(|t| t.first()).and_then(Value::as_str).map(str::to_string)).collect(),
+        };
+        match names.as_slice() {
+            [one] => Some(one.clone()),
+            _ => return Err(Refusal::Unsupported(format!("the model has {} outputs (one is read)", names.len()))),
+        }
+    };
+    let ops = output.and_then(|o| paths.remove(&o)).ok_or_else(|| corrupt("the model's output layer is not among its layers"))?;
     let input_shape = input_shape.ok_or_else(|| Refusal::Unsupported("the model's input shape is not fixed".into()))?;
     Ok(Arch { input_name, input_shape, ops })
 }
@@ -298,22 +369,24 @@ mod tests {
         assert!(e.contains("'rnn'") && e.contains("LSTM"), "{e}");
         let m = sequential(serde_json::json!([
             {"class_name": "InputLayer", "config": {"name": "x", "batch_input_shape": [null, 4]}},
-            {"class_name": "Dense", "config": {"name": "h", "activation": "tanh"}},
+            {"class_name": "Dense", "config": {"name": "h", "activation": "swish"}},
             {"class_name": "Dense", "config": {"name": "o"}}
         ]));
-        assert!(format!("{:?}", arch_from_model_json(&m).expect_err("refused")).contains("activation 'tanh'"));
+        assert!(format!("{:?}", arch_from_model_json(&m).expect_err("refused")).contains("activation 'swish'"));
     }
 
     #[test]
-    fn functional_chains_only() {
+    fn functional_models_need_one_output() {
         let layer = |name: &str, class: &str, from: Option<&str>| {
             let inbound = from.map_or(serde_json::json!([]), |f| serde_json::json!([[[f, 0, 0, {}]]]));
             serde_json::json!({"class_name": class, "name": name, "config": {"name": name, "batch_input_shape": [null, 3]}, "inbound_nodes": inbound})
         };
-        let chain = serde_json::json!({"class_name": "Functional", "config": {"layers": [layer("in", "InputLayer", None), layer("d", "Dense", Some("in"))]}});
+        let chain = serde_json::json!({"class_name": "Functional", "config": {"layers": [layer("in", "InputLayer", None), layer("d", "Dense", Some("in"))],
+            "output_layers": [["d", 0, 0]]}});
         assert_eq!(arch_from_model_json(&chain).expect("chain").ops, vec![Op::Dense { layer: "d".into() }]);
-        let skip = serde_json::json!({"class_name": "Functional", "config": {"layers": [
-            layer("in", "InputLayer", None), layer("d", "Dense", Some("in")), layer("e", "Dense", Some("in"))]}});
-        assert!(format!("{:?}", arch_from_model_json(&skip).expect_err("not a chain")).contains("single chain"));
+        let two_heads = serde_json::json!({"class_name": "Functional", "config": {"layers": [
+            layer("in", "InputLayer", None), layer("d", "Dense", Some("in")), layer("e", "Dense", Some("in"))],
+            "output_layers": [["d", 0, 0], ["e", 0, 0]]}});
+        assert!(format!("{:?}", arch_from_model_json(&two_heads).expect_err("two outputs")).contains("2 outputs"));
     }
 }

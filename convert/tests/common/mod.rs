@@ -46,7 +46,11 @@ pub fn copy_fixture(name: &str) -> tempfile::TempDir {
 pub fn tf_python() -> Option<PathBuf> {
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let ok = py.is_file()
-        && Command::new(&py).args(["-c", "import tensorflow"]).output().map(|o| o.status.success()).unwrap_or(false);
+        && Command::new(&py)
+            .args(["-c", "import tensorflow"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
     if ok {
         return Some(py);
     }
@@ -59,8 +63,10 @@ pub fn tf_python() -> Option<PathBuf> {
 
 /// Files in `dir`, sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).expect("ls").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
