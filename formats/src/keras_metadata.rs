@@ -216,7 +216,7 @@ fn layer_ops(class: &str, config: &Value, name: &str, last: bool, first_on: Opti
         "Activation" => Ok(activation(config.get("activation"), name, last)?.into_iter().collect()),
         "ReLU" if zero("negative_slope") && zero("threshold") => match config.get("max_value").and_then(Value::as_f64) {
             None => Ok(vec![Op::Relu]),
-            Some(m) if m == 6.0 => Ok(vec![Op::Relu6]),
+            Some(6.0) => Ok(vec![Op::Relu6]),
             Some(m) => Err(Refusal::Unsupported(format!("layer '{name}': ReLU capped at {m}"))),
         },
         "ELU" if config.get("alpha").is_none_or(|a| a.as_f64() == Some(1.0)) => Ok(vec![Op::Elu]),

@@ -207,7 +207,7 @@ fn densify_entry(
         if info.shape != [len] {
             return Err(bad(format!("{what} part '{n}' has shape {:?} but {why} [{len}]", info.shape)));
         }
-        Ok(file.bytes(n)?)
+        file.bytes(n)
     };
     let rows_plus_one = e.rows.checked_add(1).ok_or_else(|| bad("too many rows".into()))?;
     let (ptr_type, idx_type) = (indptr_dtype(elements), indices_dtype(e.cols));
