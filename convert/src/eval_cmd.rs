@@ -138,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
             "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
             "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
-            "sparse_layers": sparse, "layers": layers,
+            "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

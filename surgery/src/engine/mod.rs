@@ -8,6 +8,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod gemm;
 pub mod metrics;
 pub mod predict;
 pub mod sampler;
