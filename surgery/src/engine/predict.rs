@@ -31,10 +31,11 @@ pub enum SparseKernels {
     Never,
 }
 
-/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: the crossover
-/// measured by `cargo bench -p bnn-surgery --bench sparse_crossover` (docs/performance.md),
-/// where the CSR kernel overtakes the GEMM on the layers of the benchmark models.
-pub const AUTO_SPARSE_FRACTION: f64 = 0.25;
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: where the CSR
+/// kernel overtakes the GEMM, measured on the layers of the benchmark models by
+/// `surgery/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
+/// pruned on conv and dense layers alike, so CSR from 80%).
+pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
 
 /// How a Monte Carlo sample perturbs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +96,10 @@ const CHUNK: usize = 128;
 /// the memory of big sets; each chunk shares each sample's weights, as TF's batch does.
 const MC_CHUNK: usize = 1024;
 
-/// Values of patch rows per GEMM block (256 KiB): a block of im2col stays in L2 while the
-/// GEMM packs it.
-const BLOCK_VALUES: usize = 1 << 16;
+/// Values of patch rows per GEMM block (2 MiB): bounds the im2col memory of a thread, while
+/// blocks stay tall enough that the GEMM packs each weight matrix rarely (at 256 KiB, packing
+/// the weights again for every block of a 5x5x32 conv took a sixth of the time).
+const BLOCK_VALUES: usize = 1 << 19;
 
 /// The layers of `ops` applied to examples of `shape`, and the output shape.
 fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Posterior>, sparse: SparseKernels) -> (Vec<Layer>, Vec<usize>) {
@@ -338,7 +340,7 @@ impl Linear {
 
     /// Patch rows per block.
     fn block_rows(&self) -> usize {
-        (BLOCK_VALUES / self.kernel.k.max(1)).max(64)
+        (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
     }
 
     /// Patch rows `r0..r1` of `x`: a slice of `x` itself (dense) or im2col into `buf` (conv).
@@ -423,12 +425,13 @@ impl Linear {
             if flipout {
                 // (p * s_in) @ (sigma * eps) * s_out, signs per example (and channel / unit).
                 let cin = self.sign_width();
-                ws.flipped.clear();
-                ws.flipped.extend_from_slice(pb);
-                for (r, row) in (r0..r1).zip(ws.flipped.chunks_exact_mut(k.max(1))) {
+                ws.flipped.resize(rb * k, 0.0);
+                for (r, (row, src)) in (r0..r1).zip(ws.flipped.chunks_exact_mut(k.max(1)).zip(pb.chunks_exact(k.max(1)))) {
                     let signs = &ws.s_in[(r / rpe) * cin..][..cin];
-                    for px in row.chunks_exact_mut(cin) {
-                        px.iter_mut().zip(signs).for_each(|(v, &m)| *v = f32::from_bits(v.to_bits() ^ m));
+                    for (px, sp) in row.chunks_exact_mut(cin).zip(src.chunks_exact(cin)) {
+                        for ((v, &x), &m) in px.iter_mut().zip(sp).zip(signs) {
+                            *v = f32::from_bits(x.to_bits() ^ m);
+                        }
                     }
                 }
                 ws.pert.resize(rb * u, 0.0);
