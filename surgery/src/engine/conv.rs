@@ -75,9 +75,18 @@ pub fn im2col_rows(x: &[f32], win: &Window, r0: usize, r1: usize, out: &mut Vec<
 
 /// Max pooling of `x` (`[n, h, w, c]`); padded positions are ignored, as in TensorFlow.
 pub fn max_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
+    let mut out = Vec::new();
+    max_pool_into(x, n, win, &mut out);
+    out
+}
+
+/// [`max_pool`] into a reused buffer (a fresh one per layer and sample page-faulted its
+/// memory in again every time).
+pub fn max_pool_into(x: &[f32], n: usize, win: &Window, out: &mut Vec<f32>) {
     let [h, w, c] = win.input;
     let [oh, ow] = win.output();
-    let mut out = vec![f32::NEG_INFINITY; n * oh * ow * c];
+    out.clear();
+    out.resize(n * oh * ow * c, f32::NEG_INFINITY);
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -95,7 +104,6 @@ pub fn max_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

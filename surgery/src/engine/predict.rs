@@ -13,7 +13,7 @@
 use formats::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{im2col_rows, max_pool, Window};
+use super::conv::{im2col_rows, max_pool_into, Window};
 use super::dense::Kernel;
 use super::metrics::{softmax, softmax_f32};
 use super::sampler::Sampler;
@@ -428,9 +428,14 @@ impl Linear {
                 ws.flipped.resize(rb * k, 0.0);
                 for (r, (row, src)) in (r0..r1).zip(ws.flipped.chunks_exact_mut(k.max(1)).zip(pb.chunks_exact(k.max(1)))) {
                     let signs = &ws.s_in[(r / rpe) * cin..][..cin];
-                    for (px, sp) in row.chunks_exact_mut(cin).zip(src.chunks_exact(cin)) {
-                        for ((v, &x), &m) in px.iter_mut().zip(sp).zip(signs) {
-                            *v = f32::from_bits(x.to_bits() ^ m);
+                    if let [m] = signs {
+                        // One input channel: the whole patch row shares the sign.
+                        row.iter_mut().zip(src).for_each(|(v, &x)| *v = f32::from_bits(x.to_bits() ^ m));
+                    } else {
+                        for (px, sp) in row.chunks_exact_mut(cin).zip(src.chunks_exact(cin)) {
+                            for ((v, &x), &m) in px.iter_mut().zip(sp).zip(signs) {
+                                *v = f32::from_bits(x.to_bits() ^ m);
+                            }
                         }
                     }
                 }
@@ -472,7 +477,8 @@ fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, m
             }
             Layer::Relu => act.iter_mut().for_each(|v| *v = v.max(0.0)),
             Layer::MaxPool(win) => {
-                let out = max_pool(act, n, win);
+                let mut out = ws.any(0);
+                max_pool_into(act, n, win, &mut out);
                 ws.give(std::mem::replace(act, out));
             }
             // Row-major activations are already flat.
