@@ -1,18 +1,27 @@
 #!/usr/bin/env python3
-"""Driver of scripts/bench-infer.sh (standard library only; TensorFlow runs in .venv through
-bench/infer_tf.py).  Measures, in one run on this machine:
+"""Driver of scripts/bench-infer.sh (issue 10; standard library only, TensorFlow and
+onnxruntime run in .venv).  Measures, in one run on this machine, prediction time only,
+median of REPEATS runs each:
 
-1. 100-sample MC prediction of the fixture BNN-FC test set (fixtures/tf1_bnn_fc, 360 x 64):
-   `bnn-convert eval --samples 100` (Flipout, as the TF graph) against TF 2.x restoring the
-   same checkpoint (import_meta_graph + restore) and running the Flipout logits 100 times.
-   Prediction time only on both sides (no loading), median of REPEATS; process wall time too.
-2. The same model pruned to 70% (zero mode, lowest SNR first) against the unpruned one in our
-   engine: `bnn-convert sweep --fractions 0,0.7` (CSR kernels chosen automatically).
+* our engine: `bnn-convert eval CK --data X --samples S --json` (its `seconds`: prediction only,
+  Flipout), with the peak resident memory of the process;
+* the engine of commit 649c966 (before issue 10), when BASELINE names its binary;
+* TensorFlow restoring the same checkpoint from its `.meta` (bench/infer_tf.py: S `sess.run`s
+  of the stored Flipout logits);
+* onnxruntime on our `export-onnx --mode mc --samples S` graph (one `run` = all S samples);
+
+on BNN-FC (fixture, digits 360 x 64), the paper's BNN-Conv on 28x28x1 and a VGG-16 BNN on
+32x32x3 (both made by bench/make_models.py, untrained), each dense and 70% pruned
+(`bnn-convert prune --sparsity 0.7`, lowest SNR first); plus the GEMM peak and the CSR/GEMM
+crossover (`cargo run --release -p bnn-surgery --example kernel_bench`), and `sweep` on the
+VGG-16 BNN with 6 fractions, ours against the baseline.  Writes the section between the
+<!-- bench:infer --> markers of docs/performance.md.
 """
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -20,103 +29,187 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(ROOT, "target", "release", "bnn-convert")
-CK = os.path.join(ROOT, "fixtures", "tf1_bnn_fc")
-PREFIX = os.path.join(CK, "model.ckpt-3000")
-X = os.path.join(ROOT, "fixtures", "data", "digits_test_x.npy")
+BASELINE = os.environ.get("BASELINE")
+KB = os.path.join(ROOT, "target", "release", "examples", "kernel_bench")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
-REPEATS = 7
+WORK = os.path.join(ROOT, "target", "bench-models")
+REPEATS = int(os.environ.get("REPEATS", "5"))
 DOC = os.path.join(ROOT, "docs", "performance.md")
+SWEEP_FRACTIONS = "0,0.2,0.4,0.6,0.7,0.8"
+
+ORT = r"""
+import json, sys, time
+import numpy as np, onnxruntime as ort
+f, x, repeats = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3])
+s = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+i = s.get_inputs()[0]
+x = x.reshape([-1] + list(i.shape[1:])).astype(np.float32)
+s.run(None, {i.name: x})
+t = []
+for _ in range(repeats):
+    t0 = time.perf_counter(); s.run(None, {i.name: x}); t.append(time.perf_counter() - t0)
+print(json.dumps({"seconds": sorted(t)[len(t) // 2], "onnxruntime": ort.__version__}))
+"""
 
 
 def run(cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
-def ours():
-    preds, walls = [], []
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        out = json.loads(run([B, "eval", CK, "--data", X, "--samples", "100", "--json"]))
-        walls.append(time.perf_counter() - t)
-        preds.append(out["seconds"])
-    return statistics.median(preds), statistics.median(walls), out
+def ours(binary, ck, x, samples, repeats=REPEATS):
+    secs, rss, out = [], [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        p = subprocess.Popen([binary, "eval", ck, "--data", x, "--samples", str(samples), "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        text, err = p.stdout.read(), p.stderr.read()
+        if status:
+            raise RuntimeError("eval %s: %s" % (ck, err))
+        out = json.loads(text)
+        secs.append(out["seconds"])
+        rss.append(ru.ru_maxrss / 1024.0)
+    return statistics.median(secs), max(rss), out
 
 
-def tf():
+def tf(prefix, x, samples):
     if not os.path.exists(PY):
         return None
-    t = time.perf_counter()
-    out = json.loads(run([PY, os.path.join(ROOT, "bench", "infer_tf.py"), PREFIX, X, "100", str(REPEATS)]).strip().splitlines()[-1])
-    out["process_seconds"] = time.perf_counter() - t
+    out = json.loads(run([PY, os.path.join(ROOT, "bench", "infer_tf.py"), prefix, x, str(samples), str(REPEATS)]).strip().splitlines()[-1])
     return out
 
 
-def pruned():
-    out = os.path.join(ROOT, "target", "infer_sweep.json")
-    run([B, "sweep", CK, "--data", X, "--fractions", "0,0.7", "--samples", "100", "--repeats", str(REPEATS), "--json", out])
-    with open(out) as f:
-        return json.load(f)["rows"]
+def onnxruntime(ck, x, samples, tag):
+    if not os.path.exists(PY):
+        return None
+    f = os.path.join(WORK, tag + ".onnx")
+    run([B, "export-onnx", ck, "-o", f, "--mode", "mc", "--samples", str(samples), "--sparse", "never"])
+    out = json.loads(run([PY, "-c", ORT, f, x, str(REPEATS)]).strip().splitlines()[-1])
+    os.remove(f)
+    return out
+
+
+def prefix_of(ck):
+    with open(os.path.join(ck, "checkpoint")) as f:
+        name = re.search(r'model_checkpoint_path: "(.*)"', f.read()).group(1)
+    return os.path.join(ck, name)
+
+
+def pruned(ck, tag):
+    out = os.path.join(WORK, tag + "_p70")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    run([B, "prune", ck, "-o", os.path.join(out, os.path.basename(prefix_of(ck))), "--sparsity", "0.7"])
+    for f in ("analysis.json", "expected.json"):
+        if os.path.exists(os.path.join(ck, f)):
+            shutil.copy(os.path.join(ck, f), out)
+    return out
+
+
+def weight_bytes(ck):
+    """Bytes of the float32 tensors of the checkpoint's data file (mu, rho, biases)."""
+    return sum(os.path.getsize(os.path.join(ck, f)) for f in os.listdir(ck) if ".data-" in f)
 
 
 def main():
-    o_pred, o_wall, o_out = ours()
-    t = tf()
-    rows = pruned()
+    if not os.path.exists(os.path.join(WORK, "vgg16", "checkpoint")):
+        run([PY, os.path.join(ROOT, "bench", "make_models.py"), WORK])
+    kb = json.loads(run([KB]).strip().splitlines()[-1])
+    peak = kb["gemm_peak_gflops"]
+    models = [
+        ("BNN-FC 64-256-256-10 (digits)", os.path.join(ROOT, "fixtures", "tf1_bnn_fc"),
+         os.path.join(ROOT, "fixtures", "data", "digits_test_x.npy"), 100, "fc"),
+        ("BNN-Conv 28x28x1 (5x5x32, pool, 5x5x64, pool, dense 10)", os.path.join(WORK, "bnn_conv"),
+         os.path.join(WORK, "x28_x.npy"), 10, "conv"),
+        ("VGG-16 BNN, 32x32x3 (13 Conv2DFlipout + 2 DenseFlipout)", os.path.join(WORK, "vgg16"),
+         os.path.join(WORK, "x32_x.npy"), 10, "vgg"),
+    ]
+    results = []
+    for name, ck, x, s, tag in models:
+        for variant, path in (("dense", ck), ("70% pruned", pruned(ck, tag))):
+            o_sec, o_rss, o_out = ours(B, path, x, s)
+            # 649c966 needs minutes per run on the 28x28 conv net and ~30 s on VGG-16: fewer runs.
+            base = ours(BASELINE, path, x, s, 1 if tag == "vgg" else REPEATS)[0] if BASELINE and tag != "conv" else None
+            t = tf(prefix_of(path), x, s)
+            r = onnxruntime(path, x, s, tag)
+            gflops = 2.0 * 2.0 * o_out["macs_per_example"] * o_out["n"] * s / o_sec / 1e9
+            results.append(dict(name=name, variant=variant, n=o_out["n"], s=s, ours=o_sec, rss=o_rss,
+                                base=base, tf=t and t["predict_seconds"], ort=r and r["seconds"],
+                                gflops=gflops, weights=weight_bytes(path), sparse=o_out["sparse_layers"],
+                                layers=o_out["layers"], acc=o_out["accuracy"],
+                                tfv=t and t["tensorflow"], ortv=r and r["onnxruntime"]))
+            print(json.dumps(results[-1]), flush=True)
+    sweeps = {}
+    for label, binary in (("ours", B), ("649c966", BASELINE)):
+        if binary:
+            t0 = time.perf_counter()
+            run([binary, "sweep", os.path.join(WORK, "vgg16"), "--data", os.path.join(WORK, "x32_x.npy"),
+                 "--fractions", SWEEP_FRACTIONS, "--samples", "10", "--repeats", "1"])
+            sweeps[label] = time.perf_counter() - t0
+    print(json.dumps(sweeps), flush=True)
+    write_doc(kb, results, sweeps)
+
+
+def ratio(a, b):
+    return "%.1fx" % (a / b) if a and b else "-"
+
+
+def write_doc(kb, results, sweeps):
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
     except (OSError, AttributeError):
         pass
+    peak = kb["gemm_peak_gflops"]
+    tfv = next((r["tfv"] for r in results if r["tfv"]), "not installed")
+    ortv = next((r["ortv"] for r in results if r["ortv"]), "not installed")
     lines = [
         "<!-- bench:infer -->",
-        "## Inference and ONNX (issue 5)",
+        "## Monte Carlo inference against TensorFlow and onnxruntime (issues 5 and 10)",
         "",
-        "Measured by `scripts/bench-infer.sh` (driver `bench/infer_bench.py`) on %s, %d cores "
-        "(shared with other jobs), all numbers from the same run; median of %d runs each." % (cpu, os.cpu_count(), REPEATS),
+        "Measured by `scripts/bench-infer.sh` (driver `bench/infer_bench.py`) on %s, %d cores shared with "
+        "other engineers' builds and tests (timings are noisy; ratios are from the same run), median of %d runs "
+        "each, prediction time only (no loading): ours = `bnn-convert eval --samples S` (Flipout), "
+        "649c966 = the same command built from the commit before issue 10, TF %s = `import_meta_graph` + "
+        "`restore` and S `sess.run`s of the Flipout logits (`bench/infer_tf.py`), ORT = onnxruntime %s on "
+        "`export-onnx --mode mc --samples S` (one `run` draws all S samples)." % (cpu, os.cpu_count(), REPEATS, tfv, ortv),
         "",
-        "### 100-sample Monte Carlo prediction, fixture BNN-FC test set (360 x 64, Flipout)",
-        "",
-        "| what | prediction seconds | whole process seconds |",
-        "|---|---|---|",
-        "| `bnn-convert eval fixtures/tf1_bnn_fc --samples 100` | %.4f | %.3f |" % (o_pred, o_wall),
+        "| model | examples x S | TF s | ORT s | 649c966 s | ours s | TF/ours | ORT/ours | 649c966/ours | ours GFLOP/s (% of GEMM peak) | CSR layers | peak RSS MiB (weights MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if t:
-        lines.append("| TensorFlow %s, `import_meta_graph` + `restore`, Flipout logits run 100 times (`bench/infer_tf.py`) | %.4f | %.3f |"
-                     % (t["tensorflow"], t["predict_seconds"], t["process_seconds"]))
-        lines += ["", "Speed-up of our engine over TensorFlow: **%.1fx** on prediction (target: at least 5x), "
-                  "%.0fx on the whole process (TF import and graph restore dominate)."
-                  % (t["predict_seconds"] / o_pred, t["process_seconds"] / o_wall)]
-    else:
-        lines += ["", "TensorFlow was not installed (.venv missing): the TF row is absent. Method: "
-                  "`bench/infer_tf.py PREFIX X.npy 100 7` times 100 `sess.run` of the restored Flipout "
-                  "logits after one warm-up run."]
+    for r in results:
+        lines.append("| %s, %s | %d x %d | %s | %s | %s | %.4f | %s | %s | %s | %.1f (%.0f%%) | %d of %d | %.0f (%.1f) |" % (
+            r["name"], r["variant"], r["n"], r["s"],
+            "%.4f" % r["tf"] if r["tf"] else "-", "%.4f" % r["ort"] if r["ort"] else "-",
+            "%.4f" % r["base"] if r["base"] else "-", r["ours"],
+            ratio(r["tf"], r["ours"]), ratio(r["ort"], r["ours"]), ratio(r["base"], r["ours"]),
+            r["gflops"], 100 * r["gflops"] / peak, r["sparse"], r["layers"], r["rss"], r["weights"] / 2**20))
+    lines += ["", "70% pruned against dense, ours: " + ", ".join(
+        "%s **%.2fx**" % (results[i]["name"].split(" ")[0], results[i]["ours"] / results[i + 1]["ours"])
+        for i in range(0, len(results), 2)) + "."]
+    if len(sweeps) == 2:
+        lines += ["", "`sweep` of the VGG-16 BNN, fractions %s, 10 samples, one repeat (whole process, "
+                  "including pruning and the mean network): ours %.1f s, 649c966 %.1f s: **%.1fx** faster."
+                  % (SWEEP_FRACTIONS, sweeps["ours"], sweeps["649c966"], sweeps["649c966"] / sweeps["ours"])]
     lines += [
         "",
-        "Both sides time prediction only (after loading; TF after one warm-up `sess.run`); our "
-        "accuracy in this run: %.4f, log-likelihood %.4f (TF reported 0.9667 / -0.1833 for its own "
-        "100 draws in fixtures/tf1_bnn_fc/analysis.json)." % (o_out["accuracy"], o_out["mean_log_likelihood"]),
+        "GEMM peak of this machine (`surgery/examples/kernel_bench.rs`, square 1024 SGEMMs through the "
+        "engine's GEMM, one per thread, best run): **%.1f GFLOP/s** on %d threads (%.1f on one). Our GFLOP/s "
+        "count the nominal Flipout work, 2 products (mean and perturbation) of every layer per sample, "
+        "pruned weights included." % (peak, kb["threads"], kb["gemm_peak_gflops_one_thread"]),
         "",
-        "### 70%-pruned against dense, our engine (same checkpoint, 100 MC samples)",
+        "### CSR against GEMM by layer (the `--sparse auto` rule)",
         "",
-        "| model | kept weights | MC-100 accuracy | MC-100 seconds | CSR layers |",
-        "|---|---|---|---|---|",
+        "| layer | patch rows x k x n | GEMM GFLOP/s | CSR s at kept 0.7 / 0.5 / 0.3 / 0.1 (GEMM s) | GEMM faster up to pruned |",
+        "|---|---|---:|---|---:|",
     ]
-    for r in rows:
-        lines.append("| %s | %.1f%% | %.4f | %.4f | %d of 3 |" % (
-            "unpruned" if r["pruned_fraction"] < 1e-9 else "%.0f%% pruned (SNR <= %.3f)" % (100 * r["pruned_fraction"], r["threshold"]),
-            100 * r["kept_fraction"], r["mc_accuracy"], r["mc_seconds"], r["csr_layers"]))
-    lines += ["", "Speed-up of the 70%%-pruned model: **%.2fx** (target: at least 2x)." % (rows[0]["mc_seconds"] / rows[-1]["mc_seconds"]),
-              "",
-              "How: dense layers run feature-major (`[features, batch]`): each output accumulates "
-              "32 examples in registers while the kept weights of its column (dense, or a CSR row "
-              "of the transposed kernel) stream by, with AVX2 + FMA when the CPU has them "
-              "(runtime-detected; SSE2 otherwise). A CSR kernel costs in proportion to its kept "
-              "weights and draws Monte Carlo noise only for them; samples run in parallel (rayon), "
-              "each with its own seeded stream; buffers are reused between samples. The machine is "
-              "shared with other jobs, so absolute times vary between runs; the ratios are from "
-              "the same run. Python %s." % platform.python_version(),
-              "<!-- /bench:infer -->"]
+    for c in kb["crossover"]:
+        cs = {round(v["kept"], 1): v["seconds"] for v in c["csr"]}
+        lines.append("| %s | %d x %d x %d | %.1f | %s (%.2e) | %.0f%% |" % (
+            c["layer"], c["rows"], c["k"], c["n"], c["gemm_gflops"],
+            " / ".join("%.2e" % cs[k] for k in (0.7, 0.5, 0.3, 0.1)), c["gemm_seconds"], 100 * c["gemm_faster_up_to_pruned"]))
+    lines += ["", "Python %s." % platform.python_version(), "<!-- /bench:infer -->"]
     section = "\n".join(lines) + "\n"
     with open(DOC) as f:
         doc = f.read()

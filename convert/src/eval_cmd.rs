@@ -113,7 +113,7 @@ pub struct Args {
     /// Monte Carlo estimator: flipout (as TFP Flipout layers) or reparam.
     #[arg(long, default_value = "flipout")]
     pub estimator: String,
-    /// CSR kernels: auto (for layers at least 25% pruned), always, never.
+    /// CSR kernels: auto (for layers at least 80% pruned, where CSR is measured faster than the GEMM), always, never.
     #[arg(long, default_value = "auto")]
     pub sparse: String,
     /// Print JSON.
@@ -173,7 +173,7 @@ pub fn run(a: Args) -> Result<()> {
             "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
             "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
-            "sparse_layers": sparse, "layers": layers,
+            "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -41,35 +41,52 @@ impl Window {
 
 /// Patches of `x` (`[n, h, w, c]`): `[n * oh * ow, kh * kw * c]`, zeros where padded.
 pub fn im2col(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
-    let [h, w, c] = win.input;
     let [oh, ow] = win.output();
+    let mut out = Vec::new();
+    im2col_rows(x, win, 0, n * oh * ow, &mut out);
+    out
+}
+
+/// Patch rows `r0..r1` of `x` (row `r` = output position `r % (oh * ow)` of example
+/// `r / (oh * ow)`) into `out` (`[r1 - r0, kh * kw * c]`): a block of im2col, so that the
+/// GEMM's input stays in cache instead of materializing every patch of the batch.
+pub fn im2col_rows(x: &[f32], win: &Window, r0: usize, r1: usize, out: &mut Vec<f32>) {
+    let [h, w, c] = win.input;
+    let ([oh, ow], [ph, pw]) = win.geometry();
     let [kh, kw] = win.size;
     let patch = kh * kw * c;
-    let mut out = vec![0.0; n * oh * ow * patch];
-    for b in 0..n {
+    out.clear();
+    out.resize((r1 - r0) * patch, 0.0);
+    for (r, row) in (r0..r1).zip(out.chunks_exact_mut(patch.max(1))) {
+        let (b, pos) = (r / (oh * ow), r % (oh * ow));
+        let (oy, ox) = (pos / ow, pos % ow);
         let img = &x[b * h * w * c..(b + 1) * h * w * c];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = &mut out[((b * oh + oy) * ow + ox) * patch..][..patch];
-                for dy in 0..kh {
-                    for dx in 0..kw {
-                        if let Some([y, xx]) = win.source([oy, ox], [dy, dx]) {
-                            let dst = (dy * kw + dx) * c;
-                            row[dst..dst + c].copy_from_slice(&img[(y * w + xx) * c..][..c]);
-                        }
-                    }
-                }
+        for dy in 0..kh {
+            // Rows above or below the image stay zero (padding).
+            let Some(y) = (oy * win.strides[0] + dy).checked_sub(ph).filter(|&y| y < h) else { continue };
+            for dx in 0..kw {
+                let Some(xx) = (ox * win.strides[1] + dx).checked_sub(pw).filter(|&xx| xx < w) else { continue };
+                let dst = (dy * kw + dx) * c;
+                row[dst..dst + c].copy_from_slice(&img[(y * w + xx) * c..][..c]);
             }
         }
     }
-    out
 }
 
 /// Max pooling of `x` (`[n, h, w, c]`); padded positions are ignored, as in TensorFlow.
 pub fn max_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
+    let mut out = Vec::new();
+    max_pool_into(x, n, win, &mut out);
+    out
+}
+
+/// [`max_pool`] into a reused buffer (a fresh one per layer and sample page-faulted its
+/// memory in again every time).
+pub fn max_pool_into(x: &[f32], n: usize, win: &Window, out: &mut Vec<f32>) {
     let [h, w, c] = win.input;
     let [oh, ow] = win.output();
-    let mut out = vec![f32::NEG_INFINITY; n * oh * ow * c];
+    out.clear();
+    out.resize(n * oh * ow * c, f32::NEG_INFINITY);
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
@@ -87,7 +104,6 @@ pub fn max_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod gemm;
 pub mod image_ops;
 pub mod metrics;
 pub mod predict;

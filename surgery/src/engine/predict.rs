@@ -1,11 +1,20 @@
 //! The forward pass: a [`Model`] of layers, evaluated with posterior means or with one
-//! Monte Carlo weight draw per sample; samples run in parallel.
+//! Monte Carlo weight draw per sample.
+//!
+//! Every product runs on a tuned GEMM ([`super::gemm`]) or, for pruned kernels, on a CSR
+//! kernel ([`super::sparse`]); convolutions feed them blocks of im2col patch rows. Monte Carlo
+//! prediction uses its structure: the first weight layer's mean product (and its patches)
+//! do not depend on the sample and are computed once per batch; samples then run in
+//! parallel, each with its own seeded stream, so results do not depend on the thread count.
+//!
+//! Activations are row-major: `[n, features]` for vectors, `[n, h, w, c]` for images. A new
+//! op is one [`Layer`] variant, its build arm in [`build`] and its arm in [`run_layers`].
 
 use formats::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{im2col, max_pool, Window};
-use super::dense::{Kernel, Layout};
+use super::conv::{im2col_rows, max_pool_into, Window};
+use super::dense::Kernel;
 use super::image_ops::{global_avg_pool, pad, AvgPool};
 use super::metrics::{softmax, softmax_f32};
 use super::sampler::Sampler;
@@ -14,7 +23,8 @@ use super::EngineError;
 /// When to store kernels in CSR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SparseKernels {
-    /// When at least a quarter of a kernel's weights are pruned (mu == 0 and sigma == 0).
+    /// Where the CSR kernel is measured to be faster than the GEMM: when at least
+    /// [`AUTO_SPARSE_FRACTION`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
     Auto,
     /// Always.
     Always,
@@ -22,8 +32,11 @@ pub enum SparseKernels {
     Never,
 }
 
-/// Fraction of pruned weights above which [`SparseKernels::Auto`] uses CSR.
-pub const AUTO_SPARSE_FRACTION: f64 = 0.25;
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: where the CSR
+/// kernel overtakes the GEMM, measured on the layers of the benchmark models by
+/// `surgery/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
+/// pruned on conv and dense layers alike, so CSR from 80%).
+pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
 
 /// How a Monte Carlo sample perturbs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,14 +48,22 @@ pub enum Estimator {
     Reparameterization,
 }
 
+/// A dense or conv layer: `y = patches(x) @ W + b`.
+#[derive(Debug, Clone)]
+struct Linear {
+    kernel: Kernel,
+    bias_mu: Vec<f32>,
+    bias_sigma: Option<Vec<f32>>,
+    /// The convolution's geometry; `None` for a dense layer (its patch rows are `x`'s rows).
+    conv: Option<Window>,
+}
+
 #[derive(Debug, Clone)]
 enum Layer {
-    Linear { kernel: Kernel, bias_mu: Vec<f32>, bias_sigma: Option<Vec<f32>>, conv: Option<Window> },
+    Linear(Linear),
     Relu,
     MaxPool(Window),
     Flatten,
-    /// Reshape to an `[h, w, c]` image (to a vector it is [`Layer::Flatten`]).
-    ToImage(Vec<usize>),
     /// An elementwise activation other than Relu ([`Op::activation`]).
     Map(fn(f32) -> f32),
     AvgPool(AvgPool),
@@ -52,7 +73,7 @@ enum Layer {
     Pad([usize; 3], [usize; 4]),
     /// Batch normalization at inference as a per-channel `x * scale + shift`.
     BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
-    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, out_shape: Vec<usize>, relu: bool },
+    Residual { body: Vec<Layer>, shortcut: Vec<Layer>, relu: bool },
 }
 
 /// A network ready to run.
@@ -77,11 +98,18 @@ enum Draw<'a> {
     Sample(&'a mut Sampler, Estimator),
 }
 
-/// Examples per work item: bounds im2col memory and spreads mean-mode work over threads.
+/// Most examples per work item of the mean network (smaller batches are split over the
+/// threads so that every core has work).
 const CHUNK: usize = 128;
 
-/// Examples per Monte Carlo chunk (all samples of a chunk run before the next chunk).
+/// Examples per Monte Carlo chunk (all samples of a chunk run before the next chunk): bounds
+/// the memory of big sets; each chunk shares each sample's weights, as TF's batch does.
 const MC_CHUNK: usize = 1024;
+
+/// Values of patch rows per GEMM block (2 MiB): bounds the im2col memory of a thread, while
+/// blocks stay tall enough that the GEMM packs each weight matrix rarely (at 256 KiB, packing
+/// the weights again for every block of a 5x5x32 conv took a sixth of the time).
+const BLOCK_VALUES: usize = 1 << 19;
 
 /// The layers of `ops` applied to examples of `shape`, and the output shape.
 fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Posterior>, sparse: SparseKernels) -> (Vec<Layer>, Vec<usize>) {
@@ -114,9 +142,8 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                         None
                     }
                 };
-                let layout = if conv.is_some() { Layout::ByInput } else { Layout::ByOutput };
-                let kernel = Kernel::new(k, n, p.kernel_mu.clone(), p.kernel_sigma.clone(), use_csr, layout);
-                Layer::Linear { kernel, bias_mu: p.bias_mu.clone(), bias_sigma: p.bias_sigma.clone(), conv }
+                let kernel = Kernel::new(k, n, p.kernel_mu.clone(), p.kernel_sigma.clone(), use_csr);
+                Layer::Linear(Linear { kernel, bias_mu: p.bias_mu.clone(), bias_sigma: p.bias_sigma.clone(), conv })
             }
             Op::Relu => Layer::Relu,
             Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => match op.activation() {
@@ -154,19 +181,16 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                 shape = vec![shape.iter().product()];
                 Layer::Flatten
             }
+            // On row-major data every reshape is free (see `Layer::Flatten`).
             Op::Reshape { shape: to } => {
                 shape = to.clone();
-                if to.len() == 1 {
-                    Layer::Flatten
-                } else {
-                    Layer::ToImage(to.clone())
-                }
+                Layer::Flatten
             }
             Op::Residual { body, shortcut, relu } => {
                 let (b, out_shape) = build(body, shape.clone(), posts, sparse);
                 let (s, _) = build(shortcut, shape.clone(), posts, sparse);
-                shape = out_shape.clone();
-                Layer::Residual { body: b, shortcut: s, out_shape, relu: *relu }
+                shape = out_shape;
+                Layer::Residual { body: b, shortcut: s, relu: *relu }
             }
         };
         out.push(layer);
@@ -200,8 +224,8 @@ impl Model {
         fn count(ls: &[Layer], acc: &mut (usize, usize)) {
             for l in ls {
                 match l {
-                    Layer::Linear { kernel, .. } => {
-                        acc.0 += usize::from(kernel.is_sparse());
+                    Layer::Linear(lin) => {
+                        acc.0 += usize::from(lin.kernel.is_sparse());
                         acc.1 += 1;
                     }
                     Layer::Residual { body, shortcut, .. } => {
@@ -217,6 +241,21 @@ impl Model {
         acc
     }
 
+    /// Multiply-adds of one example's mean forward pass (dense-equivalent: pruned weights
+    /// counted), for GFLOP/s figures: a Flipout sample does twice this many.
+    pub fn macs_per_example(&self) -> u64 {
+        fn count(ls: &[Layer]) -> u64 {
+            ls.iter()
+                .map(|l| match l {
+                    Layer::Linear(lin) => (lin.rows_per_example() * lin.kernel.k * lin.kernel.n) as u64,
+                    Layer::Residual { body, shortcut, .. } => count(body) + count(shortcut),
+                    _ => 0,
+                })
+                .sum()
+        }
+        count(&self.layers)
+    }
+
     fn check(&self, x: &[f32]) -> Result<usize, EngineError> {
         let per = self.example_len();
         if per == 0 || x.len() % per != 0 {
@@ -227,10 +266,14 @@ impl Model {
 
     /// Logits `[n, classes]` of the mean network (weights = mu) for `x` (`[n, ...]`, NHWC).
     pub fn logits_mean(&self, x: &[f32]) -> Result<Vec<f32>, EngineError> {
-        self.check(x)?;
+        let n = self.check(x)?;
         let per = self.example_len();
-        let chunks: Vec<Vec<f32>> =
-            x.par_chunks(CHUNK * per).map(|c| run(&self.layers, c, false, c.len() / per, &self.input_shape, &mut Draw::Mean, &mut Scratch::default())).collect();
+        // Small batches are split over the threads so that every core has work.
+        let chunk = n.div_ceil(rayon::current_num_threads().max(1)).clamp(1, CHUNK);
+        let chunks: Vec<Vec<f32>> = x
+            .par_chunks(chunk * per)
+            .map_init(Scratch::default, |ws, c| run(&self.layers, c, c.len() / per, &mut Draw::Mean, None, ws))
+            .collect();
         Ok(chunks.concat())
     }
 
@@ -247,20 +290,20 @@ impl Model {
         let per = self.example_len();
         let mut sum = vec![0f64; n * c];
         let mut sq = vec![0f64; n * c];
-        // Chunks of examples bound the memory of big sets (im2col of a CIFAR batch); each
-        // chunk gets its own streams, so a chunk of up to MC_CHUNK examples shares each
-        // sample's weights, as TF's batch does.
         for (ci, (xc, (sc, qc))) in x.chunks(MC_CHUNK * per).zip(sum.chunks_mut(MC_CHUNK * c).zip(sq.chunks_mut(MC_CHUNK * c))).enumerate() {
             let m = xc.len() / per;
-            let mut ws = Scratch::default();
-            let xt = if self.input_shape.len() == 1 { transpose(xc, m, per, &mut ws) } else { xc.to_vec() };
-            // Samples outermost so each draws its weights once for the whole chunk.
+            // The first weight layer's patches and mean product are the same for every sample.
+            // Reshapes before the first weight layer are free: its mean product is still shared.
+            let shared = match self.layers.iter().find(|l| !matches!(l, Layer::Flatten)) {
+                Some(Layer::Linear(lin)) if samples > 1 => Some(lin.shared(xc, m)),
+                _ => None,
+            };
             let per_sample: Vec<Vec<f64>> = (0..samples)
                 .into_par_iter()
                 .map_init(Scratch::default, |ws, s| {
                     let mut sampler = Sampler::new(seed, (ci * samples + s) as u64);
                     let mut draw = Draw::Sample(&mut sampler, est);
-                    let logits = run(&self.layers, &xt, self.input_shape.len() == 1, m, &self.input_shape, &mut draw, ws);
+                    let logits = run(&self.layers, xc, m, &mut draw, shared.as_ref(), ws);
                     let p = softmax_f32(&logits, c);
                     ws.give(logits);
                     p
@@ -281,22 +324,30 @@ impl Model {
     }
 }
 
+/// Work of the first weight layer that every Monte Carlo sample shares.
+struct Shared {
+    /// Patch rows of a convolution (`None` for a dense layer: the input rows are its patches).
+    patches: Option<Vec<f32>>,
+    /// `patches @ mu` (no bias), `[rows, units]`.
+    mean: Vec<f32>,
+}
+
 /// Reusable buffers of one thread: Monte Carlo samples reuse the same memory instead of
-/// allocating per layer (freeing ~100 KiB vectors made glibc hand pages back to the OS and
-/// fault them in again: a fifth of the time in profiles of pruned models).
+/// allocating per layer (freeing large vectors made glibc hand pages back to the OS and
+/// fault them in again).
 #[derive(Default)]
 pub(crate) struct Scratch {
     free: Vec<Vec<f32>>,
+    patches: Vec<f32>,
+    flipped: Vec<f32>,
+    pert: Vec<f32>,
+    noise: Vec<f32>,
+    tbuf: Vec<f32>,
+    s_in: Vec<u32>,
+    s_out: Vec<u32>,
 }
 
 impl Scratch {
-    fn zeros(&mut self, len: usize) -> Vec<f32> {
-        let mut v = self.free.pop().unwrap_or_default();
-        v.clear();
-        v.resize(len, 0.0);
-        v
-    }
-
     /// A buffer of `len` values that the caller overwrites entirely (old contents kept).
     fn any(&mut self, len: usize) -> Vec<f32> {
         let mut v = self.free.pop().unwrap_or_default();
@@ -316,209 +367,196 @@ impl Scratch {
     }
 }
 
-/// `[rows, cols]` to `[cols, rows]`.
-fn transpose(x: &[f32], rows: usize, cols: usize, ws: &mut Scratch) -> Vec<f32> {
-    let mut out = ws.zeros(x.len());
-    for (r, row) in x.chunks_exact(cols.max(1)).enumerate().take(rows) {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
+impl Linear {
+    /// Patch rows per example: output positions of a convolution, 1 for a dense layer.
+    fn rows_per_example(&self) -> usize {
+        self.conv.map_or(1, |w| w.output().iter().product())
     }
-    out
-}
 
-/// Activations between layers. Vectors are kept feature-major (`[features, n]`) so that a
-/// dense or CSR kernel is one vectorized axpy over the examples per weight, with no
-/// transposes; images stay `[n, h, w, c]` for im2col and pooling.
-struct Act {
-    data: Vec<f32>,
-    feature_major: bool,
-}
-
-/// The bias of a layer for this draw: the mean, or a sample when the bias is Bayesian.
-fn layer_bias(bias_mu: &[f32], bias_sigma: &Option<Vec<f32>>, draw: &mut Draw) -> Vec<f32> {
-    match (draw, bias_sigma) {
-        (Draw::Sample(s, _), Some(bs)) => s.gaussian(bias_mu, bs),
-        _ => bias_mu.to_vec(),
+    /// Values that one example's input sign flips cover: its channels (a conv flips every
+    /// position of an (example, channel) alike, as TFP does) or its features.
+    fn sign_width(&self) -> usize {
+        self.conv.map_or(self.kernel.k, |w| w.input[2])
     }
-}
 
-/// A dense layer on feature-major `xt` (`[k, n]`); returns `[out, n]`.
-fn dense_fm(kernel: &Kernel, xt: &[f32], n: usize, bias: &[f32], draw: &mut Draw, ws: &mut Scratch) -> Vec<f32> {
-    let mut out = ws.any(kernel.n * n);
-    let (mu, sigma) = kernel.values();
-    match (draw, sigma) {
-        (Draw::Sample(s, Estimator::Reparameterization), Some(sig)) => {
-            let mut w = ws.copy(mu);
-            s.add_noise(sig, &mut w);
-            kernel.matmul_fm(xt, n, &w, Some(bias), &mut out);
-            ws.give(w);
-        }
-        (Draw::Sample(s, Estimator::Flipout), Some(sig)) => {
-            kernel.matmul_fm(xt, n, mu, Some(bias), &mut out);
-            let mut noise = ws.any(sig.len());
-            s.noise_into(sig, &mut noise);
-            // Flipout: (x * s_in) @ (sigma * eps) * s_out, signs per example and unit.
-            let mut flipped = ws.any(xt.len());
-            s.flipped_into(xt, &mut flipped);
-            let mut pert = ws.any(out.len());
-            kernel.matmul_fm(&flipped, n, &noise, None, &mut pert);
-            s.add_flipped(&pert, &mut out);
-            ws.give(noise);
-            ws.give(flipped);
-            ws.give(pert);
-        }
-        _ => kernel.matmul_fm(xt, n, mu, Some(bias), &mut out),
+    /// Patch rows per block.
+    fn block_rows(&self) -> usize {
+        (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
     }
-    out
-}
 
-/// A convolution on `[n, h, w, c]` images; returns `[n, oh, ow, out]`.
-fn conv_rows(kernel: &Kernel, win: &Window, x: &[f32], n: usize, bias: &[f32], draw: &mut Draw) -> Vec<f32> {
-    let [h, w] = win.output();
-    let rows_per_ex = h * w;
-    let cols = im2col(x, n, win);
-    let mut out = vec![0f32; n * rows_per_ex * kernel.n];
-    let (mu, sigma) = kernel.values();
-    match (draw, sigma) {
-        (Draw::Sample(s, Estimator::Reparameterization), Some(sig)) => kernel.matmul_acc(&cols, &s.gaussian(mu, sig), &mut out),
-        (Draw::Sample(s, Estimator::Flipout), Some(sig)) => {
-            kernel.matmul_acc(&cols, mu, &mut out);
-            let noise = s.noise(sig);
-            // TFP flips every spatial position of an (example, channel) alike, so flipping
-            // the input before im2col is the same as flipping the patches.
-            let cin = win.input[2];
-            let s_in = s.signs(n * cin);
-            let mut flipped = x.to_vec();
-            for (ex, signs) in flipped.chunks_exact_mut(x.len() / n.max(1)).zip(s_in.chunks_exact(cin)) {
-                for px in ex.chunks_exact_mut(cin) {
-                    px.iter_mut().zip(signs).for_each(|(v, s)| *v *= s);
-                }
+    /// Patch rows `r0..r1` of `x`: a slice of `x` itself (dense) or im2col into `buf` (conv).
+    fn patches<'a>(&self, x: &'a [f32], r0: usize, r1: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        match &self.conv {
+            Some(win) => {
+                im2col_rows(x, win, r0, r1, buf);
+                buf
             }
-            let mut pert = vec![0f32; out.len()];
-            kernel.matmul_acc(&im2col(&flipped, n, win), &noise, &mut pert);
-            let s_out = s.signs(n * kernel.n);
-            for (r, (o, p)) in out.chunks_exact_mut(kernel.n).zip(pert.chunks_exact(kernel.n)).enumerate() {
-                let signs = &s_out[(r / rows_per_ex) * kernel.n..][..kernel.n];
-                for ((o, &p), &sg) in o.iter_mut().zip(p).zip(signs) {
-                    *o += p * sg;
+            None => &x[r0 * self.kernel.k..r1 * self.kernel.k],
+        }
+    }
+
+    /// The sample-independent part of this layer on `x` (`n` examples), blocks in parallel.
+    fn shared(&self, x: &[f32], n: usize) -> Shared {
+        let (k, u, rows) = (self.kernel.k, self.kernel.n, n * self.rows_per_example());
+        let patches = self.conv.map(|_| {
+            let mut p = Vec::new();
+            self.patches(x, 0, rows, &mut p);
+            p
+        });
+        let p = patches.as_deref().unwrap_or(x);
+        let mut mean = vec![0f32; rows * u];
+        let block = self.block_rows();
+        mean.par_chunks_mut(block * u).zip(p.par_chunks(block * k)).for_each_init(Vec::new, |tbuf, (o, pb)| {
+            self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
+        });
+        Shared { patches, mean }
+    }
+
+    /// The layer on `x` (`n` examples); returns `[n, ..., units]`. With `shared` (this
+    /// layer's [`Shared`] for the same `x`), the mean product and patches are not redone.
+    fn forward(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, ws: &mut Scratch) -> Vec<f32> {
+        let (k, u) = (self.kernel.k, self.kernel.n);
+        let rpe = self.rows_per_example();
+        let rows = n * rpe;
+        let (mu, sigma) = self.kernel.values();
+        let mut bias = self.bias_mu.clone();
+        // Draws, in a fixed order per layer: bias, weight noise, input signs, output signs.
+        let mut flipout = false;
+        let mut reparam = false;
+        let mut noise = std::mem::take(&mut ws.noise);
+        if let Draw::Sample(s, est) = draw {
+            if let Some(bs) = &self.bias_sigma {
+                bias = s.gaussian(&self.bias_mu, bs);
+            }
+            if let Some(sig) = sigma {
+                noise.resize(sig.len(), 0.0);
+                s.noise_into(sig, &mut noise);
+                match est {
+                    Estimator::Flipout => {
+                        flipout = true;
+                        s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
+                        s.sign_masks_into(n * u, &mut ws.s_out);
+                    }
+                    Estimator::Reparameterization => {
+                        reparam = true;
+                        // Without a shared mean product, one product with mu + noise.
+                        if shared.is_none() {
+                            noise.iter_mut().zip(mu).for_each(|(e, &m)| *e += m);
+                        }
+                    }
                 }
             }
         }
-        _ => kernel.matmul_acc(&cols, mu, &mut out),
+        let mut out = ws.any(rows * u);
+        let block = self.block_rows();
+        let mut pbuf = std::mem::take(&mut ws.patches);
+        for r0 in (0..rows).step_by(block) {
+            let r1 = (r0 + block).min(rows);
+            let rb = r1 - r0;
+            let ob = &mut out[r0 * u..r1 * u];
+            let pb = match shared {
+                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
+                _ => self.patches(x, r0, r1, &mut pbuf),
+            };
+            match shared {
+                Some(sh) => ob.copy_from_slice(&sh.mean[r0 * u..r1 * u]),
+                None if reparam => self.kernel.matmul(pb, rb, &noise, ob, false, &mut ws.tbuf),
+                None => self.kernel.matmul(pb, rb, mu, ob, false, &mut ws.tbuf),
+            }
+            if flipout {
+                // (p * s_in) @ (sigma * eps) * s_out, signs per example (and channel / unit).
+                let cin = self.sign_width();
+                ws.flipped.resize(rb * k, 0.0);
+                for (r, (row, src)) in (r0..r1).zip(ws.flipped.chunks_exact_mut(k.max(1)).zip(pb.chunks_exact(k.max(1)))) {
+                    let signs = &ws.s_in[(r / rpe) * cin..][..cin];
+                    if let [m] = signs {
+                        // One input channel: the whole patch row shares the sign.
+                        row.iter_mut().zip(src).for_each(|(v, &x)| *v = f32::from_bits(x.to_bits() ^ m));
+                    } else {
+                        for (px, sp) in row.chunks_exact_mut(cin).zip(src.chunks_exact(cin)) {
+                            for ((v, &x), &m) in px.iter_mut().zip(sp).zip(signs) {
+                                *v = f32::from_bits(x.to_bits() ^ m);
+                            }
+                        }
+                    }
+                }
+                ws.pert.resize(rb * u, 0.0);
+                self.kernel.matmul(&ws.flipped, rb, &noise, &mut ws.pert, false, &mut ws.tbuf);
+                for (r, (o, p)) in (r0..r1).zip(ob.chunks_exact_mut(u).zip(ws.pert.chunks_exact(u))) {
+                    let signs = &ws.s_out[(r / rpe) * u..][..u];
+                    for ((o, &p), &m) in o.iter_mut().zip(p).zip(signs) {
+                        *o += f32::from_bits(p.to_bits() ^ m);
+                    }
+                }
+            } else if reparam && shared.is_some() {
+                self.kernel.matmul(pb, rb, &noise, ob, true, &mut ws.tbuf);
+            }
+        }
+        ws.patches = pbuf;
+        ws.noise = noise;
+        for row in out.chunks_exact_mut(u) {
+            row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+        }
+        out
     }
-    for row in out.chunks_exact_mut(kernel.n) {
-        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-    }
-    out
 }
 
-/// Runs `layers` on `n` examples of `shape` (`x` row-major); returns `[n, classes]` logits.
-/// `feature_major` says `x` is already `[features, n]` (vector inputs, transposed once for
-/// all Monte Carlo samples).
-fn run(layers: &[Layer], x: &[f32], feature_major: bool, n: usize, shape: &[usize], draw: &mut Draw, ws: &mut Scratch) -> Vec<f32> {
-    let mut act = Act { data: ws.copy(x), feature_major };
-    run_layers(layers, &mut act, n, shape, draw, ws);
-    if act.feature_major {
-        let k = act.data.len() / n.max(1);
-        let t = transpose(&act.data, k, n, ws);
-        ws.give(std::mem::replace(&mut act.data, t));
-    }
-    act.data
+/// Runs `layers` on `n` examples `x` (row-major); returns `[n, classes]` logits. `shared` is
+/// the first layer's sample-independent work for this `x`.
+fn run(layers: &[Layer], x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, ws: &mut Scratch) -> Vec<f32> {
+    let mut act = ws.copy(x);
+    run_layers(layers, &mut act, n, draw, shared, ws);
+    act
 }
 
-fn run_layers(layers: &[Layer], act: &mut Act, n: usize, shape: &[usize], draw: &mut Draw, ws: &mut Scratch) {
-    let mut shape = shape.to_vec();
+fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, mut shared: Option<&Shared>, ws: &mut Scratch) {
     for layer in layers {
         match layer {
-            Layer::Linear { kernel, bias_mu, bias_sigma, conv } => {
-                let bias = layer_bias(bias_mu, bias_sigma, draw);
-                match conv {
-                    Some(win) => {
-                        act.data = conv_rows(kernel, win, &act.data, n, &bias, draw);
-                        let [h, w] = win.output();
-                        shape = vec![h, w, kernel.n];
-                    }
-                    None => {
-                        if !act.feature_major {
-                            let t = transpose(&act.data, n, kernel.k, ws);
-                            ws.give(std::mem::replace(&mut act.data, t));
-                            act.feature_major = true;
-                        }
-                        let out = dense_fm(kernel, &act.data, n, &bias, draw, ws);
-                        ws.give(std::mem::replace(&mut act.data, out));
-                        shape = vec![kernel.n];
-                    }
-                }
+            Layer::Linear(lin) => {
+                let out = lin.forward(act, n, draw, shared.take(), ws);
+                ws.give(std::mem::replace(act, out));
             }
-            Layer::Relu => act.data.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Layer::Relu => act.iter_mut().for_each(|v| *v = v.max(0.0)),
             Layer::MaxPool(win) => {
-                let [h, w] = win.output();
-                act.data = max_pool(&act.data, n, win);
-                shape = vec![h, w, win.input[2]];
+                let mut out = ws.any(0);
+                max_pool_into(act, n, win, &mut out);
+                ws.give(std::mem::replace(act, out));
             }
-            Layer::Flatten => shape = vec![shape.iter().product()],
-            Layer::Map(f) => act.data.iter_mut().for_each(|v| *v = f(*v)),
-            // Image layers: images are always example-major.
+            // Row-major activations are already flat, and a flat example is already an NHWC
+            // image: reshapes cost nothing.
+            Layer::Flatten => {}
+            Layer::Map(f) => act.iter_mut().for_each(|v| *v = f(*v)),
             Layer::AvgPool(p) => {
-                act.data = p.run(&act.data, n);
-                let [h, w] = p.output();
-                shape = vec![h, w, p.input[2]];
+                let out = p.run(act, n);
+                ws.give(std::mem::replace(act, out));
             }
             Layer::GlobalAvgPool(input) => {
-                act.data = global_avg_pool(&act.data, n, *input);
-                shape = vec![input[2]];
+                let out = global_avg_pool(act, n, *input);
+                ws.give(std::mem::replace(act, out));
             }
             Layer::Pad(input, pads) => {
-                act.data = pad(&act.data, n, *input, *pads);
-                shape = vec![input[0] + pads[0] + pads[1], input[1] + pads[2] + pads[3], input[2]];
+                let out = pad(act, n, *input, *pads);
+                ws.give(std::mem::replace(act, out));
             }
             Layer::BatchNorm { scale, shift } => {
-                let c = scale.len().max(1);
-                if act.feature_major {
-                    // [c, n]: one row per channel.
-                    for ((row, s), b) in act.data.chunks_exact_mut(n.max(1)).zip(scale).zip(shift) {
-                        row.iter_mut().for_each(|v| *v = *v * s + b);
-                    }
+                for px in act.chunks_exact_mut(scale.len().max(1)) {
+                    px.iter_mut().zip(scale).zip(shift).for_each(|((v, s), b)| *v = *v * s + b);
+                }
+            }
+            Layer::Residual { body, shortcut, relu } => {
+                let mut a = ws.copy(act);
+                run_layers(body, &mut a, n, draw, None, ws);
+                run_layers(shortcut, act, n, draw, None, ws);
+                if *relu {
+                    act.iter_mut().zip(&a).for_each(|(b, a)| *b = (a + *b).max(0.0));
                 } else {
-                    for px in act.data.chunks_exact_mut(c) {
-                        px.iter_mut().zip(scale).zip(shift).for_each(|((v, s), b)| *v = *v * s + b);
-                    }
+                    act.iter_mut().zip(&a).for_each(|(b, a)| *b += a);
                 }
+                ws.give(a);
             }
-            Layer::ToImage(to) => {
-                // Images are example-major: a feature-major vector goes back to [n, k] first;
-                // an example-major [n, ...] already holds the values in the new order.
-                if act.feature_major {
-                    let k = act.data.len() / n.max(1);
-                    let t = transpose(&act.data, k, n, ws);
-                    ws.give(std::mem::replace(&mut act.data, t));
-                    act.feature_major = false;
-                }
-                shape = to.clone();
-            }
-            Layer::Residual { body, shortcut, out_shape, relu } => {
-                let mut a = Act { data: act.data.clone(), feature_major: act.feature_major };
-                run_layers(body, &mut a, n, &shape, draw, ws);
-                let mut b = Act { data: std::mem::take(&mut act.data), feature_major: act.feature_major };
-                run_layers(shortcut, &mut b, n, &shape, draw, ws);
-                // Branches may end in different layouts (a dense body, an identity shortcut).
-                let k = a.data.len() / n.max(1);
-                if a.feature_major != b.feature_major {
-                    if b.feature_major {
-                        b.data = transpose(&b.data, k, n, ws);
-                    } else {
-                        a.data = transpose(&a.data, k, n, ws);
-                    }
-                }
-                act.feature_major = a.feature_major && b.feature_major;
-                act.data = if *relu {
-                    a.data.iter().zip(&b.data).map(|(a, b)| (a + b).max(0.0)).collect()
-                } else {
-                    a.data.iter().zip(&b.data).map(|(a, b)| a + b).collect()
-                };
-                shape = out_shape.clone();
-            }
+        }
+        if !matches!(layer, Layer::Flatten) {
+            shared = None;
         }
     }
 }

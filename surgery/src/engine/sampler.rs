@@ -1,28 +1,103 @@
 //! Seeded random numbers for Monte Carlo: one independent stream per (seed, sample), so
 //! results do not depend on how samples are spread over threads.
+//!
+//! Weight noise (millions of normal draws per sample on conv nets) comes from a vectorized
+//! generator: a counter-based hash (two keyed rounds of a 32-bit integer mixer per uniform)
+//! and the Box–Muller transform with branch-free polynomial `ln`, `sin` and `cos` (Cephes
+//! coefficients, about 1e-7 relative error), 8 or 16 lanes wide once compiled for AVX2.
+//! The key of each call comes from the sample's Xoshiro256++ stream, so the draws stay
+//! reproducible per (seed, sample).
 
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
 
-/// `SIGN_MASKS[b][i]` is the f32 sign bit when bit `i` of `b` is set: 8 random signs per byte.
-static SIGN_MASKS: [[u32; 8]; 256] = {
-    let mut t = [[0u32; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut i = 0;
-        while i < 8 {
-            t[b][i] = (((b >> i) & 1) as u32) << 31;
-            i += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
 /// The random source of one Monte Carlo sample.
 pub struct Sampler {
     rng: Xoshiro256PlusPlus,
+}
+
+/// A 32-bit integer mixer (Wellons' "lowbias32": 2 multiplies, near-ideal avalanche).
+#[inline(always)]
+fn mix32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// Uniform 32 bits for counter `c` under key `(k1, k2)`.
+#[inline(always)]
+fn hash(c: u32, k1: u32, k2: u32) -> u32 {
+    mix32(mix32(c ^ k1).wrapping_add(k2))
+}
+
+/// Natural logarithm of a positive, normal f32 (Cephes `logf`), branch-free.
+#[inline(always)]
+pub(crate) fn ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // m in [sqrt(1/2), sqrt(2)).
+    let big = m > std::f32::consts::SQRT_2;
+    m = if big { m * 0.5 } else { m };
+    e += i32::from(big);
+    let e = e as f32;
+    let f = m - 1.0;
+    let z = f * f;
+    let mut p = 7.037_683_6e-2f32;
+    for c in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
+        p = p * f + c;
+    }
+    let y = f * z * p + e * -2.121_944_4e-4 - 0.5 * z;
+    f + y + e * 0.693_359_4
+}
+
+/// `(sin t, cos t)` for t in [-pi, pi], branch-free (reduced to [-pi/2, pi/2], Taylor
+/// polynomials to degree 11 and 12).
+#[inline(always)]
+pub(crate) fn sin_cos(t: f32) -> (f32, f32) {
+    use std::f32::consts::{FRAC_PI_2, PI};
+    let hi = t > FRAC_PI_2;
+    let lo = t < -FRAC_PI_2;
+    let r = if hi { PI - t } else if lo { -PI - t } else { t };
+    let cs = if hi || lo { -1.0 } else { 1.0 };
+    let z = r * r;
+    let s = r * (1.0 + z * (-1.0 / 6.0 + z * (1.0 / 120.0 + z * (-1.0 / 5040.0 + z * (1.0 / 362_880.0 + z * (-1.0 / 39_916_800.0))))));
+    let c = 1.0 + z * (-0.5 + z * (1.0 / 24.0 + z * (-1.0 / 720.0 + z * (1.0 / 40320.0 + z * (-1.0 / 3_628_800.0 + z * (1.0 / 479_001_600.0))))));
+    (s, cs * c)
+}
+
+/// `out[i] = sigma[i] * eps_i`, eps from counter `2 * pair` and `2 * pair + 1` hashes
+/// through Box–Muller (16 values = 8 pairs per step).
+#[inline(always)]
+fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+    const PAIRS: usize = 8;
+    let scale = 1.0 / (1u32 << 24) as f32;
+    for (j, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
+        let mut z = [0f32; 2 * PAIRS];
+        let (first, second) = z.split_at_mut(PAIRS);
+        for (l, (z0, z1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
+            let c = ((j * PAIRS + l) as u32).wrapping_mul(2);
+            // u1 in (0, 1] (ln finite), u2 in [0, 1).
+            let u1 = 1.0 - (hash(c, k1, k2) >> 8) as f32 * scale;
+            let u2 = (hash(c | 1, k1, k2) >> 8) as f32 * scale;
+            let r = (-2.0 * ln(u1)).sqrt();
+            let (s, co) = sin_cos(std::f32::consts::TAU * u2 - std::f32::consts::PI);
+            *z0 = r * co;
+            *z1 = r * s;
+        }
+        for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&z)) {
+            *o = s * e;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+    noise_impl(k1, k2, sigma, out)
 }
 
 impl Sampler {
@@ -35,54 +110,38 @@ impl Sampler {
         Sampler { rng: Xoshiro256PlusPlus::seed_from_u64(z ^ (z >> 31)) }
     }
 
-    /// `mu + sigma * eps`, eps ~ N(0, 1), elementwise.
+    /// `mu + sigma * eps`, eps ~ N(0, 1), elementwise (few values: biases).
     pub fn gaussian(&mut self, mu: &[f32], sigma: &[f32]) -> Vec<f32> {
         mu.iter().zip(sigma).map(|(&m, &s)| m + s * self.rng.sample::<f32, _>(StandardNormal)).collect()
     }
 
-    /// `out += sigma * eps`, eps ~ N(0, 1), elementwise (same draws as [`Sampler::noise`]).
-    pub fn add_noise(&mut self, sigma: &[f32], out: &mut [f32]) {
-        for (o, &s) in out.iter_mut().zip(sigma) {
-            *o += s * self.rng.sample::<f32, _>(StandardNormal);
-        }
-    }
-
-    /// `sigma * eps`, eps ~ N(0, 1), elementwise.
+    /// `sigma * eps`, eps ~ N(0, 1), elementwise (same draws as [`Sampler::noise_into`]).
     pub fn noise(&mut self, sigma: &[f32]) -> Vec<f32> {
-        sigma.iter().map(|&s| s * self.rng.sample::<f32, _>(StandardNormal)).collect()
+        let mut out = vec![0f32; sigma.len()];
+        self.noise_into(sigma, &mut out);
+        out
     }
 
-    /// `out[i] += s_i * v[i]` with independent random signs s_i (same signs as
-    /// [`Sampler::signs`]).
-    pub fn add_flipped(&mut self, v: &[f32], out: &mut [f32]) {
-        self.signed(v, out, |o, x| *o += x);
-    }
-
-    /// `out[i] = s_i * v[i]` with independent random signs s_i (same signs as
-    /// [`Sampler::signs`]).
-    pub fn flipped_into(&mut self, v: &[f32], out: &mut [f32]) {
-        self.signed(v, out, |o, x| *o = x);
-    }
-
-    /// Calls `f(out[i], s_i * v[i])`: the sign bit is flipped through a mask table, 8 values
-    /// per byte of a 64-bit draw, without a sign array.
-    #[inline(always)]
-    fn signed(&mut self, v: &[f32], out: &mut [f32], f: impl Fn(&mut f32, f32)) {
-        for (chunk, oc) in v.chunks(64).zip(out.chunks_mut(64)) {
-            let bits: u64 = self.rng.random();
-            for (j, (part, op)) in chunk.chunks(8).zip(oc.chunks_mut(8)).enumerate() {
-                let mask = &SIGN_MASKS[((bits >> (8 * j)) & 0xFF) as usize];
-                for ((x, m), o) in part.iter().zip(mask).zip(op) {
-                    f(o, f32::from_bits(x.to_bits() ^ m));
-                }
-            }
-        }
-    }
-
-    /// `out = sigma * eps`, eps ~ N(0, 1), elementwise (same draws as [`Sampler::noise`]).
+    /// `out = sigma * eps`, eps ~ N(0, 1), elementwise, with the vectorized generator.
     pub fn noise_into(&mut self, sigma: &[f32], out: &mut [f32]) {
-        for (o, &s) in out.iter_mut().zip(sigma) {
-            *o = s * self.rng.sample::<f32, _>(StandardNormal);
+        let key: u64 = self.rng.random();
+        let (k1, k2) = (key as u32, (key >> 32) as u32);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { noise_avx2(k1, k2, sigma, out) };
+        }
+        noise_impl(k1, k2, sigma, out)
+    }
+
+    /// `len` random sign masks (0 or the f32 sign bit, each with probability 1/2), 64 per
+    /// draw, into `out`: XOR-ing a value's bits with one multiplies it by a Rademacher sign.
+    /// Same stream as [`Sampler::signs`].
+    pub fn sign_masks_into(&mut self, len: usize, out: &mut Vec<u32>) {
+        out.clear();
+        while out.len() < len {
+            let bits: u64 = self.rng.random();
+            out.extend((0..64.min(len - out.len())).map(|i| (((bits >> i) & 1) as u32) << 31));
         }
     }
 
@@ -103,24 +162,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn streams_are_reproducible_and_distinct() {
-        let a = Sampler::new(7, 0).noise(&[1.0; 1000]);
-        assert_eq!(a, Sampler::new(7, 0).noise(&[1.0; 1000]));
-        assert_ne!(a, Sampler::new(7, 1).noise(&[1.0; 1000]));
-        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / 1000.0;
-        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 1000.0;
-        // N(0, 1) sample of 1000: mean within 4 sd (0.13), variance within 0.8..1.2.
-        assert!(mean.abs() < 0.13 && (0.8..1.2).contains(&var), "{mean} {var}");
-        let mut f = vec![0.0f32; 1000];
-        Sampler::new(1, 2).flipped_into(&[2.0; 1000], &mut f);
+    fn polynomial_ln_sin_cos_match_libm() {
+        for i in 1..=100_000u32 {
+            let x = i as f32 / 100_000.0;
+            assert!((ln(x) - x.ln()).abs() <= 2e-7 * x.ln().abs().max(1.0), "ln({x})");
+            let t = (x * 2.0 - 1.0) * std::f32::consts::PI;
+            let (s, c) = sin_cos(t);
+            assert!((s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6, "sin_cos({t}) = {s}, {c}");
+        }
+        assert!((ln(1e-30) - 1e-30f32.ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn streams_are_reproducible_distinct_and_standard_normal() {
+        let n = 200_000;
+        let a = Sampler::new(7, 0).noise(&vec![1.0; n]);
+        assert_eq!(a, Sampler::new(7, 0).noise(&vec![1.0; n]));
+        assert_ne!(a, Sampler::new(7, 1).noise(&vec![1.0; n]));
+        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        // Standard errors: mean 0.0022, variance 0.0032; bounds at about 5 sigma.
+        assert!(mean.abs() < 0.011 && (var - 1.0).abs() < 0.016, "{mean} {var}");
+        // Normal CDF at 1 and 2 sigma (0.682689, 0.954500) and the 4th moment (3).
+        let within = |k: f32| a.iter().filter(|v| v.abs() < k).count() as f64 / n as f64;
+        assert!((within(1.0) - 0.682_689).abs() < 0.006, "{}", within(1.0));
+        assert!((within(2.0) - 0.954_500).abs() < 0.003, "{}", within(2.0));
+        let kurt = a.iter().map(|&v| (v as f64).powi(4)).sum::<f64>() / n as f64;
+        assert!((kurt - 3.0).abs() < 0.12, "{kurt}");
+        // Neighbouring draws are uncorrelated (pairs of one Box-Muller step and across steps).
+        let lag = |d: usize| a.iter().zip(&a[d..]).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() / (n - d) as f64;
+        for d in [1, 8, 16] {
+            assert!(lag(d).abs() < 0.012, "lag {d}: {}", lag(d));
+        }
+        // Sigma scales elementwise.
+        let b = Sampler::new(7, 0).noise(&vec![2.0; n]);
+        assert!(a.iter().zip(&b).all(|(x, y)| *y == 2.0 * x));
         let signs = Sampler::new(1, 2).signs(1000);
-        assert_eq!(f.iter().map(|v| v / 2.0).collect::<Vec<_>>(), signs, "same stream, same signs");
-        let mut acc = vec![1.0f32; 1000];
-        Sampler::new(1, 2).add_flipped(&[2.0; 1000], &mut acc);
-        assert!(acc.iter().zip(&signs).all(|(a, s)| *a == 1.0 + 2.0 * s));
-        let s = Sampler::new(1, 2).signs(1000);
-        assert!(s.iter().all(|&v| v == 1.0 || v == -1.0));
-        let pos = s.iter().filter(|&&v| v > 0.0).count();
+        let mut masks = Vec::new();
+        Sampler::new(1, 2).sign_masks_into(1000, &mut masks);
+        assert!(masks.iter().zip(&signs).all(|(&m, &s)| f32::from_bits(1f32.to_bits() ^ m) == s), "same stream, same signs");
+        assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
+        let pos = signs.iter().filter(|&&v| v > 0.0).count();
         assert!((420..580).contains(&pos), "{pos}");
     }
 }

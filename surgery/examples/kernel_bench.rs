@@ -1,0 +1,94 @@
+//! Kernel measurements for `scripts/bench-infer.sh` (issue 10), printed as one JSON object:
+//!
+//! * `gemm_peak_gflops`: this machine's single-precision GEMM peak through the engine's
+//!   GEMM (`surgery::engine::gemm::sgemm`, square 1024 products, one per thread, best of
+//!   several runs), on one thread and on all of them;
+//! * `crossover`: for conv and dense layer shapes of the benchmark models, the time of the
+//!   dense GEMM and of the CSR kernel at kept fractions 0.1..0.9, and the largest pruned
+//!   fraction at which the GEMM is still faster (what `SparseKernels::Auto` is set from).
+//!
+//! `cargo run --release -p bnn-surgery --example kernel_bench`
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use surgery::engine::dense::Kernel;
+use surgery::engine::gemm::sgemm;
+
+/// Best seconds of `f` over runs filling about `budget` seconds.
+fn best(budget: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut b = f64::INFINITY;
+    while start.elapsed().as_secs_f64() < budget {
+        let t = Instant::now();
+        f();
+        b = b.min(t.elapsed().as_secs_f64());
+    }
+    b
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut z = seed;
+    (0..len)
+        .map(|_| {
+            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let d = 1024;
+    let (a, b) = (values(d * d, 1), values(d * d, 2));
+    let flops = 2.0 * (d * d * d) as f64;
+    let mut c = vec![0f32; d * d];
+    let one = flops / best(3.0, || sgemm(d, d, d, &a, &b, &mut c, false)) / 1e9;
+    let mut cs = vec![vec![0f32; d * d]; threads];
+    let all = threads as f64 * flops
+        / best(3.0, || cs.par_iter_mut().for_each(|c| sgemm(d, d, d, &a, &b, c, false)))
+        / 1e9;
+    // (name, patch rows, k, n): layers of the benchmark models, rows as in one block.
+    let shapes = [
+        ("bnn-fc dense 64x256", 360, 64, 256),
+        ("bnn-fc dense 256x256", 360, 256, 256),
+        ("bnn-conv conv2 5x5x32->64", 1024, 800, 64),
+        ("vgg conv 3x3x64->128", 1024, 576, 128),
+        ("vgg conv 3x3x256->256", 256, 2304, 256),
+        ("vgg conv 3x3x512->512", 64, 4608, 512),
+    ];
+    let mut rows = Vec::new();
+    for (name, m, k, n) in shapes {
+        let p = values(m * k, 3);
+        let w = values(k * n, 4);
+        let mut out = vec![0f32; m * n];
+        let mut t = Vec::new();
+        let dense = Kernel::new(k, n, w.clone(), None, false);
+        let td = best(0.3, || dense.matmul(&p, m, dense.values().0, &mut out, false, &mut t));
+        let mut crossover = 0.0;
+        let mut sparse_t = Vec::new();
+        for kept10 in (1..=9).rev() {
+            let kept = kept10 as f64 / 10.0;
+            // Prune by magnitude on a uniform spread: keeps about `kept` of the weights.
+            let cut = 1.0 - kept as f32;
+            let pruned: Vec<f32> = w.iter().map(|&v| if v.abs() < cut { 0.0 } else { v }).collect();
+            let sp = Kernel::new(k, n, pruned, None, true);
+            let ts = best(0.3, || sp.matmul(&p, m, sp.values().0, &mut out, false, &mut t));
+            sparse_t.push(serde_json::json!({"kept": kept, "seconds": ts}));
+            if ts >= td {
+                crossover = 1.0 - kept;
+            }
+        }
+        rows.push(serde_json::json!({
+            "layer": name, "rows": m, "k": k, "n": n, "gemm_seconds": td,
+            "gemm_gflops": 2.0 * (m * k * n) as f64 / td / 1e9, "csr": sparse_t,
+            "gemm_faster_up_to_pruned": crossover,
+        }));
+    }
+    let out = serde_json::json!({
+        "threads": threads, "gemm_peak_gflops": all, "gemm_peak_gflops_one_thread": one, "crossover": rows,
+    });
+    println!("{out}");
+}
