@@ -72,7 +72,7 @@ fn write(prefix: &Path) -> Vec<Vec<(f32, f32)>> {
 fn streaming_statistics_equal_sorting_every_snr() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = dir.path().join("model.ckpt-1");
-    write(&prefix);
+    let layers = write(&prefix);
     let ckpt = Checkpoint::open(&prefix).expect("open");
     let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
     let thresholds = [0.0, 1e-39, 0.125 / 0.048587352, 0.5, 1.0, 2.0, 10.0, f64::INFINITY];
@@ -85,8 +85,21 @@ fn streaming_statistics_equal_sorting_every_snr() {
     let o = &streamed.overall;
     assert!(o.pruned > 20_000 && o.undefined > 100 && o.max.is_infinite(), "{o:?}");
     assert!(o.quantiles.iter().all(|(_, v)| v.is_finite()) && o.mean.is_infinite());
-    assert_eq!(streamed.non_finite.len(), 6, "{:?}", streamed.non_finite);
-    let _ = DEFAULT_THRESHOLDS;
+    let mut want = Vec::new();
+    for (l, layer) in layers.iter().enumerate() {
+        let mu = layer.iter().filter(|w| !w.0.is_finite()).count();
+        let rho = layer.iter().filter(|w| !w.1.is_finite()).count();
+        for (part, n) in [("kernel_posterior_loc", mu), ("kernel_posterior_untransformed_scale", rho)] {
+            if n > 0 {
+                want.push((format!("den_{}/{part}", l + 1), n));
+            }
+        }
+    }
+    let got: Vec<(String, usize)> = streamed.non_finite.iter().map(|n| (n.key.clone(), n.count)).collect();
+    assert_eq!(got, want);
+    // And with the default thresholds, as the command line asks.
+    let a = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("streamed");
+    assert_eq!(json(&a), json(&analyse_in_memory(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("sorted")));
 }
 
 /// The decision SNR of a weight for pruning (already pruned: 0; undefined: never pruned).
