@@ -21,6 +21,7 @@ use crate::radix::{LowHistograms, TopHistogram};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
 use crate::snr::{NonFinite, SnrReport, Stats, Target, TargetSnr};
 use crate::softplus::softplus_f32;
+use crate::threshold::{approx_keys, KEY_SLACK};
 
 /// Key of an already-pruned weight.
 const PRUNED: u32 = u32::MAX;
@@ -46,6 +47,12 @@ fn key_of(mu: f32, rho: f32) -> u32 {
         (true, false) => UNDEFINED_RHO,
         (false, false) => UNDEFINED_BOTH,
     }
+}
+
+/// Little-endian f32 element `i` of `bytes`.
+#[inline(always)]
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
 }
 
 /// Keys of the weights of one chunk (little-endian mu and rho of `dtype`), computed in parallel.
@@ -182,6 +189,9 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
 /// weight costs a table look-up and a compare instead of a logarithm.
 struct BinTable {
     bins: LogBins,
+    /// Smallest and largest finite key binned.
+    lo: u32,
+    hi: u32,
     first_top: u32,
     /// Bin of the bucket's smallest keys; `u16::MAX`: bin each key by its logarithm.
     base: Vec<u16>,
@@ -222,11 +232,13 @@ impl BinTable {
                 boundary.push(u32::MAX);
             }
         }
-        BinTable { bins, first_top, base, boundary }
+        BinTable { bins, lo, hi, first_top, base, boundary }
     }
 
+    /// The bin of finite key `k` (keys outside the table's range are clamped to it).
     #[inline(always)]
     fn bin(&self, k: u32) -> usize {
+        let k = k.clamp(self.lo, self.hi);
         let i = ((k >> 16) - self.first_top) as usize;
         match self.base.get(i) {
             Some(&b) if b != u16::MAX => b as usize + usize::from(k >= self.boundary[i]),
@@ -298,16 +310,36 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
         let mut low = LowHistograms::new(locations.iter().flat_map(|l| [l[0].0, l[1].0]));
         let table = layer.max_finite.map(|hi| BinTable::new(layer.min, hi));
         let mut bins = vec![0usize; table.as_ref().map_or(0, |b| b.bins.bins)];
+        let count = |k: u32, low: &mut LowHistograms, overall_low: &mut LowHistograms, bins: &mut [usize]| {
+            if k >= MARKERS {
+                return;
+            }
+            low.add(k);
+            overall_low.add(k);
+            if let (Some(table), true) = (&table, k < INFINITY) {
+                bins[table.bin(k)] += 1;
+            }
+        };
         for_each_chunk(ckpt, t, false, |_, mu, rho| {
-            chunk_keys(t.dtype, mu, rho, &mut keys);
-            for &k in &keys {
-                if k >= MARKERS {
-                    continue;
+            if t.dtype != DType::Float32 {
+                chunk_keys(t.dtype, mu, rho, &mut keys);
+                keys.iter().for_each(|&k| count(k, &mut low, &mut overall_low, &mut bins));
+                return Ok(());
+            }
+            // Approximate keys settle most weights: those whose exact key (within KEY_SLACK)
+            // cannot fall in a bucket pass two counts nor across a histogram bin boundary.
+            approx_keys(mu, rho, &mut keys);
+            for (j, &a) in keys.iter().enumerate() {
+                if a == u32::MAX {
+                    continue; // undefined
                 }
-                low.add(k);
-                overall_low.add(k);
-                if let (Some(table), true) = (&table, k < INFINITY) {
-                    bins[table.bin(k)] += 1;
+                let (below, above) = (a.saturating_sub(KEY_SLACK), a.saturating_add(KEY_SLACK));
+                let settled = a >= 2 * KEY_SLACK
+                    && above < INFINITY
+                    && !(low.wants(below) || low.wants(above) || overall_low.wants(below) || overall_low.wants(above));
+                match &table {
+                    Some(table) if settled && table.bin(below) == table.bin(above) => bins[table.bin(a)] += 1,
+                    _ => count(key_of(f32_at(mu, j), f32_at(rho, j)), &mut low, &mut overall_low, &mut bins),
                 }
             }
             Ok(())

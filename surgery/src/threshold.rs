@@ -366,6 +366,34 @@ mod tests {
     }
 
     #[test]
+    fn approximate_keys_are_within_the_slack_of_exact_ones() {
+        let mut state = 0x0123_4567_89ab_cdefu64;
+        let (mut mu, mut rho) = (Vec::new(), Vec::new());
+        let mut pairs: Vec<(f32, f32)> = (0..300_000)
+            .map(|i| {
+                let m = (uniform(&mut state) - 0.5) * if i % 3 == 0 { 1e-6 } else { 2.0 };
+                let r = (uniform(&mut state) - 0.5) * 170.0;
+                (m, r)
+            })
+            .collect();
+        pairs.extend([(0.0, -1000.0), (-0.0, 0.0), (0.0, 3.0), (1e-45, -5.0), (3e38, -79.0), (f32::NAN, 1.0), (1.0, f32::INFINITY)]);
+        for (m, r) in &pairs {
+            mu.extend_from_slice(&m.to_le_bytes());
+            rho.extend_from_slice(&r.to_le_bytes());
+        }
+        let mut keys = Vec::new();
+        approx_keys(&mu, &rho, &mut keys);
+        for ((m, r), a) in pairs.iter().zip(&keys) {
+            let e = decision_snr(*m, *r);
+            if e.is_nan() {
+                assert_eq!(*a, u32::MAX);
+            } else {
+                assert!(a.abs_diff(e.to_bits()) <= KEY_SLACK, "({m}, {r}): {a:#x} vs {:#x}", e.to_bits());
+            }
+        }
+    }
+
+    #[test]
     fn fast_decisions_equal_exact_ones() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let (mut mu, mut rho, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
