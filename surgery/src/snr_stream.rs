@@ -87,6 +87,9 @@ fn key_at_or_below(t: f64) -> Option<u32> {
     Some(f.to_bits())
 }
 
+/// The (bucket, rank within it) of the two ranks a quantile interpolates between.
+type Located = [(u32, u64); 2];
+
 /// What pass one learns about a group of weights (one posterior, or all of them).
 #[derive(Debug, Clone)]
 struct First {
@@ -137,7 +140,7 @@ impl First {
     }
 
     /// The (bucket, rank within it) pairs of the ranks each quantile level needs.
-    fn quantile_locations(&self, levels: &[f64]) -> Vec<[(u32, u64); 2]> {
+    fn quantile_locations(&self, levels: &[f64]) -> Vec<Located> {
         let n = self.count as usize;
         if n == 0 {
             return Vec::new();
@@ -248,7 +251,7 @@ impl BinTable {
 }
 
 /// Quantile values from the located ranks, now that pass two counted their buckets.
-fn quantiles(levels: &[f64], n: u64, locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Vec<(f64, f64)> {
+fn quantiles(levels: &[f64], n: u64, locations: &[Located], low: &LowHistograms) -> Vec<(f64, f64)> {
     levels
         .iter()
         .enumerate()
@@ -265,7 +268,7 @@ fn quantiles(levels: &[f64], n: u64, locations: &[[(u32, u64); 2]], low: &LowHis
         .collect()
 }
 
-fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Stats {
+fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[Located], low: &LowHistograms) -> Stats {
     let n = f.count;
     let value = |k: u32| f32::from_bits(k) as f64;
     assemble(
@@ -287,7 +290,7 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     // Pass one.
     let mut overall = First::new(thresholds.len());
     let mut overall_sum = 0.0;
-    let mut layers: Vec<(First, Vec<[(u32, u64); 2]>)> = Vec::with_capacity(targets.len());
+    let mut layers: Vec<(First, Vec<Located>)> = Vec::with_capacity(targets.len());
     for t in targets {
         let mut layer = First::new(thresholds.len());
         for_each_chunk(ckpt, t, true, |_, mu, rho| {

@@ -228,7 +228,8 @@ fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> WordBits {
     while unsure != 0 {
         let i = unsure.trailing_zeros() as usize;
         let s = decision_snr(f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i])) as f64;
-        if !(s <= t) {
+        // NaN (undefined) is kept.
+        if s.partial_cmp(&t).is_none_or(|o| o.is_gt()) {
             keep |= 1 << i;
         }
         equal |= u64::from(s == t) << i;

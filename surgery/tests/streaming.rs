@@ -151,7 +151,7 @@ fn streaming_pruning_equals_sorting_every_snr() {
         let got = prune(&ckpt, &targets, &PruneOptions { criterion: Criterion::Threshold(t), mode }).expect("prune");
         let t = if t == 0.0 { 1e-44 } else { t };
         for (l, layer) in layers.iter().enumerate() {
-            let want = layer.iter().map(|w| classify_f32(w.0, w.1).0 != Weight::Pruned && decision(*w).is_none_or(|s| !(s <= t)));
+            let want = layer.iter().map(|w| classify_f32(w.0, w.1).0 != Weight::Pruned && decision(*w).is_none_or(|s| s > t));
             assert!(got.keep[l].iter().eq(want), "threshold {t} layer {l}");
         }
     }
