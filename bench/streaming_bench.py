@@ -64,7 +64,7 @@ def main():
     body = (
         "## Checkpoints bigger than memory: `snr` and `prune` against `cp` (issue 12)\n\n"
         f"Measured by `bench/streaming_bench.py` (the same measurements as `cargo bench -p bnn-convert --bench streaming_vs_cp`) "
-        f"on this project's {cores}-core machine, shared with other jobs (load average {load[0]:.1} at the start), so timings are "
+        f"on this project's {cores}-core machine, shared with other jobs (load average {load[0]:.1f} at the start), so timings are "
         "noisy; synthetic float32 BNN checkpoints (4 Flipout layers of [n, 4096] mu and rho, `formats::synthetic`), page cache "
         f"warm, dirty pages written back (`sync`) before each timed command; every command runs {a.runs} times, each paired with "
         "a `cp` of the data shard right before it: seconds and ratios are medians of the runs (ratio range in brackets), peak RSS "
@@ -125,6 +125,8 @@ def main():
                 f"({min(r['ratios']):.2f}-{max(r['ratios']):.2f}) | **{r['rss'] / 1024:.1f} MiB** |\n"
             )
         body += "\n"
+        # Each size's table as soon as it is measured.
+        write_section("streaming", body)
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
     body += (
