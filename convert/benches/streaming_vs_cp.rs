@@ -16,6 +16,7 @@ use std::time::Instant;
 use common::{median, settle, write_section};
 
 /// Seconds and peak RSS (KiB) of one run of `cmd`, output discarded; panics if it fails.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives this child's own rusage
 fn measured(cmd: &mut Command) -> (f64, i64) {
     let start = Instant::now();
     let child = cmd.stdout(Stdio::null()).spawn().expect("command starts");
