@@ -34,6 +34,12 @@ enum Command {
     /// Convert a safetensors file to a TensorFlow checkpoint.
     SafetensorsToCkpt(convert_cmd::ToCheckpointArgs),
     /// Signal-to-noise ratio statistics of the weight posteriors, per layer and overall.
+    ///
+    /// Already-pruned weights (mu = 0 with rho = 0, BPrune's mode, or softplus(rho) = 0, zero
+    /// mode) are counted in the PRUNED columns and left out of every other statistic (min,
+    /// quantiles, max, mean, threshold fractions, histogram), which are over the remaining
+    /// weights; COUNT is all weights. Weights with a NaN or infinite mu or rho are left out too,
+    /// with a warning naming the tensor.
     Snr(snr_cmd::Args),
     /// Prune weights by signal-to-noise ratio (threshold or sparsity; zero or BPrune mode).
     Prune(prune_cmd::Args),

@@ -9,12 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use surgery::snr::{analyse, select_targets, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
 
-/// Arguments of `snr`.
-///
-/// Already-pruned weights (mu = 0 with rho = 0, BPrune's mode, or with softplus(rho) = 0, zero
-/// mode) are counted in the PRUNED columns and left out of every other statistic: COUNT is all
-/// weights, the extremes, quantiles and threshold fractions are over the weights not pruned.
-/// Weights whose mu or rho is NaN or infinite are left out too, with a warning naming the tensor.
+/// Arguments of `snr` (what pruned and non-finite weights count as: see the command's help).
 #[derive(clap::Args)]
 pub struct Args {
     /// Checkpoint (folder, prefix, .index) or .safetensors file.

@@ -246,9 +246,14 @@ struct Rule {
 #[derive(Debug, Clone)]
 struct Ties {
     quota: u64,
-    /// Weights whose decision SNR equals `t` before each chunk of [`CHUNK_WEIGHTS`] weights.
+    /// Weights whose decision SNR equals `t` before each block of [`TIE_BLOCK`] weights (and
+    /// in all, last).
     before: Vec<u64>,
 }
+
+/// Weights per entry of [`Ties::before`]: a stream chunk starting inside a block re-decides at
+/// most this many weights to know the ties before it.
+const TIE_BLOCK: usize = 1 << 14;
 
 impl Rule {
     /// Decides `mu.len() / 4` weights, the first of which is weight `first`, of which `seen`
@@ -283,11 +288,15 @@ impl Rule {
     /// Ties before weight `first` (a multiple of 64) of target `t`.
     fn ties_before(&self, ckpt: &Checkpoint, t: &Target, first: usize) -> u64 {
         let Some(ties) = &self.ties else { return 0 };
-        let chunk = first / CHUNK_WEIGHTS;
-        let mut seen = ties.before.get(chunk).copied().unwrap_or(0);
-        let start = chunk * CHUNK_WEIGHTS;
+        // No tie pruned, or every one: where they are does not matter.
+        if ties.quota == 0 || ties.quota >= ties.before.last().copied().unwrap_or(0) {
+            return 0;
+        }
+        let block = first / TIE_BLOCK;
+        let mut seen = ties.before.get(block).copied().unwrap_or(0);
+        let start = block * TIE_BLOCK;
         if start < first {
-            // A stream chunk not on a decision chunk boundary: count the ties in between.
+            // A stream chunk starting inside a block: count the ties in between.
             if let (Ok(mu), Ok(rho)) = (ckpt.read_unverified(&t.loc_key), ckpt.read_unverified(&t.rho_key)) {
                 let (mu, rho) = (mu.bytes().unwrap_or_default(), rho.bytes().unwrap_or_default());
                 let (a, b) = (4 * start, 4 * first);
@@ -328,16 +337,21 @@ fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result
     }
 }
 
-/// The counts of a target under `rule` (chunk by chunk, nothing held), and the ties per chunk.
+/// The counts of a target under `rule` (chunk by chunk, nothing held), and the ties before
+/// each block of [`TIE_BLOCK`] weights, then in all.
 fn count(ckpt: &Checkpoint, target: &Target, rule: &Rule) -> Result<(Decided, Vec<u64>)> {
     let (mut keep, mut equal) = (vec![0u64; CHUNK_WEIGHTS / 64], vec![0u64; CHUNK_WEIGHTS / 64]);
-    let (mut total, mut seen, mut before) = (Decided::default(), 0u64, vec![0u64]);
+    let (mut total, mut seen, mut before) = (Decided::default(), 0u64, Vec::new());
     for_each_chunk(ckpt, target, false, |_, mu, rho| {
         total = total + rule.decide(mu, rho, seen, &mut keep, &mut equal);
-        seen += equal[..(mu.len() / 4).div_ceil(64)].iter().map(|w| w.count_ones() as u64).sum::<u64>();
-        before.push(seen);
+        // CHUNK_WEIGHTS is a multiple of TIE_BLOCK: blocks start at block words of a chunk.
+        for block in equal[..(mu.len() / 4).div_ceil(64)].chunks(TIE_BLOCK / 64) {
+            before.push(seen);
+            seen += block.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        }
         Ok(())
     })?;
+    before.push(seen);
     Ok((total, before))
 }
 

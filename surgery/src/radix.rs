@@ -81,6 +81,12 @@ impl LowHistograms {
         h
     }
 
+    /// Whether `key`'s bucket was chosen.
+    #[inline(always)]
+    pub fn wants(&self, key: u32) -> bool {
+        self.slot[(key >> 16) as usize] != 0
+    }
+
     /// Counts `key` if its bucket was chosen.
     #[inline(always)]
     pub fn add(&mut self, key: u32) {

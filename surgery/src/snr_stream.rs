@@ -21,6 +21,7 @@ use crate::radix::{LowHistograms, TopHistogram};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
 use crate::snr::{NonFinite, SnrReport, Stats, Target, TargetSnr};
 use crate::softplus::softplus_f32;
+use crate::threshold::{approx_keys, KEY_SLACK};
 
 /// Key of an already-pruned weight.
 const PRUNED: u32 = u32::MAX;
@@ -46,6 +47,12 @@ fn key_of(mu: f32, rho: f32) -> u32 {
         (true, false) => UNDEFINED_RHO,
         (false, false) => UNDEFINED_BOTH,
     }
+}
+
+/// Little-endian f32 element `i` of `bytes`.
+#[inline(always)]
+fn f32_at(bytes: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]])
 }
 
 /// Keys of the weights of one chunk (little-endian mu and rho of `dtype`), computed in parallel.
@@ -79,6 +86,9 @@ fn key_at_or_below(t: f64) -> Option<u32> {
     let f = if f as f64 > t { f32::from_bits(f.to_bits() - 1) } else { f };
     Some(f.to_bits())
 }
+
+/// The (bucket, rank within it) of the two ranks a quantile interpolates between.
+type Located = [(u32, u64); 2];
 
 /// What pass one learns about a group of weights (one posterior, or all of them).
 #[derive(Debug, Clone)]
@@ -130,7 +140,7 @@ impl First {
     }
 
     /// The (bucket, rank within it) pairs of the ranks each quantile level needs.
-    fn quantile_locations(&self, levels: &[f64]) -> Vec<[(u32, u64); 2]> {
+    fn quantile_locations(&self, levels: &[f64]) -> Vec<Located> {
         let n = self.count as usize;
         if n == 0 {
             return Vec::new();
@@ -182,6 +192,9 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
 /// weight costs a table look-up and a compare instead of a logarithm.
 struct BinTable {
     bins: LogBins,
+    /// Smallest and largest finite key binned.
+    lo: u32,
+    hi: u32,
     first_top: u32,
     /// Bin of the bucket's smallest keys; `u16::MAX`: bin each key by its logarithm.
     base: Vec<u16>,
@@ -222,11 +235,13 @@ impl BinTable {
                 boundary.push(u32::MAX);
             }
         }
-        BinTable { bins, first_top, base, boundary }
+        BinTable { bins, lo, hi, first_top, base, boundary }
     }
 
+    /// The bin of finite key `k` (keys outside the table's range are clamped to it).
     #[inline(always)]
     fn bin(&self, k: u32) -> usize {
+        let k = k.clamp(self.lo, self.hi);
         let i = ((k >> 16) - self.first_top) as usize;
         match self.base.get(i) {
             Some(&b) if b != u16::MAX => b as usize + usize::from(k >= self.boundary[i]),
@@ -236,7 +251,7 @@ impl BinTable {
 }
 
 /// Quantile values from the located ranks, now that pass two counted their buckets.
-fn quantiles(levels: &[f64], n: u64, locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Vec<(f64, f64)> {
+fn quantiles(levels: &[f64], n: u64, locations: &[Located], low: &LowHistograms) -> Vec<(f64, f64)> {
     levels
         .iter()
         .enumerate()
@@ -253,7 +268,7 @@ fn quantiles(levels: &[f64], n: u64, locations: &[[(u32, u64); 2]], low: &LowHis
         .collect()
 }
 
-fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[[(u32, u64); 2]], low: &LowHistograms) -> Stats {
+fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[Located], low: &LowHistograms) -> Stats {
     let n = f.count;
     let value = |k: u32| f32::from_bits(k) as f64;
     assemble(
@@ -275,7 +290,7 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     // Pass one.
     let mut overall = First::new(thresholds.len());
     let mut overall_sum = 0.0;
-    let mut layers: Vec<(First, Vec<[(u32, u64); 2]>)> = Vec::with_capacity(targets.len());
+    let mut layers: Vec<(First, Vec<Located>)> = Vec::with_capacity(targets.len());
     for t in targets {
         let mut layer = First::new(thresholds.len());
         for_each_chunk(ckpt, t, true, |_, mu, rho| {
@@ -298,16 +313,36 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
         let mut low = LowHistograms::new(locations.iter().flat_map(|l| [l[0].0, l[1].0]));
         let table = layer.max_finite.map(|hi| BinTable::new(layer.min, hi));
         let mut bins = vec![0usize; table.as_ref().map_or(0, |b| b.bins.bins)];
+        let count = |k: u32, low: &mut LowHistograms, overall_low: &mut LowHistograms, bins: &mut [usize]| {
+            if k >= MARKERS {
+                return;
+            }
+            low.add(k);
+            overall_low.add(k);
+            if let (Some(table), true) = (&table, k < INFINITY) {
+                bins[table.bin(k)] += 1;
+            }
+        };
         for_each_chunk(ckpt, t, false, |_, mu, rho| {
-            chunk_keys(t.dtype, mu, rho, &mut keys);
-            for &k in &keys {
-                if k >= MARKERS {
-                    continue;
+            if t.dtype != DType::Float32 {
+                chunk_keys(t.dtype, mu, rho, &mut keys);
+                keys.iter().for_each(|&k| count(k, &mut low, &mut overall_low, &mut bins));
+                return Ok(());
+            }
+            // Approximate keys settle most weights: those whose exact key (within KEY_SLACK)
+            // cannot fall in a bucket pass two counts nor across a histogram bin boundary.
+            approx_keys(mu, rho, &mut keys);
+            for (j, &a) in keys.iter().enumerate() {
+                if a == u32::MAX {
+                    continue; // undefined
                 }
-                low.add(k);
-                overall_low.add(k);
-                if let (Some(table), true) = (&table, k < INFINITY) {
-                    bins[table.bin(k)] += 1;
+                let (below, above) = (a.saturating_sub(KEY_SLACK), a.saturating_add(KEY_SLACK));
+                let settled = a >= 2 * KEY_SLACK
+                    && above < INFINITY
+                    && !(low.wants(below) || low.wants(above) || overall_low.wants(below) || overall_low.wants(above));
+                match &table {
+                    Some(table) if settled && table.bin(below) == table.bin(above) => bins[table.bin(a)] += 1,
+                    _ => count(key_of(f32_at(mu, j), f32_at(rho, j)), &mut low, &mut overall_low, &mut bins),
                 }
             }
             Ok(())

@@ -228,7 +228,8 @@ fn decide_word(mu: &[u8], rho: &[u8], t: f64, lo: f32, hi: f32) -> WordBits {
     while unsure != 0 {
         let i = unsure.trailing_zeros() as usize;
         let s = decision_snr(f32::from_bits(mu_bits[i]), f32::from_bits(rho_bits[i])) as f64;
-        if !(s <= t) {
+        // NaN (undefined) is kept.
+        if s.partial_cmp(&t).is_none_or(|o| o.is_gt()) {
             keep |= 1 << i;
         }
         equal |= u64::from(s == t) << i;
@@ -362,6 +363,34 @@ mod tests {
                 };
             }
             assert_eq!(classify_64(&snr, &rho_abs, &mu_bits, 0.998, 1.002), classify(&snr, &rho_abs, &mu_bits, 0.998, 1.002));
+        }
+    }
+
+    #[test]
+    fn approximate_keys_are_within_the_slack_of_exact_ones() {
+        let mut state = 0x0123_4567_89ab_cdefu64;
+        let (mut mu, mut rho) = (Vec::new(), Vec::new());
+        let mut pairs: Vec<(f32, f32)> = (0..300_000)
+            .map(|i| {
+                let m = (uniform(&mut state) - 0.5) * if i % 3 == 0 { 1e-6 } else { 2.0 };
+                let r = (uniform(&mut state) - 0.5) * 170.0;
+                (m, r)
+            })
+            .collect();
+        pairs.extend([(0.0, -1000.0), (-0.0, 0.0), (0.0, 3.0), (1e-45, -5.0), (3e38, -79.0), (f32::NAN, 1.0), (1.0, f32::INFINITY)]);
+        for (m, r) in &pairs {
+            mu.extend_from_slice(&m.to_le_bytes());
+            rho.extend_from_slice(&r.to_le_bytes());
+        }
+        let mut keys = Vec::new();
+        approx_keys(&mu, &rho, &mut keys);
+        for ((m, r), a) in pairs.iter().zip(&keys) {
+            let e = decision_snr(*m, *r);
+            if e.is_nan() {
+                assert_eq!(*a, u32::MAX);
+            } else {
+                assert!(a.abs_diff(e.to_bits()) <= KEY_SLACK, "({m}, {r}): {a:#x} vs {:#x}", e.to_bits());
+            }
         }
     }
 

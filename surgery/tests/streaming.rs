@@ -72,7 +72,7 @@ fn write(prefix: &Path) -> Vec<Vec<(f32, f32)>> {
 fn streaming_statistics_equal_sorting_every_snr() {
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = dir.path().join("model.ckpt-1");
-    write(&prefix);
+    let layers = write(&prefix);
     let ckpt = Checkpoint::open(&prefix).expect("open");
     let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
     let thresholds = [0.0, 1e-39, 0.125 / 0.048587352, 0.5, 1.0, 2.0, 10.0, f64::INFINITY];
@@ -85,8 +85,21 @@ fn streaming_statistics_equal_sorting_every_snr() {
     let o = &streamed.overall;
     assert!(o.pruned > 20_000 && o.undefined > 100 && o.max.is_infinite(), "{o:?}");
     assert!(o.quantiles.iter().all(|(_, v)| v.is_finite()) && o.mean.is_infinite());
-    assert_eq!(streamed.non_finite.len(), 6, "{:?}", streamed.non_finite);
-    let _ = DEFAULT_THRESHOLDS;
+    let mut want = Vec::new();
+    for (l, layer) in layers.iter().enumerate() {
+        let mu = layer.iter().filter(|w| !w.0.is_finite()).count();
+        let rho = layer.iter().filter(|w| !w.1.is_finite()).count();
+        for (part, n) in [("kernel_posterior_loc", mu), ("kernel_posterior_untransformed_scale", rho)] {
+            if n > 0 {
+                want.push((format!("den_{}/{part}", l + 1), n));
+            }
+        }
+    }
+    let got: Vec<(String, usize)> = streamed.non_finite.iter().map(|n| (n.key.clone(), n.count)).collect();
+    assert_eq!(got, want);
+    // And with the default thresholds, as the command line asks.
+    let a = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("streamed");
+    assert_eq!(json(&a), json(&analyse_in_memory(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("sorted")));
 }
 
 /// The decision SNR of a weight for pruning (already pruned: 0; undefined: never pruned).
@@ -138,8 +151,69 @@ fn streaming_pruning_equals_sorting_every_snr() {
         let got = prune(&ckpt, &targets, &PruneOptions { criterion: Criterion::Threshold(t), mode }).expect("prune");
         let t = if t == 0.0 { 1e-44 } else { t };
         for (l, layer) in layers.iter().enumerate() {
-            let want = layer.iter().map(|w| classify_f32(w.0, w.1).0 != Weight::Pruned && decision(*w).is_none_or(|s| !(s <= t)));
+            let want = layer.iter().map(|w| classify_f32(w.0, w.1).0 != Weight::Pruned && decision(*w).is_none_or(|s| s > t));
             assert!(got.keep[l].iter().eq(want), "threshold {t} layer {l}");
+        }
+    }
+}
+
+/// Reads back f32 tensors of a safetensors file or TF checkpoint.
+fn read_f32(path: &Path, key: &str) -> Vec<f32> {
+    let ckpt = Checkpoint::open(path).expect("open output");
+    let data = ckpt.read(key).expect("read");
+    data.bytes().expect("bytes").chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn streamed_outputs_equal_the_masks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("model.ckpt-1");
+    let layers = write(&prefix);
+    let ckpt = std::sync::Arc::new(Checkpoint::open(&prefix).expect("open"));
+    let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+    // Fractions whose cut falls inside the big tie groups: the repeated SNR 0.125 / softplus(-3)
+    // and the zeros (pruned weights and zero means); the quota then runs out mid-tensor.
+    let tie = (0.125f32 / surgery::softplus::softplus_f32(-3.0)) as f64;
+    let all: Vec<f64> = layers.iter().flatten().filter_map(|w| decision(*w)).collect();
+    let n = layers.iter().map(Vec::len).sum::<usize>() as f64;
+    let (below, equal) = (all.iter().filter(|s| **s < tie).count() as f64, all.iter().filter(|s| **s == tie).count() as f64);
+    let zeros = all.iter().filter(|s| **s == 0.0).count() as f64;
+    let criteria = [
+        Criterion::Sparsity { fraction: (below + equal / 3.0) / n, per_layer: false },
+        Criterion::Sparsity { fraction: zeros / 2.0 / n, per_layer: false },
+        Criterion::Sparsity { fraction: 0.6, per_layer: true },
+        Criterion::Threshold(1.0),
+    ];
+    for criterion in criteria {
+        for mode in [Mode::Zero, Mode::Bprune] {
+            let options = PruneOptions { criterion, mode };
+            let masks = prune(&ckpt, &targets, &options).expect("masks");
+            let streamed = surgery::prune::prune_streaming(&ckpt, &targets, &options).expect("streamed");
+            assert_eq!(streamed.report, masks.report);
+            assert!(streamed.keep.is_empty(), "nothing per weight held");
+            let st = dir.path().join("out.safetensors");
+            let opts = formats::convert::ToSafetensorsOptions::default();
+            formats::convert::checkpoint_to_safetensors(&ckpt, &st, opts, &streamed.edits).expect("safetensors");
+            let tf = dir.path().join("tf").join("model.ckpt-1");
+            std::fs::create_dir_all(tf.parent().expect("parent")).expect("mkdir");
+            formats::convert::checkpoint_to_bundle(&ckpt, &tf, &streamed.edits).expect("bundle");
+            streamed.check(&st).expect("no failed read");
+            let rho_fill = if mode == Mode::Zero { -1000.0 } else { 0.0 };
+            for (l, layer) in layers.iter().enumerate() {
+                let keep: Vec<bool> = masks.keep[l].iter().collect();
+                let want_mu: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.0 } else { 0.0 }.to_bits()).collect();
+                let want_rho: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.1 } else { rho_fill }.to_bits()).collect();
+                for out in [&st, &tf] {
+                    let (mu_key, rho_key) = if out == &st {
+                        (format!("den_{}.kernel_posterior_loc", l + 1), format!("den_{}.kernel_posterior_untransformed_scale", l + 1))
+                    } else {
+                        (targets[l].loc_key.clone(), targets[l].rho_key.clone())
+                    };
+                    let mu: Vec<u32> = read_f32(out, &mu_key).iter().map(|v| v.to_bits()).collect();
+                    let rho: Vec<u32> = read_f32(out, &rho_key).iter().map(|v| v.to_bits()).collect();
+                    assert!(mu == want_mu && rho == want_rho, "{criterion:?} {mode:?} layer {l} in {}", out.display());
+                }
+            }
         }
     }
 }
