@@ -100,7 +100,14 @@ fn session_config((intra, inter): (usize, usize)) -> Vec<u8> {
 /// The built graph and the handles the loop uses.
 struct Built {
     model: Model,
+    /// Applies the (possibly allreduced) gradients and advances `global_step`.
     train_op: Operation,
+    /// A whole single-rank step: `train_op` and the moving-statistics updates; the `.meta`'s
+    /// `train_op` collection (as TF1's `control_dependencies(UPDATE_OPS)` around `minimize`).
+    step_op: Operation,
+    /// The moving-statistics updates grouped (batch normalization only): run with the
+    /// forward pass, since `train_op`'s second run under MPI feeds gradients, not inputs.
+    updates: Option<Operation>,
     global_step: Var,
     trainable: Vec<Var>,
     grads: Vec<Output>,
@@ -134,6 +141,12 @@ fn build(cfg: &TrainConfig, data: &Dataset, rank: usize, lr: f32) -> Result<Buil
         .collect::<Result<_>>()?;
     let pairs: Vec<(Var, Output)> = trainable.iter().cloned().zip(grads.iter().cloned()).collect();
     let t = optimizer::build(&mut g, cfg.optimizer, lr, &pairs)?;
+    let (step_op, updates) = if model.updates.is_empty() {
+        (t.op.clone(), None)
+    } else {
+        let u = g.op("NoOp", "update_moving_statistics", &[], &model.updates, |_| Ok(()))?;
+        (g.op("NoOp", "train_step", &[], &[t.op.clone(), u.clone()], |_| Ok(()))?, Some(u))
+    };
     // BPrune lists the ops after the train op, before the saver exists.
     let op_names: Vec<String> = g.graph().operation_iter().map(|o| o.name()).collect::<std::result::Result<_, _>>().map_err(|e| TrainError::Invalid(format!("op name: {e}")))?;
     let all_vars: Vec<Var> = g.variables().to_vec();
@@ -141,7 +154,7 @@ fn build(cfg: &TrainConfig, data: &Dataset, rank: usize, lr: f32) -> Result<Buil
     let inits: Vec<Operation> = all_vars.iter().map(|v| v.initializer.clone()).collect();
     let init = g.op("NoOp", "init", &[], &inits, |_| Ok(()))?;
     let (graph, _) = g.finish();
-    Ok(Built { model, train_op: t.op, global_step: t.global_step, trainable, grads, all_vars, saver, init, op_names, graph })
+    Ok(Built { model, train_op: t.op, step_op, updates, global_step: t.global_step, trainable, grads, all_vars, saver, init, op_names, graph })
 }
 
 fn tensor_f32(dims: &[i64], values: &[f32]) -> Result<Tensor<f32>> {
@@ -241,7 +254,9 @@ fn save(session: &Session, b: &Built, dir: &std::path::Path, step: i64) -> Resul
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let name = checkpoint::prefix_name(step);
     b.saver.save(session, &dir.join(&name))?;
-    let meta = checkpoint::meta_graph_bytes(&b.graph.graph_def()?, &b.saver.saver_def()?, &b.all_vars, &b.train_op.name().map_err(|e| TrainError::Invalid(e.to_string()))?)?;
+    let name_of = |o: &Operation| o.name().map_err(|e| TrainError::Invalid(e.to_string()));
+    let update_ops: Vec<String> = b.model.updates.iter().map(name_of).collect::<Result<_>>()?;
+    let meta = checkpoint::meta_graph_bytes(&b.graph.graph_def()?, &b.saver.saver_def()?, &b.all_vars, &name_of(&b.step_op)?, &update_ops)?;
     let mp = dir.join(format!("{name}.meta"));
     std::fs::write(&mp, meta).map_err(|e| TrainError::io(&mp, e))?;
     checkpoint::write_manifests(dir, &b.all_vars, &b.op_names)?;
@@ -324,18 +339,21 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, comm: &dyn Communicator) -> Resu
                 let mut run = SessionRunArgs::new();
                 run.add_feed(&b.model.input.operation, b.model.input.index, &xt);
                 run.add_feed(&b.model.labels.operation, b.model.labels.index, &yt);
-                run.add_target(&b.train_op);
+                run.add_target(&b.step_op);
                 let lt = run.request_fetch(&b.model.loss.operation, b.model.loss.index);
-                let ct = run.request_fetch(&b.model.correct.operation, b.model.correct.index);
+                let ct = run.request_fetch(&b.model.train_correct.operation, b.model.train_correct.index);
                 session.run(&mut run)?;
                 (run.fetch::<f32>(lt)?[0], run.fetch::<f32>(ct)?[0])
             } else {
                 let mut run = SessionRunArgs::new();
                 run.add_feed(&b.model.input.operation, b.model.input.index, &xt);
                 run.add_feed(&b.model.labels.operation, b.model.labels.index, &yt);
+                if let Some(u) = &b.updates {
+                    run.add_target(u);
+                }
                 let gt: Vec<_> = b.grads.iter().map(|o| run.request_fetch(&o.operation, o.index)).collect();
                 let lt = run.request_fetch(&b.model.loss.operation, b.model.loss.index);
-                let ct = run.request_fetch(&b.model.correct.operation, b.model.correct.index);
+                let ct = run.request_fetch(&b.model.train_correct.operation, b.model.train_correct.index);
                 session.run(&mut run)?;
                 let gv: Vec<Tensor<f32>> = gt.into_iter().map(|t| run.fetch::<f32>(t)).collect::<std::result::Result<_, _>>()?;
                 let slices: Vec<&[f32]> = gv.iter().map(|t| &t[..]).collect();
