@@ -128,8 +128,9 @@ fn node_collection(names: Vec<String>) -> CollectionDef {
 
 /// Encodes a MetaGraphDef: `graph_def` bytes exactly as TensorFlow serialized them
 /// (appended as field 2, so nothing the shared proto subset lacks is lost), the saver and
-/// the variable collections; `train_op` goes in the `train_op` collection.
-pub fn meta_graph_bytes(graph_def: &[u8], saver: &SaverDef, vars: &[Var], train_op: &str) -> Result<Vec<u8>> {
+/// the variable collections; `train_op` goes in the `train_op` collection and `update_ops`
+/// (batch normalization's moving-statistics updates) in TF1's `update_ops` collection.
+pub fn meta_graph_bytes(graph_def: &[u8], saver: &SaverDef, vars: &[Var], train_op: &str, update_ops: &[String]) -> Result<Vec<u8>> {
     let mut m = MetaGraphDef::new();
     let info = m.meta_info_def.mut_or_insert_default();
     info.tensorflow_version = tensorflow::version().unwrap_or_default();
@@ -145,6 +146,9 @@ pub fn meta_graph_bytes(graph_def: &[u8], saver: &SaverDef, vars: &[Var], train_
     m.collection_def.insert("variables".into(), bytes_collection(all));
     m.collection_def.insert("trainable_variables".into(), bytes_collection(trainable));
     m.collection_def.insert("train_op".into(), node_collection(vec![train_op.to_string()]));
+    if !update_ops.is_empty() {
+        m.collection_def.insert("update_ops".into(), node_collection(update_ops.to_vec()));
+    }
     if let Some(step) = vars.iter().find(|v| v.kind == VarKind::Step) {
         m.collection_def.insert("global_step".into(), bytes_collection(vec![variable_def(step)?.write_to_bytes()?]));
     }
@@ -256,7 +260,7 @@ mod tests {
         assert!(saver.restore(&s, &dir.path().join("nothing")).unwrap_err().to_string().contains("nothing"));
 
         let gd = g.graph().graph_def().unwrap();
-        let bytes = meta_graph_bytes(&gd, &saver.saver_def().unwrap(), &vars, "train").unwrap();
+        let bytes = meta_graph_bytes(&gd, &saver.saver_def().unwrap(), &vars, "train", &[]).unwrap();
         let m = MetaGraphDef::parse_from_bytes(&bytes).unwrap();
         let nodes: Vec<&str> = m.graph_def.node.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(nodes.len(), g.graph().operation_iter().count());

@@ -76,8 +76,12 @@ pub struct TrainConfig {
 /// machine that trained BNN-FC 10-25% and BNN-Conv 10% faster than TensorFlow's default of
 /// splitting each op over all cores. The CNN twin, a single chain of products, is fastest
 /// with TensorFlow's default (it lost 20% with the BNN's setting), so it keeps it.
-fn thread_pools(threads: usize, bayesian: bool, cores: usize) -> (usize, usize) {
+/// VGG-16 and ResNet-18 (`large`) are different: their convolutions keep every core busy on
+/// their own, and halving the intra-op pool cost the BNN 35-45% on VGG-16 (width 0.5, 2
+/// cores), so their BNN keeps all cores per op and still runs the two products side by side.
+fn thread_pools(threads: usize, bayesian: bool, large: bool, cores: usize) -> (usize, usize) {
     match threads {
+        0 if bayesian && large => (cores.max(1), 2),
         0 if bayesian => ((cores / 2).max(1), 2),
         0 => (0, 0),
         t => (t, t),
@@ -100,7 +104,14 @@ fn session_config((intra, inter): (usize, usize)) -> Vec<u8> {
 /// The built graph and the handles the loop uses.
 struct Built {
     model: Model,
+    /// Applies the (possibly allreduced) gradients and advances `global_step`.
     train_op: Operation,
+    /// A whole single-rank step: `train_op` and the moving-statistics updates; the `.meta`'s
+    /// `train_op` collection (as TF1's `control_dependencies(UPDATE_OPS)` around `minimize`).
+    step_op: Operation,
+    /// The moving-statistics updates grouped (batch normalization only): run with the
+    /// forward pass, since `train_op`'s second run under MPI feeds gradients, not inputs.
+    updates: Option<Operation>,
     global_step: Var,
     trainable: Vec<Var>,
     grads: Vec<Output>,
@@ -134,6 +145,12 @@ fn build(cfg: &TrainConfig, data: &Dataset, rank: usize, lr: f32) -> Result<Buil
         .collect::<Result<_>>()?;
     let pairs: Vec<(Var, Output)> = trainable.iter().cloned().zip(grads.iter().cloned()).collect();
     let t = optimizer::build(&mut g, cfg.optimizer, lr, &pairs)?;
+    let (step_op, updates) = if model.updates.is_empty() {
+        (t.op.clone(), None)
+    } else {
+        let u = g.op("NoOp", "update_moving_statistics", &[], &model.updates, |_| Ok(()))?;
+        (g.op("NoOp", "train_step", &[], &[t.op.clone(), u.clone()], |_| Ok(()))?, Some(u))
+    };
     // BPrune lists the ops after the train op, before the saver exists.
     let op_names: Vec<String> = g.graph().operation_iter().map(|o| o.name()).collect::<std::result::Result<_, _>>().map_err(|e| TrainError::Invalid(format!("op name: {e}")))?;
     let all_vars: Vec<Var> = g.variables().to_vec();
@@ -141,7 +158,7 @@ fn build(cfg: &TrainConfig, data: &Dataset, rank: usize, lr: f32) -> Result<Buil
     let inits: Vec<Operation> = all_vars.iter().map(|v| v.initializer.clone()).collect();
     let init = g.op("NoOp", "init", &[], &inits, |_| Ok(()))?;
     let (graph, _) = g.finish();
-    Ok(Built { model, train_op: t.op, global_step: t.global_step, trainable, grads, all_vars, saver, init, op_names, graph })
+    Ok(Built { model, train_op: t.op, step_op, updates, global_step: t.global_step, trainable, grads, all_vars, saver, init, op_names, graph })
 }
 
 fn tensor_f32(dims: &[i64], values: &[f32]) -> Result<Tensor<f32>> {
@@ -241,7 +258,9 @@ fn save(session: &Session, b: &Built, dir: &std::path::Path, step: i64) -> Resul
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     let name = checkpoint::prefix_name(step);
     b.saver.save(session, &dir.join(&name))?;
-    let meta = checkpoint::meta_graph_bytes(&b.graph.graph_def()?, &b.saver.saver_def()?, &b.all_vars, &b.train_op.name().map_err(|e| TrainError::Invalid(e.to_string()))?)?;
+    let name_of = |o: &Operation| o.name().map_err(|e| TrainError::Invalid(e.to_string()));
+    let update_ops: Vec<String> = b.model.updates.iter().map(name_of).collect::<Result<_>>()?;
+    let meta = checkpoint::meta_graph_bytes(&b.graph.graph_def()?, &b.saver.saver_def()?, &b.all_vars, &name_of(&b.step_op)?, &update_ops)?;
     let mp = dir.join(format!("{name}.meta"));
     std::fs::write(&mp, meta).map_err(|e| TrainError::io(&mp, e))?;
     checkpoint::write_manifests(dir, &b.all_vars, &b.op_names)?;
@@ -265,7 +284,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, comm: &dyn Communicator) -> Resu
     let b = build(cfg, data, rank, lr)?;
     let mut opts = SessionOptions::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let conf = session_config(thread_pools(cfg.threads, cfg.bayesian, cores));
+    let conf = session_config(thread_pools(cfg.threads, cfg.bayesian, models::has_batch_norm(cfg.arch), cores));
     if !conf.is_empty() {
         opts.set_config(&conf)?;
     }
@@ -324,18 +343,21 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, comm: &dyn Communicator) -> Resu
                 let mut run = SessionRunArgs::new();
                 run.add_feed(&b.model.input.operation, b.model.input.index, &xt);
                 run.add_feed(&b.model.labels.operation, b.model.labels.index, &yt);
-                run.add_target(&b.train_op);
+                run.add_target(&b.step_op);
                 let lt = run.request_fetch(&b.model.loss.operation, b.model.loss.index);
-                let ct = run.request_fetch(&b.model.correct.operation, b.model.correct.index);
+                let ct = run.request_fetch(&b.model.train_correct.operation, b.model.train_correct.index);
                 session.run(&mut run)?;
                 (run.fetch::<f32>(lt)?[0], run.fetch::<f32>(ct)?[0])
             } else {
                 let mut run = SessionRunArgs::new();
                 run.add_feed(&b.model.input.operation, b.model.input.index, &xt);
                 run.add_feed(&b.model.labels.operation, b.model.labels.index, &yt);
+                if let Some(u) = &b.updates {
+                    run.add_target(u);
+                }
                 let gt: Vec<_> = b.grads.iter().map(|o| run.request_fetch(&o.operation, o.index)).collect();
                 let lt = run.request_fetch(&b.model.loss.operation, b.model.loss.index);
-                let ct = run.request_fetch(&b.model.correct.operation, b.model.correct.index);
+                let ct = run.request_fetch(&b.model.train_correct.operation, b.model.train_correct.index);
                 session.run(&mut run)?;
                 let gv: Vec<Tensor<f32>> = gt.into_iter().map(|t| run.fetch::<f32>(t)).collect::<std::result::Result<_, _>>()?;
                 let slices: Vec<&[f32]> = gv.iter().map(|t| &t[..]).collect();
@@ -438,9 +460,11 @@ mod tests {
     #[test]
     fn thread_pools_by_model_kind() {
         // ConfigProto: intra_op_parallelism_threads = 2 (tag 0x10), inter_op = 5 (tag 0x28).
-        assert_eq!(session_config(thread_pools(0, true, 2)), vec![0x10, 1, 0x28, 2]);
-        assert_eq!(session_config(thread_pools(0, true, 16)), vec![0x10, 8, 0x28, 2]);
-        assert_eq!(session_config(thread_pools(0, false, 16)), Vec::<u8>::new());
-        assert_eq!(session_config(thread_pools(3, true, 16)), vec![0x10, 3, 0x28, 3]);
+        assert_eq!(session_config(thread_pools(0, true, false, 2)), vec![0x10, 1, 0x28, 2]);
+        assert_eq!(session_config(thread_pools(0, true, false, 16)), vec![0x10, 8, 0x28, 2]);
+        assert_eq!(session_config(thread_pools(0, true, true, 2)), vec![0x10, 2, 0x28, 2]);
+        assert_eq!(session_config(thread_pools(0, false, false, 16)), Vec::<u8>::new());
+        assert_eq!(session_config(thread_pools(0, false, true, 16)), Vec::<u8>::new());
+        assert_eq!(session_config(thread_pools(3, true, false, 16)), vec![0x10, 3, 0x28, 3]);
     }
 }

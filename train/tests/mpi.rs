@@ -86,3 +86,23 @@ fn two_ranks_follow_the_one_rank_loss_curve_on_the_same_global_batch() {
     let d = max_rel_diff(&step_loss(&one), &step_loss(&two));
     assert!(d < 0.01, "BNN curves differ by {d}");
 }
+
+#[test]
+fn two_ranks_train_vgg16_with_batch_norm_and_update_the_moving_statistics() {
+    // The moving statistics are updated in the first run of a step (with the forward pass);
+    // the second run, which feeds the averaged gradients, has no inputs to normalize.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let Some(r) = two_ranks(&["--arch", "vgg16", "--width", "0.0625", "--batch-size", "16", "--max-steps", "2", "--no-eval", "--out", d]) else { return };
+    let digests = r["variable_digests"].as_array().unwrap();
+    assert_eq!(digests[0], digests[1], "ranks diverged");
+    // 16 Flipout layers (mu, rho, bias) and 13 BN layers (gamma, beta) have gradients; the
+    // moving statistics have none.
+    assert_eq!(r["allreduce"]["tensors"], 16 * 3 + 13 * 2);
+    let ck = formats::checkpoint::Checkpoint::open(dir.path().join("model.ckpt-2")).unwrap();
+    for k in 1..=13 {
+        let mean = formats::tensor::f32_values(ck.read(&format!("Conv_{k}_bn/moving_mean")).unwrap().bytes().unwrap());
+        let var = formats::tensor::f32_values(ck.read(&format!("Conv_{k}_bn/moving_variance")).unwrap().bytes().unwrap());
+        assert!(mean.iter().any(|&m| m != 0.0) && var.iter().any(|&v| v != 1.0), "Conv_{k}_bn not updated");
+    }
+}

@@ -2,6 +2,7 @@
 //! (`den_1/...`), variables as `VariableV2` + `<name>/Assign` + `<name>/read`, so the
 //! checkpoint keys, `.meta` collections and BPrune manifests match what TFP users know.
 
+pub mod batchnorm;
 pub mod flipout;
 pub mod layers;
 
@@ -20,6 +21,9 @@ pub enum VarKind {
     Optimizer,
     /// The `global_step` counter.
     Step,
+    /// Model state updated by the forward pass, not by gradients: batch normalization's
+    /// `moving_mean` / `moving_variance` (saved, restored and broadcast; not trainable).
+    Moving,
 }
 
 /// A `VariableV2` with the ops TF1's `tf.Variable` puts next to it.
@@ -63,13 +67,16 @@ pub struct GraphBuilder {
     seed: i64,
     next_seed2: i64,
     vars: Vec<Var>,
+    /// Inside [`GraphBuilder::reusing`]: the tower's name-scope prefix (`training/`), which
+    /// variable names drop to find the variables the first tower created.
+    reuse_prefix: Option<String>,
 }
 
 impl GraphBuilder {
     /// An empty graph whose random ops get graph seed `seed` (op seeds count up from 1, so
     /// the same program and seed give the same random numbers, as `tf.set_random_seed` does).
     pub fn new(seed: i64) -> Self {
-        GraphBuilder { graph: Graph::new(), used: HashSet::new(), scopes: Vec::new(), seed, next_seed2: 1, vars: Vec::new() }
+        GraphBuilder { graph: Graph::new(), used: HashSet::new(), scopes: Vec::new(), seed, next_seed2: 1, vars: Vec::new(), reuse_prefix: None }
     }
 
     /// The graph built so far.
@@ -107,6 +114,22 @@ impl GraphBuilder {
         let r = f(self);
         self.scopes.pop();
         r
+    }
+
+    /// Runs `f` with ops under the name scope `name/` but with every [`GraphBuilder::variable`]
+    /// call returning the variable of the same name outside that scope, created earlier (as
+    /// TF1's `variable_scope(reuse=True)` inside a separate `name_scope`): a second tower of
+    /// the same network that shares its weights.
+    pub fn reusing<R>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        if self.reuse_prefix.is_some() || !self.scopes.is_empty() {
+            return Err(TrainError::Invalid(format!("tower '{name}' must be built at the root scope, once")));
+        }
+        self.scope(name, |g| {
+            g.reuse_prefix = Some(format!("{}/", g.prefix()));
+            let r = f(g);
+            g.reuse_prefix = None;
+            r
+        })
     }
 
     /// The current scope prefix, `a/b` (empty at the root).
@@ -353,6 +376,14 @@ impl GraphBuilder {
     ) -> Result<Var> {
         let p = self.prefix();
         let full = if p.is_empty() { name.to_string() } else { format!("{p}/{name}") };
+        if let Some(tower) = &self.reuse_prefix {
+            let shared = full.strip_prefix(tower.as_str()).unwrap_or(&full);
+            return match self.vars.iter().find(|v| v.name == shared) {
+                Some(v) if v.shape == dims && v.dtype == dtype && v.kind == kind => Ok(v.clone()),
+                Some(v) => Err(TrainError::Invalid(format!("variable '{shared}' reused as {dims:?}, created as {:?}", v.shape))),
+                None => Err(TrainError::Invalid(format!("variable '{shared}' reused before it was created"))),
+            };
+        }
         if !self.used.insert(full.clone()) {
             return Err(TrainError::Invalid(format!("variable name '{full}' used twice")));
         }
