@@ -54,7 +54,8 @@ fn strs(v: &Value) -> Vec<String> {
     v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
 }
 
-fn check_in_tensorflow(py: &Path, prefix: &Path, arch: &str, bayesian: bool) {
+/// Returns TensorFlow's inference logits of the first 32 test digits.
+fn check_in_tensorflow(py: &Path, prefix: &Path, arch: &str, bayesian: bool) -> Vec<f64> {
     let logits = if arch == "vgg16" { "den_3/BiasAdd" } else { "den_out/BiasAdd" };
     let script = root().join("train/tests/py/check_bn.py");
     let out = ok(std::process::Command::new(py).arg(script).arg(prefix).arg(digits()).arg(logits));
@@ -129,6 +130,37 @@ fn check_in_tensorflow(py: &Path, prefix: &Path, arch: &str, bayesian: bool) {
     assert_eq!(j["step_before"], 3);
     assert_eq!(j["step_after_train_op"], 4);
     assert!(j["moving_mean_change_by_train_op"].as_f64().unwrap() > 0.0, "{what}");
+    j["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect()
+}
+
+/// The chain of issue 11 with the architecture read from the trainer's `.meta` (no --arch):
+/// a BNN is pruned, then evaluated and exported; for the deterministic twin, whose TensorFlow
+/// logits (`tf_logits`, the first 32 test digits) are deterministic, the exported model's
+/// logits in onnxruntime must equal them.
+fn check_chain(convert: &Path, py: Option<&Path>, prefix: &Path, dir: &Path, bayesian: bool, tf_logits: Option<&[f64]>) {
+    let run = |args: &[&std::ffi::OsStr]| ok(std::process::Command::new(convert).args(args));
+    let model = if bayesian {
+        let pruned = dir.join("pruned/model.ckpt-3");
+        let r: Value = serde_json::from_str(&run(&["prune".as_ref(), prefix.as_ref(), "-o".as_ref(), pruned.as_ref(), "--threshold".as_ref(), "1".as_ref(), "--json".as_ref()])).unwrap();
+        assert!(r["total"].as_u64().unwrap() > 0, "{r}");
+        pruned
+    } else {
+        prefix.to_path_buf()
+    };
+    let data = digits().join("digits_test_x.npy");
+    let e: Value = serde_json::from_str(&run(&["eval".as_ref(), model.as_ref(), "--data".as_ref(), data.as_ref(), "--samples".as_ref(), "2".as_ref(), "--json".as_ref()])).unwrap();
+    assert_eq!(e["n"], 360, "{e}");
+    let onnx = dir.join("model.onnx");
+    run(&["export-onnx".as_ref(), model.as_ref(), "-o".as_ref(), onnx.as_ref()]);
+    let (Some(py), Some(tf), false) = (py, tf_logits, bayesian) else { return };
+    let script = "import json, sys\nimport numpy as np, onnxruntime as ort\n\
+        x = np.load(sys.argv[1])[:32].reshape(32, 8, 8, 1).astype(np.float32)\n\
+        s = ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])\n\
+        print(json.dumps(s.run(['logits'], {s.get_inputs()[0].name: x})[0].reshape(-1).tolist()))\n";
+    let ours: Vec<f64> = serde_json::from_str(&ok(std::process::Command::new(py).arg("-c").arg(script).arg(&data).arg(&onnx))).unwrap();
+    assert_eq!(ours.len(), tf.len());
+    let worst = ours.iter().zip(tf).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-4, "exported logits differ from TensorFlow's by {worst}");
 }
 
 fn check_in_bnn_convert(convert: &Path, prefix: &Path, arch: &str, dir: &Path) {
@@ -177,11 +209,10 @@ fn run_arch(arch: &str) {
     for bayesian in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let prefix = train(arch, bayesian, dir.path());
-        if let Some(py) = &py {
-            check_in_tensorflow(py, &prefix, arch, bayesian);
-        }
+        let tf_logits = py.as_ref().map(|py| check_in_tensorflow(py, &prefix, arch, bayesian));
         if let Some(c) = &convert {
             check_in_bnn_convert(c, &prefix, arch, dir.path());
+            check_chain(c, py.as_deref(), &prefix, dir.path(), bayesian, tf_logits.as_deref());
         }
     }
 }

@@ -126,6 +126,7 @@ def main():
         "max_bn_error": max_err,
         "max_batch_stat_gap": max_gap,
         "logits_repeat_gap": float(np.abs(l1 - l2).max()),
+        "logits": l1.astype(float).tolist(),
         "logits_subbatch_gap": float(np.abs(l1[:8] - l8).max()),
         "kl_inputs": kl_inputs,
         "flipout_layers": flipout_layers,
