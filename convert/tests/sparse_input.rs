@@ -113,7 +113,9 @@ fn densify_refuses_broken_csr_and_names_the_input() {
     let pristine = std::fs::read(&sparse).expect("read");
     let mu = "den_1.kernel_posterior_loc";
     let indptr = format!("{mu}.csr_indptr");
-    let cases: Vec<(Box<dyn Fn(&Path)>, &str)> = vec![
+    // (how to damage the file, what the error must say)
+    type Case<'a> = (Box<dyn Fn(&Path) + 'a>, &'static str);
+    let cases: Vec<Case> = vec![
         // den_1 is 64 x 64: indptr has 65 u32 offsets; the last one one short.
         (Box::new(|p| tamper(p, &indptr, 64 * 4, &928u32.to_le_bytes())), "indptr ends at 928"),
         (Box::new(|p| tamper(p, &indptr, 0, &1u32.to_le_bytes())), "indptr does not start at 0"),

@@ -15,23 +15,8 @@ use surgery::snr::{analyse, analyse_in_memory, select_targets, Part, DEFAULT_LEV
 /// Kernel shapes: the first spans two 1 Mi-weight chunks and ends mid-chunk.
 const LAYERS: [(u64, u64); 3] = [(1100, 1000), (300, 701), (64, 10)];
 
-struct Rng(u64);
+use formats::synthetic::SplitMix64 as Rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
-    }
-}
-
-/// (mu, rho) of weight `i`: mostly random, with every special case sprinkled in.
 fn weight(rng: &mut Rng, i: usize, layer: usize) -> (f32, f32) {
     match (i + 7 * layer) % 211 {
         0 | 13 | 26 => (0.0, -1000.0),         // zero-mode pruned

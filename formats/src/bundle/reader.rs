@@ -481,28 +481,25 @@ mod tests {
         let value = 1.5f32.to_le_bytes();
         let crc = crate::coding::mask_crc(crc32c::crc32c(&value));
         let part = Entry { dtype: DType::Float32, shape: vec![1, 1], shard_id: 0, offset: 0, size: 4, masked_crc32c: crc, slices: vec![] };
-        let mut records = vec![(b"big".to_vec(), full.encode()), (encode_slice_key("big", &one), part.encode())];
-        records.sort();
-        let mut t = crate::table::TableBuilder::default();
-        t.add(b"", &h.write_to_bytes().expect("encode"));
-        for (k, v) in &records {
-            t.add(k, v);
-        }
-        std::fs::write(dir.path().join("m.index"), t.finish()).expect("index");
+        // The index of tensor `big` described by `entry` with the one slice `part`.
+        let write_index = |entry: &Entry| {
+            let mut records = vec![(b"big".to_vec(), entry.encode()), (encode_slice_key("big", &one), part.encode())];
+            records.sort();
+            let mut t = crate::table::TableBuilder::default();
+            t.add(b"", &h.write_to_bytes().expect("encode"));
+            for (k, v) in &records {
+                t.add(k, v);
+            }
+            std::fs::write(dir.path().join("m.index"), t.finish()).expect("index");
+        };
+        write_index(&full);
         std::fs::write(dir.path().join("m.data-00000-of-00001"), value).expect("shard");
         let reader = BundleReader::open(dir.path().join("m")).expect("opens");
         let err = reader.read("big").unwrap_err().to_string();
         assert!(err.ends_with("m.index: tensor 'big': slices cover 1 of 1099511627776 elements"), "{err}");
         // The same slice listed twice does not count twice.
         let twice = Entry { slices: vec![one.to_vec(), one.to_vec()], shape: vec![2, 1], ..full };
-        let mut records = vec![(b"big".to_vec(), twice.encode()), (encode_slice_key("big", &one), part.encode())];
-        records.sort();
-        let mut t = crate::table::TableBuilder::default();
-        t.add(b"", &h.write_to_bytes().expect("encode"));
-        for (k, v) in &records {
-            t.add(k, v);
-        }
-        std::fs::write(dir.path().join("m.index"), t.finish()).expect("index");
+        write_index(&twice);
         let err = BundleReader::open(dir.path().join("m")).expect("opens").read("big").unwrap_err().to_string();
         assert!(err.contains("listed twice"), "{err}");
     }

@@ -19,7 +19,7 @@ pub struct Window {
 
 impl Window {
     /// Output height and width, and the padding before each.
-    fn geometry(&self) -> ([usize; 2], [usize; 2]) {
+    pub(crate) fn geometry(&self) -> ([usize; 2], [usize; 2]) {
         let (oh, ph) = self.padding.output(self.input[0], self.size[0], self.strides[0]);
         let (ow, pw) = self.padding.output(self.input[1], self.size[1], self.strides[1]);
         ([oh, ow], [ph, pw])

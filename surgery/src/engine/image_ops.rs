@@ -1,64 +1,37 @@
 //! Average pooling, global average pooling and zero padding of NHWC examples (`[n, h, w, c]`,
 //! example-major), as TensorFlow's `AvgPool`, `Mean` over axes 1, 2 and `Pad` compute them.
 
-use formats::arch::Padding;
+use super::conv::Window;
 
-/// An average pooling window over `[h, w, c]` examples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AvgPool {
-    /// Input height, width, channels.
-    pub input: [usize; 3],
-    /// Window height and width.
-    pub size: [usize; 2],
-    /// Strides.
-    pub strides: [usize; 2],
-    /// Padding mode.
-    pub padding: Padding,
-}
-
-impl AvgPool {
-    /// Output `[h, w]` and the padding before each.
-    fn geometry(&self) -> ([usize; 2], [usize; 2]) {
-        let (oh, ph) = self.padding.output(self.input[0], self.size[0], self.strides[0]);
-        let (ow, pw) = self.padding.output(self.input[1], self.size[1], self.strides[1]);
-        ([oh, ow], [ph, pw])
-    }
-
-    /// Output `[h, w]`.
-    pub fn output(&self) -> [usize; 2] {
-        self.geometry().0
-    }
-
-    /// Pools `n` examples: each output is the mean of the window's positions that lie inside
-    /// the image (TF does not count padding).
-    pub fn run(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let [h, w, c] = self.input;
-        let ([oh, ow], [ph, pw]) = self.geometry();
-        let mut out = vec![0.0; n * oh * ow * c];
-        // Rows (or columns) of the window at output position `o` that are inside the image.
-        let span = |o: usize, stride: usize, pad: usize, size: usize, len: usize| {
-            let start = (o * stride).saturating_sub(pad);
-            let end = (o * stride + size).saturating_sub(pad).min(len);
-            start..end.max(start)
-        };
-        for (img, dst) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)).take(n) {
-            for oy in 0..oh {
-                let ys = span(oy, self.strides[0], ph, self.size[0], h);
-                for ox in 0..ow {
-                    let xs = span(ox, self.strides[1], pw, self.size[1], w);
-                    let px = &mut dst[(oy * ow + ox) * c..][..c];
-                    for y in ys.clone() {
-                        for xx in xs.clone() {
-                            px.iter_mut().zip(&img[(y * w + xx) * c..][..c]).for_each(|(a, v)| *a += v);
-                        }
+/// Average pooling of `n` examples over `win`: each output is the mean of the window's positions
+/// that lie inside the image (TF does not count padding).
+pub fn avg_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
+    let [h, w, c] = win.input;
+    let ([oh, ow], [ph, pw]) = win.geometry();
+    let mut out = vec![0.0; n * oh * ow * c];
+    // Rows (or columns) of the window at output position `o` that are inside the image.
+    let span = |o: usize, stride: usize, pad: usize, size: usize, len: usize| {
+        let start = (o * stride).saturating_sub(pad);
+        let end = (o * stride + size).saturating_sub(pad).min(len);
+        start..end.max(start)
+    };
+    for (img, dst) in x.chunks_exact(h * w * c).zip(out.chunks_exact_mut(oh * ow * c)).take(n) {
+        for oy in 0..oh {
+            let ys = span(oy, win.strides[0], ph, win.size[0], h);
+            for ox in 0..ow {
+                let xs = span(ox, win.strides[1], pw, win.size[1], w);
+                let px = &mut dst[(oy * ow + ox) * c..][..c];
+                for y in ys.clone() {
+                    for xx in xs.clone() {
+                        px.iter_mut().zip(&img[(y * w + xx) * c..][..c]).for_each(|(a, v)| *a += v);
                     }
-                    let count = (ys.len() * xs.len()).max(1) as f32;
-                    px.iter_mut().for_each(|a| *a /= count);
                 }
+                let count = (ys.len() * xs.len()).max(1) as f32;
+                px.iter_mut().for_each(|a| *a /= count);
             }
         }
-        out
     }
+    out
 }
 
 /// Mean over height and width: `[n, h, w, c]` to `[n, c]`.
@@ -89,17 +62,18 @@ pub fn pad(x: &[f32], n: usize, [h, w, c]: [usize; 3], [t, b, l, r]: [usize; 4])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use formats::arch::Padding;
 
     #[test]
     fn avg_pool_same_does_not_count_padding() {
         // One 3x3 single-channel image 1..9, 2x2 window, stride 2, SAME: out 2x2, padding
         // after (TF puts the odd row/column after), so the edge windows are partial.
         let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
-        let p = AvgPool { input: [3, 3, 1], size: [2, 2], strides: [2, 2], padding: Padding::Same };
+        let p = Window { input: [3, 3, 1], size: [2, 2], strides: [2, 2], padding: Padding::Same };
         assert_eq!(p.output(), [2, 2]);
-        assert_eq!(p.run(&x, 1), vec![(1.0 + 2.0 + 4.0 + 5.0) / 4.0, (3.0 + 6.0) / 2.0, (7.0 + 8.0) / 2.0, 9.0]);
-        let v = AvgPool { padding: Padding::Valid, ..p };
-        assert_eq!(v.run(&x, 1), vec![3.0]);
+        assert_eq!(avg_pool(&x, 1, &p), vec![(1.0 + 2.0 + 4.0 + 5.0) / 4.0, (3.0 + 6.0) / 2.0, (7.0 + 8.0) / 2.0, 9.0]);
+        let v = Window { padding: Padding::Valid, ..p };
+        assert_eq!(avg_pool(&x, 1, &v), vec![3.0]);
     }
 
     #[test]

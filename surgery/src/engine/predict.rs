@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
 use super::dense::Kernel;
-use super::image_ops::{global_avg_pool, pad, AvgPool};
+use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_f32};
 use super::sampler::Sampler;
 use super::EngineError;
@@ -66,7 +66,7 @@ enum Layer {
     Flatten,
     /// An elementwise activation other than Relu ([`Op::activation`]).
     Map(fn(f32) -> f32),
-    AvgPool(AvgPool),
+    AvgPool(Window),
     /// Mean over height and width of `[h, w, c]` examples.
     GlobalAvgPool([usize; 3]),
     /// Zero padding of `[h, w, c]` examples by `[top, bottom, left, right]`.
@@ -150,12 +150,6 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                 Some(f) => Layer::Map(f),
                 None => continue,
             },
-            Op::AvgPool { size, strides, padding } => {
-                let p = AvgPool { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding };
-                let [h, w] = p.output();
-                shape = vec![h, w, shape[2]];
-                Layer::AvgPool(p)
-            }
             Op::GlobalAvgPool => {
                 let input = [shape[0], shape[1], shape[2]];
                 shape = vec![shape[2]];
@@ -171,11 +165,15 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut std::slice::Iter<'_, Pos
                 shape = vec![shape[0] + pads[0] + pads[1], shape[1] + pads[2] + pads[3], shape[2]];
                 Layer::Pad(input, *pads)
             }
-            Op::MaxPool { size, strides, padding } => {
+            Op::MaxPool { size, strides, padding } | Op::AvgPool { size, strides, padding } => {
                 let win = Window { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding };
                 let [h, w] = win.output();
                 shape = vec![h, w, shape[2]];
-                Layer::MaxPool(win)
+                if matches!(op, Op::MaxPool { .. }) {
+                    Layer::MaxPool(win)
+                } else {
+                    Layer::AvgPool(win)
+                }
             }
             Op::Flatten => {
                 shape = vec![shape.iter().product()];
@@ -526,8 +524,8 @@ fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, m
             // image: reshapes cost nothing.
             Layer::Flatten => {}
             Layer::Map(f) => act.iter_mut().for_each(|v| *v = f(*v)),
-            Layer::AvgPool(p) => {
-                let out = p.run(act, n);
+            Layer::AvgPool(win) => {
+                let out = avg_pool(act, n, win);
                 ws.give(std::mem::replace(act, out));
             }
             Layer::GlobalAvgPool(input) => {
