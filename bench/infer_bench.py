@@ -13,7 +13,7 @@ median of REPEATS runs each:
 on BNN-FC (fixture, digits 360 x 64), the paper's BNN-Conv on 28x28x1 and a VGG-16 BNN on
 32x32x3 (both made by bench/make_models.py, untrained), each dense and 70% pruned
 (`bnn-convert prune --sparsity 0.7`, lowest SNR first); plus the GEMM peak and the CSR/GEMM
-crossover (`cargo run --release -p bnn-surgery --example kernel_bench`), and `sweep` on the
+crossover (`cargo run --release -p bnn-model --example kernel_bench`), and `sweep` on the
 VGG-16 BNN with 6 fractions, ours against the baseline.  Writes the section between the
 <!-- bench:infer --> markers of docs/performance.md.
 """
@@ -194,7 +194,7 @@ def write_doc(kb, results, sweeps):
                   % (SWEEP_FRACTIONS, sweeps["ours"], sweeps["649c966"], sweeps["649c966"] / sweeps["ours"])]
     lines += [
         "",
-        "GEMM peak of this machine (`surgery/examples/kernel_bench.rs`, square 1024 SGEMMs through the "
+        "GEMM peak of this machine (`model/examples/kernel_bench.rs`, square 1024 SGEMMs through the "
         "engine's GEMM, one per thread, best run): **%.1f GFLOP/s** on %d threads (%.1f on one). Our GFLOP/s "
         "count the nominal Flipout work, 2 products (mean and perturbation) of every layer per sample, "
         "pruned weights included." % (peak, kb["threads"], kb["gemm_peak_gflops_one_thread"]),

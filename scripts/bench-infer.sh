@@ -13,5 +13,5 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cargo build --release -p bnn-convert
-cargo build --release -p bnn-surgery --example kernel_bench
+cargo build --release -p bnn-model --example kernel_bench
 exec python3 bench/infer_bench.py

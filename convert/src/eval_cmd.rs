@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use formats::arch::{Arch, Posterior};
+use model::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
 use formats::checkpoint_state::saved_model_of;
 use formats::dataset::{self, Array};
-use formats::meta_graph::{meta_path, read_arch};
+use model::meta_graph::{meta_path, read_arch};
 use serde_json::json;
 
-use surgery::engine::metrics::{evaluate, Metrics};
-use surgery::engine::{Estimator, Model, SparseKernels};
+use model::engine::metrics::{evaluate, Metrics};
+use model::engine::{Estimator, Model, SparseKernels};
 
 /// Model selection shared by `eval`, `export-onnx` and `sweep`.
 #[derive(clap::Args, Clone)]
@@ -49,7 +49,7 @@ pub fn load_model(m: &ModelArgs) -> Result<(Arch, Vec<Posterior>)> {
     let arch = match (&m.arch, saved_model_of(ckpt.path())) {
         (Some(spec), _) => Arch::load(spec)?,
         // A Keras SavedModel says what it is in its Keras metadata.
-        (None, Some(saved_model)) => formats::keras_metadata::read_arch(&saved_model)?,
+        (None, Some(saved_model)) => model::keras_metadata::read_arch(&saved_model)?,
         (None, None) => {
             let meta = meta_path(ckpt.path());
             if !meta.is_file() {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use formats::onnx::{build, write, Mode, Options, Sparse};
+use model::onnx::{build, write, Mode, Options, Sparse};
 
 use crate::eval_cmd::{load_model, ModelArgs};
 
@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
         g.map_or(0, |g| g.node.len()),
         g.map_or(0, |g| g.initializer.len()),
         g.map_or(0, |g| g.sparse_initializer.len()),
-        formats::onnx::OPSET
+        model::onnx::OPSET
     );
     Ok(())
 }

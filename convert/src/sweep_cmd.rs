@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use formats::arch::Posterior;
+use model::arch::Posterior;
 use formats::checkpoint::Checkpoint;
 use serde_json::json;
 use surgery::prune::{prune, Criterion, Mode, PruneOptions, Pruning};
 use surgery::snr::{select_targets, Part};
 
-use surgery::engine::{Estimator, Model, SparseKernels};
+use model::engine::{Estimator, Model, SparseKernels};
 use crate::eval_cmd::{load_model, run_eval, sparse_kernels, DataArgs, ModelArgs};
 
 /// Arguments of `sweep`.

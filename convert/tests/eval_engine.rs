@@ -4,11 +4,11 @@ mod common;
 
 
 use common::fixtures;
-use surgery::engine::metrics::evaluate;
-use surgery::engine::{Estimator, Model, SparseKernels};
-use formats::arch::{Arch, Posterior};
+use model::engine::metrics::evaluate;
+use model::engine::{Estimator, Model, SparseKernels};
+use model::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
-use formats::meta_graph::{meta_path, read_arch};
+use model::meta_graph::{meta_path, read_arch};
 
 fn load(folder: &str) -> (Arch, Vec<Posterior>) {
     let ckpt = Checkpoint::open(fixtures().join(folder)).expect("ckpt");

@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{assert_one_line_error, bnn_convert, fixtures};
-use formats::arch::{Arch, Op, Padding, Posterior};
+use model::arch::{Arch, Op, Padding, Posterior};
 use formats::checkpoint::Checkpoint;
 use formats::dataset::{read_npy, ArrayData};
-use formats::meta_graph::{meta_path, read_arch};
-use formats::onnx::{build, encode, Mode, Options, Sparse};
-use surgery::engine::{Model, SparseKernels};
+use model::meta_graph::{meta_path, read_arch};
+use model::onnx::{build, encode, Mode, Options, Sparse};
+use model::engine::{Model, SparseKernels};
 use tract_onnx::prelude::*;
 
 /// Every graph fixture: folder and the ops TF's graph holds.
@@ -311,7 +311,7 @@ fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
     let mut posts = vec![made_up("d1", vec![12, 32], &mut seed), made_up("c1", vec![3, 3, 2, 3], &mut seed), made_up("d2", vec![12, 5], &mut seed)];
     let n = 6;
     let x: Vec<f32> = (0..n * 12).map(|i| ((i * 29) % 13) as f32 / 13.0 - 0.4).collect();
-    let run = |model: &formats::onnx::ModelProto| -> Vec<f32> {
+    let run = |model: &model::onnx::ModelProto| -> Vec<f32> {
         let bytes = encode(model, Path::new("t.onnx")).expect("encode");
         let plan = tract_onnx::onnx()
             .model_for_read(&mut &bytes[..])

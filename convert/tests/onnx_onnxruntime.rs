@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{bnn_convert, fixtures};
-use surgery::engine::{Model, SparseKernels};
+use model::engine::{Model, SparseKernels};
 use formats::checkpoint::Checkpoint;
-use formats::meta_graph::{meta_path, read_arch};
+use model::meta_graph::{meta_path, read_arch};
 
 const RUN_ORT: &str = r#"
 import json, sys

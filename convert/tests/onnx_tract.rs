@@ -6,11 +6,11 @@ mod common;
 use std::path::Path;
 
 use common::{bnn_convert, fixtures};
-use surgery::engine::{Model, SparseKernels};
-use formats::arch::{Arch, Posterior};
+use model::engine::{Model, SparseKernels};
+use model::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
-use formats::meta_graph::{meta_path, read_arch};
-use formats::onnx::{build, densify, encode, Mode, ModelProto, Options, Sparse};
+use model::meta_graph::{meta_path, read_arch};
+use model::onnx::{build, densify, encode, Mode, ModelProto, Options, Sparse};
 use tract_onnx::prelude::*;
 
 fn load(folder: &str) -> (Arch, Vec<Posterior>) {

@@ -3,7 +3,6 @@
 //! TF2 object graphs, and safetensors. No TensorFlow needed.
 #![warn(missing_docs)]
 
-pub mod arch;
 pub mod bundle;
 pub mod checkpoint;
 pub mod checkpoint_state;
@@ -14,13 +13,10 @@ pub mod dtype;
 pub mod edit;
 pub mod error;
 pub mod input_files;
-pub mod keras_metadata;
 pub mod layout;
 pub mod manifest;
-pub mod meta_graph;
 pub mod naming;
 pub mod object_graph;
-pub mod onnx;
 pub mod output_file;
 #[allow(renamed_and_removed_lints)]
 pub mod proto;

@@ -2,11 +2,11 @@
 //! then the shape check over the recovered ops (placeholder shapes come from the file).
 #![no_main]
 
-use formats::arch::{shape_check, Posterior};
+use model::arch::{shape_check, Posterior};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(arch) = formats::meta_graph::parse_arch(std::path::Path::new("fuzz.meta"), data) else { return };
+    let Ok(arch) = model::meta_graph::parse_arch(std::path::Path::new("fuzz.meta"), data) else { return };
     // Weights of a fixed plausible shape per layer: enough to drive every shape computation.
     let posts: Vec<Posterior> = arch
         .layer_names()

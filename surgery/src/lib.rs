@@ -1,9 +1,8 @@
 //! Work on BNN checkpoints: signal-to-noise statistics, pruning, sparse storage, batch
-//! processing of checkpoint archives, and native Monte Carlo inference.
+//! and batch processing of checkpoint archives.
 #![warn(missing_docs)]
 
 pub mod batch;
-pub mod engine;
 pub mod error;
 pub mod mask;
 pub mod posterior;
@@ -11,7 +10,6 @@ pub mod prune;
 pub mod radix;
 pub mod snr;
 mod snr_stream;
-pub mod softplus;
 pub mod sparse;
 pub mod threshold;
 pub mod values;

@@ -11,7 +11,7 @@ use formats::DType;
 
 use crate::error::{Error, Result};
 use crate::snr::Target;
-use crate::softplus::{softplus, softplus_f32};
+use model::softplus::{softplus, softplus_f32};
 
 /// Weights per chunk: a multiple of 64 (mask words), 4 MiB of f32 mu and as much rho.
 pub const CHUNK_WEIGHTS: usize = 1 << 20;
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(softplus_f32(r), 0.0);
         let next = f32::from_bits(r.to_bits() - 1); // the next f32 toward zero
         assert!(next > r && softplus_f32(next) > 0.0, "{next}: {}", softplus_f32(next));
-        assert_eq!(softplus_f32(crate::softplus::ZERO_SCALE_RHO as f32), 0.0);
+        assert_eq!(softplus_f32(model::softplus::ZERO_SCALE_RHO as f32), 0.0);
     }
 
     #[test]

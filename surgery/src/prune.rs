@@ -13,7 +13,7 @@ use crate::mask::{KeepMask, MaskEdit};
 use crate::posterior::{classify, for_each_chunk, Weight, CHUNK_WEIGHTS};
 use crate::radix::TopHistogram;
 use crate::snr::{read_posterior, NonFinite, Target};
-use crate::softplus::ZERO_SCALE_RHO;
+use model::softplus::ZERO_SCALE_RHO;
 use crate::threshold::{approx_keys, decide_f32, decision_snr, Decided, KEY_SLACK};
 use crate::values::element_bytes;
 

@@ -9,7 +9,7 @@ use formats::DType;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::softplus::{softplus, softplus_f32};
+use model::softplus::{softplus, softplus_f32};
 use crate::values::to_f64;
 
 /// Which posterior of a layer: its kernel or its bias.

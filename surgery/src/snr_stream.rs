@@ -20,7 +20,7 @@ use crate::posterior::{for_each_chunk, is_pruned_f32, load_f32};
 use crate::radix::{LowHistograms, TopHistogram};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
 use crate::snr::{NonFinite, SnrReport, Stats, Target, TargetSnr};
-use crate::softplus::softplus_f32;
+use model::softplus::softplus_f32;
 use crate::threshold::{approx_keys, KEY_SLACK};
 
 /// Key of an already-pruned weight.

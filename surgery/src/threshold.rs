@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::mask::KeepMask;
 use crate::posterior::{is_pruned_f32, ZERO_SOFTPLUS_RHO_F32};
-use crate::softplus::softplus_f32;
+use model::softplus::softplus_f32;
 
 /// Half-width of the "undecided" band around T, relative. The approximation's error is under
 /// 3e-5 (fitted polynomials, checked in the tests), so a decision outside the band is exact.
@@ -335,7 +335,7 @@ mod tests {
         let mut worst = 0f64;
         let mut rho = -80.0f32;
         while rho <= 80.0 {
-            let exact = crate::softplus::softplus(rho as f64);
+            let exact = model::softplus::softplus(rho as f64);
             worst = worst.max((softplus_approx(rho) as f64 / exact - 1.0).abs());
             rho += 0.001;
         }

@@ -158,7 +158,7 @@ fn streamed_outputs_equal_the_masks() {
     let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
     // Fractions whose cut falls inside the big tie groups: the repeated SNR 0.125 / softplus(-3)
     // and the zeros (pruned weights and zero means); the quota then runs out mid-tensor.
-    let tie = (0.125f32 / surgery::softplus::softplus_f32(-3.0)) as f64;
+    let tie = (0.125f32 / model::softplus::softplus_f32(-3.0)) as f64;
     let all: Vec<f64> = layers.iter().flatten().filter_map(|w| decision(*w)).collect();
     let n = layers.iter().map(Vec::len).sum::<usize>() as f64;
     let (below, equal) = (all.iter().filter(|s| **s < tie).count() as f64, all.iter().filter(|s| **s == tie).count() as f64);

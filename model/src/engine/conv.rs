@@ -2,7 +2,7 @@
 //! layer's [`super::dense::Kernel`]: the patch order (kh, kw, c) matches TF's HWIO kernel
 //! flattened to `[kh * kw * c, out]`, so dense and CSR kernels serve both layer types.
 
-use formats::arch::Padding;
+use crate::arch::Padding;
 
 /// Geometry of a window op over `[h, w, c]` examples.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! reparameterization) of dense and conv layers, batched and multithreaded (rayon), with CSR
 //! kernels for pruned layers.
 //!
-//! Build a [`Model`] from an architecture and its posteriors ([`formats::arch::Arch::bind`]),
+//! Build a [`Model`] from an architecture and its posteriors ([`crate::arch::Arch::bind`]),
 //! then call [`Model::predict_mean`] or [`Model::predict_mc`]; [`metrics::evaluate`] scores
 //! the result.
 

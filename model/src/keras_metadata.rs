@@ -12,8 +12,8 @@ use protobuf::Message;
 use serde_json::Value;
 
 use crate::arch::{Arch, Op, Padding};
-use crate::error::{Error, Result};
-use crate::proto::saved_metadata::SavedMetadata;
+use formats::error::{Error, Result};
+use formats::proto::saved_metadata::SavedMetadata;
 
 /// The Keras metadata file of a SavedModel folder.
 pub const KERAS_METADATA_FILE: &str = "keras_metadata.pb";

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use formats::arch::{shape_check, Op, Posterior};
-use formats::meta_graph::{arch_from_nodes, parse_arch};
+use model::arch::{shape_check, Op, Posterior};
+use model::meta_graph::{arch_from_nodes, parse_arch};
 use formats::proto::graph::{AttrValue, MetaGraphDef, NodeDef, TensorProto};
 use formats::proto::types::{tensor_shape_proto, DataType, TensorShapeProto};
 use proptest::prelude::*;

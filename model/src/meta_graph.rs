@@ -17,9 +17,9 @@ use std::path::Path;
 use protobuf::Message;
 
 use crate::arch::{Arch, Op, Padding};
-use crate::error::{Error, Result};
-use crate::layout::{classify, Param, VariableKind};
-use crate::proto::graph::{FunctionDef, MetaGraphDef, NodeDef};
+use formats::error::{Error, Result};
+use formats::layout::{classify, Param, VariableKind};
+use formats::proto::graph::{FunctionDef, MetaGraphDef, NodeDef};
 
 /// The `.meta` file next to a checkpoint prefix.
 pub fn meta_path(prefix: &Path) -> std::path::PathBuf {
@@ -440,7 +440,7 @@ enum Dim {
 
 /// The integers of a `Const` int32/int64 node (scalar or vector).
 fn const_ints(n: &NodeDef) -> std::result::Result<Vec<i64>, String> {
-    use crate::proto::types::DataType;
+    use formats::proto::types::DataType;
     if n.op != "Const" {
         return Err(format!("'{}' is a {}, not a constant", n.name, n.op));
     }

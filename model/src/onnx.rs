@@ -23,7 +23,7 @@ use onnx_protobuf::{
 };
 
 use crate::arch::{shape_check, Arch, Op, Padding, Posterior};
-use crate::error::{Error, Result};
+use formats::error::{Error, Result};
 
 /// The ONNX operator set the export targets.
 pub const OPSET: i64 = 17;
@@ -544,10 +544,10 @@ pub fn encode(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
     model.write_to_bytes().map_err(|e| Error::invalid(path, format!("cannot encode the ONNX model: {e}")))
 }
 
-/// Writes `model` to `path` atomically (see [`crate::output_file`]).
+/// Writes `model` to `path` atomically (see [`formats::output_file`]).
 pub fn write(model: &ModelProto, path: &Path) -> Result<()> {
     let bytes = encode(model, path)?;
-    crate::output_file::write_atomically(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
+    formats::output_file::write_atomically(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
 }
 
 /// Reads an ONNX model file.

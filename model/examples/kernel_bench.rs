@@ -1,19 +1,19 @@
 //! Kernel measurements for `scripts/bench-infer.sh` (issue 10), printed as one JSON object:
 //!
 //! * `gemm_peak_gflops`: this machine's single-precision GEMM peak through the engine's
-//!   GEMM (`surgery::engine::gemm::sgemm`, square 1024 products, one per thread, best of
+//!   GEMM (`model::engine::gemm::sgemm`, square 1024 products, one per thread, best of
 //!   several runs), on one thread and on all of them;
 //! * `crossover`: for conv and dense layer shapes of the benchmark models, the time of the
 //!   dense GEMM and of the CSR kernel at kept fractions 0.1..0.9, and the largest pruned
 //!   fraction at which the GEMM is still faster (what `SparseKernels::Auto` is set from).
 //!
-//! `cargo run --release -p bnn-surgery --example kernel_bench`
+//! `cargo run --release -p bnn-model --example kernel_bench`
 
 use std::time::Instant;
 
 use rayon::prelude::*;
-use surgery::engine::dense::Kernel;
-use surgery::engine::gemm::sgemm;
+use model::engine::dense::Kernel;
+use model::engine::gemm::sgemm;
 
 /// Best seconds of `f` over runs filling about `budget` seconds.
 fn best(budget: f64, mut f: impl FnMut()) -> f64 {

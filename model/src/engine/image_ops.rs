@@ -62,7 +62,7 @@ pub fn pad(x: &[f32], n: usize, [h, w, c]: [usize; 3], [t, b, l, r]: [usize; 4])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use formats::arch::Padding;
+    use crate::arch::Padding;
 
     #[test]
     fn avg_pool_same_does_not_count_padding() {

@@ -10,7 +10,7 @@
 //! Activations are row-major: `[n, features]` for vectors, `[n, h, w, c]` for images. A new
 //! op is one [`Layer`] variant, its build arm in [`build`] and its arm in [`run_layers`].
 
-use formats::arch::{shape_check, Arch, Op, Posterior};
+use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
@@ -34,7 +34,7 @@ pub enum SparseKernels {
 
 /// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: where the CSR
 /// kernel overtakes the GEMM, measured on the layers of the benchmark models by
-/// `surgery/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
+/// `model/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
 /// pruned on conv and dense layers alike, so CSR from 80%).
 pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
 
