@@ -428,12 +428,7 @@ mod tests {
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(body);
-        out
+        npy_header(&header, body)
     }
 
     #[test]
