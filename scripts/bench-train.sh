@@ -179,16 +179,10 @@ L.append(f"Scaling efficiency T1 / (T2 * 2) = **{eff:.2f}** (T = time for the sa
          f"The two ranks share the machine's {cores} cores with each other and with anything else running; "
          "variables are bit-identical on both ranks after training (FNV digests "
          f"{two['variable_digests'][0]} = {two['variable_digests'][1]}).")
-L.append("<!-- /bench:train -->")
-section = "\n".join(L) + "\n"
-text = open(doc).read() if os.path.exists(doc) else "# Performance\n"
-start, end = "<!-- bench:train -->", "<!-- /bench:train -->"
-if start in text and end in text:
-    a, b = text.index(start), text.index(end) + len(end)
-    text = text[:a] + section.rstrip("\n") + text[b:]
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(doc, "w").write(text)
+sys.path.insert(0, "bench")
+from perfdoc import write_section
+section = "\n".join(L[1:]) + "\n"
+write_section("train", section, doc)
 print(section)
 PY
 fi
@@ -268,16 +262,10 @@ L.append("Targets: bnn-train BNN at least 1.0x TFP Keras on the same model and b
          "Flipout's two products per layer).")
 L.append("")
 L.append("Notes: the load average above 2 means the numbers move by 20-50% from round to round; the per-round ratios show the spread. The BNN runs the two products of each Flipout layer side by side with every core per op (for VGG-16 and ResNet-18 only: halving the intra-op pool, the setting that is fastest for the small FC and Conv models, made this BNN 35-45% slower). Ours and Keras' are each run in their own process, since TensorFlow sizes its global thread pools from a process's first session (a CNN run after a BNN in one `bnn-train compare` process inherits the BNN's pools).")
-L.append("<!-- /bench:train-bn -->")
-section = "\n".join(L) + "\n"
-text = open(doc).read() if os.path.exists(doc) else "# Performance\n"
-start, end = "<!-- bench:train-bn -->", "<!-- /bench:train-bn -->"
-if start in text and end in text:
-    a, b = text.index(start), text.index(end) + len(end)
-    text = text[:a] + section.rstrip("\n") + text[b:]
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-open(doc, "w").write(text)
+sys.path.insert(0, "bench")
+from perfdoc import write_section
+section = "\n".join(L[1:]) + "\n"
+write_section("train-bn", section, doc)
 print(section)
 PY
 fi
