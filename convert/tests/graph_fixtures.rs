@@ -232,8 +232,9 @@ fn prune_and_snr_leave_batch_norm_variables_alone() {
     // snr counts only the Bayesian kernels: Conv_1 (8*9), den_1 (128*32), den_out (32*10).
     let r = bnn_convert(&[&"snr", &src, &"--json"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let text = String::from_utf8_lossy(&r.stdout);
-    assert!(!text.contains("bn_1") && !text.contains("bn_2"), "BN variables are not Bayesian layers: {text}");
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let layers: Vec<&str> = v["layers"].as_array().expect("layers").iter().filter_map(|l| l["target"]["layer"].as_str()).collect();
+    assert_eq!(layers, ["Conv_1", "den_1", "den_out"], "BN variables are not Bayesian layers");
 }
 
 /// Made-up weights, deterministic.
