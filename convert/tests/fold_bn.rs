@@ -144,3 +144,51 @@ fn folded_monte_carlo_graph_without_noise_is_the_unfolded_mean_network() {
         assert!(worst(&got, &native) < 1e-5, "{folder}: folded MC without noise vs unfolded mean {}", worst(&got, &native));
     }
 }
+
+#[test]
+fn a_batch_norm_not_right_after_a_weight_layer_stays_a_batch_normalization_node() {
+    // BN at the input and after a relu stay; the one after the conv and after the dense fold.
+    let json = r#"{"input_name": "x", "input_shape": [4, 4, 2], "ops": [
+        {"op": "batch_norm", "layer": "in", "epsilon": 0.001},
+        {"op": "conv2d", "layer": "c", "strides": [1, 1], "padding": "SAME"},
+        {"op": "batch_norm", "layer": "after_conv", "epsilon": 0.001}, {"op": "relu"},
+        {"op": "batch_norm", "layer": "after_relu", "epsilon": 0.01},
+        {"op": "flatten"}, {"op": "dense", "layer": "d"},
+        {"op": "batch_norm", "layer": "after_dense", "epsilon": 0.001}]}"#;
+    let mut arch: Arch = serde_json::from_str(json).expect("arch");
+    let wave = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32 * 0.37 + k).sin()) * 0.5).collect() };
+    let mut k = 0.0;
+    for op in arch.ops.iter_mut() {
+        if let model::arch::Op::BatchNorm { params, .. } = op {
+            k += 1.0;
+            // The input has 2 channels, the conv and dense 3 outputs; odd BNs get a negative gamma.
+            let c = if k == 1.0 { 2 } else { 3 };
+            *params = Some(model::arch::BatchNormParams {
+                gamma: wave(c, k).iter().map(|v| v + 1.0 - 2.0 * (k % 2.0)).collect(),
+                beta: wave(c, k + 0.5),
+                mean: wave(c, k + 1.0),
+                variance: wave(c, k + 2.0).iter().map(|v| v + 0.8).collect(),
+            });
+        }
+    }
+    let post = |name: &str, shape: Vec<usize>, k: f32| {
+        let len: usize = shape.iter().product();
+        let units = *shape.last().expect("shape");
+        Posterior { name: name.into(), kernel_mu: wave(len, k), kernel_sigma: Some(wave(len, k + 3.0).iter().map(|v| v.abs()).collect()), bias_mu: wave(units, k + 4.0), bias_sigma: None, kernel_shape: shape }
+    };
+    let posts = vec![post("c", vec![3, 3, 2, 3], 0.1), post("d", vec![48, 3], 0.2)];
+    let (farch, fposts, folded) = model::fold::fold_batch_norm(&arch, &posts);
+    assert_eq!(folded, 2);
+    let opts = Options { mode: Mode::Mean, sparse: Sparse::Never };
+    let plain = build(&arch, &posts, opts, Path::new("t")).expect("build");
+    let fmodel = build(&farch, &fposts, opts, Path::new("t")).expect("build");
+    // Image BNs are BatchNormalization nodes: two of three stay (input, after the relu).
+    assert_eq!(batch_norm_left(&plain).0, 3);
+    assert_eq!(batch_norm_left(&fmodel), (2, 2), "the input and after-relu BNs stay, their statistics with them");
+    let x: Vec<f32> = (0..5 * 32).map(|i| ((i * 13) % 11) as f32 / 11.0 - 0.5).collect();
+    let a = tract_run(&plain, &[5, 4, 4, 2], &x).swap_remove(0);
+    let b = tract_run(&fmodel, &[5, 4, 4, 2], &x).swap_remove(0);
+    assert!(worst(&a, &b) < 1e-5, "folded vs unfolded {}", worst(&a, &b));
+    let native = Model::new(&arch, &posts, SparseKernels::Never).expect("model").logits_mean(&x).expect("logits");
+    assert!(worst(&a, &native) < 1e-5, "tract vs native {}", worst(&a, &native));
+}
