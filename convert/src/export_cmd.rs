@@ -24,6 +24,11 @@ pub struct Args {
     /// Sparse initializers: auto (where smaller), always, never (loads in every runtime).
     #[arg(long, default_value = "auto")]
     pub sparse: String,
+    /// Fold each batch normalization that directly follows a conv or dense layer into that
+    /// layer (kernel mean and sigma and bias scaled per output channel; the weight distribution
+    /// is kept); any other batch normalization stays a BatchNormalization node.
+    #[arg(long)]
+    pub fold_bn: bool,
 }
 
 /// Runs `export-onnx`.
@@ -40,19 +45,24 @@ pub fn run(a: Args) -> Result<()> {
         other => bail!("--sparse must be auto, always or never, not '{other}'"),
     };
     a.model.input_files()?.check_output(&a.output)?;
-    let (arch, posts) = load_model(&a.model)?;
+    let (mut arch, mut posts) = load_model(&a.model)?;
+    let mut folded = 0;
+    if a.fold_bn {
+        (arch, posts, folded) = model::fold::fold_batch_norm(&arch, &posts);
+    }
     let model = build(&arch, &posts, Options { mode, sparse }, &a.model.input)?;
     let folder = crate::output::output_folder(&a.output)?;
     write(&model, &a.output)?;
     folder.keep();
     let g = model.graph.as_ref();
     println!(
-        "{}: {} nodes, {} dense + {} sparse initializers, opset {}",
+        "{}: {} nodes, {} dense + {} sparse initializers, opset {}{}",
         a.output.display(),
         g.map_or(0, |g| g.node.len()),
         g.map_or(0, |g| g.initializer.len()),
         g.map_or(0, |g| g.sparse_initializer.len()),
-        model::onnx::OPSET
+        model::onnx::OPSET,
+        if a.fold_bn { format!(", {folded} batch normalizations folded") } else { String::new() }
     );
     Ok(())
 }

@@ -40,6 +40,8 @@ pub fn run(a: Args) -> Result<()> {
             "shards": shards.iter().map(|(p, ok)| json!({"path": p, "present": ok})).collect::<Vec<_>>(),
             "tensors": ckpt.variables(),
             "layers": ckpt.layers(),
+            "non_bayesian": ckpt.non_bayesian(),
+            "non_bayesian_counts": crate::output::non_bayesian_counts(&ckpt.non_bayesian()),
             "manifest": ckpt.manifest(),
             "manifest_error": manifest_check.as_ref().err().map(|e| e.to_string()),
             "metadata": ckpt.metadata(),
@@ -74,14 +76,13 @@ fn print_text(ckpt: &Checkpoint, shards: &[(PathBuf, bool)]) {
         .variables()
         .iter()
         .map(|v| {
-            let kind = serde_json::to_value(&v.kind).ok().and_then(|k| k["kind"].as_str().map(String::from)).unwrap_or_default();
             [
                 v.key.clone(),
                 v.info.dtype.to_string(),
                 shape_text(&v.info.shape),
                 v.info.nbytes.to_string(),
                 v.info.shard.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                kind,
+                v.kind.tag().to_string(),
             ]
         })
         .collect();
@@ -98,6 +99,7 @@ fn print_text(ckpt: &Checkpoint, shards: &[(PathBuf, bool)]) {
             println!("  {} ({}): {}", l.name, if l.is_bayesian() { "Bayesian" } else { "deterministic" }, params.join(", "));
         }
     }
+    crate::output::print_non_bayesian(&ckpt.non_bayesian());
     let m = ckpt.manifest();
     if let Some(f) = &m.layer_names_file {
         let check = match ckpt.check_manifest() {

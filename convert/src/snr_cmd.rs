@@ -53,8 +53,13 @@ pub fn run(a: Args) -> Result<()> {
         plot(&report, path)?;
         folder.keep();
     }
+    // Batch normalization, deterministic layers...: listed, never given an SNR.
+    let non_bayesian = ckpt.non_bayesian();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+        let mut v = serde_json::to_value(&report).context("serializing the report")?;
+        v["non_bayesian"] = serde_json::to_value(&non_bayesian).context("serializing the report")?;
+        v["non_bayesian_counts"] = crate::output::non_bayesian_counts(&non_bayesian);
+        println!("{}", serde_json::to_string_pretty(&v).context("serializing the report")?);
         return Ok(());
     }
     let mut header = vec!["LAYER".to_string(), "COUNT".into(), "PRUNED".into(), "PRUNED%".into(), "MIN".into()];
@@ -82,6 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     rows.push(row("overall".into(), &report.overall));
     print!("{}", crate::table(&rows));
+    crate::output::print_non_bayesian(&non_bayesian);
     Ok(())
 }
 

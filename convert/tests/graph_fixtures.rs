@@ -5,17 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use common::{assert_one_line_error, bnn_convert, fixtures};
+use common::{assert_one_line_error, bnn_convert, fixtures, onnxruntime_output, onnxruntime_outputs, onnxruntime_python, tract_run, worst};
 use model::arch::{Arch, Op, Padding, Posterior};
 use formats::checkpoint::Checkpoint;
 use formats::dataset::{read_npy, ArrayData};
 use model::meta_graph::{meta_path, read_arch};
-use model::onnx::{build, encode, Mode, Options, Sparse};
+use model::onnx::{build, Mode, Options, Sparse};
 use model::engine::{Model, SparseKernels};
-use tract_onnx::prelude::*;
 
 /// Every graph fixture: folder and the ops TF's graph holds.
 fn cases() -> Vec<(&'static str, Vec<Op>)> {
@@ -114,12 +112,7 @@ fn tf_logits(folder: &str) -> Vec<f32> {
 }
 
 fn test_x() -> Vec<f32> {
-    f32s(&fixtures().join("data/digits_test_x.npy"))
-}
-
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    common::test_x(360)
 }
 
 #[test]
@@ -143,65 +136,29 @@ fn native_engine_and_onnx_in_tract_give_tensorflows_logits() {
         let native = Model::new(&arch, &posts, SparseKernels::Never).expect("model").logits_mean(&x).expect("logits");
         assert!(worst(&native, &tf) < 1e-4, "{folder}: native vs TF {}", worst(&native, &tf));
         let onnx = build(&arch, &posts, Options { mode: Mode::Mean, sparse: Sparse::Never }, Path::new(folder)).expect("build");
-        let bytes = encode(&onnx, Path::new("m.onnx")).expect("encode");
         let shape: Vec<usize> = std::iter::once(360).chain(arch.input_shape.iter().copied()).collect();
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .expect("tract loads the model");
-        let out = plan.run(tvec!(Tensor::from_shape(&shape, &x).expect("tensor").into())).expect("run");
-        let logits: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+        let logits = tract_run(&onnx, &shape, &x).swap_remove(0);
         assert!(worst(&logits, &tf) < 1e-4, "{folder}: tract vs TF {}", worst(&logits, &tf));
         // The Monte Carlo graph with sigma = 0 is the mean network S times over.
         let mut zero = posts.clone();
         zero.iter_mut().for_each(|p| p.kernel_sigma.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v = 0.0)));
         let mc = build(&arch, &zero, Options { mode: Mode::MonteCarlo { samples: 3 }, sparse: Sparse::Never }, Path::new(folder)).expect("build");
-        let bytes = encode(&mc, Path::new("mc.onnx")).expect("encode");
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .expect("tract loads the MC model");
-        let out = plan.run(tvec!(Tensor::from_shape(&shape, &x).expect("tensor").into())).expect("run");
-        let mean: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+        let mean = tract_run(&mc, &shape, &x).swap_remove(0);
         let probs: Vec<f32> = Model::new(&arch, &posts, SparseKernels::Never).expect("model").predict_mean(&x).expect("p").iter().map(|&p| p as f32).collect();
         assert!(worst(&mean, &probs) < 1e-5, "{folder}: MC graph without noise vs mean network {}", worst(&mean, &probs));
     }
 }
 
-const RUN_ORT: &str = r#"
-import sys
-import numpy as np, onnxruntime as ort
-x = np.load(sys.argv[1])
-s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
-i = s.get_inputs()[0]
-np.save(sys.argv[3], s.run(["logits"], {i.name: x.reshape([-1] + list(i.shape[1:])).astype(np.float32)})[0])
-"#;
-
-fn python() -> Option<PathBuf> {
-    let py = fixtures().join("../.venv/bin/python");
-    let ok = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
-    ok.then_some(py)
-}
-
 #[test]
 fn export_onnx_without_arch_gives_tensorflows_logits_in_onnxruntime() {
-    let Some(py) = python() else {
-        eprintln!("note: skipped: .venv/bin/python with onnxruntime not found (pip install onnxruntime)");
-        return;
-    };
+    let Some(py) = onnxruntime_python() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     for (folder, _) in cases() {
         let model = dir.path().join(format!("{folder}.onnx"));
         let r = bnn_convert(&[&"export-onnx", &fixtures().join(folder), &"-o", &model]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let got = dir.path().join(format!("{folder}_logits.npy"));
-        let out = Command::new(&py).arg("-c").arg(RUN_ORT).arg(fixtures().join("data/digits_test_x.npy")).arg(&model).arg(&got).output().expect("python");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let w = worst(&f32s(&got), &tf_logits(folder));
+        let v = onnxruntime_outputs(&py, &fixtures().join("data/digits_test_x.npy"), std::slice::from_ref(&model));
+        let w = worst(&onnxruntime_output(&v, &model, "logits"), &tf_logits(folder));
         assert!(w < 1e-4, "{folder}: onnxruntime vs TF {w}");
     }
 }
@@ -275,8 +232,9 @@ fn prune_and_snr_leave_batch_norm_variables_alone() {
     // snr counts only the Bayesian kernels: Conv_1 (8*9), den_1 (128*32), den_out (32*10).
     let r = bnn_convert(&[&"snr", &src, &"--json"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let text = String::from_utf8_lossy(&r.stdout);
-    assert!(!text.contains("bn_1") && !text.contains("bn_2"), "BN variables are not Bayesian layers: {text}");
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
+    let layers: Vec<&str> = v["layers"].as_array().expect("layers").iter().filter_map(|l| l["target"]["layer"].as_str()).collect();
+    assert_eq!(layers, ["Conv_1", "den_1", "den_out"], "BN variables are not Bayesian layers");
 }
 
 /// Made-up weights, deterministic.
@@ -311,30 +269,12 @@ fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
     let mut posts = vec![made_up("d1", vec![12, 32], &mut seed), made_up("c1", vec![3, 3, 2, 3], &mut seed), made_up("d2", vec![12, 5], &mut seed)];
     let n = 6;
     let x: Vec<f32> = (0..n * 12).map(|i| ((i * 29) % 13) as f32 / 13.0 - 0.4).collect();
-    let run = |model: &model::onnx::ModelProto| -> Vec<f32> {
-        let bytes = encode(model, Path::new("t.onnx")).expect("encode");
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .expect("tract");
-        let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
-        out[1].to_plain_array_view::<f32>().expect("f32").iter().copied().collect()
-    };
+    let run = |model: &model::onnx::ModelProto| -> Vec<f32> { tract_run(model, &[n, 12], &x).swap_remove(1) };
     let native: Vec<f32> = Model::new(&arch, &posts, SparseKernels::Never).expect("model").predict_mean(&x).expect("p").iter().map(|&p| p as f32).collect();
     let mean = build(&arch, &posts, Options { mode: Mode::Mean, sparse: Sparse::Never }, Path::new("t")).expect("build");
     assert!(worst(&run(&mean), &native) < 1e-5, "mean graph");
     posts.iter_mut().for_each(|p| p.kernel_sigma.iter_mut().for_each(|s| s.iter_mut().for_each(|v| *v = 0.0)));
     let mc = build(&arch, &posts, Options { mode: Mode::MonteCarlo { samples: 3 }, sparse: Sparse::Never }, Path::new("t")).expect("build");
-    let bytes = encode(&mc, Path::new("t.onnx")).expect("encode");
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .and_then(|m| m.with_input_fact(0, f32::fact([n, 12]).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .expect("tract");
-    let out = plan.run(tvec!(Tensor::from_shape(&[n, 12], &x).expect("tensor").into())).expect("run");
-    let mc_mean: Vec<f32> = out[0].to_plain_array_view::<f32>().expect("f32").iter().copied().collect();
+    let mc_mean = tract_run(&mc, &[n, 12], &x).swap_remove(0);
     assert!(worst(&mc_mean, &native) < 1e-5, "MC graph without noise");
 }

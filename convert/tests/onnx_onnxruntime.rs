@@ -6,32 +6,11 @@ mod common;
 
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{bnn_convert, fixtures};
+use common::{bnn_convert, fixtures, onnxruntime_output, onnxruntime_outputs, onnxruntime_python};
 use model::engine::{Model, SparseKernels};
 use formats::checkpoint::Checkpoint;
 use model::meta_graph::{meta_path, read_arch};
-
-const RUN_ORT: &str = r#"
-import json, sys
-import numpy as np, onnxruntime as ort
-x = np.load(sys.argv[1])
-out = {}
-for f in sys.argv[2:]:
-    s = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
-    i = s.get_inputs()[0]
-    xx = x.reshape([-1] + list(i.shape[1:])).astype(np.float32)
-    out[f] = {"input": i.name, "input_shape": [str(d) for d in i.shape],
-              "outputs": {o.name: v.reshape(-1).tolist() for o, v in zip(s.get_outputs(), s.run(None, {i.name: xx}))}}
-print(json.dumps(out))
-"#;
-
-fn python() -> Option<PathBuf> {
-    let py = fixtures().join("../.venv/bin/python");
-    let ok = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
-    ok.then_some(py)
-}
 
 fn native_mean(folder: &str, x: &[f32]) -> Vec<f64> {
     let ckpt = Checkpoint::open(fixtures().join(folder)).expect("ckpt");
@@ -54,10 +33,7 @@ fn export(folder: &str, out: &Path, extra: &[&str]) {
 
 #[test]
 fn onnxruntime_loads_dense_sparse_and_mc_models() {
-    let Some(py) = python() else {
-        eprintln!("note: skipped: .venv/bin/python with onnxruntime not found (pip install onnxruntime)");
-        return;
-    };
+    let Some(py) = onnxruntime_python() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let data = fixtures().join("data/digits_test_x.npy");
     let bytes = std::fs::read(&data).expect("x");
@@ -73,12 +49,8 @@ fn onnxruntime_loads_dense_sparse_and_mc_models() {
         export(f, &p, extra);
         p
     }).collect();
-    let out = Command::new(&py).arg("-c").arg(RUN_ORT).arg(&data).args(&files).output().expect("python");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let get = |f: &Path, o: &str| -> Vec<f64> {
-        v[f.to_string_lossy().as_ref()]["outputs"][o].as_array().expect("output").iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
-    };
+    let v = onnxruntime_outputs(&py, &data, &files);
+    let get = |f: &Path, o: &str| -> Vec<f64> { onnxruntime_output(&v, f, o).into_iter().map(f64::from).collect() };
     for ((folder, _, extra), f) in cases.iter().zip(&files) {
         assert_eq!(v[f.to_string_lossy().as_ref()]["input_shape"][0], "batch", "dynamic batch dimension");
         if extra.contains(&"mc") {

@@ -5,41 +5,18 @@ mod common;
 
 use std::path::Path;
 
-use common::{bnn_convert, fixtures};
+use common::{bnn_convert, fixtures, test_x, tract_run};
 use model::engine::{Model, SparseKernels};
 use model::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
 use model::meta_graph::{meta_path, read_arch};
-use model::onnx::{build, densify, encode, Mode, ModelProto, Options, Sparse};
+use model::onnx::{build, densify, encode, Mode, Options, Sparse};
 use tract_onnx::prelude::*;
 
 fn load(folder: &str) -> (Arch, Vec<Posterior>) {
     let ckpt = Checkpoint::open(fixtures().join(folder)).expect("ckpt");
     let arch = read_arch(&meta_path(ckpt.path())).expect("arch");
     arch.bind(&ckpt).expect("bind")
-}
-
-fn test_x(n: usize) -> Vec<f32> {
-    let b = std::fs::read(fixtures().join("data/digits_test_x.npy")).expect("npy");
-    let start = b.len() - 360 * 64 * 4;
-    b[start..].chunks_exact(4).take(n * 64).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-/// Runs `model` in tract on `x` (`[n, shape...]`); returns every output flattened.
-fn tract_run(model: &ModelProto, shape: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
-    let bytes = encode(model, Path::new("test.onnx")).expect("encode");
-    let plan = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .expect("tract loads the model")
-        .with_input_fact(0, f32::fact(shape).into())
-        .expect("fact")
-        .into_optimized()
-        .expect("optimize")
-        .into_runnable()
-        .expect("runnable");
-    let input = Tensor::from_shape(shape, x).expect("tensor");
-    let out = plan.run(tvec!(input.into())).expect("run");
-    out.iter().map(|t| t.to_plain_array_view::<f32>().expect("f32").iter().copied().collect()).collect()
 }
 
 fn input_shape(arch: &Arch, n: usize) -> Vec<usize> {

@@ -7,11 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use serde_json::Value;
-use tract_onnx::prelude::*;
 
 const FIXTURES: [&str; 2] = ["tf2_keras_savedmodel", "tf2_keras_resnet"];
 
@@ -27,17 +25,6 @@ fn run_ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let out = bnn_convert(args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The first `n` test examples, flat float32.
-fn test_x(n: usize) -> Vec<f32> {
-    let b = std::fs::read(fixtures().join("data/digits_test_x.npy")).expect("npy");
-    let start = b.len() - 360 * 64 * 4;
-    b[start..]
-        .chunks_exact(4)
-        .take(n * 64)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
 }
 
 fn tf_mean_logits(folder: &str) -> Vec<f64> {
@@ -112,55 +99,23 @@ fn exported_onnx_gives_tensorflows_logits_in_tract() {
         let dir = tempfile::tempdir().expect("tmp");
         let onnx = dir.path().join("m.onnx");
         export(folder, &onnx);
-        let plan = tract_onnx::onnx()
-            .model_for_path(&onnx)
-            .expect("tract loads the model")
-            .with_input_fact(0, f32::fact([16, 8, 8, 1]).into())
-            .expect("fact")
-            .into_optimized()
-            .expect("optimize")
-            .into_runnable()
-            .expect("runnable");
-        let input = Tensor::from_shape(&[16, 8, 8, 1], &test_x(16)).expect("tensor");
-        let out = plan.run(tvec!(input.into())).expect("run");
+        let out = tract_run_bytes(&std::fs::read(&onnx).expect("written"), &[16, 8, 8, 1], &test_x(16));
         // Outputs: logits, probabilities.
-        let logits: Vec<f64> = out[0].to_plain_array_view::<f32>().expect("f32").iter().map(|v| f64::from(*v)).collect();
+        let logits: Vec<f64> = out[0].iter().map(|v| f64::from(*v)).collect();
         assert_logits_close(folder, &logits, "tract");
     }
 }
 
 #[test]
 fn exported_onnx_gives_tensorflows_logits_in_onnxruntime() {
-    let py = fixtures().join("../.venv/bin/python");
-    let has_ort = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
-    if !has_ort {
-        assert!(
-            std::env::var("BNN_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "BNN_REQUIRE_PYTHON=1 but no onnxruntime in .venv"
-        );
-        eprintln!("note: skipped: .venv/bin/python with onnxruntime not found");
-        return;
-    }
+    let Some(py) = onnxruntime_python() else { return };
     for folder in FIXTURES {
         let dir = tempfile::tempdir().expect("tmp");
         let onnx = dir.path().join("m.onnx");
         export(folder, &onnx);
-        let script = r#"
-import json, sys
-import numpy as np, onnxruntime as ort
-x = np.load(sys.argv[1])[:16].reshape(16, 8, 8, 1).astype(np.float32)
-s = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
-print(json.dumps(s.run(["logits"], {s.get_inputs()[0].name: x})[0].reshape(-1).tolist()))
-"#;
-        let out = Command::new(&py)
-            .arg("-c")
-            .arg(script)
-            .arg(fixtures().join("data/digits_test_x.npy"))
-            .arg(&onnx)
-            .output()
-            .expect("python");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let logits: Vec<f64> = serde_json::from_slice(&out.stdout).expect("json");
+        let v = onnxruntime_outputs(&py, &fixtures().join("data/digits_test_x.npy"), std::slice::from_ref(&onnx));
+        // TF's logits are those of the first 16 examples.
+        let logits: Vec<f64> = onnxruntime_output(&v, &onnx, "logits")[..160].iter().map(|v| f64::from(*v)).collect();
         assert_logits_close(folder, &logits, "onnxruntime");
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::bundle::BundleReader;
 use crate::checkpoint_state::{resolve_checkpoint, step_of};
 use crate::error::{Error, Result};
-use crate::layout::{classify, group_layers, Layer, VariableKind};
+use crate::layout::{classify, group_layers, mark_batch_norm, Layer, NonBayesian, VariableKind};
 use crate::manifest::Manifest;
 use crate::naming;
 use crate::object_graph::{ObjectGraph, OBJECT_GRAPH_KEY, VARIABLE_VALUE_SUFFIX};
@@ -91,7 +91,7 @@ impl Checkpoint {
         } else {
             None
         };
-        let variables = reader
+        let mut variables: Vec<Variable> = reader
             .infos()
             .into_iter()
             .map(|info| {
@@ -99,6 +99,7 @@ impl Checkpoint {
                 Variable { key: info.name.clone(), name, info, kind }
             })
             .collect();
+        mark_batch_norm(variables.iter_mut().map(|v| (v.name.as_str(), &mut v.kind)));
         let dir = prefix.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let manifest = Manifest::find(dir)?;
         let mut ckpt = Checkpoint {
@@ -123,13 +124,14 @@ impl Checkpoint {
             Some(view) => view.infos.iter().collect(),
             None => file.infos().collect(),
         };
-        let variables = infos
+        let mut variables: Vec<Variable> = infos
             .into_iter()
             .map(|info| {
                 let name = naming::variable_name_for(&info.name, keys.get(&info.name).map(String::as_str));
                 Variable { key: info.name.clone(), kind: classify(&name), name, info: info.clone() }
             })
             .collect();
+        mark_batch_norm(variables.iter_mut().map(|v| (v.name.as_str(), &mut v.kind)));
         let global_step = file.metadata().get(naming::META_GLOBAL_STEP).and_then(|s| s.parse().ok());
         Ok(Checkpoint {
             path: file.path().to_path_buf(),
@@ -220,6 +222,15 @@ impl Checkpoint {
     /// BNN layers: weights grouped by layer, recording stored keys.
     pub fn layers(&self) -> Vec<Layer> {
         group_layers(self.variables.iter().filter(|v| v.kind.is_model()).map(|v| (v.key.as_str(), v.name.as_str())))
+    }
+
+    /// Model variables outside every Bayesian layer's posterior (batch normalization,
+    /// deterministic layers, others), grouped by scope: not Bayesian, never pruned.
+    pub fn non_bayesian(&self) -> Vec<NonBayesian> {
+        let layers = self.layers();
+        let bayesian: Vec<&str> = layers.iter().filter(|l| l.is_bayesian()).map(|l| l.name.as_str()).collect();
+        let count = |v: &Variable| v.info.shape.iter().product::<u64>();
+        crate::layout::non_bayesian(self.variables.iter().map(|v| (v.name.as_str(), &v.kind, count(v))), &bayesian)
     }
 
     /// The BPrune manifests found next to the checkpoint.

@@ -81,15 +81,126 @@ pub enum VariableKind {
     Metric,
     /// TF2's serialized object graph.
     ObjectGraph,
+    /// A batch normalization variable of scope `layer`: part of the model, not Bayesian (no
+    /// SNR, never pruned).
+    BatchNorm {
+        /// Scope of the batch normalization (`bn_1`, `Conv_1/batch_normalization`).
+        layer: String,
+        /// Which of its variables.
+        param: BatchNormParam,
+    },
     /// Anything else: kept with the model.
     Other,
+}
+
+/// Which variable of a batch normalization (Keras `BatchNormalization`, TF1
+/// `tf.layers.batch_normalization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchNormParam {
+    /// `gamma`: the scale.
+    Gamma,
+    /// `beta`: the offset.
+    Beta,
+    /// `moving_mean`.
+    MovingMean,
+    /// `moving_variance`.
+    MovingVariance,
+}
+
+impl BatchNormParam {
+    /// The variable-name leaf.
+    pub fn leaf(self) -> &'static str {
+        match self {
+            BatchNormParam::Gamma => "gamma",
+            BatchNormParam::Beta => "beta",
+            BatchNormParam::MovingMean => "moving_mean",
+            BatchNormParam::MovingVariance => "moving_variance",
+        }
+    }
 }
 
 impl VariableKind {
     /// Whether the variable is part of the model (kept without `--include-optimizer`).
     pub fn is_model(&self) -> bool {
-        matches!(self, VariableKind::Weight { .. } | VariableKind::Other)
+        matches!(self, VariableKind::Weight { .. } | VariableKind::BatchNorm { .. } | VariableKind::Other)
     }
+
+    /// The short name `inspect` prints in its KIND column (the JSON `kind` tag).
+    pub fn tag(&self) -> &'static str {
+        match self {
+            VariableKind::Weight { .. } => "weight",
+            VariableKind::OptimizerSlot { .. } => "optimizer_slot",
+            VariableKind::OptimizerState => "optimizer_state",
+            VariableKind::Step => "step",
+            VariableKind::Metric => "metric",
+            VariableKind::ObjectGraph => "object_graph",
+            VariableKind::BatchNorm { .. } => "batch_norm",
+            VariableKind::Other => "other",
+        }
+    }
+}
+
+/// Marks `gamma`/`beta` as batch normalization where their scope also holds a `moving_mean`
+/// (which [`classify`] already marks): a name alone cannot tell a batch normalization's
+/// `gamma` from a layer normalization's. `vars` yields (variable name, kind) pairs.
+pub fn mark_batch_norm<'a>(vars: impl Iterator<Item = (&'a str, &'a mut VariableKind)>) {
+    let vars: Vec<(&str, &mut VariableKind)> = vars.collect();
+    let scopes: std::collections::HashSet<String> = vars
+        .iter()
+        .filter_map(|(_, k)| match k {
+            VariableKind::BatchNorm { layer, param: BatchNormParam::MovingMean } => Some(layer.clone()),
+            _ => None,
+        })
+        .collect();
+    for (name, kind) in vars {
+        let Some((scope, leaf)) = name.rsplit_once('/') else { continue };
+        let param = match leaf {
+            "gamma" => BatchNormParam::Gamma,
+            "beta" => BatchNormParam::Beta,
+            _ => continue,
+        };
+        if *kind == VariableKind::Other && scopes.contains(scope) {
+            *kind = VariableKind::BatchNorm { layer: scope.to_string(), param };
+        }
+    }
+}
+
+/// Model variables that are no weight posterior, grouped by scope: what `snr` and `inspect`
+/// list as not Bayesian (no SNR, never pruned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NonBayesian {
+    /// Scope (layer) of the variables.
+    pub layer: String,
+    /// `batch_norm`, `deterministic` (a layer's plain `kernel`/`bias`) or `other`.
+    pub kind: &'static str,
+    /// Variable names, in checkpoint order.
+    pub variables: Vec<String>,
+    /// Values (elements) in all of them.
+    pub values: u64,
+}
+
+/// Groups the model variables that are not part of a Bayesian layer's posterior. `vars`
+/// yields (variable name, kind, element count) in checkpoint order; `bayesian` names the
+/// Bayesian layers (their `kernel`/`bias` variables are posteriors or belong with them).
+pub fn non_bayesian<'a>(vars: impl IntoIterator<Item = (&'a str, &'a VariableKind, u64)>, bayesian: &[&str]) -> Vec<NonBayesian> {
+    let mut groups: Vec<NonBayesian> = Vec::new();
+    for (name, kind, values) in vars {
+        let (layer, what) = match kind {
+            VariableKind::BatchNorm { layer, .. } => (layer.as_str(), "batch_norm"),
+            VariableKind::Weight { layer, .. } if !bayesian.contains(&layer.as_str()) => (layer.as_str(), "deterministic"),
+            VariableKind::Other => (name.rsplit_once('/').map_or("", |(s, _)| s), "other"),
+            _ => continue,
+        };
+        match groups.iter_mut().find(|g| g.layer == layer && g.kind == what) {
+            Some(g) => {
+                g.variables.push(name.to_string());
+                g.values += values;
+            }
+            None => groups.push(NonBayesian { layer: layer.to_string(), kind: what, variables: vec![name.to_string()], values }),
+        }
+    }
+    groups
 }
 
 /// Slot suffixes TF1 optimizers append to the variable name.
@@ -107,7 +218,7 @@ pub fn classify(name: &str) -> VariableKind {
     if let Some((of, slot)) = name.rsplit_once('/') {
         // TF1 optimizers append their slot names; TF2 slots (`m`, `v`, `rms`...) are named here
         // `<variable>/<slot>`: either way the parent is itself a variable.
-        if !of.is_empty() && (TF1_SLOTS.contains(&slot) || matches!(classify(of), VariableKind::Weight { .. })) {
+        if !of.is_empty() && (TF1_SLOTS.contains(&slot) || matches!(classify(of), VariableKind::Weight { .. } | VariableKind::BatchNorm { .. })) {
             return VariableKind::OptimizerSlot { of: of.to_string(), slot: slot.to_string() };
         }
     }
@@ -117,6 +228,13 @@ pub fn classify(name: &str) -> VariableKind {
     }
     if matches!(leaf, "total" | "count") || name.starts_with("metrics/") || name.starts_with("accuracy/") {
         return VariableKind::Metric;
+    }
+    // gamma and beta need their scope's other variables: see mark_batch_norm.
+    if let Some((layer, leaf @ ("moving_mean" | "moving_variance"))) = name.rsplit_once('/') {
+        if !layer.is_empty() {
+            let param = if leaf == "moving_mean" { BatchNormParam::MovingMean } else { BatchNormParam::MovingVariance };
+            return VariableKind::BatchNorm { layer: layer.to_string(), param };
+        }
     }
     for (suffix, param) in Param::SUFFIXES {
         if let Some(layer) = name.strip_suffix(suffix).and_then(|l| l.strip_suffix('/')) {
@@ -195,6 +313,34 @@ mod tests {
         assert_eq!(classify("some_table"), VariableKind::Other);
         assert_eq!(classify("_CHECKPOINTABLE_OBJECT_GRAPH"), VariableKind::ObjectGraph);
         assert!(!classify("kernel_posterior_loc").is_model() || classify("kernel_posterior_loc") == VariableKind::Other);
+    }
+
+    #[test]
+    fn batch_norm_variables_are_their_own_kind_gamma_beta_only_beside_moving_statistics() {
+        let bn = |layer: &str, param| VariableKind::BatchNorm { layer: layer.into(), param };
+        assert_eq!(classify("bn_1/moving_mean"), bn("bn_1", BatchNormParam::MovingMean));
+        assert_eq!(classify("Conv_1/batch_normalization/moving_variance"), bn("Conv_1/batch_normalization", BatchNormParam::MovingVariance));
+        // Slots of BN variables stay slots, TF1 and TF2 style.
+        assert_eq!(classify("bn_1/gamma/RMSProp"), VariableKind::OptimizerSlot { of: "bn_1/gamma".into(), slot: "RMSProp".into() });
+        assert_eq!(classify("bn_1/moving_mean/m"), VariableKind::OptimizerSlot { of: "bn_1/moving_mean".into(), slot: "m".into() });
+        // gamma/beta alone could be a layer normalization's.
+        assert_eq!(classify("bn_1/gamma"), VariableKind::Other);
+        let names = ["bn_1/beta", "bn_1/gamma", "bn_1/moving_mean", "ln/gamma", "ln/beta", "bn_1/moving_variance"];
+        let mut kinds: Vec<VariableKind> = names.iter().map(|n| classify(n)).collect();
+        mark_batch_norm(names.iter().copied().zip(kinds.iter_mut()));
+        assert_eq!(kinds[0], bn("bn_1", BatchNormParam::Beta));
+        assert_eq!(kinds[1], bn("bn_1", BatchNormParam::Gamma));
+        assert_eq!(kinds[3], VariableKind::Other, "layer norm's gamma");
+        assert!(kinds.iter().all(VariableKind::is_model));
+        assert_eq!(kinds[5].tag(), "batch_norm");
+        let d = classify("den_out/kernel");
+        let vars = [("bn_1/beta", &kinds[0], 8), ("bn_1/moving_mean", &kinds[2], 8), ("ln/gamma", &kinds[3], 4), ("den_out/kernel", &d, 320)];
+        let groups = non_bayesian(vars, &[]);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0], NonBayesian { layer: "bn_1".into(), kind: "batch_norm", variables: vec!["bn_1/beta".into(), "bn_1/moving_mean".into()], values: 16 });
+        assert_eq!((groups[1].layer.as_str(), groups[1].kind), ("ln", "other"));
+        assert_eq!((groups[2].layer.as_str(), groups[2].kind, groups[2].values), ("den_out", "deterministic", 320));
+        assert_eq!(non_bayesian([("den_out/kernel", &d, 320)], &["den_out"]), vec![]);
     }
 
     #[test]

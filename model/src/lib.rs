@@ -5,6 +5,7 @@
 
 pub mod arch;
 pub mod engine;
+pub mod fold;
 pub mod keras_metadata;
 pub mod meta_graph;
 pub mod onnx;

@@ -1,6 +1,7 @@
 //! The paper's VGG-16 and ResNet-18 with batch normalization (BNN and CNN twins): checkpoints
 //! TensorFlow restores, whose inference path normalizes with moving statistics that training
-//! updated, as numpy recomputes them; read by `bnn-convert inspect` and `ckpt-to-safetensors`.
+//! updated, as numpy recomputes them; read by `bnn-convert inspect` and `ckpt-to-safetensors`;
+//! pruned, evaluated and exported to ONNX (plain and `--fold-bn`), run in tract and onnxruntime.
 
 mod common;
 
@@ -133,11 +134,36 @@ fn check_in_tensorflow(py: &Path, prefix: &Path, arch: &str, bayesian: bool) -> 
     j["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect()
 }
 
+/// The first 32 test digits, `[32, 8, 8, 1]` float32.
+fn first_digits() -> Vec<f32> {
+    let b = std::fs::read(digits().join("digits_test_x.npy")).unwrap();
+    b[b.len() - 360 * 64 * 4..].chunks_exact(4).take(32 * 64).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The `logits` output of the ONNX model at `file` in tract, on the first 32 test digits.
+fn tract_logits(file: &Path) -> Vec<f64> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_path(file)
+        .and_then(|m| m.with_input_fact(0, f32::fact([32, 8, 8, 1]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("tract loads the exported model");
+    let out = plan.run(tvec!(Tensor::from_shape(&[32, 8, 8, 1], &first_digits()).unwrap().into())).expect("tract runs it");
+    out[0].to_plain_array_view::<f32>().unwrap().iter().map(|v| f64::from(*v)).collect()
+}
+
+fn worst(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
 /// The chain of issue 11 with the architecture read from the trainer's `.meta` (no --arch):
-/// a BNN is pruned, then evaluated and exported; for the deterministic twin, whose TensorFlow
-/// logits (`tf_logits`, the first 32 test digits) are deterministic, the exported model's
-/// logits in onnxruntime must equal them.
-fn check_chain(convert: &Path, py: Option<&Path>, prefix: &Path, dir: &Path, bayesian: bool, tf_logits: Option<&[f64]>) {
+/// a BNN is pruned, then evaluated and exported. The mean network's logits on the first 32
+/// test digits in tract equal onnxruntime's, and equal those of the `--fold-bn` export (every
+/// BN follows a conv, so all are folded); for the deterministic twin, whose TensorFlow logits
+/// (`tf_logits`) are deterministic, tract's and onnxruntime's logits must equal them.
+fn check_chain(convert: &Path, py: Option<&Path>, prefix: &Path, dir: &Path, arch: &str, bayesian: bool, tf_logits: Option<&[f64]>) {
     let run = |args: &[&std::ffi::OsStr]| ok(std::process::Command::new(convert).args(args));
     let model = if bayesian {
         let pruned = dir.join("pruned/model.ckpt-3");
@@ -151,16 +177,30 @@ fn check_chain(convert: &Path, py: Option<&Path>, prefix: &Path, dir: &Path, bay
     let e: Value = serde_json::from_str(&run(&["eval".as_ref(), model.as_ref(), "--data".as_ref(), data.as_ref(), "--samples".as_ref(), "2".as_ref(), "--json".as_ref()])).unwrap();
     assert_eq!(e["n"], 360, "{e}");
     let onnx = dir.join("model.onnx");
-    run(&["export-onnx".as_ref(), model.as_ref(), "-o".as_ref(), onnx.as_ref()]);
-    let (Some(py), Some(tf), false) = (py, tf_logits, bayesian) else { return };
+    run(&["export-onnx".as_ref(), model.as_ref(), "-o".as_ref(), onnx.as_ref(), "--sparse".as_ref(), "never".as_ref()]);
+    let folded = dir.join("model_folded.onnx");
+    let said = run(&["export-onnx".as_ref(), model.as_ref(), "-o".as_ref(), folded.as_ref(), "--sparse".as_ref(), "never".as_ref(), "--fold-bn".as_ref()]);
+    let bns = bn_scopes(arch).len();
+    assert!(said.contains(&format!("{bns} batch normalizations folded")), "{said}");
+    let tract = tract_logits(&onnx);
+    let w = worst(&tract_logits(&folded), &tract);
+    assert!(w < 1e-4, "{arch}: folded vs unfolded logits in tract differ by {w}");
+    if let (Some(tf), false) = (tf_logits, bayesian) {
+        let w = worst(&tract, tf);
+        assert!(w < 1e-4, "{arch}: logits in tract differ from TensorFlow's by {w}");
+    }
+    let Some(py) = py else { return };
     let script = "import json, sys\nimport numpy as np, onnxruntime as ort\n\
         x = np.load(sys.argv[1])[:32].reshape(32, 8, 8, 1).astype(np.float32)\n\
         s = ort.InferenceSession(sys.argv[2], providers=['CPUExecutionProvider'])\n\
         print(json.dumps(s.run(['logits'], {s.get_inputs()[0].name: x})[0].reshape(-1).tolist()))\n";
     let ours: Vec<f64> = serde_json::from_str(&ok(std::process::Command::new(py).arg("-c").arg(script).arg(&data).arg(&onnx))).unwrap();
-    assert_eq!(ours.len(), tf.len());
-    let worst = ours.iter().zip(tf).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(worst < 1e-4, "exported logits differ from TensorFlow's by {worst}");
+    let w = worst(&ours, &tract);
+    assert!(w < 1e-4, "{arch}: onnxruntime and tract differ by {w}");
+    if let (Some(tf), false) = (tf_logits, bayesian) {
+        let w = worst(&ours, tf);
+        assert!(w < 1e-4, "{arch}: exported logits in onnxruntime differ from TensorFlow's by {w}");
+    }
 }
 
 fn check_in_bnn_convert(convert: &Path, prefix: &Path, arch: &str, dir: &Path) {
@@ -212,7 +252,7 @@ fn run_arch(arch: &str) {
         let tf_logits = py.as_ref().map(|py| check_in_tensorflow(py, &prefix, arch, bayesian));
         if let Some(c) = &convert {
             check_in_bnn_convert(c, &prefix, arch, dir.path());
-            check_chain(c, py.as_deref(), &prefix, dir.path(), bayesian, tf_logits.as_deref());
+            check_chain(c, py.as_deref(), &prefix, dir.path(), arch, bayesian, tf_logits.as_deref());
         }
     }
 }

@@ -70,3 +70,79 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The first `n` (at most 360) test examples of `fixtures/data/digits_test_x.npy`, flat float32.
+pub fn test_x(n: usize) -> Vec<f32> {
+    let b = std::fs::read(fixtures().join("data/digits_test_x.npy")).expect("npy");
+    let start = b.len() - 360 * 64 * 4;
+    b[start..].chunks_exact(4).take(n * 64).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Largest absolute difference of two equally long vectors.
+pub fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Runs the serialized ONNX model `bytes` in tract on `x` (`[n, shape...]`); every output
+/// flattened.
+pub fn tract_run_bytes(bytes: &[u8], shape: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("tract loads the model")
+        .with_input_fact(0, f32::fact(shape).into())
+        .expect("fact")
+        .into_optimized()
+        .expect("optimize")
+        .into_runnable()
+        .expect("runnable");
+    let input = Tensor::from_shape(shape, x).expect("tensor");
+    let out = plan.run(tvec!(input.into())).expect("run");
+    out.iter().map(|t| t.to_plain_array_view::<f32>().expect("f32").iter().copied().collect()).collect()
+}
+
+/// [`tract_run_bytes`] of an in-memory model.
+pub fn tract_run(model: &model::onnx::ModelProto, shape: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
+    tract_run_bytes(&model::onnx::encode(model, Path::new("test.onnx")).expect("encode"), shape, x)
+}
+
+/// The `.venv` Python with onnxruntime, if installed. With `BNN_REQUIRE_PYTHON=1` its absence
+/// is a failure; otherwise the caller skips with a note.
+pub fn onnxruntime_python() -> Option<PathBuf> {
+    let py = fixtures().join("../.venv/bin/python");
+    let ok = Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    assert!(std::env::var("BNN_REQUIRE_PYTHON").as_deref() != Ok("1"), "BNN_REQUIRE_PYTHON=1 but no onnxruntime in .venv");
+    eprintln!("note: skipped: .venv/bin/python with onnxruntime not found (pip install onnxruntime)");
+    None
+}
+
+const RUN_ORT: &str = r#"
+import json, sys
+import numpy as np, onnxruntime as ort
+x = np.load(sys.argv[1])
+out = {}
+for f in sys.argv[2:]:
+    s = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    i = s.get_inputs()[0]
+    xx = x.reshape([-1] + list(i.shape[1:])).astype(np.float32)
+    out[f] = {"input": i.name, "input_shape": [str(d) for d in i.shape],
+              "outputs": {o.name: v.reshape(-1).tolist() for o, v in zip(s.get_outputs(), s.run(None, {i.name: xx}))}}
+print(json.dumps(out))
+"#;
+
+/// Runs each ONNX file in onnxruntime on all of `x_npy` (reshaped to the model's input):
+/// `{file: {"input", "input_shape", "outputs": {name: flat values}}}`, keyed by the path as given.
+pub fn onnxruntime_outputs(py: &Path, x_npy: &Path, files: &[PathBuf]) -> serde_json::Value {
+    let out = Command::new(py).arg("-c").arg(RUN_ORT).arg(x_npy).args(files).output().expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// One output of one file from [`onnxruntime_outputs`], as float32.
+pub fn onnxruntime_output(v: &serde_json::Value, file: &Path, output: &str) -> Vec<f32> {
+    v[file.to_string_lossy().as_ref()]["outputs"][output].as_array().expect("output").iter().map(|x| x.as_f64().unwrap_or(f64::NAN) as f32).collect()
+}
