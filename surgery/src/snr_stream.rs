@@ -24,7 +24,7 @@ use crate::radix::{LowHistograms, TopHistogram};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
 use crate::snr::{Extras, NonFinite, SnrReport, Stats, Target, TargetSnr};
 use crate::softplus::softplus_f32;
-use crate::threshold::{approx_keys, approx_keys_then, KEY_SLACK};
+use crate::threshold::{approx_keys, approx_keys_then, in_ranges, pack, KEY_SLACK};
 
 /// Key of an already-pruned weight.
 const PRUNED: u32 = u32::MAX;
@@ -94,25 +94,6 @@ fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
     for &l in limits {
         for (n, &a) in near.iter_mut().zip(keys) {
             *n |= u32::from(a.wrapping_sub(l).wrapping_add(KEY_SLACK) <= 2 * KEY_SLACK);
-        }
-    }
-    pack(&near)
-}
-
-/// Bit `i` set where `flags[i]` is not 0.
-#[inline(always)]
-fn pack(flags: &[u32; 64]) -> u64 {
-    flags.iter().enumerate().fold(0u64, |bits, (i, &n)| bits | u64::from(n != 0) << i)
-}
-
-/// Bit `i` set where `keys[i]` lies in one of `ranges` (first key, length - 1).
-#[inline(always)]
-fn in_ranges(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
-    let mut near = [0u32; 64];
-    let keys = &keys[..keys.len().min(64)];
-    for &(first, span) in ranges {
-        for (n, &a) in near.iter_mut().zip(keys) {
-            *n |= u32::from(a.wrapping_sub(first) <= span);
         }
     }
     pack(&near)

@@ -296,6 +296,25 @@ fn approx_run<F: Fn(usize, &mut [u32])>(mu: &[u8], rho: &[u8], first: usize, out
     }
 }
 
+/// Bit `i` set where `flags[i]` is not 0.
+#[inline(always)]
+pub(crate) fn pack(flags: &[u32; 64]) -> u64 {
+    flags.iter().enumerate().fold(0u64, |bits, (i, &n)| bits | u64::from(n != 0) << i)
+}
+
+/// Bit `i` set where `keys[i]` lies in one of `ranges` (first key, length - 1).
+#[inline(always)]
+pub(crate) fn in_ranges(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
+    let mut near = [0u32; 64];
+    let keys = &keys[..keys.len().min(64)];
+    for &(first, span) in ranges {
+        for (n, &a) in near.iter_mut().zip(keys) {
+            *n |= u32::from(a.wrapping_sub(first) <= span);
+        }
+    }
+    pack(&near)
+}
+
 /// Largest distance between an approximate key of [`approx_keys`] and the exact one. Checked
 /// over every f32 rho in [-80, 80]: `softplus_approx` is within relative 2.41e-5 of
 /// `softplus_f32`, so an approximate SNR key is within 2.41e-5 * 2^24 + 2 < 410 units in the

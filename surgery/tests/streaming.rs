@@ -292,12 +292,19 @@ fn streamed_outputs_equal_the_masks() {
             let tf = dir.path().join("tf").join("model.ckpt-1");
             std::fs::create_dir_all(tf.parent().expect("parent")).expect("mkdir");
             formats::convert::checkpoint_to_bundle(&ckpt, &tf, &streamed.edits).expect("bundle");
+            // The TF output with its counts taken while it is written: the same report.
+            let job = surgery::prune::PruneJob { options: options.clone(), layers: None, parts: vec![Part::Kernel] };
+            let bundled = dir.path().join("job").join("model.ckpt-1");
+            let report = surgery::prune::prune_checkpoint_to_bundle(&ckpt, &bundled, &job).expect("bundle job");
+            assert_eq!(report, masks.report, "{criterion:?} {mode:?}");
+            let written = std::fs::read_to_string(surgery::prune::report_path(&bundled)).expect("report file");
+            assert_eq!(written, serde_json::to_string_pretty(&masks.report).expect("json"));
             let rho_fill = if mode == Mode::Zero { -1000.0 } else { 0.0 };
             for (l, layer) in layers.iter().enumerate() {
                 let keep: Vec<bool> = masks.keep[l].iter().collect();
                 let want_mu: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.0 } else { 0.0 }.to_bits()).collect();
                 let want_rho: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.1 } else { rho_fill }.to_bits()).collect();
-                for out in [&st, &tf] {
+                for out in [&st, &tf, &bundled] {
                     let (mu_key, rho_key) = if out == &st {
                         (format!("den_{}.kernel_posterior_loc", l + 1), format!("den_{}.kernel_posterior_untransformed_scale", l + 1))
                     } else {
