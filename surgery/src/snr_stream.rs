@@ -85,15 +85,15 @@ pub(crate) fn chunk_keys(dtype: DType, mu: &[u8], rho: &[u8], keys: &mut Vec<u32
 /// `limits`.
 #[inline(always)]
 fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
-    let mut near = [0u32; 64];
+    let mut near = [0u8; 64];
     let keys = &keys[..keys.len().min(64)];
     // Low 16 bits within KEY_SLACK of either end of the bucket (wraps below).
     for (n, &a) in near.iter_mut().zip(keys) {
-        *n = u32::from((a & 0xffff).wrapping_sub(KEY_SLACK) > 0xffff - 2 * KEY_SLACK);
+        *n = u8::from((a & 0xffff).wrapping_sub(KEY_SLACK) > 0xffff - 2 * KEY_SLACK);
     }
     for &l in limits {
         for (n, &a) in near.iter_mut().zip(keys) {
-            *n |= u32::from(a.wrapping_sub(l).wrapping_add(KEY_SLACK) <= 2 * KEY_SLACK);
+            *n |= u8::from(a.wrapping_sub(l).wrapping_add(KEY_SLACK) <= 2 * KEY_SLACK);
         }
     }
     pack(&near)
@@ -264,9 +264,41 @@ fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, secon
     let add = |keys: &[u32], hist: &mut TopHistogram| keys.iter().filter(|&&k| k < MARKERS).for_each(|&k| hist.add(k));
     rayon::join(|| add(a, &mut layer.hist), || add(b, second));
     layer.count += keys.len() as u64 - markers;
+    let mut candidates = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked).
+        unsafe { scans_avx2(keys, limits, &mut layer.under, &mut candidates) };
+    } else {
+        scans(keys, limits, &mut layer.under, &mut candidates);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scans(keys, limits, &mut layer.under, &mut candidates);
+    for j in candidates {
+        let k = keys[j];
+        let e = if k == INFINITY { k } else { key_of(f32_at(mu, j), f32_at(rho, j)) };
+        layer.min = layer.min.min(e);
+        layer.max = layer.max.max(e);
+        if e < INFINITY {
+            layer.max_finite = layer.max_finite.max(Some(e));
+        }
+    }
+}
+
+/// [`scans`] compiled for AVX2 (unsigned 32-bit compares, minima and maxima).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scans_avx2(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
+    scans(keys, limits, under, candidates)
+}
+
+/// The vectorized part of [`first_pass_fast`]: adds the keys at or under each of `limits` to
+/// `under`, and lists the weights that may hold the chunk's extremes in `candidates`.
+#[inline(always)]
+fn scans(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
     // Every key is on the right side of every limit (bucket_keys); markers are above them all.
-    for (u, &limit) in layer.under.iter_mut().zip(limits) {
-        // u32 lanes per block of 64 (vectorized), summed in u64.
+    for (u, &limit) in under.iter_mut().zip(limits) {
+        // u32 lanes per block of 64, summed in u64.
         *u += keys.chunks(64).map(|b| b.iter().map(|&k| u32::from(k <= limit)).sum::<u32>() as u64).sum::<u64>();
     }
     // The extremes: a weight's exact key is within KEY_SLACK of its key, so the exact smallest
@@ -281,20 +313,15 @@ fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, secon
     // Candidates: keys up to `low_end`, or from `high_end` up (finite ones, and every infinity).
     let low_end = smallest.saturating_add(2 * KEY_SLACK);
     let high_end = if finite == 0 { INFINITY } else { finite.saturating_sub(1 + 2 * KEY_SLACK) };
-    let candidates = keys.chunks(64).enumerate().flat_map(|(w, block)| {
-        let mut bits = 0u64;
-        for (i, &k) in block.iter().enumerate() {
-            bits |= u64::from(k <= low_end || (k >= high_end && k < MARKERS)) << i;
+    for (w, block) in keys.chunks(64).enumerate() {
+        let mut flags = [0u8; 64];
+        for (f, &k) in flags.iter_mut().zip(block) {
+            *f = u8::from(k <= low_end || (k >= high_end && k < MARKERS));
         }
-        std::iter::successors(Some(bits).filter(|b| *b != 0), |b| Some(b & (b - 1)).filter(|b| *b != 0)).map(move |b| 64 * w + b.trailing_zeros() as usize)
-    });
-    for j in candidates {
-        let k = keys[j];
-        let e = if k == INFINITY { k } else { key_of(f32_at(mu, j), f32_at(rho, j)) };
-        layer.min = layer.min.min(e);
-        layer.max = layer.max.max(e);
-        if e < INFINITY {
-            layer.max_finite = layer.max_finite.max(Some(e));
+        let mut bits = pack(&flags);
+        while bits != 0 {
+            candidates.push(64 * w + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
         }
     }
 }

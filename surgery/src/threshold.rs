@@ -296,20 +296,26 @@ fn approx_run<F: Fn(usize, &mut [u32])>(mu: &[u8], rho: &[u8], first: usize, out
     }
 }
 
-/// Bit `i` set where `flags[i]` is not 0.
+/// Bit `i` set where `flags[i]` is 1 (each flag 0 or 1).
 #[inline(always)]
-pub(crate) fn pack(flags: &[u32; 64]) -> u64 {
-    flags.iter().enumerate().fold(0u64, |bits, (i, &n)| bits | u64::from(n != 0) << i)
+pub(crate) fn pack(flags: &[u8; 64]) -> u64 {
+    let mut bits = 0u64;
+    for (j, eight) in flags.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        // Gathers byte i's low bit into bit 56 + i (no carries: each byte is 0 or 1).
+        bits |= (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
+    }
+    bits
 }
 
 /// Bit `i` set where `keys[i]` lies in one of `ranges` (first key, length - 1).
 #[inline(always)]
 pub(crate) fn in_ranges(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
-    let mut near = [0u32; 64];
+    let mut near = [0u8; 64];
     let keys = &keys[..keys.len().min(64)];
     for &(first, span) in ranges {
         for (n, &a) in near.iter_mut().zip(keys) {
-            *n |= u32::from(a.wrapping_sub(first) <= span);
+            *n |= u8::from(a.wrapping_sub(first) <= span);
         }
     }
     pack(&near)
@@ -390,6 +396,18 @@ mod tests {
             rho += 0.000_37;
         }
         assert!(worst < 3e-5, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn packed_flags_are_the_bits_in_order() {
+        let mut state = 0x5151_2323_7777_0101u64;
+        for _ in 0..1000 {
+            let mut flags = [0u8; 64];
+            flags.iter_mut().for_each(|f| *f = u8::from(uniform(&mut state) < 0.3));
+            let want = flags.iter().enumerate().fold(0u64, |b, (i, &f)| b | u64::from(f) << i);
+            assert_eq!(pack(&flags), want);
+        }
+        assert_eq!(pack(&[1; 64]), u64::MAX);
     }
 
     #[test]
