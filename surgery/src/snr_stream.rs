@@ -83,8 +83,24 @@ pub(crate) fn chunk_keys(dtype: DType, mu: &[u8], rho: &[u8], keys: &mut Vec<u32
 /// Bit `i` set where approximate key `keys[i]` (within [`KEY_SLACK`] of the exact key) could
 /// belong to another top-16-bit bucket than the exact key, or lie on the other side of one of
 /// `limits`.
-#[inline(always)]
 fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { unsettled_avx2(keys, limits) };
+    }
+    unsettled_generic(keys, limits)
+}
+
+/// [`unsettled`] compiled for AVX2 (unsigned 32-bit compares).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unsettled_avx2(keys: &[u32], limits: &[u32]) -> u64 {
+    unsettled_generic(keys, limits)
+}
+
+#[inline(always)]
+fn unsettled_generic(keys: &[u32], limits: &[u32]) -> u64 {
     let mut near = [0u8; 64];
     let keys = &keys[..keys.len().min(64)];
     // Low 16 bits within KEY_SLACK of either end of the bucket (wraps below).

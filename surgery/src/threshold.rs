@@ -308,9 +308,25 @@ pub(crate) fn pack(flags: &[u8; 64]) -> u64 {
     bits
 }
 
-/// Bit `i` set where `keys[i]` lies in one of `ranges` (first key, length - 1).
-#[inline(always)]
+/// Bit `i` set where `keys[i]` (up to 64) lies in one of `ranges` (first key, length - 1).
 pub(crate) fn in_ranges(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { in_ranges_avx2(keys, ranges) };
+    }
+    in_ranges_generic(keys, ranges)
+}
+
+/// [`in_ranges`] compiled for AVX2 (unsigned 32-bit compares).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn in_ranges_avx2(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
+    in_ranges_generic(keys, ranges)
+}
+
+#[inline(always)]
+fn in_ranges_generic(keys: &[u32], ranges: &[(u32, u32)]) -> u64 {
     let mut near = [0u8; 64];
     let keys = &keys[..keys.len().min(64)];
     for &(first, span) in ranges {
