@@ -194,14 +194,17 @@ fn load_bits(bytes: &[u8]) -> [u32; 64] {
 /// Bits of weights already pruned, and of those with a non-finite mu or rho.
 #[inline(always)]
 fn special_bits(mu_bits: &[u32; 64], rho_bits: &[u32; 64], len: usize) -> (u64, u64, u64) {
-    let (mut already, mut undefined_mu, mut undefined_rho) = (0u64, 0u64, 0u64);
-    for i in 0..len {
+    // Flags for all 64 lanes (vectorized), packed, then cut to the `len` weights there are
+    // (the lanes past them hold zeros, which would read as pruned).
+    let (mut already, mut undefined_mu, mut undefined_rho) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+    for i in 0..64 {
         let (m, r) = (mu_bits[i], f32::from_bits(rho_bits[i]));
-        already |= u64::from(m & 0x7fff_ffff == 0 && (r == 0.0 || r <= ZERO_SOFTPLUS_RHO_F32)) << i;
-        undefined_mu |= u64::from(m & 0x7f80_0000 == 0x7f80_0000) << i;
-        undefined_rho |= u64::from(rho_bits[i] & 0x7f80_0000 == 0x7f80_0000) << i;
+        already[i] = u8::from(m & 0x7fff_ffff == 0 && (r == 0.0 || r <= ZERO_SOFTPLUS_RHO_F32));
+        undefined_mu[i] = u8::from(m & 0x7f80_0000 == 0x7f80_0000);
+        undefined_rho[i] = u8::from(rho_bits[i] & 0x7f80_0000 == 0x7f80_0000);
     }
-    (already, undefined_mu, undefined_rho)
+    let valid = if len == 0 { 0 } else { u64::MAX >> (64 - len.min(64)) };
+    (pack(&already) & valid, pack(&undefined_mu) & valid, pack(&undefined_rho) & valid)
 }
 
 /// Decides up to 64 weights.
