@@ -155,7 +155,7 @@ pub struct Stats {
     pub min: f64,
     /// Largest value.
     pub max: f64,
-    /// Arithmetic mean.
+    /// Arithmetic mean (NaN where [`analyse_with`] was not asked for it, see [`Extras`]).
     pub mean: f64,
     /// (level, value) pairs, numpy's default 'linear' quantiles.
     pub quantiles: Vec<(f64, f64)>,
@@ -240,7 +240,8 @@ pub struct TargetSnr {
     pub target: Target,
     /// Its statistics.
     pub stats: Stats,
-    /// Histogram over log10(SNR): (bin lower edge, count).
+    /// Histogram over log10(SNR): (bin lower edge, count); empty where [`analyse_with`] was
+    /// not asked for it.
     pub histogram: Vec<(f64, usize)>,
 }
 
