@@ -130,6 +130,7 @@ def main():
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
     body += (
+        f"Load average at the end: {os.getloadavg()[0]:.1f}.\n\n"
         "Targets (issue 12): `snr` at most 2.5x `cp` and under 128 MiB; `prune --sparsity 0.7` at most 3x and under 128 MiB; "
         "`prune --threshold 1` at most 1.6x and under 64 MiB; the same memory bounds at 4 GiB.\n"
     )

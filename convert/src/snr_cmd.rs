@@ -7,7 +7,7 @@ use formats::checkpoint::Checkpoint;
 use image::ImageEncoder;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use surgery::snr::{analyse, select_targets, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
+use surgery::snr::{analyse_with, select_targets, Extras, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
 
 /// Arguments of `snr` (what pruned and non-finite weights count as: see the command's help).
 #[derive(clap::Args)]
@@ -36,7 +36,9 @@ pub fn run(a: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&a.input)?;
     let parts: &[Part] = if a.bias { &[Part::Kernel, Part::Bias] } else { &[Part::Kernel] };
     let targets = select_targets(&ckpt, a.layers.as_deref(), parts)?;
-    let report = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &a.thresholds)?;
+    // The table prints neither the mean nor the histograms: they cost a pass of exact SNRs.
+    let extras = Extras { mean: a.json, histogram: a.json || a.plot.is_some() };
+    let report = analyse_with(&ckpt, &targets, &DEFAULT_LEVELS, &a.thresholds, extras)?;
     for n in &report.non_finite {
         eprintln!(
             "bnn-convert: warning: {}: tensor '{}' holds {} NaN or infinite values; their weights are left out of the statistics",

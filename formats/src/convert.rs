@@ -13,7 +13,7 @@ pub use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
-use crate::safetensors_file::{write_safetensors, PlannedTensor};
+use crate::safetensors_file::{write_safetensors_with, PlannedTensor};
 use crate::tensor::TensorData;
 
 /// Choices for [`checkpoint_to_safetensors`].
@@ -138,7 +138,23 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
         .zip(&plan.names)
         .map(|(v, n)| PlannedTensor { name: n.clone(), dtype: v.info.dtype, shape: v.info.shape.clone() })
         .collect();
-    write_safetensors(out, &planned, &plan.metadata, |i, sink| edits.stream(ckpt, &plan.variables[i].key, sink))?;
+    write_safetensors_with(out, &planned, &plan.metadata, |i, out| {
+        let v = &plan.variables[i];
+        let edit = edits.values.get(&v.key);
+        // Stretches of 64 whole elements, as for bundles: masks then work a word at a time.
+        let align = 64 * v.info.dtype.size().unwrap_or(1);
+        let mut offset = 0u64;
+        ckpt.stream(&v.key, &mut |chunk| {
+            let at_chunk = offset;
+            offset += chunk.len() as u64;
+            out.write_with(chunk.len(), align, &mut |at, dst| match edit {
+                // Edited straight into the output buffer.
+                Some(edit) => edit.apply(at_chunk + at as u64, &chunk[at..at + dst.len()], dst),
+                None => dst.copy_from_slice(&chunk[at..at + dst.len()]),
+            })
+        })?;
+        edit.map_or(Ok(()), |edit| edit_finished(ckpt, &v.key, edit.as_ref()))
+    })?;
     Ok(ConversionReport {
         output: out.to_path_buf(),
         bytes: plan.variables.iter().map(|v| v.info.nbytes).sum(),

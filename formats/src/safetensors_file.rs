@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::bundle::write_atomically;
+use crate::output_file::OutputFile;
+use crate::write_behind::WriteBehind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorInfo;
@@ -164,6 +165,34 @@ pub fn write_safetensors<F>(path: &Path, tensors: &[PlannedTensor], metadata: &B
 where
     F: FnMut(usize, &mut crate::tensor::Sink) -> Result<()>,
 {
+    write_safetensors_with(path, tensors, metadata, |i, out| fill(i, &mut |chunk: &[u8]| out.write_with(chunk.len(), 1, &mut |at, dst| dst.copy_from_slice(&chunk[at..at + dst.len()]))))
+}
+
+/// Where [`write_safetensors_with`] writes a tensor's bytes: appended in place to the buffer a
+/// background thread writes out, so that producing the next bytes overlaps with the write.
+pub struct TensorOut<'a> {
+    data: &'a mut WriteBehind<OutputFile>,
+    path: &'a Path,
+    written: u64,
+}
+
+impl TensorOut<'_> {
+    /// Appends `len` bytes that `fill` writes in place, as [`WriteBehind::write_with`] (every
+    /// stretch but the last a multiple of `align` bytes).
+    pub fn write_with(&mut self, len: usize, align: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> Result<()> {
+        self.written += len as u64;
+        self.data.write_with(len, align, fill).map_err(|e| Error::io(self.path, e))
+    }
+}
+
+/// Bytes per buffer handed to the writer thread.
+const WRITE_BUFFER: usize = 4 << 20;
+
+/// [`write_safetensors`] with each tensor's bytes written in place by `fill(i, out)`.
+pub fn write_safetensors_with<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, mut fill: F) -> Result<()>
+where
+    F: FnMut(usize, &mut TensorOut) -> Result<()>,
+{
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::invalid(path, e.to_string()))?);
@@ -189,22 +218,21 @@ where
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    write_atomically(path, |w| {
-        let io = |e| Error::io(path, e);
-        w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
-        w.write_all(&json).map_err(io)?;
-        for (i, t) in tensors.iter().enumerate() {
-            let mut written = 0u64;
-            fill(i, &mut |chunk: &[u8]| {
-                written += chunk.len() as u64;
-                w.write_all(chunk).map_err(io)
-            })?;
-            if written != sizes[i] {
-                return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {written}", t.name, sizes[i])));
-            }
+    let io = |e| Error::io(path, e);
+    // Dropped on an error before the commit: the partial file goes with it.
+    let mut data = WriteBehind::without_checksums(OutputFile::create(path)?, WRITE_BUFFER);
+    data.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    data.write_all(&json).map_err(io)?;
+    for (i, t) in tensors.iter().enumerate() {
+        let mut out = TensorOut { data: &mut data, path, written: 0 };
+        fill(i, &mut out)?;
+        if out.written != sizes[i] {
+            return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {}", t.name, sizes[i], out.written)));
         }
-        Ok(())
-    })
+    }
+    let (file, _) = data.finish().map_err(io)?;
+    // No fsync: like `cp`, durability is left to the OS (see `write_atomically`).
+    file.commit()
 }
 
 #[cfg(test)]

@@ -33,12 +33,21 @@ pub struct WriteBehind<W: Write + Send + 'static> {
     to_writer: Option<SyncSender<Filled>>,
     spare: Option<Receiver<Vec<u8>>>,
     writer: Option<JoinHandle<Outcome<W>>>,
+    /// Whether pieces are checksummed (else the checksums handed back are empty).
+    checksums: bool,
 }
 
 impl<W: Write + Send + 'static> WriteBehind<W> {
     /// A writer to `inner` in buffers of `capacity` bytes.
     pub fn new(inner: W, capacity: usize) -> WriteBehind<W> {
-        WriteBehind { buf: vec![0; capacity.max(8)], used: 0, ends: Vec::new(), inner: Some(inner), to_writer: None, spare: None, writer: None }
+        WriteBehind { buf: vec![0; capacity.max(8)], used: 0, ends: Vec::new(), inner: Some(inner), to_writer: None, spare: None, writer: None, checksums: true }
+    }
+
+    /// A writer like [`WriteBehind::new`] that takes no checksums (for formats without them).
+    pub fn without_checksums(inner: W, capacity: usize) -> WriteBehind<W> {
+        let mut w = WriteBehind::new(inner, capacity);
+        w.checksums = false;
+        w
     }
 
     /// Ends the current piece, so the next bytes get a checksum of their own.
@@ -53,11 +62,12 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
         if let Some(inner) = self.inner.take() {
             let (to_writer, queue) = sync_channel::<Filled>(QUEUED);
             let (give_back, spare) = channel();
+            let checksums = self.checksums;
             let spawned = std::thread::Builder::new().name("write-behind".into()).spawn(move || {
                 let mut inner = inner;
                 let mut pieces = Vec::new();
                 for (buf, used, ends) in queue {
-                    write_buffer(&mut inner, &buf[..used], &ends, &mut pieces)?;
+                    write_buffer(&mut inner, &buf[..used], &ends, checksums.then_some(&mut pieces))?;
                     // The producer may be gone (dropped after an error): then nobody reuses it.
                     let _ = give_back.send(buf);
                 }
@@ -117,7 +127,7 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
         self.end_piece();
         if let Some(mut inner) = self.inner.take() {
             let mut pieces = Vec::new();
-            write_buffer(&mut inner, &self.buf[..self.used], &self.ends, &mut pieces)?;
+            write_buffer(&mut inner, &self.buf[..self.used], &self.ends, self.checksums.then_some(&mut pieces))?;
             inner.flush()?;
             return Ok((inner, pieces));
         }
@@ -128,8 +138,12 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     }
 }
 
-/// Writes `data` and records the checksum of each piece in it (`ends`: where pieces end).
-fn write_buffer(inner: &mut impl Write, data: &[u8], ends: &[usize], pieces: &mut Vec<PieceChecksum>) -> io::Result<()> {
+/// Writes `data` and records the checksum of each piece in it (`ends`: where pieces end), if
+/// `pieces` are kept.
+fn write_buffer(inner: &mut impl Write, data: &[u8], ends: &[usize], pieces: Option<&mut Vec<PieceChecksum>>) -> io::Result<()> {
+    let Some(pieces) = pieces else {
+        return inner.write_all(data);
+    };
     let mut start = 0;
     for &end in ends.iter().chain([&data.len()]) {
         if end > start {

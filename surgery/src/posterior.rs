@@ -20,7 +20,7 @@ pub const CHUNK_WEIGHTS: usize = 1 << 20;
 /// (little-endian element bytes; `first` is the index of the chunk's first weight), then drops
 /// the chunk's mapped pages. With `verify`, the stored checksums of mu and rho are checked after
 /// the last chunk (the caller discards what it made from a tensor that fails).
-pub fn for_each_chunk(ckpt: &Checkpoint, t: &Target, verify: bool, mut f: impl FnMut(usize, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+pub fn for_each_chunk(ckpt: &Checkpoint, t: &Target, verify: bool, mut f: impl FnMut(usize, &[u8], &[u8]) -> Result<()> + Send) -> Result<()> {
     let width = t.dtype.size().ok_or_else(|| Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)))?;
     let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
     let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
@@ -32,11 +32,15 @@ pub fn for_each_chunk(ckpt: &Checkpoint, t: &Target, verify: bool, mut f: impl F
     let step = CHUNK_WEIGHTS * width;
     let (mut crc_mu, mut crc_rho) = (0u32, 0u32);
     for (i, (m, r)) in mu_bytes.chunks(step).zip(rho_bytes.chunks(step)).enumerate() {
-        if verify {
-            crc_mu = crc32c::crc32c_append(crc_mu, m);
-            crc_rho = crc32c::crc32c_append(crc_rho, r);
+        // The checksums on one core while `f` works on the other(s).
+        let (crcs, done) = rayon::join(
+            || verify.then(|| (crc32c::crc32c_append(crc_mu, m), crc32c::crc32c_append(crc_rho, r))),
+            || f(i * CHUNK_WEIGHTS, m, r),
+        );
+        done?;
+        if let Some((a, b)) = crcs {
+            (crc_mu, crc_rho) = (a, b);
         }
-        f(i * CHUNK_WEIGHTS, m, r)?;
         let range = i * step..i * step + m.len();
         ckpt.release(&t.loc_key, range.clone());
         ckpt.release(&t.rho_key, range);

@@ -14,7 +14,7 @@ use crate::posterior::{classify, for_each_chunk, Weight, CHUNK_WEIGHTS};
 use crate::radix::TopHistogram;
 use crate::snr::{read_posterior, NonFinite, Target};
 use model::softplus::ZERO_SCALE_RHO;
-use crate::threshold::{approx_keys, decide_f32, decision_snr, Decided, KEY_SLACK};
+use crate::threshold::{approx_keys, approx_keys_then, decide_f32, decision_snr, in_ranges, Decided, KEY_SLACK};
 use crate::values::element_bytes;
 
 /// Metadata entry holding the pruning report of a safetensors output.
@@ -122,6 +122,29 @@ pub struct Pruning {
     pub edits: Edits,
     /// What was done.
     pub report: PruneReport,
+    /// The counts of each target, as in the report.
+    decided: Vec<Decided>,
+    /// Targets (by index) whose counts are taken while their edits stream out (the report
+    /// has zeros for them until [`Pruning::settle`]).
+    deferred: Vec<(usize, Arc<Decision>)>,
+}
+
+impl Pruning {
+    /// Completes the report with the counts taken while the edits streamed out, once the
+    /// output has been written (a no-op for a pruning whose counts were known up front).
+    fn settle(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        for (i, decision) in &self.deferred {
+            let counted = decision.counted.as_ref().map(|c| *c.lock().unwrap_or_else(|p| p.into_inner()));
+            if let (Some(d), Some(counted)) = (self.decided.get_mut(*i), counted) {
+                *d = counted;
+            }
+        }
+        if !self.deferred.is_empty() {
+            self.report = report_of(ckpt, &self.targets, &self.report.options, &self.decided, self.report.threshold)?;
+            self.deferred.clear();
+        }
+        Ok(())
+    }
 }
 
 /// The threshold applied: BPrune reads T = 0 as SNR <= 1e-44.
@@ -204,12 +227,12 @@ fn lowest_fraction(groups: &[&[f64]], fraction: f64) -> (Vec<Vec<bool>>, f64) {
 /// pruned (rewritten in `options.mode`) and count as SNR 0 for a sparsity; weights with a NaN
 /// or infinite mu or rho are never pruned and reported in [`PruneReport::non_finite`].
 pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
-    let (plans, threshold) = plan(ckpt, targets, options)?;
+    let (plans, threshold) = plan(ckpt, targets, options, false)?;
     let plans = plans
         .into_iter()
         .zip(targets)
         .map(|(p, t)| match p {
-            Plan::Rule(rule, d) => Ok(Plan::Mask(Arc::new(mask_of(ckpt, t, &rule)?), d)),
+            Plan::Rule(rule, d) => Ok(Plan::Mask(Arc::new(mask_of(ckpt, t, &rule)?), d.unwrap_or_default())),
             mask => Ok(mask),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -221,7 +244,7 @@ pub fn prune(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> R
 /// of each pair), so no per-weight state is held; [`Pruning::keep`] is left empty for them.
 /// The decisions are the same as [`prune`]'s.
 pub fn prune_streaming(ckpt: &Arc<Checkpoint>, targets: &[Target], options: &PruneOptions) -> Result<Pruning> {
-    let (plans, threshold) = plan(ckpt, targets, options)?;
+    let (plans, threshold) = plan(ckpt, targets, options, false)?;
     finish(ckpt, Some(ckpt), targets, options, plans, threshold)
 }
 
@@ -230,8 +253,9 @@ pub fn prune_streaming(ckpt: &Arc<Checkpoint>, targets: &[Target], options: &Pru
 enum Plan {
     /// Held as bits.
     Mask(Arc<KeepMask>, Decided),
-    /// A float32 target, decided again wherever needed (its counts already known).
-    Rule(Rule, Decided),
+    /// A float32 target, decided again wherever needed; its counts, if already known (else
+    /// they are taken as it streams out, or by a pass of their own).
+    Rule(Rule, Option<Decided>),
 }
 
 /// The decision rule of a float32 target: prune every weight whose decision SNR is <= `t`
@@ -312,9 +336,10 @@ impl Rule {
     }
 }
 
-/// The decisions for every target (counts known, bits held only where needed), and the
-/// threshold in effect.
-fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result<(Vec<Plan>, f64)> {
+/// The decisions for every target (bits held only where needed), and the threshold in effect;
+/// with `defer`, the counts of a rule that needs no pass of its own to be applied (no partial
+/// tie quota) are left to be taken as it streams out.
+fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions, defer: bool) -> Result<(Vec<Plan>, f64)> {
     if let Criterion::Sparsity { fraction, .. } = options.criterion {
         if !(0.0..=1.0).contains(&fraction) {
             return Err(Error::invalid(ckpt.path(), format!("sparsity {fraction} is not between 0 and 1")));
@@ -326,10 +351,11 @@ fn plan(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions) -> Result
         Criterion::Threshold(t) if all_f32 => {
             let t = effective_threshold(t, options.mode);
             let rule = Rule { t, ties: None };
-            let plans = targets.iter().map(|target| Ok(Plan::Rule(rule.clone(), count(ckpt, target, &rule)?.0))).collect::<Result<_>>()?;
+            let counts = |target| if defer { Ok(None) } else { count(ckpt, target, &rule).map(|c| Some(c.0)) };
+            let plans = targets.iter().map(|target| Ok(Plan::Rule(rule.clone(), counts(target)?))).collect::<Result<_>>()?;
             Ok((plans, t))
         }
-        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer),
+        Criterion::Sparsity { fraction, per_layer } if all_f32 => sparsity_f32(ckpt, targets, fraction, per_layer, defer),
         _ => {
             let (decided, t) = decide_in_memory(ckpt, targets, options)?;
             Ok((decided.into_iter().map(|(m, d)| Plan::Mask(Arc::new(m), d)).collect(), t))
@@ -381,6 +407,8 @@ struct Decision {
     /// Set if the other half could not be read (it was read before, so this does not happen);
     /// the chunk is then left unpruned and the edit's `finished` fails the output.
     failed: std::sync::atomic::AtomicBool,
+    /// The counts of the weights decided so far (on the mu side), when they are taken here.
+    counted: Option<std::sync::Mutex<Decided>>,
 }
 
 #[derive(Debug)]
@@ -406,7 +434,11 @@ impl formats::convert::TensorEdit for DecidingEdit {
         let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
         let (n, first) = (src.len() / 4, offset as usize / 4);
         let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
-        d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        if let (true, Some(counted)) = (self.mu_side, &d.counted) {
+            let mut c = counted.lock().unwrap_or_else(|p| p.into_inner());
+            *c = *c + decided;
+        }
         crate::mask::apply_mask(&KeepMask::from_words(keep, n), 0, src, dst, &self.fill);
         drop(other);
         d.ckpt.release(other_key, range);
@@ -428,15 +460,59 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         Mode::Bprune => 0.0,
     };
     let (mut keeps, mut fills, mut edits) = (Vec::new(), Vec::new(), Edits::default());
-    let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
-    for (t, plan) in targets.iter().zip(plans) {
+    let (mut decided, mut deferred) = (Vec::new(), Vec::new());
+    for (i, (t, plan)) in targets.iter().zip(plans).enumerate() {
         let (Some(zero), Some(rho_fill)) = (element_bytes(t.dtype, 0.0), element_bytes(t.dtype, rho_value)) else {
             return Err(Error::invalid(ckpt.path(), format!("'{}' is {}, not a float type", t.loc_key, t.dtype)));
         };
-        let total = weights(ckpt, t)?;
-        let d = match &plan {
-            Plan::Mask(_, d) | Plan::Rule(_, d) => *d,
+        // Stored in one piece (borrowed from the map): decided again as it streams.
+        let in_one_piece = |c: &Checkpoint| matches!(c.read_unverified(&t.loc_key), Ok(formats::TensorData::Bytes(std::borrow::Cow::Borrowed(_))));
+        let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
+            (Plan::Rule(rule, d), Some(shared)) if in_one_piece(shared) => {
+                let counted = d.is_none().then(|| std::sync::Mutex::new(Decided::default()));
+                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into(), counted });
+                if d.is_none() {
+                    deferred.push((i, decision.clone()));
+                }
+                decided.push(d.unwrap_or_default());
+                (
+                    Arc::new(DecidingEdit { decision: decision.clone(), mu_side: true, fill: zero.clone() }),
+                    Arc::new(DecidingEdit { decision, mu_side: false, fill: rho_fill.clone() }),
+                )
+            }
+            (plan, _) => {
+                let (keep, d) = match plan {
+                    Plan::Mask(keep, d) => (keep, d),
+                    Plan::Rule(rule, d) => {
+                        // Counts left to the stream, which does not decide this target: counted now.
+                        let d = match d {
+                            Some(d) => d,
+                            None => count(ckpt, t, &rule)?.0,
+                        };
+                        (Arc::new(mask_of(ckpt, t, &rule)?), d)
+                    }
+                };
+                decided.push(d);
+                keeps.push(keep.clone());
+                (Arc::new(MaskEdit::new(keep.clone(), zero.clone())), Arc::new(MaskEdit::new(keep, rho_fill.clone())))
+            }
         };
+        edits.values.insert(t.loc_key.clone(), mu_edit);
+        edits.values.insert(t.rho_key.clone(), rho_edit);
+        fills.push((zero, rho_fill));
+    }
+    let report = report_of(ckpt, targets, options, &decided, threshold)?;
+    edits
+        .metadata
+        .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
+    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report, decided, deferred })
+}
+
+/// The report of a pruning from each target's counts.
+fn report_of(ckpt: &Checkpoint, targets: &[Target], options: &PruneOptions, decided: &[Decided], threshold: f64) -> Result<PruneReport> {
+    let (mut layers, mut non_finite) = (Vec::new(), Vec::new());
+    for (t, d) in targets.iter().zip(decided) {
+        let total = weights(ckpt, t)?;
         let pruned = total - d.kept.min(total);
         layers.push(TargetReport {
             layer: t.layer.clone(),
@@ -453,32 +529,10 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
                 non_finite.push(NonFinite { key: key.clone(), count });
             }
         }
-        // Stored in one piece (borrowed from the map): decided again as it streams.
-        let in_one_piece = |c: &Checkpoint| matches!(c.read_unverified(&t.loc_key), Ok(formats::TensorData::Bytes(std::borrow::Cow::Borrowed(_))));
-        let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
-            (Plan::Rule(rule, _), Some(shared)) if in_one_piece(shared) => {
-                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into() });
-                (
-                    Arc::new(DecidingEdit { decision: decision.clone(), mu_side: true, fill: zero.clone() }),
-                    Arc::new(DecidingEdit { decision, mu_side: false, fill: rho_fill.clone() }),
-                )
-            }
-            (plan, _) => {
-                let keep = match plan {
-                    Plan::Mask(keep, _) => keep,
-                    Plan::Rule(rule, _) => Arc::new(mask_of(ckpt, t, &rule)?),
-                };
-                keeps.push(keep.clone());
-                (Arc::new(MaskEdit::new(keep.clone(), zero.clone())), Arc::new(MaskEdit::new(keep, rho_fill.clone())))
-            }
-        };
-        edits.values.insert(t.loc_key.clone(), mu_edit);
-        edits.values.insert(t.rho_key.clone(), rho_edit);
-        fills.push((zero, rho_fill));
     }
     let total: usize = layers.iter().map(|l| l.total).sum();
     let kept: usize = layers.iter().map(|l| l.kept).sum();
-    let report = PruneReport {
+    Ok(PruneReport {
         options: options.clone(),
         threshold,
         total,
@@ -488,11 +542,7 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         sparsity: if total == 0 { 0.0 } else { (total - kept) as f64 / total as f64 },
         layers,
         non_finite,
-    };
-    edits
-        .metadata
-        .insert(META_PRUNE.to_string(), serde_json::to_string(&report).map_err(|e| Error::invalid(ckpt.path(), e.to_string()))?);
-    Ok(Pruning { targets: targets.to_vec(), keep: keeps, fills, edits, report })
+    })
 }
 
 
@@ -518,35 +568,48 @@ fn f32_at(bytes: &[u8], i: usize) -> f32 {
 ///    it only as many as needed to prune exactly k are pruned, the first in storage order.
 ///
 /// The same weights as sorting every SNR would prune (`lowest_fraction`).
-fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool) -> Result<(Vec<Plan>, f64)> {
+///
+/// With `defer`, a cut that prunes every weight equal to it (as it does unless SNRs tie there)
+/// leaves the counts to be taken as the targets stream out (see [`plan`]).
+fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer: bool, defer: bool) -> Result<(Vec<Plan>, f64)> {
     let groups: Vec<Vec<usize>> = if per_layer { (0..targets.len()).map(|i| vec![i]).collect() } else { vec![(0..targets.len()).collect()] };
     let mut out: Vec<Option<Plan>> = (0..targets.len()).map(|_| None).collect();
     let mut threshold = f64::NEG_INFINITY;
     let mut keys = Vec::new();
     for group in groups {
-        let (mut hist, mut undefined, mut n) = (TopHistogram::default(), 0u64, 0u64);
+        let (mut hist, mut second, mut undefined, mut n) = (TopHistogram::default(), TopHistogram::default(), 0u64, 0u64);
         for &i in &group {
             n += weights(ckpt, &targets[i])? as u64;
             for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
                 approx_keys(mu, rho, &mut keys);
-                for &k in &keys {
-                    if k == u32::MAX {
-                        undefined += 1;
-                    } else {
-                        hist.add(k);
-                    }
-                }
+                undefined += keys.iter().filter(|&&k| k == u32::MAX).count() as u64;
+                // The two halves on two cores.
+                let (a, b) = keys.split_at(keys.len() / 2);
+                let add = |keys: &[u32], hist: &mut TopHistogram| keys.iter().filter(|&&k| k != u32::MAX).for_each(|&k| hist.add(k));
+                rayon::join(|| add(a, &mut hist), || add(b, &mut second));
                 Ok(())
             })?;
         }
+        hist.merge(&second);
+        drop(second);
         let k = ((fraction * n as f64).round() as u64).min(n - undefined);
         let mut cut = None;
         if let Some((top, _)) = k.checked_sub(1).and_then(|r| hist.locate(r)) {
             drop(hist);
             cut = Some(exact_cut(ckpt, targets, &group, top, k, &mut keys)?);
         }
-        let t = cut.map_or(f64::NEG_INFINITY, |(key, _)| f32::from_bits(key) as f64);
-        let mut left = cut.map_or(0, |(_, ties)| ties);
+        let t = cut.map_or(f64::NEG_INFINITY, |(key, _, _)| f32::from_bits(key) as f64);
+        let mut left = cut.map_or(0, |(_, ties, _)| ties);
+        // Every weight equal to the cut pruned (or none there): a plain threshold.
+        if cut.is_none_or(|(_, ties, equal)| ties == equal) {
+            for &i in &group {
+                let rule = Rule { t, ties: None };
+                let d = if defer { None } else { Some(count(ckpt, &targets[i], &rule)?.0) };
+                out[i] = Some(Plan::Rule(rule, d));
+            }
+            threshold = threshold.max(t);
+            continue;
+        }
         for &i in &group {
             let mut rule = Rule { t, ties: Some(Ties { quota: left, before: Vec::new() }) };
             let (d, before) = count(ckpt, &targets[i], &rule)?;
@@ -554,7 +617,7 @@ fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer:
             if let Some(ties) = &mut rule.ties {
                 ties.before = before;
             }
-            out[i] = Some(Plan::Rule(rule, d));
+            out[i] = Some(Plan::Rule(rule, Some(d)));
         }
         threshold = threshold.max(t);
     }
@@ -565,34 +628,35 @@ fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer:
 }
 
 /// Pass two of [`sparsity_f32`]: the exact key of the k-th smallest decision SNR of `group`,
-/// known to lie in bucket `top` of the approximate keys, and how many weights equal to it are
-/// pruned (k minus those below it).
-fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k: u64, keys: &mut Vec<u32>) -> Result<(u32, u64)> {
+/// known to lie in bucket `top` of the approximate keys, how many weights equal to it are
+/// pruned (k minus those below it), and how many there are.
+fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k: u64, keys: &mut Vec<u32>) -> Result<(u32, u64, u64)> {
     // Exact keys in [lo, hi] are counted one by one: the approximate bucket widened by the
     // approximation's error holds the k-th exact key (see `threshold::approx_keys`).
     let lo = (top << 16).saturating_sub(KEY_SLACK);
     let hi = (top << 16 | 0xffff).saturating_add(KEY_SLACK).min(u32::MAX - 1);
     let mut window = vec![0u64; (hi - lo + 1) as usize];
     let mut below = 0u64;
+    // Approximate keys from which the exact key may be in [lo, hi] are replaced by the exact
+    // one (in parallel); every other key is below lo (counted) or above hi exactly when its
+    // exact key is. NaN decisions (undefined weights) are u32::MAX, above hi.
+    let first = lo.saturating_sub(KEY_SLACK);
+    let ranges = [(first, hi.saturating_add(KEY_SLACK) - first)];
     for &i in group {
         for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
-            approx_keys(mu, rho, keys);
-            for (j, &a) in keys.iter().enumerate() {
-                if a == u32::MAX {
-                    continue;
+            approx_keys_then(mu, rho, keys, |start, word| {
+                let mut exact = in_ranges(word, &ranges);
+                while exact != 0 {
+                    let j = exact.trailing_zeros() as usize;
+                    let e = decision_snr(f32_at(mu, start + j), f32_at(rho, start + j));
+                    word[j] = if e.is_nan() { u32::MAX } else { e.to_bits() };
+                    exact &= exact - 1;
                 }
-                if a < lo.saturating_sub(KEY_SLACK) && lo >= KEY_SLACK {
-                    below += 1;
-                    continue;
-                }
-                if a > hi.saturating_add(KEY_SLACK) {
-                    continue;
-                }
-                let e = decision_snr(f32_at(mu, j), f32_at(rho, j)).to_bits();
-                if e < lo {
-                    below += 1;
-                } else if e <= hi {
-                    window[(e - lo) as usize] += 1;
+            });
+            below += keys.chunks(64).map(|b| b.iter().map(|&k| u32::from(k < lo)).sum::<u32>() as u64).sum::<u64>();
+            for &k in keys.iter() {
+                if k.wrapping_sub(lo) <= hi - lo {
+                    window[(k - lo) as usize] += 1;
                 }
             }
             Ok(())
@@ -602,7 +666,7 @@ fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k
     let mut seen = below;
     for (offset, &c) in window.iter().enumerate() {
         if rank < seen + c {
-            return Ok((lo + offset as u32, k - seen));
+            return Ok((lo + offset as u32, k - seen, c));
         }
         seen += c;
     }
@@ -674,9 +738,13 @@ pub fn prune_to_bundle(input: &std::path::Path, prefix: &std::path::Path, job: &
 /// again if it fails.
 pub fn prune_checkpoint_to_bundle(ckpt: &Arc<Checkpoint>, prefix: &std::path::Path, job: &PruneJob) -> Result<PruneReport> {
     let targets = crate::snr::select_targets(ckpt, job.layers.as_deref(), &job.parts)?;
-    let pruning = prune_streaming(ckpt, &targets, &job.options)?;
+    // The counts a TF checkpoint does not hold are taken while it is written (no pass of
+    // their own), and the report written after it.
+    let (plans, threshold) = plan(ckpt, &targets, &job.options, true)?;
+    let mut pruning = finish(ckpt, Some(ckpt), &targets, &job.options, plans, threshold)?;
     let folder = formats::output_file::create_output_dir(formats::output_file::parent_dir(prefix))?;
     formats::convert::checkpoint_to_bundle(ckpt, prefix, &pruning.edits)?;
+    pruning.settle(ckpt)?;
     let json = serde_json::to_string_pretty(&pruning.report).map_err(|e| Error::invalid(prefix, e.to_string()))?;
     let report_path = report_path(prefix);
     formats::bundle::write_atomically(&report_path, |w| {

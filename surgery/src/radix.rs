@@ -81,6 +81,11 @@ impl LowHistograms {
         h
     }
 
+    /// The chosen buckets, ascending.
+    pub fn tops(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slot.iter().enumerate().filter(|(_, s)| **s != 0).map(|(top, _)| top as u32)
+    }
+
     /// Whether `key`'s bucket was chosen.
     #[inline(always)]
     pub fn wants(&self, key: u32) -> bool {

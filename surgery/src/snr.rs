@@ -155,7 +155,7 @@ pub struct Stats {
     pub min: f64,
     /// Largest value.
     pub max: f64,
-    /// Arithmetic mean.
+    /// Arithmetic mean (NaN where [`analyse_with`] was not asked for it, see [`Extras`]).
     pub mean: f64,
     /// (level, value) pairs, numpy's default 'linear' quantiles.
     pub quantiles: Vec<(f64, f64)>,
@@ -240,7 +240,8 @@ pub struct TargetSnr {
     pub target: Target,
     /// Its statistics.
     pub stats: Stats,
-    /// Histogram over log10(SNR): (bin lower edge, count).
+    /// Histogram over log10(SNR): (bin lower edge, count); empty where [`analyse_with`] was
+    /// not asked for it.
     pub histogram: Vec<(f64, usize)>,
 }
 
@@ -310,10 +311,42 @@ fn log_histogram(values: &[f64]) -> Vec<(f64, usize)> {
 /// (checksums verified) in memory that does not grow with the checkpoint; see [`Stats`] for
 /// what pruned and non-finite weights count as.
 pub fn analyse(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+    analyse_with(ckpt, targets, levels, thresholds, Extras::ALL)
+}
+
+/// The parts of an [`SnrReport`] that cost a computation of their own: the counts, extremes,
+/// quantiles and threshold counts are always exact, but the mean needs every weight's exact
+/// SNR (summed in storage order), and the log10 histograms a bin per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extras {
+    /// Compute [`Stats::mean`] (else it is NaN).
+    pub mean: bool,
+    /// Compute [`TargetSnr::histogram`] (else it is empty).
+    pub histogram: bool,
+}
+
+impl Extras {
+    /// Everything.
+    pub const ALL: Extras = Extras { mean: true, histogram: true };
+    /// Neither the mean nor the histograms: what the `snr` table prints.
+    pub const NONE: Extras = Extras { mean: false, histogram: false };
+}
+
+/// [`analyse`] computing only the `extras` asked for: without the mean, float32 posteriors
+/// need the exact (libm) SNR only of the few weights whose fast approximation could fall on
+/// the other side of a histogram bucket boundary, threshold or extreme.
+pub fn analyse_with(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64], extras: Extras) -> Result<SnrReport> {
     if targets.iter().any(|t| t.dtype == DType::Float64) {
-        return analyse_in_memory(ckpt, targets, levels, thresholds);
+        let mut report = analyse_in_memory(ckpt, targets, levels, thresholds)?;
+        if !extras.mean {
+            report.layers.iter_mut().map(|l| &mut l.stats).chain([&mut report.overall]).for_each(|s| s.mean = f64::NAN);
+        }
+        if !extras.histogram {
+            report.layers.iter_mut().for_each(|l| l.histogram.clear());
+        }
+        return Ok(report);
     }
-    crate::snr_stream::analyse_f32(ckpt, targets, levels, thresholds)
+    crate::snr_stream::analyse_f32(ckpt, targets, levels, thresholds, extras)
 }
 
 /// [`analyse`] holding every SNR: for f64 posteriors (whose SNRs are not 32-bit keys), and the

@@ -1,10 +1,13 @@
 //! [`crate::snr::analyse`] for posteriors stored as f32, f16 or bf16 (whose SNRs are f32
 //! values), in two streaming passes over the mapped checkpoint without holding the SNRs:
 //!
-//! 1. every SNR is computed exactly (as [`crate::snr::snr_values`] does) and counted by the
-//!    top 16 bits of its bit pattern (non-negative f32 values order like their bits), with the
-//!    extremes, the sum (in storage order, so the mean is the one summing every value gives),
-//!    and the threshold counts;
+//! 1. every SNR is counted by the top 16 bits of its bit pattern (non-negative f32 values
+//!    order like their bits), with the extremes and the threshold counts, and when the mean is
+//!    asked for, the sum (every SNR computed exactly, as [`crate::snr::snr_values`] does, and
+//!    summed in storage order, so the mean is the one summing every value gives). Without the
+//!    mean, float32 weights are keyed by the fast approximation of
+//!    [`crate::threshold::approx_keys`], exactly wherever that could change a bucket, a
+//!    threshold count or an extreme (see [`bucket_keys`]);
 //! 2. the SNRs are computed again and, for the few buckets holding the ranks the quantiles
 //!    need, counted by their low 16 bits, which pins those ranks to exact values; the log10
 //!    histogram, whose range pass one found, is filled too.
@@ -16,12 +19,12 @@ use formats::DType;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::posterior::{for_each_chunk, is_pruned_f32, load_f32};
+use crate::posterior::{for_each_chunk, is_pruned_f32, load_f32, CHUNK_WEIGHTS};
 use crate::radix::{LowHistograms, TopHistogram};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
-use crate::snr::{NonFinite, SnrReport, Stats, Target, TargetSnr};
+use crate::snr::{Extras, NonFinite, SnrReport, Stats, Target, TargetSnr};
 use model::softplus::softplus_f32;
-use crate::threshold::{approx_keys, KEY_SLACK};
+use crate::threshold::{approx_keys, approx_keys_then, in_ranges, pack, KEY_SLACK};
 
 /// Key of an already-pruned weight.
 const PRUNED: u32 = u32::MAX;
@@ -73,6 +76,72 @@ pub(crate) fn chunk_keys(dtype: DType, mu: &[u8], rho: &[u8], keys: &mut Vec<u32
                     *k = key_of(load_f32(dtype, mu, first + j), load_f32(dtype, rho, first + j));
                 }
             }
+        }
+    });
+}
+
+/// Bit `i` set where approximate key `keys[i]` (within [`KEY_SLACK`] of the exact key) could
+/// belong to another top-16-bit bucket than the exact key, or lie on the other side of one of
+/// `limits`.
+fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { unsettled_avx2(keys, limits) };
+    }
+    unsettled_generic(keys, limits)
+}
+
+/// [`unsettled`] compiled for AVX2 (unsigned 32-bit compares).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unsettled_avx2(keys: &[u32], limits: &[u32]) -> u64 {
+    unsettled_generic(keys, limits)
+}
+
+#[inline(always)]
+fn unsettled_generic(keys: &[u32], limits: &[u32]) -> u64 {
+    let mut near = [0u8; 64];
+    let keys = &keys[..keys.len().min(64)];
+    // Low 16 bits within KEY_SLACK of either end of the bucket (wraps below).
+    for (n, &a) in near.iter_mut().zip(keys) {
+        *n = u8::from((a & 0xffff).wrapping_sub(KEY_SLACK) > 0xffff - 2 * KEY_SLACK);
+    }
+    for &l in limits {
+        for (n, &a) in near.iter_mut().zip(keys) {
+            *n |= u8::from(a.wrapping_sub(l).wrapping_add(KEY_SLACK) <= 2 * KEY_SLACK);
+        }
+    }
+    pack(&near)
+}
+
+/// The approximate keys whose exact keys may lie in one of the chosen buckets of `lows`: each
+/// bucket widened by [`KEY_SLACK`] on both sides, as (first key, length - 1), merged.
+fn wanted_ranges(lows: &[&LowHistograms]) -> Vec<(u32, u32)> {
+    let mut tops: Vec<u32> = lows.iter().flat_map(|l| l.tops()).collect();
+    tops.sort_unstable();
+    let mut ranges: Vec<(u32, u32)> = Vec::new();
+    for top in tops {
+        let (a, b) = ((top << 16).saturating_sub(KEY_SLACK), (top << 16 | 0xffff).saturating_add(KEY_SLACK));
+        match ranges.last_mut() {
+            Some((first, span)) if a <= *first + *span + 1 => *span = (*span).max(b - *first),
+            _ => ranges.push((a, b - a)),
+        }
+    }
+    ranges
+}
+
+/// Pass one's keys of a float32 chunk without the mean: the approximate key of
+/// [`approx_keys`] where it is in the exact key's top-16-bit bucket and on the same side of
+/// every key of `limits` (the threshold counts' keys) for certain, else (and for every marker)
+/// the exact key.
+fn bucket_keys(mu: &[u8], rho: &[u8], limits: &[u32], keys: &mut Vec<u32>) {
+    approx_keys_then(mu, rho, keys, |first, word| {
+        let mut exact = unsettled(word, limits);
+        while exact != 0 {
+            let i = exact.trailing_zeros() as usize;
+            word[i] = key_of(f32_at(mu, first + i), f32_at(rho, first + i));
+            exact &= exact - 1;
         }
     });
 }
@@ -187,6 +256,92 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
     }
 }
 
+/// Pass one over a chunk's [`bucket_keys`] (of weights `mu` and `rho`): the same counts as
+/// [`first_pass`] without the sum; the extremes are exact keys of the weights that may hold them.
+/// `second` is a histogram of the layer's keys too (the two halves of each chunk are counted
+/// on two cores); the caller merges it.
+fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, second: &mut TopHistogram, limits: &[u32]) {
+    let markers = keys.iter().filter(|&&k| k >= MARKERS).count() as u64;
+    if markers > 0 {
+        for &k in keys.iter().filter(|&&k| k >= MARKERS) {
+            match k {
+                PRUNED => layer.pruned += 1,
+                UNDEFINED_MU => layer.undefined_mu += 1,
+                UNDEFINED_RHO => layer.undefined_rho += 1,
+                _ => {
+                    layer.undefined_mu += 1;
+                    layer.undefined_rho += 1;
+                }
+            }
+            layer.undefined += u64::from(k != PRUNED);
+        }
+    }
+    let (a, b) = keys.split_at(keys.len() / 2);
+    let add = |keys: &[u32], hist: &mut TopHistogram| keys.iter().filter(|&&k| k < MARKERS).for_each(|&k| hist.add(k));
+    rayon::join(|| add(a, &mut layer.hist), || add(b, second));
+    layer.count += keys.len() as u64 - markers;
+    let mut candidates = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked).
+        unsafe { scans_avx2(keys, limits, &mut layer.under, &mut candidates) };
+    } else {
+        scans(keys, limits, &mut layer.under, &mut candidates);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    scans(keys, limits, &mut layer.under, &mut candidates);
+    for j in candidates {
+        let k = keys[j];
+        let e = if k == INFINITY { k } else { key_of(f32_at(mu, j), f32_at(rho, j)) };
+        layer.min = layer.min.min(e);
+        layer.max = layer.max.max(e);
+        if e < INFINITY {
+            layer.max_finite = layer.max_finite.max(Some(e));
+        }
+    }
+}
+
+/// [`scans`] compiled for AVX2 (unsigned 32-bit compares, minima and maxima).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scans_avx2(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
+    scans(keys, limits, under, candidates)
+}
+
+/// The vectorized part of [`first_pass_fast`]: adds the keys at or under each of `limits` to
+/// `under`, and lists the weights that may hold the chunk's extremes in `candidates`.
+#[inline(always)]
+fn scans(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
+    // Every key is on the right side of every limit (bucket_keys); markers are above them all.
+    for (u, &limit) in under.iter_mut().zip(limits) {
+        // u32 lanes per block of 64, summed in u64.
+        *u += keys.chunks(64).map(|b| b.iter().map(|&k| u32::from(k <= limit)).sum::<u32>() as u64).sum::<u64>();
+    }
+    // The extremes: a weight's exact key is within KEY_SLACK of its key, so the exact smallest
+    // key is the exact key of a weight whose key is within 2 KEY_SLACK of the smallest key, and
+    // likewise the largest finite one. Infinite keys are exact (approx_keys).
+    let smallest = keys.iter().copied().min().unwrap_or(u32::MAX);
+    if smallest >= MARKERS {
+        return;
+    }
+    // Largest finite key plus one (0: none).
+    let finite = keys.iter().map(|&k| if k < INFINITY { k + 1 } else { 0 }).max().unwrap_or(0);
+    // Candidates: keys up to `low_end`, or from `high_end` up (finite ones, and every infinity).
+    let low_end = smallest.saturating_add(2 * KEY_SLACK);
+    let high_end = if finite == 0 { INFINITY } else { finite.saturating_sub(1 + 2 * KEY_SLACK) };
+    for (w, block) in keys.chunks(64).enumerate() {
+        let mut flags = [0u8; 64];
+        for (f, &k) in flags.iter_mut().zip(block) {
+            *f = u8::from(k <= low_end || (k >= high_end && k < MARKERS));
+        }
+        let mut bits = pack(&flags);
+        while bits != 0 {
+            candidates.push(64 * w + bits.trailing_zeros() as usize);
+            bits &= bits - 1;
+        }
+    }
+}
+
 /// Histogram bins by key: each top-16-bit bucket lies in one bin or straddles one boundary
 /// (a bucket spans under 0.6% in value, a bin 78%), found once by bisection, so binning a
 /// weight costs a table look-up and a compare instead of a logarithm.
@@ -284,8 +439,11 @@ fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: 
 }
 
 /// The streaming [`crate::snr::analyse`] (every target f32, f16 or bf16).
-pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64]) -> Result<SnrReport> {
+pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], thresholds: &[f64], extras: Extras) -> Result<SnrReport> {
     let under_keys: Vec<i64> = thresholds.iter().map(|t| key_at_or_below(*t).map_or(-1, i64::from)).collect();
+    // The same limits as u32 keys for the fast pass, where "no SNR can be <= t" becomes a limit
+    // no key is under: a marker never is, and no exact-key computation is needed near it.
+    let limits: Vec<u32> = under_keys.iter().map(|&l| u32::try_from(l).unwrap_or(MARKERS)).collect();
     let mut keys = Vec::new();
     // Pass one.
     let mut overall = First::new(thresholds.len());
@@ -293,11 +451,18 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     let mut layers: Vec<(First, Vec<Located>)> = Vec::with_capacity(targets.len());
     for t in targets {
         let mut layer = First::new(thresholds.len());
+        let mut second = TopHistogram::default();
         for_each_chunk(ckpt, t, true, |_, mu, rho| {
-            chunk_keys(t.dtype, mu, rho, &mut keys);
-            first_pass(&keys, &mut layer, &mut overall_sum, &under_keys);
+            if t.dtype == DType::Float32 && !extras.mean {
+                bucket_keys(mu, rho, &limits, &mut keys);
+                first_pass_fast(&keys, mu, rho, &mut layer, &mut second, &limits);
+            } else {
+                chunk_keys(t.dtype, mu, rho, &mut keys);
+                first_pass(&keys, &mut layer, &mut overall_sum, &under_keys);
+            }
             Ok(())
         })?;
+        layer.hist.merge(&second);
         overall.merge(&layer);
         let locations = layer.quantile_locations(levels);
         // Only the counts stay: the 512 KiB bucket histogram is not needed again.
@@ -309,9 +474,11 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     let mut overall_low = LowHistograms::new(overall_locations.iter().flat_map(|l| [l[0].0, l[1].0]));
     let mut out = Vec::with_capacity(targets.len());
     let mut non_finite = Vec::new();
+    // Pass two's marks of weights keyed exactly, a bit per weight of a chunk.
+    let mut need: Vec<std::sync::atomic::AtomicU64> = (0..CHUNK_WEIGHTS / 64).map(|_| 0.into()).collect();
     for (t, (layer, locations)) in targets.iter().zip(&layers) {
         let mut low = LowHistograms::new(locations.iter().flat_map(|l| [l[0].0, l[1].0]));
-        let table = layer.max_finite.map(|hi| BinTable::new(layer.min, hi));
+        let table = layer.max_finite.filter(|_| extras.histogram).map(|hi| BinTable::new(layer.min, hi));
         let mut bins = vec![0usize; table.as_ref().map_or(0, |b| b.bins.bins)];
         let count = |k: u32, low: &mut LowHistograms, overall_low: &mut LowHistograms, bins: &mut [usize]| {
             if k >= MARKERS {
@@ -329,6 +496,30 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
                 keys.iter().for_each(|&k| count(k, &mut low, &mut overall_low, &mut bins));
                 return Ok(());
             }
+            if table.is_none() {
+                // Only the weights whose exact key may fall in a bucket pass two counts matter:
+                // their exact keys replace the approximate ones (in parallel), marked in `need`.
+                let ranges = wanted_ranges(&[&low, &overall_low]);
+                let n = mu.len() / 4;
+                need.iter_mut().take(n.div_ceil(64)).for_each(|w| *w.get_mut() = 0);
+                approx_keys_then(mu, rho, &mut keys, |first, word| {
+                    let mut exact = in_ranges(word, &ranges);
+                    need[first / 64].store(exact, std::sync::atomic::Ordering::Relaxed);
+                    while exact != 0 {
+                        let i = exact.trailing_zeros() as usize;
+                        word[i] = key_of(f32_at(mu, first + i), f32_at(rho, first + i));
+                        exact &= exact - 1;
+                    }
+                });
+                for (w, bits) in need.iter_mut().take(n.div_ceil(64)).enumerate() {
+                    let mut bits = *bits.get_mut();
+                    while bits != 0 {
+                        count(keys[64 * w + bits.trailing_zeros() as usize], &mut low, &mut overall_low, &mut bins);
+                        bits &= bits - 1;
+                    }
+                }
+                return Ok(());
+            }
             // Approximate keys settle most weights: those whose exact key (within KEY_SLACK)
             // cannot fall in a bucket pass two counts nor across a histogram bin boundary.
             approx_keys(mu, rho, &mut keys);
@@ -341,6 +532,8 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
                     && above < INFINITY
                     && !(low.wants(below) || low.wants(above) || overall_low.wants(below) || overall_low.wants(above));
                 match &table {
+                    // Not binned (no histogram asked for, or no finite key): nothing to count.
+                    None if settled => {}
                     Some(table) if settled && table.bin(below) == table.bin(above) => bins[table.bin(a)] += 1,
                     _ => count(key_of(f32_at(mu, j), f32_at(rho, j)), &mut low, &mut overall_low, &mut bins),
                 }
@@ -352,9 +545,9 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
                 non_finite.push(NonFinite { key: key.clone(), count: n as usize });
             }
         }
-        let stats = stats_of(layer, layer.sum, levels, thresholds, locations, &low);
+        let stats = stats_of(layer, if extras.mean { layer.sum } else { f64::NAN }, levels, thresholds, locations, &low);
         out.push(TargetSnr { target: t.clone(), stats, histogram: table.map(|b| b.bins.edges(bins)).unwrap_or_default() });
     }
-    let overall_stats = stats_of(&overall, overall_sum, levels, thresholds, &overall_locations, &overall_low);
+    let overall_stats = stats_of(&overall, if extras.mean { overall_sum } else { f64::NAN }, levels, thresholds, &overall_locations, &overall_low);
     Ok(SnrReport { path: display(ckpt.path()), layers: out, overall: overall_stats, non_finite })
 }

@@ -10,7 +10,7 @@ use formats::checkpoint::Checkpoint;
 use formats::DType;
 use surgery::posterior::{classify_f32, Weight};
 use surgery::prune::{prune, Criterion, Mode, PruneOptions};
-use surgery::snr::{analyse, analyse_in_memory, select_targets, Part, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
+use surgery::snr::{analyse, analyse_in_memory, analyse_with, select_targets, Extras, Part, SnrReport, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
 
 /// Kernel shapes: the first spans two 1 Mi-weight chunks and ends mid-chunk.
 const LAYERS: [(u64, u64); 3] = [(1100, 1000), (300, 701), (64, 10)];
@@ -85,6 +85,116 @@ fn streaming_statistics_equal_sorting_every_snr() {
     // And with the default thresholds, as the command line asks.
     let a = analyse(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("streamed");
     assert_eq!(json(&a), json(&analyse_in_memory(&ckpt, &targets, &DEFAULT_LEVELS, &DEFAULT_THRESHOLDS).expect("sorted")));
+    // Without the mean and histograms (the table's fast path): everything else the same.
+    for thresholds in [&thresholds[..], &DEFAULT_THRESHOLDS[..]] {
+        let fast = analyse_with(&ckpt, &targets, &DEFAULT_LEVELS, thresholds, Extras::NONE).expect("fast");
+        let sorted = analyse_in_memory(&ckpt, &targets, &DEFAULT_LEVELS, thresholds).expect("in memory");
+        assert_eq!(to_json(&fast), to_json(&without_extras(sorted)));
+    }
+}
+
+/// Every f64 to the last bit.
+fn to_json(r: &SnrReport) -> String {
+    serde_json::to_string_pretty(r).expect("json")
+}
+
+/// A report with the mean and histograms left out, as `Extras::NONE` leaves them.
+fn without_extras(mut r: SnrReport) -> SnrReport {
+    r.layers.iter_mut().for_each(|l| {
+        l.stats.mean = f64::NAN;
+        l.histogram.clear();
+    });
+    r.overall.mean = f64::NAN;
+    r
+}
+
+/// A mean (of rho `rho`) whose f32 SNR has key `key` exactly, if one close to it has.
+fn mu_for_key(key: u32, rho: f32) -> Option<f32> {
+    let sigma = model::softplus::softplus_f32(rho);
+    let mut mu = f32::from_bits(key) * sigma;
+    for _ in 0..64 {
+        let got = (mu / sigma).to_bits();
+        if got == key {
+            return Some(mu);
+        }
+        mu = f32::from_bits(if got < key { mu.to_bits() + 1 } else { mu.to_bits() - 1 });
+    }
+    None
+}
+
+/// The fast path's exact-key fallbacks on their boundaries: SNRs whose keys sit on and around
+/// the top-16-bit bucket boundaries (where a key within the approximation's slack may belong
+/// to either bucket), on and around the threshold keys, and crowding the extremes, with the
+/// quantile levels chosen so that ranks land on them; against sorting every SNR.
+#[test]
+fn fast_statistics_are_exact_at_bucket_boundaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("model.ckpt-1");
+    let mut rng = Rng(11);
+    // SNR keys of 1.0 (0x3f80_0000, a bucket boundary) and 2.5 (mid-bucket) are thresholds.
+    let t_key = [1.0f32.to_bits(), 2.5f32.to_bits()];
+    let mut keys = Vec::new();
+    for b in [0x3f70u32, 0x3f80, 0x3f81, 0x3fa0, 0x4020, 0x4120] {
+        for d in [-1500i64, -1025, -1024, -1023, -600, -2, -1, 0, 1, 2, 600, 1023, 1024, 1025, 1500] {
+            keys.push(((b as i64) << 16).wrapping_add(d) as u32);
+        }
+    }
+    for t in t_key {
+        for d in -1100i64..=1100 {
+            if d % 50 == 0 || d.abs() <= 3 || d.abs() == 1024 || d.abs() == 1025 {
+                keys.push((t as i64 + d) as u32);
+            }
+        }
+    }
+    // Extremes: a crowd within twice the slack of the smallest and largest keys.
+    let (lo, hi) = (0x2000_0123u32, 0x4a00_0456u32);
+    for d in 0..40u32 {
+        keys.push(lo + 97 * d);
+        keys.push(hi - 97 * d);
+    }
+    let mut weights: Vec<(f32, f32)> = Vec::new();
+    for (i, &k) in keys.iter().enumerate() {
+        // Scales across the approximation's range; each key several times.
+        for _ in 0..1 + i % 3 {
+            let rho = rng.uniform(-12.0, 6.0);
+            if let Some(mu) = mu_for_key(k, rho) {
+                weights.push((if i % 2 == 0 { mu } else { -mu }, rho));
+            }
+        }
+    }
+    // Spread weights (most of the histogram), a pruned one and an undefined one.
+    for _ in 0..50_000 {
+        weights.push((rng.uniform(-0.3, 0.3), rng.uniform(-9.0, 2.0)));
+    }
+    weights.extend([(0.0, -1000.0), (f32::NAN, 1.0)]);
+    let n = weights.len() as u64;
+    let mut w = BundleWriter::create(&prefix).expect("create");
+    let mu: Vec<u8> = weights.iter().flat_map(|w| w.0.to_le_bytes()).collect();
+    let rho: Vec<u8> = weights.iter().flat_map(|w| w.1.to_le_bytes()).collect();
+    w.add_bytes("den_1/kernel_posterior_loc", DType::Float32, &[n, 1], &mu).expect("mu");
+    w.add_bytes("den_1/kernel_posterior_untransformed_scale", DType::Float32, &[n, 1], &rho).expect("rho");
+    w.finish().expect("finish");
+    let ckpt = Checkpoint::open(&prefix).expect("open");
+    let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+    let mut thresholds: Vec<f64> = t_key.iter().map(|k| f32::from_bits(*k) as f64).collect();
+    thresholds.extend(t_key.iter().map(|k| f32::from_bits(k + 1) as f64 - 1e-12));
+    thresholds.extend(t_key.iter().map(|k| f32::from_bits(k - 1) as f64));
+    // Every rank of the boundary keys: levels at each sorted position among them.
+    let mut sorted: Vec<f32> = weights.iter().filter(|w| w.0.is_finite() && !(w.0 == 0.0 && w.1 < -100.0)).map(|w| w.0.abs() / model::softplus::softplus_f32(w.1)).collect();
+    sorted.sort_by(f32::total_cmp);
+    let m = sorted.len() as f64 - 1.0;
+    let levels: Vec<f64> = keys
+        .iter()
+        .step_by(2)
+        .filter_map(|k| sorted.iter().position(|v| v.to_bits() == *k))
+        .map(|p| p as f64 / m)
+        .chain([0.0, 1.0])
+        .collect();
+    assert!(levels.len() > 50, "{}", levels.len());
+    let fast = analyse_with(&ckpt, &targets, &levels, &thresholds, Extras::NONE).expect("fast");
+    let want = without_extras(analyse_in_memory(&ckpt, &targets, &levels, &thresholds).expect("in memory"));
+    assert_eq!(to_json(&fast), to_json(&want));
+    assert_eq!((fast.overall.min, fast.overall.max), (f32::from_bits(lo) as f64, f32::from_bits(hi) as f64));
 }
 
 /// The decision SNR of a weight for pruning (already pruned: 0; undefined: never pruned).
@@ -182,12 +292,19 @@ fn streamed_outputs_equal_the_masks() {
             let tf = dir.path().join("tf").join("model.ckpt-1");
             std::fs::create_dir_all(tf.parent().expect("parent")).expect("mkdir");
             formats::convert::checkpoint_to_bundle(&ckpt, &tf, &streamed.edits).expect("bundle");
+            // The TF output with its counts taken while it is written: the same report.
+            let job = surgery::prune::PruneJob { options: options.clone(), layers: None, parts: vec![Part::Kernel] };
+            let bundled = dir.path().join("job").join("model.ckpt-1");
+            let report = surgery::prune::prune_checkpoint_to_bundle(&ckpt, &bundled, &job).expect("bundle job");
+            assert_eq!(report, masks.report, "{criterion:?} {mode:?}");
+            let written = std::fs::read_to_string(surgery::prune::report_path(&bundled)).expect("report file");
+            assert_eq!(written, serde_json::to_string_pretty(&masks.report).expect("json"));
             let rho_fill = if mode == Mode::Zero { -1000.0 } else { 0.0 };
             for (l, layer) in layers.iter().enumerate() {
                 let keep: Vec<bool> = masks.keep[l].iter().collect();
                 let want_mu: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.0 } else { 0.0 }.to_bits()).collect();
                 let want_rho: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.1 } else { rho_fill }.to_bits()).collect();
-                for out in [&st, &tf] {
+                for out in [&st, &tf, &bundled] {
                     let (mu_key, rho_key) = if out == &st {
                         (format!("den_{}.kernel_posterior_loc", l + 1), format!("den_{}.kernel_posterior_untransformed_scale", l + 1))
                     } else {
