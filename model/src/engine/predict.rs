@@ -782,12 +782,14 @@ mod tests {
         let x = values(n * 75, 4);
         let expected = naive_flipout(&lin, &x, n, 7);
         let shared = lin.shared(&x, n);
-        // Without and with the first layer's shared mean product and patches.
-        for sh in [None, Some(&shared)] {
+        // Without and with the first layer's shared mean product and patches, without and
+        // with the ReLU fused into the output pass.
+        for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
             let mut sampler = Sampler::new(7, 0);
-            let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, false, &mut Scratch::default());
+            let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, &mut Scratch::default());
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
+                let e = if relu { e.max(0.0) } else { *e };
                 assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
             }
         }
