@@ -293,9 +293,10 @@ impl Model {
         let per = self.example_len();
         // Small batches are split over the threads so that every core has work.
         let chunk = n.div_ceil(rayon::current_num_threads().max(1)).clamp(1, CHUNK);
+        let pool = ScratchPool::default();
         let chunks: Vec<Vec<f32>> = x
             .par_chunks(chunk * per)
-            .map_init(Scratch::default, |ws, c| run(&self.layers, c, c.len() / per, &mut Draw::Mean, None, ws))
+            .map(|c| pool.with(|ws| run(&self.layers, c, c.len() / per, &mut Draw::Mean, None, ws)))
             .collect();
         Ok(chunks.concat())
     }
@@ -311,6 +312,7 @@ impl Model {
         let n = self.check(x)?;
         let c = self.classes;
         let per = self.example_len();
+        let pool = ScratchPool::default();
         let mut sum = vec![0f64; n * c];
         let mut sq = vec![0f64; n * c];
         for (ci, (xc, (sc, qc))) in x.chunks(MC_CHUNK * per).zip(sum.chunks_mut(MC_CHUNK * c).zip(sq.chunks_mut(MC_CHUNK * c))).enumerate() {
@@ -323,13 +325,15 @@ impl Model {
             };
             let per_sample: Vec<Vec<f64>> = (0..samples)
                 .into_par_iter()
-                .map_init(Scratch::default, |ws, s| {
-                    let mut sampler = Sampler::new(seed, (ci * samples + s) as u64);
-                    let mut draw = Draw::Sample(&mut sampler, est);
-                    let logits = run(&self.layers, xc, m, &mut draw, shared.as_ref(), ws);
-                    let p = softmax_f32(&logits, c);
-                    ws.give(logits);
-                    p
+                .map(|s| {
+                    pool.with(|ws| {
+                        let mut sampler = Sampler::new(seed, (ci * samples + s) as u64);
+                        let mut draw = Draw::Sample(&mut sampler, est);
+                        let logits = run(&self.layers, xc, m, &mut draw, shared.as_ref(), ws);
+                        let p = softmax_f32(&logits, c);
+                        ws.give(logits);
+                        p
+                    })
                 })
                 .collect();
             // Summed in sample order: the result does not depend on the thread count.
@@ -372,6 +376,23 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
+}
+
+/// The [`Scratch`]es of one parallel loop, reused by its work items: rayon's `map_init`
+/// makes a fresh value for every split of the work, which allocated (and page-faulted) every
+/// buffer again; here at most one per thread exists, and all are kept until the loop ends.
+#[derive(Default)]
+struct ScratchPool(std::sync::Mutex<Vec<Scratch>>);
+
+impl ScratchPool {
+    /// Runs `f` with a free scratch of the pool (a new one when all are in use).
+    fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ws = lock().pop().unwrap_or_default();
+        let r = f(&mut ws);
+        lock().push(ws);
+        r
+    }
 }
 
 impl Scratch {
