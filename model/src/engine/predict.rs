@@ -378,6 +378,45 @@ pub(crate) struct Scratch {
     wsigns: Vec<u32>,
 }
 
+/// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
+/// while the guard lives, as TensorFlow's CPU kernels run. Deep untrained or pruned nets
+/// shrink activations into the subnormal range, where every multiply-add takes a slow
+/// microcode path: a 70%-pruned VGG-16 ran 20-70% slower than the dense one without this.
+pub(crate) struct FlushDenormals {
+    #[cfg(target_arch = "x86_64")]
+    old: u32,
+}
+
+impl FlushDenormals {
+    /// Sets FTZ and DAZ; the drop restores the previous mode.
+    pub(crate) fn new() -> FlushDenormals {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut old: u32 = 0;
+            // SAFETY: stmxcsr / ldmxcsr read and write only MXCSR and the 4 bytes pointed to;
+            // setting FTZ (bit 15) and DAZ (bit 6) changes results only for subnormal values.
+            unsafe {
+                std::arch::asm!("stmxcsr [{}]", in(reg) &mut old, options(nostack, preserves_flags));
+                let new = old | 0x8040;
+                std::arch::asm!("ldmxcsr [{}]", in(reg) &new, options(nostack, preserves_flags, readonly));
+            }
+            FlushDenormals { old }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        FlushDenormals {}
+    }
+}
+
+impl Drop for FlushDenormals {
+    fn drop(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `new`: restores the mode read there.
+        unsafe {
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &self.old, options(nostack, preserves_flags, readonly));
+        }
+    }
+}
+
 /// The [`Scratch`]es of one parallel loop, reused by its work items: rayon's `map_init`
 /// makes a fresh value for every split of the work, which allocated (and page-faulted) every
 /// buffer again; here at most one per thread exists, and all are kept until the loop ends.
@@ -387,6 +426,7 @@ struct ScratchPool(std::sync::Mutex<Vec<Scratch>>);
 impl ScratchPool {
     /// Runs `f` with a free scratch of the pool (a new one when all are in use).
     fn with<R>(&self, f: impl FnOnce(&mut Scratch) -> R) -> R {
+        let _ftz = FlushDenormals::new();
         let lock = || self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut ws = lock().pop().unwrap_or_default();
         let r = f(&mut ws);
@@ -474,6 +514,7 @@ impl Linear {
         let mut mean = vec![0f32; rows * u];
         let block = self.block_rows();
         mean.par_chunks_mut(block * u).zip(p.par_chunks(block * k)).for_each_init(Vec::new, |tbuf, (o, pb)| {
+            let _ftz = FlushDenormals::new();
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
         Shared { patches, mean }
@@ -814,6 +855,21 @@ mod tests {
                 assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
             }
         }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn subnormals_are_flushed_while_the_guard_lives() {
+        use std::hint::black_box;
+        let tiny = black_box(1e-30f32) * black_box(1e-9f32);
+        assert!(tiny > 0.0 && !tiny.is_normal());
+        {
+            let _ftz = FlushDenormals::new();
+            // DAZ: a subnormal input reads as zero; FTZ: a subnormal result becomes zero.
+            assert_eq!(black_box(tiny) * black_box(1.0f32), 0.0);
+            assert_eq!(black_box(1e-30f32) * black_box(1e-9f32), 0.0);
+        }
+        assert!(black_box(1e-30f32) * black_box(1e-9f32) > 0.0);
     }
 
     #[test]
