@@ -158,7 +158,8 @@ pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Esti
 /// Runs `eval`.
 pub fn run(a: Args) -> Result<()> {
     let (arch, posts) = load_model(&a.model)?;
-    let model = Model::new(&arch, &posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
+    // The model takes the loaded weights over: one copy in memory.
+    let model = Model::from_posteriors(&arch, posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
     let est = match a.estimator.as_str() {
         "flipout" => Estimator::Flipout,
         "reparam" => Estimator::Reparameterization,
@@ -174,6 +175,7 @@ pub fn run(a: Args) -> Result<()> {
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
             "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
             "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
+            "nominal_flops": model.nominal_flops(m.n, a.samples),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -108,8 +108,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         fr.into_iter().map(|fraction| Criterion::Sparsity { fraction, per_layer: false }).collect()
     };
-    let probe = Model::new(&arch, &posts, SparseKernels::Never).with_context(|| a.model.input.display().to_string())?;
-    let data = a.data.read(probe.example_len(), probe.classes())?;
+    let data = {
+        // Only for the input and output sizes: dropped before the pruned models exist.
+        let probe = Model::new(&arch, &posts, SparseKernels::Never).with_context(|| a.model.input.display().to_string())?;
+        a.data.read(probe.example_len(), probe.classes())?
+    };
     let total: usize = posts.iter().map(|p| p.kernel_mu.len()).sum();
     let mut rows = Vec::new();
     for criterion in criteria {
@@ -121,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
             .sum::<f64>()
             / total as f64;
         let t = if pruning.report.kept == pruning.report.total { -1.0 } else { pruning.report.threshold as f32 };
-        let model = Model::new(&arch, &pruned, sparse)?;
+        let model = Model::from_posteriors(&arch, pruned, sparse)?;
         let mean = run_eval(&model, &data, 0, a.seed, Estimator::Flipout)?;
         let mut times = Vec::new();
         let mut mc = mean.metrics;

@@ -138,10 +138,27 @@ impl Sampler {
     /// draw, into `out`: XOR-ing a value's bits with one multiplies it by a Rademacher sign.
     /// Same stream as [`Sampler::signs`].
     pub fn sign_masks_into(&mut self, len: usize, out: &mut Vec<u32>) {
+        // Bit i of each 32-bit half as a test against a constant vector (no per-lane variable
+        // shift, so it vectorizes on plain SSE2): Flipout draws a mask per example and unit,
+        // as many as the weights on small dense nets.
+        const BITS: [u32; 32] = {
+            let mut b = [0; 32];
+            let mut i = 0;
+            while i < 32 {
+                b[i] = 1 << i;
+                i += 1;
+            }
+            b
+        };
         out.clear();
-        while out.len() < len {
+        out.resize(len, 0);
+        for chunk in out.chunks_mut(64) {
             let bits: u64 = self.rng.random();
-            out.extend((0..64.min(len - out.len())).map(|i| (((bits >> i) & 1) as u32) << 31));
+            for (half, word) in chunk.chunks_mut(32).zip([bits as u32, (bits >> 32) as u32]) {
+                for (o, &b) in half.iter_mut().zip(&BITS) {
+                    *o = u32::from(word & b != 0) << 31;
+                }
+            }
         }
     }
 
