@@ -220,7 +220,9 @@ where
     }
     let io = |e| Error::io(path, e);
     // Dropped on an error before the commit: the partial file goes with it.
-    let mut data = WriteBehind::without_checksums(OutputFile::create(path)?, WRITE_BUFFER);
+    let mut file = OutputFile::create(path)?;
+    file.map_writes();
+    let mut data = WriteBehind::without_checksums(file, WRITE_BUFFER);
     data.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
     data.write_all(&json).map_err(io)?;
     for (i, t) in tensors.iter().enumerate() {

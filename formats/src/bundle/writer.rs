@@ -42,7 +42,8 @@ impl BundleWriter {
     /// [`BundleWriter::finish`].
     pub fn create(prefix: impl AsRef<Path>) -> Result<BundleWriter> {
         let prefix = prefix.as_ref().to_path_buf();
-        let tmp = OutputFile::create(&data_shard_path(&prefix, 0, 1))?;
+        let mut tmp = OutputFile::create(&data_shard_path(&prefix, 0, 1))?;
+        tmp.map_writes();
         // Written behind: the kernel copies one buffer while the caller makes the next.
         let data = WriteBehind::new(tmp, WRITE_BUFFER);
         Ok(BundleWriter { prefix, data, offset: 0, entries: BTreeMap::new() })
