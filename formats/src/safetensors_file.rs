@@ -127,7 +127,8 @@ impl SafetensorsFile {
 impl SafetensorsFile {
     /// Drops the memory-mapped pages behind bytes `range` of tensor `name` from this
     /// process's memory (read again from the file if touched later), so that walking a large
-    /// file keeps resident memory bounded.
+    /// file keeps resident memory bounded. The [`crate::tensor::FAULT_AROUND`] bytes before
+    /// `range` (within the tensor) go too.
     pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
         let Some((_, r)) = self.tensors.iter().find(|(i, _)| i.name == name) else { return };
         if range.end > r.len() || range.start >= range.end {
@@ -137,7 +138,8 @@ impl SafetensorsFile {
         if let Backing::Map(map) = &self.map {
             // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
             // are read again from the file if touched later; no borrowed data changes.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start + range.start, range.len()) };
+            let start = range.start.saturating_sub(crate::tensor::FAULT_AROUND);
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, r.start + start, range.end - start) };
         }
     }
 }

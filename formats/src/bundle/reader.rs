@@ -287,16 +287,18 @@ impl BundleReader {
     /// Drops the memory-mapped pages behind bytes `range` of unpartitioned tensor `name` from
     /// this process's memory (they are read again from the file if touched later), so that a
     /// caller walking a large tensor through [`BundleReader::read_unverified`] keeps its
-    /// resident memory bounded. Partitioned tensors (assembled copies) are left alone.
+    /// resident memory bounded. Partitioned tensors (assembled copies) are left alone. The
+    /// [`crate::tensor::FAULT_AROUND`] bytes before `range` (within the tensor) go too.
     pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
         let Ok(entry) = self.entry(name) else { return };
         if !entry.slices.is_empty() || range.end > entry.size as usize || range.start >= range.end {
             return;
         }
         let Ok(shard) = self.shard(entry.shard_id) else { return };
+        let start = range.start.saturating_sub(crate::tensor::FAULT_AROUND);
         // SAFETY: DONTNEED on a private read-only file mapping only drops clean pages, which
         // are read again from the file if touched later; no borrowed data changes.
-        let _ = unsafe { shard.unchecked_advise_range(UncheckedAdvice::DontNeed, entry.offset as usize + range.start, range.len()) };
+        let _ = unsafe { shard.unchecked_advise_range(UncheckedAdvice::DontNeed, entry.offset as usize + start, range.end - start) };
     }
 
     /// Builds the full value of a partitioned variable from its slices. Every slice is found
