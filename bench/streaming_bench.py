@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from perfdoc import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,19 +37,6 @@ def measured(argv):
     if proc.returncode != 0:
         raise SystemExit(f"{argv} failed ({proc.returncode})")
     return secs, usage.ru_maxrss
-
-
-def write_section(name, body):
-    path = ROOT / "docs/performance.md"
-    text = path.read_text()
-    open_, close = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    section = f"{open_}\n{body}{close}"
-    a, b = text.find(open_), text.find(close)
-    if a >= 0 and b > a:
-        text = text[:a] + section + text[b + len(close):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main():

@@ -195,6 +195,20 @@ impl First {
     }
 
     /// Adds a group's counts (not its sum: the overall sum runs in storage order).
+    /// Counts a weight whose key is a marker (pruned, or NaN/infinite mu, rho or both).
+    fn count_marker(&mut self, k: u32) {
+        match k {
+            PRUNED => self.pruned += 1,
+            UNDEFINED_MU => self.undefined_mu += 1,
+            UNDEFINED_RHO => self.undefined_rho += 1,
+            _ => {
+                self.undefined_mu += 1;
+                self.undefined_rho += 1;
+            }
+        }
+        self.undefined += u64::from(k != PRUNED);
+    }
+
     fn merge(&mut self, o: &First) {
         self.hist.merge(&o.hist);
         self.count += o.count;
@@ -228,16 +242,7 @@ impl First {
 fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys: &[i64]) {
     for &k in keys {
         if k >= MARKERS {
-            match k {
-                PRUNED => layer.pruned += 1,
-                UNDEFINED_MU => layer.undefined_mu += 1,
-                UNDEFINED_RHO => layer.undefined_rho += 1,
-                _ => {
-                    layer.undefined_mu += 1;
-                    layer.undefined_rho += 1;
-                }
-            }
-            layer.undefined += u64::from(k != PRUNED);
+            layer.count_marker(k);
             continue;
         }
         layer.hist.add(k);
@@ -264,16 +269,7 @@ fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, secon
     let markers = keys.iter().filter(|&&k| k >= MARKERS).count() as u64;
     if markers > 0 {
         for &k in keys.iter().filter(|&&k| k >= MARKERS) {
-            match k {
-                PRUNED => layer.pruned += 1,
-                UNDEFINED_MU => layer.undefined_mu += 1,
-                UNDEFINED_RHO => layer.undefined_rho += 1,
-                _ => {
-                    layer.undefined_mu += 1;
-                    layer.undefined_rho += 1;
-                }
-            }
-            layer.undefined += u64::from(k != PRUNED);
+            layer.count_marker(k);
         }
     }
     let (a, b) = keys.split_at(keys.len() / 2);
