@@ -772,13 +772,8 @@ mod tests {
 
     /// Deterministic values in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut z = seed;
-        (0..len)
-            .map(|_| {
-                z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-            })
-            .collect()
+        let mut rng = formats::synthetic::SplitMix64(seed);
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
     }
 
     /// A 3x3 SAME convolution of 5x5x3 images into 4 channels: 25 patch rows per example,
