@@ -7,9 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_one_line_error, bnn_convert, fixtures, onnxruntime_output, onnxruntime_outputs, onnxruntime_python, tract_run, worst};
+use common::{assert_one_line_error, bnn_convert, fixtures, made_up_posterior, onnxruntime_output, onnxruntime_outputs, onnxruntime_python, tract_run, worst};
 use model::arch::{Arch, Op, Padding, Posterior};
 use formats::checkpoint::Checkpoint;
+use formats::synthetic::SplitMix64;
 use formats::dataset::{read_npy, ArrayData};
 use model::meta_graph::{meta_path, read_arch};
 use model::onnx::{build, Mode, Options, Sparse};
@@ -237,24 +238,6 @@ fn prune_and_snr_leave_batch_norm_variables_alone() {
     assert_eq!(layers, ["Conv_1", "den_1", "den_out"], "BN variables are not Bayesian layers");
 }
 
-/// Made-up weights, deterministic.
-fn made_up(name: &str, shape: Vec<usize>, seed: &mut u32) -> Posterior {
-    let mut next = || {
-        *seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        ((*seed >> 8) as f32 / (1u32 << 24) as f32) - 0.5
-    };
-    let len: usize = shape.iter().product();
-    let units = *shape.last().expect("shape");
-    Posterior {
-        name: name.into(),
-        kernel_mu: (0..len).map(|_| next()).collect(),
-        kernel_sigma: Some((0..len).map(|_| 0.1 * next().abs()).collect()),
-        bias_mu: (0..units).map(|_| next()).collect(),
-        bias_sigma: None,
-        kernel_shape: shape,
-    }
-}
-
 #[test]
 fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
     // dense -> reshape to an image (the MC graph's [S, N, k] rows become grouped images) ->
@@ -265,8 +248,8 @@ fn reshape_after_a_sampled_dense_layer_and_image_to_image_agree_in_tract() {
         {"op": "reshape", "shape": [2, 8, 3]}, {"op": "avg_pool", "size": [2, 3], "strides": [2, 2], "padding": "SAME"},
         {"op": "flatten"}, {"op": "dense", "layer": "d2"}]}"#;
     let arch: Arch = serde_json::from_str(json).expect("arch");
-    let mut seed = 7;
-    let mut posts = vec![made_up("d1", vec![12, 32], &mut seed), made_up("c1", vec![3, 3, 2, 3], &mut seed), made_up("d2", vec![12, 5], &mut seed)];
+    let mut rng = SplitMix64(7);
+    let mut posts = vec![made_up_posterior("d1", vec![12, 32], &mut rng), made_up_posterior("c1", vec![3, 3, 2, 3], &mut rng), made_up_posterior("d2", vec![12, 5], &mut rng)];
     let n = 6;
     let x: Vec<f32> = (0..n * 12).map(|i| ((i * 29) % 13) as f32 / 13.0 - 0.4).collect();
     let run = |model: &model::onnx::ModelProto| -> Vec<f32> { tract_run(model, &[n, 12], &x).swap_remove(1) };

@@ -5,10 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{bnn_convert, fixtures, test_x, tract_run};
+use common::{bnn_convert, fixtures, made_up_posterior, test_x, tract_run};
 use model::engine::{Model, SparseKernels};
 use model::arch::{Arch, Posterior};
 use formats::checkpoint::Checkpoint;
+use formats::synthetic::SplitMix64;
 use model::meta_graph::{meta_path, read_arch};
 use model::onnx::{build, densify, encode, Mode, Options, Sparse};
 use tract_onnx::prelude::*;
@@ -172,23 +173,8 @@ fn tiny_resnet() -> (Arch, Vec<Posterior>) {
         {"op": "max_pool", "size": [3, 3], "strides": [3, 3], "padding": "VALID"}, {"op": "flatten"},
         {"op": "dense", "layer": "d"}]}"#;
     let arch: Arch = serde_json::from_str(json).expect("arch");
-    let mut seed = 12345u32;
-    let mut next = move || {
-        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        ((seed >> 8) as f32 / (1u32 << 24) as f32) - 0.5
-    };
-    let mut post = |name: &str, shape: Vec<usize>| {
-        let len: usize = shape.iter().product();
-        let units = *shape.last().expect("shape");
-        Posterior {
-            name: name.into(),
-            kernel_mu: (0..len).map(|_| next()).collect(),
-            kernel_sigma: Some((0..len).map(|_| 0.1 * next().abs()).collect()),
-            bias_mu: (0..units).map(|_| next()).collect(),
-            bias_sigma: None,
-            kernel_shape: shape,
-        }
-    };
+    let mut rng = SplitMix64(12345);
+    let mut post = |name: &str, shape: Vec<usize>| made_up_posterior(name, shape, &mut rng);
     let posts = vec![
         post("c1", vec![3, 3, 2, 4]),
         post("c2", vec![3, 3, 4, 4]),

@@ -78,6 +78,21 @@ pub fn test_x(n: usize) -> Vec<f32> {
     b[start..].chunks_exact(4).take(n * 64).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
+/// A posterior with made-up, deterministic weights: mu and the bias uniform in [-0.5, 0.5),
+/// sigma uniform in [0, 0.05).
+pub fn made_up_posterior(name: &str, shape: Vec<usize>, rng: &mut formats::synthetic::SplitMix64) -> model::arch::Posterior {
+    let len: usize = shape.iter().product();
+    let units = *shape.last().expect("shape");
+    model::arch::Posterior {
+        name: name.into(),
+        kernel_mu: (0..len).map(|_| rng.uniform(-0.5, 0.5)).collect(),
+        kernel_sigma: Some((0..len).map(|_| rng.uniform(0.0, 0.05)).collect()),
+        bias_mu: (0..units).map(|_| rng.uniform(-0.5, 0.5)).collect(),
+        bias_sigma: None,
+        kernel_shape: shape,
+    }
+}
+
 /// Largest absolute difference of two equally long vectors.
 pub fn worst(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
