@@ -60,7 +60,7 @@ struct Linear {
     conv: Option<Window>,
     /// The convolution by Winograd minimal filtering, where [`WinogradConv::plan`] finds it
     /// faster than im2col + GEMM (dense kernels only).
-    wino: Option<WinogradConv>,
+    wino: Option<Box<WinogradConv>>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                         None
                     }
                 };
-                let wino = conv.filter(|_| !use_csr).and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu));
+                let wino = conv.filter(|_| !use_csr).and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
                 let kernel = Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, use_csr);
                 Layer::Linear(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino })
             }
@@ -253,6 +253,39 @@ impl Model {
         acc
     }
 
+    /// How many convolutions run by Winograd minimal filtering ([`WinogradConv::plan`]).
+    pub fn winograd_layers(&self) -> usize {
+        fn count(ls: &[Layer]) -> usize {
+            ls.iter()
+                .map(|l| match l {
+                    Layer::Linear(lin) => usize::from(lin.wino.is_some()),
+                    Layer::Residual { body, shortcut, .. } => count(body) + count(shortcut),
+                    _ => 0,
+                })
+                .sum()
+        }
+        count(&self.layers)
+    }
+
+    /// The model with every convolution on im2col + GEMM (no Winograd): the baseline of
+    /// `model/examples/winograd_bench.rs`.
+    pub fn without_winograd(mut self) -> Model {
+        fn strip(ls: &mut [Layer]) {
+            for l in ls {
+                match l {
+                    Layer::Linear(lin) => lin.wino = None,
+                    Layer::Residual { body, shortcut, .. } => {
+                        strip(body);
+                        strip(shortcut);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        strip(&mut self.layers);
+        self
+    }
+
     /// Multiply-adds of one example's mean forward pass (dense-equivalent: pruned weights
     /// counted), for GFLOP/s figures: a Flipout sample does twice this many.
     pub fn macs_per_example(&self) -> u64 {
@@ -286,7 +319,7 @@ impl Model {
 
     fn check(&self, x: &[f32]) -> Result<usize, EngineError> {
         let per = self.example_len();
-        if per == 0 || x.len() % per != 0 {
+        if per == 0 || !x.len().is_multiple_of(per) {
             return Err(EngineError::Input { got: x.len(), per_example: per, shape: self.input_shape.clone() });
         }
         Ok(x.len() / per)
@@ -874,7 +907,7 @@ mod tests {
             if let Layer::Linear(lin) = l {
                 if let Some(win) = lin.conv.filter(|w| w.strides == [1, 1] && w.size[0] == w.size[1] && matches!(w.size[0], 3 | 5)) {
                     let m = if win.size[0] == 3 { 4 } else { 2 };
-                    lin.wino = Some(WinogradConv::new(winograd::Transform::new(m, win.size[0]), win, lin.kernel.n, lin.kernel.values().0));
+                    lin.wino = Some(Box::new(WinogradConv::new(winograd::Transform::new(m, win.size[0]), win, lin.kernel.n, lin.kernel.values().0)));
                     count += 1;
                 }
             }

@@ -30,9 +30,11 @@ const PER_EXAMPLE_TILES: usize = 32;
 /// GEMMs are too shallow (k = channels) to run near peak, and the transforms dominate.
 const MIN_CHANNELS: usize = 16;
 
-/// Fewest output tiles per example: with fewer, every sample's a² transformed noise matrices
-/// (a² / r² times the kernel's size) cost more to write and pack than the products save.
-const MIN_TILES: usize = 4;
+/// Fewest output positions per example (8x8): on VGG-16's 4x4 layers (4 tiles of
+/// F(2x2, 3x3) per example, 16 examples) Winograd measured no faster than im2col (1.0x,
+/// `model/examples/winograd_bench.rs`): the products are few and the a² transformed weight
+/// matrices (a² / r² times the kernel) cost as much to stream as the products save.
+const MIN_OUTPUTS: usize = 64;
 
 /// The 1-D transform matrices of F(m, r), row-major f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +141,74 @@ fn apply(mat: &[f32], rows_in: usize, src: &[f32], ss: usize, len: usize, dst: &
     }
 }
 
+/// Columns of [`small_gemm`]'s register block (4 AVX-512 vectors).
+const NR: usize = 64;
+
+/// `c[m, n] = a[m, k] @ b[k, n]`, row-major, for the Winograd-domain products (few rows or
+/// shallow: k = in-channels): without packing either matrix, which took as long as the
+/// products in `matrixmultiply` at 49 x 32 x 64 (BNN-Conv's per-example products). An AVX-512 register block of 4 rows x 64 columns where
+/// the CPU has it and n is a multiple of 64; the engine's GEMM otherwise.
+///
+/// # Panics
+/// When a slice is shorter than its shape says (a bug in the caller).
+pub fn small_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "small_gemm: slices shorter than {m}x{k}x{n}");
+    #[cfg(target_arch = "x86_64")]
+    if n.is_multiple_of(NR) && k > 0 && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available (checked just above) and the lengths were checked.
+        unsafe { small_gemm_avx512(m, k, n, a, b, c) };
+        return;
+    }
+    sgemm(m, k, n, a, b, c, false);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    for j0 in (0..n).step_by(NR) {
+        let mut i0 = 0;
+        while i0 + 4 <= m {
+            block::<4>(i0, j0, k, n, a, b, c);
+            i0 += 4;
+        }
+        match m - i0 {
+            3 => block::<3>(i0, j0, k, n, a, b, c),
+            2 => block::<2>(i0, j0, k, n, a, b, c),
+            1 => block::<1>(i0, j0, k, n, a, b, c),
+            _ => {}
+        }
+    }
+}
+
+/// Rows `i0..i0 + MR`, columns `j0..j0 + 64` of [`small_gemm`]: 4 x MR accumulators.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; MR];
+    let (ap, bp) = (a.as_ptr().add(i0 * k), b.as_ptr().add(j0));
+    for p in 0..k {
+        // SAFETY (all loads): row p < k of b holds columns j0..j0 + 64 <= n, and rows
+        // i0..i0 + MR <= m of a hold column p < k; the caller checked the lengths.
+        let row = bp.add(p * n);
+        let bv = [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)), _mm512_loadu_ps(row.add(32)), _mm512_loadu_ps(row.add(48))];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r * k + p));
+            for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(av, bv, *acc);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: row i0 + r < m of c holds columns j0..j0 + 64 <= n.
+        let out = c.as_mut_ptr().add((i0 + r) * n + j0);
+        for (q, &v) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(16 * q), v);
+        }
+    }
+}
+
 /// Flipout's perturbation of one sample: the weight noise (HWIO, `[r * r * c, k]`) and the
 /// sign masks (0 or the f32 sign bit) per example and in-channel, and per example and
 /// out-channel.
@@ -184,7 +254,7 @@ pub struct WinogradConv {
 impl WinogradConv {
     /// The Winograd form of the convolution `win` with kernel means `mu` (HWIO, `[r*r*c, k]`),
     /// when one fits: square 3x3 or 5x5 kernels at stride 1, at least [`MIN_CHANNELS`]
-    /// in-channels and [`MIN_TILES`] output tiles per example (where it was measured faster
+    /// in-channels and [`MIN_OUTPUTS`] output positions per example (where it was measured faster
     /// than im2col + GEMM on the benchmark models); the tile that needs fewest products.
     pub fn plan(win: &Window, k: usize, mu: &[f32]) -> Option<WinogradConv> {
         let r = win.size[0];
@@ -192,13 +262,10 @@ impl WinogradConv {
             return None;
         }
         let out = win.output();
-        let tiles = |t: &Transform| out[0].div_ceil(t.m) * out[1].div_ceil(t.m);
-        let best = [2, 4]
-            .into_iter()
-            .filter(|&m| m + r <= 7)
-            .map(|m| Transform::new(m, r))
-            .filter(|t| tiles(t) >= MIN_TILES)
-            .min_by_key(|t| t.products(out))?;
+        if out[0] * out[1] < MIN_OUTPUTS {
+            return None;
+        }
+        let best = [2, 4].into_iter().filter(|&m| m + r <= 7).map(|m| Transform::new(m, r)).min_by_key(|t| t.products(out))?;
         // At least 1.5x fewer products than the direct convolution.
         if best.products(out) * 3 > out[0] * out[1] * r * r * 2 {
             return None;
@@ -226,6 +293,15 @@ impl WinogradConv {
     /// The tile in use.
     pub fn transform(&self) -> &Transform {
         &self.t
+    }
+
+    /// Multiply-adds of the GEMM phase for `n` examples: the mean product, and with Flipout
+    /// the perturbation product too, unless it runs as one product per example
+    /// ([`PER_EXAMPLE_TILES`]).
+    pub fn gemm_macs(&self, n: usize, flipout: bool) -> u64 {
+        let tpe = self.tiles[0] * self.tiles[1];
+        let products = if flipout && tpe < PER_EXAMPLE_TILES { 2 } else { 1 };
+        (products * n * tpe * self.t.a * self.t.a * self.win.input[2] * self.k) as u64
     }
 
     /// `U = G g G^T` of every (in, out) channel pair of an HWIO kernel `w`, into `u`
@@ -302,7 +378,7 @@ impl WinogradConv {
                 self.input_transform(x, b, b + 1, None, ws);
                 ws.mm.resize(a * a * tpe * k, 0.0);
                 for xi in 0..a * a {
-                    sgemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb[xi * c_k..], &mut ws.mm[xi * tpe * k..], false);
+                    small_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb[xi * c_k..], &mut ws.mm[xi * tpe * k..]);
                 }
                 self.output_transform(b, b + 1, None, bias, relu, &mut out[b * oh * ow * k..(b + 1) * oh * ow * k], ws);
             }
@@ -320,12 +396,12 @@ impl WinogradConv {
             self.input_transform(x, b0, b1, flipout.map(|f| f.s_in), ws);
             ws.mm.resize(a * a * rows * k, 0.0);
             for xi in 0..a * a {
-                sgemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..], false);
+                small_gemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..]);
             }
             if flipout.is_some() {
                 ws.mp.resize(a * a * rows * k, 0.0);
                 for xi in 0..a * a {
-                    sgemm(rows, c, k, &ws.vs[xi * rows * c..], &u_pert[xi * c * k..], &mut ws.mp[xi * rows * k..], false);
+                    small_gemm(rows, c, k, &ws.vs[xi * rows * c..], &u_pert[xi * c * k..], &mut ws.mp[xi * rows * k..]);
                 }
             }
             let ob = &mut out[b0 * oh * ow * k..b1 * oh * ow * k];
@@ -587,15 +663,34 @@ mod tests {
     }
 
     #[test]
+    fn small_gemm_matches_a_direct_product() {
+        // Row counts that leave 1, 2 and 3 rows after the blocks of 4; n a multiple of 64
+        // takes the AVX-512 path where the CPU has it, the others the engine's GEMM.
+        for (m, k, n) in [(49, 32, 64), (6, 7, 128), (3, 1, 64), (2, 5, 48), (1, 300, 64), (10, 3, 192)] {
+            let (a, b) = (values(m * k, 1), values(k * n, 2));
+            let mut c = vec![f32::NAN; m * n];
+            small_gemm(m, k, n, &a, &b, &mut c);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j])).sum();
+                    assert!((f64::from(c[i * n + j]) - want).abs() < 1e-5, "{m}x{k}x{n} [{i}, {j}]: {} vs {want}", c[i * n + j]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn plan_picks_the_tile_and_declines_unfit_layers() {
         let win = |h: usize, c: usize, r: usize| Window { input: [h, h, c], size: [r, r], strides: [1, 1], padding: Padding::Same };
         let plan = |w: Window, k: usize| WinogradConv::plan(&w, k, &vec![0.0; w.size[0] * w.size[1] * w.input[2] * k]);
         // BNN-Conv's second conv: F(2, 5); VGG-16's 32x32 and 16x16 blocks: F(4, 3).
         assert_eq!(plan(win(14, 32, 5), 64).map(|p| (p.t.m, p.t.r)), Some((2, 5)));
         assert_eq!(plan(win(32, 64, 3), 64).map(|p| (p.t.m, p.t.r)), Some((4, 3)));
-        // One input channel, a 2x2 image, a 1x1 or strided kernel: not worth it or unfit.
+        // 8x8: F(4, 3) (4 tiles of 36 products against 64 x 9).
+        assert_eq!(plan(win(8, 256, 3), 256).map(|p| (p.t.m, p.t.r)), Some((4, 3)));
+        // One input channel, a 4x4 image, a 1x1 or strided kernel: not worth it or unfit.
         assert!(plan(win(28, 1, 5), 32).is_none());
-        assert!(plan(win(2, 512, 3), 512).is_none());
+        assert!(plan(win(4, 512, 3), 512).is_none());
         assert!(plan(Window { size: [1, 1], ..win(16, 64, 1) }, 64).is_none());
         assert!(plan(Window { strides: [2, 2], ..win(16, 64, 3) }, 64).is_none());
     }
