@@ -8,7 +8,8 @@
 //! multiply-adds of both Flipout products, x2, per second) and effective (the multiply-adds
 //! Winograd's GEMMs do, x2, per second).
 //!
-//! `cargo run --release -p bnn-model --example winograd_bench [-- ROUNDS [LAYER-NAME-PART]]`
+//! `cargo run --release -p bnn-model --example winograd_bench [-- ROUNDS [LAYER-NAME-PART [winograd|im2col]]]`
+//! (with a third argument, only that path runs: for CPU-time comparisons with `perf stat`).
 
 use std::time::Instant;
 
@@ -41,6 +42,7 @@ fn posterior(name: &str, shape: Vec<usize>, seed: u64) -> Posterior {
 fn main() {
     let rounds: usize = std::env::args().nth(1).and_then(|v| v.parse().ok()).unwrap_or(5);
     let only = std::env::args().nth(2).unwrap_or_default();
+    let path = std::env::args().nth(3).unwrap_or_default();
     // (name, h = w, in-channels, out-channels, kernel, examples, samples)
     let layers = [
         ("bnn-conv conv2 14x14 5x5 32->64", 14, 32, 64, 5, 360, 10),
@@ -68,6 +70,9 @@ fn main() {
         let (mut best_a, mut best_p) = (f64::INFINITY, f64::INFINITY);
         for _ in 0..rounds {
             for (m, best) in [(&auto, &mut best_a), (&plain, &mut best_p)] {
+                if !path.is_empty() && (path == "winograd") != std::ptr::eq(m, &auto) {
+                    continue;
+                }
                 let t = Instant::now();
                 pool.install(|| m.predict_mc(&x, s, 7, Estimator::Flipout)).expect("predict");
                 *best = best.min(t.elapsed().as_secs_f64());
