@@ -622,6 +622,10 @@ mod tests {
             (2, 5, 7, 9, 4, 3, Padding::Same, 2),
             (2, 5, 14, 14, 32, 16, Padding::Same, 2),
             (2, 3, 6, 7, 2, 2, Padding::Valid, 1),
+            // 64 out-channels: the AVX-512 products where the CPU has them; per-example
+            // weights (49 tiles) and stacked products (9 tiles).
+            (2, 5, 14, 14, 32, 64, Padding::Same, 2),
+            (4, 3, 12, 12, 16, 64, Padding::Valid, 3),
         ];
         for (m, r, h, w, c, k, padding, n) in cases {
             let win = Window { input: [h, w, c], size: [r, r], strides: [1, 1], padding };
