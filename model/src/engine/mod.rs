@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod predict;
 pub mod sampler;
 pub mod sparse;
+pub mod winograd;
 
 pub use predict::{Estimator, McPrediction, Model, SparseKernels};
 

@@ -19,6 +19,7 @@ use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_f32};
 use super::sampler::Sampler;
+use super::winograd::{self, WinogradConv};
 use super::EngineError;
 
 /// When to store kernels in CSR form.
@@ -57,6 +58,9 @@ struct Linear {
     bias_sigma: Option<Vec<f32>>,
     /// The convolution's geometry; `None` for a dense layer (its patch rows are `x`'s rows).
     conv: Option<Window>,
+    /// The convolution by Winograd minimal filtering, where [`WinogradConv::plan`] finds it
+    /// faster than im2col + GEMM (dense kernels only).
+    wino: Option<Box<WinogradConv>>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,8 +148,9 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                         None
                     }
                 };
+                let wino = conv.filter(|_| !use_csr).and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
                 let kernel = Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, use_csr);
-                Layer::Linear(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv })
+                Layer::Linear(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino })
             }
             Op::Relu => Layer::Relu,
             Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => match op.activation() {
@@ -248,6 +253,39 @@ impl Model {
         acc
     }
 
+    /// How many convolutions run by Winograd minimal filtering ([`WinogradConv::plan`]).
+    pub fn winograd_layers(&self) -> usize {
+        fn count(ls: &[Layer]) -> usize {
+            ls.iter()
+                .map(|l| match l {
+                    Layer::Linear(lin) => usize::from(lin.wino.is_some()),
+                    Layer::Residual { body, shortcut, .. } => count(body) + count(shortcut),
+                    _ => 0,
+                })
+                .sum()
+        }
+        count(&self.layers)
+    }
+
+    /// The model with every convolution on im2col + GEMM (no Winograd): the baseline of
+    /// `model/examples/winograd_bench.rs`.
+    pub fn without_winograd(mut self) -> Model {
+        fn strip(ls: &mut [Layer]) {
+            for l in ls {
+                match l {
+                    Layer::Linear(lin) => lin.wino = None,
+                    Layer::Residual { body, shortcut, .. } => {
+                        strip(body);
+                        strip(shortcut);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        strip(&mut self.layers);
+        self
+    }
+
     /// Multiply-adds of one example's mean forward pass (dense-equivalent: pruned weights
     /// counted), for GFLOP/s figures: a Flipout sample does twice this many.
     pub fn macs_per_example(&self) -> u64 {
@@ -281,7 +319,7 @@ impl Model {
 
     fn check(&self, x: &[f32]) -> Result<usize, EngineError> {
         let per = self.example_len();
-        if per == 0 || x.len() % per != 0 {
+        if per == 0 || !x.len().is_multiple_of(per) {
             return Err(EngineError::Input { got: x.len(), per_example: per, shape: self.input_shape.clone() });
         }
         Ok(x.len() / per)
@@ -376,6 +414,7 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
+    wino: winograd::Buffers,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -557,6 +596,13 @@ impl Linear {
             }
         }
         let mut out = ws.any(rows * u);
+        // Winograd for the layers it was planned for, unless the mean product is shared.
+        if let (Some(wg), None) = (&self.wino, shared) {
+            let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
+            wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, &mut out, &mut ws.wino);
+            ws.noise = noise;
+            return out;
+        }
         if flipout && self.signs_on_weights() {
             self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, &mut out, ws);
             ws.noise = noise;
@@ -786,6 +832,7 @@ mod tests {
             bias_mu: values(u, 3),
             bias_sigma: Some(vec![0.2; u]),
             conv: Some(Window { input: [5, 5, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            wino: None,
         }
     }
 
@@ -849,6 +896,52 @@ mod tests {
                 let e = if relu { e.max(0.0) } else { *e };
                 assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
             }
+        }
+    }
+
+    /// Puts every stride-1 3x3 or 5x5 conv of `layers` on Winograd (6x6 tiles, the least
+    /// accurate), whatever [`WinogradConv::plan`] would choose; returns how many.
+    fn force_winograd(layers: &mut [Layer]) -> usize {
+        let mut count = 0;
+        for l in layers {
+            if let Layer::Linear(lin) = l {
+                if let Some(win) = lin.conv.filter(|w| w.strides == [1, 1] && w.size[0] == w.size[1] && matches!(w.size[0], 3 | 5)) {
+                    let m = if win.size[0] == 3 { 4 } else { 2 };
+                    lin.wino = Some(Box::new(WinogradConv::new(winograd::Transform::new(m, win.size[0]), win, lin.kernel.n, lin.kernel.values().0)));
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn winograd_on_every_conv_of_the_tf_fixture_matches_tensorflow() {
+        use formats::checkpoint::Checkpoint;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        let ckpt = Checkpoint::open(root.join("tf1_bnn_conv")).expect("fixture");
+        let arch = crate::meta_graph::read_arch(&crate::meta_graph::meta_path(ckpt.path())).expect("arch");
+        let (arch, posts) = arch.bind(&ckpt).expect("bind");
+        let plain = Model::new(&arch, &posts, SparseKernels::Never).expect("model");
+        let mut wino = plain.clone();
+        // Conv 5x5 1 -> 8 and 5x5 8 -> 16 on 8x8 digits.
+        assert_eq!(force_winograd(&mut wino.layers), 2);
+        let x = std::fs::read(root.join("data/digits_test_x.npy")).expect("x");
+        let y = std::fs::read(root.join("data/digits_test_y.npy")).expect("y");
+        let x: Vec<f32> = x[x.len() - 360 * 64 * 4..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let y: Vec<i64> = y[y.len() - 360 * 8..].chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        // The mean network against TensorFlow's numbers (analysis.json), as eval_fixtures does.
+        let analysis: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("tf1_bnn_conv/analysis.json")).expect("analysis")).expect("json");
+        let tf = &analysis["mean_model"]["tf"];
+        let ours = super::super::metrics::evaluate(&wino.predict_mean(&x).expect("mean"), 10, &y);
+        assert_eq!((ours.accuracy * 360.0).round(), (tf["accuracy"].as_f64().unwrap_or(-1.0) * 360.0).round());
+        let d = ours.mean_log_likelihood - tf["mean_log_likelihood"].as_f64().unwrap_or(0.0);
+        assert!(d.abs() < 1e-5, "log-likelihood differs from TF by {d}");
+        // Monte Carlo: the same draws as the im2col path, so the same predictive up to float error.
+        for est in [Estimator::Flipout, Estimator::Reparameterization] {
+            let (a, b) = (plain.predict_mc(&x, 8, 3, est).expect("mc"), wino.predict_mc(&x, 8, 3, est).expect("mc"));
+            let worst = a.mean.iter().zip(&b.mean).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{est:?}: predictive means differ by {worst}");
         }
     }
 
