@@ -14,7 +14,7 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::Kernel;
+use super::dense::{flipout_dense, FlipoutDense, FlipoutScratch, Kernel};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_f32};
@@ -376,6 +376,8 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
+    /// Buffers of [`flipout_dense`].
+    fused: FlipoutScratch,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -557,6 +559,13 @@ impl Linear {
             }
         }
         let mut out = ws.any(rows * u);
+        if flipout && self.conv.is_none() && !self.kernel.is_sparse() {
+            let mean = shared.map(|sh| sh.mean.as_slice());
+            let f = FlipoutDense { x, m: rows, k, n: u, mu, mean, noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out, bias: &bias, relu };
+            flipout_dense(&f, &mut out, &mut ws.fused);
+            ws.noise = noise;
+            return out;
+        }
         if flipout && self.signs_on_weights() {
             self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, &mut out, ws);
             ws.noise = noise;
