@@ -86,8 +86,8 @@ impl Kernel {
 
 /// One Flipout product of a dense layer with dense weights, for [`flipout_dense`]: for every
 /// row r of `x` (`[m, k]`, row-major),
-/// `out[r] = x[r] @ mu + ((x[r] * s_in[r]) @ noise) * s_out[r] + bias`, through a ReLU when
-/// `relu`; signs are XOR masks (0 or the f32 sign bit) per value of `x` and of `out`.
+/// `out[r] = x[r] @ mu + (xf[r] @ noise) * s_out[r] + bias` with `xf = x * s_in`, through a
+/// ReLU when `relu`.
 pub struct FlipoutDense<'a> {
     /// Input rows, `[m, k]`.
     pub x: &'a [f32],
@@ -103,45 +103,35 @@ pub struct FlipoutDense<'a> {
     pub mean: Option<&'a [f32]>,
     /// `sigma * eps`, `[k, n]`.
     pub noise: &'a [f32],
-    /// Input sign masks, `[m, k]`.
-    pub s_in: &'a [u32],
-    /// Output sign masks, `[m, n]`.
-    pub s_out: &'a [u32],
+    /// `x` times Flipout's input signs, `[m, k]` ([`super::sampler::Sampler::flip_signs_into`]).
+    pub xf: &'a [f32],
+    /// Output signs, `[m, n]` values in bits: bit j of word i is value 64 i + j's (set: -1),
+    /// as [`super::sampler::Sampler::sign_bits_into`] draws them.
+    pub s_out: &'a [u64],
     /// Bias, `[n]`.
     pub bias: &'a [f32],
     /// Whether a ReLU follows.
     pub relu: bool,
 }
 
-/// Reusable buffers of [`flipout_dense`].
-#[derive(Debug, Default)]
-pub struct FlipoutScratch {
-    /// `x * s_in`, `[m, k]`.
-    flipped: Vec<f32>,
-    /// The weights' column panels.
-    panel: Vec<f32>,
-}
-
 /// Computes `f` into `out` (`[m, n]`) in one pass over `x`: both products in one register
-/// tile (both broadcast from memory: `x` and its flipped copy, made once per call), the
-/// output signs, bias and ReLU applied as the tile is stored. On small dense layers
+/// tile (`x` and `xf` broadcast from memory: load ports, not the shuffle port that the FMAs
+/// share), the output signs, bias and ReLU applied as the tile is stored. On small dense layers
 /// (BNN-FC: 360 x 64 x 64 per sample) the GEMM library spent as long packing `x` twice and
-/// in the separate flip, combine and bias passes as in the products themselves.
+/// in the separate flip, combine and bias passes as in the products themselves. `panel` is
+/// scratch for the weights' column panels, the only data copied (k x n per call).
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
 /// shape-checked architecture).
-pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], scratch: &mut FlipoutScratch) {
+pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
     let (m, k, n) = (f.m, f.k, f.n);
     assert!(
-        f.x.len() >= m * k && f.noise.len() >= k * n && f.s_in.len() >= m * k && f.s_out.len() >= m * n && f.bias.len() >= n && out.len() >= m * n,
+        f.x.len() >= m * k && f.noise.len() >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
         "flipout_dense: slices shorter than {m}x{k}x{n}"
     );
     assert!(f.mean.map_or(f.mu.len() >= k * n, |v| v.len() >= m * n), "flipout_dense: means shorter than {m}x{k}x{n}");
-    let FlipoutScratch { flipped, panel } = scratch;
-    flipped.clear();
-    flipped.extend(f.x[..m * k].iter().zip(f.s_in).map(|(&a, &s)| f32::from_bits(a.to_bits() ^ s)));
-    let xf = &flipped[..];
+    let xf = f.xf;
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
@@ -220,11 +210,18 @@ fn store_row(f: &FlipoutDense, r: usize, c0: usize, pert: &[f32], mean: Option<&
         (None, Some(v)) => &v[o0..][..cw],
         (None, None) => return,
     };
-    let vals = out[o0..][..cw].iter_mut().zip(mean).zip(pert).zip(&f.s_out[o0..][..cw]).zip(&f.bias[c0..][..cw]);
+    // The sign bits of values o0..o0 + cw (cw <= 64), from one or two words.
+    let (w, b) = (o0 / 64, o0 % 64);
+    let mut bits = f.s_out[w] >> b;
+    if b + cw > 64 {
+        bits |= f.s_out[w + 1] << (64 - b);
+    }
+    let signs = (0..cw as u32).map(|j| ((bits >> j) as u32 & 1) << 31);
+    let vals = out[o0..][..cw].iter_mut().zip(mean).zip(pert).zip(signs).zip(&f.bias[c0..][..cw]);
     if f.relu {
-        vals.for_each(|((((o, &m), &p), &s), &b)| *o = (m + f32::from_bits(p.to_bits() ^ s) + b).max(0.0));
+        vals.for_each(|((((o, &m), &p), s), &b)| *o = (m + f32::from_bits(p.to_bits() ^ s) + b).max(0.0));
     } else {
-        vals.for_each(|((((o, &m), &p), &s), &b)| *o = m + f32::from_bits(p.to_bits() ^ s) + b);
+        vals.for_each(|((((o, &m), &p), s), &b)| *o = m + f32::from_bits(p.to_bits() ^ s) + b);
     }
 }
 
@@ -349,12 +346,13 @@ mod tests {
                 for p in 0..f.k {
                     let x = f64::from(f.x[r * f.k + p]);
                     mean += x * f64::from(f.mu[p * f.n + j]);
-                    pert += x * sign(f.s_in[r * f.k + p]) * f64::from(f.noise[p * f.n + j]);
+                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(f.noise[p * f.n + j]);
                 }
                 if let Some(v) = f.mean {
                     mean = f64::from(v[r * f.n + j]);
                 }
-                let y = mean + pert * sign(f.s_out[r * f.n + j]) + f64::from(f.bias[j]);
+                let g = r * f.n + j;
+                let y = mean + pert * sign((f.s_out[g / 64] >> (g % 64) & 1) as u32) + f64::from(f.bias[j]);
                 out.push(if f.relu { y.max(0.0) } else { y });
             }
         }
@@ -365,21 +363,21 @@ mod tests {
     fn fused_flipout_dense_equals_the_definition() {
         let mut rng = formats::synthetic::SplitMix64(11);
         let mut vals = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+        let mut words = formats::synthetic::SplitMix64(12);
         // Row and column counts off the tile sizes (tails of 1..5 rows, partial panels), the
         // first layer's given mean and a computed one, with and without ReLU.
         for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33)] {
             let (x, mu, noise, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
-            let s_in: Vec<u32> = vals(m * k).iter().map(|v| u32::from(*v < 0.0) << 31).collect();
-            let s_out: Vec<u32> = vals(m * n).iter().map(|v| u32::from(*v < 0.0) << 31).collect();
+            let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
+            let s_out: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
             let given = vals(m * n);
             for (mean, relu) in [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)] {
-                let f = FlipoutDense { x: &x, m, k, n, mu: &mu, mean, noise: &noise, s_in: &s_in, s_out: &s_out, bias: &bias, relu };
+                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: &noise, s_out: &s_out, bias: &bias, relu };
                 let want = naive(&f);
-                let flipped: Vec<f32> = x.iter().zip(&s_in).map(|(&a, &s)| f32::from_bits(a.to_bits() ^ s)).collect();
                 for name in ["dispatch", "portable", "avx2"] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut FlipoutScratch::default()),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut Vec::new()),
                         "portable" => portable(&f, &flipped, &mut out, &mut Vec::new()),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]

@@ -14,7 +14,7 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::{flipout_dense, FlipoutDense, FlipoutScratch, Kernel};
+use super::dense::{flipout_dense, FlipoutDense, Kernel};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_f32};
@@ -376,8 +376,9 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
-    /// Buffers of [`flipout_dense`].
-    fused: FlipoutScratch,
+    /// Weight panels and output sign bits of [`flipout_dense`].
+    panel: Vec<f32>,
+    s_out_bits: Vec<u64>,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -488,6 +489,13 @@ impl Linear {
         self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
     }
 
+    /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
+    /// dense weights; the input signs are drawn straight onto a flipped copy of `x`, the
+    /// output signs stay bits (the same draws as the masks of the other paths).
+    fn fused_flipout(&self) -> bool {
+        self.conv.is_none() && !self.kernel.is_sparse()
+    }
+
     /// Patch rows per block.
     fn block_rows(&self) -> usize {
         (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
@@ -545,8 +553,13 @@ impl Linear {
                 match est {
                     Estimator::Flipout => {
                         flipout = true;
-                        s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
-                        s.sign_masks_into(n * u, &mut ws.s_out);
+                        if self.fused_flipout() {
+                            s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
+                            s.sign_bits_into(n * u, &mut ws.s_out_bits);
+                        } else {
+                            s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
+                            s.sign_masks_into(n * u, &mut ws.s_out);
+                        }
                     }
                     Estimator::Reparameterization => {
                         reparam = true;
@@ -559,10 +572,10 @@ impl Linear {
             }
         }
         let mut out = ws.any(rows * u);
-        if flipout && self.conv.is_none() && !self.kernel.is_sparse() {
+        if flipout && self.fused_flipout() {
             let mean = shared.map(|sh| sh.mean.as_slice());
-            let f = FlipoutDense { x, m: rows, k, n: u, mu, mean, noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out, bias: &bias, relu };
-            flipout_dense(&f, &mut out, &mut ws.fused);
+            let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: &noise, s_out: &ws.s_out_bits, bias: &bias, relu };
+            flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
             return out;
         }

@@ -100,6 +100,37 @@ unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
     noise_impl(k1, k2, sigma, out)
 }
 
+/// The same code (no FMA contraction in Rust: the same values) with AVX-512's 32 registers
+/// and rotates.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+    noise_impl(k1, k2, sigma, out)
+}
+
+/// The 64 sign masks of one random word: bit i becomes the f32 sign bit of mask i. A test
+/// against a constant vector per bit (no per-lane variable shift), so it vectorizes on plain
+/// SSE2: Flipout draws a mask per example and unit, as many as the weights on small nets.
+#[inline(always)]
+fn word_masks(bits: u64) -> [u32; 64] {
+    const BITS: [u32; 32] = {
+        let mut b = [0; 32];
+        let mut i = 0;
+        while i < 32 {
+            b[i] = 1 << i;
+            i += 1;
+        }
+        b
+    };
+    let mut out = [0u32; 64];
+    for (half, word) in out.chunks_exact_mut(32).zip([bits as u32, (bits >> 32) as u32]) {
+        for (o, &b) in half.iter_mut().zip(&BITS) {
+            *o = u32::from(word & b != 0) << 31;
+        }
+    }
+    out
+}
+
 impl Sampler {
     /// Stream `sample` of run `seed`.
     pub fn new(seed: u64, sample: u64) -> Sampler {
@@ -127,9 +158,15 @@ impl Sampler {
         let key: u64 = self.rng.random();
         let (k1, k2) = (key as u32, (key >> 32) as u32);
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { noise_avx2(k1, k2, sigma, out) };
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+                // SAFETY: the CPU supports AVX-512F/VL (checked just above), hence AVX2 and FMA.
+                return unsafe { noise_avx512(k1, k2, sigma, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { noise_avx2(k1, k2, sigma, out) };
+            }
         }
         noise_impl(k1, k2, sigma, out)
     }
@@ -138,28 +175,65 @@ impl Sampler {
     /// draw, into `out`: XOR-ing a value's bits with one multiplies it by a Rademacher sign.
     /// Same stream as [`Sampler::signs`].
     pub fn sign_masks_into(&mut self, len: usize, out: &mut Vec<u32>) {
-        // Bit i of each 32-bit half as a test against a constant vector (no per-lane variable
-        // shift, so it vectorizes on plain SSE2): Flipout draws a mask per example and unit,
-        // as many as the weights on small dense nets.
-        const BITS: [u32; 32] = {
-            let mut b = [0; 32];
-            let mut i = 0;
-            while i < 32 {
-                b[i] = 1 << i;
-                i += 1;
-            }
-            b
-        };
         out.clear();
-        out.resize(len, 0);
-        for chunk in out.chunks_mut(64) {
+        out.reserve(len);
+        while out.len() < len {
+            let masks = word_masks(self.rng.random());
+            out.extend_from_slice(&masks[..64.min(len - out.len())]);
+        }
+    }
+
+    /// The random words behind [`Sampler::sign_masks_into`]`(len)` (same stream): bit j of
+    /// word i is the sign of value 64 i + j (set: -1).
+    pub fn sign_bits_into(&mut self, len: usize, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend((0..len.div_ceil(64)).map(|_| self.rng.random::<u64>()));
+    }
+
+    /// `out = x * s`, s the Rademacher signs of [`Sampler::sign_masks_into`]`(x.len())` (same
+    /// stream, same signs): Flipout's input flip without a mask array in memory.
+    pub fn flip_signs_into(&mut self, x: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.reserve(x.len());
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            unsafe { self.flip_avx512(x, out) };
+        }
+        self.flip_portable(&x[out.len()..], out);
+    }
+
+    /// Appends `x * s` to `out`, 64 values per random word.
+    fn flip_portable(&mut self, x: &[f32], out: &mut Vec<f32>) {
+        for xc in x.chunks(64) {
+            let masks = word_masks(self.rng.random());
+            out.extend(xc.iter().zip(&masks).map(|(&v, &m)| f32::from_bits(v.to_bits() ^ m)));
+        }
+    }
+
+    /// Appends `x * s` to `out` for the whole words of `x` (a multiple of 64 values): 16 bits
+    /// of the word are the lane mask of one XOR of the sign bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; `out` is empty with capacity for `x.len()` values.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn flip_avx512(&mut self, x: &[f32], out: &mut Vec<f32>) {
+        use std::arch::x86_64::*;
+        debug_assert!(out.is_empty() && out.capacity() >= x.len());
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let dst = out.as_mut_ptr();
+        let words = x.len() / 64;
+        for (c, xc) in x.chunks_exact(64).enumerate() {
             let bits: u64 = self.rng.random();
-            for (half, word) in chunk.chunks_mut(32).zip([bits as u32, (bits >> 32) as u32]) {
-                for (o, &b) in half.iter_mut().zip(&BITS) {
-                    *o = u32::from(word & b != 0) << 31;
-                }
+            for q in 0..4 {
+                let v = _mm512_castps_si512(_mm512_loadu_ps(xc.as_ptr().add(16 * q)));
+                let r = _mm512_mask_xor_epi32(v, (bits >> (16 * q)) as u16, v, sign);
+                _mm512_storeu_ps(dst.add(c * 64 + 16 * q), _mm512_castsi512_ps(r));
             }
         }
+        // SAFETY: the first words * 64 values were written just above, within the capacity.
+        out.set_len(words * 64);
     }
 
     /// `len` random signs (+1 / -1, Rademacher), 64 per draw.
@@ -218,6 +292,29 @@ mod tests {
         let mut masks = Vec::new();
         Sampler::new(1, 2).sign_masks_into(1000, &mut masks);
         assert!(masks.iter().zip(&signs).all(|(&m, &s)| f32::from_bits(1f32.to_bits() ^ m) == s), "same stream, same signs");
+        let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.5).collect();
+        let mut flipped = Vec::new();
+        Sampler::new(1, 2).flip_signs_into(&x, &mut flipped);
+        assert!(flipped.iter().zip(&x).zip(&signs).all(|((&f, &v), &s)| f == v * s), "flips are the same signs");
+        let mut portable = Vec::new();
+        Sampler::new(1, 2).flip_portable(&x, &mut portable);
+        assert_eq!(portable, flipped, "the portable flips are the vector ones");
+        let mut words = Vec::new();
+        Sampler::new(1, 2).sign_bits_into(1000, &mut words);
+        assert_eq!(words.len(), 16);
+        assert!(signs.iter().enumerate().all(|(i, &s)| (words[i / 64] >> (i % 64) & 1 == 1) == (s < 0.0)), "bits are the same signs");
+        // Every vector path of the noise gives the portable values.
+        let sigma: Vec<f32> = (0..1000).map(|i| 0.5 + i as f32 * 1e-3).collect();
+        let (mut want, mut got) = (vec![0f32; 1000], vec![0f32; 1000]);
+        noise_impl(3, 4, &sigma, &mut want);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the CPU supports AVX-512F/VL, hence AVX2 and FMA.
+            unsafe { noise_avx512(3, 4, &sigma, &mut got) };
+            assert_eq!(got, want);
+            unsafe { noise_avx2(3, 4, &sigma, &mut got) };
+            assert_eq!(got, want);
+        }
         assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
         let pos = signs.iter().filter(|&&v| v > 0.0).count();
         assert!((420..580).contains(&pos), "{pos}");
