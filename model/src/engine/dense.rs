@@ -134,6 +134,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
     let xf = f.xf;
     #[cfg(target_arch = "x86_64")]
     {
+        #[cfg(avx512_intrinsics)]
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
             return drive(f, avx512::L, avx512::NV, avx512::MR, panel, |pn, r, rows, c0, cw| unsafe { avx512::tile_any(f, xf, pn, r, rows, c0, cw, out) });
@@ -231,6 +232,9 @@ fn store_row(f: &FlipoutDense, r: usize, c0: usize, pert: &[f32], mean: Option<&
 macro_rules! simd_tile {
     ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident) => {
         #[cfg(target_arch = "x86_64")]
+        // AVX-512 intrinsics are stable from Rust 1.89; that module exists only from there
+        // (`cfg(avx512_intrinsics)`, model/build.rs).
+        #[allow(clippy::incompatible_msrv)]
         mod $name {
             use super::{store_row, FlipoutDense};
             use std::arch::x86_64::*;
@@ -316,6 +320,7 @@ macro_rules! simd_tile {
 }
 
 // 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers.
+#[cfg(avx512_intrinsics)]
 simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 6, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
 simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);

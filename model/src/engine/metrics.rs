@@ -76,7 +76,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = t - MAGIC;
     let r = c - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 0.5;
     let y = p * z + r + 1.0;
     // 2^n in two factors, so that n = 128 (x near HI) stays finite before the product.
     let half = ni >> 1;

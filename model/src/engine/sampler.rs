@@ -129,7 +129,8 @@ fn word_masks(bits: u64) -> [u32; 64] {
 ///
 /// # Safety
 /// The CPU supports AVX-512F; `out` is at least as long as `sigma`.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", avx512_intrinsics))]
+#[allow(clippy::incompatible_msrv)] // only compiled from Rust 1.89 (model/build.rs)
 #[target_feature(enable = "avx512f")]
 unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
@@ -225,6 +226,7 @@ impl Sampler {
         let (k1, k2) = (key as u32, (key >> 32) as u32);
         #[cfg(target_arch = "x86_64")]
         {
+            #[cfg(avx512_intrinsics)]
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F (checked just above); `out` is as long as
                 // `sigma` (the callers' contract).
@@ -262,7 +264,7 @@ impl Sampler {
     pub fn flip_signs_into(&mut self, x: &[f32], out: &mut Vec<f32>) {
         out.clear();
         out.reserve(x.len());
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", avx512_intrinsics))]
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
             unsafe { self.flip_avx512(x, out) };
@@ -283,7 +285,8 @@ impl Sampler {
     ///
     /// # Safety
     /// The CPU supports AVX-512F; `out` is empty with capacity for `x.len()` values.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", avx512_intrinsics))]
+    #[allow(clippy::incompatible_msrv)] // only compiled from Rust 1.89 (model/build.rs)
     #[target_feature(enable = "avx512f")]
     unsafe fn flip_avx512(&mut self, x: &[f32], out: &mut Vec<f32>) {
         use std::arch::x86_64::*;
@@ -377,6 +380,7 @@ mod tests {
             let sigma: Vec<f32> = (0..len).map(|i| 0.5 + i as f32 * 1e-3).collect();
             let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
             noise_impl(3, 4, &sigma, &mut want);
+            #[cfg(avx512_intrinsics)]
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F; the slices have the same length.
                 unsafe { noise_avx512(3, 4, &sigma, &mut got) };
