@@ -30,18 +30,23 @@ pub fn softmax(logits: &[f32], classes: usize) -> Vec<f64> {
 /// exponentials run over the whole batch at once on [`exp_f32`], which vectorizes (libm's
 /// `expf`, one call per value, took as long as a small layer's products per sample).
 pub fn softmax_f32(logits: &[f32], classes: usize) -> Vec<f64> {
+    softmax_in_f32(logits, classes).into_iter().map(f64::from).collect()
+}
+
+/// [`softmax_f32`]'s probabilities as f32 (the same values before the exact widening): half
+/// the memory for the Monte Carlo samples that wait to be summed in order.
+pub fn softmax_in_f32(logits: &[f32], classes: usize) -> Vec<f32> {
     let mut e = Vec::with_capacity(logits.len());
     for row in logits.chunks_exact(classes) {
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         e.extend(row.iter().map(|&v| v - m));
     }
     exp_all(&mut e);
-    let mut out = Vec::with_capacity(e.len());
-    for row in e.chunks_exact(classes) {
+    for row in e.chunks_exact_mut(classes) {
         let s: f32 = row.iter().sum();
-        out.extend(row.iter().map(|&v| f64::from(v / s)));
+        row.iter_mut().for_each(|v| *v /= s);
     }
-    out
+    e
 }
 
 /// `v = e^v` elementwise on [`exp_f32`], compiled for AVX2 where the CPU has it.

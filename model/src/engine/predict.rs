@@ -17,7 +17,7 @@ use super::conv::{im2col_rows, max_pool_into, Window};
 use super::dense::{flipout_dense, FlipoutDense, Kernel};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
-use super::metrics::{softmax, softmax_f32};
+use super::metrics::{softmax, softmax_in_f32};
 use super::sampler::Sampler;
 use super::EngineError;
 
@@ -323,14 +323,14 @@ impl Model {
                 Some(Layer::Linear(lin)) if samples > 1 => Some(lin.shared(xc, m)),
                 _ => None,
             };
-            let per_sample: Vec<Vec<f64>> = (0..samples)
+            let per_sample: Vec<Vec<f32>> = (0..samples)
                 .into_par_iter()
                 .map(|s| {
                     pool.with(|ws| {
                         let mut sampler = Sampler::new(seed, (ci * samples + s) as u64);
                         let mut draw = Draw::Sample(&mut sampler, est);
                         let logits = run(&self.layers, xc, m, &mut draw, shared.as_ref(), ws);
-                        let p = softmax_f32(&logits, c);
+                        let p = softmax_in_f32(&logits, c);
                         ws.give(logits);
                         p
                     })
@@ -339,6 +339,7 @@ impl Model {
             // Summed in sample order: the result does not depend on the thread count.
             for p in &per_sample {
                 for ((a, b), &v) in sc.iter_mut().zip(qc.iter_mut()).zip(p) {
+                    let v = f64::from(v);
                     *a += v;
                     *b += v * v;
                 }
