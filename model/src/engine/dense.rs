@@ -114,6 +114,12 @@ pub struct FlipoutDense<'a> {
     pub relu: bool,
 }
 
+/// Largest input width k for which Flipout uses [`flipout_dense`]: measured by
+/// `model/examples/flipout_bench.rs` (one thread), the fused kernel is 1.2-1.5x faster than the
+/// unfused GEMMs up to k = 128 and 4-18% slower from k = 256, where its weight panels
+/// (k x 64 values) no longer fit in L1.
+pub const FUSED_MAX_K: usize = 128;
+
 /// Computes `f` into `out` (`[m, n]`) in one pass over `x`: both products in one register
 /// tile (`x` and `xf` broadcast from memory: load ports, not the shuffle port that the FMAs
 /// share), the output signs, bias and ReLU applied as the tile is stored. On small dense layers

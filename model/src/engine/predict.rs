@@ -14,7 +14,7 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::{flipout_dense, FlipoutDense, Kernel};
+use super::dense::{flipout_dense, FlipoutDense, Kernel, FUSED_MAX_K};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_in_f32};
@@ -491,10 +491,11 @@ impl Linear {
     }
 
     /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
-    /// dense weights; the input signs are drawn straight onto a flipped copy of `x`, the
-    /// output signs stay bits (the same draws as the masks of the other paths).
+    /// dense weights and at most [`FUSED_MAX_K`] inputs; the input signs are drawn straight
+    /// onto a flipped copy of `x`, the output signs stay bits (the same draws as the masks of
+    /// the other paths).
     fn fused_flipout(&self) -> bool {
-        self.conv.is_none() && !self.kernel.is_sparse()
+        self.conv.is_none() && !self.kernel.is_sparse() && self.kernel.k <= FUSED_MAX_K
     }
 
     /// Patch rows per block.
@@ -871,6 +872,56 @@ mod tests {
             for (g, e) in got.iter().zip(&expected) {
                 let e = if relu { e.max(0.0) } else { *e };
                 assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+            }
+        }
+    }
+
+    /// Flipout of a dense layer from its definition, in f64, with the engine's draws in its
+    /// order (bias, noise, input signs per example and input, output signs per example and
+    /// unit): `y = x @ mu + ((x * s_in) @ (sigma * eps)) * s_out + b`.
+    fn naive_dense_flipout(lin: &Linear, x: &[f32], n: usize, seed: u64) -> Vec<f64> {
+        let (k, u) = (lin.kernel.k, lin.kernel.n);
+        let mut s = Sampler::new(seed, 0);
+        let (mu, sigma) = lin.kernel.values();
+        let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
+        let noise = s.noise(sigma.unwrap_or_default());
+        let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
+        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+        s.sign_masks_into(n * k, &mut s_in);
+        s.sign_masks_into(n * u, &mut s_out);
+        let mut out = Vec::new();
+        for b in 0..n {
+            for o in 0..u {
+                let (mut mean, mut pert) = (0f64, 0f64);
+                for i in 0..k {
+                    let v = f64::from(x[b * k + i]);
+                    mean += v * f64::from(mu[i * u + o]);
+                    pert += v * sign(s_in[b * k + i]) * f64::from(noise[i * u + o]);
+                }
+                out.push(mean + pert * sign(s_out[b * u + o]) + f64::from(bias[o]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dense_flipout_equals_the_definition() {
+        // k = 20 runs on the fused kernel, k = 200 on the GEMMs (above FUSED_MAX_K).
+        for (k, u, n) in [(20, 13, 9), (200, 7, 5)] {
+            let sigma: Vec<f32> = values(k * u, 2).iter().map(|v| 0.1 + v.abs()).collect();
+            let lin = Linear { kernel: Kernel::new(k, u, values(k * u, 1), Some(sigma), false), bias_mu: values(u, 3), bias_sigma: Some(vec![0.2; u]), conv: None };
+            assert_eq!(lin.fused_flipout(), k <= FUSED_MAX_K);
+            let x = values(n * k, 4);
+            let expected = naive_dense_flipout(&lin, &x, n, 7);
+            let shared = lin.shared(&x, n);
+            for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
+                let mut sampler = Sampler::new(7, 0);
+                let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, &mut Scratch::default());
+                assert_eq!(got.len(), expected.len());
+                for (g, e) in got.iter().zip(&expected) {
+                    let e = if relu { e.max(0.0) } else { *e };
+                    assert!((f64::from(*g) - e).abs() < 1e-4, "k {k}: {g} vs {e}");
+                }
             }
         }
     }
