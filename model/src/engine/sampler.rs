@@ -128,7 +128,8 @@ fn word_masks(bits: u64) -> [u32; 64] {
 /// fused multiply-adds, so the values are bitwise the same.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `out` is at least as long as `sigma`.
+/// The CPU supports AVX-512F (any lengths: full 32-value chunks of both slices are read and
+/// written with vector loads and stores, the rest by index).
 #[cfg(all(target_arch = "x86_64", avx512_intrinsics))]
 #[allow(clippy::incompatible_msrv)] // only compiled from Rust 1.89 (model/build.rs)
 #[target_feature(enable = "avx512f")]
@@ -228,9 +229,10 @@ impl Sampler {
         {
             #[cfg(avx512_intrinsics)]
             if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above); `out` is as long as
-                // `sigma` (the callers' contract).
-                return unsafe { noise_avx512(k1, k2, sigma, &mut out[..sigma.len()]) };
+                // As the portable code, the shorter of the two lengths.
+                let len = sigma.len().min(out.len());
+                // SAFETY: the CPU supports AVX-512F (checked just above); equal lengths.
+                return unsafe { noise_avx512(k1, k2, &sigma[..len], &mut out[..len]) };
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
