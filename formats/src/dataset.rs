@@ -389,7 +389,7 @@ impl Cifar10 {
 /// Parses one CIFAR-10 binary batch (`data_batch_1.bin` ...: records of a label byte and
 /// 3072 pixel bytes in channel-major order) and appends it to `out`, as NHWC.
 pub fn parse_cifar10_into(bytes: &[u8], out: &mut Cifar10) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % CIFAR10_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR10_RECORD) {
         return Err(DatasetError::invalid(format!("{} bytes is not a whole number of {CIFAR10_RECORD}-byte CIFAR-10 records", bytes.len())));
     }
     let plane = CIFAR10_SIDE * CIFAR10_SIDE;

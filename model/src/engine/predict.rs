@@ -14,10 +14,10 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::Kernel;
+use super::dense::{flipout_dense, FlipoutDense, Kernel, FUSED_MAX_K};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
-use super::metrics::{softmax, softmax_f32};
+use super::metrics::{softmax, softmax_in_f32};
 use super::sampler::Sampler;
 use super::winograd::{self, WinogradConv};
 use super::EngineError;
@@ -361,14 +361,14 @@ impl Model {
                 Some(Layer::Linear(lin)) if samples > 1 => Some(lin.shared(xc, m)),
                 _ => None,
             };
-            let per_sample: Vec<Vec<f64>> = (0..samples)
+            let per_sample: Vec<Vec<f32>> = (0..samples)
                 .into_par_iter()
                 .map(|s| {
                     pool.with(|ws| {
                         let mut sampler = Sampler::new(seed, (ci * samples + s) as u64);
                         let mut draw = Draw::Sample(&mut sampler, est);
                         let logits = run(&self.layers, xc, m, &mut draw, shared.as_ref(), ws);
-                        let p = softmax_f32(&logits, c);
+                        let p = softmax_in_f32(&logits, c);
                         ws.give(logits);
                         p
                     })
@@ -377,6 +377,7 @@ impl Model {
             // Summed in sample order: the result does not depend on the thread count.
             for p in &per_sample {
                 for ((a, b), &v) in sc.iter_mut().zip(qc.iter_mut()).zip(p) {
+                    let v = f64::from(v);
                     *a += v;
                     *b += v * v;
                 }
@@ -415,6 +416,9 @@ pub(crate) struct Scratch {
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
     wino: winograd::Buffers,
+    /// Weight panels and output sign bits of [`flipout_dense`].
+    panel: Vec<f32>,
+    s_out_bits: Vec<u64>,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -525,6 +529,14 @@ impl Linear {
         self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
     }
 
+    /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
+    /// dense weights and at most [`FUSED_MAX_K`] inputs; the input signs are drawn straight
+    /// onto a flipped copy of `x`, the output signs stay bits (the same draws as the masks of
+    /// the other paths).
+    fn fused_flipout(&self) -> bool {
+        self.conv.is_none() && !self.kernel.is_sparse() && self.kernel.k <= FUSED_MAX_K
+    }
+
     /// Patch rows per block.
     fn block_rows(&self) -> usize {
         (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
@@ -582,8 +594,13 @@ impl Linear {
                 match est {
                     Estimator::Flipout => {
                         flipout = true;
-                        s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
-                        s.sign_masks_into(n * u, &mut ws.s_out);
+                        if self.fused_flipout() {
+                            s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
+                            s.sign_bits_into(n * u, &mut ws.s_out_bits);
+                        } else {
+                            s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
+                            s.sign_masks_into(n * u, &mut ws.s_out);
+                        }
                     }
                     Estimator::Reparameterization => {
                         reparam = true;
@@ -600,6 +617,13 @@ impl Linear {
         if let (Some(wg), None) = (&self.wino, shared) {
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
             wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, &mut out, &mut ws.wino);
+            ws.noise = noise;
+            return out;
+        }
+        if flipout && self.fused_flipout() {
+            let mean = shared.map(|sh| sh.mean.as_slice());
+            let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: &noise, s_out: &ws.s_out_bits, bias: &bias, relu };
+            flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
             return out;
         }
@@ -942,6 +966,56 @@ mod tests {
             let (a, b) = (plain.predict_mc(&x, 8, 3, est).expect("mc"), wino.predict_mc(&x, 8, 3, est).expect("mc"));
             let worst = a.mean.iter().zip(&b.mean).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
             assert!(worst < 1e-5, "{est:?}: predictive means differ by {worst}");
+        }
+    }
+
+    /// Flipout of a dense layer from its definition, in f64, with the engine's draws in its
+    /// order (bias, noise, input signs per example and input, output signs per example and
+    /// unit): `y = x @ mu + ((x * s_in) @ (sigma * eps)) * s_out + b`.
+    fn naive_dense_flipout(lin: &Linear, x: &[f32], n: usize, seed: u64) -> Vec<f64> {
+        let (k, u) = (lin.kernel.k, lin.kernel.n);
+        let mut s = Sampler::new(seed, 0);
+        let (mu, sigma) = lin.kernel.values();
+        let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
+        let noise = s.noise(sigma.unwrap_or_default());
+        let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
+        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+        s.sign_masks_into(n * k, &mut s_in);
+        s.sign_masks_into(n * u, &mut s_out);
+        let mut out = Vec::new();
+        for b in 0..n {
+            for o in 0..u {
+                let (mut mean, mut pert) = (0f64, 0f64);
+                for i in 0..k {
+                    let v = f64::from(x[b * k + i]);
+                    mean += v * f64::from(mu[i * u + o]);
+                    pert += v * sign(s_in[b * k + i]) * f64::from(noise[i * u + o]);
+                }
+                out.push(mean + pert * sign(s_out[b * u + o]) + f64::from(bias[o]));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dense_flipout_equals_the_definition() {
+        // k = 20 runs on the fused kernel, k = 200 on the GEMMs (above FUSED_MAX_K).
+        for (k, u, n) in [(20, 13, 9), (200, 7, 5)] {
+            let sigma: Vec<f32> = values(k * u, 2).iter().map(|v| 0.1 + v.abs()).collect();
+            let lin = Linear { kernel: Kernel::new(k, u, values(k * u, 1), Some(sigma), false), bias_mu: values(u, 3), bias_sigma: Some(vec![0.2; u]), conv: None, wino: None };
+            assert_eq!(lin.fused_flipout(), k <= FUSED_MAX_K);
+            let x = values(n * k, 4);
+            let expected = naive_dense_flipout(&lin, &x, n, 7);
+            let shared = lin.shared(&x, n);
+            for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
+                let mut sampler = Sampler::new(7, 0);
+                let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, &mut Scratch::default());
+                assert_eq!(got.len(), expected.len());
+                for (g, e) in got.iter().zip(&expected) {
+                    let e = if relu { e.max(0.0) } else { *e };
+                    assert!((f64::from(*g) - e).abs() < 1e-4, "k {k}: {g} vs {e}");
+                }
+            }
         }
     }
 

@@ -1,0 +1,68 @@
+//! The fused Flipout dense kernel (`model::engine::dense::flipout_dense`) against the unfused
+//! products it replaced (two `sgemm` calls, a flipped copy of the input, a combine pass), one
+//! thread, on the dense layers of BNN-FC and a wider one; best of runs filling a time budget,
+//! both in the same run. Prints one JSON object (GFLOP/s count the two products).
+//!
+//! `cargo run --release -p bnn-model --example flipout_bench`
+
+use std::time::Instant;
+
+use model::engine::dense::{flipout_dense, FlipoutDense};
+use model::engine::gemm::sgemm;
+
+/// Best seconds of `f` over runs filling about `budget` seconds.
+fn best(budget: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut b = f64::INFINITY;
+    while start.elapsed().as_secs_f64() < budget {
+        let t = Instant::now();
+        f();
+        b = b.min(t.elapsed().as_secs_f64());
+    }
+    b
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = formats::synthetic::SplitMix64(seed);
+    (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+fn main() {
+    let shapes = [("bnn-fc 64x64", 360, 64, 64), ("bnn-fc 64x10", 360, 64, 10), ("dense 128x128", 360, 128, 128), ("dense 256x256", 360, 256, 256), ("vgg dense 512x512", 16, 512, 512), ("vgg dense 512x10", 16, 512, 10)];
+    let mut rows = Vec::new();
+    for (name, m, k, n) in shapes {
+        let (x, mu, noise, bias) = (values(m * k, 1), values(k * n, 2), values(k * n, 3), values(n, 4));
+        let s_in: Vec<u32> = values(m * k, 5).iter().map(|v| u32::from(*v < 0.0) << 31).collect();
+        let mut words = formats::synthetic::SplitMix64(6);
+        let s_bits: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
+        let s_out: Vec<u32> = (0..m * n).map(|g| ((s_bits[g / 64] >> (g % 64)) as u32 & 1) << 31).collect();
+        let (mut out, mut panel, mut xf) = (vec![0f32; m * n], Vec::new(), vec![0f32; m * k]);
+        // Both sides flip the input once (the engine draws the signs straight onto the copy).
+        let fused = best(0.5, || {
+            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: &noise, s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut panel)
+        });
+        let (mut flipped, mut pert) = (vec![0f32; m * k], vec![0f32; m * n]);
+        let unfused = best(0.5, || {
+            sgemm(m, k, n, &x, &mu, &mut out, false);
+            flipped.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            sgemm(m, k, n, &flipped, &noise, &mut pert, false);
+            for ((o, p), so) in out.chunks_exact_mut(n).zip(pert.chunks_exact(n)).zip(s_out.chunks_exact(n)) {
+                for (((o, &p), &s), &b) in o.iter_mut().zip(p).zip(so).zip(&bias) {
+                    *o = (*o + f32::from_bits(p.to_bits() ^ s) + b).max(0.0);
+                }
+            }
+        });
+        let gf = |t: f64| 4.0 * (m * k * n) as f64 / t / 1e9;
+        rows.push(format!(
+            "{{\"layer\": \"{name}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"fused_s\": {fused:.3e}, \"unfused_s\": {unfused:.3e}, \"fused_gflops\": {:.1}, \"unfused_gflops\": {:.1}, \"speedup\": {:.2}}}",
+            gf(fused),
+            gf(unfused),
+            unfused / fused
+        ));
+    }
+    println!("{{\"flipout_dense\": [\n  {}\n]}}", rows.join(",\n  "));
+}
