@@ -112,12 +112,12 @@ def weight_bytes(ck):
 
 
 def main():
-    if not os.path.exists(os.path.join(WORK, "vgg16", "checkpoint")):
+    if not all(os.path.exists(os.path.join(WORK, m, "checkpoint")) for m in ("bnn_fc", "bnn_conv", "vgg16")):
         run([PY, os.path.join(ROOT, "bench", "make_models.py"), WORK])
     kb = json.loads(run([KB]).strip().splitlines()[-1])
     peak = kb["gemm_peak_gflops"]
     models = [
-        ("BNN-FC 64-256-256-10 (digits)", os.path.join(ROOT, "fixtures", "tf1_bnn_fc"),
+        ("BNN-FC 64-256-256-10 (digits)", os.path.join(WORK, "bnn_fc"),
          os.path.join(ROOT, "fixtures", "data", "digits_test_x.npy"), 100, "fc"),
         ("BNN-Conv 28x28x1 (5x5x32, pool, 5x5x64, pool, dense 10)", os.path.join(WORK, "bnn_conv"),
          os.path.join(WORK, "x28_x.npy"), 10, "conv"),

@@ -6,8 +6,10 @@ activations), plus random inputs.  Timing does not depend on training.
 
     .venv/bin/python bench/make_models.py OUT_DIR
 
-Writes OUT_DIR/{bnn_conv,vgg16}/model.ckpt-0.* + analysis.json (the logits tensor name, read
+Writes OUT_DIR/{bnn_fc,bnn_conv,vgg16}/model.ckpt-0.* + analysis.json (the logits tensor name, read
 by bench/infer_tf.py) and OUT_DIR/{x28,x32}_{x,y}.npy (inputs, random labels):
+  bnn_fc:   BNN-FC 64-256-256-10 (issue 10's MLP) on flattened 8x8 digits: DenseFlipout 256
+            relu, 256 relu, 10
   bnn_conv: the paper's BNN-Conv on 28x28x1: Conv 5x5x32 SAME relu, pool 2, Conv 5x5x64
             SAME relu, pool 2, Flatten, DenseFlipout 10
   vgg16:    VGG-16 on 32x32x3: 13 3x3 SAME Conv2DFlipout (64,64 | 128,128 | 256x3 | 512x3 |
@@ -71,6 +73,7 @@ def main():
     for name, shape in [("x28", (360, 28, 28, 1)), ("x32", (16, 32, 32, 3))]:
         np.save(os.path.join(out, name + "_x.npy"), rng.rand(*shape).astype(np.float32))
         np.save(os.path.join(out, name + "_y.npy"), rng.randint(0, 10, shape[0]).astype(np.int64))
+    build(out, "bnn_fc", [64], [("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 10, None)])
     build(out, "bnn_conv", [28, 28, 1],
           [("conv", 32, 5), ("pool",), ("conv", 64, 5), ("pool",), ("flatten",), ("dense", 10, None)])
     vgg = []
