@@ -755,6 +755,89 @@ pub fn prune_checkpoint_to_bundle(ckpt: &Arc<Checkpoint>, prefix: &std::path::Pa
     Ok(pruning.report)
 }
 
+/// Prunes `ckpt` into a safetensors file at `out` (the tensors `opts` chooses) in one pass over
+/// the data: counts not known up front are taken while the posteriors stream out, and the
+/// report (metadata [`META_PRUNE`]) goes into a header written after the data, padded with
+/// spaces to the room the longest possible report needs.
+pub fn prune_to_safetensors(ckpt: &Arc<Checkpoint>, out: &std::path::Path, job: &PruneJob, opts: formats::convert::ToSafetensorsOptions) -> Result<PruneReport> {
+    let targets = crate::snr::select_targets(ckpt, job.layers.as_deref(), &job.parts)?;
+    let (plans, threshold) = plan(ckpt, &targets, &job.options, true)?;
+    let mut pruning = finish(ckpt, Some(ckpt), &targets, &job.options, plans, threshold)?;
+    if !pruning.deferred.is_empty() {
+        pruning.edits.metadata.remove(META_PRUNE);
+        let late = LateReport {
+            ckpt: ckpt.clone(),
+            targets: targets.clone(),
+            options: job.options.clone(),
+            threshold,
+            decided: pruning.decided.clone(),
+            deferred: pruning.deferred.clone(),
+        };
+        pruning.edits.late = Some(Arc::new(late));
+    }
+    formats::convert::checkpoint_to_safetensors(ckpt, out, opts, &pruning.edits)?;
+    pruning.settle(ckpt)?;
+    Ok(pruning.report)
+}
+
+/// The report of a pruning whose counts are taken while it streams out, as the metadata entry
+/// [`META_PRUNE`] of a safetensors header written after the data.
+#[derive(Debug)]
+struct LateReport {
+    ckpt: Arc<Checkpoint>,
+    targets: Vec<Target>,
+    options: PruneOptions,
+    threshold: f64,
+    /// Counts known up front (zeros for the deferred targets).
+    decided: Vec<Decided>,
+    deferred: Vec<(usize, Arc<Decision>)>,
+}
+
+impl formats::convert::LateMetadata for LateReport {
+    fn key(&self) -> &str {
+        META_PRUNE
+    }
+
+    fn longest(&self) -> String {
+        // Every count with the most digits it can have (all weights of its target; twice that
+        // for BPrune's count of mu and rho), every key named as non-finite, and the longest
+        // f64 a non-negative sparsity prints as.
+        let n: Vec<usize> = self.targets.iter().map(|t| weights(&self.ckpt, t).unwrap_or(0)).collect();
+        let total: usize = n.iter().sum();
+        let layers = self
+            .targets
+            .iter()
+            .zip(&n)
+            .map(|(t, &n)| TargetReport { layer: t.layer.clone(), part: t.part.name(), total: n, kept: n, pruned: n, already_pruned: n, newly_pruned: n, bprune_nonzero: 2 * n })
+            .collect();
+        let non_finite = self.targets.iter().zip(&n).flat_map(|(t, &n)| [&t.loc_key, &t.rho_key].map(|key| NonFinite { key: key.clone(), count: n })).collect();
+        let most = PruneReport {
+            options: self.options.clone(),
+            threshold: self.threshold,
+            layers,
+            total,
+            kept: total,
+            already_pruned: total,
+            newly_pruned: total,
+            sparsity: 1.234_567_890_123_456_7e-308,
+            non_finite,
+        };
+        serde_json::to_string(&most).unwrap_or_default()
+    }
+
+    fn value(&self) -> std::result::Result<String, String> {
+        let mut decided = self.decided.clone();
+        for (i, decision) in &self.deferred {
+            let counted = decision.counted.as_ref().map(|c| *c.lock().unwrap_or_else(|p| p.into_inner()));
+            if let (Some(d), Some(counted)) = (decided.get_mut(*i), counted) {
+                *d = counted;
+            }
+        }
+        let report = report_of(&self.ckpt, &self.targets, &self.options, &decided, self.threshold).map_err(|e| e.to_string())?;
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    }
+}
+
 /// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.
 pub fn report_path(prefix: &std::path::Path) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{}{PRUNE_REPORT_SUFFIX}", prefix.display()))
