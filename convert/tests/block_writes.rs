@@ -44,9 +44,12 @@ fn awkward_checkpoint(prefix: &Path) {
     w.finish().expect("finish");
 }
 
+/// A tensor to write: stored key, TF key, dtype, shape, bytes.
+type Tensor = (String, String, DType, Vec<u64>, Vec<u8>);
+
 /// The tensors of `ckpt` pruned in memory by `options` (kernels), each edited whole: (stored
 /// key, TF key, dtype, shape, bytes), in the checkpoint's order; and the report.
-fn pruned_in_memory(ckpt: &Checkpoint, options: &PruneOptions) -> (Vec<(String, String, DType, Vec<u64>, Vec<u8>)>, String) {
+fn pruned_in_memory(ckpt: &Checkpoint, options: &PruneOptions) -> (Vec<Tensor>, String) {
     let targets = select_targets(ckpt, None, &[Part::Kernel]).expect("targets");
     let pruning = prune(ckpt, &targets, options).expect("in-memory pruning");
     let tensors = ckpt

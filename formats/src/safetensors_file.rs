@@ -230,8 +230,11 @@ pub struct Late<'a> {
     pub value: &'a dyn Fn() -> Result<String>,
 }
 
+/// Where each tensor's bytes go in the data: (offset, size).
+type Placement = Vec<(u64, u64)>;
+
 /// The JSON header of a safetensors file (unpadded), and each tensor's (offset, size).
-fn header_json(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>) -> Result<(Vec<u8>, Vec<(u64, u64)>)> {
+fn header_json(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>) -> Result<(Vec<u8>, Placement)> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::invalid(path, e.to_string()))?);
