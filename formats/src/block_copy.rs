@@ -29,37 +29,76 @@ pub struct Copied {
     pub output_crc: u32,
 }
 
-/// Writes `src`, rewritten by `edit` if given, to `out` at byte `at`, blocks in parallel on
-/// rayon's pool (on which an edit's own parallel loops then run without extra threads).
-/// `release(range)` is called with each block's byte range of `src` once it is written, so
-/// that mapped source pages can be dropped. A failed write stops the copy and is returned (the
-/// output is then incomplete and must be discarded).
+/// One tensor of [`copy_together`]: where it goes in the output, its stored bytes (e.g. where a
+/// source file is mapped), its edit if any, and what to call with each block's byte range of
+/// `src` once it is written (to drop mapped source pages).
+#[derive(Clone, Copy)]
+pub struct Piece<'a> {
+    /// Byte offset in the output.
+    pub at: u64,
+    /// The stored bytes.
+    pub src: &'a [u8],
+    /// How they are rewritten.
+    pub edit: Option<&'a dyn TensorEdit>,
+    /// Called with each block's range of `src` once it is written.
+    pub release: &'a (dyn Fn(Range<usize>) + Sync),
+}
+
+/// Writes `src`, rewritten by `edit` if given, to `out` at byte `at` (see [`copy_together`]).
 pub fn copy_tensor(out: &File, at: u64, src: &[u8], edit: Option<&dyn TensorEdit>, release: &(dyn Fn(Range<usize>) + Sync)) -> std::io::Result<Copied> {
-    let blocks = src.len().div_ceil(BLOCK);
+    let copied = copy_together(out, &[Piece { at, src, edit, release }])?;
+    Ok(copied.first().copied().unwrap_or(Copied { source_crc: 0, output_crc: 0 }))
+}
+
+/// Writes each piece's bytes, rewritten by its edit, to `out` at its offset, blocks in parallel
+/// on rayon's pool (on which an edit's own parallel loops then run without extra threads). Block
+/// `b` of every piece is copied by one job, one piece after the other: the edits of the two
+/// halves of a posterior pair then decide each block once (the second finds the first's
+/// decisions on its thread). A failed write stops the copy and is returned (the output is then
+/// incomplete and must be discarded). Returns each piece's checksums.
+pub fn copy_together(out: &File, pieces: &[Piece]) -> std::io::Result<Vec<Copied>> {
+    let blocks = pieces.iter().map(|p| p.src.len().div_ceil(BLOCK)).max().unwrap_or(0);
     let crcs = (0..blocks)
         .into_par_iter()
         // A buffer per worker, reused for every block it edits: it stays in the cache.
         .map_init(Vec::new, |buf, b| {
-            let range = b * BLOCK..((b + 1) * BLOCK).min(src.len());
-            let crc = copy_block(out, at + range.start as u64, range.start as u64, &src[range.clone()], edit, buf);
-            release(range);
-            crc
+            pieces
+                .iter()
+                .map(|p| {
+                    let range = (b * BLOCK).min(p.src.len())..((b + 1) * BLOCK).min(p.src.len());
+                    if range.is_empty() {
+                        return Ok((0, 0));
+                    }
+                    let crc = copy_block(out, p.at + range.start as u64, range.start as u64, &p.src[range.clone()], p.edit, buf);
+                    (p.release)(range);
+                    crc
+                })
+                .collect::<std::io::Result<Vec<(u32, u32)>>>()
         })
-        .collect::<std::io::Result<Vec<(u32, u32)>>>()?;
-    // The tensor's checksums from its blocks', in order: appending a whole block to a CRC is
+        .collect::<std::io::Result<Vec<Vec<(u32, u32)>>>>()?;
+    // Each tensor's checksums from its blocks', in order: appending a whole block to a CRC is
     // one multiplication by a constant (the crate's `crc32c_combine` derives that constant
     // anew on every call, which took a fifth of a pruning's time).
-    let (shift, mut copied) = (shift_by(BLOCK), Copied { source_crc: 0, output_crc: 0 });
-    for (b, (s, o)) in crcs.into_iter().enumerate() {
-        let len = BLOCK.min(src.len() - b * BLOCK);
-        if len == BLOCK {
-            copied.source_crc = multiply(shift, copied.source_crc) ^ s;
-            copied.output_crc = multiply(shift, copied.output_crc) ^ o;
-        } else {
-            copied.source_crc = crc32c::crc32c_combine(copied.source_crc, s, len);
-            copied.output_crc = crc32c::crc32c_combine(copied.output_crc, o, len);
-        }
-    }
+    let shift = shift_by(BLOCK);
+    let copied = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut copied = Copied { source_crc: 0, output_crc: 0 };
+            for (b, block) in crcs.iter().enumerate().take(p.src.len().div_ceil(BLOCK)) {
+                let (s, o) = block.get(i).copied().unwrap_or((0, 0));
+                let len = BLOCK.min(p.src.len() - b * BLOCK);
+                if len == BLOCK {
+                    copied.source_crc = multiply(shift, copied.source_crc) ^ s;
+                    copied.output_crc = multiply(shift, copied.output_crc) ^ o;
+                } else {
+                    copied.source_crc = crc32c::crc32c_combine(copied.source_crc, s, len);
+                    copied.output_crc = crc32c::crc32c_combine(copied.output_crc, o, len);
+                }
+            }
+            copied
+        })
+        .collect();
     Ok(copied)
 }
 
@@ -178,6 +217,28 @@ mod tests {
             let blocks: Vec<Range<usize>> = (0..6).map(|b| b * BLOCK..((b + 1) * BLOCK).min(src.len())).collect();
             assert_eq!(released, blocks);
         }
+    }
+
+    #[test]
+    fn tensors_copied_together_each_land_whole_with_their_checksums() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Pieces of different lengths (more blocks, fewer, none), edited or not, in one file.
+        let a: Vec<u8> = (0..3 * BLOCK + 5).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..BLOCK - 7).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("out");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).expect("open");
+        let (at_b, at_c) = (a.len() as u64, (a.len() + b.len()) as u64);
+        let pieces = [
+            Piece { at: 0, src: &a, edit: Some(&AddOne), release: &|_| {} },
+            Piece { at: at_b, src: &b, edit: None, release: &|_| {} },
+            Piece { at: at_c, src: &[], edit: Some(&AddOne), release: &|_| {} },
+        ];
+        let copied = copy_together(&file, &pieces).expect("copy");
+        let want_a: Vec<u8> = a.iter().map(|x| x.wrapping_add(1)).collect();
+        let got = std::fs::read(&path).expect("read");
+        assert!(got[..a.len()] == want_a[..] && got[a.len()..] == b[..]);
+        let want = [(crc32c::crc32c(&a), crc32c::crc32c(&want_a)), (crc32c::crc32c(&b), crc32c::crc32c(&b)), (0, 0)];
+        assert_eq!(copied, want.map(|(source_crc, output_crc)| Copied { source_crc, output_crc }));
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bundle::{write_atomically, BundleWriter};
+use crate::bundle::{write_atomically, BundleWriter, CopiedTensor};
 use crate::checkpoint::{Checkpoint, Variable};
 use crate::checkpoint_state::{CheckpointState, STATE_FILE};
 pub use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
+use crate::block_copy::Piece;
 use crate::safetensors_file::{write_safetensors_late, Late, PlannedTensor};
 use crate::tensor::TensorData;
 
@@ -168,9 +169,29 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
         let v = &plan.variables[i];
         let edit = edits.values.get(&v.key);
         if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
-            // Block by block on every core, as `cp` would copy it.
-            let crc = out.copy(src, edit.map(|e| e.as_ref()), &|range| ckpt.release(&v.key, range))?;
-            ckpt.verify_checksum(&v.key, crc)?;
+            // Block by block on every core, as `cp` would copy it, together with the next
+            // tensor when both are edited and as long (see `checkpoint_to_bundle`).
+            let release = |range| ckpt.release(&v.key, range);
+            let this = Piece { at: 0, src, edit: edit.map(|e| e.as_ref()), release: &release };
+            let w = plan.variables.get(i + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.nbytes == v.info.nbytes);
+            let along = match w {
+                Some(w) => stored_in_one_piece(ckpt, &w.key)?.map(|w_src| (w, w_src)),
+                None => None,
+            };
+            if let Some((w, w_src)) = along {
+                let w_release = |range| ckpt.release(&w.key, range);
+                let w_edit = edits.values.get(&w.key);
+                let next = Piece { at: 0, src: w_src, edit: w_edit.map(|e| e.as_ref()), release: &w_release };
+                let (crc, w_crc) = out.copy_with_next(this, next)?;
+                ckpt.verify_checksum(&v.key, crc)?;
+                ckpt.verify_checksum(&w.key, w_crc)?;
+                if let Some(w_edit) = w_edit {
+                    edit_finished(ckpt, &w.key, w_edit.as_ref())?;
+                }
+            } else {
+                let crc = out.copy(src, this.edit, &release)?;
+                ckpt.verify_checksum(&v.key, crc)?;
+            }
         } else {
             // Stretches of 64 whole elements: masks then work a word at a time.
             let align = 64 * v.info.dtype.size().unwrap_or(1);
@@ -239,24 +260,49 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
     // The whole data file allocated first: a full disk fails before any write.
     writer.reserve(ckpt.variables().iter().filter(|v| v.info.dtype.size().is_some()).map(|v| v.info.nbytes).sum())?;
     let mut report = ConversionReport { output: prefix.to_path_buf(), ..Default::default() };
-    for v in ckpt.variables() {
+    let variables = ckpt.variables();
+    let mut next = 0;
+    while let Some(v) = variables.get(next) {
         let key = ckpt.tf_key(v).to_string();
+        let edit = edits.values.get(&v.key);
+        let mut done = vec![v];
         if v.info.dtype.size().is_some() {
-            let edit = edits.values.get(&v.key);
             if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
-                // Block by block on every core, as `cp` would copy it; the source's checksum
-                // is taken on the way and checked once the whole tensor has passed.
-                let release = |range| ckpt.release(&v.key, range);
-                let crc = writer.add_copied(&key, v.info.dtype, &v.info.shape, src, edit.map(|e| e.as_ref()), &release)?;
-                ckpt.verify_checksum(&v.key, crc)?;
+                // Block by block on every core, as `cp` would copy it, together with the next
+                // tensor when both are edited and as long (the two halves of a posterior: each
+                // block is then decided once); the sources' checksums are taken on the way and
+                // checked once the whole tensors have passed.
+                let mut group = vec![(v, src)];
+                if let Some(w) = variables.get(next + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.dtype.size().is_some() && w.info.nbytes == v.info.nbytes) {
+                    if let Some(w_src) = stored_in_one_piece(ckpt, &w.key)? {
+                        group.push((w, w_src));
+                    }
+                }
+                let keys: Vec<String> = group.iter().map(|(v, _)| ckpt.tf_key(v).to_string()).collect();
+                let releases: Vec<_> = group.iter().map(|(v, _)| move |range| ckpt.release(&v.key, range)).collect();
+                let tensors: Vec<CopiedTensor> = group
+                    .iter()
+                    .zip(&keys)
+                    .zip(&releases)
+                    .map(|(((v, src), name), release)| CopiedTensor {
+                        name,
+                        dtype: v.info.dtype,
+                        shape: &v.info.shape,
+                        src,
+                        edit: edits.values.get(&v.key).map(|e| e.as_ref()),
+                        release,
+                    })
+                    .collect();
+                let crcs = writer.add_copied(&tensors)?;
+                for ((v, _), crc) in group.iter().zip(crcs) {
+                    ckpt.verify_checksum(&v.key, crc)?;
+                }
+                done = group.into_iter().map(|(v, _)| v).collect();
             } else {
                 match edit {
                     Some(edit) => writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?,
                     None => writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| ckpt.stream(&v.key, sink))?,
                 }
-            }
-            if let Some(edit) = edit {
-                edit_finished(ckpt, &v.key, edit.as_ref())?;
             }
         } else {
             match ckpt.read(&v.key)? {
@@ -264,8 +310,14 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
                 TensorData::Bytes(_) => return Err(Error::corrupt(ckpt.path(), format!("'{}' holds bytes, not strings", v.key))),
             }
         }
-        report.bytes += v.info.nbytes;
-        report.written.push((v.key.clone(), key));
+        for v in done {
+            if let Some(edit) = edits.values.get(&v.key) {
+                edit_finished(ckpt, &v.key, edit.as_ref())?;
+            }
+            report.bytes += v.info.nbytes;
+            report.written.push((v.key.clone(), ckpt.tf_key(v).to_string()));
+            next += 1;
+        }
     }
     writer.finish()?;
     record_in_state_file(prefix)?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::block_copy::{copy_tensor, write_all_at, BLOCK};
+use crate::block_copy::{copy_tensor, copy_together, write_all_at, Piece, BLOCK};
 use crate::edit::TensorEdit;
 use crate::output_file::OutputFile;
 use crate::dtype::DType;
@@ -180,6 +180,10 @@ pub struct TensorOut<'a> {
     written: u64,
     /// Reused for the stretches of [`TensorOut::write_with`].
     buf: &'a mut Vec<u8>,
+    /// Where the next tensor's bytes start in the file and how many there are, if there is one.
+    next: Option<(u64, u64)>,
+    /// Set once [`TensorOut::copy_with_next`] has written the next tensor too.
+    wrote_next: bool,
 }
 
 impl TensorOut<'_> {
@@ -209,6 +213,21 @@ impl TensorOut<'_> {
         let copied = copy_tensor(self.file, self.at + self.written, src, edit, release).map_err(|e| Error::io(self.path, e))?;
         self.written += src.len() as u64;
         Ok(copied.source_crc)
+    }
+
+    /// Appends `this` as [`TensorOut::copy`] does and writes `next`, all of the next tensor's
+    /// bytes, block by block together with it (see [`copy_together`]: the two halves of a
+    /// posterior are then decided once per block); the next tensor is then not asked for. Each
+    /// piece's `at` is ignored. Returns the CRC32C of both sources.
+    pub fn copy_with_next(&mut self, this: Piece, next: Piece) -> Result<(u32, u32)> {
+        let Some((next_at, next_size)) = self.next.filter(|&(_, size)| size == next.src.len() as u64) else {
+            return Err(Error::invalid(self.path, "no next tensor of that size to write along"));
+        };
+        let pieces = [Piece { at: self.at + self.written, ..this }, Piece { at: next_at, ..next }];
+        let copied = copy_together(self.file, &pieces).map_err(|e| Error::io(self.path, e))?;
+        self.written += this.src.len() as u64;
+        self.wrote_next = next_size == next.src.len() as u64;
+        Ok((copied[0].source_crc, copied[1].source_crc))
     }
 }
 
@@ -292,12 +311,19 @@ where
         write_all_at(file.file(), &json, 8).map_err(io)?;
     }
     let mut buf = Vec::new();
+    let mut written_along = false;
     for (i, (t, &(at, size))) in tensors.iter().zip(&offsets).enumerate() {
-        let mut out = TensorOut { file: file.file(), path, at: data_start + at, written: 0, buf: &mut buf };
+        if std::mem::take(&mut written_along) {
+            // Written whole along with the tensor before it.
+            continue;
+        }
+        let next = offsets.get(i + 1).map(|&(at, size)| (data_start + at, size));
+        let mut out = TensorOut { file: file.file(), path, at: data_start + at, written: 0, buf: &mut buf, next, wrote_next: false };
         fill(i, &mut out)?;
         if out.written != size {
             return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {}", t.name, size, out.written)));
         }
+        written_along = out.wrote_next;
     }
     if let Some(l) = &late {
         let (mut last, _) = header_json(path, tensors, &with((l.value)()?))?;

@@ -409,6 +409,28 @@ struct Decision {
     failed: std::sync::atomic::AtomicBool,
     /// The counts of the weights decided so far (on the mu side), when they are taken here.
     counted: Option<std::sync::Mutex<Decided>>,
+    /// Tells this decision's blocks apart from any other's in [`LAST_BLOCK`] (an address could be
+    /// reused by a later decision).
+    id: u64,
+}
+
+/// Numbers decisions apart.
+static NEXT_DECISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A block decided by one half of a pair, for the other half's edit of the same block.
+struct DecidedBlock {
+    /// Decision id, first weight, weights, and which side decided it (mu: true).
+    key: (u64, usize, usize, bool),
+    keep: Vec<u64>,
+    decided: Decided,
+}
+
+thread_local! {
+    /// The block this thread decided last: the writers copy block `b` of a posterior's two
+    /// halves one after the other on one thread (`formats::block_copy::copy_together`), so the
+    /// second half finds the first's keep bits here instead of reading the first half again and
+    /// deciding anew. Anything else (another block, another decision) decides as usual.
+    static LAST_BLOCK: std::cell::RefCell<Option<DecidedBlock>> = const { std::cell::RefCell::new(None) };
 }
 
 #[derive(Debug)]
@@ -423,25 +445,45 @@ struct DecidingEdit {
 impl formats::convert::TensorEdit for DecidingEdit {
     fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
         let d = &self.decision;
-        let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
-        let range = offset as usize..offset as usize + src.len();
-        let other = d.ckpt.read_unverified(other_key).ok();
-        let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
-            d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            dst.copy_from_slice(src);
-            return;
-        };
-        let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
         let (n, first) = (src.len() / 4, offset as usize / 4);
-        let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
-        let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        // Decided by the other half of the pair just before, on this thread?
+        let reused = LAST_BLOCK.with(|last| {
+            let mut last = last.borrow_mut();
+            match last.take() {
+                Some(b) if b.key == (d.id, first, n, !self.mu_side) => Some((b.keep, b.decided)),
+                other => {
+                    *last = other;
+                    None
+                }
+            }
+        });
+        let (keep, decided) = match reused {
+            Some(found) => found,
+            None => {
+                let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
+                let range = offset as usize..offset as usize + src.len();
+                let other = d.ckpt.read_unverified(other_key).ok();
+                let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
+                    d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    dst.copy_from_slice(src);
+                    return;
+                };
+                let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
+                let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
+                let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+                drop(other);
+                d.ckpt.release(other_key, range);
+                // For the other half's edit of this block, if it comes next on this thread.
+                let block = DecidedBlock { key: (d.id, first, n, self.mu_side), keep: keep.clone(), decided };
+                LAST_BLOCK.with(|last| *last.borrow_mut() = Some(block));
+                (keep, decided)
+            }
+        };
         if let (true, Some(counted)) = (self.mu_side, &d.counted) {
             let mut c = counted.lock().unwrap_or_else(|p| p.into_inner());
             *c = *c + decided;
         }
         crate::mask::apply_mask(&KeepMask::from_words(keep, n), 0, src, dst, &self.fill);
-        drop(other);
-        d.ckpt.release(other_key, range);
     }
 
     fn finished(&self) -> std::result::Result<(), String> {
@@ -470,7 +512,8 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
             (Plan::Rule(rule, d), Some(shared)) if in_one_piece(shared) => {
                 let counted = d.is_none().then(|| std::sync::Mutex::new(Decided::default()));
-                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into(), counted });
+                let id = NEXT_DECISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into(), counted, id });
                 if d.is_none() {
                     deferred.push((i, decision.clone()));
                 }

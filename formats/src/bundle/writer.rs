@@ -13,7 +13,7 @@ use protobuf::Message;
 use super::entry::Entry;
 use super::strings::encode_strings;
 use super::{data_shard_path, index_path};
-use crate::block_copy::{copy_tensor, write_all_at};
+use crate::block_copy::{copy_together, write_all_at, Piece};
 use crate::coding::mask_crc;
 use crate::dtype::DType;
 use crate::edit::TensorEdit;
@@ -26,6 +26,23 @@ use crate::table::TableBuilder;
 
 /// Version of the bundle format written (TensorFlow's `kTensorBundleVersion`).
 const BUNDLE_VERSION: i32 = 1;
+
+/// A tensor for [`BundleWriter::add_copied`]: its name, type and shape in the bundle, its stored
+/// bytes, its edit if any, and what to call with each block's byte range of `src` once written.
+pub struct CopiedTensor<'a> {
+    /// Name in the bundle.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: &'a [u64],
+    /// The stored bytes.
+    pub src: &'a [u8],
+    /// How they are rewritten.
+    pub edit: Option<&'a dyn TensorEdit>,
+    /// Called with each block's range of `src` once it is written.
+    pub release: &'a (dyn Fn(std::ops::Range<usize>) + Sync),
+}
 
 /// Builds a checkpoint `<prefix>.index` + `<prefix>.data-00000-of-00001`.
 pub struct BundleWriter {
@@ -105,18 +122,33 @@ impl BundleWriter {
         added
     }
 
-    /// Adds a fixed-size tensor copied from `src` (its stored bytes, e.g. where a source file is
-    /// mapped), rewritten by `edit` if given, a block at a time on every core (see
-    /// [`copy_tensor`]); `release` gets each block's byte range of `src` once it is written.
-    /// Returns the CRC32C of `src`, for the caller to verify against its source.
-    pub fn add_copied(&mut self, name: &str, dtype: DType, shape: &[u64], src: &[u8], edit: Option<&dyn TensorEdit>, release: &(dyn Fn(std::ops::Range<usize>) + Sync)) -> Result<u32> {
-        let mut source_crc = 0;
-        self.add_fixed(name, dtype, shape, |file, path, at, crc| {
-            let copied = copy_tensor(file, at, src, edit, release).map_err(|e| Error::io(path, e))?;
-            (source_crc, *crc) = (copied.source_crc, copied.output_crc);
-            Ok(src.len() as u64)
-        })?;
-        Ok(source_crc)
+    /// Adds fixed-size tensors, one after the other, copied from their stored bytes (e.g. where
+    /// a source file is mapped) and rewritten by their edits, a block at a time on every core,
+    /// block `b` of each tensor in one job (see [`copy_together`]). Returns the CRC32C of each
+    /// source, for the caller to verify against its source.
+    pub fn add_copied(&mut self, tensors: &[CopiedTensor]) -> Result<Vec<u32>> {
+        let (mut entries, mut pieces, mut at) = (Vec::new(), Vec::new(), self.offset);
+        for (i, t) in tensors.iter().enumerate() {
+            self.check_new(t.name)?;
+            if tensors[..i].iter().any(|u| u.name == t.name) {
+                return Err(Error::invalid(&self.prefix, format!("tensor '{}' added twice", t.name)));
+            }
+            let (dtype, shape) = (t.dtype, t.shape);
+            let entry = Entry { dtype, shape: shape.to_vec(), shard_id: 0, offset: at, size: t.src.len() as u64, masked_crc32c: 0, slices: vec![] };
+            let expected = entry.dense_bytes();
+            if expected != Some(entry.size) {
+                return Err(Error::invalid(&self.prefix, format!("tensor '{}' of {dtype} {shape:?} needs {expected:?} bytes, got {}", t.name, entry.size)));
+            }
+            pieces.push(Piece { at, src: t.src, edit: t.edit, release: t.release });
+            at += entry.size;
+            entries.push(entry);
+        }
+        let copied = copy_together(self.data.file(), &pieces).map_err(|e| Error::io(&self.data_path, e))?;
+        for ((t, entry), c) in tensors.iter().zip(entries).zip(&copied) {
+            self.entries.insert(t.name.to_string(), Entry { masked_crc32c: mask_crc(c.output_crc), ..entry });
+        }
+        self.offset = at;
+        Ok(copied.iter().map(|c| c.source_crc).collect())
     }
 
     /// Records a fixed-size tensor whose bytes `write` writes to the data file at the offset
