@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use formats::checkpoint::Checkpoint;
-use formats::convert::{checkpoint_to_safetensors, ToSafetensorsOptions};
+use formats::convert::ToSafetensorsOptions;
 use formats::input_files::InputFiles;
 use surgery::prune::{
-    prune, prune_checkpoint_to_bundle, prune_streaming, Criterion, Mode, PruneJob, PruneOptions, PruneReport, PRUNE_REPORT_SUFFIX,
+    prune, prune_checkpoint_to_bundle, prune_to_safetensors, Criterion, Mode, PruneJob, PruneOptions, PruneReport, PRUNE_REPORT_SUFFIX,
 };
 use surgery::snr::{select_targets, Part};
 
@@ -113,9 +113,8 @@ pub fn run(a: Args) -> Result<()> {
             sizes = Some(surgery::sparse::write_sparse(&ckpt, &pruning, &a.output, opts)?);
             pruning.report
         } else {
-            let pruning = prune_streaming(&ckpt, &targets, &job.options)?;
-            checkpoint_to_safetensors(&ckpt, &a.output, opts, &pruning.edits)?;
-            pruning.report
+            // One pass: the counts are taken while the data is written, the header last.
+            prune_to_safetensors(&ckpt, &a.output, &job, opts)?
         };
         folder.keep();
         report

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::bundle::{write_atomically, BundleWriter};
+use crate::bundle::{write_atomically, BundleWriter, CopiedTensor};
 use crate::checkpoint::{Checkpoint, Variable};
 use crate::checkpoint_state::{CheckpointState, STATE_FILE};
 pub use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
 use crate::layout::VariableKind;
 use crate::naming::{self, META_GLOBAL_STEP, META_LAYERS, META_MANIFEST, META_SOURCE, META_TF_KEYS, META_WRITER};
-use crate::safetensors_file::{write_safetensors_with, PlannedTensor};
+use crate::block_copy::Piece;
+use crate::safetensors_file::{write_safetensors_late, Late, PlannedTensor};
 use crate::tensor::TensorData;
 
 /// Choices for [`checkpoint_to_safetensors`].
@@ -33,6 +34,21 @@ pub struct Edits {
     pub values: BTreeMap<String, Arc<dyn TensorEdit>>,
     /// Extra `__metadata__` entries (safetensors output only).
     pub metadata: BTreeMap<String, String>,
+    /// An extra `__metadata__` entry whose value is known only once every tensor is written
+    /// (safetensors output only).
+    pub late: Option<Arc<dyn LateMetadata>>,
+}
+
+/// A `__metadata__` entry whose value is known only once every edit has finished (a pruning's
+/// counts, taken while its edits stream out): the header reserves room for its longest value
+/// and is written after the data, so the data is written in one pass.
+pub trait LateMetadata: Send + Sync + std::fmt::Debug {
+    /// The entry's key.
+    fn key(&self) -> &str;
+    /// A value at least as long, once escaped in JSON, as any the entry can take.
+    fn longest(&self) -> String;
+    /// The value, called once every tensor has been written and its edit has finished.
+    fn value(&self) -> std::result::Result<String, String>;
 }
 
 impl Edits {
@@ -57,6 +73,15 @@ impl Edits {
 /// [`TensorEdit::finished`] of the edit of `key`, as an error about the checkpoint.
 fn edit_finished(ckpt: &Checkpoint, key: &str, edit: &dyn TensorEdit) -> Result<()> {
     edit.finished().map_err(|what| Error::invalid(ckpt.path(), format!("'{key}': {what}")))
+}
+
+/// The stored bytes of fixed-size tensor `key` where they lie (a memory map), unverified; `None`
+/// for a tensor assembled from partitions or decoded from sparse storage, which is streamed.
+fn stored_in_one_piece<'c>(ckpt: &'c Checkpoint, key: &str) -> Result<Option<&'c [u8]>> {
+    match ckpt.read_unverified(key)? {
+        TensorData::Bytes(std::borrow::Cow::Borrowed(src)) => Ok(Some(src)),
+        _ => Ok(None),
+    }
 }
 
 /// What a conversion did.
@@ -132,27 +157,54 @@ pub fn plan_safetensors(ckpt: &Checkpoint, opts: ToSafetensorsOptions) -> Result
 pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetensorsOptions, edits: &Edits) -> Result<ConversionReport> {
     let mut plan = plan_safetensors(ckpt, opts)?;
     plan.metadata.extend(edits.metadata.clone());
+    let late_value = || edits.late.as_ref().map_or(Ok(String::new()), |l| l.value().map_err(|what| Error::invalid(ckpt.path(), what)));
+    let late = edits.late.as_ref().map(|l| Late { key: l.key(), longest: l.longest(), value: &late_value });
     let planned: Vec<PlannedTensor> = plan
         .variables
         .iter()
         .zip(&plan.names)
         .map(|(v, n)| PlannedTensor { name: n.clone(), dtype: v.info.dtype, shape: v.info.shape.clone() })
         .collect();
-    write_safetensors_with(out, &planned, &plan.metadata, |i, out| {
+    write_safetensors_late(out, &planned, &plan.metadata, late, |i, out| {
         let v = &plan.variables[i];
         let edit = edits.values.get(&v.key);
-        // Stretches of 64 whole elements, as for bundles: masks then work a word at a time.
-        let align = 64 * v.info.dtype.size().unwrap_or(1);
-        let mut offset = 0u64;
-        ckpt.stream(&v.key, &mut |chunk| {
-            let at_chunk = offset;
-            offset += chunk.len() as u64;
-            out.write_with(chunk.len(), align, &mut |at, dst| match edit {
-                // Edited straight into the output buffer.
-                Some(edit) => edit.apply(at_chunk + at as u64, &chunk[at..at + dst.len()], dst),
-                None => dst.copy_from_slice(&chunk[at..at + dst.len()]),
-            })
-        })?;
+        if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
+            // Block by block on every core, as `cp` would copy it, together with the next
+            // tensor when both are edited and as long (see `checkpoint_to_bundle`).
+            let release = |range| ckpt.release(&v.key, range);
+            let this = Piece { at: 0, src, edit: edit.map(|e| e.as_ref()), release: &release };
+            let w = plan.variables.get(i + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.nbytes == v.info.nbytes);
+            let along = match w {
+                Some(w) => stored_in_one_piece(ckpt, &w.key)?.map(|w_src| (w, w_src)),
+                None => None,
+            };
+            if let Some((w, w_src)) = along {
+                let w_release = |range| ckpt.release(&w.key, range);
+                let w_edit = edits.values.get(&w.key);
+                let next = Piece { at: 0, src: w_src, edit: w_edit.map(|e| e.as_ref()), release: &w_release };
+                let (crc, w_crc) = out.copy_with_next(this, next)?;
+                ckpt.verify_checksum(&v.key, crc)?;
+                ckpt.verify_checksum(&w.key, w_crc)?;
+                if let Some(w_edit) = w_edit {
+                    edit_finished(ckpt, &w.key, w_edit.as_ref())?;
+                }
+            } else {
+                let crc = out.copy(src, this.edit, &release)?;
+                ckpt.verify_checksum(&v.key, crc)?;
+            }
+        } else {
+            // Stretches of 64 whole elements: masks then work a word at a time.
+            let align = 64 * v.info.dtype.size().unwrap_or(1);
+            let mut offset = 0u64;
+            ckpt.stream(&v.key, &mut |chunk| {
+                let at_chunk = offset;
+                offset += chunk.len() as u64;
+                out.write_with(chunk.len(), align, &mut |at, dst| match edit {
+                    Some(edit) => edit.apply(at_chunk + at as u64, &chunk[at..at + dst.len()], dst),
+                    None => dst.copy_from_slice(&chunk[at..at + dst.len()]),
+                })
+            })?;
+        }
         edit.map_or(Ok(()), |edit| edit_finished(ckpt, &v.key, edit.as_ref()))
     })?;
     Ok(ConversionReport {
@@ -205,16 +257,52 @@ pub fn safetensors_to_checkpoint(input: &Path, prefix: &Path) -> Result<Conversi
 /// that `import_meta_graph` + `restore` and BPrune's scripts work on the result.
 pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> Result<ConversionReport> {
     let mut writer = BundleWriter::create(prefix)?;
+    // The whole data file allocated first: a full disk fails before any write.
+    writer.reserve(ckpt.variables().iter().filter(|v| v.info.dtype.size().is_some()).map(|v| v.info.nbytes).sum())?;
     let mut report = ConversionReport { output: prefix.to_path_buf(), ..Default::default() };
-    for v in ckpt.variables() {
+    let variables = ckpt.variables();
+    let mut next = 0;
+    while let Some(v) = variables.get(next) {
         let key = ckpt.tf_key(v).to_string();
+        let edit = edits.values.get(&v.key);
+        let mut done = vec![v];
         if v.info.dtype.size().is_some() {
-            match edits.values.get(&v.key) {
-                Some(edit) => {
-                    writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?;
-                    edit_finished(ckpt, &v.key, edit.as_ref())?;
+            if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
+                // Block by block on every core, as `cp` would copy it, together with the next
+                // tensor when both are edited and as long (the two halves of a posterior: each
+                // block is then decided once); the sources' checksums are taken on the way and
+                // checked once the whole tensors have passed.
+                let mut group = vec![(v, src)];
+                if let Some(w) = variables.get(next + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.dtype.size().is_some() && w.info.nbytes == v.info.nbytes) {
+                    if let Some(w_src) = stored_in_one_piece(ckpt, &w.key)? {
+                        group.push((w, w_src));
+                    }
                 }
-                None => writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| ckpt.stream(&v.key, sink))?,
+                let keys: Vec<String> = group.iter().map(|(v, _)| ckpt.tf_key(v).to_string()).collect();
+                let releases: Vec<_> = group.iter().map(|(v, _)| move |range| ckpt.release(&v.key, range)).collect();
+                let tensors: Vec<CopiedTensor> = group
+                    .iter()
+                    .zip(&keys)
+                    .zip(&releases)
+                    .map(|(((v, src), name), release)| CopiedTensor {
+                        name,
+                        dtype: v.info.dtype,
+                        shape: &v.info.shape,
+                        src,
+                        edit: edits.values.get(&v.key).map(|e| e.as_ref()),
+                        release,
+                    })
+                    .collect();
+                let crcs = writer.add_copied(&tensors)?;
+                for ((v, _), crc) in group.iter().zip(crcs) {
+                    ckpt.verify_checksum(&v.key, crc)?;
+                }
+                done = group.into_iter().map(|(v, _)| v).collect();
+            } else {
+                match edit {
+                    Some(edit) => writer.add_edited(&key, v.info.dtype, &v.info.shape, edit.as_ref(), |sink| ckpt.stream(&v.key, sink))?,
+                    None => writer.add_streamed(&key, v.info.dtype, &v.info.shape, |sink| ckpt.stream(&v.key, sink))?,
+                }
             }
         } else {
             match ckpt.read(&v.key)? {
@@ -222,8 +310,14 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
                 TensorData::Bytes(_) => return Err(Error::corrupt(ckpt.path(), format!("'{}' holds bytes, not strings", v.key))),
             }
         }
-        report.bytes += v.info.nbytes;
-        report.written.push((v.key.clone(), key));
+        for v in done {
+            if let Some(edit) = edits.values.get(&v.key) {
+                edit_finished(ckpt, &v.key, edit.as_ref())?;
+            }
+            report.bytes += v.info.nbytes;
+            report.written.push((v.key.clone(), ckpt.tf_key(v).to_string()));
+            next += 1;
+        }
     }
     writer.finish()?;
     record_in_state_file(prefix)?;

@@ -3,6 +3,7 @@
 //! TF2 object graphs, and safetensors. No TensorFlow needed.
 #![warn(missing_docs)]
 
+pub mod block_copy;
 pub mod bundle;
 pub mod checkpoint;
 pub mod checkpoint_state;
@@ -25,7 +26,6 @@ pub mod sparse;
 pub mod synthetic;
 pub mod table;
 pub mod tensor;
-pub mod write_behind;
 
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -24,9 +24,6 @@ const PARTIAL_MARK: &str = ".partial-";
 /// Forces the named-partial-file path even where `O_TMPFILE` works (tests of that path).
 pub const ENV_NO_TMPFILE: &str = "BNN_CONVERT_NO_TMPFILE";
 
-/// Keeps outputs on `write(2)` instead of writes through a map (comparisons and benchmarks).
-pub const ENV_NO_MAP_WRITES: &str = "BNN_CONVERT_NO_MAP_WRITES";
-
 /// Partial files of this process that exist now.
 static PARTIALS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Folders this process created for outputs that are not yet kept, deepest last.
@@ -59,24 +56,6 @@ pub struct OutputFile {
     dest: PathBuf,
     /// The hidden name it has until committed, where it is not anonymous.
     partial: Option<PathBuf>,
-    /// Writes go through a shared mapping instead of `write(2)` (see [`OutputFile::map_writes`]).
-    mapped: Option<MappedWrites>,
-}
-
-/// Bytes of the output mapped at a time: written pages leave the process's resident memory
-/// when the window moves on (they stay in the page cache, dirty, as after `write(2)`).
-const MAP_WINDOW: usize = 4 << 20;
-
-/// Appending through a shared mapping of the output, one window at a time. On this project's
-/// machines the kernel's copy in `write(2)` costs about 1 s per GiB; a `memcpy` into a mapped
-/// page cache page costs about a third of that (docs/performance.md, `notes:write-path`).
-#[derive(Debug)]
-struct MappedWrites {
-    /// The window, mapped at `window_start`; `None` before the first write and after a move.
-    window: Option<memmap2::MmapMut>,
-    window_start: u64,
-    /// Bytes of the file written so far (its length: every byte was allocated first).
-    len: u64,
 }
 
 impl OutputFile {
@@ -86,7 +65,7 @@ impl OutputFile {
         let dir = parent_dir(dest);
         sweep_stale_partials(dir);
         if let Some(file) = anonymous_file(dir).map_err(|e| Error::io(dest, e))? {
-            return Ok(OutputFile { file, dest: dest.to_path_buf(), partial: None, mapped: None });
+            return Ok(OutputFile { file, dest: dest.to_path_buf(), partial: None });
         }
         OutputFile::create_named(dest)
     }
@@ -103,7 +82,7 @@ impl OutputFile {
         }
         let file = options.open(&partial).map_err(|e| Error::io(dest, e))?;
         lock(&PARTIALS).push(partial.clone());
-        let out = OutputFile { file, dest: dest.to_path_buf(), partial: Some(partial), mapped: None };
+        let out = OutputFile { file, dest: dest.to_path_buf(), partial: Some(partial) };
         out.set_output_permissions()?;
         Ok(out)
     }
@@ -132,75 +111,30 @@ impl OutputFile {
         &mut self.file
     }
 
-    /// From now on appends through a shared mapping of the file instead of `write(2)`, where
-    /// the file system can allocate space ahead (`fallocate`); else keeps writing. Every stretch
-    /// is allocated before it is written through the map, so a full disk is an error of the
-    /// write (ENOSPC from `fallocate`), never a SIGBUS. Call before the first write.
-    pub fn map_writes(&mut self) {
+    /// Allocates the first `len` bytes of the file (`fallocate`, which also sets its length), so
+    /// that a disk without room for the whole output fails here, naming it, before anything is
+    /// written; a file system that cannot allocate ahead is left to fail at the write.
+    pub fn allocate(&self, len: u64) -> Result<()> {
         #[cfg(target_os = "linux")]
-        if self.mapped.is_none() && std::env::var_os(ENV_NO_MAP_WRITES).is_none() && self.file.metadata().is_ok_and(|m| m.len() == 0) {
-            self.mapped = Some(MappedWrites { window: None, window_start: 0, len: 0 });
-        }
-    }
-
-    /// Appends `buf` through the map, allocating its bytes first; falls back to `write(2)` for
-    /// good where the file system cannot allocate ahead.
-    #[cfg(target_os = "linux")]
-    fn write_mapped(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::io::AsRawFd;
-        let Some(m) = self.mapped.as_mut() else {
-            return self.file.write_all(buf);
-        };
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let want = i64::try_from(buf.len()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let at = i64::try_from(m.len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: a plain system call on a descriptor this struct owns.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, at, want) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) && m.len == 0 {
-                // Nothing written through a map yet: plain writes from the start.
-                self.mapped = None;
-                return self.file.write_all(buf);
+        if len > 0 {
+            use std::os::unix::io::AsRawFd;
+            let len = i64::try_from(len).map_err(|_| Error::invalid(&self.dest, format!("{len} bytes is too large for a file")))?;
+            // SAFETY: a plain system call on a descriptor this struct owns.
+            if unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, len) } != 0 {
+                let err = std::io::Error::last_os_error();
+                if !matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS)) {
+                    return Err(Error::io(&self.dest, err));
+                }
             }
-            return Err(err);
         }
-        while !buf.is_empty() {
-            let in_window = (m.len - m.window_start) as usize;
-            if m.window.is_none() || in_window == MAP_WINDOW {
-                // Unmapping drops the written pages from this process (not from the cache).
-                m.window = None;
-                m.window_start = m.len;
-                // SAFETY: the file is this process's own output, not shared with writers that
-                // could truncate it; every page touched lies inside the allocated length.
-                let map = unsafe { memmap2::MmapOptions::new().offset(m.window_start).len(MAP_WINDOW).map_mut(&self.file)? };
-                m.window = Some(map);
-            }
-            let Some(window) = m.window.as_mut() else {
-                return Err(std::io::Error::other("output map missing"));
-            };
-            let start = (m.len - m.window_start) as usize;
-            let n = buf.len().min(MAP_WINDOW - start);
-            populate_for_write(window, start, n);
-            window[start..start + n].copy_from_slice(&buf[..n]);
-            m.len += n as u64;
-            buf = &buf[n..];
-        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = len;
         Ok(())
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn write_mapped(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(buf)
     }
 
     /// Makes the file visible at its destination, replacing what was there in one step.
     pub fn commit(mut self) -> Result<()> {
         let dest = self.dest.clone();
-        // Unmapped before it is linked: its pages are then plain dirty page cache pages.
-        self.mapped = None;
         self.file.flush().map_err(|e| Error::io(&dest, e))?;
         match self.partial.take() {
             Some(partial) => {
@@ -217,37 +151,9 @@ impl OutputFile {
     }
 }
 
-/// Faults in the pages of `window[start..start + n]` for writing in one call
-/// (`MADV_POPULATE_WRITE`, Linux 5.14) instead of one page fault per page in the copy that
-/// follows; a kernel without it leaves them to those faults. The pages lie inside the file's
-/// allocated length (the page holding its last byte may reach past it, which the map allows).
-#[cfg(target_os = "linux")]
-fn populate_for_write(window: &mut memmap2::MmapMut, start: usize, n: usize) {
-    const MADV_POPULATE_WRITE: libc::c_int = 23;
-    let page = 4096;
-    let from = start / page * page;
-    let to = (start + n).div_ceil(page) * page;
-    let to = to.min(window.len());
-    if to > from {
-        // SAFETY: the range lies inside the live mapping `window`; populating changes no byte.
-        unsafe { libc::madvise(window.as_mut_ptr().add(from).cast(), to - from, MADV_POPULATE_WRITE) };
-    }
-}
-
 impl Write for OutputFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.mapped.is_some() {
-            self.write_mapped(buf)?;
-            return Ok(buf.len());
-        }
         self.file.write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.mapped.is_some() {
-            return self.write_mapped(buf);
-        }
-        self.file.write_all(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -480,35 +386,15 @@ mod tests {
     }
 
     #[test]
-    fn writes_through_the_map_equal_plain_writes_byte_for_byte() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // Pieces that start and end inside pages and windows, and one spanning two windows.
-        let sizes = [1, 4095, MAP_WINDOW - 4096 - 3, 5, 4096, 2 * MAP_WINDOW + 7, 0, 3];
-        let mut expect = Vec::new();
-        let (plain, mapped) = (dir.path().join("plain"), dir.path().join("mapped"));
-        let mut a = OutputFile::create(&plain).expect("create");
-        let mut b = OutputFile::create(&mapped).expect("create");
-        b.map_writes();
-        assert!(b.mapped.is_some(), "this file system allocates ahead");
-        for (i, &n) in sizes.iter().enumerate() {
-            let piece: Vec<u8> = (0..n).map(|j| (j * 7 + i * 13) as u8).collect();
-            a.write_all(&piece).expect("write");
-            b.write_all(&piece).expect("write");
-            expect.extend_from_slice(&piece);
-        }
-        assert_eq!(b.mapped.as_ref().map(|m| m.len), Some(expect.len() as u64));
-        a.commit().expect("commit");
-        b.commit().expect("commit");
-        assert_eq!(std::fs::read(&plain).expect("read"), expect);
-        assert_eq!(std::fs::read(&mapped).expect("read"), expect, "same bytes, same length (no allocated tail)");
-    }
-
-    #[test]
-    fn a_dropped_mapped_output_leaves_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut out = OutputFile::create(&dir.path().join("x")).expect("create");
-        out.map_writes();
-        out.write_all(&vec![1u8; MAP_WINDOW + 1]).expect("write");
+    fn an_allocation_larger_than_the_disk_names_the_output_and_leaves_nothing() {
+        // /dev/shm is a tmpfs, which allocates ahead; no machine has an exabyte of it.
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return };
+        let dest = dir.path().join("big.bin");
+        let out = OutputFile::create(&dest).expect("create");
+        out.allocate(4096).expect("a page fits");
+        assert_eq!(out.file().metadata().expect("stat").len(), 4096);
+        let err = out.allocate(1 << 60).expect_err("no room").to_string();
+        assert!(err.contains("big.bin"), "{err}");
         drop(out);
         assert!(names(dir.path()).is_empty());
     }

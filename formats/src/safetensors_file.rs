@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use crate::block_copy::{copy_tensor, copy_together, write_all_at, Piece, BLOCK};
+use crate::edit::TensorEdit;
 use crate::output_file::OutputFile;
-use crate::write_behind::WriteBehind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::TensorInfo;
@@ -170,37 +170,96 @@ where
     write_safetensors_with(path, tensors, metadata, |i, out| fill(i, &mut |chunk: &[u8]| out.write_with(chunk.len(), 1, &mut |at, dst| dst.copy_from_slice(&chunk[at..at + dst.len()]))))
 }
 
-/// Where [`write_safetensors_with`] writes a tensor's bytes: appended in place to the buffer a
-/// background thread writes out, so that producing the next bytes overlaps with the write.
+/// Where [`write_safetensors_with`] writes a tensor's bytes: `pwrite` at their place in the
+/// file (the header, and so every tensor's offset, is known before any data is written).
 pub struct TensorOut<'a> {
-    data: &'a mut WriteBehind<OutputFile>,
+    file: &'a std::fs::File,
     path: &'a Path,
+    /// Where the tensor's bytes start in the file.
+    at: u64,
     written: u64,
+    /// Reused for the stretches of [`TensorOut::write_with`].
+    buf: &'a mut Vec<u8>,
+    /// Where the next tensor's bytes start in the file and how many there are, if there is one.
+    next: Option<(u64, u64)>,
+    /// Set once [`TensorOut::copy_with_next`] has written the next tensor too.
+    wrote_next: bool,
 }
 
 impl TensorOut<'_> {
-    /// Appends `len` bytes that `fill` writes in place, as [`WriteBehind::write_with`] (every
-    /// stretch but the last a multiple of `align` bytes).
+    /// Appends `len` bytes that `fill` writes in place: it is called with each stretch's
+    /// position within the `len` bytes and the stretch, every stretch but the last a multiple
+    /// of `align` bytes (so each starts at a multiple of `align`) and at most a block long.
     pub fn write_with(&mut self, len: usize, align: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> Result<()> {
-        self.written += len as u64;
-        self.data.write_with(len, align, fill).map_err(|e| Error::io(self.path, e))
+        let align = align.clamp(1, BLOCK);
+        let stretch = BLOCK / align * align;
+        let mut done = 0;
+        while done < len {
+            let n = stretch.min(len - done);
+            self.buf.resize(n, 0);
+            fill(done, self.buf);
+            write_all_at(self.file, self.buf, self.at + self.written).map_err(|e| Error::io(self.path, e))?;
+            self.written += n as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Appends `src` (stored bytes, e.g. where a source file is mapped), rewritten by `edit` if
+    /// given, a block at a time on every core (see [`copy_tensor`]); `release` gets each
+    /// block's byte range of `src` once it is written. Returns the CRC32C of `src`, for the
+    /// caller to verify against its source.
+    pub fn copy(&mut self, src: &[u8], edit: Option<&dyn TensorEdit>, release: &(dyn Fn(std::ops::Range<usize>) + Sync)) -> Result<u32> {
+        let copied = copy_tensor(self.file, self.at + self.written, src, edit, release).map_err(|e| Error::io(self.path, e))?;
+        self.written += src.len() as u64;
+        Ok(copied.source_crc)
+    }
+
+    /// Appends `this` as [`TensorOut::copy`] does and writes `next`, all of the next tensor's
+    /// bytes, block by block together with it (see [`copy_together`]: the two halves of a
+    /// posterior are then decided once per block); the next tensor is then not asked for. Each
+    /// piece's `at` is ignored. Returns the CRC32C of both sources.
+    pub fn copy_with_next(&mut self, this: Piece, next: Piece) -> Result<(u32, u32)> {
+        let Some((next_at, next_size)) = self.next.filter(|&(_, size)| size == next.src.len() as u64) else {
+            return Err(Error::invalid(self.path, "no next tensor of that size to write along"));
+        };
+        let pieces = [Piece { at: self.at + self.written, ..this }, Piece { at: next_at, ..next }];
+        let copied = copy_together(self.file, &pieces).map_err(|e| Error::io(self.path, e))?;
+        self.written += this.src.len() as u64;
+        self.wrote_next = next_size == next.src.len() as u64;
+        Ok((copied[0].source_crc, copied[1].source_crc))
     }
 }
 
-/// Bytes per buffer handed to the writer thread.
-const WRITE_BUFFER: usize = 4 << 20;
-
 /// [`write_safetensors`] with each tensor's bytes written in place by `fill(i, out)`.
-pub fn write_safetensors_with<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, mut fill: F) -> Result<()>
+pub fn write_safetensors_with<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, fill: F) -> Result<()>
 where
     F: FnMut(usize, &mut TensorOut) -> Result<()>,
 {
+    write_safetensors_late(path, tensors, metadata, None, fill)
+}
+
+/// A `__metadata__` entry of [`write_safetensors_late`] whose value comes after the data.
+pub struct Late<'a> {
+    /// The entry's key.
+    pub key: &'a str,
+    /// A value at least as long, escaped in JSON, as the final one: the header keeps room for it.
+    pub longest: String,
+    /// The final value, asked for once every tensor has been written.
+    pub value: &'a dyn Fn() -> Result<String>,
+}
+
+/// Where each tensor's bytes go in the data: (offset, size).
+type Placement = Vec<(u64, u64)>;
+
+/// The JSON header of a safetensors file (unpadded), and each tensor's (offset, size).
+fn header_json(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>) -> Result<(Vec<u8>, Placement)> {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| Error::invalid(path, e.to_string()))?);
     }
     let mut offset = 0u64;
-    let mut sizes = Vec::with_capacity(tensors.len());
+    let mut offsets: Vec<(u64, u64)> = Vec::with_capacity(tensors.len());
     for t in tensors {
         let dtype = t
             .dtype
@@ -212,30 +271,69 @@ where
         }
         let end = offset.checked_add(n).ok_or_else(|| Error::invalid(path, format!("tensors up to '{}' are too large together", t.name)))?;
         header.insert(t.name.clone(), serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}));
+        offsets.push((offset, n));
         offset = end;
-        sizes.push(n);
     }
-    let mut json = serde_json::to_vec(&header).map_err(|e| Error::invalid(path, e.to_string()))?;
-    // The spec pads the header with spaces so tensor data starts 8-byte aligned.
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
+    let json = serde_json::to_vec(&header).map_err(|e| Error::invalid(path, e.to_string()))?;
+    Ok((json, offsets))
+}
+
+/// [`write_safetensors_with`] with an entry of `__metadata__` whose value is known only after
+/// the data: the header is written last, padded with spaces (as the format allows) to the room
+/// the entry's longest value needs, so that the data's place is known before it is written.
+pub fn write_safetensors_late<F>(path: &Path, tensors: &[PlannedTensor], metadata: &BTreeMap<String, String>, late: Option<Late>, mut fill: F) -> Result<()>
+where
+    F: FnMut(usize, &mut TensorOut) -> Result<()>,
+{
+    let with = |value: String| {
+        let mut m = metadata.clone();
+        m.extend(late.as_ref().map(|l| (l.key.to_string(), value)));
+        m
+    };
+    let (mut json, offsets) = match &late {
+        Some(l) => header_json(path, tensors, &with(l.longest.clone()))?,
+        None => header_json(path, tensors, metadata)?,
+    };
+    let offset = offsets.last().map_or(0, |&(at, n)| at + n);
+    // The spec pads the header with spaces so tensor data starts 8-byte aligned. A header
+    // written last is padded anyway: on to a page boundary, so that the data's block writes
+    // start on pages (no page shared by two writes).
+    let end = if late.is_some() { (8 + json.len()).next_multiple_of(4096) - 8 } else { json.len().next_multiple_of(8) };
+    json.resize(end, b' ');
     let io = |e| Error::io(path, e);
+    let data_start = 8 + json.len() as u64;
+    let total = data_start.checked_add(offset).ok_or_else(|| Error::invalid(path, "the tensors are too large together"))?;
     // Dropped on an error before the commit: the partial file goes with it.
-    let mut file = OutputFile::create(path)?;
-    file.map_writes();
-    let mut data = WriteBehind::without_checksums(file, WRITE_BUFFER);
-    data.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
-    data.write_all(&json).map_err(io)?;
-    for (i, t) in tensors.iter().enumerate() {
-        let mut out = TensorOut { data: &mut data, path, written: 0 };
-        fill(i, &mut out)?;
-        if out.written != sizes[i] {
-            return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {}", t.name, sizes[i], out.written)));
-        }
+    let file = OutputFile::create(path)?;
+    // A disk without room for the whole file fails here, before any write.
+    file.allocate(total)?;
+    write_all_at(file.file(), &(json.len() as u64).to_le_bytes(), 0).map_err(io)?;
+    if late.is_none() {
+        write_all_at(file.file(), &json, 8).map_err(io)?;
     }
-    let (file, _) = data.finish().map_err(io)?;
-    // No fsync: like `cp`, durability is left to the OS (see `write_atomically`).
+    let mut buf = Vec::new();
+    let mut written_along = false;
+    for (i, (t, &(at, size))) in tensors.iter().zip(&offsets).enumerate() {
+        if std::mem::take(&mut written_along) {
+            // Written whole along with the tensor before it.
+            continue;
+        }
+        let next = offsets.get(i + 1).map(|&(at, size)| (data_start + at, size));
+        let mut out = TensorOut { file: file.file(), path, at: data_start + at, written: 0, buf: &mut buf, next, wrote_next: false };
+        fill(i, &mut out)?;
+        if out.written != size {
+            return Err(Error::invalid(path, format!("tensor '{}' needs {} bytes, got {}", t.name, size, out.written)));
+        }
+        written_along = out.wrote_next;
+    }
+    if let Some(l) = &late {
+        let (mut last, _) = header_json(path, tensors, &with((l.value)()?))?;
+        if last.len() > json.len() {
+            return Err(Error::invalid(path, format!("metadata '{}' outgrew the room kept for it in the header", l.key)));
+        }
+        last.resize(json.len(), b' ');
+        write_all_at(file.file(), &last, 8).map_err(io)?;
+    }
     file.commit()
 }
 
@@ -269,6 +367,50 @@ mod tests {
         assert_eq!(f.metadata()["k"], "v");
         assert_eq!(f.bytes("b").expect("b"), &[0x80, 0x3f]);
         assert_eq!(f.infos().map(|i| i.name.as_str()).collect::<Vec<_>>(), vec!["a.kernel", "b", "empty"]);
+    }
+
+    #[test]
+    fn a_late_metadata_entry_is_written_after_the_data_in_the_room_kept_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tensors = vec![
+            PlannedTensor { name: "a".into(), dtype: DType::Float32, shape: vec![3] },
+            PlannedTensor { name: "b".into(), dtype: DType::Uint8, shape: vec![5] },
+        ];
+        let data: Vec<Vec<u8>> = vec![(0u8..12).collect(), vec![9; 5]];
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let write = |name: &str, value: &str| {
+            let path = dir.path().join(name);
+            let produced = std::cell::Cell::new(false);
+            let value = || {
+                assert!(produced.get(), "asked for after the data");
+                Ok(value.to_string())
+            };
+            let late = Late { key: "counts", longest: "\"\"\"\"\"\"\"\"\"9".into(), value: &value };
+            let r = write_safetensors_late(&path, &tensors, &meta, Some(late), |i, out| {
+                produced.set(i == 1);
+                out.write_with(data[i].len(), 4, &mut |at, dst| dst.copy_from_slice(&data[i][at..at + dst.len()]))
+            });
+            (path, r)
+        };
+        // The longest value escapes to 19 bytes: one of 7 characters, escaped to 9, fits.
+        let (path, r) = write("fits.safetensors", "\"12\"345");
+        r.expect("written");
+        let bytes = std::fs::read(&path).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+        assert_eq!(st.tensor("a").expect("a").data(), &data[0][..]);
+        assert_eq!(st.tensor("b").expect("b").data(), &data[1][..]);
+        let f = SafetensorsFile::open(&path).expect("opens");
+        assert_eq!(f.metadata()["counts"], "\"12\"345");
+        assert_eq!(f.metadata()["k"], "v");
+        // The header is as long as with the longest value, padded with spaces.
+        let longest = header_json(&path, &tensors, &BTreeMap::from([("counts".into(), "\"\"\"\"\"\"\"\"\"9".into()), ("k".into(), "v".into())])).expect("json").0;
+        assert!(f.data_start() >= 8 + longest.len() && f.data_start() % 4096 == 0, "{}", f.data_start());
+        assert!(bytes[8..f.data_start()].ends_with(b"  "), "padded with spaces");
+        // A value longer than the room kept is an error naming the file, and leaves nothing.
+        let (path, r) = write("long.safetensors", &"\"".repeat(3000));
+        let err = r.expect_err("too long").to_string();
+        assert!(err.contains("long.safetensors") && err.contains("counts"), "{err}");
+        assert!(!path.exists());
     }
 
     #[test]

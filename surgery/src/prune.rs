@@ -409,6 +409,28 @@ struct Decision {
     failed: std::sync::atomic::AtomicBool,
     /// The counts of the weights decided so far (on the mu side), when they are taken here.
     counted: Option<std::sync::Mutex<Decided>>,
+    /// Tells this decision's blocks apart from any other's in [`LAST_BLOCK`] (an address could be
+    /// reused by a later decision).
+    id: u64,
+}
+
+/// Numbers decisions apart.
+static NEXT_DECISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A block decided by one half of a pair, for the other half's edit of the same block.
+struct DecidedBlock {
+    /// Decision id, first weight, weights, and which side decided it (mu: true).
+    key: (u64, usize, usize, bool),
+    keep: Vec<u64>,
+    decided: Decided,
+}
+
+thread_local! {
+    /// The block this thread decided last: the writers copy block `b` of a posterior's two
+    /// halves one after the other on one thread (`formats::block_copy::copy_together`), so the
+    /// second half finds the first's keep bits here instead of reading the first half again and
+    /// deciding anew. Anything else (another block, another decision) decides as usual.
+    static LAST_BLOCK: std::cell::RefCell<Option<DecidedBlock>> = const { std::cell::RefCell::new(None) };
 }
 
 #[derive(Debug)]
@@ -423,25 +445,45 @@ struct DecidingEdit {
 impl formats::convert::TensorEdit for DecidingEdit {
     fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
         let d = &self.decision;
-        let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
-        let range = offset as usize..offset as usize + src.len();
-        let other = d.ckpt.read_unverified(other_key).ok();
-        let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
-            d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
-            dst.copy_from_slice(src);
-            return;
-        };
-        let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
         let (n, first) = (src.len() / 4, offset as usize / 4);
-        let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
-        let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+        // Decided by the other half of the pair just before, on this thread?
+        let reused = LAST_BLOCK.with(|last| {
+            let mut last = last.borrow_mut();
+            match last.take() {
+                Some(b) if b.key == (d.id, first, n, !self.mu_side) => Some((b.keep, b.decided)),
+                other => {
+                    *last = other;
+                    None
+                }
+            }
+        });
+        let (keep, decided) = match reused {
+            Some(found) => found,
+            None => {
+                let other_key = if self.mu_side { &d.target.rho_key } else { &d.target.loc_key };
+                let range = offset as usize..offset as usize + src.len();
+                let other = d.ckpt.read_unverified(other_key).ok();
+                let Some(other_bytes) = other.as_ref().and_then(|o| o.bytes()).and_then(|b| b.get(range.clone())) else {
+                    d.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    dst.copy_from_slice(src);
+                    return;
+                };
+                let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
+                let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
+                let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+                drop(other);
+                d.ckpt.release(other_key, range);
+                // For the other half's edit of this block, if it comes next on this thread.
+                let block = DecidedBlock { key: (d.id, first, n, self.mu_side), keep: keep.clone(), decided };
+                LAST_BLOCK.with(|last| *last.borrow_mut() = Some(block));
+                (keep, decided)
+            }
+        };
         if let (true, Some(counted)) = (self.mu_side, &d.counted) {
             let mut c = counted.lock().unwrap_or_else(|p| p.into_inner());
             *c = *c + decided;
         }
         crate::mask::apply_mask(&KeepMask::from_words(keep, n), 0, src, dst, &self.fill);
-        drop(other);
-        d.ckpt.release(other_key, range);
     }
 
     fn finished(&self) -> std::result::Result<(), String> {
@@ -470,7 +512,8 @@ fn finish(ckpt: &Checkpoint, streaming: Option<&Arc<Checkpoint>>, targets: &[Tar
         let (mu_edit, rho_edit): (Arc<dyn formats::convert::TensorEdit>, Arc<dyn formats::convert::TensorEdit>) = match (plan, streaming) {
             (Plan::Rule(rule, d), Some(shared)) if in_one_piece(shared) => {
                 let counted = d.is_none().then(|| std::sync::Mutex::new(Decided::default()));
-                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into(), counted });
+                let id = NEXT_DECISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let decision = Arc::new(Decision { ckpt: shared.clone(), target: t.clone(), rule, failed: false.into(), counted, id });
                 if d.is_none() {
                     deferred.push((i, decision.clone()));
                 }
@@ -753,6 +796,89 @@ pub fn prune_checkpoint_to_bundle(ckpt: &Arc<Checkpoint>, prefix: &std::path::Pa
     })?;
     folder.keep();
     Ok(pruning.report)
+}
+
+/// Prunes `ckpt` into a safetensors file at `out` (the tensors `opts` chooses) in one pass over
+/// the data: counts not known up front are taken while the posteriors stream out, and the
+/// report (metadata [`META_PRUNE`]) goes into a header written after the data, padded with
+/// spaces to the room the longest possible report needs.
+pub fn prune_to_safetensors(ckpt: &Arc<Checkpoint>, out: &std::path::Path, job: &PruneJob, opts: formats::convert::ToSafetensorsOptions) -> Result<PruneReport> {
+    let targets = crate::snr::select_targets(ckpt, job.layers.as_deref(), &job.parts)?;
+    let (plans, threshold) = plan(ckpt, &targets, &job.options, true)?;
+    let mut pruning = finish(ckpt, Some(ckpt), &targets, &job.options, plans, threshold)?;
+    if !pruning.deferred.is_empty() {
+        pruning.edits.metadata.remove(META_PRUNE);
+        let late = LateReport {
+            ckpt: ckpt.clone(),
+            targets: targets.clone(),
+            options: job.options.clone(),
+            threshold,
+            decided: pruning.decided.clone(),
+            deferred: pruning.deferred.clone(),
+        };
+        pruning.edits.late = Some(Arc::new(late));
+    }
+    formats::convert::checkpoint_to_safetensors(ckpt, out, opts, &pruning.edits)?;
+    pruning.settle(ckpt)?;
+    Ok(pruning.report)
+}
+
+/// The report of a pruning whose counts are taken while it streams out, as the metadata entry
+/// [`META_PRUNE`] of a safetensors header written after the data.
+#[derive(Debug)]
+struct LateReport {
+    ckpt: Arc<Checkpoint>,
+    targets: Vec<Target>,
+    options: PruneOptions,
+    threshold: f64,
+    /// Counts known up front (zeros for the deferred targets).
+    decided: Vec<Decided>,
+    deferred: Vec<(usize, Arc<Decision>)>,
+}
+
+impl formats::convert::LateMetadata for LateReport {
+    fn key(&self) -> &str {
+        META_PRUNE
+    }
+
+    fn longest(&self) -> String {
+        // Every count with the most digits it can have (all weights of its target; twice that
+        // for BPrune's count of mu and rho), every key named as non-finite, and the longest
+        // f64 a non-negative sparsity prints as.
+        let n: Vec<usize> = self.targets.iter().map(|t| weights(&self.ckpt, t).unwrap_or(0)).collect();
+        let total: usize = n.iter().sum();
+        let layers = self
+            .targets
+            .iter()
+            .zip(&n)
+            .map(|(t, &n)| TargetReport { layer: t.layer.clone(), part: t.part.name(), total: n, kept: n, pruned: n, already_pruned: n, newly_pruned: n, bprune_nonzero: 2 * n })
+            .collect();
+        let non_finite = self.targets.iter().zip(&n).flat_map(|(t, &n)| [&t.loc_key, &t.rho_key].map(|key| NonFinite { key: key.clone(), count: n })).collect();
+        let most = PruneReport {
+            options: self.options.clone(),
+            threshold: self.threshold,
+            layers,
+            total,
+            kept: total,
+            already_pruned: total,
+            newly_pruned: total,
+            sparsity: 1.234_567_890_123_456_7e-308,
+            non_finite,
+        };
+        serde_json::to_string(&most).unwrap_or_default()
+    }
+
+    fn value(&self) -> std::result::Result<String, String> {
+        let mut decided = self.decided.clone();
+        for (i, decision) in &self.deferred {
+            let counted = decision.counted.as_ref().map(|c| *c.lock().unwrap_or_else(|p| p.into_inner()));
+            if let (Some(d), Some(counted)) = (decided.get_mut(*i), counted) {
+                *d = counted;
+            }
+        }
+        let report = report_of(&self.ckpt, &self.targets, &self.options, &decided, self.threshold).map_err(|e| e.to_string())?;
+        serde_json::to_string(&report).map_err(|e| e.to_string())
+    }
 }
 
 /// Where [`prune_to_bundle`] puts the report of the checkpoint at `prefix`.

@@ -299,13 +299,19 @@ fn streamed_outputs_equal_the_masks() {
             assert_eq!(report, masks.report, "{criterion:?} {mode:?}");
             let written = std::fs::read_to_string(surgery::prune::report_path(&bundled)).expect("report file");
             assert_eq!(written, serde_json::to_string_pretty(&masks.report).expect("json"));
+            // Safetensors in one pass: counts taken while written, the header after the data.
+            let late = dir.path().join("late.safetensors");
+            let report = surgery::prune::prune_to_safetensors(&ckpt, &late, &job, opts).expect("safetensors job");
+            assert_eq!(report, masks.report, "{criterion:?} {mode:?}");
+            let header = formats::safetensors_file::SafetensorsFile::open(&late).expect("open");
+            assert_eq!(header.metadata()[surgery::prune::META_PRUNE], serde_json::to_string(&masks.report).expect("json"));
             let rho_fill = if mode == Mode::Zero { -1000.0 } else { 0.0 };
             for (l, layer) in layers.iter().enumerate() {
                 let keep: Vec<bool> = masks.keep[l].iter().collect();
                 let want_mu: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.0 } else { 0.0 }.to_bits()).collect();
                 let want_rho: Vec<u32> = layer.iter().zip(&keep).map(|(w, k)| if *k { w.1 } else { rho_fill }.to_bits()).collect();
-                for out in [&st, &tf, &bundled] {
-                    let (mu_key, rho_key) = if out == &st {
+                for out in [&st, &tf, &bundled, &late] {
+                    let (mu_key, rho_key) = if out == &st || out == &late {
                         (format!("den_{}.kernel_posterior_loc", l + 1), format!("den_{}.kernel_posterior_untransformed_scale", l + 1))
                     } else {
                         (targets[l].loc_key.clone(), targets[l].rho_key.clone())

@@ -13,7 +13,7 @@ pub use entry::{shape_from_proto, shape_to_proto, Entry};
 pub use reader::{BundleHeader, BundleReader};
 pub use slice_key::{encode_slice_key, is_slice_key, Extent};
 pub use crate::output_file::write_atomically;
-pub use writer::BundleWriter;
+pub use writer::{BundleWriter, CopiedTensor};
 
 /// `<prefix>.index`.
 pub fn index_path(prefix: &Path) -> PathBuf {

@@ -1,11 +1,11 @@
 //! Writing a single-shard tensor bundle that TensorFlow's `BundleReader` accepts.
 //!
-//! Data goes to a temporary file next to the target as it arrives (so memory stays bounded);
-//! `finish` writes the index and renames both into place, index last, so a reader never sees
-//! a half-written checkpoint.
+//! Data goes to an output file next to the target as it arrives, each tensor `pwrite`n at its
+//! offset (large ones a block at a time on every core: [`crate::block_copy`]), so memory stays
+//! bounded; `finish` writes the index and moves both into place, index last, so a reader never
+//! sees a half-written checkpoint.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use protobuf::Message;
@@ -13,6 +13,7 @@ use protobuf::Message;
 use super::entry::Entry;
 use super::strings::encode_strings;
 use super::{data_shard_path, index_path};
+use crate::block_copy::{copy_together, write_all_at, Piece};
 use crate::coding::mask_crc;
 use crate::dtype::DType;
 use crate::edit::TensorEdit;
@@ -22,19 +23,36 @@ use crate::tensor::Sink;
 use crate::proto::tensor_bundle::{bundle_header_proto::Endianness, BundleHeaderProto};
 use crate::proto::types::VersionDef;
 use crate::table::TableBuilder;
-use crate::write_behind::{PieceChecksum, WriteBehind};
 
 /// Version of the bundle format written (TensorFlow's `kTensorBundleVersion`).
 const BUNDLE_VERSION: i32 = 1;
-/// Bytes per write to the data file.
-const WRITE_BUFFER: usize = 4 << 20;
+
+/// A tensor for [`BundleWriter::add_copied`]: its name, type and shape in the bundle, its stored
+/// bytes, its edit if any, and what to call with each block's byte range of `src` once written.
+pub struct CopiedTensor<'a> {
+    /// Name in the bundle.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions.
+    pub shape: &'a [u64],
+    /// The stored bytes.
+    pub src: &'a [u8],
+    /// How they are rewritten.
+    pub edit: Option<&'a dyn TensorEdit>,
+    /// Called with each block's range of `src` once it is written.
+    pub release: &'a (dyn Fn(std::ops::Range<usize>) + Sync),
+}
 
 /// Builds a checkpoint `<prefix>.index` + `<prefix>.data-00000-of-00001`.
 pub struct BundleWriter {
     prefix: PathBuf,
-    data: WriteBehind<OutputFile>,
+    data_path: PathBuf,
+    data: OutputFile,
     offset: u64,
     entries: BTreeMap<String, Entry>,
+    /// Reused for edited chunks of [`BundleWriter::add_edited`].
+    edited: Vec<u8>,
 }
 
 impl BundleWriter {
@@ -42,11 +60,15 @@ impl BundleWriter {
     /// [`BundleWriter::finish`].
     pub fn create(prefix: impl AsRef<Path>) -> Result<BundleWriter> {
         let prefix = prefix.as_ref().to_path_buf();
-        let mut tmp = OutputFile::create(&data_shard_path(&prefix, 0, 1))?;
-        tmp.map_writes();
-        // Written behind: the kernel copies one buffer while the caller makes the next.
-        let data = WriteBehind::new(tmp, WRITE_BUFFER);
-        Ok(BundleWriter { prefix, data, offset: 0, entries: BTreeMap::new() })
+        let data_path = data_shard_path(&prefix, 0, 1);
+        let data = OutputFile::create(&data_path)?;
+        Ok(BundleWriter { prefix, data_path, data, offset: 0, entries: BTreeMap::new(), edited: Vec::new() })
+    }
+
+    /// Allocates `bytes` of data file up front (where the file system can), so that a disk
+    /// without room for the whole checkpoint fails here, before anything is written.
+    pub fn reserve(&mut self, bytes: u64) -> Result<()> {
+        self.data.allocate(bytes)
     }
 
     fn check_new(&self, name: &str) -> Result<()> {
@@ -65,57 +87,91 @@ impl BundleWriter {
     where
         F: FnOnce(&mut Sink) -> Result<()>,
     {
-        let data_path = data_shard_path(&self.prefix, 0, 1);
-        self.add_fixed(name, dtype, shape, |data, written| {
+        self.add_fixed(name, dtype, shape, |file, path, at, crc| {
+            let mut written = 0u64;
             produce(&mut |chunk: &[u8]| {
-                *written += chunk.len() as u64;
-                data.write_all(chunk).map_err(|e| Error::io(&data_path, e))
-            })
+                *crc = crc32c::crc32c_append(*crc, chunk);
+                write_all_at(file, chunk, at + written).map_err(|e| Error::io(path, e))?;
+                written += chunk.len() as u64;
+                Ok(())
+            })?;
+            Ok(written)
         })
     }
 
     /// Adds a fixed-size tensor whose stored bytes `produce` passes in chunks of whole
-    /// elements, rewritten by `edit` straight into the output buffers (no intermediate copy).
+    /// elements (each starting at a multiple of 64 elements but the last), rewritten by `edit`.
     pub fn add_edited<F>(&mut self, name: &str, dtype: DType, shape: &[u64], edit: &dyn TensorEdit, produce: F) -> Result<()>
     where
         F: FnOnce(&mut Sink) -> Result<()>,
     {
-        // Stretches of 64 whole elements: masks then work a 64-bit word at a time.
-        let align = 64 * dtype.size().unwrap_or(1);
-        let data_path = data_shard_path(&self.prefix, 0, 1);
-        self.add_fixed(name, dtype, shape, |data, written| {
+        let mut edited = std::mem::take(&mut self.edited);
+        let added = self.add_fixed(name, dtype, shape, |file, path, at, crc| {
+            let mut written = 0u64;
             produce(&mut |chunk: &[u8]| {
-                let offset = *written;
-                *written += chunk.len() as u64;
-                data.write_with(chunk.len(), align, &mut |at, dst| edit.apply(offset + at as u64, &chunk[at..at + dst.len()], dst))
-                    .map_err(|e| Error::io(&data_path, e))
-            })
-        })
+                edited.resize(chunk.len(), 0);
+                edit.apply(written, chunk, &mut edited);
+                *crc = crc32c::crc32c_append(*crc, &edited);
+                write_all_at(file, &edited, at + written).map_err(|e| Error::io(path, e))?;
+                written += chunk.len() as u64;
+                Ok(())
+            })?;
+            Ok(written)
+        });
+        self.edited = edited;
+        added
     }
 
-    /// Records a fixed-size tensor whose bytes `write` appends to the data file it is given,
-    /// counting them in the `u64`; its checksum comes from the data file's pieces at `finish`.
+    /// Adds fixed-size tensors, one after the other, copied from their stored bytes (e.g. where
+    /// a source file is mapped) and rewritten by their edits, a block at a time on every core,
+    /// block `b` of each tensor in one job (see [`copy_together`]). Returns the CRC32C of each
+    /// source, for the caller to verify against its source.
+    pub fn add_copied(&mut self, tensors: &[CopiedTensor]) -> Result<Vec<u32>> {
+        let (mut entries, mut pieces, mut at) = (Vec::new(), Vec::new(), self.offset);
+        for (i, t) in tensors.iter().enumerate() {
+            self.check_new(t.name)?;
+            if tensors[..i].iter().any(|u| u.name == t.name) {
+                return Err(Error::invalid(&self.prefix, format!("tensor '{}' added twice", t.name)));
+            }
+            let (dtype, shape) = (t.dtype, t.shape);
+            let entry = Entry { dtype, shape: shape.to_vec(), shard_id: 0, offset: at, size: t.src.len() as u64, masked_crc32c: 0, slices: vec![] };
+            let expected = entry.dense_bytes();
+            if expected != Some(entry.size) {
+                return Err(Error::invalid(&self.prefix, format!("tensor '{}' of {dtype} {shape:?} needs {expected:?} bytes, got {}", t.name, entry.size)));
+            }
+            pieces.push(Piece { at, src: t.src, edit: t.edit, release: t.release });
+            at += entry.size;
+            entries.push(entry);
+        }
+        let copied = copy_together(self.data.file(), &pieces).map_err(|e| Error::io(&self.data_path, e))?;
+        for ((t, entry), c) in tensors.iter().zip(entries).zip(&copied) {
+            self.entries.insert(t.name.to_string(), Entry { masked_crc32c: mask_crc(c.output_crc), ..entry });
+        }
+        self.offset = at;
+        Ok(copied.iter().map(|c| c.source_crc).collect())
+    }
+
+    /// Records a fixed-size tensor whose bytes `write` writes to the data file at the offset
+    /// it is given, setting the CRC32C of what it wrote and returning how many bytes.
     fn add_fixed<F>(&mut self, name: &str, dtype: DType, shape: &[u64], write: F) -> Result<()>
     where
-        F: FnOnce(&mut WriteBehind<OutputFile>, &mut u64) -> Result<()>,
+        F: FnOnce(&std::fs::File, &Path, u64, &mut u32) -> Result<u64>,
     {
         self.check_new(name)?;
         let entry = Entry { dtype, shape: shape.to_vec(), shard_id: 0, offset: self.offset, size: 0, masked_crc32c: 0, slices: vec![] };
         let expected = entry
             .dense_bytes()
             .ok_or_else(|| Error::invalid(&self.prefix, format!("tensor '{name}' of {dtype} {shape:?} has no fixed size")))?;
-        let mut written = 0u64;
-        write(&mut self.data, &mut written)?;
+        let mut crc = 0u32;
+        let written = write(self.data.file(), &self.data_path, self.offset, &mut crc)?;
         if written != expected {
             return Err(Error::invalid(
                 &self.prefix,
                 format!("tensor '{name}' of {dtype} {shape:?} needs {expected} bytes, got {written}"),
             ));
         }
-        // Each tensor is a piece of its own, so the writer thread's checksums are per tensor.
-        self.data.end_piece();
         self.offset += written;
-        self.entries.insert(name.to_string(), Entry { size: written, ..entry });
+        self.entries.insert(name.to_string(), Entry { size: written, masked_crc32c: mask_crc(crc), ..entry });
         Ok(())
     }
 
@@ -134,8 +190,7 @@ impl BundleWriter {
         // TensorFlow checksums string tensors over their lengths as fixed32 and their bytes,
         // not over the varints stored: the encoder computes that checksum.
         let (bytes, crc) = encode_strings(strings);
-        self.data.write_all(&bytes).map_err(|e| Error::io(data_shard_path(&self.prefix, 0, 1), e))?;
-        self.data.end_piece();
+        write_all_at(self.data.file(), &bytes, self.offset).map_err(|e| Error::io(&self.data_path, e))?;
         let entry = Entry {
             dtype: DType::String,
             shape: shape.to_vec(),
@@ -151,12 +206,11 @@ impl BundleWriter {
     }
 
     /// Writes the index and moves data and index into place.
-    pub fn finish(self) -> Result<()> {
-        let data_path = data_shard_path(&self.prefix, 0, 1);
+    pub fn finish(mut self) -> Result<()> {
         let index_path = index_path(&self.prefix);
-        let (data, pieces) = self.data.finish().map_err(|e| Error::io(&data_path, e))?;
-        let mut entries = self.entries;
-        set_checksums(&mut entries, &pieces).map_err(|what| Error::invalid(&data_path, what))?;
+        // Space reserved beyond the data (a plan larger than what was written) is cut off.
+        self.data.file().set_len(self.offset).map_err(|e| Error::io(&self.data_path, e))?;
+        let entries = std::mem::take(&mut self.entries);
 
         let mut header = BundleHeaderProto::new();
         header.num_shards = 1;
@@ -173,35 +227,12 @@ impl BundleWriter {
         table.finish_into(&mut index).map_err(|e| Error::io(&index_path, e))?;
 
         // Data first, index last: a reader never finds an index without its data.
-        data.commit()?;
+        self.data.commit()?;
         index.commit()?;
         Ok(())
     }
 }
 
-/// Sets each fixed-size entry's checksum from those of the data file's pieces: every tensor
-/// was one or more whole pieces, in offset order. (String tensors keep theirs: see
-/// `add_strings`.)
-fn set_checksums(entries: &mut BTreeMap<String, Entry>, pieces: &[PieceChecksum]) -> std::result::Result<(), String> {
-    let mut by_offset: Vec<&mut Entry> = entries.values_mut().collect();
-    by_offset.sort_by_key(|e| e.offset);
-    let mut pieces = pieces.iter();
-    for entry in by_offset {
-        let (mut covered, mut crc) = (0u64, 0u32);
-        while covered < entry.size {
-            let &(len, piece_crc) = pieces.next().ok_or("data file shorter than its tensors")?;
-            crc = crc32c::crc32c_combine(crc, piece_crc, len as usize);
-            covered += len;
-        }
-        if covered != entry.size {
-            return Err(format!("tensor at offset {} does not end on a piece boundary", entry.offset));
-        }
-        if entry.dtype != DType::String {
-            entry.masked_crc32c = mask_crc(crc);
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {
@@ -226,7 +257,7 @@ mod tests {
     fn edited_tensors_after_odd_sized_ones_keep_whole_elements_and_checksums() {
         let dir = tempfile::tempdir().expect("tempdir");
         let prefix = dir.path().join("m");
-        let n = WRITE_BUFFER / 4 + 1000; // crosses a buffer boundary
+        let n = (1 << 20) + 1000; // several source chunks and a short one
         let values: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 7.0).collect();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut w = BundleWriter::create(&prefix).expect("create");
