@@ -67,27 +67,34 @@ pub(crate) fn sample_starts(n: usize, stride: usize) -> impl Iterator<Item = usi
     (0..n).step_by(stride.max(1))
 }
 
-/// Exact keys of the sample blocks of the group's targets, sorted; their pages are released.
+/// Exact keys of the sample blocks of the group's targets, sorted.
 fn sample(ckpt: &Checkpoint, targets: &[Target], group: &[usize], stride: usize) -> Result<Vec<u32>> {
     let mut keys = Vec::new();
     for &i in group {
         let t = targets.get(i).ok_or_else(|| Error::invalid(ckpt.path(), "no such target"))?;
-        let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
-        let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
-        let (mu, rho) = (mu.bytes().ok_or_else(|| numeric(&t.loc_key))?, rho.bytes().ok_or_else(|| numeric(&t.rho_key))?);
-        let n = mu.len().min(rho.len()) / 4;
-        for start in sample_starts(n, stride) {
-            let end = (start + SAMPLE_BLOCK).min(n);
-            keys.extend((start..end).map(|j| exact_key(f32_at(mu, j), f32_at(rho, j))));
-            // Released with the fault-around window after the block, so that the sample
-            // leaves nothing resident (release drops the window before the range itself).
-            let range = 4 * start..(4 * end + formats::tensor::FAULT_AROUND).min(4 * n);
-            ckpt.release(&t.loc_key, range.clone());
-            ckpt.release(&t.rho_key, range);
-        }
+        sample_target(ckpt, t, stride, SAMPLE_BLOCK, exact_key, &mut keys)?;
     }
     keys.sort_unstable();
     Ok(keys)
+}
+
+/// Appends `key(mu, rho)` of the weights of float32 target `t` in blocks of `block` weights
+/// every `stride` weights to `out`, releasing the pages read.
+pub(crate) fn sample_target(ckpt: &Checkpoint, t: &Target, stride: usize, block: usize, key: impl Fn(f32, f32) -> u32, out: &mut Vec<u32>) -> Result<()> {
+    let (mu, rho) = (ckpt.read_unverified(&t.loc_key)?, ckpt.read_unverified(&t.rho_key)?);
+    let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
+    let (mu, rho) = (mu.bytes().ok_or_else(|| numeric(&t.loc_key))?, rho.bytes().ok_or_else(|| numeric(&t.rho_key))?);
+    let n = mu.len().min(rho.len()) / 4;
+    for start in sample_starts(n, stride) {
+        let end = (start + block).min(n);
+        out.extend((start..end).map(|j| key(f32_at(mu, j), f32_at(rho, j))));
+        // Released with the fault-around window after the block, so that the sample leaves
+        // nothing resident (release drops the window before the range itself).
+        let range = 4 * start..(4 * end + formats::tensor::FAULT_AROUND).min(4 * n);
+        ckpt.release(&t.loc_key, range.clone());
+        ckpt.release(&t.rho_key, range);
+    }
+    Ok(())
 }
 
 /// The window of exact keys [lo, hi] that the sorted `sample` predicts to hold the weight of
