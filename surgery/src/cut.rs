@@ -410,6 +410,9 @@ mod tests {
         let paths = check(&layers, &[0.3, 0.7], WINDOW_CAP);
         // The global group (last of each fraction) mispredicts.
         assert_eq!((paths[3], paths[7]), (Path::TwoPass, Path::TwoPass), "{paths:?}");
+        // ... and at 0.3 its cut falls inside the tie group (a quota of the ties pruned).
+        let cut = sorted_cut(&layers, &[0, 1, 2], 0.3);
+        assert!(cut.is_some_and(|(key, ties, equal)| key == exact_key(0.125, -3.0) && ties < equal), "{cut:?}");
     }
 
     #[test]
