@@ -467,16 +467,18 @@ const SAMPLE_BLOCKS: u64 = 4096;
 /// predicts to hold the ranks its own quantiles and the overall ones need (each rank's window
 /// widened by four standard deviations of the sample's rank, and a few ranks), and the buckets
 /// of the threshold counts' `limits`.
-fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits: &[u32]) -> Result<Vec<Vec<bool>>> {
+/// None (empty) if they would hold more than `cap` keys.
+fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits: &[u32], cap: usize) -> Result<Vec<Vec<bool>>> {
     let mut n = 0u64;
     for t in targets {
         n += ckpt.variable(&t.loc_key)?.info.nbytes / 4;
     }
     let stride = ((n / SAMPLE_BLOCKS) as usize).max(2 * SAMPLE_BLOCK) | 1;
-    let mut samples = Vec::with_capacity(targets.len());
+    let (mut samples, mut sampled) = (Vec::with_capacity(targets.len()), 0usize);
     for t in targets {
         let mut s = Vec::new();
         crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
+        sampled += s.len();
         s.retain(|&k| k < MARKERS);
         s.sort_unstable();
         samples.push(s);
@@ -489,10 +491,14 @@ fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits
             *w = true;
         }
     }
-    Ok(samples
-        .iter()
-        .map(|s| window_buckets(s, levels).iter().zip(&overall).map(|(a, b)| *a || *b).collect())
-        .collect())
+    let wanted: Vec<Vec<bool>> =
+        samples.iter().map(|s| window_buckets(s, levels).iter().zip(&overall).map(|(a, b)| *a || *b).collect()).collect();
+    // The sample's share in the wanted buckets predicts how many keys pass one would collect
+    // (the share shrinks only with the square root of the sample, so on large checkpoints it
+    // can pass the cap): if too many, no collecting at all, two passes.
+    let hits: usize = samples.iter().zip(&wanted).map(|(s, w)| s.iter().filter(|&&k| w.get((k >> 16) as usize).is_some_and(|w| *w)).count()).sum();
+    let predicted = hits as f64 / sampled.max(1) as f64 * n as f64;
+    Ok(if predicted < 0.8 * cap as f64 { wanted } else { Vec::new() })
 }
 
 /// The buckets the sorted sample `s` predicts to hold each level's ranks.
@@ -586,7 +592,7 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     // The buckets whose exact keys pass one collects, when the quantiles may be found in one
     // pass (every posterior float32, neither mean nor histogram asked for).
     let one_pass = !extras.mean && !extras.histogram && !levels.is_empty() && targets.iter().all(|t| t.dtype == DType::Float32);
-    let mut wanted = if one_pass { predict_buckets(ckpt, targets, levels, &limits)? } else { Vec::new() };
+    let mut wanted = if one_pass { predict_buckets(ckpt, targets, levels, &limits, COLLECT_CAP)? } else { Vec::new() };
     let mut collected: Vec<Vec<u32>> = Vec::with_capacity(targets.len());
     // Pass one.
     let mut overall = First::new(thresholds.len());
@@ -745,9 +751,8 @@ mod tests {
     /// Kernel shapes: the first spans two 1 Mi-weight chunks.
     const LAYERS: [usize; 3] = [1_100_000, 210_000, 640];
 
-    /// Writes layers of `weight(rng, layer, i)` as a checkpoint in `dir`; statistics of the
-    /// fast path and of sorting every SNR, and the passes the fast path made.
-    fn both(dir: &std::path::Path, levels: &[f64], weight: impl Fn(&mut Rng, usize, usize) -> (f32, f32)) -> (String, String, u8) {
+    /// Writes layers of `weight(rng, layer, i)` as a checkpoint in `dir` and opens it.
+    fn write(dir: &std::path::Path, weight: impl Fn(&mut Rng, usize, usize) -> (f32, f32)) -> (Checkpoint, Vec<Target>) {
         let prefix = dir.join("model.ckpt-1");
         let mut w = BundleWriter::create(&prefix).expect("create");
         let mut rng = Rng(5);
@@ -761,6 +766,13 @@ mod tests {
         w.finish().expect("finish");
         let ckpt = Checkpoint::open(&prefix).expect("open");
         let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+        (ckpt, targets)
+    }
+
+    /// Statistics of the fast path and of sorting every SNR of the checkpoint [`write`] makes,
+    /// and the passes the fast path made.
+    fn both(dir: &std::path::Path, levels: &[f64], weight: impl Fn(&mut Rng, usize, usize) -> (f32, f32)) -> (String, String, u8) {
+        let (ckpt, targets) = write(dir, weight);
         let json = |mut r: SnrReport| {
             // The fast path computes neither mean nor histograms.
             for s in r.layers.iter_mut().map(|l| &mut l.stats).chain([&mut r.overall]) {
@@ -811,5 +823,16 @@ mod tests {
         });
         assert_eq!(fast, want);
         assert_eq!(passes, 2);
+    }
+
+    #[test]
+    fn windows_predicted_to_overflow_are_not_collected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ckpt, targets) = write(dir.path(), |rng, _, i| ordinary(rng, i));
+        let limits = [key_at_or_below(1.0).unwrap_or(0)];
+        let wanted = predict_buckets(&ckpt, &targets, &DEFAULT_LEVELS, &limits, COLLECT_CAP).expect("predicted");
+        assert_eq!(wanted.len(), targets.len());
+        // A few per cent of the 1.3 M weights are in the windows: over a cap of 10000.
+        assert!(predict_buckets(&ckpt, &targets, &DEFAULT_LEVELS, &limits, 10_000).expect("predicted").is_empty());
     }
 }
