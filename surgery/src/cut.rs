@@ -23,7 +23,7 @@ use crate::threshold::{approx_keys, approx_keys_then, decision_snr, in_ranges, K
 /// Consecutive weights per sample block.
 pub(crate) const SAMPLE_BLOCK: usize = 64;
 /// About this many sample blocks per group.
-const SAMPLE_BLOCKS: usize = 4096;
+const SAMPLE_BLOCKS: usize = 16384;
 /// Most exact keys collected in the window (16 MiB).
 pub(crate) const WINDOW_CAP: usize = 1 << 22;
 /// Largest key of a decision SNR (+inf); undefined weights are `u32::MAX`.
