@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+mod cut;
 pub mod error;
 pub mod mask;
 pub mod posterior;

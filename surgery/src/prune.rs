@@ -11,10 +11,9 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::mask::{KeepMask, MaskEdit};
 use crate::posterior::{classify, for_each_chunk, Weight, CHUNK_WEIGHTS};
-use crate::radix::TopHistogram;
 use crate::snr::{read_posterior, NonFinite, Target};
 use model::softplus::ZERO_SCALE_RHO;
-use crate::threshold::{approx_keys, approx_keys_then, decide_f32, decision_snr, in_ranges, Decided, KEY_SLACK};
+use crate::threshold::{decide_f32, Decided};
 use crate::values::element_bytes;
 
 /// Metadata entry holding the pruning report of a safetensors output.
@@ -157,7 +156,7 @@ fn effective_threshold(t: f64, mode: Mode) -> f64 {
 }
 
 /// Which weights to keep for each target, from decision SNRs in target order (0 for an
-/// already-pruned weight, NaN for an undefined one: see [`decision_snr`]).
+/// already-pruned weight, NaN for an undefined one: see [`crate::threshold::decision_snr`]).
 #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(s <= t)` on purpose: see below.
 fn keep_masks(snrs: &[Vec<f64>], criterion: Criterion, mode: Mode) -> (Vec<Vec<bool>>, f64) {
     match criterion {
@@ -603,11 +602,10 @@ fn f32_at(bytes: &[u8], i: usize) -> f32 {
 
 /// The sparsity pruning of float32 targets, streaming, in memory independent of their size:
 ///
-/// 1. approximate SNR keys (within [`KEY_SLACK`] of the exact f32 bit pattern) counted by
-///    their top 16 bits locate the bucket of the k-th smallest SNR;
-/// 2. exact SNRs of the weights whose approximate key lies near that bucket, counted key by
-///    key, give the k-th smallest SNR exactly, and how many weights lie below it;
-/// 3. every weight is decided at that SNR (as `--threshold` does), and of the weights equal to
+/// 1. the k-th smallest SNR exactly, how many weights lie below it and how many equal it
+///    ([`crate::cut::find_cut`]: one pass over approximate keys in the usual case, two where
+///    a sample mispredicts);
+/// 2. every weight is decided at that SNR (as `--threshold` does), and of the weights equal to
 ///    it only as many as needed to prune exactly k are pruned, the first in storage order.
 ///
 /// The same weights as sorting every SNR would prune (`lowest_fraction`).
@@ -620,27 +618,11 @@ fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer:
     let mut threshold = f64::NEG_INFINITY;
     let mut keys = Vec::new();
     for group in groups {
-        let (mut hist, mut second, mut undefined, mut n) = (TopHistogram::default(), TopHistogram::default(), 0u64, 0u64);
+        let mut n = 0u64;
         for &i in &group {
             n += weights(ckpt, &targets[i])? as u64;
-            for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
-                approx_keys(mu, rho, &mut keys);
-                undefined += keys.iter().filter(|&&k| k == u32::MAX).count() as u64;
-                // The two halves on two cores.
-                let (a, b) = keys.split_at(keys.len() / 2);
-                let add = |keys: &[u32], hist: &mut TopHistogram| keys.iter().filter(|&&k| k != u32::MAX).for_each(|&k| hist.add(k));
-                rayon::join(|| add(a, &mut hist), || add(b, &mut second));
-                Ok(())
-            })?;
         }
-        hist.merge(&second);
-        drop(second);
-        let k = ((fraction * n as f64).round() as u64).min(n - undefined);
-        let mut cut = None;
-        if let Some((top, _)) = k.checked_sub(1).and_then(|r| hist.locate(r)) {
-            drop(hist);
-            cut = Some(exact_cut(ckpt, targets, &group, top, k, &mut keys)?);
-        }
+        let (cut, _) = crate::cut::find_cut(ckpt, targets, &group, fraction, n, crate::cut::WINDOW_CAP, &mut keys)?;
         let t = cut.map_or(f64::NEG_INFINITY, |(key, _, _)| f32::from_bits(key) as f64);
         let mut left = cut.map_or(0, |(_, ties, _)| ties);
         // Every weight equal to the cut pruned (or none there): a plain threshold.
@@ -668,52 +650,6 @@ fn sparsity_f32(ckpt: &Checkpoint, targets: &[Target], fraction: f64, per_layer:
         .map(|p| p.ok_or_else(|| Error::invalid(ckpt.path(), "a target was left undecided")))
         .collect::<Result<Vec<_>>>()
         .map(|plans| (plans, threshold))
-}
-
-/// Pass two of [`sparsity_f32`]: the exact key of the k-th smallest decision SNR of `group`,
-/// known to lie in bucket `top` of the approximate keys, how many weights equal to it are
-/// pruned (k minus those below it), and how many there are.
-fn exact_cut(ckpt: &Checkpoint, targets: &[Target], group: &[usize], top: u32, k: u64, keys: &mut Vec<u32>) -> Result<(u32, u64, u64)> {
-    // Exact keys in [lo, hi] are counted one by one: the approximate bucket widened by the
-    // approximation's error holds the k-th exact key (see `threshold::approx_keys`).
-    let lo = (top << 16).saturating_sub(KEY_SLACK);
-    let hi = (top << 16 | 0xffff).saturating_add(KEY_SLACK).min(u32::MAX - 1);
-    let mut window = vec![0u64; (hi - lo + 1) as usize];
-    let mut below = 0u64;
-    // Approximate keys from which the exact key may be in [lo, hi] are replaced by the exact
-    // one (in parallel); every other key is below lo (counted) or above hi exactly when its
-    // exact key is. NaN decisions (undefined weights) are u32::MAX, above hi.
-    let first = lo.saturating_sub(KEY_SLACK);
-    let ranges = [(first, hi.saturating_add(KEY_SLACK) - first)];
-    for &i in group {
-        for_each_chunk(ckpt, &targets[i], false, |_, mu, rho| {
-            approx_keys_then(mu, rho, keys, |start, word| {
-                let mut exact = in_ranges(word, &ranges);
-                while exact != 0 {
-                    let j = exact.trailing_zeros() as usize;
-                    let e = decision_snr(f32_at(mu, start + j), f32_at(rho, start + j));
-                    word[j] = if e.is_nan() { u32::MAX } else { e.to_bits() };
-                    exact &= exact - 1;
-                }
-            });
-            below += keys.chunks(64).map(|b| b.iter().map(|&k| u32::from(k < lo)).sum::<u32>() as u64).sum::<u64>();
-            for &k in keys.iter() {
-                if k.wrapping_sub(lo) <= hi - lo {
-                    window[(k - lo) as usize] += 1;
-                }
-            }
-            Ok(())
-        })?;
-    }
-    let rank = k - 1;
-    let mut seen = below;
-    for (offset, &c) in window.iter().enumerate() {
-        if rank < seen + c {
-            return Ok((lo + offset as u32, k - seen, c));
-        }
-        seen += c;
-    }
-    Err(Error::invalid(ckpt.path(), "the SNR of the requested sparsity was not found (the checkpoint changed while being read?)"))
 }
 
 /// The pruning decisions holding every SNR as f64: for f64, f16 and bf16 posteriors.

@@ -12,7 +12,13 @@
 //!    need, counted by their low 16 bits, which pins those ranks to exact values; the log10
 //!    histogram, whose range pass one found, is filled too.
 //!
-//! Memory: the chunk being read, a few 512 KiB histograms per posterior, nothing per weight.
+//! Without mean and histogram, pass two is usually skipped: a sample of exact keys predicts
+//! the buckets the quantiles' ranks will fall in (and the thresholds' buckets), pass one
+//! collects the exact keys in them, and the ranks and threshold counts are read from those
+//! ([`predict_buckets`], [`resolve`]); pass two runs only where the prediction missed.
+//!
+//! Memory: the chunk being read, a few 512 KiB histograms per posterior, at most 32 MiB of
+//! collected keys ([`COLLECT_CAP`]), nothing per weight.
 
 use formats::checkpoint::Checkpoint;
 use formats::DType;
@@ -265,7 +271,8 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
 /// [`first_pass`] without the sum; the extremes are exact keys of the weights that may hold them.
 /// `second` is a histogram of the layer's keys too (the two halves of each chunk are counted
 /// on two cores); the caller merges it.
-fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, second: &mut TopHistogram, limits: &[u32]) {
+#[allow(clippy::too_many_arguments)]
+fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, second: &mut TopHistogram, limits: &[u32], want: Option<&[bool]>, inside: &mut Vec<u32>) {
     let markers = keys.iter().filter(|&&k| k >= MARKERS).count() as u64;
     if markers > 0 {
         for &k in keys.iter().filter(|&&k| k >= MARKERS) {
@@ -273,8 +280,24 @@ fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, secon
         }
     }
     let (a, b) = keys.split_at(keys.len() / 2);
-    let add = |keys: &[u32], hist: &mut TopHistogram| keys.iter().filter(|&&k| k < MARKERS).for_each(|&k| hist.add(k));
-    rayon::join(|| add(a, &mut layer.hist), || add(b, second));
+    // With `want`, the exact keys in wanted buckets are collected too (every key is in its
+    // exact bucket: bucket_keys).
+    let add = |keys: &[u32], offset: usize, hist: &mut TopHistogram, out: &mut Vec<u32>| match want {
+        None => keys.iter().filter(|&&k| k < MARKERS).for_each(|&k| hist.add(k)),
+        Some(want) => {
+            for (j, &k) in keys.iter().enumerate() {
+                if k < MARKERS {
+                    hist.add(k);
+                    if want.get((k >> 16) as usize).is_some_and(|w| *w) {
+                        out.push(key_of(f32_at(mu, offset + j), f32_at(rho, offset + j)));
+                    }
+                }
+            }
+        }
+    };
+    let mut more = Vec::new();
+    rayon::join(|| add(a, 0, &mut layer.hist, inside), || add(b, a.len(), second, &mut more));
+    inside.extend(more);
     layer.count += keys.len() as u64 - markers;
     let mut candidates = Vec::new();
     #[cfg(target_arch = "x86_64")]
@@ -402,14 +425,13 @@ impl BinTable {
 }
 
 /// Quantile values from the located ranks, now that pass two counted their buckets.
-fn quantiles(levels: &[f64], n: u64, locations: &[Located], low: &LowHistograms) -> Vec<(f64, f64)> {
+/// `key(i, j)`: the key of rank j (0: lower, 1: upper) of level i.
+fn quantiles(levels: &[f64], n: u64, key: &dyn Fn(usize, usize) -> Option<u32>) -> Vec<(f64, f64)> {
     levels
         .iter()
         .enumerate()
         .map(|(i, &q)| {
-            let value = |j: usize| {
-                locations.get(i).and_then(|l| low.key_at(l[j].0, l[j].1)).map(|k| f32::from_bits(k) as f64).unwrap_or(f64::NAN)
-            };
+            let value = |j: usize| key(i, j).map(|k| f32::from_bits(k) as f64).unwrap_or(f64::NAN);
             if n == 0 {
                 return (q, f64::NAN);
             }
@@ -419,7 +441,7 @@ fn quantiles(levels: &[f64], n: u64, locations: &[Located], low: &LowHistograms)
         .collect()
 }
 
-fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: &[Located], low: &LowHistograms) -> Stats {
+fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], key: &dyn Fn(usize, usize) -> Option<u32>) -> Stats {
     let n = f.count;
     let value = |k: u32| f32::from_bits(k) as f64;
     assemble(
@@ -429,9 +451,135 @@ fn stats_of(f: &First, sum: f64, levels: &[f64], thresholds: &[f64], locations: 
         value(f.min),
         value(f.max),
         sum,
-        quantiles(levels, n, locations, low),
+        quantiles(levels, n, key),
         thresholds.iter().zip(&f.under).map(|(t, c)| (*t, *c as usize)).collect(),
     )
+}
+
+/// Most exact keys pass one collects near the predicted quantiles (32 MiB), all posteriors
+/// together; past it, pass two finds the quantiles.
+const COLLECT_CAP: usize = 1 << 23;
+/// Weights per sample block, and about how many blocks are drawn.
+const SAMPLE_BLOCK: usize = 256;
+const SAMPLE_BLOCKS: u64 = 4096;
+
+/// The buckets of keys each target's pass one collects exactly: those a sample of exact keys
+/// predicts to hold the ranks its own quantiles and the overall ones need (each rank's window
+/// widened by four standard deviations of the sample's rank, and a few ranks), and the buckets
+/// of the threshold counts' `limits`.
+/// None (empty) if they would hold more than `cap` keys.
+fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits: &[u32], cap: usize) -> Result<Vec<Vec<bool>>> {
+    let mut n = 0u64;
+    for t in targets {
+        n += ckpt.variable(&t.loc_key)?.info.nbytes / 4;
+    }
+    let stride = ((n / SAMPLE_BLOCKS) as usize).max(2 * SAMPLE_BLOCK) | 1;
+    let (mut samples, mut sampled) = (Vec::with_capacity(targets.len()), 0usize);
+    for t in targets {
+        let mut s = Vec::new();
+        crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
+        sampled += s.len();
+        s.retain(|&k| k < MARKERS);
+        s.sort_unstable();
+        samples.push(s);
+    }
+    let mut all: Vec<u32> = samples.concat();
+    all.sort_unstable();
+    let mut overall = window_buckets(&all, levels);
+    for &l in limits.iter().filter(|l| **l < MARKERS) {
+        if let Some(w) = overall.get_mut((l >> 16) as usize) {
+            *w = true;
+        }
+    }
+    let wanted: Vec<Vec<bool>> =
+        samples.iter().map(|s| window_buckets(s, levels).iter().zip(&overall).map(|(a, b)| *a || *b).collect()).collect();
+    // The sample's share in the wanted buckets predicts how many keys pass one would collect
+    // (the share shrinks only with the square root of the sample, so on large checkpoints it
+    // can pass the cap): if too many, no collecting at all, two passes.
+    let hits: usize = samples.iter().zip(&wanted).map(|(s, w)| s.iter().filter(|&&k| w.get((k >> 16) as usize).is_some_and(|w| *w)).count()).sum();
+    let predicted = hits as f64 / sampled.max(1) as f64 * n as f64;
+    Ok(if predicted < 0.8 * cap as f64 { wanted } else { Vec::new() })
+}
+
+/// The buckets the sorted sample `s` predicts to hold each level's ranks.
+fn window_buckets(s: &[u32], levels: &[f64]) -> Vec<bool> {
+    let mut want = vec![false; crate::radix::BUCKETS];
+    let m = s.len();
+    if m == 0 {
+        return want;
+    }
+    for &q in levels {
+        let q = q.clamp(0.0, 1.0);
+        let half = 4.0 * (q * (1.0 - q) * m as f64).sqrt() + 8.0;
+        let centre = q * (m - 1) as f64;
+        let (a, b) = ((centre - half).floor(), (centre + half).ceil());
+        let first = if a < 0.0 { 0 } else { s.get(a as usize).map_or(0, |k| k >> 16) };
+        let last = if b >= m as f64 { INFINITY >> 16 } else { s.get(b as usize).map_or(INFINITY >> 16, |k| k >> 16) };
+        for w in want.iter_mut().take(last as usize + 1).skip(first as usize) {
+            *w = true;
+        }
+    }
+    want
+}
+
+/// Keys per level (lower and upper rank) of each layer, and overall.
+type Resolved = (Vec<Vec<[u32; 2]>>, Vec<[u32; 2]>);
+
+/// The keys of each of the buckets `tops` among the `collected` ones, in one scan.
+fn by_bucket<'a>(collected: impl Iterator<Item = &'a Vec<u32>>, tops: impl Iterator<Item = u32>) -> std::collections::HashMap<u32, Vec<u32>> {
+    let mut out: std::collections::HashMap<u32, Vec<u32>> = tops.map(|t| (t, Vec::new())).collect();
+    let mut chosen = vec![false; crate::radix::BUCKETS];
+    out.keys().for_each(|&t| chosen[t as usize & (crate::radix::BUCKETS - 1)] = true);
+    for c in collected {
+        for &k in c {
+            if chosen.get((k >> 16) as usize).is_some_and(|c| *c) {
+                out.entry(k >> 16).or_default().push(k);
+            }
+        }
+    }
+    out
+}
+
+/// The key of rank `within` among `keys` (reordered).
+fn select(keys: Option<&mut Vec<u32>>, within: u64) -> Option<u32> {
+    let keys = keys?;
+    let within = usize::try_from(within).ok().filter(|w| *w < keys.len())?;
+    Some(*keys.select_nth_unstable(within).1)
+}
+
+/// The [`Resolved`] keys from the keys pass one collected, if every rank fell in a collected
+/// bucket.
+fn resolve(collected: &[Vec<u32>], wanted: &[Vec<bool>], layers: &[(First, Vec<Located>)], overall: &[Located]) -> Option<Resolved> {
+    let wants = |w: &[bool], top: u32| w.get(top as usize).is_some_and(|w| *w);
+    let mut per_layer = Vec::with_capacity(layers.len());
+    for ((_, locations), (c, w)) in layers.iter().zip(collected.iter().zip(wanted)) {
+        let mut keys = Vec::with_capacity(locations.len());
+        let mut buckets = by_bucket(std::iter::once(c), locations.iter().flatten().map(|l| l.0));
+        for at in locations {
+            let mut pair = [0u32; 2];
+            for (k, &(top, within)) in pair.iter_mut().zip(at) {
+                if !wants(w, top) {
+                    return None;
+                }
+                *k = select(buckets.get_mut(&top), within)?;
+            }
+            keys.push(pair);
+        }
+        per_layer.push(keys);
+    }
+    let mut all = Vec::with_capacity(overall.len());
+    let mut buckets = by_bucket(collected.iter(), overall.iter().flatten().map(|l| l.0));
+    for at in overall {
+        let mut pair = [0u32; 2];
+        for (k, &(top, within)) in pair.iter_mut().zip(at) {
+            if !wanted.iter().all(|w| wants(w, top)) {
+                return None;
+            }
+            *k = select(buckets.get_mut(&top), within)?;
+        }
+        all.push(pair);
+    }
+    Some((per_layer, all))
 }
 
 /// The streaming [`crate::snr::analyse`] (every target f32, f16 or bf16).
@@ -441,17 +589,26 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     // no key is under: a marker never is, and no exact-key computation is needed near it.
     let limits: Vec<u32> = under_keys.iter().map(|&l| u32::try_from(l).unwrap_or(MARKERS)).collect();
     let mut keys = Vec::new();
+    // The buckets whose exact keys pass one collects, when the quantiles may be found in one
+    // pass (every posterior float32, neither mean nor histogram asked for).
+    let one_pass = !extras.mean && !extras.histogram && !levels.is_empty() && targets.iter().all(|t| t.dtype == DType::Float32);
+    let mut wanted = if one_pass { predict_buckets(ckpt, targets, levels, &limits, COLLECT_CAP)? } else { Vec::new() };
+    let mut collected: Vec<Vec<u32>> = Vec::with_capacity(targets.len());
     // Pass one.
     let mut overall = First::new(thresholds.len());
     let mut overall_sum = 0.0;
     let mut layers: Vec<(First, Vec<Located>)> = Vec::with_capacity(targets.len());
-    for t in targets {
+    for (i, t) in targets.iter().enumerate() {
         let mut layer = First::new(thresholds.len());
         let mut second = TopHistogram::default();
+        let mut inside = Vec::new();
+        let want = wanted.get(i).map(Vec::as_slice);
         for_each_chunk(ckpt, t, true, |_, mu, rho| {
             if t.dtype == DType::Float32 && !extras.mean {
                 bucket_keys(mu, rho, &limits, &mut keys);
-                first_pass_fast(&keys, mu, rho, &mut layer, &mut second, &limits);
+                // With collected buckets, the threshold counts come from them (below).
+                let scanned = if want.is_some() { &[][..] } else { &limits[..] };
+                first_pass_fast(&keys, mu, rho, &mut layer, &mut second, scanned, want, &mut inside);
             } else {
                 chunk_keys(t.dtype, mu, rho, &mut keys);
                 first_pass(&keys, &mut layer, &mut overall_sum, &under_keys);
@@ -459,14 +616,32 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
             Ok(())
         })?;
         layer.hist.merge(&second);
+        if want.is_some() {
+            // Keys at or under each limit: whole buckets below the limit's bucket, and in it
+            // (collected: predict_buckets wants it) the exact keys up to the limit.
+            for (u, &limit) in layer.under.iter_mut().zip(&limits).filter(|(_, l)| **l < MARKERS) {
+                let within = inside.iter().filter(|&&k| k >> 16 == limit >> 16 && k <= limit).count() as u64;
+                *u = layer.hist.count_below(limit >> 16) + within;
+            }
+        }
         overall.merge(&layer);
+        collected.push(inside);
+        if collected.iter().map(Vec::len).sum::<usize>() > COLLECT_CAP {
+            // Too many weights near the predicted quantiles: pass two finds them.
+            (wanted, collected) = (Vec::new(), Vec::new());
+        }
         let locations = layer.quantile_locations(levels);
         // Only the counts stay: the 512 KiB bucket histogram is not needed again.
         layer.hist = TopHistogram::default();
         layers.push((layer, locations));
     }
-    // Pass two.
     let overall_locations = overall.quantile_locations(levels);
+    // Every quantile from pass one's collected keys, or pass two for all of them.
+    let resolved = if wanted.is_empty() { None } else { resolve(&collected, &wanted, &layers, &overall_locations) };
+    drop(collected);
+    #[cfg(test)]
+    tests::PASSES.set(if resolved.is_some() { 1 } else { 2 });
+    // Pass two.
     let mut overall_low = LowHistograms::new(overall_locations.iter().flat_map(|l| [l[0].0, l[1].0]));
     let mut out = Vec::with_capacity(targets.len());
     let mut non_finite = Vec::new();
@@ -486,7 +661,11 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
                 bins[table.bin(k)] += 1;
             }
         };
+        let skip = resolved.is_some();
         for_each_chunk(ckpt, t, false, |_, mu, rho| {
+            if skip {
+                return Ok(());
+            }
             if t.dtype != DType::Float32 {
                 chunk_keys(t.dtype, mu, rho, &mut keys);
                 keys.iter().for_each(|&k| count(k, &mut low, &mut overall_low, &mut bins));
@@ -541,9 +720,119 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
                 non_finite.push(NonFinite { key: key.clone(), count: n as usize });
             }
         }
-        let stats = stats_of(layer, if extras.mean { layer.sum } else { f64::NAN }, levels, thresholds, locations, &low);
+        let index = out.len();
+        let key = |l: usize, j: usize| match &resolved {
+            Some((per_layer, _)) => per_layer.get(index).and_then(|r| r.get(l)).map(|k| k[j]),
+            None => locations.get(l).and_then(|at| low.key_at(at[j].0, at[j].1)),
+        };
+        let stats = stats_of(layer, if extras.mean { layer.sum } else { f64::NAN }, levels, thresholds, &key);
         out.push(TargetSnr { target: t.clone(), stats, histogram: table.map(|b| b.bins.edges(bins)).unwrap_or_default() });
     }
-    let overall_stats = stats_of(&overall, if extras.mean { overall_sum } else { f64::NAN }, levels, thresholds, &overall_locations, &overall_low);
+    let key = |l: usize, j: usize| match &resolved {
+        Some((_, all)) => all.get(l).map(|k| k[j]),
+        None => overall_locations.get(l).and_then(|at| overall_low.key_at(at[j].0, at[j].1)),
+    };
+    let overall_stats = stats_of(&overall, if extras.mean { overall_sum } else { f64::NAN }, levels, thresholds, &key);
     Ok(SnrReport { path: display(ckpt.path()), layers: out, overall: overall_stats, non_finite })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snr::{analyse_in_memory, select_targets, Part, DEFAULT_LEVELS, DEFAULT_THRESHOLDS};
+    use formats::bundle::BundleWriter;
+    use formats::synthetic::SplitMix64 as Rng;
+
+    thread_local! {
+        /// Passes the last `analyse_f32` on this thread made (1: quantiles from pass one).
+        pub(super) static PASSES: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Kernel shapes: the first spans two 1 Mi-weight chunks.
+    const LAYERS: [usize; 3] = [1_100_000, 210_000, 640];
+
+    /// Writes layers of `weight(rng, layer, i)` as a checkpoint in `dir` and opens it.
+    fn write(dir: &std::path::Path, weight: impl Fn(&mut Rng, usize, usize) -> (f32, f32)) -> (Checkpoint, Vec<Target>) {
+        let prefix = dir.join("model.ckpt-1");
+        let mut w = BundleWriter::create(&prefix).expect("create");
+        let mut rng = Rng(5);
+        for (l, &n) in LAYERS.iter().enumerate() {
+            let weights: Vec<(f32, f32)> = (0..n).map(|i| weight(&mut rng, l, i)).collect();
+            let mu: Vec<u8> = weights.iter().flat_map(|w| w.0.to_le_bytes()).collect();
+            let rho: Vec<u8> = weights.iter().flat_map(|w| w.1.to_le_bytes()).collect();
+            w.add_bytes(&format!("den_{}/kernel_posterior_loc", l + 1), DType::Float32, &[n as u64], &mu).expect("mu");
+            w.add_bytes(&format!("den_{}/kernel_posterior_untransformed_scale", l + 1), DType::Float32, &[n as u64], &rho).expect("rho");
+        }
+        w.finish().expect("finish");
+        let ckpt = Checkpoint::open(&prefix).expect("open");
+        let targets = select_targets(&ckpt, None, &[Part::Kernel]).expect("targets");
+        (ckpt, targets)
+    }
+
+    /// Statistics of the fast path and of sorting every SNR of the checkpoint [`write`] makes,
+    /// and the passes the fast path made.
+    fn both(dir: &std::path::Path, levels: &[f64], weight: impl Fn(&mut Rng, usize, usize) -> (f32, f32)) -> (String, String, u8) {
+        let (ckpt, targets) = write(dir, weight);
+        let json = |mut r: SnrReport| {
+            // The fast path computes neither mean nor histograms.
+            for s in r.layers.iter_mut().map(|l| &mut l.stats).chain([&mut r.overall]) {
+                s.mean = f64::NAN;
+            }
+            r.layers.iter_mut().for_each(|l| l.histogram.clear());
+            serde_json::to_string(&r).expect("json")
+        };
+        let fast = analyse_f32(&ckpt, &targets, levels, &DEFAULT_THRESHOLDS, Extras::NONE).expect("fast");
+        let passes = PASSES.get();
+        let want = analyse_in_memory(&ckpt, &targets, levels, &DEFAULT_THRESHOLDS).expect("in memory");
+        (json(fast), json(want), passes)
+    }
+
+    /// Ordinary weights with ties (3%), pruned and undefined weights and huge scales.
+    fn ordinary(rng: &mut Rng, i: usize) -> (f32, f32) {
+        match i % 97 {
+            0..=2 => (0.125, -3.0),
+            3 => (0.0, -1000.0),
+            4 if i % 5 == 0 => (f32::NAN, -3.0),
+            5 => (rng.uniform(-0.3, 0.3), 90.0),
+            _ => (rng.uniform(-0.3, 0.3), rng.uniform(-9.0, 2.0)),
+        }
+    }
+
+    #[test]
+    fn quantiles_in_one_pass_equal_sorting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let levels = [0.0, 0.001, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0];
+        let (fast, want, passes) = both(dir.path(), &levels, |rng, _, i| ordinary(rng, i));
+        assert_eq!(fast, want);
+        assert_eq!(passes, 1);
+        // Half the weights tie: quantiles inside the tie group.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast, want, passes) = both(dir.path(), &DEFAULT_LEVELS, |rng, _, i| if i % 2 == 0 { (0.125, -3.0) } else { ordinary(rng, i) });
+        assert_eq!(fast, want);
+        assert_eq!(passes, 1);
+    }
+
+    #[test]
+    fn a_mispredicting_sample_falls_back_to_pass_two() {
+        // The sampled blocks hold large SNRs, every other weight small ones.
+        let n: usize = LAYERS.iter().sum();
+        let stride = (n / SAMPLE_BLOCKS as usize).max(2 * SAMPLE_BLOCK) | 1;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast, want, passes) = both(dir.path(), &DEFAULT_LEVELS, |rng, _, i| {
+            if i % stride < SAMPLE_BLOCK { (rng.uniform(5.0, 9.0), -5.0) } else { ordinary(rng, i) }
+        });
+        assert_eq!(fast, want);
+        assert_eq!(passes, 2);
+    }
+
+    #[test]
+    fn windows_predicted_to_overflow_are_not_collected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ckpt, targets) = write(dir.path(), |rng, _, i| ordinary(rng, i));
+        let limits = [key_at_or_below(1.0).unwrap_or(0)];
+        let wanted = predict_buckets(&ckpt, &targets, &DEFAULT_LEVELS, &limits, COLLECT_CAP).expect("predicted");
+        assert_eq!(wanted.len(), targets.len());
+        // A few per cent of the 1.3 M weights are in the windows: over a cap of 10000.
+        assert!(predict_buckets(&ckpt, &targets, &DEFAULT_LEVELS, &limits, 10_000).expect("predicted").is_empty());
+    }
 }
