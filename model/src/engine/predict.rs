@@ -14,7 +14,8 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::Kernel;
+use super::dense::{Kernel, Weights};
+use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_f32};
@@ -376,6 +377,8 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
+    /// Buffers of the pruned layers' transposed kernel.
+    sparse: sparse::Scratch,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -557,6 +560,15 @@ impl Linear {
             }
         }
         let mut out = ws.any(rows * u);
+        if let Weights::Sparse { csr, .. } = &self.kernel.weights {
+            // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
+            let flip = flipout.then_some(Flip { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
+            let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
+            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
+            sparse::forward(&job, &mut out, &mut ws.sparse);
+            ws.noise = noise;
+            return out;
+        }
         if flipout && self.signs_on_weights() {
             self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, &mut out, ws);
             ws.noise = noise;
