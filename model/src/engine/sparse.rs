@@ -24,7 +24,15 @@ pub struct Csr {
     pub indptr: Vec<usize>,
     /// Column of each entry.
     pub indices: Vec<u32>,
+    /// Where each row's entries of each chunk of [`CHUNK`] columns start: row `i`'s entries
+    /// in columns `c * CHUNK..(c + 1) * CHUNK` are `split[i * (m + 1) + c]..split[i * (m + 1)
+    /// + c + 1]`, m = [`Csr::chunks`] (for [`Csr::spmm_t`]).
+    split: Vec<usize>,
 }
+
+/// Inputs per chunk of [`Csr::spmm_t`]: the activation rows of one chunk and column block
+/// (64 x 128 floats, 32 KiB) stay in L1 while every output's kept weights in them go by.
+pub const CHUNK: usize = 64;
 
 /// Patch rows per block: the transposed block (`[k, BLOCK]`) streams from L1/L2 while one
 /// output's 64 partial sums stay in eight AVX registers (eight independent FMA chains).
@@ -44,7 +52,18 @@ impl Csr {
             }
             indptr.push(indices.len());
         }
-        Csr { rows, cols, indptr, indices }
+        let m = cols.div_ceil(CHUNK).max(1);
+        let mut split = Vec::with_capacity(rows * (m + 1));
+        for r in 0..rows {
+            let row = &indices[indptr[r]..indptr[r + 1]];
+            split.extend((0..=m).map(|c| indptr[r] + row.partition_point(|&i| (i as usize) < c * CHUNK)));
+        }
+        Csr { rows, cols, indptr, indices, split }
+    }
+
+    /// Chunks of [`CHUNK`] inputs (at least one).
+    pub fn chunks(&self) -> usize {
+        self.cols.div_ceil(CHUNK).max(1)
     }
 
     /// Number of kept weights.
@@ -165,12 +184,28 @@ pub const LANES: usize = 16;
 
 /// Vectors per column block of [`Csr::spmm_t`]: 64 columns, whose partial sums of both
 /// products (eight 16-float vectors) stay in registers while the kept weights stream by.
-const VECS: usize = 4;
+const VECS: usize = 8;
 
-/// `len` rounded up to a whole number of vectors: the row length (`ld`) of transposed
-/// activations with `len` columns.
+/// `len` rounded up to a whole number of vectors: the row length of the transposed
+/// products of `len` columns.
 pub fn padded(len: usize) -> usize {
     len.div_ceil(LANES) * LANES
+}
+
+/// Columns per panel of transposed activations: `X^T` (`[k, columns]`) is stored as panels of
+/// 64 columns, each `[k, 64]` and contiguous, so that the rows one column block reads are
+/// 256 bytes apart in one stretch of memory (rows of a whole `[k, columns]` matrix, a power
+/// of two apart, fell into the same cache sets).
+pub const PANEL: usize = VECS * LANES;
+
+/// Values of transposed activations with `k` rows and `cols` columns, in panels.
+pub fn panels_len(k: usize, cols: usize) -> usize {
+    k * cols.div_ceil(PANEL) * PANEL
+}
+
+/// Index of `X^T[i, c]` in the panels of a `k`-row matrix.
+pub fn at(k: usize, i: usize, c: usize) -> usize {
+    (c / PANEL) * k * PANEL + i * PANEL + c % PANEL
 }
 
 /// The instruction set a transposed kernel runs on.
@@ -214,6 +249,8 @@ pub enum Pass<'a> {
 /// 16 floats in registers: the operations the transposed kernel is written in, once for
 /// every instruction set.
 trait Vector: Copy {
+    /// Vectors per column block (of each product) that fit the register file.
+    const BLOCK: usize;
     /// All zeros.
     unsafe fn zero() -> Self;
     /// `v` in every lane.
@@ -227,6 +264,7 @@ trait Vector: Copy {
 }
 
 impl Vector for [f32; LANES] {
+    const BLOCK: usize = 2;
     #[inline(always)]
     unsafe fn zero() -> Self {
         [0.0; LANES]
@@ -262,6 +300,8 @@ struct Avx2(std::arch::x86_64::__m256, std::arch::x86_64::__m256);
 // pointers to 16 floats (the caller's contract).
 #[cfg(target_arch = "x86_64")]
 impl Vector for Avx2 {
+    // 16 ymm registers: 2 x 2 x 2 accumulators, 4 for the activations.
+    const BLOCK: usize = 2;
     #[inline(always)]
     unsafe fn zero() -> Self {
         use std::arch::x86_64::*;
@@ -300,6 +340,8 @@ struct Avx512(std::arch::x86_64::__m512);
 // pointers to 16 floats (the caller's contract).
 #[cfg(all(target_arch = "x86_64", bnn_avx512))]
 impl Vector for Avx512 {
+    // 32 zmm registers: 2 x 8 accumulators, 8 for the activations, 2 for the weights.
+    const BLOCK: usize = VECS;
     #[inline(always)]
     unsafe fn zero() -> Self {
         use std::arch::x86_64::*;
@@ -336,6 +378,7 @@ struct Operands {
     b: *const f32,
     ya: *mut f32,
     yb: *mut f32,
+    /// Row length of the outputs.
     ld: usize,
     /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
     cols: usize,
@@ -347,59 +390,82 @@ struct Operands {
 /// activations, no second load).
 ///
 /// # Safety
-/// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, `k * ld` floats
-/// behind `xa` (and `xb`), `nnz` values behind `a` (and `b`), `rows * ld` behind `ya` (and
-/// `yb`), `op.cols <= ld`, both multiples of [`LANES`].
+/// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
+/// and `op.cols` columns behind `xa` (and `xb`), `nnz` values behind `a` (and `b`),
+/// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
 #[inline(always)]
 unsafe fn spmm<V: Vector, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
     unsafe fn block<V: Vector, const NV: usize, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands, c0: usize) {
-        // SAFETY: the caller's contract (see `spmm`); offsets stay below `k * ld` and
-        // `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
+        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
+        // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
+        let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
         unsafe {
-            for j in 0..csr.rows {
-                let (s, e) = (csr.indptr[j], csr.indptr[j + 1]);
-                let mut ra = [V::zero(); NV];
-                let mut rb = [V::zero(); NV];
-                for nz in s..e {
-                    let off = *csr.indices.get_unchecked(nz) as usize * op.ld + c0;
-                    let wa = V::splat(*op.a.add(nz));
-                    let pa = op.xa.add(off);
-                    if TWO {
-                        let wb = V::splat(*op.b.add(nz));
-                        let pb = op.xb.add(off);
+            // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
+            // sums go to the outputs in between.
+            let m = csr.chunks();
+            for ch in 0..m {
+                for j in 0..csr.rows {
+                    let (s, e) = (csr.split[j * (m + 1) + ch], csr.split[j * (m + 1) + ch + 1]);
+                    if ch > 0 && s == e {
+                        continue;
+                    }
+                    let (oa, ob) = (op.ya.add(j * op.ld + c0), op.yb.add(j * op.ld + c0));
+                    let mut ra = [V::zero(); NV];
+                    let mut rb = [V::zero(); NV];
+                    if ch > 0 {
                         for l in 0..NV {
-                            let x = V::load(pa.add(l * LANES));
-                            ra[l] = V::fma(wa, x, ra[l]);
-                            let xb = if SAME { x } else { V::load(pb.add(l * LANES)) };
-                            rb[l] = V::fma(wb, xb, rb[l]);
-                        }
-                    } else {
-                        for (l, r) in ra.iter_mut().enumerate() {
-                            *r = V::fma(wa, V::load(pa.add(l * LANES)), *r);
+                            ra[l] = V::load(oa.add(l * LANES));
+                            if TWO {
+                                rb[l] = V::load(ob.add(l * LANES));
+                            }
                         }
                     }
-                }
-                for l in 0..NV {
-                    ra[l].store(op.ya.add(j * op.ld + c0 + l * LANES));
-                    if TWO {
-                        rb[l].store(op.yb.add(j * op.ld + c0 + l * LANES));
+                    for nz in s..e {
+                        let off = base + *csr.indices.get_unchecked(nz) as usize * PANEL;
+                        let wa = V::splat(*op.a.add(nz));
+                        let pa = op.xa.add(off);
+                        if TWO {
+                            let wb = V::splat(*op.b.add(nz));
+                            let pb = op.xb.add(off);
+                            for l in 0..NV {
+                                let x = V::load(pa.add(l * LANES));
+                                ra[l] = V::fma(wa, x, ra[l]);
+                                let xb = if SAME { x } else { V::load(pb.add(l * LANES)) };
+                                rb[l] = V::fma(wb, xb, rb[l]);
+                            }
+                        } else {
+                            for (l, r) in ra.iter_mut().enumerate() {
+                                *r = V::fma(wa, V::load(pa.add(l * LANES)), *r);
+                            }
+                        }
+                    }
+                    for l in 0..NV {
+                        ra[l].store(oa.add(l * LANES));
+                        if TWO {
+                            rb[l].store(ob.add(l * LANES));
+                        }
                     }
                 }
             }
         }
     }
     let mut c0 = 0;
-    // SAFETY: as above, each block within `op.cols`.
+    // SAFETY: as above, each block within `op.cols` and within one panel (PANEL is a
+    // multiple of every BLOCK * LANES).
     unsafe {
         while c0 < op.cols {
-            match (op.cols - c0) / LANES {
+            match ((op.cols - c0) / LANES).min(V::BLOCK) {
                 1 => block::<V, 1, TWO, SAME>(csr, op, c0),
                 2 => block::<V, 2, TWO, SAME>(csr, op, c0),
                 3 => block::<V, 3, TWO, SAME>(csr, op, c0),
+                4 => block::<V, 4, TWO, SAME>(csr, op, c0),
+                5 => block::<V, 5, TWO, SAME>(csr, op, c0),
+                6 => block::<V, 6, TWO, SAME>(csr, op, c0),
+                7 => block::<V, 7, TWO, SAME>(csr, op, c0),
                 _ => block::<V, VECS, TWO, SAME>(csr, op, c0),
             }
-            c0 += VECS * LANES;
+            c0 += V::BLOCK * LANES;
         }
     }
 }
@@ -433,35 +499,40 @@ unsafe fn spmm_avx2(csr: &Csr, op: Operands, pass: &Pass) {
 
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
-    /// `ya[j * ld + c] = sum_i A[j, i] * x[i * ld + c]` over the kept weights (A's values in
-    /// pattern order), and for [`Pass::Two`] / [`Pass::Split`] the same with B into `yb` (on
-    /// `x`, or on `xb`). `x` is `[k, ld]` (`ld` a multiple of [`LANES`]); columns up to
-    /// `padded(cols)` are computed (padding columns hold whatever their inputs give).
+    /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
+    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] / [`Pass::Split`] the same
+    /// with B into `yb` (on `x`, or on `xb`). `x` holds `X^T` (`[k, cols]`) in panels
+    /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
+    /// their inputs give, which must be finite).
     ///
     /// # Panics
-    /// When a slice is shorter than its shape says or `ld` is not a multiple of [`LANES`] (a
-    /// bug in the caller: the shapes come from the shape-checked architecture).
-    pub fn spmm_t(&self, x: &[f32], ld: usize, cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
-        self.spmm_t_on(Isa::detect(), x, ld, cols, pass, ya, yb)
+    /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
+    /// the shape-checked architecture).
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.spmm_t_on(Isa::detect(), x, cols, pass, ya, yb)
     }
 
     /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
     /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
-    #[allow(clippy::too_many_arguments)]
-    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], ld: usize, cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
         let (k, n, nnz) = (self.cols, self.rows, self.nnz());
-        let cols = padded(cols);
+        let len = panels_len(k, cols);
+        let (cols, ld) = (padded(cols), padded(cols));
         let (a, b, xb) = match pass {
             Pass::One(a) => (a, a, x),
             Pass::Two(a, b) => (a, b, x),
             Pass::Split(a, b, xb) => (a, b, xb),
         };
         let two = !matches!(pass, Pass::One(_));
-        assert!(ld % LANES == 0 && cols <= ld, "spmm_t: {cols} columns in rows of {ld}");
-        assert!(x.len() >= k * ld && xb.len() >= k * ld && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
+        assert!(x.len() >= len && xb.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
         assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
         assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
         assert!(self.indices.iter().all(|&i| (i as usize) < k), "spmm_t: an index is out of range");
+        let m = self.chunks();
+        assert!(
+            self.split.len() == n * (m + 1) && self.split.iter().all(|&p| p <= nnz),
+            "spmm_t: pattern changed after it was built"
+        );
         if cols == 0 || n == 0 {
             return;
         }
@@ -518,12 +589,13 @@ pub fn transpose_into(src: &[f32], mask: Option<&[u32]>, rows: usize, cols: usiz
 /// into `xs`. Each row is copied from the example's channel plane a run of output positions
 /// at a time (`planes` is scratch for the planes).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, ld: usize, planes: &mut Vec<f32>, xt: &mut [f32], mut xs: Option<(&mut [f32], &[u32])>) {
+pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &mut Vec<f32>, line: &mut Vec<f32>, xt: &mut [f32], mut xs: Option<(&mut [f32], &[u32])>) {
     let [h, w, c] = win.input;
     let ([oh, ow], [ph, pw]) = win.geometry();
     let ([kh, kw], [sy, sx]) = (win.size, win.strides);
-    let r = oh * ow;
+    let (r, k) = (oh * ow, kh * kw * c);
     planes.resize(h * w * c, 0.0);
+    line.resize(r, 0.0);
     // Output columns whose input column ox * sx + dx - pw lies inside the image.
     let span = |dx: usize| -> (usize, usize) {
         let lo = pw.saturating_sub(dx).div_ceil(sx.max(1)).min(ow);
@@ -558,7 +630,7 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, ld: usize
                 let (lo, hi) = span(dx);
                 for ch in 0..c {
                     let i = (dy * kw + dx) * c + ch;
-                    let row = &mut xt[i * ld + col0..i * ld + col0 + r];
+                    let row = &mut line[..];
                     let plane = &planes[ch * h * w..(ch + 1) * h * w];
                     let (ylo, yhi) = rows_in(dy);
                     if contiguous && ylo < yhi && lo < hi {
@@ -575,12 +647,32 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, ld: usize
                     } else {
                         general(row, plane, dy, dx, lo, hi);
                     }
+                    put(line, k, i, col0, 0, xt);
                     if let Some((xs, signs)) = xs.as_mut() {
-                        let m = signs[b * c + ch];
-                        xs[i * ld + col0..i * ld + col0 + r].iter_mut().zip(&xt[i * ld + col0..i * ld + col0 + r]).for_each(|(s, &v)| *s = f32::from_bits(v.to_bits() ^ m));
+                        put(line, k, i, col0, signs[b * c + ch], xs);
                     }
                 }
             }
+        }
+    }
+}
+
+/// `X^T[i, col0..col0 + line.len()] = line` (XOR-ed with `mask`) in panels of `k` rows.
+fn put(line: &[f32], k: usize, i: usize, col0: usize, mask: u32, x: &mut [f32]) {
+    let mut c = col0;
+    for seg in line.chunks(PANEL) {
+        // A segment may straddle two panels.
+        let mut seg = seg;
+        while !seg.is_empty() {
+            let take = seg.len().min(PANEL - c % PANEL);
+            let d = &mut x[at(k, i, c)..at(k, i, c) + take];
+            if mask == 0 {
+                d.copy_from_slice(&seg[..take]);
+            } else {
+                d.iter_mut().zip(&seg[..take]).for_each(|(d, &v)| *d = f32::from_bits(v.to_bits() ^ mask));
+            }
+            c += take;
+            seg = &seg[take..];
         }
     }
 }
@@ -592,7 +684,7 @@ const BATCH_COLS: usize = 256;
 /// Output positions per example from which a Flipout convolution runs one example at a time
 /// with the input signs folded into the perturbation's kept values (one load per activation
 /// vector for both products) instead of on a sign-flipped copy of the activations.
-const PER_EXAMPLE_ROWS: usize = VECS * LANES;
+const PER_EXAMPLE_ROWS: usize = 64;
 
 /// Flipout's perturbation of a pruned layer for one sample.
 #[derive(Debug, Clone, Copy)]
@@ -641,6 +733,7 @@ pub(crate) struct Scratch {
     signed: Vec<f32>,
     chan: Vec<u32>,
     tile: Vec<f32>,
+    line: Vec<f32>,
 }
 
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
@@ -662,18 +755,18 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     ws.chan.clear();
     ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
     ws.signed.resize(job.csr.nnz(), 0.0);
-    prepare(&mut ws.xt, k * ld);
+    prepare(&mut ws.xt, panels_len(k, rpe));
     ws.ya.resize(u * ld, 0.0);
     ws.yb.resize(u * ld, 0.0);
     for b in 0..job.n {
-        patches_t(job.x, win, b, b + 1, ld, &mut ws.planes, &mut ws.xt, None);
+        patches_t(job.x, win, b, b + 1, &mut ws.planes, &mut ws.line, &mut ws.xt, None);
         let sb = &flip.s_in[b * cin..(b + 1) * cin];
         for ((d, &v), &ch) in ws.signed.iter_mut().zip(flip.noise).zip(&ws.chan) {
             *d = f32::from_bits(v.to_bits() ^ sb[ch as usize]);
         }
         match job.a {
-            Some(a) => job.csr.spmm_t(&ws.xt, ld, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
-            None => job.csr.spmm_t(&ws.xt, ld, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
+            Some(a) => job.csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
+            None => job.csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
         }
         finish(job, b * rpe, rpe, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
     }
@@ -694,27 +787,31 @@ fn batched(job: &Job, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
         let ld = padded(cols);
-        prepare(&mut ws.xt, k * ld);
+        prepare(&mut ws.xt, panels_len(k, cols));
         if job.flip.is_some() {
-            prepare(&mut ws.xs, k * ld);
+            prepare(&mut ws.xs, panels_len(k, cols));
         }
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
-            Some(win) => patches_t(job.x, win, b0, b1, ld, &mut ws.planes, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
+            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.planes, &mut ws.line, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
             None => {
-                let x = &job.x[b0 * k..b1 * k];
-                transpose_into(x, None, cols, k, &mut ws.xt, ld);
-                if let Some(s) = signs {
-                    transpose_into(x, Some(&s[b0 * k..b1 * k]), cols, k, &mut ws.xs, ld);
+                // A panel at a time: a panel is a `[k, 64]` row-major matrix.
+                for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
+                    let r1 = (r0 + PANEL).min(b1);
+                    let (x, xt) = (&job.x[r0 * k..r1 * k], &mut ws.xt[p * k * PANEL..(p + 1) * k * PANEL]);
+                    transpose_into(x, None, r1 - r0, k, xt, PANEL);
+                    if let Some(s) = signs {
+                        transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut ws.xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+                    }
                 }
             }
         }
         ws.ya.resize(u * ld, 0.0);
         ws.yb.resize(u * ld, 0.0);
         match (job.a, job.flip) {
-            (Some(a), Some(f)) => job.csr.spmm_t(&ws.xt, ld, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
-            (Some(a), None) => job.csr.spmm_t(&ws.xt, ld, cols, Pass::One(a), &mut ws.ya, &mut []),
-            (None, Some(f)) => job.csr.spmm_t(&ws.xs, ld, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
+            (Some(a), Some(f)) => job.csr.spmm_t(&ws.xt, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
+            (Some(a), None) => job.csr.spmm_t(&ws.xt, cols, Pass::One(a), &mut ws.ya, &mut []),
+            (None, Some(f)) => job.csr.spmm_t(&ws.xs, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
             (None, None) => {}
         }
         finish(job, b0 * rpe, cols, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
@@ -833,21 +930,22 @@ mod transposed_tests {
 
     #[test]
     fn transposed_kernel_matches_a_direct_f64_product() {
-        for (k, n, cols, kept_frac) in [(7, 5, 1, 0.5), (33, 9, 17, 0.3), (64, 20, 100, 0.7), (50, 3, 200, 0.1), (10, 4, 64, 1.0)] {
+        // Several chunks of inputs (some empty at 5% kept), column blocks and panels.
+        for (k, n, cols, kept_frac) in [(7, 5, 1, 0.5), (33, 9, 17, 0.3), (64, 20, 100, 0.7), (50, 3, 200, 0.1), (10, 4, 64, 1.0), (150, 6, 280, 0.3), (300, 5, 130, 0.05)] {
             let (wa, csr) = pruned(k, n, kept_frac, 1);
             // A second kernel on the same pattern (the perturbation: pruned where mu is).
             let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
             let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
-            let ld = padded(cols) + LANES; // a wider row than needed: ld and cols differ
-            let mut x = values(k * ld, 3);
-            let xb = values(k * ld, 4);
+            let ld = padded(cols);
+            let mut x = values(panels_len(k, cols), 3);
+            let xb = values(panels_len(k, cols), 4);
             // Padding columns: whatever they hold must not reach the real columns.
-            x.iter_mut().enumerate().filter(|(i, _)| i % ld >= cols).for_each(|(_, v)| *v = f32::NAN);
-            let direct = |w: &[f32], x: &[f32], j: usize, c: usize| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[i * ld + c])).sum::<f64>();
+            x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 1e30);
+            let direct = |w: &[f32], x: &[f32], j: usize, c: usize| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)])).sum::<f64>();
             for isa in isas() {
                 for pass in [Pass::One(&a), Pass::Two(&a, &b), Pass::Split(&a, &b, &xb)] {
                     let (mut ya, mut yb) = (vec![0f32; n * ld], vec![0f32; n * ld]);
-                    csr.spmm_t_on(isa, &x, ld, cols, pass, &mut ya, &mut yb);
+                    csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
                     for j in 0..n {
                         for c in 0..cols {
                             let want = direct(&wa, &x, j, c);
@@ -885,16 +983,15 @@ mod transposed_tests {
             let mut signs = Vec::new();
             crate::engine::sampler::Sampler::new(1, 1).sign_masks_into(n * c, &mut signs);
             // Examples 1..3 into one block.
-            let ld = padded(2 * r);
-            let (mut xt, mut xs) = (vec![9f32; k * ld], vec![9f32; k * ld]);
-            patches_t(&x, &win, 1, 3, ld, &mut Vec::new(), &mut xt, Some((&mut xs, &signs)));
+            let (mut xt, mut xs) = (vec![9f32; panels_len(k, 2 * r)], vec![9f32; panels_len(k, 2 * r)]);
+            patches_t(&x, &win, 1, 3, &mut Vec::new(), &mut Vec::new(), &mut xt, Some((&mut xs, &signs)));
             for i in 0..k {
                 for col in 0..2 * r {
                     let (b, pos) = (1 + col / r, col % r);
                     let want = p[(b * r + pos) * k + i];
-                    assert_eq!(xt[i * ld + col], want, "{win:?} entry {i} column {col}");
+                    assert_eq!(xt[at(k, i, col)], want, "{win:?} entry {i} column {col}");
                     let flip = if signs[b * c + i % c] != 0 { -1.0 } else { 1.0 };
-                    assert_eq!(xs[i * ld + col], flip * want, "{win:?} signed entry {i} column {col}");
+                    assert_eq!(xs[at(k, i, col)], flip * want, "{win:?} signed entry {i} column {col}");
                 }
             }
         }
@@ -940,7 +1037,8 @@ mod transposed_tests {
             None,
         ];
         for conv in convs {
-            let nb = 5;
+            // Dense: more examples than a panel holds.
+            let nb = if conv.is_some() { 5 } else { 70 };
             let (k, units) = match conv {
                 Some(w) => (w.size[0] * w.size[1] * w.input[2], 7),
                 None => (40, 9),
