@@ -25,8 +25,8 @@ use super::EngineError;
 /// When to store kernels in CSR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SparseKernels {
-    /// Where the CSR kernel is measured to be faster than the GEMM: when at least
-    /// [`AUTO_SPARSE_FRACTION`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
+    /// Where the sparse kernel is measured to be faster than the GEMM: when at least
+    /// [`auto_sparse_fraction`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
     Auto,
     /// Always.
     Always,
@@ -34,11 +34,30 @@ pub enum SparseKernels {
     Never,
 }
 
-/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: where the CSR
-/// kernel overtakes the GEMM, measured on the layers of the benchmark models by
-/// `model/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
-/// pruned on conv and dense layers alike, so CSR from 80%).
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR on a CPU without
+/// AVX-512 (where the sparse kernel runs on AVX2, half as wide as the GEMM's AVX-512 kernel).
 pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
+
+/// Weights (`k * n`) below which [`SparseKernels::Auto`] keeps a kernel dense: on small
+/// layers (BNN-FC's 64 x 64) transposing the activations in and the outputs back costs more
+/// than the sparse kernel saves.
+pub const AUTO_SPARSE_MIN_WEIGHTS: usize = 16384;
+
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] stores a kernel in CSR on
+/// this CPU: where the transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout
+/// products in one pass) overtakes the GEMM in `model/examples/kernel_bench.rs`
+/// (docs/performance.md, AVX-512: even at 70% kept, 1.3-1.45x faster at 50%, about 2x at
+/// 30%, on every layer shape of the benchmark models), less the cost of transposing the
+/// activations: 50% pruned. A cost model, not a timing: the choice depends only on the
+/// layer's shape and pattern and the CPU's instruction set, so a model makes the same choice
+/// every time on a given machine.
+pub fn auto_sparse_fraction() -> f64 {
+    if sparse::Isa::detect() == sparse::Isa::Avx512 {
+        0.5
+    } else {
+        AUTO_SPARSE_FRACTION
+    }
+}
 
 /// How a Monte Carlo sample perturbs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +145,7 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 let use_csr = match sparse {
                     SparseKernels::Always => true,
                     SparseKernels::Never => false,
-                    SparseKernels::Auto => p.pruned_fraction() >= AUTO_SPARSE_FRACTION,
+                    SparseKernels::Auto => k * n >= AUTO_SPARSE_MIN_WEIGHTS && p.pruned_fraction() >= auto_sparse_fraction(),
                 };
                 let conv = match op {
                     Op::Conv2d { strides, padding, .. } => {

@@ -828,17 +828,26 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
     tile.resize(u * LANES, 0.0);
     for c0 in (0..cols).step_by(LANES) {
         let w = LANES.min(cols - c0);
-        // Example of each column: its output signs.
-        let mut ex = [0usize; LANES];
-        ex.iter_mut().enumerate().for_each(|(i, e)| *e = (r0 + c0 + i.min(w - 1)) / rpe);
+        // Example of each column (all one example but where a tile straddles two).
+        let (e0, e1) = ((r0 + c0) / rpe, (r0 + c0 + w - 1) / rpe);
+        let mut ex = [e0; LANES];
+        if e0 != e1 {
+            ex.iter_mut().enumerate().for_each(|(i, e)| *e = (r0 + c0 + i.min(w - 1)) / rpe);
+        }
         for (j, t) in tile.chunks_exact_mut(LANES).enumerate() {
-            t.fill(job.bias[j]);
-            if job.a.is_some() {
-                t.iter_mut().zip(&ya[j * ld + c0..j * ld + c0 + LANES]).for_each(|(t, &a)| *t += a);
-            }
+            let t: &mut [f32; LANES] = t.try_into().expect("LANES values");
+            let bias = job.bias[j];
+            let ya: &[f32; LANES] = ya[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
+            let yb: &[f32; LANES] = yb[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
+            let mut signs = [0u32; LANES];
             if let Some(f) = job.flip {
-                let so = &f.s_out[j..];
-                t.iter_mut().zip(&yb[j * ld + c0..j * ld + c0 + LANES]).zip(ex).for_each(|((t, &p), e)| *t += f32::from_bits(p.to_bits() ^ so[e * u]));
+                signs = if e0 == e1 { [f.s_out[e0 * u + j]; LANES] } else { ex.map(|e| f.s_out[e * u + j]) };
+            }
+            match (job.a.is_some(), job.flip.is_some()) {
+                (true, true) => (0..LANES).for_each(|i| t[i] = bias + ya[i] + f32::from_bits(yb[i].to_bits() ^ signs[i])),
+                (false, true) => (0..LANES).for_each(|i| t[i] = bias + f32::from_bits(yb[i].to_bits() ^ signs[i])),
+                (true, false) => (0..LANES).for_each(|i| t[i] = bias + ya[i]),
+                (false, false) => *t = [bias; LANES],
             }
         }
         for i in 0..w {
