@@ -884,6 +884,85 @@ mod tests {
     }
 
     #[test]
+    fn pruned_layers_on_the_sparse_kernel_equal_the_definition() {
+        use crate::engine::conv::im2col;
+        use crate::engine::dense::Weights;
+        // Convs with one example at a time (many output positions) and blocks of examples,
+        // SAME and VALID, strides; a dense layer. 60% of the weights pruned (mu = sigma = 0).
+        let wins = [
+            Some(Window { input: [9, 9, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            Some(Window { input: [9, 8, 2], size: [3, 3], strides: [2, 2], padding: Padding::Valid }),
+            None,
+        ];
+        for conv in wins {
+            let (n, u) = (3, 6);
+            let (k, per, cin) = match conv {
+                Some(w) => (w.size[0] * w.size[1] * w.input[2], w.input.iter().product::<usize>(), w.input[2]),
+                None => (30, 30, 30),
+            };
+            let keep: Vec<bool> = values(k * u, 20).iter().map(|v| v.abs() > 0.6).collect();
+            let mu: Vec<f32> = values(k * u, 21).iter().zip(&keep).map(|(&v, &kp)| if kp { v } else { 0.0 }).collect();
+            let sigma: Vec<f32> = values(k * u, 22).iter().zip(&keep).map(|(&v, &kp)| if kp { 0.1 + v.abs() } else { 0.0 }).collect();
+            let lin = Linear { kernel: Kernel::new(k, u, mu.clone(), Some(sigma), true), bias_mu: values(u, 23), bias_sigma: Some(vec![0.3; u]), conv };
+            let Weights::Sparse { csr, sigma: Some(sig_kept), .. } = &lin.kernel.weights else { panic!("sparse kernel") };
+            let x = values(n * per, 24);
+            let p = match &conv {
+                Some(w) => im2col(&x, n, w),
+                None => x.clone(),
+            };
+            let rows = p.len() / k;
+            let rpe = rows / n;
+            let shared = lin.shared(&x, n);
+            let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
+            for est in [Estimator::Flipout, Estimator::Reparameterization] {
+                for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
+                    let mut sampler = Sampler::new(7, 1);
+                    let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, est), sh, relu, &mut Scratch::default());
+                    // The same draws, in the engine's order: bias, noise of the kept weights
+                    // (pattern order), input and output signs; the noise scattered to [k, u].
+                    let mut s = Sampler::new(7, 1);
+                    let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
+                    let kept_noise = s.noise(sig_kept);
+                    let mut noise = vec![0f32; k * u];
+                    for j in 0..u {
+                        for nz in csr.indptr[j]..csr.indptr[j + 1] {
+                            noise[csr.indices[nz] as usize * u + j] = kept_noise[nz];
+                        }
+                    }
+                    let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+                    if est == Estimator::Flipout {
+                        s.sign_masks_into(n * cin, &mut s_in);
+                        s.sign_masks_into(n * u, &mut s_out);
+                    }
+                    for r in 0..rows {
+                        let b = r / rpe;
+                        for j in 0..u {
+                            let (mut mean, mut pert) = (f64::from(bias[j]), 0f64);
+                            for i in 0..k {
+                                let v = f64::from(p[r * k + i]);
+                                mean += v * f64::from(mu[i * u + j]);
+                                pert += match est {
+                                    Estimator::Flipout => v * sign(s_in[b * cin + i % cin]) * f64::from(noise[i * u + j]),
+                                    Estimator::Reparameterization => v * f64::from(noise[i * u + j]),
+                                };
+                            }
+                            let want = mean + if est == Estimator::Flipout { pert * sign(s_out[b * u + j]) } else { pert };
+                            let want = if relu { want.max(0.0) } else { want };
+                            let g = f64::from(got[r * u + j]);
+                            assert!((g - want).abs() < 1e-5, "{conv:?} {est:?} shared {} relu {relu}: [{r}, {j}] {g} vs {want}", sh.is_some());
+                        }
+                    }
+                }
+            }
+            // The mean network: the sparse layer equals the dense one.
+            let dense = Linear { kernel: Kernel::new(k, u, mu.clone(), None, false), ..lin.clone() };
+            let a = lin.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
+            let b = dense.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5), "{conv:?}: mean network");
+        }
+    }
+
+    #[test]
     #[cfg(target_arch = "x86_64")]
     fn subnormals_are_flushed_while_the_guard_lives() {
         use std::hint::black_box;
