@@ -509,13 +509,44 @@ impl Csr {
     /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
     /// the shape-checked architecture).
     pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
-        self.spmm_t_on(Isa::detect(), x, cols, pass, ya, yb)
+        self.checked().spmm_t(x, cols, pass, ya, yb)
     }
 
     /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
     /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
     pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.checked().spmm_t_on(isa, x, cols, pass, ya, yb)
+    }
+
+    /// The pattern, checked once (indices in range, row and chunk bounds) for many
+    /// [`Checked::spmm_t`] calls (one per example of a convolution).
+    ///
+    /// # Panics
+    /// When the pattern's public fields were changed into something inconsistent.
+    pub fn checked(&self) -> Checked<'_> {
         let (k, n, nnz) = (self.cols, self.rows, self.nnz());
+        assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
+        assert!(self.indices.iter().all(|&i| (i as usize) < k), "spmm_t: an index is out of range");
+        let m = self.chunks();
+        assert!(self.split.len() == n * (m + 1) && self.split.iter().all(|&p| p <= nnz), "spmm_t: pattern changed after it was built");
+        Checked(self)
+    }
+}
+
+/// A [`Csr`] whose pattern was checked ([`Csr::checked`]); borrowing it keeps it unchanged.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(&'a Csr);
+
+impl Checked<'_> {
+    /// [`Csr::spmm_t`] without checking the pattern again.
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.spmm_t_on(Isa::detect(), x, cols, pass, ya, yb)
+    }
+
+    /// [`Csr::spmm_t_on`] without checking the pattern again.
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        let csr = self.0;
+        let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         let len = panels_len(k, cols);
         let (cols, ld) = (padded(cols), padded(cols));
         let (a, b, xb) = match pass {
@@ -526,13 +557,6 @@ impl Csr {
         let two = !matches!(pass, Pass::One(_));
         assert!(x.len() >= len && xb.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
         assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
-        assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
-        assert!(self.indices.iter().all(|&i| (i as usize) < k), "spmm_t: an index is out of range");
-        let m = self.chunks();
-        assert!(
-            self.split.len() == n * (m + 1) && self.split.iter().all(|&p| p <= nnz),
-            "spmm_t: pattern changed after it was built"
-        );
         if cols == 0 || n == 0 {
             return;
         }
@@ -547,15 +571,15 @@ impl Csr {
             cols,
         };
         let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
-        // SAFETY: every bound of `spmm`'s contract was checked above; the instruction set is
-        // one the CPU supports (detected).
+        // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's by
+        // `Csr::checked`); the instruction set is one the CPU supports (detected).
         unsafe {
             match isa {
                 #[cfg(all(target_arch = "x86_64", bnn_avx512))]
-                Isa::Avx512 if Isa::detect() == Isa::Avx512 => spmm_avx512(self, op, &pass),
+                Isa::Avx512 if Isa::detect() == Isa::Avx512 => spmm_avx512(csr, op, &pass),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 | Isa::Avx2 => spmm_avx2(self, op, &pass),
-                _ => spmm_any::<[f32; LANES]>(self, op, &pass),
+                Isa::Avx512 | Isa::Avx2 => spmm_avx2(csr, op, &pass),
+                _ => spmm_any::<[f32; LANES]>(csr, op, &pass),
             }
         }
     }
@@ -633,6 +657,18 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
                     let row = &mut line[..];
                     let plane = &planes[ch * h * w..(ch + 1) * h * w];
                     let (ylo, yhi) = rows_in(dy);
+                    if contiguous && ylo < yhi && lo < hi && xs.is_none() {
+                        // As below, straight into the panels (no copy through `line`).
+                        let (p0, p1) = (ylo * w + lo, (yhi - 1) * w + hi);
+                        let s0 = (ylo + dy - ph) * w + lo + dx - pw;
+                        pieces(xt, k, i, col0, p0, p1, |d, p| d.copy_from_slice(&plane[s0 + p - p0..s0 + p - p0 + d.len()]));
+                        pieces(xt, k, i, col0, 0, p0, |d, _| d.fill(0.0));
+                        pieces(xt, k, i, col0, p1, r, |d, _| d.fill(0.0));
+                        for oy in ylo..yhi - 1 {
+                            pieces(xt, k, i, col0, oy * w + hi, (oy + 1) * w + lo, |d, _| d.fill(0.0));
+                        }
+                        continue;
+                    }
                     if contiguous && ylo < yhi && lo < hi {
                         // Stride 1 and ow == w: the row is the plane shifted by a constant
                         // offset, one copy, then the wrapped-around and padded positions zeroed.
@@ -654,6 +690,18 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
                 }
             }
         }
+    }
+}
+
+/// `f(piece, p)` for the pieces of `X^T[i, col0 + p0..col0 + p1]` (panels of `k` rows) that
+/// lie in one panel each; `p` is a piece's first position.
+fn pieces(x: &mut [f32], k: usize, i: usize, col0: usize, p0: usize, p1: usize, mut f: impl FnMut(&mut [f32], usize)) {
+    let mut p = p0;
+    while p < p1 {
+        let c = col0 + p;
+        let take = (p1 - p).min(PANEL - c % PANEL);
+        f(&mut x[at(k, i, c)..at(k, i, c) + take], p);
+        p += take;
     }
 }
 
@@ -739,6 +787,7 @@ pub(crate) struct Scratch {
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
 pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
+    let csr = job.csr.checked();
     let rpe = job.conv.map_or(1, |w| w.output().iter().product());
     let cin = job.conv.map_or(k, |w| w.input[2]);
     let per = job.conv.map_or(k, |w| w.input.iter().product());
@@ -746,9 +795,9 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     if let Some(f) = job.flip {
         assert!(f.s_in.len() >= job.n * cin && f.s_out.len() >= job.n * u, "sparse layer: too few signs");
     }
-    let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, rpe, out, ws) };
+    let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {
-        return batched(job, rpe, out, ws);
+        return batched(job, csr, rpe, out, ws);
     }
     // One example at a time, its input signs folded into the noise: (P * s_b) @ D = P @ (s_b * D).
     let ld = padded(rpe);
@@ -765,8 +814,8 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
             *d = f32::from_bits(v.to_bits() ^ sb[ch as usize]);
         }
         match job.a {
-            Some(a) => job.csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
-            None => job.csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
+            Some(a) => csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
+            None => csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
         }
         finish(job, b * rpe, rpe, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
     }
@@ -780,7 +829,7 @@ fn prepare(buf: &mut Vec<f32>, len: usize) {
 
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
 /// any, on a sign-flipped copy of the transposed activations.
-fn batched(job: &Job, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
+fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
     for b0 in (0..job.n).step_by(per_block) {
@@ -809,9 +858,9 @@ fn batched(job: &Job, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
         ws.ya.resize(u * ld, 0.0);
         ws.yb.resize(u * ld, 0.0);
         match (job.a, job.flip) {
-            (Some(a), Some(f)) => job.csr.spmm_t(&ws.xt, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
-            (Some(a), None) => job.csr.spmm_t(&ws.xt, cols, Pass::One(a), &mut ws.ya, &mut []),
-            (None, Some(f)) => job.csr.spmm_t(&ws.xs, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
+            (Some(a), Some(f)) => csr.spmm_t(&ws.xt, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
+            (Some(a), None) => csr.spmm_t(&ws.xt, cols, Pass::One(a), &mut ws.ya, &mut []),
+            (None, Some(f)) => csr.spmm_t(&ws.xs, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
             (None, None) => {}
         }
         finish(job, b0 * rpe, cols, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
@@ -994,6 +1043,11 @@ mod transposed_tests {
             // Examples 1..3 into one block.
             let (mut xt, mut xs) = (vec![9f32; panels_len(k, 2 * r)], vec![9f32; panels_len(k, 2 * r)]);
             patches_t(&x, &win, 1, 3, &mut Vec::new(), &mut Vec::new(), &mut xt, Some((&mut xs, &signs)));
+            // Without the signed copy (straight into the panels where the geometry allows).
+            let mut alone = vec![7f32; xt.len()];
+            patches_t(&x, &win, 1, 3, &mut Vec::new(), &mut Vec::new(), &mut alone, None);
+            let real = |i: usize| (i / (k * PANEL)) * PANEL + i % PANEL < 2 * r;
+            assert!(alone.iter().zip(&xt).enumerate().all(|(i, (a, b))| !real(i) || a == b), "{win:?} without signs");
             for i in 0..k {
                 for col in 0..2 * r {
                     let (b, pos) = (1 + col / r, col % r);
