@@ -618,7 +618,12 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
     let ([oh, ow], [ph, pw]) = win.geometry();
     let ([kh, kw], [sy, sx]) = (win.size, win.strides);
     let (r, k) = (oh * ow, kh * kw * c);
-    planes.resize(h * w * c, 0.0);
+    // Planes with zero margins of w + kw values on both sides: the shifted copies below may
+    // read a little before or after a plane (what they read there is masked off).
+    let margin = w + kw;
+    let stride = h * w + 2 * margin;
+    planes.clear();
+    planes.resize(c * stride, 0.0);
     line.resize(r, 0.0);
     // Output columns whose input column ox * sx + dx - pw lies inside the image.
     let span = |dx: usize| -> (usize, usize) {
@@ -646,8 +651,17 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
             out[lo..hi].iter_mut().zip(lo..hi).for_each(|(v, ox)| *v = src[ox * sx + dx - pw]);
         }
     };
+    // Per dx, the output positions whose input column lies inside the image (all bits set).
+    let mut masks = Vec::new();
+    if contiguous {
+        masks.resize(kw * r, 0u32);
+        for dx in 0..kw {
+            let (lo, hi) = span(dx);
+            masks[dx * r..(dx + 1) * r].iter_mut().enumerate().for_each(|(p, m)| *m = if (lo..hi).contains(&(p % w)) { u32::MAX } else { 0 });
+        }
+    }
     for b in b0..b1 {
-        transpose_into(&x[b * h * w * c..(b + 1) * h * w * c], None, h * w, c, planes, h * w);
+        transpose_into(&x[b * h * w * c..(b + 1) * h * w * c], None, h * w, c, &mut planes[margin..], stride);
         let col0 = (b - b0) * r;
         for dy in 0..kh {
             for dx in 0..kw {
@@ -655,18 +669,23 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
                 for ch in 0..c {
                     let i = (dy * kw + dx) * c + ch;
                     let row = &mut line[..];
-                    let plane = &planes[ch * h * w..(ch + 1) * h * w];
+                    let plane = &planes[ch * stride + margin..ch * stride + margin + h * w];
                     let (ylo, yhi) = rows_in(dy);
                     if contiguous && ylo < yhi && lo < hi && xs.is_none() {
-                        // As below, straight into the panels (no copy through `line`).
-                        let (p0, p1) = (ylo * w + lo, (yhi - 1) * w + hi);
-                        let s0 = (ylo + dy - ph) * w + lo + dx - pw;
-                        pieces(xt, k, i, col0, p0, p1, |d, p| d.copy_from_slice(&plane[s0 + p - p0..s0 + p - p0 + d.len()]));
+                        // As below, straight into the panels (no copy through `line`), the
+                        // padded columns masked off in the same vectorized pass.
+                        let (p0, p1) = (ylo * w, yhi * w);
+                        // Plane value under position p (p0 <= p < p1): index (oy + dy - ph) * w
+                        // + ox + dx - pw of the plane, between -pw and h * w + kw: inside the
+                        // margins; `src` starts at position p0's.
+                        let src = &planes[ch * stride + margin + (ylo + dy - ph) * w + dx - pw..];
+                        let mask = &masks[dx * r..(dx + 1) * r];
+                        pieces(xt, k, i, col0, p0, p1, |d, p| {
+                            let len = d.len();
+                            d.iter_mut().zip(&src[p - p0..p - p0 + len]).zip(&mask[p..p + len]).for_each(|((d, &v), &m)| *d = f32::from_bits(v.to_bits() & m));
+                        });
                         pieces(xt, k, i, col0, 0, p0, |d, _| d.fill(0.0));
                         pieces(xt, k, i, col0, p1, r, |d, _| d.fill(0.0));
-                        for oy in ylo..yhi - 1 {
-                            pieces(xt, k, i, col0, oy * w + hi, (oy + 1) * w + lo, |d, _| d.fill(0.0));
-                        }
                         continue;
                     }
                     if contiguous && ylo < yhi && lo < hi {
