@@ -606,14 +606,41 @@ pub fn transpose_into(src: &[f32], mask: Option<&[u32]>, rows: usize, cols: usiz
     }
 }
 
+/// Scratch of [`patches_t`]: channel planes, a row, and the column masks of a geometry.
+#[derive(Default)]
+pub(crate) struct PatchScratch {
+    planes: Vec<f32>,
+    line: Vec<f32>,
+    /// Per dx, all bits set at the output positions whose input column is in the image.
+    masks: Vec<u32>,
+    /// The geometry `masks` were made for.
+    masks_for: Option<Window>,
+}
+
 /// Transposed patch rows of examples `b0..b1` of `x` (`[n, h, w, c]`) for the convolution
-/// `win`: `xt[i * ld + (b - b0) * R + oy * ow + ox]` = the input under patch entry
-/// `i = (dy * kw + dx) * c + ch` (0 where padded), R = oh * ow. With `signs` (Flipout's
-/// input masks, `[n, c]`), the same with every (example, channel) plane flipped by its sign
-/// into `xs`. Each row is copied from the example's channel plane a run of output positions
-/// at a time (`planes` is scratch for the planes).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &mut Vec<f32>, line: &mut Vec<f32>, xt: &mut [f32], mut xs: Option<(&mut [f32], &[u32])>) {
+/// `win`: `X^T[i, (b - b0) * R + oy * ow + ox]` (in panels, [`at`]) = the input under patch
+/// entry `i = (dy * kw + dx) * c + ch` (0 where padded), R = oh * ow. With `signs`
+/// (Flipout's input masks, `[n, c]`), the same with every (example, channel) plane flipped by
+/// its sign into `xs`. Each row is copied from the example's channel plane.
+pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], xs: Option<(&mut [f32], &[u32])>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { patches_avx2(x, win, b0, b1, ps, xt, xs) };
+    }
+    patches_impl(x, win, b0, b1, ps, xt, xs)
+}
+
+/// [`patches_t`] compiled for AVX2 (its copies and masks run 8 lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn patches_avx2(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], xs: Option<(&mut [f32], &[u32])>) {
+    patches_impl(x, win, b0, b1, ps, xt, xs)
+}
+
+#[inline(always)]
+fn patches_impl(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], mut xs: Option<(&mut [f32], &[u32])>) {
+    let PatchScratch { planes, line, masks, masks_for } = ps;
     let [h, w, c] = win.input;
     let ([oh, ow], [ph, pw]) = win.geometry();
     let ([kh, kw], [sy, sx]) = (win.size, win.strides);
@@ -652,8 +679,9 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
         }
     };
     // Per dx, the output positions whose input column lies inside the image (all bits set).
-    let mut masks = Vec::new();
-    if contiguous {
+    if contiguous && *masks_for != Some(*win) {
+        *masks_for = Some(*win);
+        masks.clear();
         masks.resize(kw * r, 0u32);
         for dx in 0..kw {
             let (lo, hi) = span(dx);
@@ -714,6 +742,7 @@ pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, planes: &
 
 /// `f(piece, p)` for the pieces of `X^T[i, col0 + p0..col0 + p1]` (panels of `k` rows) that
 /// lie in one panel each; `p` is a piece's first position.
+#[inline(always)]
 fn pieces(x: &mut [f32], k: usize, i: usize, col0: usize, p0: usize, p1: usize, mut f: impl FnMut(&mut [f32], usize)) {
     let mut p = p0;
     while p < p1 {
@@ -792,7 +821,7 @@ pub(crate) struct Job<'a> {
 /// Reusable buffers of [`forward`].
 #[derive(Default)]
 pub(crate) struct Scratch {
-    planes: Vec<f32>,
+    patches: PatchScratch,
     xt: Vec<f32>,
     xs: Vec<f32>,
     ya: Vec<f32>,
@@ -800,7 +829,6 @@ pub(crate) struct Scratch {
     signed: Vec<f32>,
     chan: Vec<u32>,
     tile: Vec<f32>,
-    line: Vec<f32>,
 }
 
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
@@ -827,17 +855,36 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     ws.ya.resize(u * ld, 0.0);
     ws.yb.resize(u * ld, 0.0);
     for b in 0..job.n {
-        patches_t(job.x, win, b, b + 1, &mut ws.planes, &mut ws.line, &mut ws.xt, None);
-        let sb = &flip.s_in[b * cin..(b + 1) * cin];
-        for ((d, &v), &ch) in ws.signed.iter_mut().zip(flip.noise).zip(&ws.chan) {
-            *d = f32::from_bits(v.to_bits() ^ sb[ch as usize]);
-        }
+        patches_t(job.x, win, b, b + 1, &mut ws.patches, &mut ws.xt, None);
+        fold_signs(flip.noise, &ws.chan, &flip.s_in[b * cin..(b + 1) * cin], &mut ws.signed);
         match job.a {
             Some(a) => csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
             None => csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
         }
         finish(job, b * rpe, rpe, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
     }
+}
+
+/// `out[i] = noise[i] * s[chan[i]]` (signs as XOR masks): an example's input signs folded
+/// into the kept weights' noise.
+fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+    #[inline(always)]
+    fn fold(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+        for ((d, &v), &ch) in out.iter_mut().zip(noise).zip(chan) {
+            *d = f32::from_bits(v.to_bits() ^ s[ch as usize]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fold_avx2(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+        fold(noise, chan, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { fold_avx2(noise, chan, s, out) };
+    }
+    fold(noise, chan, s, out)
 }
 
 /// Zero-filled `len` values (padding columns must hold finite values).
@@ -861,7 +908,7 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         }
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
-            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.planes, &mut ws.line, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
+            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
             None => {
                 // A panel at a time: a panel is a `[k, 64]` row-major matrix.
                 for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
@@ -1061,10 +1108,10 @@ mod transposed_tests {
             crate::engine::sampler::Sampler::new(1, 1).sign_masks_into(n * c, &mut signs);
             // Examples 1..3 into one block.
             let (mut xt, mut xs) = (vec![9f32; panels_len(k, 2 * r)], vec![9f32; panels_len(k, 2 * r)]);
-            patches_t(&x, &win, 1, 3, &mut Vec::new(), &mut Vec::new(), &mut xt, Some((&mut xs, &signs)));
+            patches_t(&x, &win, 1, 3, &mut PatchScratch::default(), &mut xt, Some((&mut xs, &signs)));
             // Without the signed copy (straight into the panels where the geometry allows).
             let mut alone = vec![7f32; xt.len()];
-            patches_t(&x, &win, 1, 3, &mut Vec::new(), &mut Vec::new(), &mut alone, None);
+            patches_t(&x, &win, 1, 3, &mut PatchScratch::default(), &mut alone, None);
             let real = |i: usize| (i / (k * PANEL)) * PANEL + i % PANEL < 2 * r;
             assert!(alone.iter().zip(&xt).enumerate().all(|(i, (a, b))| !real(i) || a == b), "{win:?} without signs");
             for i in 0..k {
