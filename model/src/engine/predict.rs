@@ -890,7 +890,7 @@ mod tests {
         // Convs with one example at a time (many output positions) and blocks of examples,
         // SAME and VALID, strides; a dense layer. 60% of the weights pruned (mu = sigma = 0).
         let wins = [
-            Some(Window { input: [9, 9, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            Some(Window { input: [12, 12, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
             Some(Window { input: [9, 8, 2], size: [3, 3], strides: [2, 2], padding: Padding::Valid }),
             None,
         ];
