@@ -338,7 +338,9 @@ struct Avx512(std::arch::x86_64::__m512);
 
 // SAFETY (every method): called only from `spmm_avx512`, which has AVX-512F enabled, on
 // pointers to 16 floats (the caller's contract).
+// Compiled only where the compiler has the AVX-512 intrinsics (build.rs: Rust 1.89).
 #[cfg(all(target_arch = "x86_64", bnn_avx512))]
+#[clippy::msrv = "1.89"]
 impl Vector for Avx512 {
     // 32 zmm registers: 2 x 8 accumulators, 8 for the activations, 2 for the weights.
     const BLOCK: usize = VECS;
