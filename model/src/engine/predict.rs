@@ -46,8 +46,8 @@ pub const AUTO_SPARSE_MIN_WEIGHTS: usize = 16384;
 /// Fraction of pruned weights from which [`SparseKernels::Auto`] stores a kernel in CSR on
 /// this CPU: where the transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout
 /// products in one pass) overtakes the GEMM in `model/examples/kernel_bench.rs`
-/// (docs/performance.md, AVX-512: even at 70% kept, 1.3-1.45x faster at 50%, about 2x at
-/// 30%, on every layer shape of the benchmark models), less the cost of transposing the
+/// (docs/performance.md, AVX-512: about even at 70% kept, 1.1-1.6x faster at 50%, about 2x
+/// at 30%, on every layer shape of the benchmark models), less the cost of transposing the
 /// activations: 50% pruned. A cost model, not a timing: the choice depends only on the
 /// layer's shape and pattern and the CPU's instruction set, so a model makes the same choice
 /// every time on a given machine.
