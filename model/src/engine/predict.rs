@@ -963,6 +963,33 @@ mod tests {
     }
 
     #[test]
+    fn sparse_monte_carlo_is_reproducible_whatever_the_thread_count() {
+        // A pruned conv (one example at a time) and a pruned dense layer on the sparse kernel.
+        let arch = Arch {
+            input_name: "x".into(),
+            input_shape: vec![9, 9, 2],
+            ops: vec![Op::Conv2d { layer: "c".into(), strides: [1, 1], padding: Padding::Same }, Op::Relu, Op::Flatten, Op::Dense { layer: "d".into() }],
+        };
+        let post = |name: &str, shape: Vec<usize>, seed: u64| {
+            let len: usize = shape.iter().product();
+            let units = *shape.last().unwrap_or(&0);
+            let mu: Vec<f32> = values(len, seed).iter().map(|&v| if v.abs() < 0.5 { 0.0 } else { v }).collect();
+            let sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { 0.2 }).collect();
+            Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(sigma), bias_mu: vec![0.1; units], bias_sigma: None }
+        };
+        let posts = vec![post("c", vec![3, 3, 2, 8], 30), post("d", vec![9 * 9 * 8, 4], 31)];
+        let model = Model::from_posteriors(&arch, posts, SparseKernels::Always).expect("model");
+        assert_eq!(model.sparse_layers(), (2, 2));
+        let x = values(7 * 9 * 9 * 2, 32);
+        let many = model.predict_mc(&x, 6, 5, Estimator::Flipout).expect("mc");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+        let one = pool.install(|| model.predict_mc(&x, 6, 5, Estimator::Flipout).expect("mc"));
+        assert_eq!(many.mean, one.mean);
+        assert_eq!(many.variance, one.variance);
+        assert!(many.variance.iter().any(|&v| v > 0.0), "the samples differ");
+    }
+
+    #[test]
     #[cfg(target_arch = "x86_64")]
     fn subnormals_are_flushed_while_the_guard_lives() {
         use std::hint::black_box;
