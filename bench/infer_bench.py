@@ -229,16 +229,24 @@ def write_doc(kb, results, sweeps):
         "count the nominal Flipout work, 2 products (mean and perturbation) of every layer per sample "
         "(the first layer's mean product once), pruned weights included." % (peak, kb["threads"], kb["gemm_peak_gflops_one_thread"]),
         "",
-        "### CSR against GEMM by layer (the `--sparse auto` rule)",
+        "### Sparse kernels against GEMM by layer (the `--sparse auto` rule)",
         "",
-        "| layer | patch rows x k x n | GEMM GFLOP/s | CSR s at kept 0.7 / 0.5 / 0.3 / 0.1 (GEMM s) | GEMM faster up to pruned |",
-        "|---|---|---:|---|---:|",
+        "One product: the row-major CSR kernel against one GEMM. Flipout (both products, mean and "
+        "perturbation, as a sample runs them): one GEMM against `[mu | D]` (k x 2n) against the "
+        "transposed sparse kernel (`Csr::spmm_t`, both products in one pass over the kept weights); "
+        "speedup = GEMM s / sparse s, one thread, best of runs.",
+        "",
+        "| layer | patch rows x k x n | GEMM GFLOP/s | CSR s at kept 0.7 / 0.5 / 0.3 / 0.1 (GEMM s) | GEMM faster up to pruned | Flipout GEMM s | transposed sparse speedup at kept 0.7 / 0.5 / 0.3 / 0.1 |",
+        "|---|---|---:|---|---:|---:|---|",
     ]
     for c in kb["crossover"]:
         cs = {round(v["kept"], 1): v["seconds"] for v in c["csr"]}
-        lines.append("| %s | %d x %d x %d | %.1f | %s (%.2e) | %.0f%% |" % (
+        fs = {round(v["kept"], 1): v["speedup"] for v in c.get("flipout_sparse", [])}
+        lines.append("| %s | %d x %d x %d | %.1f | %s (%.2e) | %.0f%% | %s | %s |" % (
             c["layer"], c["rows"], c["k"], c["n"], c["gemm_gflops"],
-            " / ".join("%.2e" % cs[k] for k in (0.7, 0.5, 0.3, 0.1)), c["gemm_seconds"], 100 * c["gemm_faster_up_to_pruned"]))
+            " / ".join("%.2e" % cs[k] for k in (0.7, 0.5, 0.3, 0.1)), c["gemm_seconds"], 100 * c["gemm_faster_up_to_pruned"],
+            "%.2e" % c["flipout_gemm_seconds"] if "flipout_gemm_seconds" in c else "-",
+            " / ".join("%.2fx" % fs[k] for k in (0.7, 0.5, 0.3, 0.1)) if fs else "-"))
     lines += ["", "Python %s." % platform.python_version(), "<!-- /bench:infer -->"]
     section = "\n".join(lines) + "\n"
     with open(DOC) as f:

@@ -5,7 +5,12 @@
 //!   several runs), on one thread and on all of them;
 //! * `crossover`: for conv and dense layer shapes of the benchmark models, the time of the
 //!   dense GEMM and of the CSR kernel at kept fractions 0.1..0.9, and the largest pruned
-//!   fraction at which the GEMM is still faster (what `SparseKernels::Auto` is set from).
+//!   fraction at which the GEMM is still faster;
+//! * `flipout_sparse` (per layer shape): Flipout's two products (mean and perturbation) as
+//!   the dense path runs them (one GEMM against `[mu | D]`, `flipout_gemm_seconds`) against
+//!   the transposed sparse kernel (`Csr::spmm_t`, both products in one pass over the kept
+//!   weights) at kept fractions 0.7, 0.5, 0.3, 0.1: seconds and speedup (what
+//!   `SparseKernels::Auto` is set from).
 //!
 //! `cargo run --release -p bnn-model --example kernel_bench`
 
@@ -14,6 +19,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use model::engine::dense::Kernel;
 use model::engine::gemm::sgemm;
+use model::engine::sparse::{self, Csr, Pass};
 
 /// Best seconds of `f` over runs filling about `budget` seconds.
 fn best(budget: f64, mut f: impl FnMut()) -> f64 {
@@ -76,10 +82,32 @@ fn main() {
                 crossover = 1.0 - kept;
             }
         }
+        // Flipout's two products (mean and perturbation) of the same patch rows: the dense
+        // path runs them as one GEMM against [mu | D] (k x 2n); the transposed sparse kernel
+        // in one pass over the kept weights, on the patches stored as X^T panels.
+        let w2 = values(k * 2 * n, 5);
+        let mut out2 = vec![0f32; m * 2 * n];
+        let tf = best(0.3, || sgemm(m, k, 2 * n, &p, &w2, &mut out2, false));
+        let mut xt = vec![0f32; sparse::panels_len(k, m)];
+        for r in 0..m {
+            for i in 0..k {
+                xt[sparse::at(k, i, r)] = p[r * k + i];
+            }
+        }
+        let (mut ya, mut yb) = (vec![0f32; n * sparse::padded(m)], vec![0f32; n * sparse::padded(m)]);
+        let mut fused = Vec::new();
+        for kept in [0.7, 0.5, 0.3, 0.1] {
+            let cut = 1.0 - kept as f32;
+            let csr = Csr::from_mask(n, k, |i| w[(i % k) * n + i / k].abs() >= cut);
+            let (a, d) = (values(csr.nnz(), 6), values(csr.nnz(), 7));
+            let ts = best(0.3, || csr.spmm_t(&xt, m, Pass::Two(&a, &d), &mut ya, &mut yb));
+            fused.push(serde_json::json!({"kept": kept, "seconds": ts, "speedup": tf / ts, "useful_gflops": 4.0 * (csr.nnz() * m) as f64 / ts / 1e9}));
+        }
         rows.push(serde_json::json!({
             "layer": name, "rows": m, "k": k, "n": n, "gemm_seconds": td,
             "gemm_gflops": 2.0 * (m * k * n) as f64 / td / 1e9, "csr": sparse_t,
             "gemm_faster_up_to_pruned": crossover,
+            "flipout_gemm_seconds": tf, "flipout_sparse": fused,
         }));
     }
     let out = serde_json::json!({

@@ -14,7 +14,8 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{im2col_rows, max_pool_into, Window};
-use super::dense::{flipout_dense, FlipoutDense, Kernel, FUSED_MAX_K};
+use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights, FUSED_MAX_K};
+use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_in_f32};
@@ -25,8 +26,8 @@ use super::EngineError;
 /// When to store kernels in CSR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SparseKernels {
-    /// Where the CSR kernel is measured to be faster than the GEMM: when at least
-    /// [`AUTO_SPARSE_FRACTION`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
+    /// Where the sparse kernel is measured to be faster than the GEMM: when at least
+    /// [`auto_sparse_fraction`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
     Auto,
     /// Always.
     Always,
@@ -34,11 +35,30 @@ pub enum SparseKernels {
     Never,
 }
 
-/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR: where the CSR
-/// kernel overtakes the GEMM, measured on the layers of the benchmark models by
-/// `model/examples/kernel_bench.rs` (docs/performance.md: the GEMM stays faster up to 70-80%
-/// pruned on conv and dense layers alike, so CSR from 80%).
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR on a CPU without
+/// AVX-512 (where the sparse kernel runs on AVX2, half as wide as the GEMM's AVX-512 kernel).
 pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
+
+/// Weights (`k * n`) below which [`SparseKernels::Auto`] keeps a kernel dense: on small
+/// layers (BNN-FC's 64 x 64) transposing the activations in and the outputs back costs more
+/// than the sparse kernel saves.
+pub const AUTO_SPARSE_MIN_WEIGHTS: usize = 16384;
+
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] stores a kernel in CSR on
+/// this CPU: where the transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout
+/// products in one pass) overtakes the GEMM in `model/examples/kernel_bench.rs`
+/// (docs/performance.md, AVX-512: about even at 70% kept, 1.1-1.6x faster at 50%, about 2x
+/// at 30%, on every layer shape of the benchmark models), less the cost of transposing the
+/// activations: 50% pruned. A cost model, not a timing: the choice depends only on the
+/// layer's shape and pattern and the CPU's instruction set, so a model makes the same choice
+/// every time on a given machine.
+pub fn auto_sparse_fraction() -> f64 {
+    if sparse::Isa::detect() == sparse::Isa::Avx512 {
+        0.5
+    } else {
+        AUTO_SPARSE_FRACTION
+    }
+}
 
 /// How a Monte Carlo sample perturbs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +149,7 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 let use_csr = match sparse {
                     SparseKernels::Always => true,
                     SparseKernels::Never => false,
-                    SparseKernels::Auto => p.pruned_fraction() >= AUTO_SPARSE_FRACTION,
+                    SparseKernels::Auto => k * n >= AUTO_SPARSE_MIN_WEIGHTS && p.pruned_fraction() >= auto_sparse_fraction(),
                 };
                 let conv = match op {
                     Op::Conv2d { strides, padding, .. } => {
@@ -419,6 +439,8 @@ pub(crate) struct Scratch {
     /// Weight panels and output sign bits of [`flipout_dense`].
     panel: Vec<f32>,
     s_out_bits: Vec<u64>,
+    /// Buffers of the pruned layers' transposed kernel.
+    sparse: sparse::Scratch,
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -613,6 +635,15 @@ impl Linear {
             }
         }
         let mut out = ws.any(rows * u);
+        if let Weights::Sparse { csr, .. } = &self.kernel.weights {
+            // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
+            let flip = flipout.then_some(Flip { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
+            let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
+            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
+            sparse::forward(&job, &mut out, &mut ws.sparse);
+            ws.noise = noise;
+            return out;
+        }
         // Winograd for the layers it was planned for, unless the mean product is shared.
         if let (Some(wg), None) = (&self.wino, shared) {
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
@@ -1017,6 +1048,112 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn pruned_layers_on_the_sparse_kernel_equal_the_definition() {
+        use crate::engine::conv::im2col;
+        use crate::engine::dense::Weights;
+        // Convs with one example at a time (many output positions) and blocks of examples,
+        // SAME and VALID, strides; a dense layer. 60% of the weights pruned (mu = sigma = 0).
+        let wins = [
+            Some(Window { input: [12, 12, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            Some(Window { input: [9, 8, 2], size: [3, 3], strides: [2, 2], padding: Padding::Valid }),
+            None,
+        ];
+        for conv in wins {
+            let (n, u) = (3, 6);
+            let (k, per, cin) = match conv {
+                Some(w) => (w.size[0] * w.size[1] * w.input[2], w.input.iter().product::<usize>(), w.input[2]),
+                None => (30, 30, 30),
+            };
+            let keep: Vec<bool> = values(k * u, 20).iter().map(|v| v.abs() > 0.6).collect();
+            let mu: Vec<f32> = values(k * u, 21).iter().zip(&keep).map(|(&v, &kp)| if kp { v } else { 0.0 }).collect();
+            let sigma: Vec<f32> = values(k * u, 22).iter().zip(&keep).map(|(&v, &kp)| if kp { 0.1 + v.abs() } else { 0.0 }).collect();
+            let lin = Linear { kernel: Kernel::new(k, u, mu.clone(), Some(sigma), true), bias_mu: values(u, 23), bias_sigma: Some(vec![0.3; u]), conv, wino: None };
+            let Weights::Sparse { csr, sigma: Some(sig_kept), .. } = &lin.kernel.weights else { panic!("sparse kernel") };
+            let x = values(n * per, 24);
+            let p = match &conv {
+                Some(w) => im2col(&x, n, w),
+                None => x.clone(),
+            };
+            let rows = p.len() / k;
+            let rpe = rows / n;
+            let shared = lin.shared(&x, n);
+            let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
+            for est in [Estimator::Flipout, Estimator::Reparameterization] {
+                for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
+                    let mut sampler = Sampler::new(7, 1);
+                    let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, est), sh, relu, &mut Scratch::default());
+                    // The same draws, in the engine's order: bias, noise of the kept weights
+                    // (pattern order), input and output signs; the noise scattered to [k, u].
+                    let mut s = Sampler::new(7, 1);
+                    let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
+                    let kept_noise = s.noise(sig_kept);
+                    let mut noise = vec![0f32; k * u];
+                    for j in 0..u {
+                        for nz in csr.indptr[j]..csr.indptr[j + 1] {
+                            noise[csr.indices[nz] as usize * u + j] = kept_noise[nz];
+                        }
+                    }
+                    let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+                    if est == Estimator::Flipout {
+                        s.sign_masks_into(n * cin, &mut s_in);
+                        s.sign_masks_into(n * u, &mut s_out);
+                    }
+                    for r in 0..rows {
+                        let b = r / rpe;
+                        for j in 0..u {
+                            let (mut mean, mut pert) = (f64::from(bias[j]), 0f64);
+                            for i in 0..k {
+                                let v = f64::from(p[r * k + i]);
+                                mean += v * f64::from(mu[i * u + j]);
+                                pert += match est {
+                                    Estimator::Flipout => v * sign(s_in[b * cin + i % cin]) * f64::from(noise[i * u + j]),
+                                    Estimator::Reparameterization => v * f64::from(noise[i * u + j]),
+                                };
+                            }
+                            let want = mean + if est == Estimator::Flipout { pert * sign(s_out[b * u + j]) } else { pert };
+                            let want = if relu { want.max(0.0) } else { want };
+                            let g = f64::from(got[r * u + j]);
+                            assert!((g - want).abs() < 1e-5, "{conv:?} {est:?} shared {} relu {relu}: [{r}, {j}] {g} vs {want}", sh.is_some());
+                        }
+                    }
+                }
+            }
+            // The mean network: the sparse layer equals the dense one.
+            let dense = Linear { kernel: Kernel::new(k, u, mu.clone(), None, false), ..lin.clone() };
+            let a = lin.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
+            let b = dense.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5), "{conv:?}: mean network");
+        }
+    }
+
+    #[test]
+    fn sparse_monte_carlo_is_reproducible_whatever_the_thread_count() {
+        // A pruned conv (one example at a time) and a pruned dense layer on the sparse kernel.
+        let arch = Arch {
+            input_name: "x".into(),
+            input_shape: vec![9, 9, 2],
+            ops: vec![Op::Conv2d { layer: "c".into(), strides: [1, 1], padding: Padding::Same }, Op::Relu, Op::Flatten, Op::Dense { layer: "d".into() }],
+        };
+        let post = |name: &str, shape: Vec<usize>, seed: u64| {
+            let len: usize = shape.iter().product();
+            let units = *shape.last().unwrap_or(&0);
+            let mu: Vec<f32> = values(len, seed).iter().map(|&v| if v.abs() < 0.5 { 0.0 } else { v }).collect();
+            let sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { 0.2 }).collect();
+            Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(sigma), bias_mu: vec![0.1; units], bias_sigma: None }
+        };
+        let posts = vec![post("c", vec![3, 3, 2, 8], 30), post("d", vec![9 * 9 * 8, 4], 31)];
+        let model = Model::from_posteriors(&arch, posts, SparseKernels::Always).expect("model");
+        assert_eq!(model.sparse_layers(), (2, 2));
+        let x = values(7 * 9 * 9 * 2, 32);
+        let many = model.predict_mc(&x, 6, 5, Estimator::Flipout).expect("mc");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+        let one = pool.install(|| model.predict_mc(&x, 6, 5, Estimator::Flipout).expect("mc"));
+        assert_eq!(many.mean, one.mean);
+        assert_eq!(many.variance, one.variance);
+        assert!(many.variance.iter().any(|&v| v > 0.0), "the samples differ");
     }
 
     #[test]

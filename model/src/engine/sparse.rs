@@ -2,6 +2,16 @@
 //! kept weights, for row-major `p` (`[m, k]`: activations, or im2col patch rows of a
 //! convolution). The pattern is stored by output: row `c` of the CSR holds the inputs that
 //! feed output `c`, so each output accumulates a block of examples in registers.
+//!
+//! [`Csr::spmm_t`] is the Monte Carlo path's kernel (XNNPACK-style sparse inference): the
+//! activations are stored transposed, `[k, columns]` (one column per example, or per output
+//! position of a convolution), so that `Y^T[j, :] += W[i, j] * X^T[i, :]` over the kept
+//! weights of output `j` runs along the columns, a block of 64 of them in registers; one pass
+//! over the kept weights accumulates both Flipout products (mean and perturbation), which
+//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). [`forward`] runs
+//! a whole pruned layer on it.
+
+use super::conv::Window;
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
 #[derive(Debug, Clone, PartialEq)]
@@ -14,7 +24,15 @@ pub struct Csr {
     pub indptr: Vec<usize>,
     /// Column of each entry.
     pub indices: Vec<u32>,
+    /// Where each row's entries of each chunk of [`CHUNK`] columns start: row `i`'s entries
+    /// in columns `c * CHUNK..(c + 1) * CHUNK` are `split[i * (m + 1) + c]..split[i * (m + 1)
+    /// + c + 1]`, m = [`Csr::chunks`] (for [`Csr::spmm_t`]).
+    split: Vec<usize>,
 }
+
+/// Inputs per chunk of [`Csr::spmm_t`]: the activation rows of one chunk and column block
+/// (64 x 128 floats, 32 KiB) stay in L1 while every output's kept weights in them go by.
+pub const CHUNK: usize = 64;
 
 /// Patch rows per block: the transposed block (`[k, BLOCK]`) streams from L1/L2 while one
 /// output's 64 partial sums stay in eight AVX registers (eight independent FMA chains).
@@ -34,7 +52,18 @@ impl Csr {
             }
             indptr.push(indices.len());
         }
-        Csr { rows, cols, indptr, indices }
+        let m = cols.div_ceil(CHUNK).max(1);
+        let mut split = Vec::with_capacity(rows * (m + 1));
+        for r in 0..rows {
+            let row = &indices[indptr[r]..indptr[r + 1]];
+            split.extend((0..=m).map(|c| indptr[r] + row.partition_point(|&i| (i as usize) < c * CHUNK)));
+        }
+        Csr { rows, cols, indptr, indices, split }
+    }
+
+    /// Chunks of [`CHUNK`] inputs (at least one).
+    pub fn chunks(&self) -> usize {
+        self.cols.div_ceil(CHUNK).max(1)
     }
 
     /// Number of kept weights.
@@ -150,6 +179,808 @@ impl Csr {
     }
 }
 
+/// Floats per vector of the transposed kernels: columns are padded to a multiple of this.
+pub const LANES: usize = 16;
+
+/// Vectors per column block of [`Csr::spmm_t`]: 64 columns, whose partial sums of both
+/// products (eight 16-float vectors) stay in registers while the kept weights stream by.
+const VECS: usize = 8;
+
+/// `len` rounded up to a whole number of vectors: the row length of the transposed
+/// products of `len` columns.
+pub fn padded(len: usize) -> usize {
+    len.div_ceil(LANES) * LANES
+}
+
+/// Columns per panel of transposed activations: `X^T` (`[k, columns]`) is stored as panels of
+/// 64 columns, each `[k, 64]` and contiguous, so that the rows one column block reads are
+/// 256 bytes apart in one stretch of memory (rows of a whole `[k, columns]` matrix, a power
+/// of two apart, fell into the same cache sets).
+pub const PANEL: usize = VECS * LANES;
+
+/// Values of transposed activations with `k` rows and `cols` columns, in panels.
+pub fn panels_len(k: usize, cols: usize) -> usize {
+    k * cols.div_ceil(PANEL) * PANEL
+}
+
+/// Index of `X^T[i, c]` in the panels of a `k`-row matrix.
+pub fn at(k: usize, i: usize, c: usize) -> usize {
+    (c / PANEL) * k * PANEL + i * PANEL + c % PANEL
+}
+
+/// The instruction set a transposed kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F: one 16-float register per vector.
+    Avx512,
+    /// AVX2 and FMA: two 8-float registers per vector.
+    Avx2,
+    /// Plain Rust (whatever the compiler makes of 16-float arrays).
+    Portable,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+        Isa::Portable
+    }
+}
+
+/// The products one pass of [`Csr::spmm_t`] accumulates over the kept weights (values in
+/// pattern order).
+#[derive(Debug, Clone, Copy)]
+pub enum Pass<'a> {
+    /// `ya = A x`.
+    One(&'a [f32]),
+    /// `ya = A x` and `yb = B x`: one load of each activation vector for both.
+    Two(&'a [f32], &'a [f32]),
+    /// `ya = A x` and `yb = B xb` (`xb` laid out as `x`).
+    Split(&'a [f32], &'a [f32], &'a [f32]),
+}
+
+/// 16 floats in registers: the operations the transposed kernel is written in, once for
+/// every instruction set.
+trait Vector: Copy {
+    /// Vectors per column block (of each product) that fit the register file.
+    const BLOCK: usize;
+    /// All zeros.
+    unsafe fn zero() -> Self;
+    /// `v` in every lane.
+    unsafe fn splat(v: f32) -> Self;
+    /// 16 floats from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self;
+    /// `acc + w * x`.
+    unsafe fn fma(w: Self, x: Self, acc: Self) -> Self;
+    /// 16 floats to `p` (unaligned).
+    unsafe fn store(self, p: *mut f32);
+}
+
+impl Vector for [f32; LANES] {
+    const BLOCK: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        [0.0; LANES]
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        [v; LANES]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller passes 16 readable floats.
+        unsafe { p.cast::<[f32; LANES]>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn fma(w: Self, x: Self, mut acc: Self) -> Self {
+        for ((a, w), x) in acc.iter_mut().zip(w).zip(x) {
+            *a += w * x;
+        }
+        acc
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller passes 16 writable floats.
+        unsafe { p.cast::<[f32; LANES]>().write_unaligned(self) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx2(std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+
+// SAFETY (every method): called only from `spmm_avx2`, which has AVX2 and FMA enabled, on
+// pointers to 16 floats (the caller's contract).
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx2 {
+    // 16 ymm registers: 2 x 2 x 2 accumulators, 4 for the activations.
+    const BLOCK: usize = 2;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx2(_mm256_set1_ps(v), _mm256_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
+    }
+    #[inline(always)]
+    unsafe fn fma(w: Self, x: Self, acc: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx2(_mm256_fmadd_ps(w.0, x.0, acc.0), _mm256_fmadd_ps(w.1, x.1, acc.1)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::x86_64::*;
+        unsafe {
+            _mm256_storeu_ps(p, self.0);
+            _mm256_storeu_ps(p.add(8), self.1);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Avx512(std::arch::x86_64::__m512);
+
+// SAFETY (every method): called only from `spmm_avx512`, which has AVX-512F enabled, on
+// pointers to 16 floats (the caller's contract).
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx512 {
+    // 32 zmm registers: 2 x 8 accumulators, 8 for the activations, 2 for the weights.
+    const BLOCK: usize = VECS;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_setzero_ps()) }
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_set1_ps(v)) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn fma(w: Self, x: Self, acc: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_fmadd_ps(w.0, x.0, acc.0)) }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        use std::arch::x86_64::*;
+        unsafe { _mm512_storeu_ps(p, self.0) }
+    }
+}
+
+/// Raw operands of one [`Csr::spmm_t`] call, checked by it.
+#[derive(Clone, Copy)]
+struct Operands {
+    xa: *const f32,
+    xb: *const f32,
+    a: *const f32,
+    b: *const f32,
+    ya: *mut f32,
+    yb: *mut f32,
+    /// Row length of the outputs.
+    ld: usize,
+    /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
+    cols: usize,
+}
+
+/// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
+/// weights of output `j` stream by once per block, each one a broadcast and one load and
+/// fused multiply-add per vector and product (`TWO`: a second product; `SAME`: on the same
+/// activations, no second load).
+///
+/// # Safety
+/// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
+/// and `op.cols` columns behind `xa` (and `xb`), `nnz` values behind `a` (and `b`),
+/// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
+#[inline(always)]
+unsafe fn spmm<V: Vector, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands) {
+    #[inline(always)]
+    unsafe fn block<V: Vector, const NV: usize, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands, c0: usize) {
+        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
+        // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
+        let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
+        unsafe {
+            // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
+            // sums go to the outputs in between.
+            let m = csr.chunks();
+            for ch in 0..m {
+                for j in 0..csr.rows {
+                    let (s, e) = (csr.split[j * (m + 1) + ch], csr.split[j * (m + 1) + ch + 1]);
+                    if ch > 0 && s == e {
+                        continue;
+                    }
+                    let (oa, ob) = (op.ya.add(j * op.ld + c0), op.yb.add(j * op.ld + c0));
+                    let mut ra = [V::zero(); NV];
+                    let mut rb = [V::zero(); NV];
+                    if ch > 0 {
+                        for l in 0..NV {
+                            ra[l] = V::load(oa.add(l * LANES));
+                            if TWO {
+                                rb[l] = V::load(ob.add(l * LANES));
+                            }
+                        }
+                    }
+                    for nz in s..e {
+                        let off = base + *csr.indices.get_unchecked(nz) as usize * PANEL;
+                        let wa = V::splat(*op.a.add(nz));
+                        let pa = op.xa.add(off);
+                        if TWO {
+                            let wb = V::splat(*op.b.add(nz));
+                            let pb = op.xb.add(off);
+                            for l in 0..NV {
+                                let x = V::load(pa.add(l * LANES));
+                                ra[l] = V::fma(wa, x, ra[l]);
+                                let xb = if SAME { x } else { V::load(pb.add(l * LANES)) };
+                                rb[l] = V::fma(wb, xb, rb[l]);
+                            }
+                        } else {
+                            for (l, r) in ra.iter_mut().enumerate() {
+                                *r = V::fma(wa, V::load(pa.add(l * LANES)), *r);
+                            }
+                        }
+                    }
+                    for l in 0..NV {
+                        ra[l].store(oa.add(l * LANES));
+                        if TWO {
+                            rb[l].store(ob.add(l * LANES));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut c0 = 0;
+    // SAFETY: as above, each block within `op.cols` and within one panel (PANEL is a
+    // multiple of every BLOCK * LANES).
+    unsafe {
+        while c0 < op.cols {
+            match ((op.cols - c0) / LANES).min(V::BLOCK) {
+                1 => block::<V, 1, TWO, SAME>(csr, op, c0),
+                2 => block::<V, 2, TWO, SAME>(csr, op, c0),
+                3 => block::<V, 3, TWO, SAME>(csr, op, c0),
+                4 => block::<V, 4, TWO, SAME>(csr, op, c0),
+                5 => block::<V, 5, TWO, SAME>(csr, op, c0),
+                6 => block::<V, 6, TWO, SAME>(csr, op, c0),
+                7 => block::<V, 7, TWO, SAME>(csr, op, c0),
+                _ => block::<V, VECS, TWO, SAME>(csr, op, c0),
+            }
+            c0 += V::BLOCK * LANES;
+        }
+    }
+}
+
+/// [`spmm`] for the three kinds of [`Pass`].
+#[inline(always)]
+unsafe fn spmm_any<V: Vector>(csr: &Csr, op: Operands, pass: &Pass) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match pass {
+            Pass::One(_) => spmm::<V, false, false>(csr, op),
+            Pass::Two(..) => spmm::<V, true, true>(csr, op),
+            Pass::Split(..) => spmm::<V, true, false>(csr, op),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn spmm_avx512(csr: &Csr, op: Operands, pass: &Pass) {
+    // SAFETY: the caller's contract; AVX-512F is enabled here.
+    unsafe { spmm_any::<Avx512>(csr, op, pass) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn spmm_avx2(csr: &Csr, op: Operands, pass: &Pass) {
+    // SAFETY: the caller's contract; AVX2 and FMA are enabled here.
+    unsafe { spmm_any::<Avx2>(csr, op, pass) }
+}
+
+impl Csr {
+    /// Transposed sparse product: for every output `j` and column `c < cols`,
+    /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
+    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] / [`Pass::Split`] the same
+    /// with B into `yb` (on `x`, or on `xb`). `x` holds `X^T` (`[k, cols]`) in panels
+    /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
+    /// their inputs give, which must be finite).
+    ///
+    /// # Panics
+    /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
+    /// the shape-checked architecture).
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.checked().spmm_t(x, cols, pass, ya, yb)
+    }
+
+    /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
+    /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.checked().spmm_t_on(isa, x, cols, pass, ya, yb)
+    }
+
+    /// The pattern, checked once (indices in range, row and chunk bounds) for many
+    /// [`Checked::spmm_t`] calls (one per example of a convolution).
+    ///
+    /// # Panics
+    /// When the pattern's public fields were changed into something inconsistent.
+    pub fn checked(&self) -> Checked<'_> {
+        let (k, n, nnz) = (self.cols, self.rows, self.nnz());
+        assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
+        assert!(self.indices.iter().all(|&i| (i as usize) < k), "spmm_t: an index is out of range");
+        let m = self.chunks();
+        assert!(self.split.len() == n * (m + 1) && self.split.iter().all(|&p| p <= nnz), "spmm_t: pattern changed after it was built");
+        Checked(self)
+    }
+}
+
+/// A [`Csr`] whose pattern was checked ([`Csr::checked`]); borrowing it keeps it unchanged.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked<'a>(&'a Csr);
+
+impl Checked<'_> {
+    /// [`Csr::spmm_t`] without checking the pattern again.
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        self.spmm_t_on(Isa::detect(), x, cols, pass, ya, yb)
+    }
+
+    /// [`Csr::spmm_t_on`] without checking the pattern again.
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+        let csr = self.0;
+        let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
+        let len = panels_len(k, cols);
+        let (cols, ld) = (padded(cols), padded(cols));
+        let (a, b, xb) = match pass {
+            Pass::One(a) => (a, a, x),
+            Pass::Two(a, b) => (a, b, x),
+            Pass::Split(a, b, xb) => (a, b, xb),
+        };
+        let two = !matches!(pass, Pass::One(_));
+        assert!(x.len() >= len && xb.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
+        assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
+        if cols == 0 || n == 0 {
+            return;
+        }
+        let op = Operands {
+            xa: x.as_ptr(),
+            xb: xb.as_ptr(),
+            a: a.as_ptr(),
+            b: b.as_ptr(),
+            ya: ya.as_mut_ptr(),
+            yb: if two { yb.as_mut_ptr() } else { ya.as_mut_ptr() },
+            ld,
+            cols,
+        };
+        let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
+        // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's by
+        // `Csr::checked`); the instruction set is one the CPU supports (detected).
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 if Isa::detect() == Isa::Avx512 => spmm_avx512(csr, op, &pass),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 | Isa::Avx2 => spmm_avx2(csr, op, &pass),
+                _ => spmm_any::<[f32; LANES]>(csr, op, &pass),
+            }
+        }
+    }
+}
+
+/// `dst[c * ld + r] = src[r * cols + c]` for `r < rows`, `c < cols` (XOR-ed with
+/// `mask[r * cols + c]` when given: Flipout's sign masks), in 16 x 16 tiles so that both
+/// sides stay in L1.
+pub fn transpose_into(src: &[f32], mask: Option<&[u32]>, rows: usize, cols: usize, dst: &mut [f32], ld: usize) {
+    const T: usize = 16;
+    assert!(src.len() >= rows * cols && mask.is_none_or(|m| m.len() >= rows * cols) && (cols == 0 || dst.len() >= (cols - 1) * ld + rows), "transpose: slices too short");
+    for r0 in (0..rows).step_by(T) {
+        let r1 = (r0 + T).min(rows);
+        for c0 in (0..cols).step_by(T) {
+            let c1 = (c0 + T).min(cols);
+            for c in c0..c1 {
+                let d = &mut dst[c * ld + r0..c * ld + r1];
+                match mask {
+                    Some(m) => d.iter_mut().zip(r0..r1).for_each(|(v, r)| *v = f32::from_bits(src[r * cols + c].to_bits() ^ m[r * cols + c])),
+                    None => d.iter_mut().zip(r0..r1).for_each(|(v, r)| *v = src[r * cols + c]),
+                }
+            }
+        }
+    }
+}
+
+/// Scratch of [`patches_t`]: channel planes, a row, and the column masks of a geometry.
+#[derive(Default)]
+pub(crate) struct PatchScratch {
+    planes: Vec<f32>,
+    line: Vec<f32>,
+    /// Per dx, all bits set at the output positions whose input column is in the image.
+    masks: Vec<u32>,
+    /// The geometry `masks` were made for.
+    masks_for: Option<Window>,
+}
+
+/// Transposed patch rows of examples `b0..b1` of `x` (`[n, h, w, c]`) for the convolution
+/// `win`: `X^T[i, (b - b0) * R + oy * ow + ox]` (in panels, [`at`]) = the input under patch
+/// entry `i = (dy * kw + dx) * c + ch` (0 where padded), R = oh * ow. With `signs`
+/// (Flipout's input masks, `[n, c]`), the same with every (example, channel) plane flipped by
+/// its sign into `xs`. Each row is copied from the example's channel plane.
+pub(crate) fn patches_t(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], xs: Option<(&mut [f32], &[u32])>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { patches_avx2(x, win, b0, b1, ps, xt, xs) };
+    }
+    patches_impl(x, win, b0, b1, ps, xt, xs)
+}
+
+/// [`patches_t`] compiled for AVX2 (its copies and masks run 8 lanes wide).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn patches_avx2(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], xs: Option<(&mut [f32], &[u32])>) {
+    patches_impl(x, win, b0, b1, ps, xt, xs)
+}
+
+#[inline(always)]
+fn patches_impl(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScratch, xt: &mut [f32], mut xs: Option<(&mut [f32], &[u32])>) {
+    let PatchScratch { planes, line, masks, masks_for } = ps;
+    let [h, w, c] = win.input;
+    let ([oh, ow], [ph, pw]) = win.geometry();
+    let ([kh, kw], [sy, sx]) = (win.size, win.strides);
+    let (r, k) = (oh * ow, kh * kw * c);
+    // Planes with zero margins of w + kw values on both sides: the shifted copies below may
+    // read a little before or after a plane (what they read there is masked off).
+    let margin = w + kw;
+    let stride = h * w + 2 * margin;
+    planes.clear();
+    planes.resize(c * stride, 0.0);
+    line.resize(r, 0.0);
+    // Output columns whose input column ox * sx + dx - pw lies inside the image.
+    let span = |dx: usize| -> (usize, usize) {
+        let lo = pw.saturating_sub(dx).div_ceil(sx.max(1)).min(ow);
+        let hi = if w + pw > dx { ((w + pw - dx - 1) / sx.max(1) + 1).min(ow) } else { 0 };
+        (lo, hi.max(lo))
+    };
+    // Output rows whose input row oy * sy + dy - ph lies inside the image.
+    let rows_in = |dy: usize| -> (usize, usize) {
+        let lo = ph.saturating_sub(dy).div_ceil(sy.max(1)).min(oh);
+        let hi = if h + ph > dy { ((h + ph - dy - 1) / sy.max(1) + 1).min(oh) } else { 0 };
+        (lo, hi.max(lo))
+    };
+    let contiguous = sx == 1 && sy == 1 && ow == w;
+    // Any geometry: one output row at a time.
+    let general = |row: &mut [f32], plane: &[f32], dy: usize, dx: usize, lo: usize, hi: usize| {
+        for (oy, out) in row.chunks_exact_mut(ow.max(1)).enumerate() {
+            let Some(y) = (oy * sy + dy).checked_sub(ph).filter(|&y| y < h) else {
+                out.fill(0.0);
+                continue;
+            };
+            out[..lo].fill(0.0);
+            out[hi..].fill(0.0);
+            let src = &plane[y * w..(y + 1) * w];
+            out[lo..hi].iter_mut().zip(lo..hi).for_each(|(v, ox)| *v = src[ox * sx + dx - pw]);
+        }
+    };
+    // Per dx, the output positions whose input column lies inside the image (all bits set).
+    if contiguous && *masks_for != Some(*win) {
+        *masks_for = Some(*win);
+        masks.clear();
+        masks.resize(kw * r, 0u32);
+        for dx in 0..kw {
+            let (lo, hi) = span(dx);
+            masks[dx * r..(dx + 1) * r].iter_mut().enumerate().for_each(|(p, m)| *m = if (lo..hi).contains(&(p % w)) { u32::MAX } else { 0 });
+        }
+    }
+    for b in b0..b1 {
+        transpose_into(&x[b * h * w * c..(b + 1) * h * w * c], None, h * w, c, &mut planes[margin..], stride);
+        let col0 = (b - b0) * r;
+        for dy in 0..kh {
+            for dx in 0..kw {
+                let (lo, hi) = span(dx);
+                for ch in 0..c {
+                    let i = (dy * kw + dx) * c + ch;
+                    let row = &mut line[..];
+                    let plane = &planes[ch * stride + margin..ch * stride + margin + h * w];
+                    let (ylo, yhi) = rows_in(dy);
+                    if contiguous && ylo < yhi && lo < hi && xs.is_none() {
+                        // As below, straight into the panels (no copy through `line`), the
+                        // padded columns masked off in the same vectorized pass.
+                        let (p0, p1) = (ylo * w, yhi * w);
+                        // Plane value under position p (p0 <= p < p1): index (oy + dy - ph) * w
+                        // + ox + dx - pw of the plane, between -pw and h * w + kw: inside the
+                        // margins; `src` starts at position p0's.
+                        let src = &planes[ch * stride + margin + (ylo + dy - ph) * w + dx - pw..];
+                        let mask = &masks[dx * r..(dx + 1) * r];
+                        pieces(xt, k, i, col0, p0, p1, |d, p| {
+                            let len = d.len();
+                            d.iter_mut().zip(&src[p - p0..p - p0 + len]).zip(&mask[p..p + len]).for_each(|((d, &v), &m)| *d = f32::from_bits(v.to_bits() & m));
+                        });
+                        pieces(xt, k, i, col0, 0, p0, |d, _| d.fill(0.0));
+                        pieces(xt, k, i, col0, p1, r, |d, _| d.fill(0.0));
+                        continue;
+                    }
+                    if contiguous && ylo < yhi && lo < hi {
+                        // Stride 1 and ow == w: the row is the plane shifted by a constant
+                        // offset, one copy, then the wrapped-around and padded positions zeroed.
+                        let (p0, p1) = (ylo * w + lo, (yhi - 1) * w + hi);
+                        let s0 = (ylo + dy - ph) * w + lo + dx - pw;
+                        row[p0..p1].copy_from_slice(&plane[s0..s0 + p1 - p0]);
+                        row[..p0].fill(0.0);
+                        row[p1..].fill(0.0);
+                        for oy in ylo..yhi - 1 {
+                            row[oy * w + hi..(oy + 1) * w + lo].fill(0.0);
+                        }
+                    } else {
+                        general(row, plane, dy, dx, lo, hi);
+                    }
+                    put(line, k, i, col0, 0, xt);
+                    if let Some((xs, signs)) = xs.as_mut() {
+                        put(line, k, i, col0, signs[b * c + ch], xs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `f(piece, p)` for the pieces of `X^T[i, col0 + p0..col0 + p1]` (panels of `k` rows) that
+/// lie in one panel each; `p` is a piece's first position.
+#[inline(always)]
+fn pieces(x: &mut [f32], k: usize, i: usize, col0: usize, p0: usize, p1: usize, mut f: impl FnMut(&mut [f32], usize)) {
+    let mut p = p0;
+    while p < p1 {
+        let c = col0 + p;
+        let take = (p1 - p).min(PANEL - c % PANEL);
+        f(&mut x[at(k, i, c)..at(k, i, c) + take], p);
+        p += take;
+    }
+}
+
+/// `X^T[i, col0..col0 + line.len()] = line` (XOR-ed with `mask`) in panels of `k` rows.
+fn put(line: &[f32], k: usize, i: usize, col0: usize, mask: u32, x: &mut [f32]) {
+    let mut c = col0;
+    for seg in line.chunks(PANEL) {
+        // A segment may straddle two panels.
+        let mut seg = seg;
+        while !seg.is_empty() {
+            let take = seg.len().min(PANEL - c % PANEL);
+            let d = &mut x[at(k, i, c)..at(k, i, c) + take];
+            if mask == 0 {
+                d.copy_from_slice(&seg[..take]);
+            } else {
+                d.iter_mut().zip(&seg[..take]).for_each(|(d, &v)| *d = f32::from_bits(v.to_bits() ^ mask));
+            }
+            c += take;
+            seg = &seg[take..];
+        }
+    }
+}
+
+/// Patch rows (columns) per transposed block of the batch-wide path: the activations of a
+/// block (`[k, 256]`, and their sign-flipped copy) stay in L2 while every output uses them.
+const BATCH_COLS: usize = 256;
+
+/// Output positions per example from which a Flipout convolution runs one example at a time
+/// with the input signs folded into the perturbation's kept values (one load per activation
+/// vector for both products) instead of on a sign-flipped copy of the activations (two). Folding
+/// costs a pass over the kept weights per example; at 64 positions (VGG-16's 8 x 8 blocks)
+/// it still paid: 128 made the 70%-pruned VGG-16 spend 9% more CPU time.
+const PER_EXAMPLE_ROWS: usize = 64;
+
+/// Flipout's perturbation of a pruned layer for one sample.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flip<'a> {
+    /// `sigma * eps` of the kept weights, in pattern order.
+    pub noise: &'a [f32],
+    /// Input sign masks, `[n, channels]` (a dense layer's channels are its inputs).
+    pub s_in: &'a [u32],
+    /// Output sign masks, `[n, units]`.
+    pub s_out: &'a [u32],
+}
+
+/// One pruned layer on `n` examples: `out = [base] + [x @ A] + [((x * s_in) @ D) * s_out] +
+/// bias`, through a ReLU when `relu`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job<'a> {
+    /// The kernel's pattern (by output).
+    pub csr: &'a Csr,
+    /// The convolution; `None` for a dense layer.
+    pub conv: Option<&'a Window>,
+    /// Activations, `[n, ...]` row-major.
+    pub x: &'a [f32],
+    /// Examples.
+    pub n: usize,
+    /// Values of the first product (means, or means + noise), pattern order; `None` when
+    /// `base` holds it.
+    pub a: Option<&'a [f32]>,
+    /// Flipout's perturbation product.
+    pub flip: Option<Flip<'a>>,
+    /// A precomputed `[rows, units]` term (the shared mean product of a first layer).
+    pub base: Option<&'a [f32]>,
+    /// Bias (sampled or mean).
+    pub bias: &'a [f32],
+    /// Whether a ReLU follows (fused into the output pass).
+    pub relu: bool,
+}
+
+/// Reusable buffers of [`forward`].
+#[derive(Default)]
+pub(crate) struct Scratch {
+    patches: PatchScratch,
+    xt: Vec<f32>,
+    xs: Vec<f32>,
+    ya: Vec<f32>,
+    yb: Vec<f32>,
+    signed: Vec<f32>,
+    chan: Vec<u32>,
+    tile: Vec<f32>,
+}
+
+/// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
+pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
+    let (k, u) = (job.csr.cols, job.csr.rows);
+    let csr = job.csr.checked();
+    let rpe = job.conv.map_or(1, |w| w.output().iter().product());
+    let cin = job.conv.map_or(k, |w| w.input[2]);
+    let per = job.conv.map_or(k, |w| w.input.iter().product());
+    assert!(job.x.len() >= job.n * per && out.len() >= job.n * rpe * u && job.bias.len() >= u, "sparse layer: slices too short");
+    if let Some(f) = job.flip {
+        assert!(f.s_in.len() >= job.n * cin && f.s_out.len() >= job.n * u, "sparse layer: too few signs");
+    }
+    let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
+    if rpe < PER_EXAMPLE_ROWS {
+        return batched(job, csr, rpe, out, ws);
+    }
+    // One example at a time, its input signs folded into the noise: (P * s_b) @ D = P @ (s_b * D).
+    let ld = padded(rpe);
+    ws.chan.clear();
+    ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
+    ws.signed.resize(job.csr.nnz(), 0.0);
+    prepare(&mut ws.xt, panels_len(k, rpe));
+    ws.ya.resize(u * ld, 0.0);
+    ws.yb.resize(u * ld, 0.0);
+    for b in 0..job.n {
+        patches_t(job.x, win, b, b + 1, &mut ws.patches, &mut ws.xt, None);
+        fold_signs(flip.noise, &ws.chan, &flip.s_in[b * cin..(b + 1) * cin], &mut ws.signed);
+        match job.a {
+            Some(a) => csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
+            None => csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
+        }
+        finish(job, b * rpe, rpe, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
+    }
+}
+
+/// `out[i] = noise[i] * s[chan[i]]` (signs as XOR masks): an example's input signs folded
+/// into the kept weights' noise.
+fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+    #[inline(always)]
+    fn fold(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+        for ((d, &v), &ch) in out.iter_mut().zip(noise).zip(chan) {
+            *d = f32::from_bits(v.to_bits() ^ s[ch as usize]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn fold_avx2(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+        fold(noise, chan, s, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { fold_avx2(noise, chan, s, out) };
+    }
+    fold(noise, chan, s, out)
+}
+
+/// Zero-filled `len` values (padding columns must hold finite values).
+fn prepare(buf: &mut Vec<f32>, len: usize) {
+    buf.clear();
+    buf.resize(len, 0.0);
+}
+
+/// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
+/// any, on a sign-flipped copy of the transposed activations.
+fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
+    let (k, u) = (job.csr.cols, job.csr.rows);
+    let per_block = (BATCH_COLS / rpe.max(1)).max(1);
+    for b0 in (0..job.n).step_by(per_block) {
+        let b1 = (b0 + per_block).min(job.n);
+        let cols = (b1 - b0) * rpe;
+        let ld = padded(cols);
+        prepare(&mut ws.xt, panels_len(k, cols));
+        if job.flip.is_some() {
+            prepare(&mut ws.xs, panels_len(k, cols));
+        }
+        let signs = job.flip.map(|f| f.s_in);
+        match job.conv {
+            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
+            None => {
+                // A panel at a time: a panel is a `[k, 64]` row-major matrix.
+                for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
+                    let r1 = (r0 + PANEL).min(b1);
+                    let (x, xt) = (&job.x[r0 * k..r1 * k], &mut ws.xt[p * k * PANEL..(p + 1) * k * PANEL]);
+                    transpose_into(x, None, r1 - r0, k, xt, PANEL);
+                    if let Some(s) = signs {
+                        transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut ws.xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+                    }
+                }
+            }
+        }
+        ws.ya.resize(u * ld, 0.0);
+        ws.yb.resize(u * ld, 0.0);
+        match (job.a, job.flip) {
+            (Some(a), Some(f)) => csr.spmm_t(&ws.xt, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
+            (Some(a), None) => csr.spmm_t(&ws.xt, cols, Pass::One(a), &mut ws.ya, &mut []),
+            (None, Some(f)) => csr.spmm_t(&ws.xs, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
+            (None, None) => {}
+        }
+        finish(job, b0 * rpe, cols, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
+    }
+}
+
+/// Output rows `r0..r0 + cols` from the transposed products (`[units, ld]`, column `c` =
+/// row `r0 + c`): `base + ya + yb * s_out + bias`, each term where the job has it, then the
+/// ReLU. Sixteen columns at a time: combined along the columns (contiguous in `ya` and `yb`)
+/// into a `[units, 16]` tile in L1, then written out row by row.
+#[allow(clippy::too_many_arguments)]
+fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], tile: &mut Vec<f32>, out: &mut [f32]) {
+    let u = job.csr.rows;
+    tile.resize(u * LANES, 0.0);
+    for c0 in (0..cols).step_by(LANES) {
+        let w = LANES.min(cols - c0);
+        // Example of each column (all one example but where a tile straddles two).
+        let (e0, e1) = ((r0 + c0) / rpe, (r0 + c0 + w - 1) / rpe);
+        let mut ex = [e0; LANES];
+        if e0 != e1 {
+            ex.iter_mut().enumerate().for_each(|(i, e)| *e = (r0 + c0 + i.min(w - 1)) / rpe);
+        }
+        for (j, t) in tile.chunks_exact_mut(LANES).enumerate() {
+            let t: &mut [f32; LANES] = t.try_into().expect("LANES values");
+            let bias = job.bias[j];
+            let ya: &[f32; LANES] = ya[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
+            let yb: &[f32; LANES] = yb[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
+            let mut signs = [0u32; LANES];
+            if let Some(f) = job.flip {
+                signs = if e0 == e1 { [f.s_out[e0 * u + j]; LANES] } else { ex.map(|e| f.s_out[e * u + j]) };
+            }
+            match (job.a.is_some(), job.flip.is_some()) {
+                (true, true) => (0..LANES).for_each(|i| t[i] = bias + ya[i] + f32::from_bits(yb[i].to_bits() ^ signs[i])),
+                (false, true) => (0..LANES).for_each(|i| t[i] = bias + f32::from_bits(yb[i].to_bits() ^ signs[i])),
+                (true, false) => (0..LANES).for_each(|i| t[i] = bias + ya[i]),
+                (false, false) => *t = [bias; LANES],
+            }
+        }
+        for i in 0..w {
+            let r = r0 + c0 + i;
+            let row = &mut out[r * u..(r + 1) * u];
+            row.iter_mut().zip(tile.iter().skip(i).step_by(LANES)).for_each(|(o, &t)| *o = t);
+            if let Some(base) = job.base {
+                row.iter_mut().zip(&base[r * u..(r + 1) * u]).for_each(|(o, &m)| *o += m);
+            }
+            if job.relu {
+                row.iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +1016,208 @@ mod tests {
                 let want: f32 = (0..k).map(|i| p[r * k + i] * w[i * n + c]).sum();
                 assert!((out[r * n + c] - want).abs() < 1e-4, "{r} {c}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod transposed_tests {
+    use super::*;
+    use crate::arch::Padding;
+    use crate::engine::conv::im2col;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = formats::synthetic::SplitMix64(seed);
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    /// A `[k, n]` kernel with about `kept` of its weights nonzero, and its CSR pattern.
+    fn pruned(k: usize, n: usize, kept: f32, seed: u64) -> (Vec<f32>, Csr) {
+        let w: Vec<f32> = values(k * n, seed).iter().map(|&v| if v.abs() < 1.0 - kept { 0.0 } else { v }).collect();
+        let csr = Csr::from_mask(n, k, |i| w[(i % k) * n + i / k] != 0.0);
+        (w, csr)
+    }
+
+    /// The kept values of W (`[k, n]`) in pattern order.
+    fn kept(csr: &Csr, w: &[f32]) -> Vec<f32> {
+        (0..csr.rows).flat_map(|j| csr.indices[csr.indptr[j]..csr.indptr[j + 1]].iter().map(move |&i| w[i as usize * csr.rows + j])).collect()
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            v.push(Isa::Avx2);
+        }
+        if Isa::detect() == Isa::Avx512 {
+            v.push(Isa::Avx512);
+        }
+        v
+    }
+
+    #[test]
+    fn transposed_kernel_matches_a_direct_f64_product() {
+        // Several chunks of inputs (some empty at 5% kept), column blocks and panels.
+        for (k, n, cols, kept_frac) in [(7, 5, 1, 0.5), (33, 9, 17, 0.3), (64, 20, 100, 0.7), (50, 3, 200, 0.1), (10, 4, 64, 1.0), (150, 6, 280, 0.3), (300, 5, 130, 0.05)] {
+            let (wa, csr) = pruned(k, n, kept_frac, 1);
+            // A second kernel on the same pattern (the perturbation: pruned where mu is).
+            let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
+            let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
+            let ld = padded(cols);
+            let mut x = values(panels_len(k, cols), 3);
+            let xb = values(panels_len(k, cols), 4);
+            // Padding columns: whatever they hold must not reach the real columns.
+            x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 1e30);
+            let direct = |w: &[f32], x: &[f32], j: usize, c: usize| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)])).sum::<f64>();
+            for isa in isas() {
+                for pass in [Pass::One(&a), Pass::Two(&a, &b), Pass::Split(&a, &b, &xb)] {
+                    let (mut ya, mut yb) = (vec![0f32; n * ld], vec![0f32; n * ld]);
+                    csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
+                    for j in 0..n {
+                        for c in 0..cols {
+                            let want = direct(&wa, &x, j, c);
+                            assert!((f64::from(ya[j * ld + c]) - want).abs() < 1e-5, "{isa:?} {k}x{n} a[{j}, {c}]");
+                            let want_b = match pass {
+                                Pass::One(_) => continue,
+                                Pass::Two(..) => direct(&wb, &x, j, c),
+                                Pass::Split(..) => direct(&wb, &xb, j, c),
+                            };
+                            assert!((f64::from(yb[j * ld + c]) - want_b).abs() < 1e-5, "{isa:?} {k}x{n} b[{j}, {c}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_patches_are_im2col_transposed() {
+        let geoms = [
+            ([5, 5, 3], [3, 3], [1, 1], Padding::Same),
+            ([6, 7, 2], [3, 3], [1, 1], Padding::Valid),
+            ([7, 6, 2], [3, 2], [2, 2], Padding::Same),
+            ([8, 8, 1], [5, 5], [2, 1], Padding::Valid),
+            ([4, 4, 4], [5, 5], [1, 1], Padding::Same),
+            ([3, 3, 2], [2, 2], [1, 2], Padding::Same),
+        ];
+        for (input, size, strides, padding) in geoms {
+            let win = Window { input, size, strides, padding };
+            let n = 3;
+            let [oh, ow] = win.output();
+            let (r, k, c) = (oh * ow, size[0] * size[1] * input[2], input[2]);
+            let x = values(n * input.iter().product::<usize>(), 5);
+            let p = im2col(&x, n, &win);
+            let mut signs = Vec::new();
+            crate::engine::sampler::Sampler::new(1, 1).sign_masks_into(n * c, &mut signs);
+            // Examples 1..3 into one block.
+            let (mut xt, mut xs) = (vec![9f32; panels_len(k, 2 * r)], vec![9f32; panels_len(k, 2 * r)]);
+            patches_t(&x, &win, 1, 3, &mut PatchScratch::default(), &mut xt, Some((&mut xs, &signs)));
+            // Without the signed copy (straight into the panels where the geometry allows).
+            let mut alone = vec![7f32; xt.len()];
+            patches_t(&x, &win, 1, 3, &mut PatchScratch::default(), &mut alone, None);
+            let real = |i: usize| (i / (k * PANEL)) * PANEL + i % PANEL < 2 * r;
+            assert!(alone.iter().zip(&xt).enumerate().all(|(i, (a, b))| !real(i) || a == b), "{win:?} without signs");
+            for i in 0..k {
+                for col in 0..2 * r {
+                    let (b, pos) = (1 + col / r, col % r);
+                    let want = p[(b * r + pos) * k + i];
+                    assert_eq!(xt[at(k, i, col)], want, "{win:?} entry {i} column {col}");
+                    let flip = if signs[b * c + i % c] != 0 { -1.0 } else { 1.0 };
+                    assert_eq!(xs[at(k, i, col)], flip * want, "{win:?} signed entry {i} column {col}");
+                }
+            }
+        }
+    }
+
+    /// The definition of a pruned Flipout layer, in f64: dense `[k, n]` mu and noise (zero
+    /// where pruned), patches from im2col, signs as masks.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(p: &[f32], rpe: usize, k: usize, n: usize, mu: &[f32], noise: &[f32], s_in: &[u32], cin: usize, s_out: &[u32], bias: &[f32], base: Option<&[f32]>, use_mu: bool, relu: bool) -> Vec<f64> {
+        let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
+        let rows = p.len() / k;
+        let mut out = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            let b = r / rpe;
+            for j in 0..n {
+                let mut v = f64::from(bias[j]) + base.map_or(0.0, |m| f64::from(m[r * n + j]));
+                let mut pert = 0.0;
+                for i in 0..k {
+                    let x = f64::from(p[r * k + i]);
+                    if use_mu {
+                        v += x * f64::from(mu[i * n + j]);
+                    }
+                    pert += x * sign(s_in[b * cin + i % cin]) * f64::from(noise[i * n + j]);
+                }
+                v += pert * sign(s_out[b * n + j]);
+                out.push(if relu { v.max(0.0) } else { v });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn pruned_flipout_layers_match_the_definition() {
+        // Convs with many output positions (one example at a time, signs on the noise) and
+        // with few (blocks of examples, signs on the activations), SAME and VALID, strides;
+        // dense layers; with and without the mean product (a first layer's shared mean).
+        let convs = [
+            Some(Window { input: [12, 12, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            Some(Window { input: [11, 9, 2], size: [3, 3], strides: [1, 1], padding: Padding::Valid }),
+            Some(Window { input: [17, 17, 4], size: [5, 5], strides: [2, 2], padding: Padding::Same }),
+            Some(Window { input: [4, 4, 5], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            Some(Window { input: [5, 6, 3], size: [2, 2], strides: [2, 1], padding: Padding::Valid }),
+            None,
+        ];
+        for conv in convs {
+            // Dense: more examples than a panel holds.
+            let nb = if conv.is_some() { 5 } else { 70 };
+            let (k, units) = match conv {
+                Some(w) => (w.size[0] * w.size[1] * w.input[2], 7),
+                None => (40, 9),
+            };
+            let (rpe, cin, per) = match conv {
+                Some(w) => (w.output().iter().product::<usize>(), w.input[2], w.input.iter().product::<usize>()),
+                None => (1, k, k),
+            };
+            let (mu, csr) = pruned(k, units, 0.3, 11);
+            let sigma: Vec<f32> = mu.iter().zip(values(k * units, 12)).map(|(&m, s)| if m == 0.0 { 0.0 } else { s }).collect();
+            let x = values(nb * per, 13);
+            let p = match &conv {
+                Some(w) => im2col(&x, nb, w),
+                None => x.clone(),
+            };
+            let mut sampler = crate::engine::sampler::Sampler::new(3, 4);
+            let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+            sampler.sign_masks_into(nb * cin, &mut s_in);
+            sampler.sign_masks_into(nb * units, &mut s_out);
+            let bias = values(units, 14);
+            let base = values(nb * rpe * units, 15);
+            let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
+            for (use_mu, with_base, relu) in [(true, false, false), (true, false, true), (false, true, false), (false, true, true)] {
+                let want = reference(&p, rpe, k, units, &mu, &sigma, &s_in, cin, &s_out, &bias, with_base.then_some(&base[..]), use_mu, relu);
+                let job = Job {
+                    csr: &csr,
+                    conv: conv.as_ref(),
+                    x: &x,
+                    n: nb,
+                    a: use_mu.then_some(&a[..]),
+                    flip: Some(Flip { noise: &d, s_in: &s_in, s_out: &s_out }),
+                    base: with_base.then_some(&base[..]),
+                    bias: &bias,
+                    relu,
+                };
+                let mut out = vec![f32::NAN; nb * rpe * units];
+                forward(&job, &mut out, &mut Scratch::default());
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert!((f64::from(*g) - w).abs() < 1e-5, "{conv:?} mu {use_mu} relu {relu}: output {i}: {g} vs {w}");
+                }
+            }
+            // Without a perturbation (mean network): x @ mu + bias.
+            let job = Job { csr: &csr, conv: conv.as_ref(), x: &x, n: nb, a: Some(&a), flip: None, base: None, bias: &bias, relu: false };
+            let mut out = vec![f32::NAN; nb * rpe * units];
+            forward(&job, &mut out, &mut Scratch::default());
+            let zero = vec![0f32; k * units];
+            let want = reference(&p, rpe, k, units, &mu, &zero, &s_in, cin, &s_out, &bias, None, true, false);
+            assert!(out.iter().zip(&want).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-5), "{conv:?}: mean network");
         }
     }
 }
