@@ -83,15 +83,23 @@ pub fn max_pool(x: &[f32], n: usize, win: &Window) -> Vec<f32> {
 /// [`max_pool`] into a reused buffer (a fresh one per layer and sample page-faulted its
 /// memory in again every time).
 pub fn max_pool_into(x: &[f32], n: usize, win: &Window, out: &mut Vec<f32>) {
-    let [h, w, c] = win.input;
     let [oh, ow] = win.output();
     out.clear();
-    out.resize(n * oh * ow * c, f32::NEG_INFINITY);
+    out.resize(n * oh * ow * win.input[2], 0.0);
+    max_pool_to(x, n, win, out);
+}
+
+/// [`max_pool`] into `out`, which holds exactly `n` output examples (a conv layer pools each
+/// example's output into its place while it is still in cache).
+pub(crate) fn max_pool_to(x: &[f32], n: usize, win: &Window, out: &mut [f32]) {
+    let [h, w, c] = win.input;
+    let [oh, ow] = win.output();
     let (_, pad) = win.geometry();
     if win.size == [2, 2] && win.strides == [2, 2] && pad == [0, 0] && 2 * oh <= h && 2 * ow <= w && c > 0 {
         max_pool_2x2(x, n, win.input, [oh, ow], out);
         return;
     }
+    out.fill(f32::NEG_INFINITY);
     for b in 0..n {
         for oy in 0..oh {
             for ox in 0..ow {
