@@ -601,16 +601,20 @@ impl Linear {
             }
         }
         // Winograd for the layers it was planned for, unless the mean product is shared.
+        // Output values of `n` examples after the fused max pool.
+        let pooled_len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
         if let (Some(wg), None) = (&self.wino, shared) {
             let mut out = ws.any(rows * u);
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
-            wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, &mut out, &mut ws.wino);
+            let pooled = wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, pool, &mut out, &mut ws.wino);
+            if pooled {
+                out.truncate(pooled_len);
+            }
             ws.noise = noise;
-            return (out, false);
+            return (out, pooled);
         }
         if flipout && self.signs_on_weights() {
-            let len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
-            let mut out = ws.any(len);
+            let mut out = ws.any(pooled_len);
             self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, pool, &mut out, ws);
             ws.noise = noise;
             return (out, pool.is_some());
