@@ -13,7 +13,7 @@
 use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{im2col_rows, max_pool_into, Window};
+use super::conv::{im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights, FUSED_MAX_K};
 use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
@@ -435,6 +435,8 @@ pub(crate) struct Scratch {
     /// the weights ([`Linear::signs_on_weights`]), and the signs it currently carries.
     wsigned: Vec<f32>,
     wsigns: Vec<u32>,
+    /// One example's output before the max pool fused into the layer.
+    unpooled: Vec<f32>,
     wino: winograd::Buffers,
     /// Weight panels and output sign bits of [`flipout_dense`].
     panel: Vec<f32>,
@@ -595,8 +597,11 @@ impl Linear {
 
     /// The layer on `x` (`n` examples); returns `[n, ..., units]`, through a ReLU when `relu`.
     /// With `shared` (this layer's [`Shared`] for the same `x`), the mean product and patches
-    /// are not redone.
-    fn forward(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, relu: bool, ws: &mut Scratch) -> Vec<f32> {
+    /// are not redone. With `pool` (the max pool that follows), the Flipout path with the
+    /// signs on the weights pools each example's output while it is in cache; the flag says
+    /// whether the returned output is pooled.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, relu: bool, pool: Option<&Window>, ws: &mut Scratch) -> (Vec<f32>, bool) {
         let (k, u) = (self.kernel.k, self.kernel.n);
         let rpe = self.rows_per_example();
         let rows = n * rpe;
@@ -642,27 +647,36 @@ impl Linear {
             let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
             sparse::forward(&job, &mut out, &mut ws.sparse);
             ws.noise = noise;
-            return out;
+            return (out, false);
         }
+        // Output values of `n` examples after the fused max pool.
+        let pooled_len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
         // Winograd for the layers it was planned for, unless the mean product is shared.
         if let (Some(wg), None) = (&self.wino, shared) {
+            let mut out = ws.any(rows * u);
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
-            wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, &mut out, &mut ws.wino);
+            let pooled = wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, pool, &mut out, &mut ws.wino);
+            if pooled {
+                out.truncate(pooled_len);
+            }
             ws.noise = noise;
-            return out;
+            return (out, pooled);
         }
         if flipout && self.fused_flipout() {
+            let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean.as_slice());
             let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: &noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
-            return out;
+            return (out, false);
         }
         if flipout && self.signs_on_weights() {
-            self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, &mut out, ws);
+            let mut out = ws.any(pooled_len);
+            self.flipout_signed_weights(x, n, &noise, &bias, relu, shared, pool, &mut out, ws);
             ws.noise = noise;
-            return out;
+            return (out, pool.is_some());
         }
+        let mut out = ws.any(rows * u);
         let block = self.block_rows();
         let mut pbuf = std::mem::take(&mut ws.patches);
         for r0 in (0..rows).step_by(block) {
@@ -710,15 +724,17 @@ impl Linear {
         ws.patches = pbuf;
         ws.noise = noise;
         bias_act(&mut out, &bias, relu);
-        out
+        (out, false)
     }
 
     /// The Flipout product of a dense-kernel convolution with the input signs on the weights
     /// ([`Linear::signs_on_weights`]): `out = P @ mu + (P @ (s_in * noise)) * s_out + bias`
     /// (through a ReLU when `relu`) one example at a time, while the example's rows are in
-    /// cache; the mean product comes from `shared` when given.
+    /// cache; the mean product comes from `shared` when given. With `pool`, `out` receives
+    /// each example's output max-pooled (the 36 MB of BNN-Conv's first conv output then never
+    /// leave the cache).
     #[allow(clippy::too_many_arguments)]
-    fn flipout_signed_weights(&self, x: &[f32], n: usize, noise: &[f32], bias: &[f32], relu: bool, shared: Option<&Shared>, out: &mut [f32], ws: &mut Scratch) {
+    fn flipout_signed_weights(&self, x: &[f32], n: usize, noise: &[f32], bias: &[f32], relu: bool, shared: Option<&Shared>, pool: Option<&Window>, out: &mut [f32], ws: &mut Scratch) {
         let (k, u, rpe, cin) = (self.kernel.k, self.kernel.n, self.rows_per_example(), self.sign_width());
         let mu = self.kernel.values().0;
         // Columns of the combined weights: mu and the noise, or only the noise when the mean
@@ -739,6 +755,11 @@ impl Linear {
         let mut pbuf = std::mem::take(&mut ws.patches);
         let mut prod = std::mem::take(&mut ws.pert);
         prod.resize(rpe * w, 0.0);
+        let mut unpooled = std::mem::take(&mut ws.unpooled);
+        let pooled_len = pool.map_or(0, |p| p.output().iter().product::<usize>() * u);
+        if pool.is_some() {
+            unpooled.resize(rpe * u, 0.0);
+        }
         for b in 0..n {
             let signs = &ws.s_in[b * cin..][..cin];
             for (j, row) in wsigned.chunks_exact_mut(w.max(1)).enumerate() {
@@ -756,7 +777,7 @@ impl Linear {
             };
             sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
             let so = &ws.s_out[b * u..][..u];
-            let ob = &mut out[r0 * u..r1 * u];
+            let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {
                 Some(sh) => {
                     for ((o, m), t) in ob.chunks_exact_mut(u).zip(sh.mean[r0 * u..r1 * u].chunks_exact(u)).zip(prod.chunks_exact(w)) {
@@ -770,7 +791,11 @@ impl Linear {
                     }
                 }
             }
+            if let Some(p) = pool {
+                max_pool_to(&unpooled, 1, p, &mut out[b * pooled_len..(b + 1) * pooled_len]);
+            }
         }
+        ws.unpooled = unpooled;
         ws.patches = pbuf;
         ws.pert = prod;
         ws.wsigned = wsigned;
@@ -808,16 +833,23 @@ fn run(layers: &[Layer], x: &[f32], n: usize, draw: &mut Draw, shared: Option<&S
 }
 
 fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, mut shared: Option<&Shared>, ws: &mut Scratch) {
-    // A ReLU right after a weight layer runs in that layer's output pass.
-    let mut relu_done = false;
+    // A ReLU right after a weight layer runs in that layer's output pass, and so may the max
+    // pool after them: `skip` counts the layers already done.
+    let mut skip = 0;
     for (i, layer) in layers.iter().enumerate() {
-        if std::mem::take(&mut relu_done) {
+        if skip > 0 {
+            skip -= 1;
             continue;
         }
         match layer {
             Layer::Linear(lin) => {
-                relu_done = matches!(layers.get(i + 1), Some(Layer::Relu));
-                let out = lin.forward(act, n, draw, shared.take(), relu_done, ws);
+                let relu = matches!(layers.get(i + 1), Some(Layer::Relu));
+                let pool = match layers.get(i + 1 + usize::from(relu)) {
+                    Some(Layer::MaxPool(win)) => Some(win),
+                    _ => None,
+                };
+                let (out, pooled) = lin.forward(act, n, draw, shared.take(), relu, pool, ws);
+                skip = usize::from(relu) + usize::from(pooled);
                 ws.give(std::mem::replace(act, out));
             }
             Layer::Relu => act.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -945,11 +977,45 @@ mod tests {
         // with the ReLU fused into the output pass.
         for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
             let mut sampler = Sampler::new(7, 0);
-            let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, &mut Scratch::default());
+            let (got, pooled) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, None, &mut Scratch::default());
+            assert!(!pooled);
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
                 let e = if relu { e.max(0.0) } else { *e };
                 assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_fused_into_the_flipout_output_equals_the_definition() {
+        // The 5x5x4 output pooled 2x2 at stride 2: VALID (2x2, the fast path) and SAME (3x3,
+        // padded), against the f64 definition pooled in f64.
+        let lin = conv_layer();
+        let n = 3;
+        let x = values(n * 75, 4);
+        let full = naive_flipout(&lin, &x, n, 7);
+        let shared = lin.shared(&x, n);
+        for padding in [Padding::Valid, Padding::Same] {
+            let win = Window { input: [5, 5, 4], size: [2, 2], strides: [2, 2], padding };
+            let ([oh, ow], [ph, pw]) = win.geometry();
+            for (sh, relu) in [(None, true), (Some(&shared), true), (Some(&shared), false)] {
+                let mut sampler = Sampler::new(7, 0);
+                let mut ws = Scratch::default();
+                let (got, pooled) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, Some(&win), &mut ws);
+                assert!(pooled);
+                assert_eq!(got.len(), n * oh * ow * 4);
+                for (i, g) in got.iter().enumerate() {
+                    let (b, oy, ox, o) = (i / (oh * ow * 4), i / (ow * 4) % oh, i / 4 % ow, i % 4);
+                    let mut e = f64::NEG_INFINITY;
+                    for (y, xx) in [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (2 * oy + dy, 2 * ox + dx)) {
+                        if let (Some(y), Some(xx)) = (y.checked_sub(ph).filter(|&y| y < 5), xx.checked_sub(pw).filter(|&v| v < 5)) {
+                            let v = full[((b * 5 + y) * 5 + xx) * 4 + o];
+                            e = e.max(if relu { v.max(0.0) } else { v });
+                        }
+                    }
+                    assert!((f64::from(*g) - e).abs() < 1e-5, "{padding:?} {i}: {g} vs {e}");
+                }
             }
         }
     }
@@ -1040,7 +1106,7 @@ mod tests {
             let shared = lin.shared(&x, n);
             for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
                 let mut sampler = Sampler::new(7, 0);
-                let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, &mut Scratch::default());
+                let (got, _) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, None, &mut Scratch::default());
                 assert_eq!(got.len(), expected.len());
                 for (g, e) in got.iter().zip(&expected) {
                     let e = if relu { e.max(0.0) } else { *e };
@@ -1084,7 +1150,7 @@ mod tests {
             for est in [Estimator::Flipout, Estimator::Reparameterization] {
                 for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
                     let mut sampler = Sampler::new(7, 1);
-                    let got = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, est), sh, relu, &mut Scratch::default());
+                    let (got, _) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, est), sh, relu, None, &mut Scratch::default());
                     // The same draws, in the engine's order: bias, noise of the kept weights
                     // (pattern order), input and output signs; the noise scattered to [k, u].
                     let mut s = Sampler::new(7, 1);
@@ -1123,8 +1189,8 @@ mod tests {
             }
             // The mean network: the sparse layer equals the dense one.
             let dense = Linear { kernel: Kernel::new(k, u, mu.clone(), None, false), ..lin.clone() };
-            let a = lin.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
-            let b = dense.forward(&x, n, &mut Draw::Mean, None, true, &mut Scratch::default());
+            let (a, _) = lin.forward(&x, n, &mut Draw::Mean, None, true, None, &mut Scratch::default());
+            let (b, _) = dense.forward(&x, n, &mut Draw::Mean, None, true, None, &mut Scratch::default());
             assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5), "{conv:?}: mean network");
         }
     }

@@ -14,7 +14,7 @@
 //! the perturbation product (against `U(sigma * eps)`, once per sample). Output signs, bias
 //! and ReLU go on in the output transform.
 
-use super::conv::Window;
+use super::conv::{max_pool_to, Window};
 use super::gemm::sgemm;
 
 /// Values of one example block's Winograd-domain buffers (V, signed V, the two products):
@@ -235,6 +235,8 @@ pub struct Buffers {
     wb: Vec<f32>,
     tile: Vec<f32>,
     tmp: Vec<f32>,
+    /// One example's output before the max pool fused into the per-example path.
+    unpooled: Vec<f32>,
 }
 
 /// A stride-1 convolution run by Winograd minimal filtering, with its mean kernel already in
@@ -329,27 +331,30 @@ impl WinogradConv {
 
     /// The convolution of `x` (`n` examples, NHWC) into `out` (`[n, oh, ow, k]`): with the
     /// kernel `weights` (HWIO; `None` = the means, already transformed), plus Flipout's
-    /// perturbation when given, plus `bias`, through a ReLU when `relu`.
+    /// perturbation when given, plus `bias`, through a ReLU when `relu`. With `pool` (the max
+    /// pool that follows), the per-example Flipout path pools each example's output while it
+    /// is in cache into `out` (`[n, ph, pw, k]`) and returns true; otherwise `out` is the
+    /// unpooled `[n, oh, ow, k]` and the result false.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, out: &mut [f32], ws: &mut Buffers) {
+    pub fn forward(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { self.forward_avx2(x, n, weights, flipout, bias, relu, out, ws) };
+            return unsafe { self.forward_avx2(x, n, weights, flipout, bias, relu, pool, out, ws) };
         }
-        self.forward_impl(x, n, weights, flipout, bias, relu, out, ws)
+        self.forward_impl(x, n, weights, flipout, bias, relu, pool, out, ws)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn forward_avx2(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, out: &mut [f32], ws: &mut Buffers) {
-        self.forward_impl(x, n, weights, flipout, bias, relu, out, ws)
+    unsafe fn forward_avx2(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
+        self.forward_impl(x, n, weights, flipout, bias, relu, pool, out, ws)
     }
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn forward_impl(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, out: &mut [f32], ws: &mut Buffers) {
+    fn forward_impl(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
         let (a, c, k) = (self.t.a, self.win.input[2], self.k);
         let mut u_main = std::mem::take(&mut ws.u_main);
         let mut u_pert = std::mem::take(&mut ws.u_pert);
@@ -368,6 +373,11 @@ impl WinogradConv {
             let (c_k, [oh, ow]) = (c * k, self.win.output());
             let mut wb = std::mem::take(&mut ws.wb);
             wb.resize(a * a * c_k, 0.0);
+            let mut unpooled = std::mem::take(&mut ws.unpooled);
+            let (per_out, pooled_len) = (oh * ow * k, pool.map_or(0, |p| p.output().iter().product::<usize>() * k));
+            if pool.is_some() {
+                unpooled.resize(per_out, 0.0);
+            }
             for b in 0..n {
                 let so = &f.s_out[b * k..(b + 1) * k];
                 for (((w, m), p), &si) in wb.chunks_exact_mut(k).zip(self.u_mu.chunks_exact(k)).zip(u_pert.chunks_exact(k)).zip(f.s_in[b * c..(b + 1) * c].iter().cycle()) {
@@ -380,12 +390,19 @@ impl WinogradConv {
                 for xi in 0..a * a {
                     small_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb[xi * c_k..], &mut ws.mm[xi * tpe * k..]);
                 }
-                self.output_transform(b, b + 1, None, bias, relu, &mut out[b * oh * ow * k..(b + 1) * oh * ow * k], ws);
+                match pool {
+                    Some(p) => {
+                        self.output_transform(b, b + 1, None, bias, relu, &mut unpooled, ws);
+                        max_pool_to(&unpooled, 1, p, &mut out[b * pooled_len..(b + 1) * pooled_len]);
+                    }
+                    None => self.output_transform(b, b + 1, None, bias, relu, &mut out[b * per_out..(b + 1) * per_out], ws),
+                }
             }
+            ws.unpooled = unpooled;
             ws.wb = wb;
             ws.u_main = u_main;
             ws.u_pert = u_pert;
-            return;
+            return pool.is_some();
         }
         let per_example = tpe * a * a * (c + k) * if flipout.is_some() { 2 } else { 1 };
         let block = (BLOCK_VALUES / per_example.max(1)).clamp(1, n.max(1));
@@ -409,6 +426,7 @@ impl WinogradConv {
         }
         ws.u_main = u_main;
         ws.u_pert = u_pert;
+        false
     }
 
     /// `V = B^T d B` of every tile of examples `b0..b1` into `ws.v` (`[a², rows, c]`), and
@@ -655,12 +673,34 @@ mod tests {
                 let flip = Flipout { noise: &noise, s_in: &s_in, s_out: &s_out };
                 for (weights, f, want) in [(None, None, &want_mean), (Some(&noise[..]), None, &want_noise), (None, Some(flip), &want_flip)] {
                     let mut out = vec![f32::NAN; n * oh * ow * k];
-                    conv.forward(&x, n, weights, f, &bias, relu, &mut out, &mut ws);
+                    conv.forward(&x, n, weights, f, &bias, relu, None, &mut out, &mut ws);
                     let err = max_rel_err(&out, want);
                     // Float error (largest absolute error over the largest output): measured
                     // 2e-7 for F(2, 3), 0.6-1.5e-6 for the 6x6 tiles (f32 im2col: ~1e-7).
                     let bound = if m + r == 5 { 5e-7 } else { 4e-6 };
                     assert!(err < bound, "F({m}, {r}) {h}x{w}x{c}->{k} {padding:?}: relative error {err}");
+                }
+                // The max pool fused into the per-example Flipout path (the stacked products
+                // decline it), against the f64 output pooled by the definition.
+                for pool_padding in [Padding::Valid, Padding::Same] {
+                    let pw = Window { input: [oh, ow, k], size: [2, 2], strides: [2, 2], padding: pool_padding };
+                    let ([poh, pow], [pph, ppw]) = pw.geometry();
+                    let mut out = vec![f32::NAN; n * oh * ow * k];
+                    let pooled = conv.forward(&x, n, None, Some(flip), &bias, relu, Some(&pw), &mut out, &mut ws);
+                    assert_eq!(pooled, conv.tiles[0] * conv.tiles[1] >= PER_EXAMPLE_TILES);
+                    if !pooled {
+                        continue;
+                    }
+                    let mut want = Vec::new();
+                    for b in 0..n {
+                        for (py, px, o) in (0..poh).flat_map(|py| (0..pow).flat_map(move |px| (0..k).map(move |o| (py, px, o)))) {
+                            let taps = [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| ((2 * py + dy).checked_sub(pph), (2 * px + dx).checked_sub(ppw)));
+                            let inside = taps.iter().filter_map(|&(y, xx)| Some((y.filter(|&y| y < oh)?, xx.filter(|&v| v < ow)?)));
+                            want.push(inside.map(|(y, xx)| want_flip[((b * oh + y) * ow + xx) * k + o]).fold(f64::NEG_INFINITY, f64::max));
+                        }
+                    }
+                    let err = max_rel_err(&out[..want.len()], &want);
+                    assert!(err < 4e-6, "pooled F({m}, {r}) {h}x{w}x{c}->{k} {pool_padding:?}: relative error {err}");
                 }
             }
         }
