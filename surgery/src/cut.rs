@@ -322,7 +322,7 @@ mod tests {
         match i % 97 {
             0..=2 => (0.125, -3.0),
             3 => (0.0, -1000.0),
-            4 if i % 5 == 0 => (f32::NAN, -3.0),
+            4 if i.is_multiple_of(5) => (f32::NAN, -3.0),
             5 => (rng.uniform(-0.3, 0.3), 90.0), // beyond the approximation's range
             _ => (rng.uniform(-0.3, 0.3), rng.uniform(-9.0, 2.0)),
         }

@@ -16,7 +16,7 @@ impl KeepMask {
     /// A mask from its words (bits past `len` are cleared).
     pub fn from_words(mut words: Vec<u64>, len: usize) -> KeepMask {
         words.resize(len.div_ceil(64), 0);
-        if len % 64 != 0 {
+        if !len.is_multiple_of(64) {
             if let Some(last) = words.last_mut() {
                 *last &= (1u64 << (len % 64)) - 1;
             }
@@ -92,7 +92,7 @@ pub fn apply_mask(keep: &KeepMask, first: usize, src: &[u8], dst: &mut [u8], fil
     let width = fill.len();
     // The stream's chunks are multiples of 64 elements (see `BundleReader::stream`); if
     // one were not, the bit-by-bit path below still gets it right.
-    let aligned = first % 64 == 0;
+    let aligned = first.is_multiple_of(64);
     dst.par_chunks_mut(PAR_WEIGHTS * width).zip(src.par_chunks(PAR_WEIGHTS * width)).enumerate().for_each(|(c, (d, s))| {
         let start = first + c * PAR_WEIGHTS;
         match (width, aligned) {

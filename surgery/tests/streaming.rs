@@ -26,9 +26,9 @@ fn weight(rng: &mut Rng, i: usize, layer: usize) -> (f32, f32) {
         10 => (rng.uniform(-0.3, 0.3), -95.0),  // tiny scale: huge SNR
         11 => (rng.uniform(-0.3, 0.3), 90.0),   // scale beyond the approximation's range
         12 => (0.5, -1000.0),                   // zero scale, live mean: SNR +inf
-        14 if i % 5 == 0 => (f32::NAN, -3.0),   // undefined
-        15 if i % 7 == 0 => (0.1, f32::INFINITY),
-        16 if i % 9 == 0 => (f32::NEG_INFINITY, -2.0),
+        14 if i.is_multiple_of(5) => (f32::NAN, -3.0),   // undefined
+        15 if i.is_multiple_of(7) => (0.1, f32::INFINITY),
+        16 if i.is_multiple_of(9) => (f32::NEG_INFINITY, -2.0),
         17 => (1e-40, -2.0),                    // subnormal SNR
         _ => (rng.uniform(-0.3, 0.3), rng.uniform(-9.0, 2.0)),
     }

@@ -85,7 +85,7 @@ struct Linear {
 
 #[derive(Debug, Clone)]
 enum Layer {
-    Linear(Linear),
+    Linear(Box<Linear>),
     Relu,
     MaxPool(Window),
     Flatten,
@@ -170,7 +170,7 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 };
                 let wino = conv.filter(|_| !use_csr).and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
                 let kernel = Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, use_csr);
-                Layer::Linear(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino })
+                Layer::Linear(Box::new(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino }))
             }
             Op::Relu => Layer::Relu,
             Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => match op.activation() {
