@@ -14,7 +14,7 @@ use crate::naming;
 use crate::object_graph::{ObjectGraph, OBJECT_GRAPH_KEY, VARIABLE_VALUE_SUFFIX};
 use crate::safetensors_file::SafetensorsFile;
 use crate::sparse::{read_sparse, SparseView, MAX_DENSE_TENSOR_BYTES, META_SPARSE};
-use crate::tensor::{TensorData, TensorInfo};
+use crate::tensor::{TensorData, TensorInfo, FOLIO_MAX};
 
 /// Which container a checkpoint is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -318,6 +318,41 @@ impl Checkpoint {
         match &self.store {
             Store::Bundle(b) => b.release(key, range),
             Store::Safetensors(f, _) => f.release(key, range),
+        }
+    }
+}
+
+/// Releases the mapped pages of one tensor whose blocks are read in any order (by parallel
+/// workers): each [`FOLIO_MAX`]-sized window of the tensor, widened by a window on either side
+/// (folios need not be aligned with the tensor), is released once all its bytes are reported
+/// done. Releasing just each block would leave the rest of its folios mapped, and a later touch
+/// of a folio maps back the parts already released: memory would grow with the checkpoint.
+pub struct WindowedRelease<'a> {
+    ckpt: &'a Checkpoint,
+    key: &'a str,
+    len: usize,
+    done: Vec<std::sync::atomic::AtomicUsize>,
+}
+
+impl<'a> WindowedRelease<'a> {
+    /// A tracker for the `len` stored bytes of `key`.
+    pub fn new(ckpt: &'a Checkpoint, key: &'a str, len: usize) -> Self {
+        let done = (0..len.div_ceil(FOLIO_MAX)).map(|_| std::sync::atomic::AtomicUsize::new(0)).collect();
+        WindowedRelease { ckpt, key, len, done }
+    }
+
+    /// Reports bytes `range` as done; releases every window that this completes.
+    pub fn done(&self, range: std::ops::Range<usize>) {
+        let mut start = range.start;
+        while start < range.end.min(self.len) {
+            let w = start / FOLIO_MAX;
+            let end = ((w + 1) * FOLIO_MAX).min(range.end);
+            let total = ((w + 1) * FOLIO_MAX).min(self.len) - w * FOLIO_MAX;
+            let Some(counter) = self.done.get(w) else { return };
+            if counter.fetch_add(end - start, std::sync::atomic::Ordering::AcqRel) + (end - start) == total {
+                self.ckpt.release(self.key, w.saturating_sub(1) * FOLIO_MAX..((w + 2) * FOLIO_MAX).min(self.len));
+            }
+            start = end;
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::bundle::{write_atomically, BundleWriter, CopiedTensor};
-use crate::checkpoint::{Checkpoint, Variable};
+use crate::checkpoint::{Checkpoint, Variable, WindowedRelease};
 use crate::checkpoint_state::{CheckpointState, STATE_FILE};
 pub use crate::edit::TensorEdit;
 use crate::error::{Error, Result};
@@ -171,7 +171,8 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
         if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
             // Block by block on every core, as `cp` would copy it, together with the next
             // tensor when both are edited and as long (see `checkpoint_to_bundle`).
-            let release = |range| ckpt.release(&v.key, range);
+            let windows = WindowedRelease::new(ckpt, &v.key, src.len());
+            let release = |range| windows.done(range);
             let this = Piece { at: 0, src, edit: edit.map(|e| e.as_ref()), release: &release };
             let w = plan.variables.get(i + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.nbytes == v.info.nbytes);
             let along = match w {
@@ -179,7 +180,8 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
                 None => None,
             };
             if let Some((w, w_src)) = along {
-                let w_release = |range| ckpt.release(&w.key, range);
+                let w_windows = WindowedRelease::new(ckpt, &w.key, w_src.len());
+                let w_release = |range| w_windows.done(range);
                 let w_edit = edits.values.get(&w.key);
                 let next = Piece { at: 0, src: w_src, edit: w_edit.map(|e| e.as_ref()), release: &w_release };
                 let (crc, w_crc) = out.copy_with_next(this, next)?;
@@ -279,7 +281,8 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
                     }
                 }
                 let keys: Vec<String> = group.iter().map(|(v, _)| ckpt.tf_key(v).to_string()).collect();
-                let releases: Vec<_> = group.iter().map(|(v, _)| move |range| ckpt.release(&v.key, range)).collect();
+                let windows: Vec<WindowedRelease> = group.iter().map(|(v, src)| WindowedRelease::new(ckpt, &v.key, src.len())).collect();
+                let releases: Vec<_> = windows.iter().map(|w| move |range| w.done(range)).collect();
                 let tensors: Vec<CopiedTensor> = group
                     .iter()
                     .zip(&keys)

@@ -14,6 +14,14 @@ use crate::dtype::DType;
 /// memory growing with the tensor (seen on a 4 GiB checkpoint: 41 MiB of them).
 pub const FAULT_AROUND: usize = 64 << 10;
 
+/// The largest stretch that one page fault maps: since Linux 6.x a fault on a file mapping maps
+/// the whole large folio of the page cache that holds the page, up to 2 MiB (on x86-64), not
+/// just the [`FAULT_AROUND`] window. A reader that touches a tensor out of order (blocks copied
+/// in parallel, a strided sample) maps back parts of those folios it already released; it
+/// releases whole windows of this size, widened by one window on either side, once it is done
+/// with them ([`crate::checkpoint::WindowedRelease`]).
+pub const FOLIO_MAX: usize = 2 << 20;
+
 /// The values of one tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData<'a> {

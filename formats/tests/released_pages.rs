@@ -45,3 +45,32 @@ fn releasing_chunk_by_chunk_leaves_no_pages_behind() {
     // Without the fault-around margin, 21 pages stayed mapped here (up to 15 per chunk).
     assert!(left <= 2, "{left} pages of the walked tensor still mapped");
 }
+
+#[test]
+fn blocks_released_out_of_order_leave_no_pages_behind() {
+    use formats::checkpoint::WindowedRelease;
+    use formats::synthetic::SplitMix64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("model.ckpt");
+    write_synthetic_bnn(&prefix, &[(2048, 4096)], 7).expect("write checkpoint");
+    let ckpt = Checkpoint::open(&prefix).expect("open");
+    let key = "den_1/kernel_posterior_loc";
+    let data = ckpt.read_unverified(key).expect("read");
+    let bytes = data.bytes().expect("numeric");
+    // 256 KiB blocks in a shuffled order, as parallel workers finish them: a touch maps the
+    // whole page-cache folio around a page, so releasing each block alone would leave the rest
+    // of its folios mapped (with large folios, most of the tensor).
+    let block = 256 << 10;
+    let mut order: Vec<usize> = (0..bytes.len().div_ceil(block)).collect();
+    SplitMix64(3).shuffle(&mut order);
+    let windows = WindowedRelease::new(&ckpt, key, bytes.len());
+    let mut sum = 0u64;
+    for b in order {
+        let range = b * block..((b + 1) * block).min(bytes.len());
+        sum += bytes[range.clone()].iter().step_by(4096).map(|&v| u64::from(v)).sum::<u64>();
+        windows.done(range);
+    }
+    assert!(sum > 0);
+    let left = mapped_pages(bytes);
+    assert!(left <= 2, "{left} pages of the tensor still mapped");
+}

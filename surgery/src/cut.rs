@@ -85,14 +85,23 @@ pub(crate) fn sample_target(ckpt: &Checkpoint, t: &Target, stride: usize, block:
     let numeric = |key: &str| Error::invalid(ckpt.path(), format!("'{key}' is not numeric"));
     let (mu, rho) = (mu.bytes().ok_or_else(|| numeric(&t.loc_key))?, rho.bytes().ok_or_else(|| numeric(&t.rho_key))?);
     let n = mu.len().min(rho.len()) / 4;
+    // A touch maps the whole page-cache folio (up to FOLIO_MAX) around a sampled block, so
+    // pages are released behind the sample in large steps, a folio's length behind, and all
+    // at the end: the sample leaves nothing resident.
+    let mut released = 0;
     for start in sample_starts(n, stride) {
         let end = (start + block).min(n);
         out.extend((start..end).map(|j| key(f32_at(mu, j), f32_at(rho, j))));
-        // Released with the fault-around window after the block, so that the sample leaves
-        // nothing resident (release drops the window before the range itself).
-        let range = 4 * start..(4 * end + formats::tensor::FAULT_AROUND).min(4 * n);
-        ckpt.release(&t.loc_key, range.clone());
-        ckpt.release(&t.rho_key, range);
+        let behind = (4 * start).saturating_sub(formats::tensor::FOLIO_MAX);
+        if behind >= released + 4 * formats::tensor::FOLIO_MAX {
+            ckpt.release(&t.loc_key, released..behind);
+            ckpt.release(&t.rho_key, released..behind);
+            released = behind;
+        }
+    }
+    if released < 4 * n {
+        ckpt.release(&t.loc_key, released..4 * n);
+        ckpt.release(&t.rho_key, released..4 * n);
     }
     Ok(())
 }
