@@ -5,29 +5,11 @@
 //!
 //! `cargo run --release -p bnn-model --example flipout_bench`
 
-use std::time::Instant;
-
 use model::engine::dense::{flipout_dense, FlipoutDense};
 use model::engine::gemm::sgemm;
 
-/// Best seconds of `f` over runs filling about `budget` seconds.
-fn best(budget: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut b = f64::INFINITY;
-    while start.elapsed().as_secs_f64() < budget {
-        let t = Instant::now();
-        f();
-        b = b.min(t.elapsed().as_secs_f64());
-    }
-    b
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = formats::synthetic::SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
-}
+mod common;
+use common::{best, values};
 
 fn main() {
     let shapes = [("bnn-fc 64x64", 360, 64, 64), ("bnn-fc 64x10", 360, 64, 10), ("dense 128x128", 360, 128, 128), ("dense 256x256", 360, 256, 256), ("vgg dense 512x512", 16, 512, 512), ("vgg dense 512x10", 16, 512, 10)];

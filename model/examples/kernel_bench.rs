@@ -14,31 +14,14 @@
 //!
 //! `cargo run --release -p bnn-model --example kernel_bench`
 
-use std::time::Instant;
 
 use rayon::prelude::*;
 use model::engine::dense::Kernel;
 use model::engine::gemm::sgemm;
 use model::engine::sparse::{self, Csr, Pass};
 
-/// Best seconds of `f` over runs filling about `budget` seconds.
-fn best(budget: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    let start = Instant::now();
-    let mut b = f64::INFINITY;
-    while start.elapsed().as_secs_f64() < budget {
-        let t = Instant::now();
-        f();
-        b = b.min(t.elapsed().as_secs_f64());
-    }
-    b
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = formats::synthetic::SplitMix64(seed);
-    (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
-}
+mod common;
+use common::{best, values};
 
 fn main() {
     let threads = rayon::current_num_threads();

@@ -926,19 +926,30 @@ mod tests {
         }
     }
 
+    /// A Flipout layer's draws in the engine's order for sample stream (`seed`, 0): bias, weight
+    /// noise, `in_signs` input and `out_signs` output sign masks.
+    fn engine_draws(lin: &Linear, in_signs: usize, out_signs: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
+        let mut s = Sampler::new(seed, 0);
+        let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
+        let noise = s.noise(lin.kernel.values().1.unwrap_or_default());
+        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+        s.sign_masks_into(in_signs, &mut s_in);
+        s.sign_masks_into(out_signs, &mut s_out);
+        (bias, noise, s_in, s_out)
+    }
+
+    /// The value of a sign mask from [`Sampler::sign_masks_into`].
+    fn sign(m: u32) -> f64 {
+        if m == 0 { 1.0 } else { -1.0 }
+    }
+
     /// Flipout of the layer computed directly from its definition, in f64: the same draws in
     /// the engine's order (bias, noise, input signs per example and channel, output signs per
     /// example and unit), `y = conv(x, mu) + conv(x * s_in, sigma * eps) * s_out + b`.
     fn naive_flipout(lin: &Linear, x: &[f32], n: usize, seed: u64) -> Vec<f64> {
         let (h, w, c, u) = (5usize, 5usize, 3usize, 4usize);
-        let mut s = Sampler::new(seed, 0);
-        let (mu, sigma) = lin.kernel.values();
-        let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
-        let noise = s.noise(sigma.unwrap_or_default());
-        let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
-        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
-        s.sign_masks_into(n * c, &mut s_in);
-        s.sign_masks_into(n * u, &mut s_out);
+        let mu = lin.kernel.values().0;
+        let (bias, noise, s_in, s_out) = engine_draws(lin, n * c, n * u, seed);
         let mut out = Vec::new();
         for b in 0..n {
             for oy in 0..h {
@@ -1074,14 +1085,8 @@ mod tests {
     /// unit): `y = x @ mu + ((x * s_in) @ (sigma * eps)) * s_out + b`.
     fn naive_dense_flipout(lin: &Linear, x: &[f32], n: usize, seed: u64) -> Vec<f64> {
         let (k, u) = (lin.kernel.k, lin.kernel.n);
-        let mut s = Sampler::new(seed, 0);
-        let (mu, sigma) = lin.kernel.values();
-        let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
-        let noise = s.noise(sigma.unwrap_or_default());
-        let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
-        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
-        s.sign_masks_into(n * k, &mut s_in);
-        s.sign_masks_into(n * u, &mut s_out);
+        let mu = lin.kernel.values().0;
+        let (bias, noise, s_in, s_out) = engine_draws(lin, n * k, n * u, seed);
         let mut out = Vec::new();
         for b in 0..n {
             for o in 0..u {
