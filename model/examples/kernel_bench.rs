@@ -14,7 +14,6 @@
 //!
 //! `cargo run --release -p bnn-model --example kernel_bench`
 
-
 use rayon::prelude::*;
 use model::engine::dense::Kernel;
 use model::engine::gemm::sgemm;
