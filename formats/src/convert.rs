@@ -84,6 +84,18 @@ fn stored_in_one_piece<'c>(ckpt: &'c Checkpoint, key: &str) -> Result<Option<&'c
     }
 }
 
+/// The tensor copied together with `v`, block by block in one job (see
+/// [`crate::block_copy::copy_together`]), and its stored bytes: `next`, the tensor written after
+/// `v`, when both are edited, of a fixed-size dtype, as long, and stored in one piece (the two
+/// halves of a posterior: each block is then decided once).
+fn copied_along<'c>(ckpt: &'c Checkpoint, edits: &Edits, v: &Variable, next: Option<&'c Variable>) -> Result<Option<(&'c Variable, &'c [u8])>> {
+    let both_edited = |w: &Variable| edits.values.contains_key(&v.key) && edits.values.contains_key(&w.key);
+    match next.filter(|w| both_edited(w) && w.info.dtype.size().is_some() && w.info.nbytes == v.info.nbytes) {
+        Some(w) => Ok(stored_in_one_piece(ckpt, &w.key)?.map(|w_src| (w, w_src))),
+        None => Ok(None),
+    }
+}
+
 /// What a conversion did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConversionReport {
@@ -170,16 +182,11 @@ pub fn checkpoint_to_safetensors(ckpt: &Checkpoint, out: &Path, opts: ToSafetens
         let edit = edits.values.get(&v.key);
         if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
             // Block by block on every core, as `cp` would copy it, together with the next
-            // tensor when both are edited and as long (see `checkpoint_to_bundle`).
+            // tensor where `copied_along` pairs them.
             let windows = WindowedRelease::new(ckpt, &v.key, src.len());
             let release = |range| windows.done(range);
             let this = Piece { at: 0, src, edit: edit.map(|e| e.as_ref()), release: &release };
-            let w = plan.variables.get(i + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.nbytes == v.info.nbytes);
-            let along = match w {
-                Some(w) => stored_in_one_piece(ckpt, &w.key)?.map(|w_src| (w, w_src)),
-                None => None,
-            };
-            if let Some((w, w_src)) = along {
+            if let Some((w, w_src)) = copied_along(ckpt, edits, v, plan.variables.get(i + 1).copied())? {
                 let w_windows = WindowedRelease::new(ckpt, &w.key, w_src.len());
                 let w_release = |range| w_windows.done(range);
                 let w_edit = edits.values.get(&w.key);
@@ -271,15 +278,10 @@ pub fn checkpoint_to_bundle(ckpt: &Checkpoint, prefix: &Path, edits: &Edits) -> 
         if v.info.dtype.size().is_some() {
             if let Some(src) = stored_in_one_piece(ckpt, &v.key)? {
                 // Block by block on every core, as `cp` would copy it, together with the next
-                // tensor when both are edited and as long (the two halves of a posterior: each
-                // block is then decided once); the sources' checksums are taken on the way and
-                // checked once the whole tensors have passed.
+                // tensor where `copied_along` pairs them; the sources' checksums are taken on
+                // the way and checked once the whole tensors have passed.
                 let mut group = vec![(v, src)];
-                if let Some(w) = variables.get(next + 1).filter(|w| edit.is_some() && edits.values.contains_key(&w.key) && w.info.dtype.size().is_some() && w.info.nbytes == v.info.nbytes) {
-                    if let Some(w_src) = stored_in_one_piece(ckpt, &w.key)? {
-                        group.push((w, w_src));
-                    }
-                }
+                group.extend(copied_along(ckpt, edits, v, variables.get(next + 1))?);
                 let keys: Vec<String> = group.iter().map(|(v, _)| ckpt.tf_key(v).to_string()).collect();
                 let windows: Vec<WindowedRelease> = group.iter().map(|(v, src)| WindowedRelease::new(ckpt, &v.key, src.len())).collect();
                 let releases: Vec<_> = windows.iter().map(|w| move |range| w.done(range)).collect();
