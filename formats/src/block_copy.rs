@@ -64,12 +64,16 @@ pub fn copy_together(out: &File, pieces: &[Piece]) -> std::io::Result<Vec<Copied
         .map_init(Vec::new, |buf, b| {
             pieces
                 .iter()
-                .map(|p| {
-                    let range = (b * BLOCK).min(p.src.len())..((b + 1) * BLOCK).min(p.src.len());
+                .enumerate()
+                .map(|(i, p)| {
+                    let range = block_range(p, b);
                     if range.is_empty() {
                         return Ok((0, 0));
                     }
+                    let next = pieces.get(i + 1).map_or(&[][..], |n| &n.src[block_range(n, b)]);
+                    NEXT_BLOCK.with(|n| n.set((next.as_ptr() as usize, next.len())));
                     let crc = copy_block(out, p.at + range.start as u64, range.start as u64, &p.src[range.clone()], p.edit, buf);
+                    NEXT_BLOCK.with(|n| n.set((0, 0)));
                     (p.release)(range);
                     crc
                 })
@@ -100,6 +104,25 @@ pub fn copy_together(out: &File, pieces: &[Piece]) -> std::io::Result<Vec<Copied
         })
         .collect();
     Ok(copied)
+}
+
+/// Bytes of block `b` of a piece's source (empty past its end).
+fn block_range(p: &Piece, b: usize) -> Range<usize> {
+    (b * BLOCK).min(p.src.len())..((b + 1) * BLOCK).min(p.src.len())
+}
+
+thread_local! {
+    /// Address and length of the source block this thread copies right after the block being
+    /// copied now, in the same job of [`copy_together`] (`(0, 0)` for none).
+    static NEXT_BLOCK: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// Whether `bytes` are the source block that this thread copies next, right after the block
+/// whose edit is running now, in the same job of [`copy_together`]: that copy reports them to
+/// its piece's `release`, so an edit that read them (the other half of a posterior pair) need
+/// not release them itself.
+pub fn copied_next(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && NEXT_BLOCK.with(|n| n.get() == (bytes.as_ptr() as usize, bytes.len()))
 }
 
 /// CRC32C's polynomial, bit-reflected.
@@ -239,6 +262,51 @@ mod tests {
         assert!(got[..a.len()] == want_a[..] && got[a.len()..] == b[..]);
         let want = [(crc32c::crc32c(&a), crc32c::crc32c(&want_a)), (crc32c::crc32c(&b), crc32c::crc32c(&b)), (0, 0)];
         assert_eq!(copied, want.map(|(source_crc, output_crc)| Copied { source_crc, output_crc }));
+    }
+
+    /// Copies, recording for each block whether `other`'s block at the same offset is copied
+    /// next (`copied_next`).
+    #[derive(Debug)]
+    struct SeesNext<'a> {
+        other: &'a [u8],
+        seen: Mutex<Vec<(u64, bool)>>,
+    }
+    impl TensorEdit for SeesNext<'_> {
+        fn apply(&self, offset: u64, src: &[u8], dst: &mut [u8]) {
+            dst.copy_from_slice(src);
+            let at = offset as usize;
+            let other = self.other.get(at..at + src.len()).unwrap_or_default();
+            self.seen.lock().expect("lock").push((offset, copied_next(other)));
+        }
+    }
+
+    #[test]
+    fn an_edit_sees_whether_the_block_it_reads_is_copied_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = std::fs::File::create(dir.path().join("out")).expect("create");
+        let (a, b) = (vec![1u8; 3 * BLOCK + 8], vec![2u8; 3 * BLOCK + 8]);
+        // `a`'s edit reads `b`: copied together, `b`'s block follows on the same thread.
+        let reads_b = SeesNext { other: &b, seen: Mutex::new(Vec::new()) };
+        let reads_a = SeesNext { other: &a, seen: Mutex::new(Vec::new()) };
+        let at_b = a.len() as u64;
+        let pieces = [
+            Piece { at: 0, src: &a, edit: Some(&reads_b), release: &|_| {} },
+            Piece { at: at_b, src: &b, edit: Some(&reads_a), release: &|_| {} },
+        ];
+        copy_together(&file, &pieces).expect("together");
+        let seen = |e: &SeesNext| {
+            let mut v = std::mem::take(&mut *e.seen.lock().expect("lock"));
+            v.sort();
+            v
+        };
+        let offsets = [0, BLOCK as u64, 2 * BLOCK as u64, 3 * BLOCK as u64];
+        assert_eq!(seen(&reads_b), offsets.map(|o| (o, true)));
+        // The last piece has none after it, and `a`'s block came before.
+        assert_eq!(seen(&reads_a), offsets.map(|o| (o, false)));
+        // Copied apart: never.
+        copy_tensor(&file, 0, &a, Some(&reads_b), &|_| {}).expect("alone");
+        assert_eq!(seen(&reads_b), offsets.map(|o| (o, false)));
+        assert!(!copied_next(&b[..BLOCK]), "nothing is copied outside a job");
     }
 
     #[test]

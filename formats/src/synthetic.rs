@@ -74,6 +74,20 @@ pub fn write_synthetic_bnn(prefix: &Path, layers: &[(u64, u64)], seed: u64) -> R
     record_in_state_file(prefix)
 }
 
+/// How many of the pages of `bytes` are mapped in this process (`/proc/self/pagemap`, bit 63):
+/// for tests that check a walk over a memory-mapped checkpoint released what it touched.
+#[cfg(target_os = "linux")]
+pub fn mapped_pages(bytes: &[u8]) -> std::io::Result<usize> {
+    use std::io::{Read, Seek, SeekFrom};
+    let page = 4096;
+    let (start, end) = (bytes.as_ptr() as usize / page, (bytes.as_ptr() as usize + bytes.len()).div_ceil(page));
+    let mut f = std::fs::File::open("/proc/self/pagemap")?;
+    f.seek(SeekFrom::Start(8 * start as u64))?;
+    let mut raw = vec![0u8; 8 * (end - start)];
+    f.read_exact(&mut raw)?;
+    Ok(raw.chunks_exact(8).filter(|e| e.last().is_some_and(|top| top >> 7 == 1)).count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

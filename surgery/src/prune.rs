@@ -470,8 +470,13 @@ impl formats::convert::TensorEdit for DecidingEdit {
                 let (mu, rho) = if self.mu_side { (src, other_bytes) } else { (other_bytes, src) };
                 let (mut keep, mut equal) = (vec![0u64; n.div_ceil(64)], vec![0u64; n.div_ceil(64)]);
                 let decided = d.rule.decide(mu, rho, d.rule.ties_before(&d.ckpt, &d.target, first), &mut keep, &mut equal);
+                // Copied next on this thread (the halves copied together), the other half's
+                // block is released by its own copy; copied apart, by nothing else.
+                let released_by_copy = formats::block_copy::copied_next(other_bytes);
                 drop(other);
-                d.ckpt.release(other_key, range);
+                if !released_by_copy {
+                    d.ckpt.release(other_key, range);
+                }
                 // For the other half's edit of this block, if it comes next on this thread.
                 let block = DecidedBlock { key: (d.id, first, n, self.mu_side), keep: keep.clone(), decided };
                 LAST_BLOCK.with(|last| *last.borrow_mut() = Some(block));
