@@ -84,22 +84,39 @@ fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto { name: name.into(), type_: AttributeType::INT.into(), i: v, ..Default::default() }
 }
 
-fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: name.into(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::FLOAT as i32,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+/// An element type of ONNX initializers, stored as little-endian `raw_data`.
+trait Element: Copy {
+    /// Its ONNX data type.
+    const DATA_TYPE: DataType;
+    /// Appends its little-endian bytes to `out`.
+    fn put(self, out: &mut Vec<u8>);
 }
 
-fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
+/// [`Element`] for primitive types with `to_le_bytes`.
+macro_rules! element {
+    ($($t:ty => $dtype:ident),*) => {$(
+        impl Element for $t {
+            const DATA_TYPE: DataType = DataType::$dtype;
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+
+element!(f32 => FLOAT, i64 => INT64);
+
+/// An initializer `name` of shape `dims` holding `values`.
+fn tensor<T: Element>(name: &str, dims: &[usize], values: &[T]) -> TensorProto {
+    let mut raw_data = Vec::with_capacity(values.len() * std::mem::size_of::<T>());
+    for v in values {
+        v.put(&mut raw_data);
+    }
     TensorProto {
         name: name.into(),
         dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::INT64 as i32,
-        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        data_type: T::DATA_TYPE as i32,
+        raw_data,
         ..Default::default()
     }
 }
@@ -158,14 +175,14 @@ impl Builder {
 
     fn const_i64(&mut self, hint: &str, values: &[i64]) -> String {
         let name = self.fresh(hint);
-        self.inits.push(i64_tensor(&name, &[values.len()], values));
+        self.inits.push(tensor(&name, &[values.len()], values));
         name
     }
 
     /// A float scalar initializer.
     fn const_f32(&mut self, hint: &str, value: f32) -> String {
         let name = self.fresh(hint);
-        self.inits.push(f32_tensor(&name, &[], &[value]));
+        self.inits.push(tensor(&name, &[], &[value]));
         name
     }
 
@@ -183,13 +200,13 @@ impl Builder {
             let (idx, vals): (Vec<i64>, Vec<f32>) =
                 values.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, v)| (i as i64, *v)).unzip();
             self.sparse_inits.push(SparseTensorProto {
-                values: Some(f32_tensor(name, &[vals.len()], &vals)).into(),
-                indices: Some(i64_tensor(&format!("{name}_indices"), &[idx.len()], &idx)).into(),
+                values: Some(tensor(name, &[vals.len()], &vals)).into(),
+                indices: Some(tensor(&format!("{name}_indices"), &[idx.len()], &idx)).into(),
                 dims: dims.iter().map(|&d| d as i64).collect(),
                 ..Default::default()
             });
         } else {
-            self.inits.push(f32_tensor(name, dims, values));
+            self.inits.push(tensor(name, dims, values));
         }
         name.to_string()
     }
@@ -535,7 +552,7 @@ pub fn densify(model: &mut ModelProto) {
             }
         }
         let dims: Vec<usize> = sp.dims.iter().map(|&d| d as usize).collect();
-        graph.initializer.push(f32_tensor(&values.name, &dims, &dense));
+        graph.initializer.push(tensor(&values.name, &dims, &dense));
     }
 }
 
