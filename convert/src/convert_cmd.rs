@@ -1,10 +1,10 @@
 //! `ckpt-to-safetensors` and `safetensors-to-ckpt`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use formats::checkpoint::Checkpoint;
-use formats::convert::{checkpoint_to_bundle, checkpoint_to_safetensors, Edits, ToSafetensorsOptions};
+use formats::convert::{checkpoint_to_bundle, checkpoint_to_safetensors, ConversionReport, Edits, ToSafetensorsOptions};
 use formats::input_files::InputFiles;
 
 /// Arguments of `ckpt-to-safetensors`.
@@ -28,28 +28,41 @@ pub struct ToSafetensorsArgs {
 
 /// Runs `ckpt-to-safetensors`.
 pub fn to_safetensors(a: ToSafetensorsArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&a.checkpoint)?;
-    let mut inputs = InputFiles::new();
-    inputs.add_checkpoint(&ckpt);
-    inputs.check_output(&a.output)?;
     let opts = ToSafetensorsOptions { include_optimizer: a.include_optimizer, skip_unsupported: a.skip_unsupported };
-    let folder = crate::output::output_folder(&a.output)?;
-    let report = checkpoint_to_safetensors(&ckpt, &a.output, opts, &Edits::default())?;
-    folder.keep();
+    let output = &a.output;
+    let report = convert(&a.checkpoint, output, |inputs| inputs.check_output(output), |ckpt| checkpoint_to_safetensors(ckpt, output, opts, &Edits::default()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+        print_json(&report)
     } else {
-        println!(
-            "wrote {} ({} tensors, {} bytes; {} left out)",
-            a.output.display(),
-            report.written.len(),
-            report.bytes,
-            report.skipped.len()
-        );
+        println!("wrote {} ({} tensors, {} bytes; {} left out)", output.display(), report.written.len(), report.bytes, report.skipped.len());
         for (key, why) in &report.skipped {
             println!("  left out {key}: {why}");
         }
+        Ok(())
     }
+}
+
+/// Opens the checkpoint at `input`, refuses an `output` that `check` finds clashing with it, and
+/// converts it by `write`, removing the folders made for `output` again if that fails.
+fn convert(
+    input: &Path,
+    output: &Path,
+    check: impl FnOnce(&InputFiles) -> formats::Result<()>,
+    write: impl FnOnce(&Checkpoint) -> formats::Result<ConversionReport>,
+) -> Result<ConversionReport> {
+    let ckpt = Checkpoint::open(input)?;
+    let mut inputs = InputFiles::new();
+    inputs.add_checkpoint(&ckpt);
+    check(&inputs)?;
+    let folder = crate::output::output_folder(output)?;
+    let report = write(&ckpt)?;
+    folder.keep();
+    Ok(report)
+}
+
+/// Prints a conversion's report as JSON.
+fn print_json(report: &ConversionReport) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(report).context("serializing the report")?);
     Ok(())
 }
 
@@ -69,17 +82,12 @@ pub struct ToCheckpointArgs {
 
 /// Runs `safetensors-to-ckpt`.
 pub fn to_checkpoint(a: ToCheckpointArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&a.input)?;
-    let mut inputs = InputFiles::new();
-    inputs.add_checkpoint(&ckpt);
-    inputs.check_bundle_output(&a.output, &[])?;
-    let folder = crate::output::output_folder(&a.output)?;
-    let report = checkpoint_to_bundle(&ckpt, &a.output, &Edits::default())?;
-    folder.keep();
+    let output = &a.output;
+    let report = convert(&a.input, output, |inputs| inputs.check_bundle_output(output, &[]), |ckpt| checkpoint_to_bundle(ckpt, output, &Edits::default()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("serializing the report")?);
+        print_json(&report)
     } else {
-        println!("wrote {} ({} tensors, {} bytes)", a.output.display(), report.written.len(), report.bytes);
+        println!("wrote {} ({} tensors, {} bytes)", output.display(), report.written.len(), report.bytes);
+        Ok(())
     }
-    Ok(())
 }

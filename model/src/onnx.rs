@@ -108,7 +108,7 @@ element!(f32 => FLOAT, i64 => INT64);
 
 /// An initializer `name` of shape `dims` holding `values`.
 fn tensor<T: Element>(name: &str, dims: &[usize], values: &[T]) -> TensorProto {
-    let mut raw_data = Vec::with_capacity(values.len() * std::mem::size_of::<T>());
+    let mut raw_data = Vec::with_capacity(std::mem::size_of_val(values));
     for v in values {
         v.put(&mut raw_data);
     }
