@@ -501,17 +501,23 @@ fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits
         n += ckpt.variable(&t.loc_key)?.info.nbytes / 4;
     }
     let stride = ((n / SAMPLE_BLOCKS) as usize).max(2 * SAMPLE_BLOCK) | 1;
-    let (mut samples, mut sampled) = (Vec::with_capacity(targets.len()), 0usize);
-    for t in targets {
-        let mut s = Vec::new();
-        crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
-        sampled += s.len();
-        s.retain(|&k| k < MARKERS);
-        s.sort_unstable();
-        samples.push(s);
-    }
+    // The posteriors sampled (exact keys: libm) and sorted on every core: this phase is
+    // otherwise serial, before pass one.
+    let drawn: Vec<(usize, Vec<u32>)> = targets
+        .par_iter()
+        .map(|t| {
+            let mut s = Vec::new();
+            crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
+            let drawn = s.len();
+            s.retain(|&k| k < MARKERS);
+            s.sort_unstable();
+            Ok((drawn, s))
+        })
+        .collect::<Result<_>>()?;
+    let sampled: usize = drawn.iter().map(|d| d.0).sum();
+    let samples: Vec<Vec<u32>> = drawn.into_iter().map(|d| d.1).collect();
     let mut all: Vec<u32> = samples.concat();
-    all.sort_unstable();
+    all.par_sort_unstable();
     let mut overall = window_buckets(&all, levels);
     for &l in limits.iter().filter(|l| **l < MARKERS) {
         if let Some(w) = overall.get_mut((l >> 16) as usize) {
