@@ -7,7 +7,7 @@
 //!    summed in storage order, so the mean is the one summing every value gives). Without the
 //!    mean, float32 weights are keyed by the fast approximation of
 //!    [`crate::threshold::approx_keys`], exactly wherever that could change a bucket, a
-//!    threshold count or an extreme (see [`bucket_keys`]);
+//!    threshold count or an extreme, and counted block by cache-sized block (see [`fast_chunk`]);
 //! 2. the SNRs are computed again and, for the few buckets holding the ranks the quantiles
 //!    need, counted by their low 16 bits, which pins those ranks to exact values; the log10
 //!    histogram, whose range pass one found, is filled too.
@@ -26,11 +26,11 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::posterior::{for_each_chunk, is_pruned_f32, load_f32, CHUNK_WEIGHTS};
-use crate::radix::{LowHistograms, TopHistogram};
+use crate::radix::{LowHistograms, TopHistogram, BUCKETS};
 use crate::snr::parts::{assemble, display, lerp, quantile_ranks, LogBins};
 use crate::snr::{Extras, NonFinite, SnrReport, Stats, Target, TargetSnr};
 use model::softplus::softplus_f32;
-use crate::threshold::{approx_keys, approx_keys_then, in_ranges, pack, KEY_SLACK};
+use crate::threshold::{approx_blocks, approx_keys, approx_keys_then, in_ranges, pack, Kernel, KEY_SLACK};
 
 /// Key of an already-pruned weight.
 const PRUNED: u32 = u32::MAX;
@@ -88,25 +88,9 @@ pub(crate) fn chunk_keys(dtype: DType, mu: &[u8], rho: &[u8], keys: &mut Vec<u32
 
 /// Bit `i` set where approximate key `keys[i]` (within [`KEY_SLACK`] of the exact key) could
 /// belong to another top-16-bit bucket than the exact key, or lie on the other side of one of
-/// `limits`.
-fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked).
-        return unsafe { unsettled_avx2(keys, limits) };
-    }
-    unsettled_generic(keys, limits)
-}
-
-/// [`unsettled`] compiled for AVX2 (unsigned 32-bit compares).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn unsettled_avx2(keys: &[u32], limits: &[u32]) -> u64 {
-    unsettled_generic(keys, limits)
-}
-
+/// `limits`. Inlined into the key kernel that calls it, so it runs at that kernel's width.
 #[inline(always)]
-fn unsettled_generic(keys: &[u32], limits: &[u32]) -> u64 {
+fn unsettled(keys: &[u32], limits: &[u32]) -> u64 {
     let mut near = [0u8; 64];
     let keys = &keys[..keys.len().min(64)];
     // Low 16 bits within KEY_SLACK of either end of the bucket (wraps below).
@@ -137,19 +121,50 @@ fn wanted_ranges(lows: &[&LowHistograms]) -> Vec<(u32, u32)> {
     ranges
 }
 
-/// Pass one's keys of a float32 chunk without the mean: the approximate key of
-/// [`approx_keys`] where it is in the exact key's top-16-bit bucket and on the same side of
-/// every key of `limits` (the threshold counts' keys) for certain, else (and for every marker)
-/// the exact key.
-fn bucket_keys(mu: &[u8], rho: &[u8], limits: &[u32], keys: &mut Vec<u32>) {
-    approx_keys_then(mu, rho, keys, |first, word| {
-        let mut exact = unsettled(word, limits);
-        while exact != 0 {
-            let i = exact.trailing_zeros() as usize;
-            word[i] = key_of(f32_at(mu, first + i), f32_at(rho, first + i));
-            exact &= exact - 1;
-        }
-    });
+/// Pass one's state in one worker thread, for the posterior being read (fast path).
+#[derive(Debug)]
+struct Worker {
+    first: First,
+    /// Exact keys collected in wanted buckets.
+    inside: Vec<u32>,
+    /// Scratch: the weights of a block that may hold its extremes.
+    candidates: Vec<usize>,
+}
+
+/// One [`Worker`] per thread of rayon's pool (each locked only by its own thread).
+fn workers(thresholds: usize) -> Vec<std::sync::Mutex<Worker>> {
+    (0..rayon::current_num_threads().max(1))
+        .map(|_| std::sync::Mutex::new(Worker { first: First::new(thresholds), inside: Vec::new(), candidates: Vec::new() }))
+        .collect()
+}
+
+/// Pass one over a float32 chunk without the mean, block by cache-sized block
+/// ([`approx_blocks`]): each weight is keyed by the approximation of [`approx_keys`] where that
+/// is in the exact key's top-16-bit bucket and on the same side of every key of `limits` (the
+/// threshold counts' keys) for certain, else (and for every marker) exactly; then, while the
+/// block's keys are in cache, [`first_pass_block`] counts them into the calling thread's
+/// worker. With `want`, the threshold counts come from the collected keys (exact), so
+/// `limits` is empty: only bucket edges call for exact keys.
+fn fast_chunk(mu: &[u8], rho: &[u8], limits: &[u32], want: Option<&[bool]>, workers: &[std::sync::Mutex<Worker>]) {
+    approx_blocks(
+        mu,
+        rho,
+        |first, word| {
+            let mut exact = unsettled(word, limits);
+            while exact != 0 {
+                let i = exact.trailing_zeros() as usize;
+                word[i] = key_of(f32_at(mu, first + i), f32_at(rho, first + i));
+                exact &= exact - 1;
+            }
+        },
+        |first, keys| {
+            // Blocks of one thread never overlap (no rayon call inside), so its lock is free;
+            // another thread's index would only make them wait, never miscount.
+            let w = &workers[rayon::current_thread_index().unwrap_or(0) % workers.len()];
+            let mut w = w.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            first_pass_block(keys, first, mu, rho, &mut w, limits, want);
+        },
+    );
 }
 
 /// The largest key (f32 bit pattern) of a value <= `t`, if any SNR can be <= `t`.
@@ -200,7 +215,6 @@ impl First {
         }
     }
 
-    /// Adds a group's counts (not its sum: the overall sum runs in storage order).
     /// Counts a weight whose key is a marker (pruned, or NaN/infinite mu, rho or both).
     fn count_marker(&mut self, k: u32) {
         match k {
@@ -215,11 +229,14 @@ impl First {
         self.undefined += u64::from(k != PRUNED);
     }
 
+    /// Adds a group's counts (not its sum: the overall sum runs in storage order).
     fn merge(&mut self, o: &First) {
         self.hist.merge(&o.hist);
         self.count += o.count;
         self.pruned += o.pruned;
         self.undefined += o.undefined;
+        self.undefined_mu += o.undefined_mu;
+        self.undefined_rho += o.undefined_rho;
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
         self.max_finite = self.max_finite.max(o.max_finite);
@@ -267,57 +284,63 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
     }
 }
 
-/// Pass one over a chunk's [`bucket_keys`] (of weights `mu` and `rho`): the same counts as
-/// [`first_pass`] without the sum; the extremes are exact keys of the weights that may hold them.
-/// `second` is a histogram of the layer's keys too (the two halves of each chunk are counted
-/// on two cores); the caller merges it.
-#[allow(clippy::too_many_arguments)]
-fn first_pass_fast(keys: &[u32], mu: &[u8], rho: &[u8], layer: &mut First, second: &mut TopHistogram, limits: &[u32], want: Option<&[bool]>, inside: &mut Vec<u32>) {
-    let markers = keys.iter().filter(|&&k| k >= MARKERS).count() as u64;
-    if markers > 0 {
-        for &k in keys.iter().filter(|&&k| k >= MARKERS) {
-            layer.count_marker(k);
+/// Pass one over a block of [`fast_chunk`]'s keys (of weights `first..` of `mu` and `rho`):
+/// the same counts as [`first_pass`] without the sum, into `worker`; the extremes are the exact
+/// keys of the weights that may hold the block's (so the smallest of the blocks' is exact too).
+/// With `want`, the exact keys in wanted buckets are collected (every key is in its exact
+/// bucket); the counts under `limits` are scanned here (with collected buckets the caller
+/// takes them from those instead).
+fn first_pass_block(keys: &[u32], first: usize, mu: &[u8], rho: &[u8], worker: &mut Worker, limits: &[u32], want: Option<&[bool]>) {
+    let Worker { first: layer, inside, candidates } = worker;
+    let (mut markers, mut pruned) = (0u64, 0u64);
+    // Indexed by a key's top 16 bits: no bounds checks in the loop (predict_buckets makes
+    // `want` one flag per bucket).
+    let want = want.map(|w| &w[..BUCKETS]);
+    let counts = layer.hist.buckets_mut();
+    for (j, &k) in keys.iter().enumerate() {
+        if k >= MARKERS {
+            pruned += u64::from(k == PRUNED);
+            markers += 1;
+            continue;
+        }
+        counts[(k >> 16) as usize] += 1;
+        if want.is_some_and(|want| want[(k >> 16) as usize]) {
+            inside.push(key_of(f32_at(mu, first + j), f32_at(rho, first + j)));
         }
     }
-    let (a, b) = keys.split_at(keys.len() / 2);
-    // With `want`, the exact keys in wanted buckets are collected too (every key is in its
-    // exact bucket: bucket_keys).
-    let add = |keys: &[u32], offset: usize, hist: &mut TopHistogram, out: &mut Vec<u32>| match want {
-        None => keys.iter().filter(|&&k| k < MARKERS).for_each(|&k| hist.add(k)),
-        Some(want) => {
-            for (j, &k) in keys.iter().enumerate() {
-                if k < MARKERS {
-                    hist.add(k);
-                    if want.get((k >> 16) as usize).is_some_and(|w| *w) {
-                        out.push(key_of(f32_at(mu, offset + j), f32_at(rho, offset + j)));
-                    }
-                }
-            }
-        }
-    };
-    let mut more = Vec::new();
-    rayon::join(|| add(a, 0, &mut layer.hist, inside), || add(b, a.len(), second, &mut more));
-    inside.extend(more);
+    layer.pruned += pruned;
+    if markers > pruned {
+        // Rare: count the undefined weights by kind.
+        keys.iter().filter(|&&k| k >= MARKERS && k != PRUNED).for_each(|&k| layer.count_marker(k));
+    }
+    layer.hist.counted(keys.len() as u64 - markers);
     layer.count += keys.len() as u64 - markers;
-    let mut candidates = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked).
-        unsafe { scans_avx2(keys, limits, &mut layer.under, &mut candidates) };
-    } else {
-        scans(keys, limits, &mut layer.under, &mut candidates);
+    candidates.clear();
+    match Kernel::detect() {
+        // SAFETY: the CPU has the features (detected).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { scans_avx512(keys, limits, &mut layer.under, candidates) },
+        // SAFETY: the CPU has AVX2 (detected).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { scans_avx2(keys, limits, &mut layer.under, candidates) },
+        _ => scans(keys, limits, &mut layer.under, candidates),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    scans(keys, limits, &mut layer.under, &mut candidates);
-    for j in candidates {
+    for &j in candidates.iter() {
         let k = keys[j];
-        let e = if k == INFINITY { k } else { key_of(f32_at(mu, j), f32_at(rho, j)) };
+        let e = if k == INFINITY { k } else { key_of(f32_at(mu, first + j), f32_at(rho, first + j)) };
         layer.min = layer.min.min(e);
         layer.max = layer.max.max(e);
         if e < INFINITY {
             layer.max_finite = layer.max_finite.max(Some(e));
         }
     }
+}
+
+/// [`scans`] compiled for AVX-512 (16 lanes, mask compares).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2")]
+unsafe fn scans_avx512(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
+    scans(keys, limits, under, candidates)
 }
 
 /// [`scans`] compiled for AVX2 (unsigned 32-bit compares, minima and maxima).
@@ -327,11 +350,11 @@ unsafe fn scans_avx2(keys: &[u32], limits: &[u32], under: &mut [u64], candidates
     scans(keys, limits, under, candidates)
 }
 
-/// The vectorized part of [`first_pass_fast`]: adds the keys at or under each of `limits` to
+/// The vectorized part of [`first_pass_block`]: adds the keys at or under each of `limits` to
 /// `under`, and lists the weights that may hold the chunk's extremes in `candidates`.
 #[inline(always)]
 fn scans(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<usize>) {
-    // Every key is on the right side of every limit (bucket_keys); markers are above them all.
+    // Every key is on the right side of every limit (fast_chunk); markers are above them all.
     for (u, &limit) in under.iter_mut().zip(limits) {
         // u32 lanes per block of 64, summed in u64.
         *u += keys.chunks(64).map(|b| b.iter().map(|&k| u32::from(k <= limit)).sum::<u32>() as u64).sum::<u64>();
@@ -349,6 +372,10 @@ fn scans(keys: &[u32], limits: &[u32], under: &mut [u64], candidates: &mut Vec<u
     let low_end = smallest.saturating_add(2 * KEY_SLACK);
     let high_end = if finite == 0 { INFINITY } else { finite.saturating_sub(1 + 2 * KEY_SLACK) };
     for (w, block) in keys.chunks(64).enumerate() {
+        // Few words hold a candidate: a vectorized test before packing the flags.
+        if block.iter().map(|&k| u32::from(k <= low_end || (k >= high_end && k < MARKERS))).fold(0, |a, b| a | b) == 0 {
+            continue;
+        }
         let mut flags = [0u8; 64];
         for (f, &k) in flags.iter_mut().zip(block) {
             *f = u8::from(k <= low_end || (k >= high_end && k < MARKERS));
@@ -474,17 +501,23 @@ fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits
         n += ckpt.variable(&t.loc_key)?.info.nbytes / 4;
     }
     let stride = ((n / SAMPLE_BLOCKS) as usize).max(2 * SAMPLE_BLOCK) | 1;
-    let (mut samples, mut sampled) = (Vec::with_capacity(targets.len()), 0usize);
-    for t in targets {
-        let mut s = Vec::new();
-        crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
-        sampled += s.len();
-        s.retain(|&k| k < MARKERS);
-        s.sort_unstable();
-        samples.push(s);
-    }
+    // The posteriors sampled (exact keys: libm) and sorted on every core: this phase is
+    // otherwise serial, before pass one.
+    let drawn: Vec<(usize, Vec<u32>)> = targets
+        .par_iter()
+        .map(|t| {
+            let mut s = Vec::new();
+            crate::cut::sample_target(ckpt, t, stride, SAMPLE_BLOCK, key_of, &mut s)?;
+            let drawn = s.len();
+            s.retain(|&k| k < MARKERS);
+            s.sort_unstable();
+            Ok((drawn, s))
+        })
+        .collect::<Result<_>>()?;
+    let sampled: usize = drawn.iter().map(|d| d.0).sum();
+    let samples: Vec<Vec<u32>> = drawn.into_iter().map(|d| d.1).collect();
     let mut all: Vec<u32> = samples.concat();
-    all.sort_unstable();
+    all.par_sort_unstable();
     let mut overall = window_buckets(&all, levels);
     for &l in limits.iter().filter(|l| **l < MARKERS) {
         if let Some(w) = overall.get_mut((l >> 16) as usize) {
@@ -600,22 +633,26 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     let mut layers: Vec<(First, Vec<Located>)> = Vec::with_capacity(targets.len());
     for (i, t) in targets.iter().enumerate() {
         let mut layer = First::new(thresholds.len());
-        let mut second = TopHistogram::default();
         let mut inside = Vec::new();
         let want = wanted.get(i).map(Vec::as_slice);
+        let fast = t.dtype == DType::Float32 && !extras.mean;
+        let pool = if fast { workers(thresholds.len()) } else { Vec::new() };
         for_each_chunk(ckpt, t, true, |_, mu, rho| {
-            if t.dtype == DType::Float32 && !extras.mean {
-                bucket_keys(mu, rho, &limits, &mut keys);
+            if fast {
                 // With collected buckets, the threshold counts come from them (below).
                 let scanned = if want.is_some() { &[][..] } else { &limits[..] };
-                first_pass_fast(&keys, mu, rho, &mut layer, &mut second, scanned, want, &mut inside);
+                fast_chunk(mu, rho, scanned, want, &pool);
             } else {
                 chunk_keys(t.dtype, mu, rho, &mut keys);
                 first_pass(&keys, &mut layer, &mut overall_sum, &under_keys);
             }
             Ok(())
         })?;
-        layer.hist.merge(&second);
+        for w in pool {
+            let w = w.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            layer.merge(&w.first);
+            inside.extend(w.inside);
+        }
         if want.is_some() {
             // Keys at or under each limit: whole buckets below the limit's bucket, and in it
             // (collected: predict_buckets wants it) the exact keys up to the limit.
