@@ -15,7 +15,6 @@ use formats::checkpoint::Checkpoint;
 use formats::dtype::DType;
 use formats::error::{Error, Result};
 use formats::layout::{Layer, Param};
-use formats::tensor::f32_values;
 
 use crate::softplus::softplus_f32;
 
@@ -173,9 +172,7 @@ impl BatchNormParams {
             if var.info.dtype != DType::Float32 || var.info.shape.len() != 1 {
                 return Err(Error::unsupported(path, format!("'{key}' is {:?} {:?}; batch normalization needs a float32 vector", var.info.dtype, var.info.shape)));
             }
-            let data = ckpt.read(&key)?;
-            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
-            Ok(Some(f32_values(bytes)))
+            Ok(Some(f32_streamed(ckpt, &key)?))
         };
         let mean = get("moving_mean", true)?.unwrap_or_default();
         let variance = get("moving_variance", true)?.unwrap_or_default();
@@ -406,6 +403,34 @@ impl Op {
 }
 
 
+/// The float32 values of tensor `key`, streamed: the checkpoint's mapped pages are released
+/// chunk by chunk as they are copied (and the checksum verified as by [`Checkpoint::read`]),
+/// so loading a model holds its weights once, not the file's pages beside them.
+fn f32_streamed(ckpt: &Checkpoint, key: &str) -> Result<Vec<f32>> {
+    // The stored size, bounds-checked against the file (borrowing it maps nothing in).
+    let len = ckpt.read_unverified(key)?.bytes().map(<[u8]>::len).ok_or_else(|| Error::corrupt(ckpt.path(), format!("'{key}' has no numeric data")))?;
+    let mut values = Vec::with_capacity(len / 4);
+    // Bytes of a value split across two chunks.
+    let mut carry = Vec::with_capacity(4);
+    ckpt.stream(key, &mut |chunk: &[u8]| {
+        let mut chunk = chunk;
+        if !carry.is_empty() {
+            let take = (4 - carry.len()).min(chunk.len());
+            carry.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if let [a, b, c, d] = carry[..] {
+                values.push(f32::from_le_bytes([a, b, c, d]));
+                carry.clear();
+            }
+        }
+        let whole = chunk.chunks_exact(4);
+        carry.extend_from_slice(whole.remainder());
+        values.extend(whole.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        Ok(())
+    })?;
+    Ok(values)
+}
+
 impl Posterior {
     fn read(ckpt: &Checkpoint, layer: &Layer) -> Result<Posterior> {
         let path = ckpt.path();
@@ -414,9 +439,7 @@ impl Posterior {
             if var.info.dtype != DType::Float32 {
                 return Err(Error::unsupported(path, format!("'{key}' is {:?}; inference needs float32", var.info.dtype)));
             }
-            let data = ckpt.read(key)?;
-            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
-            Ok((var.info.shape.iter().map(|&d| d as usize).collect(), f32_values(bytes)))
+            Ok((var.info.shape.iter().map(|&d| d as usize).collect(), f32_streamed(ckpt, key)?))
         };
         let kernel_key = layer.get(Param::KernelLoc).or(layer.get(Param::Kernel));
         let kernel_key = kernel_key.ok_or_else(|| Error::invalid(path, format!("layer '{}' has no kernel", layer.name)))?;
