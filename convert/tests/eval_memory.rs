@@ -17,6 +17,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// Runs `bnn-convert eval` on one thread and returns the child's peak resident set
 /// (`ru_maxrss` from `wait4` on its pid: other tests' children do not count), in bytes.
+// The child is reaped by `wait4` (for its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn eval_peak_rss(ck: &Path, arch: Option<&Path>, samples: usize) -> f64 {
     let data = fixtures().join("data/digits_test_x.npy");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bnn-convert"));
