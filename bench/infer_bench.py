@@ -111,6 +111,70 @@ def weight_bytes(ck):
     return sum(os.path.getsize(os.path.join(ck, f)) for f in os.listdir(ck) if ".data-" in f)
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_models import MODELS  # noqa: E402  (the benchmark models' layers, for the memory bound)
+
+# Examples per Monte Carlo chunk of the engine (`MC_CHUNK` in model/src/engine/predict.rs).
+MC_CHUNK = 1024
+# The process itself: binary and libraries (5 MiB resident before the model is read), rayon's
+# threads and their allocator arenas (`eval` of the 0.6 MiB BNN-FC peaks at 18 MiB).
+PROCESS_MIB = 16
+
+
+def activation_bytes(model, n, samples, threads):
+    """The batch's activations of `eval --samples S` on `n` examples, from the architecture:
+    T = min(threads, S) samples run at once, each on m = min(n, MC_CHUNK) examples and holding
+    one layer's input and output (the largest input + output of a weight layer, before
+    pooling); plus the first weight layer's patches (conv) and mean product, computed once and
+    shared by every sample (when S > 1). float32."""
+    shape, layers = MODELS[model]
+    shape, m, t = list(shape), min(n, MC_CHUNK), max(1, min(threads, samples))
+    per_sample, shared = 0, None
+    for kind, *a in layers:
+        size = 1
+        for d in shape:
+            size *= d
+        if kind == "pool":
+            shape = [shape[0] // 2, shape[1] // 2, shape[2]]
+            continue
+        if kind == "flatten":
+            shape = [size]
+            continue
+        if kind == "conv":
+            out, patches = shape[:2] + [a[0]], shape[0] * shape[1] * a[1] * a[1] * shape[2]
+        else:
+            out, patches = [a[0]], 0
+        out_size = 1
+        for d in out:
+            out_size *= d
+        per_sample = max(per_sample, size + out_size)
+        if shared is None:
+            shared = patches + out_size if samples > 1 else 0
+        shape = out
+    return 4 * m * (t * per_sample + (shared or 0))
+
+
+def memory_table(results):
+    """Issue 10's memory criterion per run: peak RSS of `eval` against 2 x the weight bytes +
+    the batch's activations (`activation_bytes`) + the process's own PROCESS_MIB."""
+    threads = os.cpu_count() or 1
+    lines = ["", "### Peak memory of `eval` against issue 10's bound", "",
+             "Bound = 2 x W (the checkpoint's float32 weight bytes: mu, rho, biases) + A (the batch's "
+             "activations: min(threads, S) = %d samples at once, each holding the largest input + output "
+             "of a weight layer, before pooling, for min(n, %d) examples; plus the first weight layer's "
+             "patches and mean product, shared by the samples) + %d MiB for the process itself (binary, "
+             "libraries, threads). Peak = `ru_maxrss` of `eval`, largest of the runs." % (threads, MC_CHUNK, PROCESS_MIB),
+             "", "| model | examples x S | W MiB | A MiB | bound MiB | peak RSS MiB | peak / bound | met |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        a = activation_bytes(r["model"], r["n"], r["s"], threads) / 2**20
+        bound = 2 * r["weights"] / 2**20 + a + PROCESS_MIB
+        lines.append("| %s, %s | %d x %d | %.1f | %.1f | %.0f | %.0f | %.2f | %s |" % (
+            r["name"], r["variant"], r["n"], r["s"], r["weights"] / 2**20, a, bound, r["rss"], r["rss"] / bound,
+            "yes" if r["rss"] <= bound else "**no**"))
+    return lines
+
+
 def main():
     if not all(os.path.exists(os.path.join(WORK, m, "checkpoint")) for m in ("bnn_fc", "bnn_conv", "vgg16")):
         run([PY, os.path.join(ROOT, "bench", "make_models.py"), WORK])
@@ -126,6 +190,7 @@ def main():
     ]
     results = []
     for name, ck, x, s, tag in models:
+        model = os.path.basename(ck)
         for variant, path in (("dense", ck), ("70% pruned", pruned(ck, tag))):
             o_sec, o_rss, o_out = ours(B, path, x, s)
             # 649c966 needs minutes per run on the 28x28 conv net and ~30 s on VGG-16: fewer runs.
@@ -134,7 +199,7 @@ def main():
             r = onnxruntime(path, x, s, tag)
             flops = o_out["nominal_flops"]
             gflops = flops / o_sec / 1e9
-            results.append(dict(name=name, variant=variant, n=o_out["n"], s=s, ours=o_sec, rss=o_rss, tag=tag, flops=flops,
+            results.append(dict(name=name, variant=variant, n=o_out["n"], s=s, ours=o_sec, rss=o_rss, tag=tag, flops=flops, model=model,
                                 base=base, tf=t and t["predict_seconds"], ort=r and r["seconds"],
                                 gflops=gflops, weights=weight_bytes(path), sparse=o_out["sparse_layers"],
                                 layers=o_out["layers"], acc=o_out["accuracy"],
@@ -215,6 +280,7 @@ def write_doc(kb, results, sweeps):
             ratio(r["tf"], r["ours"]), ratio(r["ort"], r["ours"]), ratio(r["base"], r["ours"]),
             r["gflops"], 100 * r["gflops"] / peak, r["sparse"], r["layers"], r["rss"], r["weights"] / 2**20))
     lines += flop_table(results, kb)
+    lines += memory_table(results)
     lines += ["", "70% pruned against dense, ours: " + ", ".join(
         "%s **%.2fx**" % (results[i]["name"].split(" ")[0], results[i]["ours"] / results[i + 1]["ours"])
         for i in range(0, len(results), 2)) + "."]

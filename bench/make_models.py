@@ -24,6 +24,23 @@ SEED = 10
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _vgg16():
+    layers = []
+    for width, n in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]:
+        layers += [("conv", width, 3)] * n + [("pool",)]
+    return layers + [("flatten",), ("dense", 512, "relu"), ("dense", 10, None)]
+
+
+# The benchmark models: input shape and layers ("conv", filters, size) SAME stride 1 relu,
+# ("pool",) 2x2, ("flatten",), ("dense", units, activation); also read by bench/infer_bench.py
+# (the memory bound of each model).
+MODELS = {
+    "bnn_fc": ([64], [("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 10, None)]),
+    "bnn_conv": ([28, 28, 1], [("conv", 32, 5), ("pool",), ("conv", 64, 5), ("pool",), ("flatten",), ("dense", 10, None)]),
+    "vgg16": ([32, 32, 3], _vgg16()),
+}
+
+
 def build(out, name, input_shape, layers):
     import tensorflow as tf
     import tf_keras
@@ -73,13 +90,8 @@ def main():
     for name, shape in [("x28", (360, 28, 28, 1)), ("x32", (16, 32, 32, 3))]:
         np.save(os.path.join(out, name + "_x.npy"), rng.rand(*shape).astype(np.float32))
         np.save(os.path.join(out, name + "_y.npy"), rng.randint(0, 10, shape[0]).astype(np.int64))
-    build(out, "bnn_fc", [64], [("dense", 256, "relu"), ("dense", 256, "relu"), ("dense", 10, None)])
-    build(out, "bnn_conv", [28, 28, 1],
-          [("conv", 32, 5), ("pool",), ("conv", 64, 5), ("pool",), ("flatten",), ("dense", 10, None)])
-    vgg = []
-    for width, n in [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)]:
-        vgg += [("conv", width, 3)] * n + [("pool",)]
-    build(out, "vgg16", [32, 32, 3], vgg + [("flatten",), ("dense", 512, "relu"), ("dense", 10, None)])
+    for name, (input_shape, layers) in MODELS.items():
+        build(out, name, input_shape, layers)
 
 
 if __name__ == "__main__":

@@ -157,7 +157,9 @@ pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Esti
 
 /// Runs `eval`.
 pub fn run(a: Args) -> Result<()> {
+    mem_trace("start");
     let (arch, posts) = load_model(&a.model)?;
+    mem_trace("weights read");
     // The model takes the loaded weights over: one copy in memory.
     let model = Model::from_posteriors(&arch, posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
     let est = match a.estimator.as_str() {
@@ -165,8 +167,11 @@ pub fn run(a: Args) -> Result<()> {
         "reparam" => Estimator::Reparameterization,
         other => bail!("--estimator must be flipout or reparam, not '{other}'"),
     };
+    mem_trace("model built");
     let data = a.data.read(model.example_len(), model.classes())?;
+    mem_trace("data read");
     let e = run_eval(&model, &data, a.samples, a.seed, est)?;
+    mem_trace("predicted");
     let (sparse, layers) = model.sparse_layers();
     let m = e.metrics;
     if a.json {
@@ -187,6 +192,26 @@ pub fn run(a: Args) -> Result<()> {
         println!("seconds                  {:.4}", e.seconds);
     }
     Ok(())
+}
+
+/// With `BNN_MEM_TRACE` set, prints this process's memory at `stage` to stderr: the peak
+/// (VmHWM) and current resident set, split into anonymous (heap) and file-backed (mapped
+/// checkpoint, binary) pages; for accounting `eval`'s peak (docs/performance.md).
+fn mem_trace(stage: &str) {
+    if std::env::var_os("BNN_MEM_TRACE").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok()).map_or(-1.0, |kb| kb as f64 / 1024.0)
+    };
+    eprintln!(
+        "mem {stage}: VmHWM {:.1} MiB, VmRSS {:.1} (RssAnon {:.1}, RssFile {:.1}) MiB",
+        field("VmHWM:"),
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
+    );
 }
 
 // ---- data files (readers: formats::dataset) ---------------------------------------------

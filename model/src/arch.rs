@@ -15,7 +15,6 @@ use formats::checkpoint::Checkpoint;
 use formats::dtype::DType;
 use formats::error::{Error, Result};
 use formats::layout::{Layer, Param};
-use formats::tensor::f32_values;
 
 use crate::softplus::softplus_f32;
 
@@ -173,9 +172,7 @@ impl BatchNormParams {
             if var.info.dtype != DType::Float32 || var.info.shape.len() != 1 {
                 return Err(Error::unsupported(path, format!("'{key}' is {:?} {:?}; batch normalization needs a float32 vector", var.info.dtype, var.info.shape)));
             }
-            let data = ckpt.read(&key)?;
-            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
-            Ok(Some(f32_values(bytes)))
+            Ok(Some(f32_streamed(ckpt, &key)?))
         };
         let mean = get("moving_mean", true)?.unwrap_or_default();
         let variance = get("moving_variance", true)?.unwrap_or_default();
@@ -406,6 +403,44 @@ impl Op {
 }
 
 
+/// The float32 values of tensor `key`, streamed: the checkpoint's mapped pages are released
+/// chunk by chunk as they are copied (and the checksum verified as by [`Checkpoint::read`]),
+/// so loading a model holds its weights once, not the file's pages beside them.
+fn f32_streamed(ckpt: &Checkpoint, key: &str) -> Result<Vec<f32>> {
+    // The stored size, bounds-checked against the file (borrowing it maps nothing in).
+    let len = ckpt.read_unverified(key)?.bytes().map(<[u8]>::len).ok_or_else(|| Error::corrupt(ckpt.path(), format!("'{key}' has no numeric data")))?;
+    let mut dec = F32Decoder { values: Vec::with_capacity(len / 4), carry: Vec::with_capacity(4) };
+    ckpt.stream(key, &mut |chunk: &[u8]| {
+        dec.push(chunk);
+        Ok(())
+    })?;
+    Ok(dec.values)
+}
+
+/// Little-endian float32 values decoded from bytes that arrive in chunks of any length.
+struct F32Decoder {
+    values: Vec<f32>,
+    /// Bytes of a value split across two chunks.
+    carry: Vec<u8>,
+}
+
+impl F32Decoder {
+    fn push(&mut self, mut chunk: &[u8]) {
+        if !self.carry.is_empty() {
+            let take = (4 - self.carry.len()).min(chunk.len());
+            self.carry.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if let [a, b, c, d] = self.carry[..] {
+                self.values.push(f32::from_le_bytes([a, b, c, d]));
+                self.carry.clear();
+            }
+        }
+        let whole = chunk.chunks_exact(4);
+        self.carry.extend_from_slice(whole.remainder());
+        self.values.extend(whole.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    }
+}
+
 impl Posterior {
     fn read(ckpt: &Checkpoint, layer: &Layer) -> Result<Posterior> {
         let path = ckpt.path();
@@ -414,9 +449,7 @@ impl Posterior {
             if var.info.dtype != DType::Float32 {
                 return Err(Error::unsupported(path, format!("'{key}' is {:?}; inference needs float32", var.info.dtype)));
             }
-            let data = ckpt.read(key)?;
-            let bytes = data.bytes().ok_or_else(|| Error::corrupt(path, format!("'{key}' has no numeric data")))?;
-            Ok((var.info.shape.iter().map(|&d| d as usize).collect(), f32_values(bytes)))
+            Ok((var.info.shape.iter().map(|&d| d as usize).collect(), f32_streamed(ckpt, key)?))
         };
         let kernel_key = layer.get(Param::KernelLoc).or(layer.get(Param::Kernel));
         let kernel_key = kernel_key.ok_or_else(|| Error::invalid(path, format!("layer '{}' has no kernel", layer.name)))?;
@@ -560,6 +593,41 @@ fn walk_shapes(ops: &[Op], mut shape: Vec<usize>, posts: &[Posterior], next: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_decoder_joins_values_split_across_chunks() {
+        let values = [1.5f32, -0.0, f32::MIN_POSITIVE, 3.0e-42, f32::MAX, -7.25, 0.1, f32::INFINITY, 42.0];
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Chunks of every length from 1 to 9 bytes, so that values split at every offset.
+        for len in 1..=9 {
+            let mut dec = F32Decoder { values: Vec::new(), carry: Vec::new() };
+            bytes.chunks(len).for_each(|c| dec.push(c));
+            let bits: Vec<u32> = dec.values.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(bits, values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "chunks of {len}");
+            assert!(dec.carry.is_empty());
+        }
+    }
+
+    #[test]
+    fn streamed_weights_equal_the_stored_tensors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tf1_bnn_fc");
+        let ckpt = Checkpoint::open(&dir).expect("fixture");
+        let json = r#"{"input_shape": [64], "ops": [{"op": "dense", "layer": ""}, {"op": "relu"},
+            {"op": "dense", "layer": ""}, {"op": "relu"}, {"op": "dense", "layer": ""}]}"#;
+        let arch: Arch = serde_json::from_str(json).expect("arch");
+        let (_, posts) = arch.bind(&ckpt).expect("bind");
+        assert_eq!(posts.len(), 3);
+        for p in &posts {
+            let direct = |param: &str| {
+                let data = ckpt.read(&format!("{}/{param}", p.name)).expect("tensor");
+                data.bytes().expect("bytes").chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<f32>>()
+            };
+            assert_eq!(p.kernel_mu, direct("kernel_posterior_loc"), "{}", p.name);
+            let sigma: Vec<f32> = direct("kernel_posterior_untransformed_scale").into_iter().map(softplus_f32).collect();
+            assert_eq!(p.kernel_sigma.as_deref(), Some(&sigma[..]), "{}", p.name);
+            assert_eq!(p.bias_mu, direct("bias_posterior_loc"), "{}", p.name);
+        }
+    }
 
     #[test]
     fn padding_matches_tensorflow() {

@@ -642,9 +642,11 @@ impl Linear {
                 }
             }
         }
-        let mut out = ws.any(rows * u);
+        // Each path takes its own output buffer (one taken here for all would stay allocated,
+        // unused, beside the path's own: 35 MB per thread on BNN-Conv's first conv).
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
+            let mut out = ws.any(rows * u);
             let flip = flipout.then_some(Flip { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
             let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
