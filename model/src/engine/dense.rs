@@ -114,14 +114,29 @@ pub struct FlipoutDense<'a> {
     pub relu: bool,
 }
 
-/// Bytes of one packed weight panel block of [`flipout_dense`]: k is cut into blocks whose
-/// panel (block rows x panel width) fits in L1 (32 KiB of the 48 KiB L1d, beside the rows of
-/// `x` being broadcast). Unblocked, the 256 x 64 panels of a 256-wide layer streamed from L2
-/// for every row tile: the fused kernel ran at 0.96x of the unfused GEMMs there.
+/// Bytes of one packed weight panel block of [`flipout_dense`] on few rows (below
+/// [`BLOCKED_MAX_ROWS`]): k is cut into blocks whose panel (block rows x panel width) fits in
+/// L1 (32 KiB of the 48 KiB L1d, beside the rows of `x` being broadcast), so that each block
+/// is packed into L1 and read there by the few row tiles. `flipout_bench`, one thread, fused
+/// against the unfused GEMMs: VGG-16's 512 x 512 at 16 rows 0.86x unblocked, 1.1-1.2x in
+/// 32 KiB blocks (16 and 64 KiB: 1.1x).
 const PANEL_BYTES: usize = 32 * 1024;
 
-/// Largest input width k for which Flipout uses [`flipout_dense`] (TODO measured).
-pub const FUSED_MAX_K: usize = usize::MAX;
+/// Rows from which [`flipout_dense`] does not block k: with tens of row tiles per panel, the
+/// panel streams from L2 in order as fast as the FMAs consume it (4 vector loads per 24 FMAs)
+/// and blocking only adds the partial sums' round trips and shorter runs over `x`:
+/// `flipout_bench`, BNN-FC's 256 x 256 at 360 rows, 163-166 GFLOP/s unblocked (1.13x the
+/// unfused GEMMs) against 142-151 in 32 KiB blocks (0.98-1.03x).
+const BLOCKED_MAX_ROWS: usize = 96;
+
+/// Panel block size of [`flipout_dense`] on `m` rows.
+fn panel_bytes(m: usize) -> usize {
+    if m < BLOCKED_MAX_ROWS {
+        PANEL_BYTES
+    } else {
+        usize::MAX
+    }
+}
 
 /// Tile stage within the k blocks of a row tile: whether the accumulators start at zero or
 /// from the scratch, and whether the block ends in the final store (signs, bias, ReLU) or in
@@ -140,7 +155,7 @@ struct Stage {
 /// share), the output signs, bias and ReLU applied as the tile is stored. On small dense layers
 /// (BNN-FC: 360 x 64 x 64 per sample) the GEMM library spent as long packing `x` twice and
 /// in the separate flip, combine and bias passes as in the products themselves. For wide k
-/// the panels are cut into L1-sized k blocks ([`PANEL_BYTES`]); a row tile's partial sums
+/// on few rows the panels are cut into L1-sized k blocks ([`panel_bytes`]); a row tile's partial sums
 /// wait between blocks in a small scratch (rows x panel width). `panel` is scratch for the
 /// weights' column panel blocks (the only data copied, k x n per call) and those sums.
 ///
@@ -159,14 +174,14 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
-            return drive(f, avx512::L, avx512::NV, avx512::MR, PANEL_BYTES, panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
+            return drive(f, avx512::L, avx512::NV, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
-            return drive(f, avx2::L, avx2::NV, avx2::MR, PANEL_BYTES, panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
+            return drive(f, avx2::L, avx2::NV, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
-    portable(f, xf, out, panel, PANEL_BYTES)
+    portable(f, xf, out, panel, panel_bytes(m))
 }
 
 /// [`flipout_dense`] in plain Rust, 4 rows x 8 columns per tile (the fallback without AVX2,
@@ -244,8 +259,11 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
         let blocks = (k * w * 4).div_ceil(panel_bytes.max(1)).max(1);
         let kc_max = k.div_ceil(blocks).max(1);
         let acc_len = if blocks > 1 { m * w } else { mr * w };
-        scratch.clear();
-        scratch.resize(kc_max * w + acc_len, 0.0);
+        // Not cleared: packing writes every panel value (the padding too), and partial sums
+        // are read only after they were stored (zero-filling was 5% of BNN-FC's profile).
+        if scratch.len() < kc_max * w + acc_len {
+            scratch.resize(kc_max * w + acc_len, 0.0);
+        }
         let (pn, acc) = scratch.split_at_mut(kc_max * w);
         let mut p0 = 0;
         while p0 < k.max(1) {
@@ -253,9 +271,10 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
             let stage = Stage { load: p0 > 0, last: p0 + kc >= k };
             let pn = &mut pn[..kc * w];
             for (p, row) in pn.chunks_exact_mut(w).enumerate() {
-                row[..cw].copy_from_slice(&f.noise[(p0 + p) * n + c0..][..cw]);
+                let (noise, mu) = row.split_at_mut(nr);
+                copy_padded(noise, &f.noise[(p0 + p) * n + c0..][..cw]);
                 if f.mean.is_none() {
-                    row[nr..nr + cw].copy_from_slice(&f.mu[(p0 + p) * n + c0..][..cw]);
+                    copy_padded(mu, &f.mu[(p0 + p) * n + c0..][..cw]);
                 }
             }
             let mut r = 0;
@@ -272,6 +291,27 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
             }
         }
         c0 += nr;
+    }
+}
+
+/// `src` into the start of `dst`, zeros after it: one panel row. Full rows of the kernels'
+/// widths are copied as fixed-size arrays (inlined moves; a `memmove` call per 32 values was
+/// 4% of BNN-FC's profile).
+#[inline(always)]
+fn copy_padded(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    if !(fixed::<32>(dst, src) || fixed::<16>(dst, src) || fixed::<8>(dst, src)) {
+        let (head, tail) = dst.split_at_mut(src.len());
+        head.copy_from_slice(src);
+        tail.fill(0.0);
     }
 }
 
@@ -479,6 +519,8 @@ mod tests {
         // Row tails of 1 to 5 rows; k above one L1 panel block (300: 3 blocks of 100 at 64
         // columns); every kernel also with 1000-byte panel blocks, so that short k runs
         // through several blocks and a tail.
+        // Scratch left over from an earlier call: nothing may depend on it.
+        let dirty = || vec![f32::NAN; 3000];
         for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5)] {
             let (x, mu, noise, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
             let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
@@ -490,18 +532,18 @@ mod tests {
                 for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut Vec::new()),
-                        "portable" => portable(&f, &flipped, &mut out, &mut Vec::new(), bytes),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut dirty()),
+                        "portable" => portable(&f, &flipped, &mut out, &mut dirty(), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut Vec::new(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
-                            drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut Vec::new(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
