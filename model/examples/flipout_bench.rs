@@ -12,7 +12,15 @@ mod common;
 use common::{best, values};
 
 fn main() {
-    let shapes = [("bnn-fc 64x64", 360, 64, 64), ("bnn-fc 64x10", 360, 64, 10), ("dense 128x128", 360, 128, 128), ("dense 256x256", 360, 256, 256), ("vgg dense 512x512", 16, 512, 512), ("vgg dense 512x10", 16, 512, 10)];
+    let shapes = [
+        ("bnn-fc 64x256", 360, 64, 256),
+        ("bnn-fc 256x256", 360, 256, 256),
+        ("bnn-fc 256x10", 360, 256, 10),
+        ("dense 128x128", 360, 128, 128),
+        ("bnn-conv dense 3136x10", 360, 3136, 10),
+        ("vgg dense 512x512", 16, 512, 512),
+        ("vgg dense 512x10", 16, 512, 10),
+    ];
     let mut rows = Vec::new();
     for (name, m, k, n) in shapes {
         let (x, mu, noise, bias) = (values(m * k, 1), values(k * n, 2), values(k * n, 3), values(n, 4));

@@ -114,18 +114,50 @@ pub struct FlipoutDense<'a> {
     pub relu: bool,
 }
 
-/// Largest input width k for which Flipout uses [`flipout_dense`]: measured by
-/// `model/examples/flipout_bench.rs` (one thread), the fused kernel is 1.2-1.5x faster than the
-/// unfused GEMMs up to k = 128 and 4-18% slower from k = 256, where its weight panels
-/// (k x 64 values) no longer fit in L1.
-pub const FUSED_MAX_K: usize = 128;
+/// Bytes of one packed weight panel block of [`flipout_dense`] on few rows (below
+/// [`BLOCKED_MAX_ROWS`]): k is cut into blocks whose panel (block rows x panel width) fits in
+/// L1 (32 KiB of the 48 KiB L1d, beside the rows of `x` being broadcast), so that each block
+/// is packed into L1 and read there by the few row tiles. `flipout_bench`, one thread, fused
+/// against the unfused GEMMs: VGG-16's 512 x 512 at 16 rows 0.86x unblocked, 1.1-1.2x in
+/// 32 KiB blocks (16 and 64 KiB: 1.1x).
+const PANEL_BYTES: usize = 32 * 1024;
+
+/// Rows from which [`flipout_dense`] does not block k: with tens of row tiles per panel, the
+/// panel streams from L2 in order as fast as the FMAs consume it (4 vector loads per 24 FMAs)
+/// and blocking only adds the partial sums' round trips and shorter runs over `x`:
+/// `flipout_bench`, BNN-FC's 256 x 256 at 360 rows, 163-166 GFLOP/s unblocked (1.13x the
+/// unfused GEMMs) against 142-151 in 32 KiB blocks (0.98-1.03x).
+const BLOCKED_MAX_ROWS: usize = 96;
+
+/// Panel block size of [`flipout_dense`] on `m` rows.
+fn panel_bytes(m: usize) -> usize {
+    if m < BLOCKED_MAX_ROWS {
+        PANEL_BYTES
+    } else {
+        usize::MAX
+    }
+}
+
+/// Tile stage within the k blocks of a row tile: whether the accumulators start at zero or
+/// from the scratch, and whether the block ends in the final store (signs, bias, ReLU) or in
+/// the scratch. Summation order over k is that of one unblocked pass (the scratch holds f32
+/// partial sums exactly), so blocking changes no result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stage {
+    /// Accumulators are loaded from the scratch (not the first k block).
+    load: bool,
+    /// The last k block: store the output row, not the scratch.
+    last: bool,
+}
 
 /// Computes `f` into `out` (`[m, n]`) in one pass over `x`: both products in one register
 /// tile (`x` and `xf` broadcast from memory: load ports, not the shuffle port that the FMAs
 /// share), the output signs, bias and ReLU applied as the tile is stored. On small dense layers
 /// (BNN-FC: 360 x 64 x 64 per sample) the GEMM library spent as long packing `x` twice and
-/// in the separate flip, combine and bias passes as in the products themselves. `panel` is
-/// scratch for the weights' column panels, the only data copied (k x n per call).
+/// in the separate flip, combine and bias passes as in the products themselves. For wide k
+/// on few rows the panels are cut into L1-sized k blocks ([`panel_bytes`]); a row tile's partial sums
+/// wait between blocks in a small scratch (rows x panel width). `panel` is scratch for the
+/// weights' column panel blocks (the only data copied, k x n per call) and those sums.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
@@ -142,41 +174,78 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
-            return drive(f, avx512::L, avx512::NV, avx512::MR, panel, |pn, r, rows, c0, cw| unsafe { avx512::tile_any(f, xf, pn, r, rows, c0, cw, out) });
+            return drive(f, avx512::L, avx512::NV, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
-            return drive(f, avx2::L, avx2::NV, avx2::MR, panel, |pn, r, rows, c0, cw| unsafe { avx2::tile_any(f, xf, pn, r, rows, c0, cw, out) });
+            return drive(f, avx2::L, avx2::NV, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
-    portable(f, xf, out, panel)
+    portable(f, xf, out, panel, panel_bytes(m))
 }
 
 /// [`flipout_dense`] in plain Rust, 4 rows x 8 columns per tile (the fallback without AVX2,
 /// and the reference of the vector kernels' test).
-fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>) {
+/// `panel_bytes` is the k blocks' panel size ([`PANEL_BYTES`]; the test makes it small).
+fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>, panel_bytes: usize) {
     const NR: usize = 8;
-    drive(f, NR, 1, 4, panel, |pn, r, rows, c0, cw| {
-        for r in r..r + rows {
+    drive(f, NR, 1, 4, panel_bytes, panel, |t| {
+        let w = if f.mean.is_some() { NR } else { 2 * NR };
+        for (i, r) in (t.r..t.r + t.rows).enumerate() {
             let (mut ap, mut am) = ([0f32; NR], [0f32; NR]);
-            let w = if f.mean.is_some() { NR } else { 2 * NR };
-            for (p, b) in pn.chunks_exact(w).enumerate() {
-                let (a, sa) = (f.x[r * f.k + p], xf[r * f.k + p]);
+            let acc = &mut t.acc[i * w..][..w];
+            if t.stage.load {
+                ap.copy_from_slice(&acc[..NR]);
+                am[..w - NR].copy_from_slice(&acc[NR..]);
+            }
+            for (p, b) in t.panel.chunks_exact(w).enumerate() {
+                let (a, sa) = (f.x[r * f.k + t.p0 + p], xf[r * f.k + t.p0 + p]);
                 ap.iter_mut().zip(b).for_each(|(acc, &v)| *acc += sa * v);
                 am.iter_mut().zip(&b[NR.min(b.len())..]).for_each(|(acc, &v)| *acc += a * v);
             }
-            store_row(f, r, c0, &ap[..cw], f.mean.is_none().then_some(&am[..cw]), out);
+            if t.stage.last {
+                store_row(f, r, t.c0, &ap[..t.cw], f.mean.is_none().then_some(&am[..t.cw]), out);
+            } else {
+                acc[..NR].copy_from_slice(&ap);
+                acc[NR..].copy_from_slice(&am[..w - NR]);
+            }
         }
     })
 }
 
+/// One call of a register tile: rows `r..r + rows` of columns `c0..c0 + cw`, over the k block
+/// `p0..p0 + panel.len() / width` of the packed panel block.
+struct Tile<'a> {
+    /// The packed panel block: noise columns, then mu's when the mean is computed here.
+    panel: &'a [f32],
+    /// The panel's width (columns of noise, twice that with mu).
+    width: usize,
+    /// First input of the block.
+    p0: usize,
+    /// Rows of the block.
+    kc: usize,
+    /// First row.
+    r: usize,
+    /// Rows (the kernel's tile height, or 1).
+    rows: usize,
+    /// First column.
+    c0: usize,
+    /// Columns to store.
+    cw: usize,
+    /// Partial sums of these rows, `rows x width` (pert then mean per row).
+    acc: &'a mut [f32],
+    /// Where the block stands among the row tile's k blocks.
+    stage: Stage,
+}
+
 /// The loop of [`flipout_dense`] over column panels of `nv` vectors of `lanes` columns (one
-/// vector for a last panel that fits in one: the 10 logits of a classifier) and row tiles of
-/// `mr` rows: packs each panel (the noise's columns, then mu's when the mean is computed here,
-/// zero-padded to the panel width) into `panel`, then calls
-/// `tile(panel, first row, rows, first column, columns)` for every `mr` rows, and for single
-/// rows at the end; the panel's width is `panel.len() / k` (or twice it with mu).
-fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel: &mut Vec<f32>, mut tile: impl FnMut(&[f32], usize, usize, usize, usize)) {
+/// vector for a last panel that fits in one: the 10 logits of a classifier), k blocks whose
+/// panel block takes at most `panel_bytes`, and row tiles of `mr` rows: packs each panel block
+/// (the noise's columns, then mu's when the mean is computed here, zero-padded to the panel
+/// width) into `scratch`, then calls `tile` for every `mr` rows (fewer in the last tile).
+/// With more than one k block, every row's partial sums wait in `scratch` behind the
+/// panel block (`m x width` values: 92 KB for 360 rows, in L2).
+fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
     let (m, k, n) = (f.m, f.k, f.n);
     if m == 0 || n == 0 {
         return;
@@ -186,22 +255,63 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel: &mut Vec<f
         let nr = if n - c0 <= lanes { lanes } else { lanes * nv };
         let cw = nr.min(n - c0);
         let w = if f.mean.is_some() { nr } else { 2 * nr };
-        panel.clear();
-        panel.resize(k * w, 0.0);
-        for (p, row) in panel.chunks_exact_mut(w).enumerate() {
-            row[..cw].copy_from_slice(&f.noise[p * n + c0..][..cw]);
-            if f.mean.is_none() {
-                row[nr..nr + cw].copy_from_slice(&f.mu[p * n + c0..][..cw]);
+        // Equal blocks of at most `panel_bytes`: 256 = 2 x 128, not 192 + 64.
+        let blocks = (k * w * 4).div_ceil(panel_bytes.max(1)).max(1);
+        let kc_max = k.div_ceil(blocks).max(1);
+        let acc_len = if blocks > 1 { m * w } else { mr * w };
+        // Not cleared: packing writes every panel value (the padding too), and partial sums
+        // are read only after they were stored (zero-filling was 5% of BNN-FC's profile).
+        if scratch.len() < kc_max * w + acc_len {
+            scratch.resize(kc_max * w + acc_len, 0.0);
+        }
+        let (pn, acc) = scratch.split_at_mut(kc_max * w);
+        let mut p0 = 0;
+        while p0 < k.max(1) {
+            let kc = kc_max.min(k - p0);
+            let stage = Stage { load: p0 > 0, last: p0 + kc >= k };
+            let pn = &mut pn[..kc * w];
+            for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                let (noise, mu) = row.split_at_mut(nr);
+                copy_padded(noise, &f.noise[(p0 + p) * n + c0..][..cw]);
+                if f.mean.is_none() {
+                    copy_padded(mu, &f.mu[(p0 + p) * n + c0..][..cw]);
+                }
+            }
+            let mut r = 0;
+            while r < m {
+                let rows = mr.min(m - r);
+                // One block: the tile's sums never leave the registers, one scratch serves.
+                let a0 = if blocks > 1 { r * w } else { 0 };
+                tile(Tile { panel: pn, width: w, p0, kc, r, rows, c0, cw, acc: &mut acc[a0..a0 + rows * w], stage });
+                r += rows;
+            }
+            p0 += kc;
+            if k == 0 {
+                break;
             }
         }
-        let full = m - m % mr;
-        for r in (0..full).step_by(mr) {
-            tile(panel, r, mr, c0, cw);
-        }
-        for r in full..m {
-            tile(panel, r, 1, c0, cw);
-        }
         c0 += nr;
+    }
+}
+
+/// `src` into the start of `dst`, zeros after it: one panel row. Full rows of the kernels'
+/// widths are copied as fixed-size arrays (inlined moves; a `memmove` call per 32 values was
+/// 4% of BNN-FC's profile).
+#[inline(always)]
+fn copy_padded(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+            (Ok(d), Ok(s)) => {
+                *d = *s;
+                true
+            }
+            _ => false,
+        }
+    }
+    if !(fixed::<32>(dst, src) || fixed::<16>(dst, src) || fixed::<8>(dst, src)) {
+        let (head, tail) = dst.split_at_mut(src.len());
+        head.copy_from_slice(src);
+        tail.fill(0.0);
     }
 }
 
@@ -238,7 +348,7 @@ macro_rules! simd_tile {
     ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
-            use super::{store_row, FlipoutDense};
+            use super::{store_row, FlipoutDense, Tile};
             use std::arch::x86_64::*;
             /// Lanes per vector.
             pub(super) const L: usize = $lanes;
@@ -247,45 +357,68 @@ macro_rules! simd_tile {
             /// Rows per tile.
             pub(super) const MR: usize = $mr;
 
-            /// The tile of `rows` rows (`MR` or 1) on a panel of `drive`: full width, or one
-            /// vector wide.
+            /// The tile of `t.rows` rows (1 to `MR`) on a panel block of `drive`: full width,
+            /// or one vector wide.
             ///
             /// # Safety
             /// As [`tile`]'s.
-            #[allow(clippy::too_many_arguments)]
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn tile_any(f: &FlipoutDense, xf: &[f32], panel: &[f32], r: usize, rows: usize, c0: usize, cw: usize, out: &mut [f32]) {
-                let w = panel.len() / f.k.max(1);
+            pub(super) unsafe fn tile_any(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
                 let mean = f.mean.is_none();
-                let narrow = w == if mean { 2 * L } else { L } && NV > 1;
-                match (rows == MR, narrow, mean) {
-                    (true, false, false) => tile::<MR, NV, false>(f, xf, panel, r, c0, cw, out),
-                    (true, false, true) => tile::<MR, NV, true>(f, xf, panel, r, c0, cw, out),
-                    (true, true, false) => tile::<MR, 1, false>(f, xf, panel, r, c0, cw, out),
-                    (true, true, true) => tile::<MR, 1, true>(f, xf, panel, r, c0, cw, out),
-                    (false, false, false) => tile::<1, NV, false>(f, xf, panel, r, c0, cw, out),
-                    (false, false, true) => tile::<1, NV, true>(f, xf, panel, r, c0, cw, out),
-                    (false, true, false) => tile::<1, 1, false>(f, xf, panel, r, c0, cw, out),
-                    (false, true, true) => tile::<1, 1, true>(f, xf, panel, r, c0, cw, out),
+                let narrow = t.width == if mean { 2 * L } else { L } && NV > 1;
+                match (narrow, mean) {
+                    (false, false) => rows::<NV, false>(f, xf, t, out),
+                    (false, true) => rows::<NV, true>(f, xf, t, out),
+                    (true, false) => rows::<1, false>(f, xf, t, out),
+                    (true, true) => rows::<1, true>(f, xf, t, out),
                 }
             }
 
-            /// Rows `r..r + ROWS`, columns `c0..c0 + cw` from a panel of `V` vectors packed by
-            /// `drive`.
+            /// [`tile`] for `t.rows` rows: the row tail of a batch (VGG-16's 16 rows = 6 + 6
+            /// + 4) in one tile, not row by row.
+            ///
+            /// # Safety
+            /// As [`tile`]'s.
+            #[target_feature(enable = $feat)]
+            unsafe fn rows<const V: usize, const MEAN: bool>(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
+                match t.rows {
+                    6 if MR >= 6 => tile::<6, V, MEAN>(f, xf, t, out),
+                    5 if MR >= 5 => tile::<5, V, MEAN>(f, xf, t, out),
+                    4 if MR >= 4 => tile::<4, V, MEAN>(f, xf, t, out),
+                    3 if MR >= 3 => tile::<3, V, MEAN>(f, xf, t, out),
+                    2 => tile::<2, V, MEAN>(f, xf, t, out),
+                    _ => tile::<1, V, MEAN>(f, xf, t, out),
+                }
+            }
+
+            /// Rows `t.r..t.r + ROWS`, columns `t.c0..t.c0 + t.cw` over the k block of a panel
+            /// block of `V` vectors packed by `drive`.
             ///
             /// # Safety
             /// The CPU has the target features; `f`'s slices hold their shapes (checked by
-            /// `flipout_dense`), `xf` is `[m, k]`, `panel` holds k rows of the panel width,
-            /// `r + ROWS <= f.m`.
+            /// `flipout_dense`), `xf` is `[m, k]`, `t.panel` holds `t.kc` rows of `t.width`,
+            /// `t.acc` `ROWS` rows of it, `t.r + ROWS <= f.m`, `t.p0 + t.kc <= f.k`.
             #[target_feature(enable = $feat)]
-            unsafe fn tile<const ROWS: usize, const V: usize, const MEAN: bool>(f: &FlipoutDense, xf: &[f32], panel: &[f32], r: usize, c0: usize, cw: usize, out: &mut [f32]) {
+            unsafe fn tile<const ROWS: usize, const V: usize, const MEAN: bool>(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
                 let (k, nr) = (f.k, V * L);
                 let w = if MEAN { 2 * nr } else { nr };
-                debug_assert!(panel.len() >= k * w && (r + ROWS) * k <= f.x.len().min(xf.len()));
+                debug_assert!(w == t.width && t.panel.len() >= t.kc * w && t.acc.len() >= ROWS * w);
+                debug_assert!((t.r + ROWS) * k <= f.x.len().min(xf.len()) && t.p0 + t.kc <= k);
                 let mut ap = [[$zero(); V]; ROWS];
                 let mut am = [[$zero(); V]; ROWS];
-                let (x, xf, b) = (f.x.as_ptr().add(r * k), xf.as_ptr().add(r * k), panel.as_ptr());
-                for p in 0..k {
+                let acc = t.acc.as_mut_ptr();
+                if t.stage.load {
+                    for i in 0..ROWS {
+                        for v in 0..V {
+                            ap[i][v] = $load(acc.add(i * w + v * L));
+                            if MEAN {
+                                am[i][v] = $load(acc.add(i * w + nr + v * L));
+                            }
+                        }
+                    }
+                }
+                let (x, xf, b) = (f.x.as_ptr().add(t.r * k + t.p0), xf.as_ptr().add(t.r * k + t.p0), t.panel.as_ptr());
+                for p in 0..t.kc {
                     let bp = b.add(p * w);
                     let mut vp = [$zero(); V];
                     let mut vm = [$zero(); V];
@@ -308,13 +441,24 @@ macro_rules! simd_tile {
                         }
                     }
                 }
+                if !t.stage.last {
+                    for i in 0..ROWS {
+                        for v in 0..V {
+                            $store(acc.add(i * w + v * L), ap[i][v]);
+                            if MEAN {
+                                $store(acc.add(i * w + nr + v * L), am[i][v]);
+                            }
+                        }
+                    }
+                    return;
+                }
                 let (mut rp, mut rm) = ([0f32; L * NV], [0f32; L * NV]);
                 for i in 0..ROWS {
                     for v in 0..V {
                         $store(rp.as_mut_ptr().add(v * L), ap[i][v]);
                         $store(rm.as_mut_ptr().add(v * L), am[i][v]);
                     }
-                    store_row(f, r + i, c0, &rp[..cw], MEAN.then_some(&rm[..cw]), out);
+                    store_row(f, t.r + i, t.c0, &rp[..t.cw], MEAN.then_some(&rm[..t.cw]), out);
                 }
             }
         }
@@ -372,7 +516,12 @@ mod tests {
         let mut words = formats::synthetic::SplitMix64(12);
         // Row and column counts off the tile sizes (tails of 1..5 rows, partial panels), the
         // first layer's given mean and a computed one, with and without ReLU.
-        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33)] {
+        // Row tails of 1 to 5 rows; k above one L1 panel block (300: 3 blocks of 100 at 64
+        // columns); every kernel also with 1000-byte panel blocks, so that short k runs
+        // through several blocks and a tail.
+        // Scratch left over from an earlier call: nothing may depend on it.
+        let dirty = || vec![f32::NAN; 3000];
+        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5)] {
             let (x, mu, noise, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
             let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
             let s_out: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
@@ -380,21 +529,26 @@ mod tests {
             for (mean, relu) in [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)] {
                 let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: &noise, s_out: &s_out, bias: &bias, relu };
                 let want = naive(&f);
-                for name in ["dispatch", "portable", "avx2"] {
+                for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut Vec::new()),
-                        "portable" => portable(&f, &flipped, &mut out, &mut Vec::new()),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut dirty()),
+                        "portable" => portable(&f, &flipped, &mut out, &mut dirty(), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
-                        _ if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
+                        "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::NV, avx2::MR, &mut Vec::new(), |pn, r, rows, c0, cw| unsafe { avx2::tile_any(&f, &flipped, pn, r, rows, c0, cw, &mut out) })
+                            drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        "avx512" if std::is_x86_feature_detected!("avx512f") => {
+                            // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
+                            drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
                     for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} {m}x{k}x{n} mean given {} relu {relu} [{i}]: {g} vs {e}", mean.is_some());
+                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu} [{i}]: {g} vs {e}", mean.is_some());
                     }
                 }
             }
