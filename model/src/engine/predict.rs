@@ -669,8 +669,7 @@ impl Linear {
             return (out, pooled);
         }
         if flipout && self.fused_flipout() {
-            // Into `out` taken above (a second buffer here left that one to be freed, and
-            // every layer of every sample allocated, zero-filled and faulted in a new one).
+            let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean.as_slice());
             let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: &noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
