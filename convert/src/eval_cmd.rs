@@ -158,14 +158,25 @@ pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Esti
 /// Runs `eval`.
 pub fn run(a: Args) -> Result<()> {
     let (arch, posts) = load_model(&a.model)?;
-    // The model takes the loaded weights over: one copy in memory.
-    let model = Model::from_posteriors(&arch, posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
     let est = match a.estimator.as_str() {
         "flipout" => Estimator::Flipout,
         "reparam" => Estimator::Reparameterization,
         other => bail!("--estimator must be flipout or reparam, not '{other}'"),
     };
-    let data = a.data.read(model.example_len(), model.classes())?;
+    // The data before the model where the shapes allow: `--sparse auto` times the pruned
+    // layers on batches of its size. Otherwise the model's build says what is wrong.
+    let example: usize = arch.input_shape.iter().product();
+    let data = match model::arch::shape_check(&arch, &posts).as_deref() {
+        Ok(&[classes]) => Some(a.data.read(example, classes)?),
+        _ => None,
+    };
+    let batch = data.as_ref().map_or(model::engine::PROBE_BATCH, |d| d.y.len());
+    // The model takes the loaded weights over: one copy in memory.
+    let model = Model::for_batch(&arch, posts, sparse_kernels(&a.sparse)?, batch).with_context(|| a.model.input.display().to_string())?;
+    let data = match data {
+        Some(d) => d,
+        None => a.data.read(model.example_len(), model.classes())?,
+    };
     let e = run_eval(&model, &data, a.samples, a.seed, est)?;
     let (sparse, layers) = model.sparse_layers();
     let m = e.metrics;

@@ -53,20 +53,18 @@ pub fn auto_sparse_fraction() -> f64 {
     }
 }
 
-/// Examples a dense layer is timed on by [`SparseKernels::Auto`]: one block of the sparse
-/// kernel's batched path (256 columns).
-const PROBE_EXAMPLES: usize = 256;
+/// Batch size [`SparseKernels::Auto`] times layers at when the caller does not say
+/// ([`Model::from_posteriors`]; see [`Model::for_batch`]).
+pub const PROBE_BATCH: usize = 256;
 
-/// Patch rows (examples times output positions) a convolution is timed on by
-/// [`SparseKernels::Auto`], at least one example and at most [`PROBE_CONV_EXAMPLES`]: its
-/// cost per row is about flat from there on, and the probe of VGG-16's 13 convs stays a
-/// fraction of a second of load time.
-const PROBE_ROWS: usize = 128;
+/// Most patch rows (examples times output positions) a layer is timed on by
+/// [`SparseKernels::Auto`] (at least one example): per-sample costs (noise draws, kernel
+/// transforms) are amortized over this many rows as over the real batch, and the probe stays
+/// a fraction of a second of load time.
+const PROBE_ROWS: usize = 4096;
 
-/// Most examples a convolution is timed on by [`SparseKernels::Auto`].
-const PROBE_CONV_EXAMPLES: usize = 16;
-
-/// Timed runs of each path per candidate layer (interleaved, best kept), after one untimed.
+/// Timed runs of each path per candidate layer (interleaved, the faster kept; the first
+/// also allocates the path's buffers).
 const PROBE_RUNS: usize = 2;
 
 /// How much faster than the dense path the sparse one must be timed for [`SparseKernels::Auto`]
@@ -153,7 +151,8 @@ const BLOCK_VALUES: usize = 1 << 19;
 /// The posteriors are moved into the layers' kernels (no copy of the weights). `top`: `ops`
 /// are the model's own (not a residual block's), whose first weight layer's mean product the
 /// Monte Carlo samples share.
-fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Posterior>, sparse: SparseKernels, top: bool) -> (Vec<Layer>, Vec<usize>) {
+/// [`SparseKernels::Auto`] times layers on `batch` examples.
+fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Posterior>, sparse: SparseKernels, batch: usize, top: bool) -> (Vec<Layer>, Vec<usize>) {
     let mut out = Vec::new();
     for (oi, op) in ops.iter().enumerate() {
         let layer = match op {
@@ -189,7 +188,9 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 let probe = match sparse {
                     SparseKernels::Always => Some(csr(&p)),
                     SparseKernels::Never => None,
-                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= auto_sparse_fraction() => Some(csr(&p)),
+                    // Winograd does a 3x3 or 5x5 conv in 1/2.2 to 1/2.8 of the GEMM's
+                    // multiplications: the sparse kernel needs at least half pruned to compete.
+                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= if wino.is_some() { 0.5f64.max(auto_sparse_fraction()) } else { auto_sparse_fraction() } => Some(csr(&p)),
                     SparseKernels::Auto => None,
                 };
                 let dense = Linear { kernel: Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, false), bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino };
@@ -204,7 +205,7 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                             _ => None,
                         };
                         let first = top && out.iter().all(|l| matches!(l, Layer::Flatten));
-                        if sparse_is_faster(&dense, &s, first, relu, pool.as_ref()) {
+                        if sparse_is_faster(&dense, &s, batch, first, relu, pool.as_ref()) {
                             s
                         } else {
                             dense
@@ -254,8 +255,8 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 Layer::Flatten
             }
             Op::Residual { body, shortcut, relu } => {
-                let (b, out_shape) = build(body, shape.clone(), posts, sparse, false);
-                let (s, _) = build(shortcut, shape.clone(), posts, sparse, false);
+                let (b, out_shape) = build(body, shape.clone(), posts, sparse, batch, false);
+                let (s, _) = build(shortcut, shape.clone(), posts, sparse, batch, false);
                 shape = out_shape;
                 Layer::Residual { body: b, shortcut: s, relu: *relu }
             }
@@ -266,17 +267,15 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
 }
 
 /// Whether `sparse` (a layer on CSR) runs a Flipout sample faster than `dense` (the same
-/// layer on its dense path: fused kernel, Winograd or GEMM), timed at model load on synthetic
-/// activations of the layer's real shape ([`PROBE_EXAMPLES`], [`PROBE_ROWS`]), each with the ReLU and
+/// layer on its dense path: fused kernel, Winograd or GEMM), timed at model load on `batch`
+/// examples of synthetic activations of the layer's real shape (at most [`PROBE_ROWS`] patch
+/// rows), each with the ReLU and
 /// max pool that follow it, and for a first weight layer with the shared mean product given,
 /// as [`Model::predict_mc`] runs them. The paths compute the same function, so the choice
 /// changes results only by float summation order.
-fn sparse_is_faster(dense: &Linear, sparse: &Linear, first: bool, relu: bool, pool: Option<&Window>) -> bool {
+fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, first: bool, relu: bool, pool: Option<&Window>) -> bool {
     let _ftz = FlushDenormals::new();
-    let m = match dense.conv {
-        Some(_) => PROBE_ROWS.div_ceil(dense.rows_per_example().max(1)).min(PROBE_CONV_EXAMPLES),
-        None => PROBE_EXAMPLES,
-    };
+    let m = batch.min(PROBE_ROWS / dense.rows_per_example().max(1)).max(1);
     let per = dense.conv.map_or(dense.kernel.k, |w| w.input.iter().product());
     // Activations as a ReLU leaves them, about half zeros (neither kernel's speed depends on
     // the values, but subnormals would: FTZ is on, as while predicting).
@@ -284,8 +283,7 @@ fn sparse_is_faster(dense: &Linear, sparse: &Linear, first: bool, relu: bool, po
     let x: Vec<f32> = (0..m * per).map(|_| rng.uniform(-1.0, 1.0).max(0.0)).collect();
     let mut paths = [dense, sparse].map(|lin| (lin, first.then(|| lin.shared(&x, m)), Scratch::default()));
     let mut best = [f64::INFINITY; 2];
-    // One untimed run each (buffers allocated and faulted in), then interleaved timed runs.
-    for run in 0..=PROBE_RUNS {
+    for run in 0..PROBE_RUNS {
         for ((lin, shared, ws), best) in paths.iter_mut().zip(&mut best) {
             let mut sampler = Sampler::new(0, run as u64);
             let t = thread_seconds();
@@ -301,9 +299,7 @@ fn sparse_is_faster(dense: &Linear, sparse: &Linear, first: bool, relu: bool, po
             };
             let secs = thread_seconds() - t;
             ws.give(out);
-            if run > 0 {
-                *best = best.min(secs);
-            }
+            *best = best.min(secs);
         }
     }
     best[1] < PROBE_MARGIN * best[0]
@@ -334,12 +330,20 @@ impl Model {
 
     /// Builds the model from `posts` (in the order of [`Arch::layer_names`]), taking their
     /// weights as they are: no second copy of the model in memory.
+    /// [`SparseKernels::Auto`] times the pruned layers on batches of [`PROBE_BATCH`] examples.
     pub fn from_posteriors(arch: &Arch, posts: Vec<Posterior>, sparse: SparseKernels) -> Result<Model, EngineError> {
+        Model::for_batch(arch, posts, sparse, PROBE_BATCH)
+    }
+
+    /// [`Model::from_posteriors`] for predicting batches of `batch` examples: where
+    /// [`SparseKernels::Auto`] has a choice, it times both paths of the layer on that many
+    /// (per-sample costs, such as the noise draws, weigh more on small batches).
+    pub fn for_batch(arch: &Arch, posts: Vec<Posterior>, sparse: SparseKernels, batch: usize) -> Result<Model, EngineError> {
         let out = shape_check(arch, &posts).map_err(EngineError::Shape)?;
         let [classes] = out[..] else {
             return Err(EngineError::Shape(format!("the network ends in shape {out:?}, not a vector of logits")));
         };
-        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse, true);
+        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse, batch.clamp(1, MC_CHUNK), true);
         Ok(Model { input_shape: arch.input_shape.clone(), classes, layers })
     }
 
