@@ -145,14 +145,30 @@ pub struct Evaluation {
     pub metrics: Metrics,
     /// Wall time of the prediction, seconds.
     pub seconds: f64,
+    /// CPU time of the process (all threads) during the prediction, seconds: on a shared
+    /// machine, steadier than the wall time for comparing builds.
+    pub cpu_seconds: f64,
+}
+
+/// CPU time (user + system) of this process so far, seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain integers, for which all zeros is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage to the valid pointer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// Predicts `data` with `model` (mean network when `samples == 0`) and scores it.
 pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Estimator) -> Result<Evaluation> {
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), process_cpu_seconds());
     let probs = if samples == 0 { model.predict_mean(&data.x)? } else { model.predict_mc(&data.x, samples, seed, est)?.mean };
     let seconds = t.elapsed().as_secs_f64();
-    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds })
+    let cpu_seconds = process_cpu_seconds() - cpu;
+    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds, cpu_seconds })
 }
 
 /// Runs `eval`.
@@ -184,7 +200,7 @@ pub fn run(a: Args) -> Result<()> {
         let out = json!({
             "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
-            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
+            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds, "cpu_seconds": e.cpu_seconds,
             "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
             "nominal_flops": model.nominal_flops(m.n, a.samples),
         });

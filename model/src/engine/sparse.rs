@@ -12,6 +12,7 @@
 //! a whole pruned layer on it.
 
 use super::conv::Window;
+use super::sampler::Sampler;
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
 #[derive(Debug, Clone, PartialEq)]
@@ -833,6 +834,32 @@ pub(crate) struct Scratch {
     signed: Vec<f32>,
     chan: Vec<u32>,
     tile: Tile,
+    /// Ones, and standard normals, of a dense kernel's size ([`kept_noise`]).
+    ones: Vec<f32>,
+    eps: Vec<f32>,
+}
+
+/// `out[nz] = sigma[nz] * eps[i * n + j]` for each kept weight nz (input i, output j; pattern
+/// order), eps being the standard normals that [`Sampler::noise_into`] draws for the whole
+/// `[k, n]` kernel: the noise the dense kernel gets from the same stream, so a layer's
+/// Monte Carlo draws do not depend on its kernel (pruned weights have sigma = 0 there). Costs
+/// the dense kernel's draws, plus a gather.
+pub(crate) fn kept_noise(s: &mut Sampler, csr: &Csr, sigma: &[f32], out: &mut [f32], ws: &mut Scratch) {
+    let (k, n) = (csr.cols, csr.rows);
+    assert!(sigma.len() >= csr.nnz() && out.len() >= csr.nnz(), "kept noise: slices too short");
+    // `ones` only ever grows with ones; 1 * eps is eps exactly, as sigma * eps is the dense
+    // kernel's product.
+    if ws.ones.len() < k * n {
+        ws.ones.resize(k * n, 1.0);
+    }
+    ws.eps.resize(k * n, 0.0);
+    s.noise_into(&ws.ones[..k * n], &mut ws.eps);
+    for j in 0..n {
+        let (a, b) = (csr.indptr[j], csr.indptr[j + 1]);
+        for ((o, &sg), &i) in out[a..b].iter_mut().zip(&sigma[a..b]).zip(&csr.indices[a..b]) {
+            *o = sg * ws.eps[i as usize * n + j];
+        }
+    }
 }
 
 /// The output pass's `[units, 16]` tiles: combined values, and the output signs of columns
