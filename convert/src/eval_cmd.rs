@@ -113,7 +113,7 @@ pub struct Args {
     /// Monte Carlo estimator: flipout (as TFP Flipout layers) or reparam.
     #[arg(long, default_value = "flipout")]
     pub estimator: String,
-    /// CSR kernels: auto (for layers at least 80% pruned, where CSR is measured faster than the GEMM), always, never.
+    /// CSR kernels: auto (for pruned layers whose CSR kernel is timed faster than the dense path at load), always, never.
     #[arg(long, default_value = "auto")]
     pub sparse: String,
     /// Print JSON.
