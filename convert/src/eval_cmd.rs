@@ -113,7 +113,7 @@ pub struct Args {
     /// Monte Carlo estimator: flipout (as TFP Flipout layers) or reparam.
     #[arg(long, default_value = "flipout")]
     pub estimator: String,
-    /// CSR kernels: auto (for layers at least 80% pruned, where CSR is measured faster than the GEMM), always, never.
+    /// CSR kernels: auto (for pruned layers whose CSR kernel is timed faster than the dense path at load), always, never.
     #[arg(long, default_value = "auto")]
     pub sparse: String,
     /// Print JSON.
@@ -145,6 +145,21 @@ pub struct Evaluation {
     pub metrics: Metrics,
     /// Wall time of the prediction, seconds.
     pub seconds: f64,
+    /// CPU time of the process (all threads) during the prediction, seconds: on a shared
+    /// machine, steadier than the wall time for comparing builds.
+    pub cpu_seconds: f64,
+}
+
+/// CPU time (user + system) of this process so far, seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain integers, for which all zeros is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage to the valid pointer it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// Predicts `data` with `model` (mean network when `samples == 0`) and scores it.
@@ -152,10 +167,11 @@ pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Esti
     // Start the worker threads before the clock (once per process, as TensorFlow's session
     // and onnxruntime's are made before theirs): the clock times the prediction only.
     rayon::broadcast(|_| ());
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), process_cpu_seconds());
     let probs = if samples == 0 { model.predict_mean(&data.x)? } else { model.predict_mc(&data.x, samples, seed, est)?.mean };
     let seconds = t.elapsed().as_secs_f64();
-    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds })
+    let cpu_seconds = process_cpu_seconds() - cpu;
+    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds, cpu_seconds })
 }
 
 /// Runs `eval`.
@@ -163,15 +179,26 @@ pub fn run(a: Args) -> Result<()> {
     mem_trace("start");
     let (arch, posts) = load_model(&a.model)?;
     mem_trace("weights read");
-    // The model takes the loaded weights over: one copy in memory.
-    let model = Model::from_posteriors(&arch, posts, sparse_kernels(&a.sparse)?).with_context(|| a.model.input.display().to_string())?;
     let est = match a.estimator.as_str() {
         "flipout" => Estimator::Flipout,
         "reparam" => Estimator::Reparameterization,
         other => bail!("--estimator must be flipout or reparam, not '{other}'"),
     };
+    // The data before the model where the shapes allow: `--sparse auto` times the pruned
+    // layers on batches of its size. Otherwise the model's build says what is wrong.
+    let example: usize = arch.input_shape.iter().product();
+    let data = match model::arch::shape_check(&arch, &posts).as_deref() {
+        Ok(&[classes]) => Some(a.data.read(example, classes)?),
+        _ => None,
+    };
+    let batch = data.as_ref().map_or(model::engine::PROBE_BATCH, |d| d.y.len());
+    // The model takes the loaded weights over: one copy in memory.
+    let model = Model::for_batch(&arch, posts, sparse_kernels(&a.sparse)?, batch).with_context(|| a.model.input.display().to_string())?;
     mem_trace("model built");
-    let data = a.data.read(model.example_len(), model.classes())?;
+    let data = match data {
+        Some(d) => d,
+        None => a.data.read(model.example_len(), model.classes())?,
+    };
     mem_trace("data read");
     let e = run_eval(&model, &data, a.samples, a.seed, est)?;
     mem_trace("predicted");
@@ -181,7 +208,7 @@ pub fn run(a: Args) -> Result<()> {
         let out = json!({
             "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
-            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds,
+            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds, "cpu_seconds": e.cpu_seconds,
             "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
             "nominal_flops": model.nominal_flops(m.n, a.samples),
         });

@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<()> {
             .sum::<f64>()
             / total as f64;
         let t = if pruning.report.kept == pruning.report.total { -1.0 } else { pruning.report.threshold as f32 };
-        let model = Model::from_posteriors(&arch, pruned, sparse)?;
+        let model = Model::for_batch(&arch, pruned, sparse, data.y.len())?;
         let mean = run_eval(&model, &data, 0, a.seed, Estimator::Flipout)?;
         let mut times = Vec::new();
         let mut mc = mean.metrics;

@@ -9,8 +9,8 @@
 //! * `flipout_sparse` (per layer shape): Flipout's two products (mean and perturbation) as
 //!   the dense path runs them (one GEMM against `[mu | D]`, `flipout_gemm_seconds`) against
 //!   the transposed sparse kernel (`Csr::spmm_t`, both products in one pass over the kept
-//!   weights) at kept fractions 0.7, 0.5, 0.3, 0.1: seconds and speedup (what
-//!   `SparseKernels::Auto` is set from).
+//!   weights) at kept fractions 0.7, 0.5, 0.3, 0.1: seconds and speedup (where
+//!   `SparseKernels::Auto` starts timing layers: `auto_sparse_fraction`).
 //!
 //! `cargo run --release -p bnn-model --example kernel_bench`
 

@@ -16,7 +16,7 @@ pub mod sampler;
 pub mod sparse;
 pub mod winograd;
 
-pub use predict::{Estimator, McPrediction, Model, SparseKernels};
+pub use predict::{Estimator, McPrediction, Model, SparseKernels, PROBE_BATCH};
 
 /// Errors of the inference engine.
 #[derive(Debug, thiserror::Error)]

@@ -26,8 +26,9 @@ use super::EngineError;
 /// When to store kernels in CSR form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SparseKernels {
-    /// Where the sparse kernel is measured to be faster than the GEMM: when at least
-    /// [`auto_sparse_fraction`] of a kernel's weights are pruned (mu == 0 and sigma == 0).
+    /// Where the sparse kernel is measured to be faster: a kernel with at least
+    /// [`auto_sparse_fraction`] of its weights pruned (mu == 0 and sigma == 0) is timed at
+    /// model load on both paths ([`SparseKernels::Auto`] in [`Model::from_posteriors`]).
     Auto,
     /// Always.
     Always,
@@ -35,30 +36,50 @@ pub enum SparseKernels {
     Never,
 }
 
-/// Fraction of pruned weights from which [`SparseKernels::Auto`] uses CSR on a CPU without
-/// AVX-512 (where the sparse kernel runs on AVX2, half as wide as the GEMM's AVX-512 kernel).
-pub const AUTO_SPARSE_FRACTION: f64 = 0.8;
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] times the sparse kernel on a
+/// CPU without AVX-512 (where it runs on AVX2, half as wide as the GEMM's AVX-512 kernel).
+pub const AUTO_SPARSE_FRACTION: f64 = 0.5;
 
-/// Weights (`k * n`) below which [`SparseKernels::Auto`] keeps a kernel dense: on small
-/// layers (BNN-FC's 64 x 64) transposing the activations in and the outputs back costs more
-/// than the sparse kernel saves.
-pub const AUTO_SPARSE_MIN_WEIGHTS: usize = 16384;
-
-/// Fraction of pruned weights from which [`SparseKernels::Auto`] stores a kernel in CSR on
-/// this CPU: where the transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout
-/// products in one pass) overtakes the GEMM in `model/examples/kernel_bench.rs`
-/// (docs/performance.md, AVX-512: about even at 70% kept, 1.1-1.6x faster at 50%, about 2x
-/// at 30%, on every layer shape of the benchmark models), less the cost of transposing the
-/// activations: 50% pruned. A cost model, not a timing: the choice depends only on the
-/// layer's shape and pattern and the CPU's instruction set, so a model makes the same choice
-/// every time on a given machine.
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] times a kernel's two paths
+/// at model load (below it the dense path is taken without timing): on AVX-512 the
+/// transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout products in one pass)
+/// only ties the GEMM at 70% kept on every layer shape of the benchmark models
+/// (`model/examples/kernel_bench.rs`, docs/performance.md), so below 30% pruned it never wins.
 pub fn auto_sparse_fraction() -> f64 {
     if sparse::Isa::detect() == sparse::Isa::Avx512 {
-        0.5
+        0.3
     } else {
         AUTO_SPARSE_FRACTION
     }
 }
+
+/// Batch size [`SparseKernels::Auto`] times layers at when the caller does not say
+/// ([`Model::from_posteriors`]; see [`Model::for_batch`]).
+pub const PROBE_BATCH: usize = 256;
+
+/// Most patch rows (examples times output positions) a layer is timed on by
+/// [`SparseKernels::Auto`], at least one example: one block of the sparse kernel's batched
+/// path (it runs a bigger batch block by block, and big convolutions one example at a time,
+/// so its cost per row is the same). Both paths draw the same noise, so per-sample costs
+/// weigh alike; the probe of VGG-16's 8 candidate convs stays a fraction of a second.
+const PROBE_ROWS: usize = 256;
+
+/// Timed runs of each path per candidate layer (interleaved, the fastest kept; the first also
+/// allocates the path's buffers): one when it took at least [`PROBE_SECONDS`] (allocation is
+/// small next to it), else at least [`PROBE_RUNS`] and more while the layer's timings add up
+/// to less than [`PROBE_SECONDS`], up to [`PROBE_MAX_RUNS`]. Small layers, whose two paths
+/// take about the same time, get more runs against noise.
+const PROBE_RUNS: usize = 2;
+
+/// See [`PROBE_RUNS`].
+const PROBE_MAX_RUNS: usize = 16;
+
+/// See [`PROBE_RUNS`].
+const PROBE_SECONDS: f64 = 0.005;
+
+/// How much faster than the dense path the sparse one must be timed for [`SparseKernels::Auto`]
+/// to take it: a margin against timing noise, so that it never picks sparse where it is slower.
+const PROBE_MARGIN: f64 = 0.92;
 
 /// How a Monte Carlo sample perturbs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,10 +158,13 @@ const MC_CHUNK: usize = 1024;
 const BLOCK_VALUES: usize = 1 << 19;
 
 /// The layers of `ops` applied to examples of `shape`, and the output shape.
-/// The posteriors are moved into the layers' kernels (no copy of the weights).
-fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Posterior>, sparse: SparseKernels) -> (Vec<Layer>, Vec<usize>) {
+/// The posteriors are moved into the layers' kernels (no copy of the weights). `top`: `ops`
+/// are the model's own (not a residual block's), whose first weight layer's mean product the
+/// Monte Carlo samples share.
+/// [`SparseKernels::Auto`] times layers on `batch` examples.
+fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Posterior>, sparse: SparseKernels, batch: usize, top: bool) -> (Vec<Layer>, Vec<usize>) {
     let mut out = Vec::new();
-    for op in ops {
+    for (oi, op) in ops.iter().enumerate() {
         let layer = match op {
             Op::Dense { .. } | Op::Conv2d { .. } => {
                 let Some(p) = posts.next() else { break };
@@ -164,16 +188,42 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                     }
                 };
                 let wino = conv.and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
-                let use_csr = match sparse {
-                    SparseKernels::Always => true,
-                    SparseKernels::Never => false,
-                    // Winograd does a 3x3 or 5x5 conv in 1/2.2 to 1/2.8 of the GEMM's
-                    // multiplications, more than the sparse kernel saves at 70% pruned.
-                    SparseKernels::Auto => wino.is_none() && k * n >= AUTO_SPARSE_MIN_WEIGHTS && p.pruned_fraction() >= auto_sparse_fraction(),
+                let csr = |p: &Posterior| Linear {
+                    kernel: Kernel::new(k, n, p.kernel_mu.clone(), p.kernel_sigma.clone(), true),
+                    bias_mu: p.bias_mu.clone(),
+                    bias_sigma: p.bias_sigma.clone(),
+                    conv,
+                    wino: None,
                 };
-                let wino = wino.filter(|_| !use_csr);
-                let kernel = Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, use_csr);
-                Layer::Linear(Box::new(Linear { kernel, bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino }))
+                let probe = match sparse {
+                    SparseKernels::Always => Some(csr(&p)),
+                    SparseKernels::Never => None,
+                    // Winograd does a 3x3 or 5x5 conv in 1/2.2 to 1/2.8 of the GEMM's
+                    // multiplications: the sparse kernel needs at least half pruned to compete.
+                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= if wino.is_some() { 0.5f64.max(auto_sparse_fraction()) } else { auto_sparse_fraction() } => Some(csr(&p)),
+                    SparseKernels::Auto => None,
+                };
+                let dense = Linear { kernel: Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, false), bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino };
+                let lin = match probe {
+                    Some(s) if sparse == SparseKernels::Always => s,
+                    Some(s) => {
+                        // The ReLU and max pool that follow run in (or right after) the layer,
+                        // differently on each path: both are timed with them.
+                        let relu = matches!(ops.get(oi + 1), Some(Op::Relu));
+                        let pool = match (conv, ops.get(oi + 1 + usize::from(relu))) {
+                            (Some(_), Some(Op::MaxPool { size, strides, padding })) => Some(Window { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding }),
+                            _ => None,
+                        };
+                        let first = top && out.iter().all(|l| matches!(l, Layer::Flatten));
+                        if sparse_is_faster(&dense, &s, batch, first, relu, pool.as_ref()) {
+                            s
+                        } else {
+                            dense
+                        }
+                    }
+                    None => dense,
+                };
+                Layer::Linear(Box::new(lin))
             }
             Op::Relu => Layer::Relu,
             Op::Relu6 | Op::Elu | Op::Sigmoid | Op::Tanh => match op.activation() {
@@ -215,8 +265,8 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                 Layer::Flatten
             }
             Op::Residual { body, shortcut, relu } => {
-                let (b, out_shape) = build(body, shape.clone(), posts, sparse);
-                let (s, _) = build(shortcut, shape.clone(), posts, sparse);
+                let (b, out_shape) = build(body, shape.clone(), posts, sparse, batch, false);
+                let (s, _) = build(shortcut, shape.clone(), posts, sparse, batch, false);
                 shape = out_shape;
                 Layer::Residual { body: b, shortcut: s, relu: *relu }
             }
@@ -224,6 +274,66 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
         out.push(layer);
     }
     (out, shape)
+}
+
+/// Whether `sparse` (a layer on CSR) runs a Flipout sample faster than `dense` (the same
+/// layer on its dense path: fused kernel, Winograd or GEMM), timed at model load on `batch`
+/// examples of synthetic activations of the layer's real shape (at most [`PROBE_ROWS`] patch
+/// rows), each with the ReLU and
+/// max pool that follow it, and for a first weight layer with the shared mean product given,
+/// as [`Model::predict_mc`] runs them. The paths compute the same function, so the choice
+/// changes results only by float summation order.
+fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, first: bool, relu: bool, pool: Option<&Window>) -> bool {
+    let _ftz = FlushDenormals::new();
+    let m = batch.min(PROBE_ROWS / dense.rows_per_example().max(1)).max(1);
+    let per = dense.conv.map_or(dense.kernel.k, |w| w.input.iter().product());
+    // Activations as a ReLU leaves them, about half zeros (neither kernel's speed depends on
+    // the values, but subnormals would: FTZ is on, as while predicting).
+    let mut rng = formats::synthetic::SplitMix64(0x5eed);
+    let x: Vec<f32> = (0..m * per).map(|_| rng.uniform(-1.0, 1.0).max(0.0)).collect();
+    let mut paths = [dense, sparse].map(|lin| (lin, first.then(|| lin.shared(&x, m)), Scratch::default()));
+    let mut best = [f64::INFINITY; 2];
+    let mut spent = 0.0;
+    for run in 0..PROBE_MAX_RUNS {
+        if (run >= PROBE_RUNS || run == 1 && best.iter().all(|&b| b >= PROBE_SECONDS)) && spent >= PROBE_SECONDS {
+            break;
+        }
+        for ((lin, shared, ws), best) in paths.iter_mut().zip(&mut best) {
+            let mut sampler = Sampler::new(0, run as u64);
+            let t = thread_seconds();
+            let (out, pooled) = lin.forward(&x, m, &mut Draw::Sample(&mut sampler, Estimator::Flipout), shared.as_ref(), relu, pool, ws);
+            let out = match pool {
+                Some(p) if !pooled => {
+                    let mut o = ws.take(0);
+                    max_pool_into(&out, m, p, &mut o);
+                    ws.give(out);
+                    o
+                }
+                _ => out,
+            };
+            let secs = thread_seconds() - t;
+            ws.give(out);
+            *best = best.min(secs);
+            spent += secs;
+        }
+    }
+    best[1] < PROBE_MARGIN * best[0]
+}
+
+/// CPU time of the calling thread, in seconds: on a machine shared with other jobs, time
+/// slices given to them do not count (wall-clock timings of the same kernel swung 2x there).
+/// Elsewhere than Unix, wall-clock time since the first call.
+fn thread_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec to the valid pointer it is given.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9;
+        }
+    }
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
 }
 
 impl Model {
@@ -235,12 +345,20 @@ impl Model {
 
     /// Builds the model from `posts` (in the order of [`Arch::layer_names`]), taking their
     /// weights as they are: no second copy of the model in memory.
+    /// [`SparseKernels::Auto`] times the pruned layers on batches of [`PROBE_BATCH`] examples.
     pub fn from_posteriors(arch: &Arch, posts: Vec<Posterior>, sparse: SparseKernels) -> Result<Model, EngineError> {
+        Model::for_batch(arch, posts, sparse, PROBE_BATCH)
+    }
+
+    /// [`Model::from_posteriors`] for predicting batches of `batch` examples: where
+    /// [`SparseKernels::Auto`] has a choice, it times both paths of the layer on that many
+    /// (per-sample costs, such as the noise draws, weigh more on small batches).
+    pub fn for_batch(arch: &Arch, posts: Vec<Posterior>, sparse: SparseKernels, batch: usize) -> Result<Model, EngineError> {
         let out = shape_check(arch, &posts).map_err(EngineError::Shape)?;
         let [classes] = out[..] else {
             return Err(EngineError::Shape(format!("the network ends in shape {out:?}, not a vector of logits")));
         };
-        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse);
+        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse, batch.clamp(1, MC_CHUNK), true);
         Ok(Model { input_shape: arch.input_shape.clone(), classes, layers })
     }
 
@@ -621,7 +739,12 @@ impl Linear {
             }
             if let Some(sig) = sigma {
                 noise.resize(sig.len(), 0.0);
-                s.noise_into(sig, &mut noise);
+                match &self.kernel.weights {
+                    // The dense kernel's draws for the kept weights: the results do not depend
+                    // on which kernel `SparseKernels::Auto` timed faster.
+                    Weights::Sparse { csr, .. } => sparse::kept_noise(s, csr, sig, &mut noise, &mut ws.sparse),
+                    Weights::Dense { .. } => s.noise_into(sig, &mut noise),
+                }
                 match est {
                     Estimator::Flipout => {
                         flipout = true;
@@ -1131,7 +1254,6 @@ mod tests {
     #[test]
     fn pruned_layers_on_the_sparse_kernel_equal_the_definition() {
         use crate::engine::conv::im2col;
-        use crate::engine::dense::Weights;
         // Convs with one example at a time (many output positions) and blocks of examples,
         // SAME and VALID, strides; a dense layer. 60% of the weights pruned (mu = sigma = 0).
         let wins = [
@@ -1148,8 +1270,8 @@ mod tests {
             let keep: Vec<bool> = values(k * u, 20).iter().map(|v| v.abs() > 0.6).collect();
             let mu: Vec<f32> = values(k * u, 21).iter().zip(&keep).map(|(&v, &kp)| if kp { v } else { 0.0 }).collect();
             let sigma: Vec<f32> = values(k * u, 22).iter().zip(&keep).map(|(&v, &kp)| if kp { 0.1 + v.abs() } else { 0.0 }).collect();
-            let lin = Linear { kernel: Kernel::new(k, u, mu.clone(), Some(sigma), true), bias_mu: values(u, 23), bias_sigma: Some(vec![0.3; u]), conv, wino: None };
-            let Weights::Sparse { csr, sigma: Some(sig_kept), .. } = &lin.kernel.weights else { panic!("sparse kernel") };
+            let lin = Linear { kernel: Kernel::new(k, u, mu.clone(), Some(sigma.clone()), true), bias_mu: values(u, 23), bias_sigma: Some(vec![0.3; u]), conv, wino: None };
+            assert!(lin.kernel.is_sparse());
             let x = values(n * per, 24);
             let p = match &conv {
                 Some(w) => im2col(&x, n, w),
@@ -1163,17 +1285,11 @@ mod tests {
                 for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
                     let mut sampler = Sampler::new(7, 1);
                     let (got, _) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, est), sh, relu, None, &mut Scratch::default());
-                    // The same draws, in the engine's order: bias, noise of the kept weights
-                    // (pattern order), input and output signs; the noise scattered to [k, u].
+                    // The same draws, in the engine's order: bias, noise (the dense kernel's
+                    // draws: pruned weights have sigma 0), input and output signs.
                     let mut s = Sampler::new(7, 1);
                     let bias = s.gaussian(&lin.bias_mu, lin.bias_sigma.as_deref().unwrap_or_default());
-                    let kept_noise = s.noise(sig_kept);
-                    let mut noise = vec![0f32; k * u];
-                    for j in 0..u {
-                        for nz in csr.indptr[j]..csr.indptr[j + 1] {
-                            noise[csr.indices[nz] as usize * u + j] = kept_noise[nz];
-                        }
-                    }
+                    let noise = s.noise(&sigma);
                     let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
                     if est == Estimator::Flipout {
                         s.sign_masks_into(n * cin, &mut s_in);
@@ -1232,6 +1348,70 @@ mod tests {
         assert_eq!(many.mean, one.mean);
         assert_eq!(many.variance, one.variance);
         assert!(many.variance.iter().any(|&v| v > 0.0), "the samples differ");
+    }
+
+    #[test]
+    fn auto_sparse_predicts_what_the_dense_and_csr_models_predict() {
+        // A pruned conv (first weight layer: shared mean product) with ReLU and max pool
+        // after it, a pruned dense layer and one below the probing threshold: whatever the
+        // timings pick, the predictions are those of the all-dense and all-CSR models.
+        let arch = Arch {
+            input_name: "x".into(),
+            input_shape: vec![8, 8, 4],
+            ops: vec![
+                Op::Conv2d { layer: "c".into(), strides: [1, 1], padding: Padding::Same },
+                Op::Relu,
+                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
+                Op::Flatten,
+                Op::Dense { layer: "d".into() },
+                Op::Relu,
+                Op::Dense { layer: "e".into() },
+            ],
+        };
+        let post = |name: &str, shape: Vec<usize>, seed: u64, kept: f32| {
+            let len: usize = shape.iter().product();
+            let units = *shape.last().unwrap_or(&0);
+            let mu: Vec<f32> = values(len, seed).iter().map(|&v| if v.abs() > kept { 0.0 } else { v }).collect();
+            let sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { 0.05 }).collect();
+            Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(sigma), bias_mu: vec![0.1; units], bias_sigma: Some(vec![0.01; units]) }
+        };
+        let posts = vec![post("c", vec![3, 3, 4, 16], 40, 0.2), post("d", vec![256, 32], 41, 0.2), post("e", vec![32, 10], 42, 0.9)];
+        let auto = Model::new(&arch, &posts, SparseKernels::Auto).expect("model");
+        let never = Model::new(&arch, &posts, SparseKernels::Never).expect("model");
+        let always = Model::new(&arch, &posts, SparseKernels::Always).expect("model");
+        assert_eq!((never.sparse_layers(), always.sparse_layers()), ((0, 3), (3, 3)));
+        // The last layer has 10% pruned, below the threshold: never timed, never sparse.
+        let Some(Layer::Linear(last)) = auto.layers.last() else { panic!("a weight layer last") };
+        assert!(!last.kernel.is_sparse());
+        let x = values(6 * 8 * 8 * 4, 43);
+        for m in [&never, &always] {
+            // The same draws whatever each layer's kernel: the same predictive up to float
+            // summation order.
+            for est in [Estimator::Flipout, Estimator::Reparameterization] {
+                let (a, b) = (auto.predict_mc(&x, 8, 9, est).expect("mc"), m.predict_mc(&x, 8, 9, est).expect("mc"));
+                let worst = a.mean.iter().zip(&b.mean).chain(a.variance.iter().zip(&b.variance)).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+                assert!(worst < 1e-5, "{est:?}: Monte Carlo differs by {worst}");
+            }
+            let (a, b) = (auto.logits_mean(&x).expect("mean"), m.logits_mean(&x).expect("mean"));
+            assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-5), "mean network");
+        }
+    }
+
+    #[test]
+    fn the_probe_clock_counts_only_this_threads_cpu_time() {
+        // Sleeping takes no CPU time; a busy loop does (`SparseKernels::Auto` times kernels by
+        // it so that other processes' time slices do not count).
+        let t0 = thread_seconds();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let slept = thread_seconds() - t0;
+        assert!((0.0..0.1).contains(&slept), "200 ms of sleep counted {slept} s");
+        let t1 = thread_seconds();
+        let wall = std::time::Instant::now();
+        let mut acc = 0u64;
+        while wall.elapsed().as_millis() < 100 {
+            acc = std::hint::black_box(acc.wrapping_add(1));
+        }
+        assert!(thread_seconds() - t1 > 0.0, "busy work counted nothing");
     }
 
     #[test]

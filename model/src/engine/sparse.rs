@@ -12,6 +12,7 @@
 //! a whole pruned layer on it.
 
 use super::conv::Window;
+use super::sampler::Sampler;
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
 #[derive(Debug, Clone, PartialEq)]
@@ -526,9 +527,11 @@ impl Csr {
     pub fn checked(&self) -> Checked<'_> {
         let (k, n, nnz) = (self.cols, self.rows, self.nnz());
         assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
-        assert!(self.indices.iter().all(|&i| (i as usize) < k), "spmm_t: an index is out of range");
+        // Maxima by folds, which vectorize (a short-circuiting `all` did not: this check runs
+        // once per layer and sample, over every kept weight).
+        assert!(nnz == 0 || (self.indices.iter().fold(0, |a, &i| a.max(i)) as usize) < k, "spmm_t: an index is out of range");
         let m = self.chunks();
-        assert!(self.split.len() == n * (m + 1) && self.split.iter().all(|&p| p <= nnz), "spmm_t: pattern changed after it was built");
+        assert!(self.split.len() == n * (m + 1) && self.split.iter().fold(0, |a, &p| a.max(p)) <= nnz, "spmm_t: pattern changed after it was built");
         Checked(self)
     }
 }
@@ -830,7 +833,41 @@ pub(crate) struct Scratch {
     yb: Vec<f32>,
     signed: Vec<f32>,
     chan: Vec<u32>,
-    tile: Vec<f32>,
+    tile: Tile,
+    /// Ones, and standard normals, of a dense kernel's size ([`kept_noise`]).
+    ones: Vec<f32>,
+    eps: Vec<f32>,
+}
+
+/// `out[nz] = sigma[nz] * eps[i * n + j]` for each kept weight nz (input i, output j; pattern
+/// order), eps being the standard normals that [`Sampler::noise_into`] draws for the whole
+/// `[k, n]` kernel: the noise the dense kernel gets from the same stream, so a layer's
+/// Monte Carlo draws do not depend on its kernel (pruned weights have sigma = 0 there). Costs
+/// the dense kernel's draws, plus a gather.
+pub(crate) fn kept_noise(s: &mut Sampler, csr: &Csr, sigma: &[f32], out: &mut [f32], ws: &mut Scratch) {
+    let (k, n) = (csr.cols, csr.rows);
+    assert!(sigma.len() >= csr.nnz() && out.len() >= csr.nnz(), "kept noise: slices too short");
+    // `ones` only ever grows with ones; 1 * eps is eps exactly, as sigma * eps is the dense
+    // kernel's product.
+    if ws.ones.len() < k * n {
+        ws.ones.resize(k * n, 1.0);
+    }
+    ws.eps.resize(k * n, 0.0);
+    s.noise_into(&ws.ones[..k * n], &mut ws.eps);
+    for j in 0..n {
+        let (a, b) = (csr.indptr[j], csr.indptr[j + 1]);
+        for ((o, &sg), &i) in out[a..b].iter_mut().zip(&sigma[a..b]).zip(&csr.indices[a..b]) {
+            *o = sg * ws.eps[i as usize * n + j];
+        }
+    }
+}
+
+/// The output pass's `[units, 16]` tiles: combined values, and the output signs of columns
+/// of several examples.
+#[derive(Default)]
+struct Tile {
+    vals: Vec<f32>,
+    signs: Vec<u32>,
 }
 
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
@@ -853,7 +890,7 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     ws.chan.clear();
     ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
     ws.signed.resize(job.csr.nnz(), 0.0);
-    prepare(&mut ws.xt, panels_len(k, rpe));
+    pad_columns(&mut ws.xt, k, rpe);
     ws.ya.resize(u * ld, 0.0);
     ws.yb.resize(u * ld, 0.0);
     for b in 0..job.n {
@@ -889,10 +926,17 @@ fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
     fold(noise, chan, s, out)
 }
 
-/// Zero-filled `len` values (padding columns must hold finite values).
-fn prepare(buf: &mut Vec<f32>, len: usize) {
-    buf.clear();
-    buf.resize(len, 0.0);
+/// Transposed activations of `k` rows and `cols` columns in `buf`, whose padding columns (up
+/// to the end of the last panel) are zero; the other values are left as they were, for the
+/// caller to overwrite.
+fn pad_columns(buf: &mut Vec<f32>, k: usize, cols: usize) {
+    buf.resize(panels_len(k, cols), 0.0);
+    let pad = cols.div_ceil(PANEL) * PANEL - cols;
+    if pad > 0 {
+        for i in 0..k {
+            buf[at(k, i, cols)..at(k, i, cols) + pad].fill(0.0);
+        }
+    }
 }
 
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
@@ -904,9 +948,10 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
         let ld = padded(cols);
-        prepare(&mut ws.xt, panels_len(k, cols));
+        // Every column below `cols` is written below: only the padding is zeroed.
+        pad_columns(&mut ws.xt, k, cols);
         if job.flip.is_some() {
-            prepare(&mut ws.xs, panels_len(k, cols));
+            pad_columns(&mut ws.xs, k, cols);
         }
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
@@ -940,26 +985,34 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
 /// ReLU. Sixteen columns at a time: combined along the columns (contiguous in `ya` and `yb`)
 /// into a `[units, 16]` tile in L1, then written out row by row.
 #[allow(clippy::too_many_arguments)]
-fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], tile: &mut Vec<f32>, out: &mut [f32]) {
+fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], tile: &mut Tile, out: &mut [f32]) {
     let u = job.csr.rows;
-    tile.resize(u * LANES, 0.0);
+    tile.vals.resize(u * LANES, 0.0);
     for c0 in (0..cols).step_by(LANES) {
         let w = LANES.min(cols - c0);
-        // Example of each column (all one example but where a tile straddles two).
+        // Example of the first and last column (one example but where a tile straddles two).
         let (e0, e1) = ((r0 + c0) / rpe, (r0 + c0 + w - 1) / rpe);
-        let mut ex = [e0; LANES];
-        if e0 != e1 {
-            ex.iter_mut().enumerate().for_each(|(i, e)| *e = (r0 + c0 + i.min(w - 1)) / rpe);
+        if let (Some(f), true) = (job.flip, e0 != e1) {
+            // Columns of several examples (dense layers, small convs): their output signs
+            // gathered into a [units, 16] tile once, row by row of `s_out`.
+            tile.signs.resize(u * LANES, 0);
+            for i in 0..LANES {
+                let e = (r0 + c0 + i.min(w - 1)) / rpe;
+                for (j, &s) in f.s_out[e * u..(e + 1) * u].iter().enumerate() {
+                    tile.signs[j * LANES + i] = s;
+                }
+            }
         }
-        for (j, t) in tile.chunks_exact_mut(LANES).enumerate() {
+        for (j, t) in tile.vals.chunks_exact_mut(LANES).enumerate() {
             let t: &mut [f32; LANES] = t.try_into().expect("LANES values");
             let bias = job.bias[j];
             let ya: &[f32; LANES] = ya[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
             let yb: &[f32; LANES] = yb[j * ld + c0..j * ld + c0 + LANES].try_into().expect("LANES values");
-            let mut signs = [0u32; LANES];
-            if let Some(f) = job.flip {
-                signs = if e0 == e1 { [f.s_out[e0 * u + j]; LANES] } else { ex.map(|e| f.s_out[e * u + j]) };
-            }
+            let signs: [u32; LANES] = match job.flip {
+                Some(f) if e0 == e1 => [f.s_out[e0 * u + j]; LANES],
+                Some(_) => tile.signs[j * LANES..(j + 1) * LANES].try_into().expect("LANES values"),
+                None => [0; LANES],
+            };
             match (job.a.is_some(), job.flip.is_some()) {
                 (true, true) => (0..LANES).for_each(|i| t[i] = bias + ya[i] + f32::from_bits(yb[i].to_bits() ^ signs[i])),
                 (false, true) => (0..LANES).for_each(|i| t[i] = bias + f32::from_bits(yb[i].to_bits() ^ signs[i])),
@@ -970,7 +1023,7 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
         for i in 0..w {
             let r = r0 + c0 + i;
             let row = &mut out[r * u..(r + 1) * u];
-            row.iter_mut().zip(tile.iter().skip(i).step_by(LANES)).for_each(|(o, &t)| *o = t);
+            row.iter_mut().zip(tile.vals.iter().skip(i).step_by(LANES)).for_each(|(o, &t)| *o = t);
             if let Some(base) = job.base {
                 row.iter_mut().zip(&base[r * u..(r + 1) * u]).for_each(|(o, &m)| *o += m);
             }
