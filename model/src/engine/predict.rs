@@ -642,8 +642,8 @@ impl Linear {
                 }
             }
         }
-        let mut out = ws.any(rows * u);
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
+            let mut out = ws.any(rows * u);
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
             let flip = flipout.then_some(Flip { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
@@ -656,7 +656,8 @@ impl Linear {
         let pooled_len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
         // Winograd for the layers it was planned for, unless the mean product is shared.
         if let (Some(wg), None) = (&self.wino, shared) {
-            let mut out = ws.any(rows * u);
+            // Only as large as what is written: the pooled output where the pool is fused.
+            let mut out = ws.any(if wg.pools(flipout, pool) { pooled_len } else { rows * u });
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
             let pooled = wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, pool, &mut out, &mut ws.wino);
             if pooled {
