@@ -13,7 +13,7 @@
 use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{im2col_rows, max_pool_into, max_pool_to, Window};
+use super::conv::{conv_c1, im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights, FUSED_MAX_K};
 use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
@@ -381,7 +381,7 @@ impl Model {
             // The first weight layer's patches and mean product are the same for every sample.
             // Reshapes before the first weight layer are free: its mean product is still shared.
             let shared = match self.layers.iter().find(|l| !matches!(l, Layer::Flatten)) {
-                Some(Layer::Linear(lin)) if samples > 1 => Some(lin.shared(xc, m)),
+                Some(Layer::Linear(lin)) if samples > 1 && !lin.direct_c1(est) => Some(lin.shared(xc, m)),
                 _ => None,
             };
             let per_sample: Vec<Vec<f32>> = (0..samples)
@@ -552,6 +552,13 @@ impl Linear {
     /// layer's units: flipping the k x n noise costs less than flipping rpe x k patch values,
     /// and the mean and perturbation products then share one pass (and one packing) over the
     /// patches as a single GEMM against `[mu | s_b * D]`, twice as wide.
+    /// Whether this Flipout conv has one input channel and runs on the direct kernel
+    /// ([`conv_c1`]) for both products: recomputing its mean product per sample there costs
+    /// less than reading the shared one back from memory (BNN-Conv: 36 MB per sample).
+    fn direct_c1(&self, est: Estimator) -> bool {
+        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1)
+    }
+
     fn signs_on_weights(&self) -> bool {
         self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
     }
@@ -775,11 +782,20 @@ impl Linear {
             }
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
-            let pb = match shared {
-                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                _ => self.patches(x, r0, r1, &mut pbuf),
-            };
-            sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
+            match self.conv.filter(|win| win.input[2] == 1) {
+                // One input channel (an image model's first conv): direct, from the image.
+                Some(win) => {
+                    let hw = win.input[0] * win.input[1];
+                    conv_c1(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &mut prod, &mut pbuf);
+                }
+                None => {
+                    let pb = match shared {
+                        Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
+                        _ => self.patches(x, r0, r1, &mut pbuf),
+                    };
+                    sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
+                }
+            }
             let so = &ws.s_out[b * u..][..u];
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {

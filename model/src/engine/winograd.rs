@@ -16,7 +16,8 @@
 
 use super::conv::{max_pool_to, Window};
 use super::gemm::sgemm;
-use tiles::{InTile, Lanes, OutTile, Tile};
+pub(crate) use tiles::Lanes;
+use tiles::{InTile, OutTile, Tile};
 
 mod tiles;
 

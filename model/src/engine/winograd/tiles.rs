@@ -11,13 +11,15 @@
 /// # Safety
 /// The vector types' methods need their CPU feature (AVX-512F, AVX2 + FMA); callers run them
 /// only inside functions compiled for it, after checking the CPU.
-pub(super) trait Lanes: Copy {
+pub(crate) trait Lanes: Copy {
     /// Channels per vector.
     const L: usize;
     /// `L` values from the start of `s` (at least `L` long: checked).
     unsafe fn load(s: &[f32]) -> Self;
     /// Into the first `L` values of `s` (at least `L` long: checked).
     unsafe fn store(self, s: &mut [f32]);
+    /// `L` values from `p` (unchecked: the caller proves them in bounds).
+    unsafe fn load_ptr(p: *const f32) -> Self;
     /// All zeros.
     unsafe fn zero() -> Self;
     /// Lane-wise sum.
@@ -41,6 +43,10 @@ impl Lanes for f32 {
     #[inline(always)]
     unsafe fn store(self, s: &mut [f32]) {
         s[0] = self;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(p: *const f32) -> Self {
+        *p
     }
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -84,6 +90,10 @@ mod x86 {
             _mm512_storeu_ps(s[..16].as_mut_ptr(), self)
         }
         #[inline(always)]
+        unsafe fn load_ptr(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
         unsafe fn zero() -> Self {
             _mm512_setzero_ps()
         }
@@ -119,6 +129,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, s: &mut [f32]) {
             _mm256_storeu_ps(s[..8].as_mut_ptr(), self)
+        }
+        #[inline(always)]
+        unsafe fn load_ptr(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
         }
         #[inline(always)]
         unsafe fn zero() -> Self {
