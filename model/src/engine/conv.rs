@@ -187,7 +187,7 @@ pub(crate) fn conv_c1_on(path: Path, img: &[f32], win: &Window, wt: &[f32], cols
             (Path::Avx512, 4, 0) => return unsafe { c1_avx512::<4>(&g, out) },
             _ => {}
         }
-        if matches!(path, Path::Avx512 | Path::Avx2) && cols % 8 == 0 && (1..=4).contains(&(cols / 8)) {
+        if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) {
             // SAFETY: AVX-512 implies AVX2 + FMA on every CPU that has it; checked anyway.
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 return unsafe { c1_avx2(&g, out) };
