@@ -160,6 +160,13 @@ pub(crate) fn conv_c1(img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &
     conv_c1_on(Path::available()[0], img, win, wt, cols, out, pad);
 }
 
+/// Whether [`conv_c1`] runs `cols` columns in vector registers on this CPU (1-4 AVX-512 or
+/// AVX2 vectors); its portable path is for correctness, not speed.
+pub(crate) fn conv_c1_vectorized(cols: usize) -> bool {
+    let paths = Path::available();
+    (paths.contains(&Path::Avx512) && cols.is_multiple_of(16) && (1..=4).contains(&(cols / 16))) || (paths.contains(&Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)))
+}
+
 /// [`conv_c1`] on the code `path`: vectors of 16 (AVX-512) or 8 (AVX2) columns where `cols` is
 /// 1-4 such vectors, plain f32 otherwise.
 pub(crate) fn conv_c1_on(path: Path, img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &mut [f32], pad: &mut Vec<f32>) {

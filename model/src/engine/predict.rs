@@ -13,7 +13,7 @@
 use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{conv_c1, im2col_rows, max_pool_into, max_pool_to, Window};
+use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights, FUSED_MAX_K};
 use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
@@ -552,15 +552,15 @@ impl Linear {
     /// layer's units: flipping the k x n noise costs less than flipping rpe x k patch values,
     /// and the mean and perturbation products then share one pass (and one packing) over the
     /// patches as a single GEMM against `[mu | s_b * D]`, twice as wide.
+    fn signs_on_weights(&self) -> bool {
+        self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
+    }
+
     /// Whether this Flipout conv has one input channel and runs on the direct kernel
     /// ([`conv_c1`]) for both products: recomputing its mean product per sample there costs
     /// less than reading the shared one back from memory (BNN-Conv: 36 MB per sample).
     fn direct_c1(&self, est: Estimator) -> bool {
-        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1)
-    }
-
-    fn signs_on_weights(&self) -> bool {
-        self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
+        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1) && conv_c1_vectorized(2 * self.kernel.n)
     }
 
     /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
@@ -782,7 +782,7 @@ impl Linear {
             }
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
-            match self.conv.filter(|win| win.input[2] == 1) {
+            match self.conv.filter(|win| win.input[2] == 1 && conv_c1_vectorized(w)) {
                 // One input channel (an image model's first conv): direct, from the image.
                 Some(win) => {
                     let hw = win.input[0] * win.input[1];
