@@ -2,6 +2,7 @@
 //! layer's [`super::dense::Kernel`]: the patch order (kh, kw, c) matches TF's HWIO kernel
 //! flattened to `[kh * kw * c, out]`, so dense and CSR kernels serve both layer types.
 
+use super::winograd::{Lanes, Path};
 use crate::arch::Padding;
 
 /// Geometry of a window op over `[h, w, c]` examples.
@@ -142,6 +143,169 @@ fn max_pool_2x2(x: &[f32], n: usize, [h, w, c]: [usize; 3], [oh, ow]: [usize; 2]
     }
 }
 
+/// Output rows of [`conv_c1`]'s register block (x `w / lanes` vectors of accumulators).
+const C1_ROWS: usize = 4;
+
+/// One example's convolution with ONE input channel, direct: `out[p, :] = sum over the window
+/// of img[pos(p) + tap] * wt[tap, :]` (`img` `[h, w]`, `wt` `[kh * kw, cols]`, `out`
+/// `[oh * ow, cols]`, zeros where padded). For the first conv of an image model (k = 25 for
+/// 5x5): as a GEMM it is shallow, so packing the patches took as long as the product, and the
+/// im2col patches of a batch are 25x its input; here each input value is broadcast from the
+/// zero-padded image (`pad`: scratch) against the kernel rows, kept in L1.
+///
+/// # Panics
+/// When a slice is shorter than the shapes say or the window has more than one channel (a bug
+/// in the caller).
+pub(crate) fn conv_c1(img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &mut [f32], pad: &mut Vec<f32>) {
+    conv_c1_on(Path::available()[0], img, win, wt, cols, out, pad);
+}
+
+/// Whether [`conv_c1`] runs `cols` columns in vector registers on this CPU (1-4 AVX-512 or
+/// AVX2 vectors); its portable path is for correctness, not speed.
+pub(crate) fn conv_c1_vectorized(cols: usize) -> bool {
+    let paths = Path::available();
+    (paths.contains(&Path::Avx512) && cols.is_multiple_of(16) && (1..=4).contains(&(cols / 16))) || (paths.contains(&Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)))
+}
+
+/// [`conv_c1`] on the code `path`: vectors of 16 (AVX-512) or 8 (AVX2) columns where `cols` is
+/// 1-4 such vectors, plain f32 otherwise.
+pub(crate) fn conv_c1_on(path: Path, img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &mut [f32], pad: &mut Vec<f32>) {
+    let [h, w, c] = win.input;
+    let ([oh, ow], [ph, pw]) = win.geometry();
+    let ([kh, kw], [sy, sx]) = (win.size, win.strides);
+    assert!(c == 1 && img.len() >= h * w && wt.len() >= kh * kw * cols && out.len() >= oh * ow * cols, "conv_c1: shapes do not fit");
+    // The padded image: every window of every output inside it.
+    let (hp, wp) = ((oh.max(1) - 1) * sy + kh, (ow.max(1) - 1) * sx + kw);
+    pad.clear();
+    pad.resize(hp * wp, 0.0);
+    // Image (y, x) at padded (y + ph, x + pw); rows and columns past the last window unused.
+    let xs = w.min(wp.saturating_sub(pw));
+    for y in 0..h.min(hp.saturating_sub(ph)) {
+        pad[(y + ph) * wp + pw..][..xs].copy_from_slice(&img[y * w..][..xs]);
+    }
+    let g = C1 { pad, wp, oh, ow, kh, kw, sy, sx, wt, cols };
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (all): `Path::available` lists a path only where the CPU has its features.
+        match (path, cols / 16, cols % 16) {
+            (Path::Avx512, 1, 0) => return unsafe { c1_avx512::<1>(&g, out) },
+            (Path::Avx512, 2, 0) => return unsafe { c1_avx512::<2>(&g, out) },
+            (Path::Avx512, 3, 0) => return unsafe { c1_avx512::<3>(&g, out) },
+            (Path::Avx512, 4, 0) => return unsafe { c1_avx512::<4>(&g, out) },
+            _ => {}
+        }
+        if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) {
+            // SAFETY: AVX-512 implies AVX2 + FMA on every CPU that has it; checked anyway.
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return unsafe { c1_avx2(&g, out) };
+            }
+        }
+    }
+    c1_portable(&g, out);
+}
+
+/// Shapes of one [`conv_c1`] call.
+struct C1<'a> {
+    pad: &'a [f32],
+    wp: usize,
+    oh: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sy: usize,
+    sx: usize,
+    wt: &'a [f32],
+    cols: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn c1_avx512<const NV: usize>(g: &C1, out: &mut [f32]) {
+    c1_block_rows::<std::arch::x86_64::__m512, NV>(g, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn c1_avx2(g: &C1, out: &mut [f32]) {
+    use std::arch::x86_64::__m256;
+    match g.cols / 8 {
+        1 => c1_block_rows::<__m256, 1>(g, out),
+        2 => c1_block_rows::<__m256, 2>(g, out),
+        3 => c1_block_rows::<__m256, 3>(g, out),
+        _ => c1_block_rows::<__m256, 4>(g, out),
+    }
+}
+
+/// All output positions, [`C1_ROWS`] at a time, `NV` vectors of `V` wide (`g.cols`).
+#[inline(always)]
+unsafe fn c1_block_rows<V: Lanes, const NV: usize>(g: &C1, out: &mut [f32]) {
+    for oy in 0..g.oh {
+        let mut ox = 0;
+        while ox + C1_ROWS <= g.ow {
+            c1_block::<V, NV, C1_ROWS>(g, out, oy, ox);
+            ox += C1_ROWS;
+        }
+        while ox < g.ow {
+            c1_block::<V, NV, 1>(g, out, oy, ox);
+            ox += 1;
+        }
+    }
+}
+
+/// Outputs `(oy, ox..ox + MR)`: MR x NV accumulators, one broadcast input value per output
+/// and tap against the tap's NV kernel vectors.
+#[inline(always)]
+unsafe fn c1_block<V: Lanes, const NV: usize, const MR: usize>(g: &C1, out: &mut [f32], oy: usize, ox: usize) {
+    let mut acc = [[V::zero(); NV]; MR];
+    // Unchecked loads in the inner loop (bounds checks took half its instructions): the
+    // padded image is `((oh - 1) * sy + kh) x wp` with `wp = (ow - 1) * sx + kw`, so for
+    // oy < oh, ox + i < ow, dy < kh, dx < kw every index is inside it; the kernel holds
+    // kh * kw * cols values (both checked in `conv_c1_on`), NV * V::L <= cols.
+    debug_assert!(oy < g.oh && ox + MR <= g.ow && NV * V::L <= g.cols);
+    let (pad, wt) = (g.pad.as_ptr(), g.wt.as_ptr());
+    for dy in 0..g.kh {
+        let row = pad.add((oy * g.sy + dy) * g.wp + ox * g.sx);
+        for dx in 0..g.kw {
+            let wrow = wt.add((dy * g.kw + dx) * g.cols);
+            let mut wv = [V::zero(); NV];
+            for (v, wv) in wv.iter_mut().enumerate() {
+                *wv = V::load_ptr(wrow.add(v * V::L));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xv = *row.add(i * g.sx + dx);
+                for (a, &wv) in acc.iter_mut().zip(&wv) {
+                    *a = wv.fma(xv, *a);
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let o = &mut out[(oy * g.ow + ox + i) * g.cols..];
+        for (v, &a) in acc.iter().enumerate() {
+            a.store(&mut o[v * V::L..]);
+        }
+    }
+}
+
+/// The portable path (any CPU, any column count): one output at a time.
+fn c1_portable(g: &C1, out: &mut [f32]) {
+    let cols = g.cols;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let o = &mut out[(oy * g.ow + ox) * cols..][..cols];
+            o.fill(0.0);
+            for dy in 0..g.kh {
+                for dx in 0..g.kw {
+                    let xv = g.pad[(oy * g.sy + dy) * g.wp + ox * g.sx + dx];
+                    for (o, &wv) in o.iter_mut().zip(&g.wt[(dy * g.kw + dx) * cols..][..cols]) {
+                        *o += wv * xv;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +372,50 @@ mod tests {
             assert_eq!(got.len(), want.len(), "{h}x{w}x{c} {padding:?}");
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(f64::from(*g), *r, "{h}x{w}x{c} {padding:?} at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_channel_direct_conv_matches_the_definition() {
+        // (h, w, kernel, strides, padding, cols): widths of 1-4 AVX-512 vectors, AVX2-only
+        // widths (8, 24), odd widths (portable), output rows that leave tails after the
+        // 4-output blocks, SAME padding before and after, strides 1 and 2.
+        let cases = [
+            (28, 28, [5, 5], [1, 1], Padding::Same, 32),
+            (9, 7, [5, 5], [1, 1], Padding::Same, 64),
+            (6, 11, [3, 3], [2, 2], Padding::Same, 16),
+            (8, 9, [3, 2], [1, 2], Padding::Valid, 48),
+            (5, 6, [3, 3], [1, 1], Padding::Valid, 24),
+            (7, 5, [2, 3], [1, 1], Padding::Same, 8),
+            (6, 6, [3, 3], [1, 1], Padding::Same, 5),
+        ];
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        for (h, w, size, strides, padding, cols) in cases {
+            let win = Window { input: [h, w, 1], size, strides, padding };
+            let ([oh, ow], [ph, pw]) = win.geometry();
+            let img: Vec<f32> = (0..h * w).map(|_| next()).collect();
+            let wt: Vec<f32> = (0..size[0] * size[1] * cols).map(|_| next()).collect();
+            // The definition in f64: TF's cross-correlation, zeros outside the image.
+            let mut want = vec![0f64; oh * ow * cols];
+            for (oy, ox, o) in (0..oh).flat_map(|y| (0..ow).flat_map(move |x| (0..cols).map(move |o| (y, x, o)))) {
+                for (dy, dx) in (0..size[0]).flat_map(|dy| (0..size[1]).map(move |dx| (dy, dx))) {
+                    let (y, x) = ((oy * strides[0] + dy) as i64 - ph as i64, (ox * strides[1] + dx) as i64 - pw as i64);
+                    if (0..h as i64).contains(&y) && (0..w as i64).contains(&x) {
+                        want[(oy * ow + ox) * cols + o] += f64::from(img[y as usize * w + x as usize]) * f64::from(wt[(dy * size[1] + dx) * cols + o]);
+                    }
+                }
+            }
+            for path in Path::available() {
+                let (mut out, mut pad) = (vec![f32::NAN; oh * ow * cols], vec![f32::NAN; 3]);
+                conv_c1_on(path, &img, &win, &wt, cols, &mut out, &mut pad);
+                for (i, (&g, &r)) in out.iter().zip(&want).enumerate() {
+                    assert!((f64::from(g) - r).abs() < 1e-5, "{h}x{w} {size:?} {strides:?} {padding:?} {cols} {path:?} at {i}: {g} vs {r}");
+                }
             }
         }
     }

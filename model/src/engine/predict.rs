@@ -13,7 +13,7 @@
 use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
-use super::conv::{im2col_rows, max_pool_into, max_pool_to, Window};
+use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights};
 use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
@@ -499,7 +499,7 @@ impl Model {
             // The first weight layer's patches and mean product are the same for every sample.
             // Reshapes before the first weight layer are free: its mean product is still shared.
             let shared = match self.layers.iter().find(|l| !matches!(l, Layer::Flatten)) {
-                Some(Layer::Linear(lin)) if samples > 1 => Some(lin.shared(xc, m)),
+                Some(Layer::Linear(lin)) if samples > 1 && !lin.direct_c1(est) => Some(lin.shared(xc, m)),
                 _ => None,
             };
             let per_sample: Vec<Vec<f32>> = (0..samples)
@@ -674,6 +674,13 @@ impl Linear {
         self.conv.is_some() && !self.kernel.is_sparse() && self.kernel.k > 0 && self.kernel.n > 0 && self.rows_per_example() >= 2 * self.kernel.n
     }
 
+    /// Whether this Flipout conv has one input channel and runs on the direct kernel
+    /// ([`conv_c1`]) for both products: recomputing its mean product per sample there costs
+    /// less than reading the shared one back from memory (BNN-Conv: 36 MB per sample).
+    fn direct_c1(&self, est: Estimator) -> bool {
+        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1) && conv_c1_vectorized(2 * self.kernel.n)
+    }
+
     /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
     /// dense weights (any k: `flipout_bench` measures it 1.1-1.6x faster than the unfused GEMMs
     /// on every dense layer of BNN-FC, BNN-Conv and VGG-16); the input signs are drawn straight
@@ -782,7 +789,8 @@ impl Linear {
         let pooled_len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
         // Winograd for the layers it was planned for, unless the mean product is shared.
         if let (Some(wg), None) = (&self.wino, shared) {
-            let mut out = ws.any(rows * u);
+            // Only as large as what is written: the pooled output where the pool is fused.
+            let mut out = ws.any(if wg.pools(flipout, pool) { pooled_len } else { rows * u });
             let f = flipout.then(|| winograd::Flipout { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
             let pooled = wg.forward(x, n, reparam.then_some(&noise[..]), f, &bias, relu, pool, &mut out, &mut ws.wino);
             if pooled {
@@ -900,11 +908,20 @@ impl Linear {
             }
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
-            let pb = match shared {
-                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                _ => self.patches(x, r0, r1, &mut pbuf),
-            };
-            sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
+            match self.conv.filter(|win| win.input[2] == 1 && conv_c1_vectorized(w)) {
+                // One input channel (an image model's first conv): direct, from the image.
+                Some(win) => {
+                    let hw = win.input[0] * win.input[1];
+                    conv_c1(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &mut prod, &mut pbuf);
+                }
+                None => {
+                    let pb = match shared {
+                        Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
+                        _ => self.patches(x, r0, r1, &mut pbuf),
+                    };
+                    sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
+                }
+            }
             let so = &ws.s_out[b * u..][..u];
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {

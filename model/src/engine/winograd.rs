@@ -16,6 +16,10 @@
 
 use super::conv::{max_pool_to, Window};
 use super::gemm::sgemm;
+pub(crate) use tiles::Lanes;
+use tiles::{InTile, OutTile, Tile};
+
+mod tiles;
 
 /// Values of one example block's Winograd-domain buffers (V, signed V, the two products):
 /// bounds a thread's memory while keeping the GEMMs tall.
@@ -251,6 +255,40 @@ pub struct WinogradConv {
     tiles: [usize; 2],
     /// `U(mu)`, `[a², c, k]`.
     u_mu: Vec<f32>,
+    /// The hand-written transforms of this tile, if it has them.
+    tile: Option<Tile>,
+}
+
+/// Which code runs the transforms: the hand-written ones on AVX-512, AVX2 + FMA or plain f32
+/// lanes, or the generic matrix passes (the reference, and the only code for other tiles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// 16 channels per vector.
+    Avx512,
+    /// 8 channels per vector.
+    Avx2,
+    /// One channel at a time, any CPU.
+    Portable,
+    /// `apply` with the matrices of [`Transform::new`].
+    Generic,
+}
+
+impl Path {
+    /// The paths this CPU can run, fastest first.
+    pub(crate) fn available() -> Vec<Path> {
+        let mut paths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                paths.push(Path::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                paths.push(Path::Avx2);
+            }
+        }
+        paths.extend([Path::Portable, Path::Generic]);
+        paths
+    }
 }
 
 impl WinogradConv {
@@ -285,7 +323,9 @@ impl WinogradConv {
         assert!(win.strides == [1, 1] && win.size == [t.r, t.r] && mu.len() == t.r * t.r * win.input[2] * k, "Winograd: shapes do not fit");
         let out = win.output();
         let tiles = [out[0].div_ceil(t.m), out[1].div_ceil(t.m)];
-        let mut conv = WinogradConv { t, win, k, tiles, u_mu: Vec::new() };
+        // Hand-written transforms only where they are this transform's matrices.
+        let tile = Tile::of(t.m, t.r).filter(|_| t == Transform::new(t.m, t.r));
+        let mut conv = WinogradConv { t, win, k, tiles, u_mu: Vec::new(), tile };
         let mut u = Vec::new();
         conv.kernel_transform(mu, &mut u, &mut Vec::new());
         conv.u_mu = u;
@@ -304,6 +344,12 @@ impl WinogradConv {
         let tpe = self.tiles[0] * self.tiles[1];
         let products = if flipout && tpe < PER_EXAMPLE_TILES { 2 } else { 1 };
         (products * n * tpe * self.t.a * self.t.a * self.win.input[2] * self.k) as u64
+    }
+
+    /// Whether [`WinogradConv::forward`] with Flipout (or not) pools into its output when
+    /// given the max pool `pool` (the per-example Flipout path does).
+    pub fn pools(&self, flipout: bool, pool: Option<&Window>) -> bool {
+        flipout && pool.is_some() && self.tiles[0] * self.tiles[1] >= PER_EXAMPLE_TILES
     }
 
     /// `U = G g G^T` of every (in, out) channel pair of an HWIO kernel `w`, into `u`
@@ -337,25 +383,51 @@ impl WinogradConv {
     /// unpooled `[n, oh, ow, k]` and the result false.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
+        let path = Path::available()[0];
+        self.forward_on(path, x, n, weights, flipout, bias, relu, pool, out, ws)
+    }
+
+    /// [`WinogradConv::forward`] on the transforms' code `path` (one of [`Path::available`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_on(&self, path: Path, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-            return unsafe { self.forward_avx2(x, n, weights, flipout, bias, relu, pool, out, ws) };
+        match path {
+            // SAFETY: `Path::available` lists these paths only where the CPU has the features.
+            Path::Avx512 => return unsafe { self.forward_avx512(x, n, weights, flipout, bias, relu, pool, out, ws) },
+            Path::Avx2 => return unsafe { self.forward_avx2(x, n, weights, flipout, bias, relu, pool, out, ws, false) },
+            Path::Generic if Path::available().contains(&Path::Avx2) => return unsafe { self.forward_avx2(x, n, weights, flipout, bias, relu, pool, out, ws, true) },
+            Path::Portable | Path::Generic => {}
         }
-        self.forward_impl(x, n, weights, flipout, bias, relu, pool, out, ws)
+        // SAFETY: f32 lanes need no CPU feature.
+        unsafe { self.forward_impl::<f32>(x, n, weights, flipout, bias, relu, pool, out, ws, path == Path::Generic) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn forward_avx512(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
+        self.forward_impl::<std::arch::x86_64::__m512>(x, n, weights, flipout, bias, relu, pool, out, ws, false)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn forward_avx2(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
-        self.forward_impl(x, n, weights, flipout, bias, relu, pool, out, ws)
+    unsafe fn forward_avx2(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers, generic: bool) -> bool {
+        self.forward_impl::<std::arch::x86_64::__m256>(x, n, weights, flipout, bias, relu, pool, out, ws, generic)
     }
 
+    /// The convolution with the hand-written transforms on lanes `V` (unless `generic` or the
+    /// tile has none).
+    ///
+    /// # Safety
+    /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn forward_impl(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers) -> bool {
+    unsafe fn forward_impl<V: Lanes>(&self, x: &[f32], n: usize, weights: Option<&[f32]>, flipout: Option<Flipout>, bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Buffers, generic: bool) -> bool {
         let (a, c, k) = (self.t.a, self.win.input[2], self.k);
+        let fast = self.tile.filter(|_| !generic);
+        let [h, w, _] = self.win.input;
+        assert!(x.len() >= n * h * w * c && bias.len() == k, "Winograd: input or bias shorter than the shapes say");
         let mut u_main = std::mem::take(&mut ws.u_main);
         let mut u_pert = std::mem::take(&mut ws.u_pert);
         if let Some(w) = weights {
@@ -375,7 +447,10 @@ impl WinogradConv {
             wb.resize(a * a * c_k, 0.0);
             let mut unpooled = std::mem::take(&mut ws.unpooled);
             let (per_out, pooled_len) = (oh * ow * k, pool.map_or(0, |p| p.output().iter().product::<usize>() * k));
-            if pool.is_some() {
+            // A 2x2 stride-2 max pool without padding goes into the hand-written output
+            // transform: the tiles' sides (m) are even, so each pool window lies in one tile.
+            let pool2 = pool.filter(|p| fast.is_some() && p.size == [2, 2] && p.strides == [2, 2] && p.geometry().1 == [0, 0] && self.t.m.is_multiple_of(2)).map(Window::output);
+            if pool.is_some() && pool2.is_none() {
                 unpooled.resize(per_out, 0.0);
             }
             for b in 0..n {
@@ -385,23 +460,25 @@ impl WinogradConv {
                         *w = m + f32::from_bits(p.to_bits() ^ si ^ sg);
                     }
                 }
-                self.input_transform(x, b, b + 1, None, ws);
+                self.input_transform::<V>(x, b, b + 1, None, ws, generic);
                 ws.mm.resize(a * a * tpe * k, 0.0);
                 for xi in 0..a * a {
                     small_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb[xi * c_k..], &mut ws.mm[xi * tpe * k..]);
                 }
                 match pool {
+                    Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
                     Some(p) => {
-                        self.output_transform(b, b + 1, None, bias, relu, &mut unpooled, ws);
+                        self.output_transform::<V>(b, b + 1, None, bias, relu, None, &mut unpooled, ws, generic);
                         max_pool_to(&unpooled, 1, p, &mut out[b * pooled_len..(b + 1) * pooled_len]);
                     }
-                    None => self.output_transform(b, b + 1, None, bias, relu, &mut out[b * per_out..(b + 1) * per_out], ws),
+                    None => self.output_transform::<V>(b, b + 1, None, bias, relu, None, &mut out[b * per_out..(b + 1) * per_out], ws, generic),
                 }
             }
             ws.unpooled = unpooled;
             ws.wb = wb;
             ws.u_main = u_main;
             ws.u_pert = u_pert;
+            debug_assert_eq!(pool.is_some(), self.pools(true, pool));
             return pool.is_some();
         }
         let per_example = tpe * a * a * (c + k) * if flipout.is_some() { 2 } else { 1 };
@@ -410,7 +487,7 @@ impl WinogradConv {
         for b0 in (0..n).step_by(block) {
             let b1 = (b0 + block).min(n);
             let rows = (b1 - b0) * tpe;
-            self.input_transform(x, b0, b1, flipout.map(|f| f.s_in), ws);
+            self.input_transform::<V>(x, b0, b1, flipout.map(|f| f.s_in), ws, generic);
             ws.mm.resize(a * a * rows * k, 0.0);
             for xi in 0..a * a {
                 small_gemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..]);
@@ -422,7 +499,7 @@ impl WinogradConv {
                 }
             }
             let ob = &mut out[b0 * oh * ow * k..b1 * oh * ow * k];
-            self.output_transform(b0, b1, flipout.map(|f| f.s_out), bias, relu, ob, ws);
+            self.output_transform::<V>(b0, b1, flipout.map(|f| f.s_out), bias, relu, None, ob, ws, generic);
         }
         ws.u_main = u_main;
         ws.u_pert = u_pert;
@@ -432,8 +509,13 @@ impl WinogradConv {
     /// `V = B^T d B` of every tile of examples `b0..b1` into `ws.v` (`[a², rows, c]`), and
     /// with the examples' channel signs into `ws.vs` when `s_in` is given. One strip (a row of
     /// tiles of one example) at a time, so that each pass runs on vectors of tiles x channels.
+    /// With the hand-written transforms (unless `generic`), one tile at a time, the zero
+    /// padding and the signs in the same pass.
+    ///
+    /// # Safety
+    /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
-    fn input_transform(&self, x: &[f32], b0: usize, b1: usize, s_in: Option<&[u32]>, ws: &mut Buffers) {
+    unsafe fn input_transform<V: Lanes>(&self, x: &[f32], b0: usize, b1: usize, s_in: Option<&[u32]>, ws: &mut Buffers, generic: bool) {
         let (a, m) = (self.t.a, self.t.m);
         let [h, w, c] = self.win.input;
         let (_, [ph, pw]) = self.win.geometry();
@@ -443,6 +525,19 @@ impl WinogradConv {
         ws.v.resize(a * a * rows * c, 0.0);
         if s_in.is_some() {
             ws.vs.resize(a * a * rows * c, 0.0);
+        }
+        if let Some(tile) = self.tile.filter(|_| !generic) {
+            for b in b0..b1 {
+                let img = &x[b * h * w * c..(b + 1) * h * w * c];
+                for (ty, tx) in (0..ty_n).flat_map(|ty| (0..tx_n).map(move |tx| (ty, tx))) {
+                    let row = ((b - b0) * ty_n + ty) * tx_n + tx;
+                    let origin = [(ty * m) as isize - ph as isize, (tx * m) as isize - pw as isize];
+                    let signed = s_in.map(|s| (&mut ws.vs[row * c..], &s[b * c..(b + 1) * c]));
+                    let mut t = InTile { img, shape: [h, w, c], origin, v: &mut ws.v[row * c..], signed, stride: rows * c };
+                    tiles::input::<V>(tile, &mut t);
+                }
+            }
+            return;
         }
         // The strip's input `[a, a, tiles, c]` (zeros outside the image: padding and partial
         // tiles), and B^T applied along its rows.
@@ -487,13 +582,32 @@ impl WinogradConv {
     /// output signs when `s_out` is given: the signs are per example and channel, so they
     /// commute with the transform and go on after its first pass) into `out`
     /// (`[b1 - b0, oh, ow, k]`), plus `bias`, through a ReLU when `relu`. One strip at a time.
+    /// With the hand-written transforms (unless `generic`), one tile at a time; with `pool2`
+    /// (`[ph, pw]`: only there) each example's 2x2 stride-2 unpadded max pool instead.
+    ///
+    /// # Safety
+    /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn output_transform(&self, b0: usize, b1: usize, s_out: Option<&[u32]>, bias: &[f32], relu: bool, out: &mut [f32], ws: &mut Buffers) {
+    unsafe fn output_transform<V: Lanes>(&self, b0: usize, b1: usize, s_out: Option<&[u32]>, bias: &[f32], relu: bool, pool2: Option<[usize; 2]>, out: &mut [f32], ws: &mut Buffers, generic: bool) {
         let (a, m, k) = (self.t.a, self.t.m, self.k);
         let [oh, ow] = self.win.output();
         let [ty_n, tx_n] = self.tiles;
         let rows = (b1 - b0) * ty_n * tx_n;
+        if let Some(tile) = self.tile.filter(|_| !generic) {
+            let per_out = pool2.map_or(oh * ow, |[ph, pw]| ph * pw) * k;
+            for b in b0..b1 {
+                let img = &mut out[(b - b0) * per_out..(b - b0 + 1) * per_out];
+                for (ty, tx) in (0..ty_n).flat_map(|ty| (0..tx_n).map(move |tx| (ty, tx))) {
+                    let row = ((b - b0) * ty_n + ty) * tx_n + tx;
+                    let mp = s_out.map(|s| (&ws.mp[row * k..], &s[b * k..(b + 1) * k]));
+                    let mut t = OutTile { mm: &ws.mm[row * k..], mp, stride: rows * k, bias, relu, out: &mut *img, size: [oh, ow], origin: [ty * m, tx * m], pool2 };
+                    tiles::output::<V>(tile, &mut t);
+                }
+            }
+            return;
+        }
+        assert!(pool2.is_none(), "Winograd: the fused pool needs the hand-written transforms");
         let len = tx_n * k;
         // A^T along the tile's rows `[m, a, tiles, k]` (mean, then perturbation), then along
         // its columns `[m, m, tiles, k]`.
@@ -644,6 +758,12 @@ mod tests {
             // weights (49 tiles) and stacked products (9 tiles).
             (2, 5, 14, 14, 32, 64, Padding::Same, 2),
             (4, 3, 12, 12, 16, 64, Padding::Valid, 3),
+            // Channels with vector tails on AVX-512 (16 + 5, 16 + 3) and AVX2 (2 x 8 + 5,
+            // 2 x 8 + 3); per-example paths with partial tiles and odd outputs (the fused
+            // pool's last row and column).
+            (2, 3, 9, 9, 21, 19, Padding::Same, 2),
+            (2, 5, 13, 13, 20, 24, Padding::Same, 2),
+            (4, 3, 23, 23, 17, 9, Padding::Same, 1),
         ];
         for (m, r, h, w, c, k, padding, n) in cases {
             let win = Window { input: [h, w, c], size: [r, r], strides: [1, 1], padding };
@@ -657,7 +777,9 @@ mod tests {
             let mean = direct(&x, n, &win, &mu, k, None, None);
             let pert = direct(&x, n, &win, &noise, k, Some(&s_in), Some(&s_out));
             let mut ws = Buffers::default();
-            for relu in [false, true] {
+            // Every code path of the transforms: AVX-512, AVX2 and portable lanes (with
+            // channel tails: c and k of 3-6 are below one vector), and the generic passes.
+            for (path, relu) in Path::available().into_iter().flat_map(|p| [(p, false), (p, true)]) {
                 let finish = |v: f64, o: usize| {
                     let y = v + f64::from(bias[o % k]);
                     if relu {
@@ -673,12 +795,12 @@ mod tests {
                 let flip = Flipout { noise: &noise, s_in: &s_in, s_out: &s_out };
                 for (weights, f, want) in [(None, None, &want_mean), (Some(&noise[..]), None, &want_noise), (None, Some(flip), &want_flip)] {
                     let mut out = vec![f32::NAN; n * oh * ow * k];
-                    conv.forward(&x, n, weights, f, &bias, relu, None, &mut out, &mut ws);
+                    conv.forward_on(path, &x, n, weights, f, &bias, relu, None, &mut out, &mut ws);
                     let err = max_rel_err(&out, want);
                     // Float error (largest absolute error over the largest output): measured
                     // 2e-7 for F(2, 3), 0.6-1.5e-6 for the 6x6 tiles (f32 im2col: ~1e-7).
                     let bound = if m + r == 5 { 5e-7 } else { 4e-6 };
-                    assert!(err < bound, "F({m}, {r}) {h}x{w}x{c}->{k} {padding:?}: relative error {err}");
+                    assert!(err < bound, "F({m}, {r}) {h}x{w}x{c}->{k} {padding:?} {path:?}: relative error {err}");
                 }
                 // The max pool fused into the per-example Flipout path (the stacked products
                 // decline it), against the f64 output pooled by the definition.
@@ -686,8 +808,9 @@ mod tests {
                     let pw = Window { input: [oh, ow, k], size: [2, 2], strides: [2, 2], padding: pool_padding };
                     let ([poh, pow], [pph, ppw]) = pw.geometry();
                     let mut out = vec![f32::NAN; n * oh * ow * k];
-                    let pooled = conv.forward(&x, n, None, Some(flip), &bias, relu, Some(&pw), &mut out, &mut ws);
+                    let pooled = conv.forward_on(path, &x, n, None, Some(flip), &bias, relu, Some(&pw), &mut out, &mut ws);
                     assert_eq!(pooled, conv.tiles[0] * conv.tiles[1] >= PER_EXAMPLE_TILES);
+                    assert_eq!(pooled, conv.pools(true, Some(&pw)));
                     if !pooled {
                         continue;
                     }
@@ -700,7 +823,7 @@ mod tests {
                         }
                     }
                     let err = max_rel_err(&out[..want.len()], &want);
-                    assert!(err < 4e-6, "pooled F({m}, {r}) {h}x{w}x{c}->{k} {pool_padding:?}: relative error {err}");
+                    assert!(err < 4e-6, "pooled F({m}, {r}) {h}x{w}x{c}->{k} {pool_padding:?} {path:?}: relative error {err}");
                 }
             }
         }

@@ -1,0 +1,505 @@
+//! Hand-written Winograd transforms for the tiles in use: `V = B^T d B` and `Y = A^T M A` of
+//! one tile over a vector of channels, as straight-line code on the Toom-Cook matrices' small
+//! constants (0, ±1/2, ±1, ±3/2, ±2, ±5/2, 1/4, 4, 1/8, 8), whole tiles kept in registers.
+//! The generic matrix passes (`winograd::apply`) stay the reference and serve other tiles.
+//!
+//! One generic body per transform runs on three lane types: AVX-512 (16 channels), AVX2 (8)
+//! and plain `f32` (the portable path, and the channel tails of the vector paths).
+
+/// A vector of channels (`L` lanes) and the few operations the transforms need.
+///
+/// # Safety
+/// The vector types' methods need their CPU feature (AVX-512F, AVX2 + FMA); callers run them
+/// only inside functions compiled for it, after checking the CPU.
+pub(crate) trait Lanes: Copy {
+    /// Channels per vector.
+    const L: usize;
+    /// `L` values from the start of `s` (at least `L` long: checked).
+    unsafe fn load(s: &[f32]) -> Self;
+    /// Into the first `L` values of `s` (at least `L` long: checked).
+    unsafe fn store(self, s: &mut [f32]);
+    /// `L` values from `p` (unchecked: the caller proves them in bounds).
+    unsafe fn load_ptr(p: *const f32) -> Self;
+    /// All zeros.
+    unsafe fn zero() -> Self;
+    /// Lane-wise sum.
+    unsafe fn add(self, o: Self) -> Self;
+    /// Lane-wise difference.
+    unsafe fn sub(self, o: Self) -> Self;
+    /// `acc + self * c`.
+    unsafe fn fma(self, c: f32, acc: Self) -> Self;
+    /// Sign bits flipped where the masks (`0` or the f32 sign bit, first `L` of `m`) say.
+    unsafe fn flip(self, m: &[u32]) -> Self;
+    /// Lane-wise maximum.
+    unsafe fn max(self, o: Self) -> Self;
+}
+
+impl Lanes for f32 {
+    const L: usize = 1;
+    #[inline(always)]
+    unsafe fn load(s: &[f32]) -> Self {
+        s[0]
+    }
+    #[inline(always)]
+    unsafe fn store(self, s: &mut [f32]) {
+        s[0] = self;
+    }
+    #[inline(always)]
+    unsafe fn load_ptr(p: *const f32) -> Self {
+        *p
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        self + o
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        self - o
+    }
+    #[inline(always)]
+    unsafe fn fma(self, c: f32, acc: Self) -> Self {
+        acc + self * c
+    }
+    #[inline(always)]
+    unsafe fn flip(self, m: &[u32]) -> Self {
+        f32::from_bits(self.to_bits() ^ m[0])
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        self.max(o)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    impl Lanes for __m512 {
+        const L: usize = 16;
+        #[inline(always)]
+        unsafe fn load(s: &[f32]) -> Self {
+            _mm512_loadu_ps(s[..16].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn store(self, s: &mut [f32]) {
+            _mm512_storeu_ps(s[..16].as_mut_ptr(), self)
+        }
+        #[inline(always)]
+        unsafe fn load_ptr(p: *const f32) -> Self {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            _mm512_add_ps(self, o)
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            _mm512_sub_ps(self, o)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, c: f32, acc: Self) -> Self {
+            _mm512_fmadd_ps(self, _mm512_set1_ps(c), acc)
+        }
+        #[inline(always)]
+        unsafe fn flip(self, m: &[u32]) -> Self {
+            let m = _mm512_loadu_si512(m[..16].as_ptr().cast());
+            _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(self), m))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            _mm512_max_ps(self, o)
+        }
+    }
+
+    impl Lanes for __m256 {
+        const L: usize = 8;
+        #[inline(always)]
+        unsafe fn load(s: &[f32]) -> Self {
+            _mm256_loadu_ps(s[..8].as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn store(self, s: &mut [f32]) {
+            _mm256_storeu_ps(s[..8].as_mut_ptr(), self)
+        }
+        #[inline(always)]
+        unsafe fn load_ptr(p: *const f32) -> Self {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            _mm256_add_ps(self, o)
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            _mm256_sub_ps(self, o)
+        }
+        #[inline(always)]
+        unsafe fn fma(self, c: f32, acc: Self) -> Self {
+            _mm256_fmadd_ps(self, _mm256_set1_ps(c), acc)
+        }
+        #[inline(always)]
+        unsafe fn flip(self, m: &[u32]) -> Self {
+            let m = _mm256_loadu_si256(m[..8].as_ptr().cast());
+            _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(self), m))
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            _mm256_max_ps(self, o)
+        }
+    }
+}
+
+/// The tiles with hand-written transforms: F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5) on the points
+/// 0, 1, -1, 1/2, -2 and infinity (the matrices of `Transform::new`; checked by
+/// `hand_written_tiles_are_the_toom_cook_matrices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tile {
+    /// F(2x2, 3x3): 4x4 input tiles.
+    F2x3,
+    /// F(4x4, 3x3): 6x6 input tiles.
+    F4x3,
+    /// F(2x2, 5x5): 6x6 input tiles.
+    F2x5,
+}
+
+impl Tile {
+    /// The tile for F(m x m, r x r), when it has hand-written transforms.
+    pub(super) fn of(m: usize, r: usize) -> Option<Tile> {
+        match (m, r) {
+            (2, 3) => Some(Tile::F2x3),
+            (4, 3) => Some(Tile::F4x3),
+            (2, 5) => Some(Tile::F2x5),
+            _ => None,
+        }
+    }
+}
+
+/// B^T of the 4x4 tiles (points 0, 1, -1, infinity).
+#[inline(always)]
+unsafe fn bt4<V: Lanes>(d: [V; 4]) -> [V; 4] {
+    [d[2].sub(d[0]), d[1].add(d[2]), d[2].sub(d[1]), d[3].sub(d[1])]
+}
+
+/// B^T of the 6x6 tiles (points 0, 1, -1, 1/2, -2, infinity).
+#[inline(always)]
+unsafe fn bt6<V: Lanes>(d: [V; 6]) -> [V; 6] {
+    [
+        d[3].fma(1.5, d[2].fma(-2.0, d[1].fma(-1.5, d[0]))).add(d[4]),
+        d[3].fma(2.5, d[2].fma(0.5, d[4])).sub(d[1]),
+        d[3].fma(0.5, d[2].fma(-2.5, d[4])).add(d[1]),
+        d[3].fma(2.0, d[1].fma(-2.0, d[4])).sub(d[2]),
+        d[3].fma(-0.5, d[1].fma(0.5, d[4])).sub(d[2]),
+        d[4].fma(1.5, d[3].fma(-2.0, d[2].fma(-1.5, d[1]))).add(d[5]),
+    ]
+}
+
+/// A^T of F(2, 3).
+#[inline(always)]
+unsafe fn at2x3<V: Lanes>(m: [V; 4]) -> [V; 2] {
+    [m[0].add(m[1]).add(m[2]), m[1].sub(m[2]).add(m[3])]
+}
+
+/// A^T of F(4, 3).
+#[inline(always)]
+unsafe fn at4x3<V: Lanes>(m: [V; 6]) -> [V; 4] {
+    let (s, d) = (m[1].add(m[2]), m[1].sub(m[2]));
+    [
+        m[0].add(s).add(m[3]).add(m[4]),
+        m[4].fma(-2.0, m[3].fma(0.5, d)),
+        m[4].fma(4.0, m[3].fma(0.25, s)),
+        m[4].fma(-8.0, m[3].fma(0.125, d)).add(m[5]),
+    ]
+}
+
+/// A^T of F(2, 5).
+#[inline(always)]
+unsafe fn at2x5<V: Lanes>(m: [V; 6]) -> [V; 2] {
+    [m[0].add(m[1]).add(m[2]).add(m[3]).add(m[4]), m[4].fma(-2.0, m[3].fma(0.5, m[1].sub(m[2]))).add(m[5])]
+}
+
+/// A 1-D transform of `A` values into `O` (static dispatch: closures would not inherit the
+/// caller's CPU features, and the intrinsics would stay calls).
+trait Map<const A: usize, const O: usize> {
+    /// The transform of `d`.
+    unsafe fn map<V: Lanes>(d: [V; A]) -> [V; O];
+}
+
+/// B^T of the 4x4 tiles.
+struct Bt4;
+/// B^T of the 6x6 tiles.
+struct Bt6;
+/// A^T of F(2, 3).
+struct At2x3;
+/// A^T of F(4, 3).
+struct At4x3;
+/// A^T of F(2, 5).
+struct At2x5;
+
+impl Map<4, 4> for Bt4 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 4]) -> [V; 4] {
+        bt4(d)
+    }
+}
+impl Map<6, 6> for Bt6 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 6]) -> [V; 6] {
+        bt6(d)
+    }
+}
+impl Map<4, 2> for At2x3 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 4]) -> [V; 2] {
+        at2x3(d)
+    }
+}
+impl Map<6, 4> for At4x3 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 6]) -> [V; 4] {
+        at4x3(d)
+    }
+}
+impl Map<6, 2> for At2x5 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 6]) -> [V; 2] {
+        at2x5(d)
+    }
+}
+
+/// `F` along the columns of `d`, then along the rows: `F d F^T`.
+#[inline(always)]
+unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(d: &[[V; A]; A]) -> [[V; O]; O] {
+    let mut cols = [[V::zero(); O]; A];
+    for (j, col) in cols.iter_mut().enumerate() {
+        let mut v = [V::zero(); A];
+        for (v, row) in v.iter_mut().zip(d) {
+            *v = row[j];
+        }
+        *col = F::map(v);
+    }
+    let mut out = [[V::zero(); O]; O];
+    for (o, row) in out.iter_mut().enumerate() {
+        let mut v = [V::zero(); A];
+        for (v, col) in v.iter_mut().zip(&cols) {
+            *v = col[o];
+        }
+        *row = F::map(v);
+    }
+    out
+}
+
+/// Where one tile's input comes from and its transform goes.
+pub(super) struct InTile<'a> {
+    /// One example's image, NHWC.
+    pub img: &'a [f32],
+    /// `[h, w, c]` of the image.
+    pub shape: [usize; 3],
+    /// Image position of the tile's top-left value (negative: in the zero padding).
+    pub origin: [isize; 2],
+    /// The transformed tile `[a², .., c]`: position p of channel 0 at `p * stride`.
+    pub v: &'a mut [f32],
+    /// The same with the example's input signs, and those signs (`[c]`).
+    pub signed: Option<(&'a mut [f32], &'a [u32])>,
+    /// Values between the tile's Winograd-domain positions.
+    pub stride: usize,
+}
+
+/// `V = B^T d B` of one tile, channels `ch..ch + V::L`, the tile gathered from the image with
+/// zeros outside it, and with the signs into `t.signed`.
+#[inline(always)]
+unsafe fn input_lanes<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile, ch: usize) {
+    let [h, w, c] = t.shape;
+    let mut d = [[V::zero(); A]; A];
+    for (i, row) in d.iter_mut().enumerate() {
+        let y = t.origin[0] + i as isize;
+        if y < 0 || y as usize >= h {
+            continue;
+        }
+        for (j, d) in row.iter_mut().enumerate() {
+            let x = t.origin[1] + j as isize;
+            if x >= 0 && (x as usize) < w {
+                *d = V::load(&t.img[(y as usize * w + x as usize) * c + ch..]);
+            }
+        }
+    }
+    let v = two_d::<V, F, A, A>(&d);
+    for (p, row) in v.iter().enumerate() {
+        for (q, &val) in row.iter().enumerate() {
+            let at = (p * A + q) * t.stride + ch;
+            val.store(&mut t.v[at..]);
+            if let Some((vs, s)) = &mut t.signed {
+                val.flip(&s[ch..]).store(&mut vs[at..]);
+            }
+        }
+    }
+}
+
+/// [`input_lanes`] over all channels: vectors of `V`, the tail in `f32`.
+#[inline(always)]
+unsafe fn input_tile<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile) {
+    let c = t.shape[2];
+    let mut ch = 0;
+    while ch + V::L <= c {
+        input_lanes::<V, F, A>(t, ch);
+        ch += V::L;
+    }
+    for ch in ch..c {
+        input_lanes::<f32, F, A>(t, ch);
+    }
+}
+
+/// [`input_tile`] for `tile` on lanes `V`.
+#[inline(always)]
+pub(super) unsafe fn input<V: Lanes>(tile: Tile, t: &mut InTile) {
+    match tile {
+        Tile::F2x3 => input_tile::<V, Bt4, 4>(t),
+        Tile::F4x3 | Tile::F2x5 => input_tile::<V, Bt6, 6>(t),
+    }
+}
+
+/// Where one tile's Winograd-domain products come from and its output goes.
+pub(super) struct OutTile<'a> {
+    /// The products `[a², .., k]`: position p of channel 0 at `p * stride`.
+    pub mm: &'a [f32],
+    /// Flipout's perturbation products in the same layout, and the example's output signs
+    /// (`[k]`).
+    pub mp: Option<(&'a [f32], &'a [u32])>,
+    /// Values between the tile's Winograd-domain positions.
+    pub stride: usize,
+    /// Bias `[k]`.
+    pub bias: &'a [f32],
+    /// Whether a ReLU follows.
+    pub relu: bool,
+    /// The example's output `[oh, ow, k]`, or with `pool2` its 2x2 stride-2 max pool
+    /// `[ph, pw, k]`.
+    pub out: &'a mut [f32],
+    /// `[oh, ow]` of the convolution.
+    pub size: [usize; 2],
+    /// Output position of the tile's top-left value.
+    pub origin: [usize; 2],
+    /// The unpadded 2x2 stride-2 max pool, `[ph, pw]`, fused.
+    pub pool2: Option<[usize; 2]>,
+}
+
+/// `Y = A^T M A` of one tile, channels `ch..ch + V::L`, plus bias, through the ReLU, into the
+/// output (or its 2x2 max pool: the max of the window's positions inside the output).
+#[inline(always)]
+unsafe fn output_lanes<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t: &mut OutTile, ch: usize) {
+    let mut mm = [[V::zero(); A]; A];
+    for (p, row) in mm.iter_mut().enumerate() {
+        for (q, v) in row.iter_mut().enumerate() {
+            let at = (p * A + q) * t.stride + ch;
+            *v = V::load(&t.mm[at..]);
+            if let Some((mp, s)) = t.mp {
+                *v = v.add(V::load(&mp[at..]).flip(&s[ch..]));
+            }
+        }
+    }
+    let y = two_d::<V, F, A, M>(&mm);
+    let (bias, k, relu) = (V::load(&t.bias[ch..]), t.bias.len(), t.relu);
+    #[inline(always)]
+    unsafe fn finish<V: Lanes>(v: V, bias: V, relu: bool) -> V {
+        let v = v.add(bias);
+        if relu {
+            v.max(V::zero())
+        } else {
+            v
+        }
+    }
+    let [oh, ow] = t.size;
+    let [oy, ox] = t.origin;
+    match t.pool2 {
+        None => {
+            for (i, row) in y.iter().enumerate().take(oh.saturating_sub(oy)) {
+                for (j, &v) in row.iter().enumerate().take(ow.saturating_sub(ox)) {
+                    finish(v, bias, relu).store(&mut t.out[((oy + i) * ow + ox + j) * k + ch..]);
+                }
+            }
+        }
+        Some([ph, pw]) => {
+            // The tile's origin is even (m is): its 2x2 windows are whole pool windows.
+            for pi in 0..M / 2 {
+                for pj in 0..M / 2 {
+                    let (py, px) = (oy / 2 + pi, ox / 2 + pj);
+                    if py >= ph || px >= pw {
+                        continue;
+                    }
+                    // (py, px) < (ph, pw): the window's top-left value is inside the output.
+                    let (y0, x0) = (2 * pi, 2 * pj);
+                    let mut best = y[y0][x0];
+                    if ox + x0 + 1 < ow {
+                        best = best.max(y[y0][x0 + 1]);
+                    }
+                    if oy + y0 + 1 < oh {
+                        best = best.max(y[y0 + 1][x0]);
+                        if ox + x0 + 1 < ow {
+                            best = best.max(y[y0 + 1][x0 + 1]);
+                        }
+                    }
+                    finish(best, bias, relu).store(&mut t.out[(py * pw + px) * k + ch..]);
+                }
+            }
+        }
+    }
+}
+
+/// [`output_lanes`] over all channels: vectors of `V`, the tail in `f32`.
+#[inline(always)]
+unsafe fn output_tile<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t: &mut OutTile) {
+    let k = t.bias.len();
+    let mut ch = 0;
+    while ch + V::L <= k {
+        output_lanes::<V, F, A, M>(t, ch);
+        ch += V::L;
+    }
+    for ch in ch..k {
+        output_lanes::<f32, F, A, M>(t, ch);
+    }
+}
+
+/// [`output_tile`] for `tile` on lanes `V`.
+#[inline(always)]
+pub(super) unsafe fn output<V: Lanes>(tile: Tile, t: &mut OutTile) {
+    match tile {
+        Tile::F2x3 => output_tile::<V, At2x3, 4, 2>(t),
+        Tile::F4x3 => output_tile::<V, At4x3, 6, 4>(t),
+        Tile::F2x5 => output_tile::<V, At2x5, 6, 2>(t),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::winograd::Transform;
+
+    /// The matrix of the 1-D map `f` (columns: the images of the unit vectors), row-major.
+    fn matrix<const A: usize, const O: usize>(f: unsafe fn([f32; A]) -> [f32; O]) -> Vec<f32> {
+        let cols: Vec<[f32; O]> = (0..A).map(|j| unsafe { f(std::array::from_fn(|i| if i == j { 1.0 } else { 0.0 })) }).collect();
+        (0..O).flat_map(|o| cols.iter().map(move |c| c[o])).collect()
+    }
+
+    #[test]
+    fn hand_written_tiles_are_the_toom_cook_matrices() {
+        let (t23, t43, t25) = (Transform::new(2, 3), Transform::new(4, 3), Transform::new(2, 5));
+        assert_eq!(matrix::<4, 4>(bt4), t23.bt);
+        assert_eq!(matrix::<6, 6>(bt6), t43.bt);
+        assert_eq!(matrix::<6, 6>(bt6), t25.bt);
+        assert_eq!(matrix::<4, 2>(at2x3), t23.at);
+        assert_eq!(matrix::<6, 4>(at4x3), t43.at);
+        assert_eq!(matrix::<6, 2>(at2x5), t25.at);
+        assert_eq!([Tile::of(2, 3), Tile::of(4, 3), Tile::of(2, 5), Tile::of(3, 3)], [Some(Tile::F2x3), Some(Tile::F4x3), Some(Tile::F2x5), None]);
+    }
+}
