@@ -13,9 +13,10 @@
 //!    histogram, whose range pass one found, is filled too.
 //!
 //! Without mean and histogram, pass two is usually skipped: a sample of exact keys predicts
-//! the buckets the quantiles' ranks will fall in (and the thresholds' buckets), pass one
-//! collects the exact keys in them, and the ranks and threshold counts are read from those
-//! ([`predict_buckets`], [`resolve`]); pass two runs only where the prediction missed.
+//! windows of keys the quantiles' ranks will fall in (and the thresholds' buckets), pass one
+//! collects the exact keys in them and stand-ins below them within their buckets
+//! ([`Windows`]), and the ranks and threshold counts are read from those ([`predict_buckets`],
+//! [`resolve`]); pass two runs only where the prediction missed.
 //!
 //! Memory: the chunk being read, a few 512 KiB histograms per posterior, at most 32 MiB of
 //! collected keys ([`COLLECT_CAP`]), nothing per weight.
