@@ -13,9 +13,10 @@
 //!    histogram, whose range pass one found, is filled too.
 //!
 //! Without mean and histogram, pass two is usually skipped: a sample of exact keys predicts
-//! the buckets the quantiles' ranks will fall in (and the thresholds' buckets), pass one
-//! collects the exact keys in them, and the ranks and threshold counts are read from those
-//! ([`predict_buckets`], [`resolve`]); pass two runs only where the prediction missed.
+//! windows of keys the quantiles' ranks will fall in (and the thresholds' buckets), pass one
+//! collects the exact keys in them and stand-ins below them within their buckets
+//! ([`Windows`]), and the ranks and threshold counts are read from those ([`predict_buckets`],
+//! [`resolve`]); pass two runs only where the prediction missed.
 //!
 //! Memory: the chunk being read, a few 512 KiB histograms per posterior, at most 32 MiB of
 //! collected keys ([`COLLECT_CAP`]), nothing per weight.
@@ -121,11 +122,64 @@ fn wanted_ranges(lows: &[&LowHistograms]) -> Vec<(u32, u32)> {
     ranges
 }
 
+/// The keys pass one collects for one target: per bucket (top 16 bits) whether any, and the
+/// window of low 16 bits (`lo << 16 | hi`) whose exact keys the ranks need. Finer than whole
+/// buckets: a weight whose approximate key is more than [`KEY_SLACK`] below the window is
+/// collected as a stand-in (the bucket's lowest key: it only has to count below the window),
+/// one more than [`KEY_SLACK`] above it not at all, so only the band costs an exact key.
+#[derive(Debug, Clone)]
+struct Windows {
+    want: Vec<bool>,
+    span: Vec<u32>,
+}
+
+impl Windows {
+    fn new() -> Windows {
+        Windows { want: vec![false; BUCKETS], span: vec![0; BUCKETS] }
+    }
+
+    /// Widens the windows to hold every key in `a..=b`.
+    fn add(&mut self, a: u32, b: u32) {
+        for top in a >> 16..=b >> 16 {
+            let lo = if top == a >> 16 { a & 0xffff } else { 0 };
+            let hi = if top == b >> 16 { b & 0xffff } else { 0xffff };
+            self.widen(top, lo, hi);
+        }
+    }
+
+    /// Widens bucket `top`'s window to hold the low bits `lo..=hi` (one window per bucket:
+    /// the hull).
+    fn widen(&mut self, top: u32, lo: u32, hi: u32) {
+        let t = top as usize;
+        let (Some(want), Some(span)) = (self.want.get_mut(t), self.span.get_mut(t)) else { return };
+        *span = if *want { (*span >> 16).min(lo) << 16 | (*span & 0xffff).max(hi) } else { lo << 16 | hi };
+        *want = true;
+    }
+
+    /// Every window of `self` and of `other`.
+    fn union(&self, other: &Windows) -> Windows {
+        let mut out = self.clone();
+        for (top, _) in other.want.iter().enumerate().filter(|w| *w.1) {
+            if let Some((lo, hi)) = other.window(top as u32) {
+                out.widen(top as u32, lo, hi);
+            }
+        }
+        out
+    }
+
+    /// Bucket `top`'s window of low bits, if it has one.
+    fn window(&self, top: u32) -> Option<(u32, u32)> {
+        let t = top as usize;
+        self.want.get(t).filter(|w| **w)?;
+        self.span.get(t).map(|s| (s >> 16, s & 0xffff))
+    }
+}
+
 /// Pass one's state in one worker thread, for the posterior being read (fast path).
 #[derive(Debug)]
 struct Worker {
     first: First,
-    /// Exact keys collected in wanted buckets.
+    /// Keys collected in wanted buckets (exact, or [`Windows`]' stand-ins below a window).
     inside: Vec<u32>,
     /// Scratch: the weights of a block that may hold its extremes.
     candidates: Vec<usize>,
@@ -145,7 +199,7 @@ fn workers(thresholds: usize) -> Vec<std::sync::Mutex<Worker>> {
 /// block's keys are in cache, [`first_pass_block`] counts them into the calling thread's
 /// worker. With `want`, the threshold counts come from the collected keys (exact), so
 /// `limits` is empty: only bucket edges call for exact keys.
-fn fast_chunk(mu: &[u8], rho: &[u8], limits: &[u32], want: Option<&[bool]>, workers: &[std::sync::Mutex<Worker>]) {
+fn fast_chunk(mu: &[u8], rho: &[u8], limits: &[u32], want: Option<&Windows>, workers: &[std::sync::Mutex<Worker>]) {
     approx_blocks(
         mu,
         rho,
@@ -287,15 +341,15 @@ fn first_pass(keys: &[u32], layer: &mut First, overall_sum: &mut f64, under_keys
 /// Pass one over a block of [`fast_chunk`]'s keys (of weights `first..` of `mu` and `rho`):
 /// the same counts as [`first_pass`] without the sum, into `worker`; the extremes are the exact
 /// keys of the weights that may hold the block's (so the smallest of the blocks' is exact too).
-/// With `want`, the exact keys in wanted buckets are collected (every key is in its exact
-/// bucket); the counts under `limits` are scanned here (with collected buckets the caller
+/// With `want`, the keys in its windows are collected (every key is in its exact bucket;
+/// exact keys within the band, stand-ins below it: [`Windows`]); the counts under `limits` are scanned here (with collected buckets the caller
 /// takes them from those instead).
-fn first_pass_block(keys: &[u32], first: usize, mu: &[u8], rho: &[u8], worker: &mut Worker, limits: &[u32], want: Option<&[bool]>) {
+fn first_pass_block(keys: &[u32], first: usize, mu: &[u8], rho: &[u8], worker: &mut Worker, limits: &[u32], want: Option<&Windows>) {
     let Worker { first: layer, inside, candidates } = worker;
     let (mut markers, mut pruned) = (0u64, 0u64);
     // Indexed by a key's top 16 bits: no bounds checks in the loop (predict_buckets makes
-    // `want` one flag per bucket).
-    let want = want.map(|w| &w[..BUCKETS]);
+    // `want` one flag and one window per bucket).
+    let want = want.map(|w| (&w.want[..BUCKETS], &w.span[..BUCKETS]));
     let counts = layer.hist.buckets_mut();
     for (j, &k) in keys.iter().enumerate() {
         if k >= MARKERS {
@@ -304,8 +358,13 @@ fn first_pass_block(keys: &[u32], first: usize, mu: &[u8], rho: &[u8], worker: &
             continue;
         }
         counts[(k >> 16) as usize] += 1;
-        if want.is_some_and(|want| want[(k >> 16) as usize]) {
-            inside.push(key_of(f32_at(mu, first + j), f32_at(rho, first + j)));
+        if let Some((span, low)) = want.filter(|w| w.0[(k >> 16) as usize]).map(|w| (w.1[(k >> 16) as usize], k & 0xffff)) {
+            if low + KEY_SLACK < span >> 16 {
+                // Surely below the window: only counted.
+                inside.push(k & !0xffff);
+            } else if low <= (span & 0xffff) + KEY_SLACK {
+                inside.push(key_of(f32_at(mu, first + j), f32_at(rho, first + j)));
+            }
         }
     }
     layer.pruned += pruned;
@@ -494,8 +553,8 @@ const SAMPLE_BLOCKS: u64 = 4096;
 /// predicts to hold the ranks its own quantiles and the overall ones need (each rank's window
 /// widened by four standard deviations of the sample's rank, and a few ranks), and the buckets
 /// of the threshold counts' `limits`.
-/// None (empty) if they would hold more than `cap` keys.
-fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits: &[u32], cap: usize) -> Result<Vec<Vec<bool>>> {
+/// None (empty) if their buckets would hold more than `cap` keys.
+fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits: &[u32], cap: usize) -> Result<Vec<Windows>> {
     let mut n = 0u64;
     for t in targets {
         n += ckpt.variable(&t.loc_key)?.info.nbytes / 4;
@@ -520,23 +579,21 @@ fn predict_buckets(ckpt: &Checkpoint, targets: &[Target], levels: &[f64], limits
     all.par_sort_unstable();
     let mut overall = window_buckets(&all, levels);
     for &l in limits.iter().filter(|l| **l < MARKERS) {
-        if let Some(w) = overall.get_mut((l >> 16) as usize) {
-            *w = true;
-        }
+        // Every key up to the limit in its bucket: no stand-ins there.
+        overall.add(l & !0xffff, l);
     }
-    let wanted: Vec<Vec<bool>> =
-        samples.iter().map(|s| window_buckets(s, levels).iter().zip(&overall).map(|(a, b)| *a || *b).collect()).collect();
+    let wanted: Vec<Windows> = samples.iter().map(|s| window_buckets(s, levels).union(&overall)).collect();
     // The sample's share in the wanted buckets predicts how many keys pass one would collect
     // (the share shrinks only with the square root of the sample, so on large checkpoints it
     // can pass the cap): if too many, no collecting at all, two passes.
-    let hits: usize = samples.iter().zip(&wanted).map(|(s, w)| s.iter().filter(|&&k| w.get((k >> 16) as usize).is_some_and(|w| *w)).count()).sum();
+    let hits: usize = samples.iter().zip(&wanted).map(|(s, w)| s.iter().filter(|&&k| w.want.get((k >> 16) as usize).is_some_and(|w| *w)).count()).sum();
     let predicted = hits as f64 / sampled.max(1) as f64 * n as f64;
     Ok(if predicted < 0.8 * cap as f64 { wanted } else { Vec::new() })
 }
 
-/// The buckets the sorted sample `s` predicts to hold each level's ranks.
-fn window_buckets(s: &[u32], levels: &[f64]) -> Vec<bool> {
-    let mut want = vec![false; crate::radix::BUCKETS];
+/// The windows of keys the sorted sample `s` predicts to hold each level's ranks.
+fn window_buckets(s: &[u32], levels: &[f64]) -> Windows {
+    let mut want = Windows::new();
     let m = s.len();
     if m == 0 {
         return want;
@@ -546,11 +603,9 @@ fn window_buckets(s: &[u32], levels: &[f64]) -> Vec<bool> {
         let half = 4.0 * (q * (1.0 - q) * m as f64).sqrt() + 8.0;
         let centre = q * (m - 1) as f64;
         let (a, b) = ((centre - half).floor(), (centre + half).ceil());
-        let first = if a < 0.0 { 0 } else { s.get(a as usize).map_or(0, |k| k >> 16) };
-        let last = if b >= m as f64 { INFINITY >> 16 } else { s.get(b as usize).map_or(INFINITY >> 16, |k| k >> 16) };
-        for w in want.iter_mut().take(last as usize + 1).skip(first as usize) {
-            *w = true;
-        }
+        let first = if a < 0.0 { 0 } else { s.get(a as usize).copied().unwrap_or(0) };
+        let last = if b >= m as f64 { INFINITY } else { s.get(b as usize).copied().unwrap_or(INFINITY) };
+        want.add(first, last.max(first));
     }
     want
 }
@@ -580,10 +635,16 @@ fn select(keys: Option<&mut Vec<u32>>, within: u64) -> Option<u32> {
     Some(*keys.select_nth_unstable(within).1)
 }
 
+/// The key of rank `within` in bucket `top` among `keys`, if it lies in the window `lo..=hi`
+/// of low bits: the collected keys there are exact, and as many as the weights there, with
+/// the stand-ins and exact keys below it as many as the weights below it.
+fn select_in(keys: Option<&mut Vec<u32>>, within: u64, (lo, hi): (u32, u32)) -> Option<u32> {
+    select(keys, within).filter(|k| (lo..=hi).contains(&(k & 0xffff)))
+}
+
 /// The [`Resolved`] keys from the keys pass one collected, if every rank fell in a collected
-/// bucket.
-fn resolve(collected: &[Vec<u32>], wanted: &[Vec<bool>], layers: &[(First, Vec<Located>)], overall: &[Located]) -> Option<Resolved> {
-    let wants = |w: &[bool], top: u32| w.get(top as usize).is_some_and(|w| *w);
+/// window.
+fn resolve(collected: &[Vec<u32>], wanted: &[Windows], layers: &[(First, Vec<Located>)], overall: &[Located]) -> Option<Resolved> {
     let mut per_layer = Vec::with_capacity(layers.len());
     for ((_, locations), (c, w)) in layers.iter().zip(collected.iter().zip(wanted)) {
         let mut keys = Vec::with_capacity(locations.len());
@@ -591,10 +652,7 @@ fn resolve(collected: &[Vec<u32>], wanted: &[Vec<bool>], layers: &[(First, Vec<L
         for at in locations {
             let mut pair = [0u32; 2];
             for (k, &(top, within)) in pair.iter_mut().zip(at) {
-                if !wants(w, top) {
-                    return None;
-                }
-                *k = select(buckets.get_mut(&top), within)?;
+                *k = select_in(buckets.get_mut(&top), within, w.window(top)?)?;
             }
             keys.push(pair);
         }
@@ -605,10 +663,13 @@ fn resolve(collected: &[Vec<u32>], wanted: &[Vec<bool>], layers: &[(First, Vec<L
     for at in overall {
         let mut pair = [0u32; 2];
         for (k, &(top, within)) in pair.iter_mut().zip(at) {
-            if !wanted.iter().all(|w| wants(w, top)) {
-                return None;
+            // Exact in every layer only where every layer's window holds it.
+            let mut window = (0, 0xffff);
+            for w in wanted {
+                let (lo, hi) = w.window(top)?;
+                window = (window.0.max(lo), window.1.min(hi));
             }
-            *k = select(buckets.get_mut(&top), within)?;
+            *k = select_in(buckets.get_mut(&top), within, window)?;
         }
         all.push(pair);
     }
@@ -634,7 +695,7 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
     for (i, t) in targets.iter().enumerate() {
         let mut layer = First::new(thresholds.len());
         let mut inside = Vec::new();
-        let want = wanted.get(i).map(Vec::as_slice);
+        let want = wanted.get(i);
         let fast = t.dtype == DType::Float32 && !extras.mean;
         let pool = if fast { workers(thresholds.len()) } else { Vec::new() };
         for_each_chunk(ckpt, t, true, |_, mu, rho| {
@@ -655,7 +716,8 @@ pub(crate) fn analyse_f32(ckpt: &Checkpoint, targets: &[Target], levels: &[f64],
         }
         if want.is_some() {
             // Keys at or under each limit: whole buckets below the limit's bucket, and in it
-            // (collected: predict_buckets wants it) the exact keys up to the limit.
+            // (collected from the bucket's start: predict_buckets wants it) the exact keys up
+            // to the limit.
             for (u, &limit) in layer.under.iter_mut().zip(&limits).filter(|(_, l)| **l < MARKERS) {
                 let within = inside.iter().filter(|&&k| k >> 16 == limit >> 16 && k <= limit).count() as u64;
                 *u = layer.hist.count_below(limit >> 16) + within;
@@ -860,6 +922,89 @@ mod tests {
         });
         assert_eq!(fast, want);
         assert_eq!(passes, 2);
+    }
+
+    #[test]
+    fn layers_of_different_scales_in_one_pass() {
+        // Each layer's windows differ from the overall ones: the overall ranks are selected
+        // where every layer's window holds them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast, want, passes) = both(dir.path(), &DEFAULT_LEVELS, |rng, l, i| {
+            let (mu, rho) = ordinary(rng, i);
+            (mu * [1.0, 3.0, 0.5][l], rho)
+        });
+        assert_eq!(fast, want);
+        assert_eq!(passes, 1);
+    }
+
+    #[test]
+    fn a_rank_outside_its_window_falls_back_to_pass_two() {
+        // The sampled blocks hold an SNR 0.08% above every other weight's: the same bucket
+        // (so whole buckets would have been collected and resolved in one pass), but 6700
+        // units in the last place apart, beyond the slack: the window the sample predicts
+        // misses the quartile and the median, which lie below it.
+        let n: usize = LAYERS.iter().sum();
+        let stride = (n / SAMPLE_BLOCKS as usize).max(2 * SAMPLE_BLOCK) | 1;
+        assert_eq!(key_of(0.125, -3.0) >> 16, key_of(0.1251, -3.0) >> 16);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast, want, passes) = both(dir.path(), &[0.25, 0.5], |_, _, i| (if i % stride < SAMPLE_BLOCK { 0.1251 } else { 0.125 }, -3.0));
+        assert_eq!(fast, want);
+        assert_eq!(passes, 2);
+    }
+
+    /// Every rank of the weights of `mu` and `rho` in the buckets of `windows`, selected from
+    /// what `first_pass_block` collects given approximate keys `keys`: the exact key wherever it
+    /// lies in the bucket's window, None (pass two) elsewhere; and at least one rank found.
+    fn check_windows(mu: &[f32], rho: &[f32], keys: &[u32], windows: &Windows) {
+        let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let mut worker = Worker { first: First::new(0), inside: Vec::new(), candidates: Vec::new() };
+        first_pass_block(keys, 0, &bytes(mu), &bytes(rho), &mut worker, &[], Some(windows));
+        let mut exact: Vec<u32> = mu.iter().zip(rho).map(|(m, r)| key_of(*m, *r)).collect();
+        exact.sort_unstable();
+        let mut found = 0;
+        for top in (0..BUCKETS as u32).filter(|t| windows.window(*t).is_some()) {
+            let bucket: Vec<u32> = exact.iter().copied().filter(|k| k >> 16 == top).collect();
+            let (lo, hi) = windows.window(top).expect("window");
+            for (within, &k) in bucket.iter().enumerate() {
+                let mut by = by_bucket(std::iter::once(&worker.inside), [top].into_iter());
+                let got = select_in(by.get_mut(&top), within as u64, (lo, hi));
+                let inside = (lo..=hi).contains(&(k & 0xffff));
+                assert_eq!(got, inside.then_some(k), "bucket {top:#x} rank {within} key {k:#x} window {lo:#x}..={hi:#x}");
+                found += usize::from(inside);
+            }
+        }
+        assert!(found > 0);
+    }
+
+    #[test]
+    fn a_window_collects_its_band_exactly_and_stand_ins_below() {
+        // SNRs within about 1% of a tie group's (two or three buckets), a tenth of them tied;
+        // approximate keys off by up to the slack (in their exact bucket).
+        let mut rng = Rng(9);
+        let (tie_mu, tie_rho) = (0.125f32, -3.0f32);
+        let (mut mu, mut rho) = (Vec::new(), Vec::new());
+        for j in 0..20_000 {
+            let m = if j % 10 == 0 { tie_mu } else { tie_mu * (1.0 + rng.uniform(-0.01, 0.01)) };
+            mu.push(m);
+            rho.push(tie_rho);
+        }
+        let keys: Vec<u32> = mu
+            .iter()
+            .zip(&rho)
+            .enumerate()
+            .map(|(j, (m, r))| {
+                let e = key_of(*m, *r);
+                let off = (j as u32 * 37) % (2 * KEY_SLACK + 1);
+                (e + off).saturating_sub(KEY_SLACK).clamp(e & !0xffff, e | 0xffff)
+            })
+            .collect();
+        let tie = key_of(tie_mu, tie_rho);
+        // Windows starting at, ending at and spanning the tie group, and across a bucket edge.
+        for (a, b) in [(tie, tie + 3000), (tie - 3000, tie), (tie - 1, tie + 1), ((tie | 0xffff) - 2000, (tie | 0xffff) + 2000)] {
+            let mut windows = Windows::new();
+            windows.add(a, b);
+            check_windows(&mu, &rho, &keys, &windows);
+        }
     }
 
     #[test]
