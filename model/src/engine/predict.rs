@@ -44,10 +44,12 @@ pub const AUTO_SPARSE_FRACTION: f64 = 0.5;
 /// at model load (below it the dense path is taken without timing): on AVX-512 the
 /// transposed sparse kernel ([`sparse::Csr::spmm_t`], both Flipout products in one pass)
 /// only ties the GEMM at 70% kept on every layer shape of the benchmark models
-/// (`model/examples/kernel_bench.rs`, docs/performance.md), so below 30% pruned it never wins.
+/// (`model/examples/kernel_bench.rs`, docs/performance.md), and end to end (layout changes
+/// in and out of the transposed form included) only at about 25% kept: below 60% pruned it
+/// never wins, and timing those layers (building their CSR copies) made `sweep` 30% slower.
 pub fn auto_sparse_fraction() -> f64 {
     if sparse::Isa::detect() == sparse::Isa::Avx512 {
-        0.3
+        0.6
     } else {
         AUTO_SPARSE_FRACTION
     }
