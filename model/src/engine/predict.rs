@@ -55,6 +55,18 @@ pub fn auto_sparse_fraction() -> f64 {
     }
 }
 
+/// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
+/// copies and buffers it tried freed in the loading thread's malloc arena, where the sampling
+/// threads (other arenas) cannot reuse them: 23 MiB kept and a 29 MiB higher peak on the
+/// pruned VGG-16.
+fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of glibc's arenas; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Batch size [`SparseKernels::Auto`] times layers at when the caller does not say
 /// ([`Model::from_posteriors`]; see [`Model::for_batch`]).
 pub const PROBE_BATCH: usize = 256;
@@ -361,6 +373,9 @@ impl Model {
             return Err(EngineError::Shape(format!("the network ends in shape {out:?}, not a vector of logits")));
         };
         let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse, batch.clamp(1, MC_CHUNK), true);
+        if sparse == SparseKernels::Auto {
+            release_freed_heap();
+        }
         Ok(Model { input_shape: arch.input_shape.clone(), classes, layers })
     }
 
