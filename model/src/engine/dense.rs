@@ -51,15 +51,20 @@ impl Kernel {
     /// Builds the kernel from W `[k, n]`; CSR when `sparse` is set (weights with mu == 0 and
     /// sigma == 0 are dropped, which is what pruning leaves).
     pub fn new(k: usize, n: usize, mu: Vec<f32>, sigma: Option<Vec<f32>>, sparse: bool) -> Kernel {
-        let weights = if sparse {
-            let (mu, sigma) = (transposed(&mu, k, n), sigma.map(|s| transposed(&s, k, n)));
-            let csr = Csr::from_mask(n, k, |i| mu[i] != 0.0 || sigma.as_ref().is_some_and(|s| s[i] != 0.0));
-            let (mu, sigma) = (csr.gather(&mu), sigma.map(|s| csr.gather(&s)));
-            Weights::Sparse { csr, mu, sigma }
-        } else {
-            Weights::Dense { mu, sigma }
-        };
-        Kernel { k, n, weights }
+        if sparse {
+            return Kernel::sparse(k, n, &mu, sigma.as_deref());
+        }
+        Kernel { k, n, weights: Weights::Dense { mu, sigma } }
+    }
+
+    /// The `[k, n]` kernel with means `mu` and scales `sigma` in CSR form (only the weights
+    /// with mu or sigma non-zero kept), read from borrowed weights: the CSR values are a new,
+    /// smaller copy anyway, so a caller that also keeps the dense form need not clone it.
+    pub fn sparse(k: usize, n: usize, mu: &[f32], sigma: Option<&[f32]>) -> Kernel {
+        let (mu, sigma) = (transposed(mu, k, n), sigma.map(|s| transposed(s, k, n)));
+        let csr = Csr::from_mask(n, k, |i| mu[i] != 0.0 || sigma.as_ref().is_some_and(|s| s[i] != 0.0));
+        let (mu, sigma) = (csr.gather(&mu), sigma.map(|s| csr.gather(&s)));
+        Kernel { k, n, weights: Weights::Sparse { csr, mu, sigma } }
     }
 
     /// Whether the kernel is stored in CSR form.

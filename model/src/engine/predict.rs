@@ -47,6 +47,8 @@ pub const AUTO_SPARSE_FRACTION: f64 = 0.5;
 /// (`model/examples/kernel_bench.rs`, docs/performance.md), and end to end (layout changes
 /// in and out of the transposed form included) only at about 25% kept: below 60% pruned it
 /// never wins, and timing those layers (building their CSR copies) made `sweep` 30% slower.
+/// Convs planned for Winograd (1/2.2 to 1/2.8 of the GEMM's multiplications) need at least
+/// half pruned to compete: both rules are at least 50%.
 pub fn auto_sparse_fraction() -> f64 {
     if sparse::Isa::detect() == sparse::Isa::Avx512 {
         0.6
@@ -201,26 +203,21 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                         None
                     }
                 };
-                let wino = conv.and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
                 let csr = |p: &Posterior| Linear {
-                    kernel: Kernel::new(k, n, p.kernel_mu.clone(), p.kernel_sigma.clone(), true),
+                    kernel: Kernel::sparse(k, n, &p.kernel_mu, p.kernel_sigma.as_deref()),
                     bias_mu: p.bias_mu.clone(),
                     bias_sigma: p.bias_sigma.clone(),
                     conv,
                     wino: None,
                 };
-                let probe = match sparse {
-                    SparseKernels::Always => Some(csr(&p)),
-                    SparseKernels::Never => None,
-                    // Winograd does a 3x3 or 5x5 conv in 1/2.2 to 1/2.8 of the GEMM's
-                    // multiplications: the sparse kernel needs at least half pruned to compete.
-                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= if wino.is_some() { 0.5f64.max(auto_sparse_fraction()) } else { auto_sparse_fraction() } => Some(csr(&p)),
-                    SparseKernels::Auto => None,
+                let dense = |p: Posterior| {
+                    let wino = conv.and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
+                    Linear { kernel: Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, false), bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino }
                 };
-                let dense = Linear { kernel: Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, false), bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino };
-                let lin = match probe {
-                    Some(s) if sparse == SparseKernels::Always => s,
-                    Some(s) => {
+                let lin = match sparse {
+                    SparseKernels::Always => csr(&p),
+                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= auto_sparse_fraction() => {
+                        let (s, d) = (csr(&p), dense(p));
                         // The ReLU and max pool that follow run in (or right after) the layer,
                         // differently on each path: both are timed with them.
                         let relu = matches!(ops.get(oi + 1), Some(Op::Relu));
@@ -229,13 +226,13 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                             _ => None,
                         };
                         let first = top && out.iter().all(|l| matches!(l, Layer::Flatten));
-                        if sparse_is_faster(&dense, &s, batch, first, relu, pool.as_ref()) {
+                        if sparse_is_faster(&d, &s, batch, first, relu, pool.as_ref()) {
                             s
                         } else {
-                            dense
+                            d
                         }
                     }
-                    None => dense,
+                    SparseKernels::Auto | SparseKernels::Never => dense(p),
                 };
                 Layer::Linear(Box::new(lin))
             }
