@@ -1143,17 +1143,22 @@ mod tests {
         let n = 3;
         let x = values(n * 75, 4);
         let expected = naive_flipout(&lin, &x, n, 7);
-        let shared = lin.shared(&x, n);
-        // Without and with the first layer's shared mean product and patches, without and
-        // with the ReLU fused into the output pass.
+        forward_equals(&lin, &x, n, &expected, 1e-5);
+    }
+
+    /// `lin.forward` of the draws of seed 7 equals `expected` (the f64 definition) within
+    /// `tol`, without and with the first layer's shared mean product and patches, without and
+    /// with the ReLU fused into the output pass.
+    fn forward_equals(lin: &Linear, x: &[f32], n: usize, expected: &[f64], tol: f64) {
+        let shared = lin.shared(x, n);
         for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
             let mut sampler = Sampler::new(7, 0);
-            let (got, pooled) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, None, &mut Scratch::default());
+            let (got, pooled) = lin.forward(x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, None, &mut Scratch::default());
             assert!(!pooled);
             assert_eq!(got.len(), expected.len());
-            for (g, e) in got.iter().zip(&expected) {
+            for (g, e) in got.iter().zip(expected) {
                 let e = if relu { e.max(0.0) } else { *e };
-                assert!((f64::from(*g) - e).abs() < 1e-5, "{g} vs {e}");
+                assert!((f64::from(*g) - e).abs() < tol, "k {}: {g} vs {e}", lin.kernel.k);
             }
         }
     }
@@ -1269,16 +1274,7 @@ mod tests {
             assert!(lin.fused_flipout());
             let x = values(n * k, 4);
             let expected = naive_dense_flipout(&lin, &x, n, 7);
-            let shared = lin.shared(&x, n);
-            for (sh, relu) in [(None, false), (Some(&shared), false), (None, true), (Some(&shared), true)] {
-                let mut sampler = Sampler::new(7, 0);
-                let (got, _) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, None, &mut Scratch::default());
-                assert_eq!(got.len(), expected.len());
-                for (g, e) in got.iter().zip(&expected) {
-                    let e = if relu { e.max(0.0) } else { *e };
-                    assert!((f64::from(*g) - e).abs() < 1e-4, "k {k}: {g} vs {e}");
-                }
-            }
+            forward_equals(&lin, &x, n, &expected, 1e-4);
         }
     }
 
