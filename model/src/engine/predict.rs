@@ -763,7 +763,7 @@ impl Linear {
                 match &self.kernel.weights {
                     // The dense kernel's draws for the kept weights: the results do not depend
                     // on which kernel `SparseKernels::Auto` timed faster.
-                    Weights::Sparse { csr, .. } => sparse::kept_noise(s, csr, sig, &mut noise, &mut ws.sparse),
+                    Weights::Sparse { csr, .. } => sparse::kept_noise(s, csr, sig, &mut noise),
                     Weights::Dense { .. } => s.noise_into(sig, &mut noise),
                 }
                 match est {

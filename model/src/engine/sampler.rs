@@ -69,29 +69,57 @@ pub(crate) fn sin_cos(t: f32) -> (f32, f32) {
     (s, cs * c)
 }
 
+/// The Box–Muller pair of counter `c` (even): `(z0, z1)` from the hashes of `c` and `c | 1`.
+#[inline(always)]
+fn pair(c: u32, k1: u32, k2: u32) -> (f32, f32) {
+    let scale = 1.0 / (1u32 << 24) as f32;
+    // u1 in (0, 1] (ln finite), u2 in [0, 1).
+    let u1 = 1.0 - (hash(c, k1, k2) >> 8) as f32 * scale;
+    let u2 = (hash(c | 1, k1, k2) >> 8) as f32 * scale;
+    let r = (-2.0 * ln(u1)).sqrt();
+    let (s, co) = sin_cos(std::f32::consts::TAU * u2 - std::f32::consts::PI);
+    (r * co, r * s)
+}
+
 /// `out[i] = sigma[i] * eps_i`, eps from counter `2 * pair` and `2 * pair + 1` hashes
-/// through Box–Muller (16 values = 8 pairs per step).
+/// through Box–Muller (16 values = 8 pairs per step: the 8 `z0`, then the 8 `z1`).
 #[inline(always)]
 fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
     const PAIRS: usize = 8;
-    let scale = 1.0 / (1u32 << 24) as f32;
     for (j, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
         let mut z = [0f32; 2 * PAIRS];
         let (first, second) = z.split_at_mut(PAIRS);
         for (l, (z0, z1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
-            let c = ((j * PAIRS + l) as u32).wrapping_mul(2);
-            // u1 in (0, 1] (ln finite), u2 in [0, 1).
-            let u1 = 1.0 - (hash(c, k1, k2) >> 8) as f32 * scale;
-            let u2 = (hash(c | 1, k1, k2) >> 8) as f32 * scale;
-            let r = (-2.0 * ln(u1)).sqrt();
-            let (s, co) = sin_cos(std::f32::consts::TAU * u2 - std::f32::consts::PI);
-            *z0 = r * co;
-            *z1 = r * s;
+            (*z0, *z1) = pair(((j * PAIRS + l) as u32).wrapping_mul(2), k1, k2);
         }
         for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&z)) {
             *o = s * e;
         }
     }
+}
+
+/// Counter of the pair behind value `i` of [`noise_impl`]'s stream (16 values per step: value
+/// `16 j + p` is `z0` of pair `8 j + p` for p < 8, else `z1` of pair `8 j + p - 8`), modulo
+/// 2^32 as there.
+#[inline(always)]
+fn counter(i: u32) -> u32 {
+    (((i >> 4) << 3) | (i & 7)).wrapping_mul(2)
+}
+
+/// `out[t] = sigma[t] * eps_idx[t]` for the values `idx` of [`noise_impl`]'s stream (flat
+/// indices modulo 2^32): random access, bit for bit the same values.
+#[inline(always)]
+fn noise_at_impl(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+    for ((o, &s), &i) in out.iter_mut().zip(sigma).zip(idx) {
+        let (z0, z1) = pair(counter(i), k1, k2);
+        *o = s * if i & 8 == 0 { z0 } else { z1 };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn noise_at_avx2(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+    noise_at_impl(k1, k2, idx, sigma, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -123,16 +151,15 @@ fn word_masks(bits: u64) -> [u32; 64] {
     out
 }
 
-/// [`noise_impl`] written out in AVX-512 (LLVM vectorized it only 8 lanes wide, and spent
-/// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order without
-/// fused multiply-adds, so the values are bitwise the same.
+/// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
+/// for operation (no fused multiply-adds): bitwise the same `(z0, z1)`.
 ///
 /// # Safety
-/// The CPU supports AVX-512F (any lengths: full 32-value chunks of both slices are read and
-/// written with vector loads and stores, the rest by index).
+/// The CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+#[inline]
+unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
     use std::arch::x86_64::*;
     use std::f32::consts::{FRAC_PI_2, PI, SQRT_2, TAU};
     let f = _mm512_set1_ps;
@@ -146,40 +173,82 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
     };
     let hash = |c: __m512i| mix(_mm512_add_epi32(mix(_mm512_xor_si512(c, _mm512_set1_epi32(k1 as i32))), _mm512_set1_epi32(k2 as i32)));
     let uniform = |h: __m512i| mul(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)), f(1.0 / (1u32 << 24) as f32));
-    let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let one = f(1.0);
+    let u1 = sub(one, uniform(hash(c)));
+    let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
+    // ln(u1), as `ln`.
+    let bits = _mm512_castps_si512(u1);
+    let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
+    let m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x3f80_0000)));
+    let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, f(SQRT_2));
+    let m = _mm512_mask_mul_ps(m, big, m, f(0.5));
+    let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
+    let x = sub(m, one);
+    let z = mul(x, x);
+    let mut p = f(7.037_683_6e-2);
+    for k in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
+        p = add(mul(p, x), f(k));
+    }
+    let y = sub(add(mul(mul(x, z), p), mul(e, f(-2.121_944_4e-4))), mul(f(0.5), z));
+    let ln = add(add(x, y), mul(e, f(0.693_359_4)));
+    let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
+    // sin_cos(TAU * u2 - PI), as `sin_cos`.
+    let t = sub(mul(f(TAU), u2), f(PI));
+    let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, f(FRAC_PI_2));
+    let lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, f(-FRAC_PI_2));
+    let a = _mm512_mask_blend_ps(lo, t, sub(f(-PI), t));
+    let a = _mm512_mask_blend_ps(hi, a, sub(f(PI), t));
+    let cs = _mm512_mask_blend_ps(hi | lo, one, f(-1.0));
+    let z = mul(a, a);
+    let horner = |cs: &[f32]| cs.iter().rev().skip(1).fold(f(cs[cs.len() - 1]), |acc, &k| add(f(k), mul(z, acc)));
+    let sin = mul(a, horner(&[1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0]));
+    let cos = horner(&[1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0]);
+    let (z0, z1) = (mul(r, mul(cs, cos)), mul(r, sin));
+    (z0, z1)
+}
+
+/// [`noise_at_impl`] in AVX-512, 16 indices per step: their pairs' counters, the pairs by
+/// [`pairs_avx512`], `z0` or `z1` picked by bit 3 of the index; the tail under a lane mask.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `sigma` and `out` hold at least `idx.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn noise_at_avx512(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let len = idx.len();
+    debug_assert!(sigma.len() >= len && out.len() >= len);
+    for t0 in (0..len).step_by(16) {
+        let lanes: __mmask16 = if len - t0 >= 16 { 0xffff } else { (1u16 << (len - t0)) - 1 };
+        // SAFETY: the lanes under the mask are below len, inside all three slices.
+        unsafe {
+            let i = _mm512_maskz_loadu_epi32(lanes, idx.as_ptr().add(t0).cast());
+            let hi = _mm512_slli_epi32::<3>(_mm512_srli_epi32::<4>(i));
+            let c = _mm512_slli_epi32::<1>(_mm512_or_si512(hi, _mm512_and_si512(i, _mm512_set1_epi32(7))));
+            let (z0, z1) = pairs_avx512(c, k1, k2);
+            let second = _mm512_test_epi32_mask(i, _mm512_set1_epi32(8));
+            let eps = _mm512_mask_blend_ps(second, z0, z1);
+            let s = _mm512_maskz_loadu_ps(lanes, sigma.as_ptr().add(t0));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(t0), lanes, _mm512_mul_ps(s, eps));
+        }
+    }
+}
+
+/// [`noise_impl`] written out in AVX-512 (LLVM vectorized it only 8 lanes wide, and spent
+/// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order without
+/// fused multiply-adds, so the values are bitwise the same.
+///
+/// # Safety
+/// The CPU supports AVX-512F (any lengths: full 32-value chunks of both slices are read and
+/// written with vector loads and stores, the rest by index).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for (j, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
         let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
-        let u1 = sub(one, uniform(hash(c)));
-        let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
-        // ln(u1), as `ln`.
-        let bits = _mm512_castps_si512(u1);
-        let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
-        let m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x3f80_0000)));
-        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, f(SQRT_2));
-        let m = _mm512_mask_mul_ps(m, big, m, f(0.5));
-        let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
-        let x = sub(m, one);
-        let z = mul(x, x);
-        let mut p = f(7.037_683_6e-2);
-        for k in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
-            p = add(mul(p, x), f(k));
-        }
-        let y = sub(add(mul(mul(x, z), p), mul(e, f(-2.121_944_4e-4))), mul(f(0.5), z));
-        let ln = add(add(x, y), mul(e, f(0.693_359_4)));
-        let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
-        // sin_cos(TAU * u2 - PI), as `sin_cos`.
-        let t = sub(mul(f(TAU), u2), f(PI));
-        let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, f(FRAC_PI_2));
-        let lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, f(-FRAC_PI_2));
-        let a = _mm512_mask_blend_ps(lo, t, sub(f(-PI), t));
-        let a = _mm512_mask_blend_ps(hi, a, sub(f(PI), t));
-        let cs = _mm512_mask_blend_ps(hi | lo, one, f(-1.0));
-        let z = mul(a, a);
-        let horner = |cs: &[f32]| cs.iter().rev().skip(1).fold(f(cs[cs.len() - 1]), |acc, &k| add(f(k), mul(z, acc)));
-        let sin = mul(a, horner(&[1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0]));
-        let cos = horner(&[1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0]);
-        let (z0, z1) = (mul(r, mul(cs, cos)), mul(r, sin));
+        let (z0, z1) = pairs_avx512(c, k1, k2);
         // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
         let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
         if sc.len() == 32 && oc.len() == 32 {
@@ -238,6 +307,31 @@ impl Sampler {
             }
         }
         noise_impl(k1, k2, sigma, out)
+    }
+
+    /// `out[t] = sigma[t] * eps[idx[t]]`, eps being the standard normals that
+    /// [`Sampler::noise_into`] would draw in place of this call for a tensor holding every
+    /// flat index of `idx` (same key from the stream, bit for bit the same values): the
+    /// noise of a pruned kernel's kept weights without drawing the pruned ones.
+    ///
+    /// # Panics
+    /// When `sigma` or `out` is shorter than `idx`.
+    pub fn noise_at_into(&mut self, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+        assert!(sigma.len() >= idx.len() && out.len() >= idx.len(), "noise_at_into: slices too short");
+        let key: u64 = self.rng.random();
+        let (k1, k2) = (key as u32, (key >> 32) as u32);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked.
+                return unsafe { noise_at_avx512(k1, k2, idx, sigma, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { noise_at_avx2(k1, k2, idx, sigma, out) };
+            }
+        }
+        noise_at_impl(k1, k2, idx, sigma, out)
     }
 
     /// `len` random sign masks (0 or the f32 sign bit, each with probability 1/2), 64 per
@@ -390,6 +484,41 @@ mod tests {
                 assert_eq!(got, want, "avx2, {len}");
             }
         }
+        // Random access into the stream: every path gives the values of the whole draw at
+        // the asked indices, bit for bit (scattered, repeated, out of order, every tail).
+        for len in [1, 15, 16, 17, 33, 300] {
+            let total = 4096;
+            let idx: Vec<u32> = (0..len).map(|t| ((t * 2654435761usize) % total) as u32).collect();
+            let sigma: Vec<f32> = (0..len).map(|t| 0.25 + t as f32 * 1e-2).collect();
+            let all = Sampler::new(5, 6).noise(&vec![1.0; total]);
+            let want: Vec<f32> = idx.iter().zip(&sigma).map(|(&i, &s)| s * all[i as usize]).collect();
+            let mut got = vec![0f32; len];
+            Sampler::new(5, 6).noise_at_into(&idx, &sigma, &mut got);
+            assert_eq!(got, want, "noise_at_into, {len}");
+            let key: u64 = Xoshiro256PlusPlus::seed_from_u64(0).random();
+            let (k1, k2) = (key as u32, (key >> 32) as u32);
+            let mut dense = vec![0f32; total];
+            noise_impl(k1, k2, &vec![1.0; total], &mut dense);
+            let want: Vec<f32> = idx.iter().zip(&sigma).map(|(&i, &s)| s * dense[i as usize]).collect();
+            noise_at_impl(k1, k2, &idx, &sigma, &mut got);
+            assert_eq!(got, want, "portable, {len}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                got.fill(0.0);
+                // SAFETY: the CPU supports AVX-512F; equal lengths.
+                unsafe { noise_at_avx512(k1, k2, &idx, &sigma, &mut got) };
+                assert_eq!(got, want, "avx512, {len}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                got.fill(0.0);
+                // SAFETY: the CPU supports AVX2 and FMA.
+                unsafe { noise_at_avx2(k1, k2, &idx, &sigma, &mut got) };
+                assert_eq!(got, want, "avx2, {len}");
+            }
+        }
+        // Flat indices past 2^32 wrap as the dense draw's counters do.
+        assert_eq!(counter(u32::MAX), ((((1u64 << 32) - 1) / 16 * 8 + 7) * 2) as u32);
         assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
         let pos = signs.iter().filter(|&&v| v > 0.0).count();
         assert!((420..580).contains(&pos), "{pos}");
