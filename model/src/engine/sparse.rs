@@ -943,10 +943,10 @@ pub(crate) struct Job<'a> {
 #[derive(Default)]
 pub(crate) struct Scratch {
     patches: PatchScratch,
-    xt: Vec<f32>,
-    xs: Vec<f32>,
-    ya: Vec<f32>,
-    yb: Vec<f32>,
+    xt: Aligned,
+    xs: Aligned,
+    ya: Aligned,
+    yb: Aligned,
     signed: Vec<f32>,
     chan: Vec<u32>,
     /// The perturbation of 16 output rows ([`finish`]).
@@ -985,17 +985,16 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     ws.chan.clear();
     ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
     ws.signed.resize(job.csr.nnz(), 0.0);
-    pad_columns(&mut ws.xt, k, rpe);
-    ws.ya.resize(u * ld, 0.0);
-    ws.yb.resize(u * ld, 0.0);
+    let xt = pad_columns(&mut ws.xt, k, rpe);
+    let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
     for b in 0..job.n {
-        patches_t(job.x, win, b, b + 1, &mut ws.patches, &mut ws.xt, None);
+        patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
         fold_signs(flip.noise, &ws.chan, &flip.s_in[b * cin..(b + 1) * cin], &mut ws.signed);
         match job.a {
-            Some(a) => csr.spmm_t(&ws.xt, rpe, Pass::Two(a, &ws.signed), &mut ws.ya, &mut ws.yb),
-            None => csr.spmm_t(&ws.xt, rpe, Pass::One(&ws.signed), &mut ws.yb, &mut []),
+            Some(a) => csr.spmm_t(xt, rpe, Pass::Two(a, &ws.signed), ya, yb),
+            None => csr.spmm_t(xt, rpe, Pass::One(&ws.signed), yb, &mut []),
         }
-        finish(job, b * rpe, rpe, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
+        finish(job, b * rpe, rpe, rpe, ld, ya, yb, &mut ws.tile, out);
     }
 }
 
@@ -1021,17 +1020,35 @@ fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
     fold(noise, chan, s, out)
 }
 
+/// A reusable float buffer handed out at a 64-byte boundary: the transposed kernels' vector
+/// loads and stores (64 bytes, at offsets that are multiples of 16 values) then never straddle
+/// two cache lines (a heap block starts 16 bytes past one: split loads made
+/// [`Csr::spmm_t`] twice as slow).
+#[derive(Default)]
+struct Aligned(Vec<f32>);
+
+impl Aligned {
+    /// `len` values starting at a 64-byte boundary; what they hold is unspecified (earlier
+    /// contents, possibly shifted, or zeros): the caller overwrites them.
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
+        self.0.resize(len + SLACK, 0.0);
+        let off = (64 - self.0.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
+        &mut self.0[off..off + len]
+    }
+}
+
 /// Transposed activations of `k` rows and `cols` columns in `buf`, whose padding columns (up
-/// to the end of the last panel) are zero; the other values are left as they were, for the
-/// caller to overwrite.
-fn pad_columns(buf: &mut Vec<f32>, k: usize, cols: usize) {
-    buf.resize(panels_len(k, cols), 0.0);
+/// to the end of the last panel) are zero; the other values are for the caller to overwrite.
+fn pad_columns(buf: &mut Aligned, k: usize, cols: usize) -> &mut [f32] {
+    let buf = buf.get(panels_len(k, cols));
     let pad = cols.div_ceil(PANEL) * PANEL - cols;
     if pad > 0 {
         for i in 0..k {
             buf[at(k, i, cols)..at(k, i, cols) + pad].fill(0.0);
         }
     }
+    buf
 }
 
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
@@ -1044,34 +1061,31 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let cols = (b1 - b0) * rpe;
         let ld = padded(cols);
         // Every column below `cols` is written below: only the padding is zeroed.
-        pad_columns(&mut ws.xt, k, cols);
-        if job.flip.is_some() {
-            pad_columns(&mut ws.xs, k, cols);
-        }
+        let xt = pad_columns(&mut ws.xt, k, cols);
+        let xs = if job.flip.is_some() { pad_columns(&mut ws.xs, k, cols) } else { &mut [] };
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
-            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, &mut ws.xt, signs.map(|s| (&mut ws.xs[..], s))),
+            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s))),
             None => {
-                // A panel at a time: a panel is a `[k, 64]` row-major matrix.
+                // A panel at a time: a panel is a `[k, PANEL]` row-major matrix.
                 for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
                     let r1 = (r0 + PANEL).min(b1);
-                    let (x, xt) = (&job.x[r0 * k..r1 * k], &mut ws.xt[p * k * PANEL..(p + 1) * k * PANEL]);
-                    transpose_into(x, None, r1 - r0, k, xt, PANEL);
+                    let x = &job.x[r0 * k..r1 * k];
+                    transpose_into(x, None, r1 - r0, k, &mut xt[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
                     if let Some(s) = signs {
-                        transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut ws.xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+                        transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
                     }
                 }
             }
         }
-        ws.ya.resize(u * ld, 0.0);
-        ws.yb.resize(u * ld, 0.0);
+        let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
         match (job.a, job.flip) {
-            (Some(a), Some(f)) => csr.spmm_t(&ws.xt, cols, Pass::Split(a, f.noise, &ws.xs), &mut ws.ya, &mut ws.yb),
-            (Some(a), None) => csr.spmm_t(&ws.xt, cols, Pass::One(a), &mut ws.ya, &mut []),
-            (None, Some(f)) => csr.spmm_t(&ws.xs, cols, Pass::One(f.noise), &mut ws.yb, &mut []),
+            (Some(a), Some(f)) => csr.spmm_t(xt, cols, Pass::Split(a, f.noise, xs), ya, yb),
+            (Some(a), None) => csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []),
+            (None, Some(f)) => csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []),
             (None, None) => {}
         }
-        finish(job, b0 * rpe, cols, rpe, ld, &ws.ya, &ws.yb, &mut ws.tile, out);
+        finish(job, b0 * rpe, cols, rpe, ld, ya, yb, &mut ws.tile, out);
     }
 }
 
