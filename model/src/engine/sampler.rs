@@ -133,15 +133,6 @@ unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
 /// SSE2: Flipout draws a mask per example and unit, as many as the weights on small nets.
 #[inline(always)]
 fn word_masks(bits: u64) -> [u32; 64] {
-    const BITS: [u32; 32] = {
-        let mut b = [0; 32];
-        let mut i = 0;
-        while i < 32 {
-            b[i] = 1 << i;
-            i += 1;
-        }
-        b
-    };
     let mut out = [0u32; 64];
     for (half, word) in out.chunks_exact_mut(32).zip([bits as u32, (bits >> 32) as u32]) {
         for (o, &b) in half.iter_mut().zip(&BITS) {
@@ -149,6 +140,28 @@ fn word_masks(bits: u64) -> [u32; 64] {
         }
     }
     out
+}
+
+/// Bit i set in value i.
+const BITS: [u32; 32] = {
+    let mut b = [0; 32];
+    let mut i = 0;
+    while i < 32 {
+        b[i] = 1 << i;
+        i += 1;
+    }
+    b
+};
+
+/// [`word_masks`] written straight into `out` (at most 64 values, possibly uninitialized):
+/// no 256-byte array returned and copied per word.
+#[inline(always)]
+fn word_masks_into(bits: u64, out: &mut [std::mem::MaybeUninit<u32>]) {
+    for (half, word) in out.chunks_mut(32).zip([bits as u32, (bits >> 32) as u32]) {
+        for (o, &b) in half.iter_mut().zip(&BITS) {
+            o.write(u32::from(word & b != 0) << 31);
+        }
+    }
 }
 
 /// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
@@ -340,10 +353,13 @@ impl Sampler {
     pub fn sign_masks_into(&mut self, len: usize, out: &mut Vec<u32>) {
         out.clear();
         out.reserve(len);
-        while out.len() < len {
-            let masks = word_masks(self.rng.random());
-            out.extend_from_slice(&masks[..64.min(len - out.len())]);
+        // Written in place: extending by each word's 64 masks went through a memmove call
+        // per word (as much time as making the masks).
+        for chunk in out.spare_capacity_mut()[..len].chunks_mut(64) {
+            word_masks_into(self.rng.random(), chunk);
         }
+        // SAFETY: the first `len` values were written just above, within the capacity.
+        unsafe { out.set_len(len) };
     }
 
     /// The random words behind [`Sampler::sign_masks_into`]`(len)` (same stream): bit j of

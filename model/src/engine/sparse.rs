@@ -1032,7 +1032,11 @@ impl Aligned {
     /// contents, possibly shifted, or zeros): the caller overwrites them.
     fn get(&mut self, len: usize) -> &mut [f32] {
         const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
-        self.0.resize(len + SLACK, 0.0);
+        // Only ever grown: layers of different sizes share the buffer, and shrinking it made
+        // every larger layer fill the difference with zeros again (7% of a pruned BNN-FC).
+        if self.0.len() < len + SLACK {
+            self.0.resize(len + SLACK, 0.0);
+        }
         let off = (64 - self.0.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
         &mut self.0[off..off + len]
     }
@@ -1080,7 +1084,13 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
         match (job.a, job.flip) {
-            (Some(a), Some(f)) => csr.spmm_t(xt, cols, Pass::Split(a, f.noise, xs), ya, yb),
+            // Two passes, each with one activation stream, ran 1.2-1.4x faster than one
+            // `Pass::Split` (two loads per pair of fused multiply-adds: the kernel is bound
+            // by its loads).
+            (Some(a), Some(f)) => {
+                csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []);
+                csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []);
+            }
             (Some(a), None) => csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []),
             (None, Some(f)) => csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []),
             (None, None) => {}
