@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p bnn-model --example flipout_bench`
 
-use model::engine::dense::{flipout_dense, FlipoutDense};
+use model::engine::dense::{flipout_dense, Buffers, FlipoutDense, Noise};
+use model::engine::sampler::Sampler;
 use model::engine::gemm::sgemm;
 
 mod common;
@@ -28,12 +29,27 @@ fn main() {
         let mut words = formats::synthetic::SplitMix64(6);
         let s_bits: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
         let s_out: Vec<u32> = (0..m * n).map(|g| ((s_bits[g / 64] >> (g % 64)) as u32 & 1) << 31).collect();
-        let (mut out, mut panel, mut xf) = (vec![0f32; m * n], Vec::new(), vec![0f32; m * k]);
+        let (mut out, mut bufs, mut xf) = (vec![0f32; m * n], Buffers::default(), vec![0f32; m * k]);
         // Both sides flip the input once (the engine draws the signs straight onto the copy).
         let fused = best(0.5, || {
             xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
-            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: &noise, s_out: &s_bits, bias: &bias, relu: true };
-            flipout_dense(&f, &mut out, &mut panel)
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
+        });
+        // With the noise drawn too: into a [k, n] array first, or by the kernel into its panels.
+        let (sigma, mut drawn) = (values(k * n, 7), vec![0f32; k * n]);
+        let mut sampler = Sampler::new(1, 2);
+        let draw_then_fused = best(0.5, || {
+            sampler.noise_into(&sigma, &mut drawn);
+            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
+        });
+        let fused_drawing = best(0.5, || {
+            let key = sampler.noise_key();
+            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
         });
         let (mut flipped, mut pert) = (vec![0f32; m * k], vec![0f32; m * n]);
         let unfused = best(0.5, || {
@@ -48,7 +64,7 @@ fn main() {
         });
         let gf = |t: f64| 4.0 * (m * k * n) as f64 / t / 1e9;
         rows.push(format!(
-            "{{\"layer\": \"{name}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"fused_s\": {fused:.3e}, \"unfused_s\": {unfused:.3e}, \"fused_gflops\": {:.1}, \"unfused_gflops\": {:.1}, \"speedup\": {:.2}}}",
+            "{{\"layer\": \"{name}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"fused_s\": {fused:.3e}, \"unfused_s\": {unfused:.3e}, \"noise_then_fused_s\": {draw_then_fused:.3e}, \"fused_drawing_noise_s\": {fused_drawing:.3e}, \"fused_gflops\": {:.1}, \"unfused_gflops\": {:.1}, \"speedup\": {:.2}}}",
             gf(fused),
             gf(unfused),
             unfused / fused

@@ -2,6 +2,7 @@
 //! or patch rows: `out[m, n] = p[m, k] @ W[k, n]`.
 
 use super::gemm::sgemm;
+use super::sampler::{NoiseKey, Runs};
 use super::sparse::Csr;
 
 /// A `[k, n]` kernel's posterior, as a dense matrix or on a CSR pattern.
@@ -89,10 +90,28 @@ impl Kernel {
     }
 }
 
+/// The perturbation weights `sigma * eps` (`[k, n]`) of a [`FlipoutDense`].
+#[derive(Clone, Copy, Debug)]
+pub enum Noise<'a> {
+    /// Drawn already.
+    Values(&'a [f32]),
+    /// Drawn by the kernel as it packs its weight panels, from the draw `key` of the
+    /// weights with scales `sigma` (`[k, n]`): each panel row is computed straight into the
+    /// packed panel, where no `[k, n]` noise array is written, read back and copied. The
+    /// values are bitwise those of [`super::sampler::Sampler::noise_into`] with that key.
+    Draw {
+        /// The draw.
+        key: NoiseKey,
+        /// Scales `[k, n]`.
+        sigma: &'a [f32],
+    },
+}
+
 /// One Flipout product of a dense layer with dense weights, for [`flipout_dense`]: for every
 /// row r of `x` (`[m, k]`, row-major),
 /// `out[r] = x[r] @ mu + (xf[r] @ noise) * s_out[r] + bias` with `xf = x * s_in`, through a
 /// ReLU when `relu`.
+#[derive(Clone, Copy)]
 pub struct FlipoutDense<'a> {
     /// Input rows, `[m, k]`.
     pub x: &'a [f32],
@@ -107,7 +126,7 @@ pub struct FlipoutDense<'a> {
     /// `x @ mu` already computed (`[m, n]`, no bias): the first layer's, shared by the samples.
     pub mean: Option<&'a [f32]>,
     /// `sigma * eps`, `[k, n]`.
-    pub noise: &'a [f32],
+    pub noise: Noise<'a>,
     /// `x` times Flipout's input signs, `[m, k]` ([`super::sampler::Sampler::flip_signs_into`]).
     pub xf: &'a [f32],
     /// Output signs, `[m, n]` values in bits: bit j of word i is value 64 i + j's (set: -1),
@@ -117,6 +136,31 @@ pub struct FlipoutDense<'a> {
     pub bias: &'a [f32],
     /// Whether a ReLU follows.
     pub relu: bool,
+}
+
+/// Scratch of [`flipout_dense`], reused between calls.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    /// Packed weight panel blocks and the row tiles' partial sums.
+    panel: Vec<f32>,
+    /// The whole noise of a layer whose panel rows do not start on the noise generator's
+    /// 16-value steps (n not a multiple of 16: BNN-FC's 10 logits), drawn before packing.
+    noise: Vec<f32>,
+}
+
+/// `f` with its noise drawn into `buf` unless `drive` can draw it panel row by panel row
+/// for full panels `nr` wide: every panel row, values `p * n + c0 ..` of the draw, must start
+/// on a 16-value step of the generator (n and `nr` multiples of 16; panels start at multiples
+/// of `nr`).
+fn drawable<'b>(f: &FlipoutDense<'b>, nr: usize, buf: &'b mut Vec<f32>) -> FlipoutDense<'b> {
+    match f.noise {
+        Noise::Draw { key, sigma } if f.n % 16 != 0 || nr % 16 != 0 => {
+            buf.resize(f.k * f.n, 0.0);
+            key.fill(sigma, buf, Runs::whole(f.k * f.n));
+            FlipoutDense { noise: Noise::Values(buf), ..*f }
+        }
+        _ => *f,
+    }
 }
 
 /// Bytes of one packed weight panel block of [`flipout_dense`] on few rows (below
@@ -167,33 +211,43 @@ struct Stage {
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
 /// shape-checked architecture).
-pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
+pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
     let (m, k, n) = (f.m, f.k, f.n);
+    let noise_len = match f.noise {
+        Noise::Values(v) => v.len(),
+        Noise::Draw { sigma, .. } => sigma.len(),
+    };
     assert!(
-        f.x.len() >= m * k && f.noise.len() >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
+        f.x.len() >= m * k && noise_len >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
         "flipout_dense: slices shorter than {m}x{k}x{n}"
     );
     assert!(f.mean.map_or(f.mu.len() >= k * n, |v| v.len() >= m * n), "flipout_dense: means shorter than {m}x{k}x{n}");
     let xf = f.xf;
+    let Buffers { panel, noise } = bufs;
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
+            let f = &drawable(f, avx512::L * avx512::NV, noise);
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
             return drive(f, avx512::L, avx512::NV, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let f = &drawable(f, avx2::L * avx2::NV, noise);
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
             return drive(f, avx2::L, avx2::NV, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
-    portable(f, xf, out, panel, panel_bytes(m))
+    portable(&drawable(f, PORTABLE_NR, noise), xf, out, panel, panel_bytes(m))
 }
+
+/// Columns of a panel of [`portable`].
+const PORTABLE_NR: usize = 8;
 
 /// [`flipout_dense`] in plain Rust, 4 rows x 8 columns per tile (the fallback without AVX2,
 /// and the reference of the vector kernels' test).
 /// `panel_bytes` is the k blocks' panel size ([`PANEL_BYTES`]; the test makes it small).
 fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>, panel_bytes: usize) {
-    const NR: usize = 8;
+    const NR: usize = PORTABLE_NR;
     drive(f, NR, 1, 4, panel_bytes, panel, |t| {
         let w = if f.mean.is_some() { NR } else { 2 * NR };
         for (i, r) in (t.r..t.r + t.rows).enumerate() {
@@ -275,11 +329,24 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
             let kc = kc_max.min(k - p0);
             let stage = Stage { load: p0 > 0, last: p0 + kc >= k };
             let pn = &mut pn[..kc * w];
-            for (p, row) in pn.chunks_exact_mut(w).enumerate() {
-                let (noise, mu) = row.split_at_mut(nr);
-                copy_padded(noise, &f.noise[(p0 + p) * n + c0..][..cw]);
-                if f.mean.is_none() {
-                    copy_padded(mu, &f.mu[(p0 + p) * n + c0..][..cw]);
+            match f.noise {
+                Noise::Values(noise) => {
+                    for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                        copy_padded(&mut row[..nr], &noise[(p0 + p) * n + c0..][..cw]);
+                    }
+                }
+                Noise::Draw { key, sigma } => {
+                    // Rows p0..p0 + kc, columns c0..c0 + cw: runs n apart in the draw
+                    // (`drawable` saw that they start on the generator's steps).
+                    key.fill(sigma, pn, Runs { start: p0 * n + c0, rows: kc, len: cw, stride: n, out_stride: w });
+                    if cw < nr {
+                        pn.chunks_exact_mut(w).for_each(|row| row[cw..nr].fill(0.0));
+                    }
+                }
+            }
+            if f.mean.is_none() {
+                for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                    copy_padded(&mut row[nr..], &f.mu[(p0 + p) * n + c0..][..cw]);
                 }
             }
             let mut r = 0;
@@ -491,8 +558,8 @@ mod tests {
         }
         assert_eq!(Kernel::new(2, 2, mu.clone(), Some(vec![0.0; 4]), true).values().0.len(), 3);
     }
-    /// [`FlipoutDense`] from its definition, in f64.
-    fn naive(f: &FlipoutDense) -> Vec<f64> {
+    /// [`FlipoutDense`] with the noise `noise` from its definition, in f64.
+    fn naive(f: &FlipoutDense, noise: &[f32]) -> Vec<f64> {
         let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
         let mut out = Vec::new();
         for r in 0..f.m {
@@ -501,7 +568,7 @@ mod tests {
                 for p in 0..f.k {
                     let x = f64::from(f.x[r * f.k + p]);
                     mean += x * f64::from(f.mu[p * f.n + j]);
-                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(f.noise[p * f.n + j]);
+                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(noise[p * f.n + j]);
                 }
                 if let Some(v) = f.mean {
                     mean = f64::from(v[r * f.n + j]);
@@ -526,34 +593,43 @@ mod tests {
         // through several blocks and a tail.
         // Scratch left over from an earlier call: nothing may depend on it.
         let dirty = || vec![f32::NAN; 3000];
-        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5)] {
-            let (x, mu, noise, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
+        // The noise drawn beforehand, and drawn by the kernel into its panels (n = 64, 48, 96,
+        // 112: on the generator's 32- and 16-value steps; the others drawn whole first).
+        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112)] {
+            let (x, mu, sigma, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
+            let key = crate::engine::sampler::Sampler::new(m as u64, k as u64).noise_key();
+            let mut noise = vec![0f32; k * n];
+            key.fill(&sigma, &mut noise, Runs::whole(k * n));
             let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
             let s_out: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
             let given = vals(m * n);
-            for (mean, relu) in [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)] {
-                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: &noise, s_out: &s_out, bias: &bias, relu };
-                let want = naive(&f);
+            let cases = [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)];
+            for ((mean, relu), drawn) in cases.into_iter().flat_map(|c| [(c, Noise::Values(&noise)), (c, Noise::Draw { key, sigma: &sigma })]) {
+                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: drawn, s_out: &s_out, bias: &bias, relu };
+                let want = naive(&f, &noise);
+                let mut buf = Vec::new();
                 for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut dirty()),
-                        "portable" => portable(&f, &flipped, &mut out, &mut dirty(), bytes),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: dirty(), noise: dirty() }),
+                        "portable" => portable(&drawable(&f, PORTABLE_NR, &mut buf), &flipped, &mut out, &mut dirty(), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
+                            let f = drawable(&f, avx2::L * avx2::NV, &mut buf);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
                             drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
+                            let f = drawable(&f, avx512::L * avx512::NV, &mut buf);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
                             drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
                     for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu} [{i}]: {g} vs {e}", mean.is_some());
+                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu} {:?} [{i}]: {g} vs {e}", mean.is_some(), matches!(drawn, Noise::Draw { .. }));
                     }
                 }
             }

@@ -69,13 +69,52 @@ pub(crate) fn sin_cos(t: f32) -> (f32, f32) {
     (s, cs * c)
 }
 
-/// `out[i] = sigma[i] * eps_i`, eps from counter `2 * pair` and `2 * pair + 1` hashes
-/// through Box–Muller (16 values = 8 pairs per step).
+/// Where one weight-noise draw writes: `rows` runs of `len` values, run r being values
+/// `start + r * stride ..` of the layer's stream (the noise of the weights with those flat
+/// indices: `sigma` is read at the same indices) and stored at `out[r * out_stride..]`. A
+/// whole layer is one run; [`super::dense::flipout_dense`] draws a column panel's rows
+/// straight into its packed panel. Every run starts on a 16-value step (`start` and
+/// `stride` multiples of 16), so each value is the one the
+/// whole-layer draw gives at its index.
+#[derive(Clone, Copy, Debug)]
+pub struct Runs {
+    /// Stream index of run 0's first value.
+    pub start: usize,
+    /// Runs.
+    pub rows: usize,
+    /// Values per run.
+    pub len: usize,
+    /// Stream (and `sigma`) distance between runs.
+    pub stride: usize,
+    /// `out` distance between runs.
+    pub out_stride: usize,
+}
+
+impl Runs {
+    /// The first values of the stream, `len` of them, in order.
+    pub fn whole(len: usize) -> Runs {
+        Runs { start: 0, rows: 1, len, stride: 0, out_stride: 0 }
+    }
+}
+
+/// `out[i] = sigma[i] * eps_i` over the runs of `at`.
 #[inline(always)]
-fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+    for r in 0..at.rows {
+        let s0 = at.start + r * at.stride;
+        debug_assert!(s0 % 16 == 0, "a run starts off a step");
+        noise_run(k1, k2, s0 / 16, &sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
+    }
+}
+
+/// `out[i] = sigma[i] * eps_i` for values `16 * step + i` of the stream, eps from counter
+/// `2 * pair` and `2 * pair + 1` hashes through Box–Muller (16 values = 8 pairs per step).
+#[inline(always)]
+fn noise_run(k1: u32, k2: u32, step: usize, sigma: &[f32], out: &mut [f32]) {
     const PAIRS: usize = 8;
     let scale = 1.0 / (1u32 << 24) as f32;
-    for (j, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
+    for (i, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
+        let j = step + i;
         let mut z = [0f32; 2 * PAIRS];
         let (first, second) = z.split_at_mut(PAIRS);
         for (l, (z0, z1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
@@ -96,8 +135,8 @@ fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
-    noise_impl(k1, k2, sigma, out)
+unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+    noise_impl(k1, k2, sigma, out, at)
 }
 
 /// The 64 sign masks of one random word: bit i becomes the f32 sign bit of mask i. A test
@@ -127,12 +166,14 @@ fn word_masks(bits: u64) -> [u32; 64] {
 /// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order without
 /// fused multiply-adds, so the values are bitwise the same.
 ///
+/// Runs that start off a 32-value step (a 16-value one) take the portable code.
+///
 /// # Safety
-/// The CPU supports AVX-512F (any lengths: full 32-value chunks of both slices are read and
-/// written with vector loads and stores, the rest by index).
+/// The CPU supports AVX-512F; the runs of `at` lie within `sigma` and `out` (full 32-value
+/// chunks are read and written with vector loads and stores, the rest by index).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
     use std::arch::x86_64::*;
     use std::f32::consts::{FRAC_PI_2, PI, SQRT_2, TAU};
     let f = _mm512_set1_ps;
@@ -148,7 +189,15 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
     let uniform = |h: __m512i| mul(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)), f(1.0 / (1u32 << 24) as f32));
     let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let one = f(1.0);
-    for (j, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
+    for r in 0..at.rows {
+    let s0 = at.start + r * at.stride;
+    let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
+    if s0 % 32 != 0 {
+        noise_run(k1, k2, s0 / 16, sigma, out);
+        continue;
+    }
+    for (i, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
+        let j = s0 / 32 + i;
         let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
         let u1 = sub(one, uniform(hash(c)));
         let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
@@ -196,6 +245,47 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
             }
         }
     }
+    }
+}
+
+/// One weight-noise draw of a [`Sampler`]: its values at any flat index, computed on demand
+/// (counter-based), bitwise those of [`Sampler::noise_into`].
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseKey {
+    k1: u32,
+    k2: u32,
+}
+
+impl NoiseKey {
+    /// `out[r * at.out_stride + i] = sigma[v] * eps_v` for the values `v` of the runs of `at`
+    /// (`v = at.start + r * at.stride + i`).
+    ///
+    /// # Panics
+    /// When a run lies outside `sigma` or `out` (a caller's bug).
+    pub fn fill(&self, sigma: &[f32], out: &mut [f32], at: Runs) {
+        let (k1, k2) = (self.k1, self.k2);
+        if at.rows == 0 || at.len == 0 {
+            return;
+        }
+        let last = at.start + (at.rows - 1) * at.stride;
+        assert!(
+            last + at.len <= sigma.len() && (at.rows - 1) * at.out_stride + at.len <= out.len() && at.start % 16 == 0 && (at.rows == 1 || at.stride % 16 == 0),
+            "noise runs off their slices or off the 16-value steps"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above); the runs lie within
+                // both slices (asserted above).
+                return unsafe { noise_avx512(k1, k2, sigma, out, at) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { noise_avx2(k1, k2, sigma, out, at) };
+            }
+        }
+        noise_impl(k1, k2, sigma, out, at)
+    }
 }
 
 impl Sampler {
@@ -222,22 +312,16 @@ impl Sampler {
 
     /// `out = sigma * eps`, eps ~ N(0, 1), elementwise, with the vectorized generator.
     pub fn noise_into(&mut self, sigma: &[f32], out: &mut [f32]) {
+        let len = sigma.len().min(out.len());
+        self.noise_key().fill(sigma, out, Runs::whole(len));
+    }
+
+    /// The key of the next weight-noise draw ([`Sampler::noise_into`] takes the same one
+    /// from the stream): the caller computes the draw's values where and when it needs them
+    /// with [`NoiseKey::fill`].
+    pub fn noise_key(&mut self) -> NoiseKey {
         let key: u64 = self.rng.random();
-        let (k1, k2) = (key as u32, (key >> 32) as u32);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // As the portable code, the shorter of the two lengths.
-                let len = sigma.len().min(out.len());
-                // SAFETY: the CPU supports AVX-512F (checked just above); equal lengths.
-                return unsafe { noise_avx512(k1, k2, &sigma[..len], &mut out[..len]) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { noise_avx2(k1, k2, sigma, out) };
-            }
-        }
-        noise_impl(k1, k2, sigma, out)
+        NoiseKey { k1: key as u32, k2: (key >> 32) as u32 }
     }
 
     /// `len` random sign masks (0 or the f32 sign bit, each with probability 1/2), 64 per
@@ -378,16 +462,48 @@ mod tests {
         for len in [1, 15, 16, 17, 31, 32, 33, 1000, 4096] {
             let sigma: Vec<f32> = (0..len).map(|i| 0.5 + i as f32 * 1e-3).collect();
             let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
-            noise_impl(3, 4, &sigma, &mut want);
+            noise_impl(3, 4, &sigma, &mut want, Runs::whole(len));
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F; the slices have the same length.
-                unsafe { noise_avx512(3, 4, &sigma, &mut got) };
+                unsafe { noise_avx512(3, 4, &sigma, &mut got, Runs::whole(len)) };
                 assert_eq!(got, want, "avx512, {len}");
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { noise_avx2(3, 4, &sigma, &mut got) };
+                unsafe { noise_avx2(3, 4, &sigma, &mut got, Runs::whole(len)) };
                 assert_eq!(got, want, "avx2, {len}");
+            }
+        }
+        // Runs (a column panel's rows, as the fused dense kernel draws them) give the whole
+        // draw's values at their indices, on every path: runs on 32-value steps and off them
+        // (start 16), lengths with tails, `out` strides wider than the runs.
+        let (k, n) = (37, 96);
+        let sigma: Vec<f32> = (0..k * n).map(|i| 0.5 + i as f32 * 1e-4).collect();
+        let mut whole = vec![0f32; k * n];
+        Sampler::new(5, 6).noise_into(&sigma, &mut whole);
+        for (start, rows, len, stride, out_stride) in [(0, 37, 32, 96, 64), (32, 36, 32, 96, 40), (16, 37, 16, 96, 16), (64, 37, 32, 96, 32), (48, 5, 21, 96, 30), (0, 1, 37 * 96, 0, 0), (80, 2, 7, 2048, 7)] {
+            let at = Runs { start, rows, len, stride, out_stride };
+            let want = |out: &[f32]| (0..rows).all(|r| out[r * out_stride..][..len] == whole[start + r * stride..][..len]);
+            let mut out = vec![f32::NAN; (rows - 1) * out_stride + len];
+            Sampler::new(5, 6).noise_key().fill(&sigma, &mut out, at);
+            assert!(want(&out), "dispatch {at:?}");
+            out.fill(f32::NAN);
+            let key = Sampler::new(5, 6).noise_key();
+            noise_impl(key.k1, key.k2, &sigma, &mut out, at);
+            assert!(want(&out), "portable {at:?}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                out.fill(f32::NAN);
+                // SAFETY: the CPU supports AVX-512F; the runs lie within the slices.
+                unsafe { noise_avx512(key.k1, key.k2, &sigma, &mut out, at) };
+                assert!(want(&out), "avx512 {at:?}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                out.fill(f32::NAN);
+                // SAFETY: the CPU supports AVX2 and FMA.
+                unsafe { noise_avx2(key.k1, key.k2, &sigma, &mut out, at) };
+                assert!(want(&out), "avx2 {at:?}");
             }
         }
         assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
