@@ -227,14 +227,16 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
-            let f = &drawable(f, avx512::L * avx512::NV, noise);
+            let nv = avx512::nv(f);
+            let f = &drawable(f, avx512::L * nv, noise);
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
-            return drive(f, avx512::L, avx512::NV, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
+            return drive(f, avx512::L, nv, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            let f = &drawable(f, avx2::L * avx2::NV, noise);
+            let nv = avx2::nv(f);
+            let f = &drawable(f, avx2::L * nv, noise);
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
-            return drive(f, avx2::L, avx2::NV, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
+            return drive(f, avx2::L, nv, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
     portable(&drawable(f, PORTABLE_NR, noise), xf, out, panel, panel_bytes(m))
@@ -413,19 +415,89 @@ fn store_row(f: &FlipoutDense, r: usize, c0: usize, pert: &[f32], mean: Option<&
     }
 }
 
+/// The output of one tile row, columns `c0..c0 + cw` of row `r` (`cw <= 16 V`), from the
+/// row's accumulators in AVX-512 registers, in vectors: [`store_row`]'s sums in its order,
+/// the output signs as lane masks of an XOR of the sign bit, the partial last vector by
+/// masked loads and stores (a scalar pass over each row was 6% of the kernel's time on
+/// BNN-FC).
+///
+/// # Safety
+/// The CPU supports AVX-512F; `f`'s slices hold their shapes, `r < f.m`, `c0 + cw <= f.n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn epilogue_avx512<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: usize, c0: usize, cw: usize, pert: &[std::arch::x86_64::__m512; V], mean: &[std::arch::x86_64::__m512; V], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let o0 = r * f.n + c0;
+    debug_assert!(cw <= 16 * V && c0 + cw <= f.n && o0 + cw <= out.len());
+    let sign = _mm512_set1_epi32(i32::MIN);
+    for v in 0..V.min(cw.div_ceil(16)) {
+        let (g, lanes) = (o0 + 16 * v, (cw - 16 * v).min(16));
+        let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+        // The 16 sign bits of values g..g + 16, from one or two words (only those in range).
+        let (w, b) = (g / 64, g % 64);
+        let mut bits = f.s_out[w] >> b;
+        if b + lanes > 64 {
+            bits |= f.s_out[w + 1] << (64 - b);
+        }
+        let p = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(pert[v]), bits as u16, _mm512_castps_si512(pert[v]), sign));
+        let mv = match (MEAN, f.mean) {
+            (true, _) => mean[v],
+            (false, Some(given)) => _mm512_maskz_loadu_ps(m, given.as_ptr().add(g)),
+            (false, None) => return,
+        };
+        let mut y = _mm512_add_ps(_mm512_add_ps(mv, p), _mm512_maskz_loadu_ps(m, f.bias.as_ptr().add(c0 + 16 * v)));
+        if f.relu {
+            y = _mm512_max_ps(y, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(g), m, y);
+    }
+}
+
+/// [`epilogue_avx512`] for AVX2 registers: spilled, then [`store_row`].
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; as [`store_row`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: usize, c0: usize, cw: usize, pert: &[std::arch::x86_64::__m256; V], mean: &[std::arch::x86_64::__m256; V], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (mut rp, mut rm) = ([[0f32; 8]; V], [[0f32; 8]; V]);
+    for v in 0..V {
+        _mm256_storeu_ps(rp[v].as_mut_ptr(), pert[v]);
+        _mm256_storeu_ps(rm[v].as_mut_ptr(), mean[v]);
+    }
+    store_row(f, r, c0, &rp.as_flattened()[..cw], MEAN.then_some(&rm.as_flattened()[..cw]), out);
+}
+
 /// A register tile of [`flipout_dense`] on one x86-64 vector width: `MR` rows by `NV`
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
 macro_rules! simd_tile {
-    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
-            use super::{store_row, FlipoutDense, Tile};
+            use super::{FlipoutDense, Tile};
+            #[allow(unused_imports)]
+            use super::{store_row, $epilogue};
             use std::arch::x86_64::*;
             /// Lanes per vector.
             pub(super) const L: usize = $lanes;
             /// Vectors per row of a full panel.
             pub(super) const NV: usize = $nv;
+            /// Vectors per row of a full panel when the mean product is given (one product:
+            /// the accumulators of both fit).
+            pub(super) const NV_GIVEN: usize = $nv_given;
+
+            /// Vectors per row of a full panel for `f`.
+            pub(super) fn nv(f: &FlipoutDense) -> usize {
+                if f.mean.is_some() {
+                    NV_GIVEN
+                } else {
+                    NV
+                }
+            }
             /// Rows per tile.
             pub(super) const MR: usize = $mr;
 
@@ -436,13 +508,11 @@ macro_rules! simd_tile {
             /// As [`tile`]'s.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn tile_any(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
-                let mean = f.mean.is_none();
-                let narrow = t.width == if mean { 2 * L } else { L } && NV > 1;
-                match (narrow, mean) {
-                    (false, false) => rows::<NV, false>(f, xf, t, out),
-                    (false, true) => rows::<NV, true>(f, xf, t, out),
-                    (true, false) => rows::<1, false>(f, xf, t, out),
-                    (true, true) => rows::<1, true>(f, xf, t, out),
+                match (f.mean.is_none(), t.width / L) {
+                    (true, 2) => rows::<1, true>(f, xf, t, out),
+                    (true, _) => rows::<NV, true>(f, xf, t, out),
+                    (false, 1) => rows::<1, false>(f, xf, t, out),
+                    (false, _) => rows::<NV_GIVEN, false>(f, xf, t, out),
                 }
             }
 
@@ -489,9 +559,11 @@ macro_rules! simd_tile {
                         }
                     }
                 }
-                let (x, xf, b) = (f.x.as_ptr().add(t.r * k + t.p0), xf.as_ptr().add(t.r * k + t.p0), t.panel.as_ptr());
-                for p in 0..t.kc {
-                    let bp = b.add(p * w);
+                // Row pointers, advanced with k: no per-step address arithmetic.
+                let mut x: [*const f32; ROWS] = std::array::from_fn(|i| f.x.as_ptr().add((t.r + i) * k + t.p0));
+                let mut xf: [*const f32; ROWS] = std::array::from_fn(|i| xf.as_ptr().add((t.r + i) * k + t.p0));
+                let mut bp = t.panel.as_ptr();
+                for _ in 0..t.kc {
                     let mut vp = [$zero(); V];
                     let mut vm = [$zero(); V];
                     for v in 0..V {
@@ -503,15 +575,20 @@ macro_rules! simd_tile {
                     for i in 0..ROWS {
                         // Broadcasts from memory (load ports), not from a register (the
                         // shuffle port that the FMAs share).
-                        let sa = $set1(*xf.add(i * k + p));
-                        let a = $set1(*x.add(i * k + p));
+                        let sa = $set1(*xf[i]);
+                        xf[i] = xf[i].add(1);
                         for v in 0..V {
                             ap[i][v] = $fma(sa, vp[v], ap[i][v]);
-                            if MEAN {
+                        }
+                        if MEAN {
+                            let a = $set1(*x[i]);
+                            for v in 0..V {
                                 am[i][v] = $fma(a, vm[v], am[i][v]);
                             }
                         }
+                        x[i] = x[i].add(1);
                     }
+                    bp = bp.add(w);
                 }
                 if !t.stage.last {
                     for i in 0..ROWS {
@@ -524,23 +601,20 @@ macro_rules! simd_tile {
                     }
                     return;
                 }
-                let (mut rp, mut rm) = ([0f32; L * NV], [0f32; L * NV]);
                 for i in 0..ROWS {
-                    for v in 0..V {
-                        $store(rp.as_mut_ptr().add(v * L), ap[i][v]);
-                        $store(rm.as_mut_ptr().add(v * L), am[i][v]);
-                    }
-                    store_row(f, t.r + i, t.c0, &rp[..t.cw], MEAN.then_some(&rm[..t.cw]), out);
+                    $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out);
                 }
             }
         }
     };
 }
 
-// 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers.
-simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 6, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+// 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers
+// (64 columns = 4 zmm with the mean given: the first layer's 12 accumulators were 0.xx of
+// the FMA rate).
+simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
-simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2);
 
 #[cfg(test)]
 mod tests {
@@ -616,15 +690,15 @@ mod tests {
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
-                            let f = drawable(&f, avx2::L * avx2::NV, &mut buf);
+                            let f = drawable(&f, avx2::L * avx2::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx2::L, avx2::nv(&f), avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
-                            let f = drawable(&f, avx512::L * avx512::NV, &mut buf);
+                            let f = drawable(&f, avx512::L * avx512::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
-                            drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx512::L, avx512::nv(&f), avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
