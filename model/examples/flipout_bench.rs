@@ -1,13 +1,16 @@
 //! The fused Flipout dense kernel (`model::engine::dense::flipout_dense`) against the unfused
 //! products it replaced (two `sgemm` calls, a flipped copy of the input, a combine pass), one
 //! thread, on the dense layers of BNN-FC and a wider one; best of runs filling a time budget,
-//! both in the same run. Prints one JSON object (GFLOP/s count the two products).
+//! both in the same run. Prints one JSON object (GFLOP/s count the products run: two, one
+//! where the mean product is given). `noise_then_fused_s` adds the weight noise's draw
+//! (`Sampler::noise_into`, then the kernel), `fused_drawing_noise_s` has the kernel draw it
+//! into its panels (`Noise::Draw`), as the engine runs it.
 //!
 //! `cargo run --release -p bnn-model --example flipout_bench`
 
 use model::engine::dense::{flipout_dense, Buffers, FlipoutDense, Noise};
-use model::engine::sampler::Sampler;
 use model::engine::gemm::sgemm;
+use model::engine::sampler::Sampler;
 
 mod common;
 use common::{best, values};

@@ -189,62 +189,62 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Run
     let uniform = |h: __m512i| mul(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)), f(1.0 / (1u32 << 24) as f32));
     let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let one = f(1.0);
-    for r in 0..at.rows {
-    let s0 = at.start + r * at.stride;
-    let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
-    if s0 % 32 != 0 {
-        noise_run(k1, k2, s0 / 16, sigma, out);
-        continue;
-    }
-    for (i, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
-        let j = s0 / 32 + i;
-        let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
-        let u1 = sub(one, uniform(hash(c)));
-        let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
-        // ln(u1), as `ln`.
-        let bits = _mm512_castps_si512(u1);
-        let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
-        let m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x3f80_0000)));
-        let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, f(SQRT_2));
-        let m = _mm512_mask_mul_ps(m, big, m, f(0.5));
-        let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
-        let x = sub(m, one);
-        let z = mul(x, x);
-        let mut p = f(7.037_683_6e-2);
-        for k in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
-            p = add(mul(p, x), f(k));
+    for run in 0..at.rows {
+        let s0 = at.start + run * at.stride;
+        let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[run * at.out_stride..][..at.len]);
+        if s0 % 32 != 0 {
+            noise_run(k1, k2, s0 / 16, sigma, out);
+            continue;
         }
-        let y = sub(add(mul(mul(x, z), p), mul(e, f(-2.121_944_4e-4))), mul(f(0.5), z));
-        let ln = add(add(x, y), mul(e, f(0.693_359_4)));
-        let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
-        // sin_cos(TAU * u2 - PI), as `sin_cos`.
-        let t = sub(mul(f(TAU), u2), f(PI));
-        let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, f(FRAC_PI_2));
-        let lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, f(-FRAC_PI_2));
-        let a = _mm512_mask_blend_ps(lo, t, sub(f(-PI), t));
-        let a = _mm512_mask_blend_ps(hi, a, sub(f(PI), t));
-        let cs = _mm512_mask_blend_ps(hi | lo, one, f(-1.0));
-        let z = mul(a, a);
-        let horner = |cs: &[f32]| cs.iter().rev().skip(1).fold(f(cs[cs.len() - 1]), |acc, &k| add(f(k), mul(z, acc)));
-        let sin = mul(a, horner(&[1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0]));
-        let cos = horner(&[1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0]);
-        let (z0, z1) = (mul(r, mul(cs, cos)), mul(r, sin));
-        // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
-        let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
-        if sc.len() == 32 && oc.len() == 32 {
-            for (h, eps) in runs.into_iter().enumerate() {
-                let v = _mm512_mul_ps(_mm512_loadu_ps(sc.as_ptr().add(16 * h)), eps);
-                _mm512_storeu_ps(oc.as_mut_ptr().add(16 * h), v);
+        for (i, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
+            let j = s0 / 32 + i;
+            let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
+            let u1 = sub(one, uniform(hash(c)));
+            let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
+            // ln(u1), as `ln`.
+            let bits = _mm512_castps_si512(u1);
+            let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
+            let m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x3f80_0000)));
+            let big = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, f(SQRT_2));
+            let m = _mm512_mask_mul_ps(m, big, m, f(0.5));
+            let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
+            let x = sub(m, one);
+            let z = mul(x, x);
+            let mut p = f(7.037_683_6e-2);
+            for k in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
+                p = add(mul(p, x), f(k));
             }
-        } else {
-            let mut eps = [0f32; 32];
-            _mm512_storeu_ps(eps.as_mut_ptr(), runs[0]);
-            _mm512_storeu_ps(eps.as_mut_ptr().add(16), runs[1]);
-            for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&eps)) {
-                *o = s * e;
+            let y = sub(add(mul(mul(x, z), p), mul(e, f(-2.121_944_4e-4))), mul(f(0.5), z));
+            let ln = add(add(x, y), mul(e, f(0.693_359_4)));
+            let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
+            // sin_cos(TAU * u2 - PI), as `sin_cos`.
+            let t = sub(mul(f(TAU), u2), f(PI));
+            let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, f(FRAC_PI_2));
+            let lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, f(-FRAC_PI_2));
+            let a = _mm512_mask_blend_ps(lo, t, sub(f(-PI), t));
+            let a = _mm512_mask_blend_ps(hi, a, sub(f(PI), t));
+            let cs = _mm512_mask_blend_ps(hi | lo, one, f(-1.0));
+            let z = mul(a, a);
+            let horner = |cs: &[f32]| cs.iter().rev().skip(1).fold(f(cs[cs.len() - 1]), |acc, &k| add(f(k), mul(z, acc)));
+            let sin = mul(a, horner(&[1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0]));
+            let cos = horner(&[1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0]);
+            let (z0, z1) = (mul(r, mul(cs, cos)), mul(r, sin));
+            // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
+            let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
+            if sc.len() == 32 && oc.len() == 32 {
+                for (h, eps) in runs.into_iter().enumerate() {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(sc.as_ptr().add(16 * h)), eps);
+                    _mm512_storeu_ps(oc.as_mut_ptr().add(16 * h), v);
+                }
+            } else {
+                let mut eps = [0f32; 32];
+                _mm512_storeu_ps(eps.as_mut_ptr(), runs[0]);
+                _mm512_storeu_ps(eps.as_mut_ptr().add(16), runs[1]);
+                for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&eps)) {
+                    *o = s * e;
+                }
             }
         }
-    }
     }
 }
 
