@@ -230,13 +230,13 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
             let nv = avx512::nv(f);
             let f = &drawable(f, avx512::L * nv, noise);
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
-            return drive(f, avx512::L, nv, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
+            return drive(f, avx512::L, nv, [avx512::MR, avx512::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let nv = avx2::nv(f);
             let f = &drawable(f, avx2::L * nv, noise);
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
-            return drive(f, avx2::L, nv, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
+            return drive(f, avx2::L, nv, [avx2::MR, avx2::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
     portable(&drawable(f, PORTABLE_NR, noise), xf, out, panel, panel_bytes(m))
@@ -250,7 +250,7 @@ const PORTABLE_NR: usize = 8;
 /// `panel_bytes` is the k blocks' panel size ([`PANEL_BYTES`]; the test makes it small).
 fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>, panel_bytes: usize) {
     const NR: usize = PORTABLE_NR;
-    drive(f, NR, 1, 4, panel_bytes, panel, |t| {
+    drive(f, NR, 1, [4, 4], panel_bytes, panel, |t| {
         let w = if f.mean.is_some() { NR } else { 2 * NR };
         for (i, r) in (t.r..t.r + t.rows).enumerate() {
             let (mut ap, mut am) = ([0f32; NR], [0f32; NR]);
@@ -301,12 +301,13 @@ struct Tile<'a> {
 
 /// The loop of [`flipout_dense`] over column panels of `nv` vectors of `lanes` columns (one
 /// vector for a last panel that fits in one: the 10 logits of a classifier), k blocks whose
-/// panel block takes at most `panel_bytes`, and row tiles of `mr` rows: packs each panel block
+/// panel block takes at most `panel_bytes`, and row tiles of `mr` rows (`mr_narrow` on a
+/// one-vector panel, in the portable kernel too): packs each panel block
 /// (the noise's columns, then mu's when the mean is computed here, zero-padded to the panel
 /// width) into `scratch`, then calls `tile` for every `mr` rows (fewer in the last tile).
 /// With more than one k block, every row's partial sums wait in `scratch` behind the
 /// panel block (`m x width` values: 92 KB for 360 rows, in L2).
-fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
+fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
     let (m, k, n) = (f.m, f.k, f.n);
     if m == 0 || n == 0 {
         return;
@@ -319,7 +320,7 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
         // Equal blocks of at most `panel_bytes`: 256 = 2 x 128, not 192 + 64.
         let blocks = (k * w * 4).div_ceil(panel_bytes.max(1)).max(1);
         let kc_max = k.div_ceil(blocks).max(1);
-        let acc_len = if blocks > 1 { m * w } else { mr * w };
+        let acc_len = if blocks > 1 { m * w } else { mr.max(mr_narrow) * w };
         // Not cleared: packing writes every panel value (the padding too), and partial sums
         // are read only after they were stored (zero-filling was 5% of BNN-FC's profile).
         // The panel on a cache line boundary (rows of 64 or 128 bytes): vector loads that
@@ -358,7 +359,10 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
             }
             let mut r = 0;
             while r < m {
-                let rows = mr.min(m - r);
+                // Taller tiles on a one-vector panel (as many accumulators); the tail in
+                // tiles of at most `mr` rows.
+                let full = if nr == lanes { mr_narrow } else { mr };
+                let rows = if m - r >= full { full } else { mr.min(m - r) };
                 // One block: the tile's sums never leave the registers, one scratch serves.
                 let a0 = if blocks > 1 { r * w } else { 0 };
                 tile(Tile { panel: pn, width: w, p0, kc, r, rows, c0, cw, acc: &mut acc[a0..a0 + rows * w], stage });
@@ -481,7 +485,7 @@ unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: u
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
 macro_rules! simd_tile {
-    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident) => {
+    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use super::{FlipoutDense, Tile};
@@ -506,6 +510,8 @@ macro_rules! simd_tile {
             }
             /// Rows per tile.
             pub(super) const MR: usize = $mr;
+            /// Rows per tile on a one-vector panel (BNN-FC's 10 logits).
+            pub(super) const MR_NARROW: usize = $mr_narrow;
 
             /// The tile of `t.rows` rows (1 to `MR`) on a panel block of `drive`: full width,
             /// or one vector wide.
@@ -529,8 +535,10 @@ macro_rules! simd_tile {
             /// As [`tile`]'s.
             #[target_feature(enable = $feat)]
             unsafe fn rows<const V: usize, const MEAN: bool>(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
+                debug_assert!(t.rows <= MR || V == 1 && t.rows == MR_NARROW, "no tile of {} rows", t.rows);
                 match t.rows {
-                    6 if MR >= 6 => tile::<6, V, MEAN>(f, xf, t, out),
+                    12 if V == 1 && MR_NARROW >= 12 => tile::<12, 1, MEAN>(f, xf, t, out),
+                    6 if MR >= 6 || V == 1 && MR_NARROW >= 6 => tile::<6, V, MEAN>(f, xf, t, out),
                     5 if MR >= 5 => tile::<5, V, MEAN>(f, xf, t, out),
                     4 if MR >= 4 => tile::<4, V, MEAN>(f, xf, t, out),
                     3 if MR >= 3 => tile::<3, V, MEAN>(f, xf, t, out),
@@ -618,9 +626,9 @@ macro_rules! simd_tile {
 // 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers
 // (64 columns = 4 zmm with the mean given: the first layer's 12 accumulators were 0.xx of
 // the FMA rate).
-simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512);
+simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
-simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2);
+simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2);
 
 #[cfg(test)]
 mod tests {
@@ -698,13 +706,13 @@ mod tests {
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
                             let f = drawable(&f, avx2::L * avx2::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::nv(&f), avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx2::L, avx2::nv(&f), [avx2::MR, avx2::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
                             let f = drawable(&f, avx512::L * avx512::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
-                            drive(&f, avx512::L, avx512::nv(&f), avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx512::L, avx512::nv(&f), [avx512::MR, avx512::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
