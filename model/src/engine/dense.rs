@@ -154,7 +154,7 @@ pub struct Buffers {
 /// of `nr`).
 fn drawable<'b>(f: &FlipoutDense<'b>, nr: usize, buf: &'b mut Vec<f32>) -> FlipoutDense<'b> {
     match f.noise {
-        Noise::Draw { key, sigma } if f.n % 16 != 0 || nr % 16 != 0 => {
+        Noise::Draw { key, sigma } if !f.n.is_multiple_of(16) || !nr.is_multiple_of(16) => {
             buf.resize(f.k * f.n, 0.0);
             key.fill(sigma, buf, Runs::whole(f.k * f.n));
             FlipoutDense { noise: Noise::Values(buf), ..*f }

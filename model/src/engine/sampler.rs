@@ -102,7 +102,7 @@ impl Runs {
 fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
     for r in 0..at.rows {
         let s0 = at.start + r * at.stride;
-        debug_assert!(s0 % 16 == 0, "a run starts off a step");
+        debug_assert!(s0.is_multiple_of(16), "a run starts off a step");
         noise_run(k1, k2, s0 / 16, &sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
     }
 }
@@ -192,7 +192,7 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Run
     for run in 0..at.rows {
         let s0 = at.start + run * at.stride;
         let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[run * at.out_stride..][..at.len]);
-        if s0 % 32 != 0 {
+        if !s0.is_multiple_of(32) {
             noise_run(k1, k2, s0 / 16, sigma, out);
             continue;
         }
@@ -269,7 +269,7 @@ impl NoiseKey {
         }
         let last = at.start + (at.rows - 1) * at.stride;
         assert!(
-            last + at.len <= sigma.len() && (at.rows - 1) * at.out_stride + at.len <= out.len() && at.start % 16 == 0 && (at.rows == 1 || at.stride % 16 == 0),
+            last + at.len <= sigma.len() && (at.rows - 1) * at.out_stride + at.len <= out.len() && at.start.is_multiple_of(16) && (at.rows == 1 || at.stride.is_multiple_of(16)),
             "noise runs off their slices or off the 16-value steps"
         );
         #[cfg(target_arch = "x86_64")]
