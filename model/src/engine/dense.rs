@@ -125,7 +125,7 @@ pub struct FlipoutDense<'a> {
     pub mu: &'a [f32],
     /// `x @ mu` already computed (`[m, n]`, no bias): the first layer's, shared by the samples.
     pub mean: Option<&'a [f32]>,
-    /// `sigma * eps`, `[k, n]`.
+    /// `sigma * eps`, `[k, n]`: given, or drawn by the kernel.
     pub noise: Noise<'a>,
     /// `x` times Flipout's input signs, `[m, k]` ([`super::sampler::Sampler::flip_signs_into`]).
     pub xf: &'a [f32],
@@ -205,8 +205,9 @@ struct Stage {
 /// (BNN-FC: 360 x 64 x 64 per sample) the GEMM library spent as long packing `x` twice and
 /// in the separate flip, combine and bias passes as in the products themselves. For wide k
 /// on few rows the panels are cut into L1-sized k blocks ([`panel_bytes`]); a row tile's partial sums
-/// wait between blocks in a small scratch (rows x panel width). `panel` is scratch for the
-/// weights' column panel blocks (the only data copied, k x n per call) and those sums.
+/// wait between blocks in a small scratch (rows x panel width). `bufs` is scratch for the
+/// weights' column panel blocks (the only data copied, k x n per call; the noise drawn into
+/// them when `f.noise` is [`Noise::Draw`]) and those sums.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
