@@ -1,19 +1,25 @@
 //! The fused Flipout dense kernel (`model::engine::dense::flipout_dense`) against the unfused
 //! products it replaced (two `sgemm` calls, a flipped copy of the input, a combine pass), one
 //! thread, on the dense layers of BNN-FC and a wider one; best of runs filling a time budget,
-//! both in the same run. Prints one JSON object (GFLOP/s count the two products).
+//! both in the same run. Prints one JSON object (GFLOP/s count the products run: two, one
+//! where the mean product is given). `noise_then_fused_s` adds the weight noise's draw
+//! (`Sampler::noise_into`, then the kernel), `fused_drawing_noise_s` has the kernel draw it
+//! into its panels (`Noise::Draw`), as the engine runs it.
 //!
 //! `cargo run --release -p bnn-model --example flipout_bench`
 
-use model::engine::dense::{flipout_dense, FlipoutDense};
+use model::engine::dense::{flipout_dense, Buffers, FlipoutDense, Noise};
 use model::engine::gemm::sgemm;
+use model::engine::sampler::Sampler;
 
 mod common;
 use common::{best, values};
 
 fn main() {
+    // The first layer runs with its mean product given (shared by the samples): one product.
     let shapes = [
         ("bnn-fc 64x256", 360, 64, 256),
+        ("bnn-fc 64x256 mean given", 360, 64, 256),
         ("bnn-fc 256x256", 360, 256, 256),
         ("bnn-fc 256x10", 360, 256, 10),
         ("dense 128x128", 360, 128, 128),
@@ -24,20 +30,40 @@ fn main() {
     let mut rows = Vec::new();
     for (name, m, k, n) in shapes {
         let (x, mu, noise, bias) = (values(m * k, 1), values(k * n, 2), values(k * n, 3), values(n, 4));
+        let given = name.ends_with("mean given").then(|| values(m * n, 8));
+        let mean = given.as_deref();
         let s_in: Vec<u32> = values(m * k, 5).iter().map(|v| u32::from(*v < 0.0) << 31).collect();
         let mut words = formats::synthetic::SplitMix64(6);
         let s_bits: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
         let s_out: Vec<u32> = (0..m * n).map(|g| ((s_bits[g / 64] >> (g % 64)) as u32 & 1) << 31).collect();
-        let (mut out, mut panel, mut xf) = (vec![0f32; m * n], Vec::new(), vec![0f32; m * k]);
+        let (mut out, mut bufs, mut xf) = (vec![0f32; m * n], Buffers::default(), vec![0f32; m * k]);
         // Both sides flip the input once (the engine draws the signs straight onto the copy).
         let fused = best(0.5, || {
             xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
-            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean: None, noise: &noise, s_out: &s_bits, bias: &bias, relu: true };
-            flipout_dense(&f, &mut out, &mut panel)
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
+        });
+        // With the noise drawn too: into a [k, n] array first, or by the kernel into its panels.
+        let (sigma, mut drawn) = (values(k * n, 7), vec![0f32; k * n]);
+        let mut sampler = Sampler::new(1, 2);
+        let draw_then_fused = best(0.5, || {
+            sampler.noise_into(&sigma, &mut drawn);
+            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
+        });
+        let fused_drawing = best(0.5, || {
+            let key = sampler.noise_key();
+            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
+            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
+            flipout_dense(&f, &mut out, &mut bufs)
         });
         let (mut flipped, mut pert) = (vec![0f32; m * k], vec![0f32; m * n]);
         let unfused = best(0.5, || {
-            sgemm(m, k, n, &x, &mu, &mut out, false);
+            match mean {
+                Some(v) => out.copy_from_slice(v),
+                None => sgemm(m, k, n, &x, &mu, &mut out, false),
+            }
             flipped.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
             sgemm(m, k, n, &flipped, &noise, &mut pert, false);
             for ((o, p), so) in out.chunks_exact_mut(n).zip(pert.chunks_exact(n)).zip(s_out.chunks_exact(n)) {
@@ -46,9 +72,10 @@ fn main() {
                 }
             }
         });
-        let gf = |t: f64| 4.0 * (m * k * n) as f64 / t / 1e9;
+        let products = if mean.is_some() { 1.0 } else { 2.0 };
+        let gf = |t: f64| 2.0 * products * (m * k * n) as f64 / t / 1e9;
         rows.push(format!(
-            "{{\"layer\": \"{name}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"fused_s\": {fused:.3e}, \"unfused_s\": {unfused:.3e}, \"fused_gflops\": {:.1}, \"unfused_gflops\": {:.1}, \"speedup\": {:.2}}}",
+            "{{\"layer\": \"{name}\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \"fused_s\": {fused:.3e}, \"unfused_s\": {unfused:.3e}, \"noise_then_fused_s\": {draw_then_fused:.3e}, \"fused_drawing_noise_s\": {fused_drawing:.3e}, \"fused_gflops\": {:.1}, \"unfused_gflops\": {:.1}, \"speedup\": {:.2}}}",
             gf(fused),
             gf(unfused),
             unfused / fused

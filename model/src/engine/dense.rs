@@ -2,6 +2,7 @@
 //! or patch rows: `out[m, n] = p[m, k] @ W[k, n]`.
 
 use super::gemm::sgemm;
+use super::sampler::{NoiseKey, Runs};
 use super::sparse::Csr;
 
 /// A `[k, n]` kernel's posterior, as a dense matrix or on a CSR pattern.
@@ -89,10 +90,28 @@ impl Kernel {
     }
 }
 
+/// The perturbation weights `sigma * eps` (`[k, n]`) of a [`FlipoutDense`].
+#[derive(Clone, Copy, Debug)]
+pub enum Noise<'a> {
+    /// Drawn already.
+    Values(&'a [f32]),
+    /// Drawn by the kernel as it packs its weight panels, from the draw `key` of the
+    /// weights with scales `sigma` (`[k, n]`): each panel row is computed straight into the
+    /// packed panel, where no `[k, n]` noise array is written, read back and copied. The
+    /// values are bitwise those of [`super::sampler::Sampler::noise_into`] with that key.
+    Draw {
+        /// The draw.
+        key: NoiseKey,
+        /// Scales `[k, n]`.
+        sigma: &'a [f32],
+    },
+}
+
 /// One Flipout product of a dense layer with dense weights, for [`flipout_dense`]: for every
 /// row r of `x` (`[m, k]`, row-major),
 /// `out[r] = x[r] @ mu + (xf[r] @ noise) * s_out[r] + bias` with `xf = x * s_in`, through a
 /// ReLU when `relu`.
+#[derive(Clone, Copy)]
 pub struct FlipoutDense<'a> {
     /// Input rows, `[m, k]`.
     pub x: &'a [f32],
@@ -106,8 +125,8 @@ pub struct FlipoutDense<'a> {
     pub mu: &'a [f32],
     /// `x @ mu` already computed (`[m, n]`, no bias): the first layer's, shared by the samples.
     pub mean: Option<&'a [f32]>,
-    /// `sigma * eps`, `[k, n]`.
-    pub noise: &'a [f32],
+    /// `sigma * eps`, `[k, n]`: given, or drawn by the kernel.
+    pub noise: Noise<'a>,
     /// `x` times Flipout's input signs, `[m, k]` ([`super::sampler::Sampler::flip_signs_into`]).
     pub xf: &'a [f32],
     /// Output signs, `[m, n]` values in bits: bit j of word i is value 64 i + j's (set: -1),
@@ -117,6 +136,31 @@ pub struct FlipoutDense<'a> {
     pub bias: &'a [f32],
     /// Whether a ReLU follows.
     pub relu: bool,
+}
+
+/// Scratch of [`flipout_dense`], reused between calls.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    /// Packed weight panel blocks and the row tiles' partial sums.
+    panel: Vec<f32>,
+    /// The whole noise of a layer whose panel rows do not start on the noise generator's
+    /// 16-value steps (n not a multiple of 16: BNN-FC's 10 logits), drawn before packing.
+    noise: Vec<f32>,
+}
+
+/// `f` with its noise drawn into `buf` unless `drive` can draw it panel row by panel row
+/// for full panels `nr` wide: every panel row, values `p * n + c0 ..` of the draw, must start
+/// on a 16-value step of the generator (n and `nr` multiples of 16; panels start at multiples
+/// of `nr`).
+fn drawable<'b>(f: &FlipoutDense<'b>, nr: usize, buf: &'b mut Vec<f32>) -> FlipoutDense<'b> {
+    match f.noise {
+        Noise::Draw { key, sigma } if !f.n.is_multiple_of(16) || !nr.is_multiple_of(16) => {
+            buf.resize(f.k * f.n, 0.0);
+            key.fill(sigma, buf, Runs::whole(f.k * f.n));
+            FlipoutDense { noise: Noise::Values(buf), ..*f }
+        }
+        _ => *f,
+    }
 }
 
 /// Bytes of one packed weight panel block of [`flipout_dense`] on few rows (below
@@ -161,40 +205,53 @@ struct Stage {
 /// (BNN-FC: 360 x 64 x 64 per sample) the GEMM library spent as long packing `x` twice and
 /// in the separate flip, combine and bias passes as in the products themselves. For wide k
 /// on few rows the panels are cut into L1-sized k blocks ([`panel_bytes`]); a row tile's partial sums
-/// wait between blocks in a small scratch (rows x panel width). `panel` is scratch for the
-/// weights' column panel blocks (the only data copied, k x n per call) and those sums.
+/// wait between blocks in a small scratch (rows x panel width). `bufs` is scratch for the
+/// weights' column panel blocks (the only data copied, k x n per call; the noise drawn into
+/// them when `f.noise` is [`Noise::Draw`]) and those sums.
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
 /// shape-checked architecture).
-pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], panel: &mut Vec<f32>) {
+pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
     let (m, k, n) = (f.m, f.k, f.n);
+    let noise_len = match f.noise {
+        Noise::Values(v) => v.len(),
+        Noise::Draw { sigma, .. } => sigma.len(),
+    };
     assert!(
-        f.x.len() >= m * k && f.noise.len() >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
+        f.x.len() >= m * k && noise_len >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
         "flipout_dense: slices shorter than {m}x{k}x{n}"
     );
     assert!(f.mean.map_or(f.mu.len() >= k * n, |v| v.len() >= m * n), "flipout_dense: means shorter than {m}x{k}x{n}");
     let xf = f.xf;
+    let Buffers { panel, noise } = bufs;
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
+            let nv = avx512::nv(f);
+            let f = &drawable(f, avx512::L * nv, noise);
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
-            return drive(f, avx512::L, avx512::NV, avx512::MR, panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
+            return drive(f, avx512::L, nv, [avx512::MR, avx512::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let nv = avx2::nv(f);
+            let f = &drawable(f, avx2::L * nv, noise);
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
-            return drive(f, avx2::L, avx2::NV, avx2::MR, panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
+            return drive(f, avx2::L, nv, [avx2::MR, avx2::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
-    portable(f, xf, out, panel, panel_bytes(m))
+    portable(&drawable(f, PORTABLE_NR, noise), xf, out, panel, panel_bytes(m))
 }
+
+/// Columns of a panel of [`portable`].
+const PORTABLE_NR: usize = 8;
 
 /// [`flipout_dense`] in plain Rust, 4 rows x 8 columns per tile (the fallback without AVX2,
 /// and the reference of the vector kernels' test).
 /// `panel_bytes` is the k blocks' panel size ([`PANEL_BYTES`]; the test makes it small).
 fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>, panel_bytes: usize) {
-    const NR: usize = 8;
-    drive(f, NR, 1, 4, panel_bytes, panel, |t| {
+    const NR: usize = PORTABLE_NR;
+    drive(f, NR, 1, [4, 4], panel_bytes, panel, |t| {
         let w = if f.mean.is_some() { NR } else { 2 * NR };
         for (i, r) in (t.r..t.r + t.rows).enumerate() {
             let (mut ap, mut am) = ([0f32; NR], [0f32; NR]);
@@ -245,12 +302,13 @@ struct Tile<'a> {
 
 /// The loop of [`flipout_dense`] over column panels of `nv` vectors of `lanes` columns (one
 /// vector for a last panel that fits in one: the 10 logits of a classifier), k blocks whose
-/// panel block takes at most `panel_bytes`, and row tiles of `mr` rows: packs each panel block
+/// panel block takes at most `panel_bytes`, and row tiles of `mr` rows (`mr_narrow` on a
+/// one-vector panel, in the portable kernel too): packs each panel block
 /// (the noise's columns, then mu's when the mean is computed here, zero-padded to the panel
 /// width) into `scratch`, then calls `tile` for every `mr` rows (fewer in the last tile).
 /// With more than one k block, every row's partial sums wait in `scratch` behind the
 /// panel block (`m x width` values: 92 KB for 360 rows, in L2).
-fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
+fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
     let (m, k, n) = (f.m, f.k, f.n);
     if m == 0 || n == 0 {
         return;
@@ -263,28 +321,49 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, mr: usize, panel_bytes: usiz
         // Equal blocks of at most `panel_bytes`: 256 = 2 x 128, not 192 + 64.
         let blocks = (k * w * 4).div_ceil(panel_bytes.max(1)).max(1);
         let kc_max = k.div_ceil(blocks).max(1);
-        let acc_len = if blocks > 1 { m * w } else { mr * w };
+        let acc_len = if blocks > 1 { m * w } else { mr.max(mr_narrow) * w };
         // Not cleared: packing writes every panel value (the padding too), and partial sums
         // are read only after they were stored (zero-filling was 5% of BNN-FC's profile).
-        if scratch.len() < kc_max * w + acc_len {
-            scratch.resize(kc_max * w + acc_len, 0.0);
+        // The panel on a cache line boundary (rows of 64 or 128 bytes): vector loads that
+        // straddle two lines cost two L1 reads; a heap block is only 16-byte aligned (the
+        // 256 x 256 layer ran 1.2x slower on a misaligned panel).
+        let skip = scratch.as_ptr().align_offset(64).min(15);
+        if scratch.len() < skip + kc_max * w + acc_len {
+            scratch.resize(skip + kc_max * w + acc_len + 15, 0.0);
         }
-        let (pn, acc) = scratch.split_at_mut(kc_max * w);
+        let skip = scratch.as_ptr().align_offset(64).min(15);
+        let (pn, acc) = scratch[skip..].split_at_mut(kc_max * w);
         let mut p0 = 0;
         while p0 < k.max(1) {
             let kc = kc_max.min(k - p0);
             let stage = Stage { load: p0 > 0, last: p0 + kc >= k };
             let pn = &mut pn[..kc * w];
-            for (p, row) in pn.chunks_exact_mut(w).enumerate() {
-                let (noise, mu) = row.split_at_mut(nr);
-                copy_padded(noise, &f.noise[(p0 + p) * n + c0..][..cw]);
-                if f.mean.is_none() {
-                    copy_padded(mu, &f.mu[(p0 + p) * n + c0..][..cw]);
+            match f.noise {
+                Noise::Values(noise) => {
+                    for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                        copy_padded(&mut row[..nr], &noise[(p0 + p) * n + c0..][..cw]);
+                    }
+                }
+                Noise::Draw { key, sigma } => {
+                    // Rows p0..p0 + kc, columns c0..c0 + cw: runs n apart in the draw
+                    // (`drawable` saw that they start on the generator's steps).
+                    key.fill(sigma, pn, Runs { start: p0 * n + c0, rows: kc, len: cw, stride: n, out_stride: w });
+                    if cw < nr {
+                        pn.chunks_exact_mut(w).for_each(|row| row[cw..nr].fill(0.0));
+                    }
+                }
+            }
+            if f.mean.is_none() {
+                for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                    copy_padded(&mut row[nr..], &f.mu[(p0 + p) * n + c0..][..cw]);
                 }
             }
             let mut r = 0;
             while r < m {
-                let rows = mr.min(m - r);
+                // Taller tiles on a one-vector panel (as many accumulators); the tail in
+                // tiles of at most `mr` rows.
+                let full = if nr == lanes { mr_narrow } else { mr };
+                let rows = if m - r >= full { full } else { mr.min(m - r) };
                 // One block: the tile's sums never leave the registers, one scratch serves.
                 let a0 = if blocks > 1 { r * w } else { 0 };
                 tile(Tile { panel: pn, width: w, p0, kc, r, rows, c0, cw, acc: &mut acc[a0..a0 + rows * w], stage });
@@ -346,21 +425,94 @@ fn store_row(f: &FlipoutDense, r: usize, c0: usize, pert: &[f32], mean: Option<&
     }
 }
 
+/// The output of one tile row, columns `c0..c0 + cw` of row `r` (`cw <= 16 V`), from the
+/// row's accumulators in AVX-512 registers, in vectors: [`store_row`]'s sums in its order,
+/// the output signs as lane masks of an XOR of the sign bit, the partial last vector by
+/// masked loads and stores (a scalar pass over each row was 6% of the kernel's time on
+/// BNN-FC).
+///
+/// Inlined into the tile (a call per row spilled the accumulators: 5% of the run); its
+/// intrinsics are inlined there, in the tile's target features.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `f`'s slices hold their shapes, `r < f.m`, `c0 + cw <= f.n`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn epilogue_avx512<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: usize, c0: usize, cw: usize, pert: &[std::arch::x86_64::__m512; V], mean: &[std::arch::x86_64::__m512; V], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let o0 = r * f.n + c0;
+    debug_assert!(cw <= 16 * V && c0 + cw <= f.n && o0 + cw <= out.len());
+    let sign = _mm512_set1_epi32(i32::MIN);
+    for v in 0..V.min(cw.div_ceil(16)) {
+        let (g, lanes) = (o0 + 16 * v, (cw - 16 * v).min(16));
+        let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+        // The 16 sign bits of values g..g + 16, from one or two words (only those in range).
+        let (w, b) = (g / 64, g % 64);
+        let mut bits = f.s_out[w] >> b;
+        if b + lanes > 64 {
+            bits |= f.s_out[w + 1] << (64 - b);
+        }
+        let p = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(pert[v]), bits as u16, _mm512_castps_si512(pert[v]), sign));
+        let mv = match (MEAN, f.mean) {
+            (true, _) => mean[v],
+            (false, Some(given)) => _mm512_maskz_loadu_ps(m, given.as_ptr().add(g)),
+            (false, None) => return,
+        };
+        let mut y = _mm512_add_ps(_mm512_add_ps(mv, p), _mm512_maskz_loadu_ps(m, f.bias.as_ptr().add(c0 + 16 * v)));
+        if f.relu {
+            y = _mm512_max_ps(y, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(g), m, y);
+    }
+}
+
+/// [`epilogue_avx512`] for AVX2 registers: spilled, then [`store_row`].
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; as [`store_row`]'s.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: usize, c0: usize, cw: usize, pert: &[std::arch::x86_64::__m256; V], mean: &[std::arch::x86_64::__m256; V], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (mut rp, mut rm) = ([[0f32; 8]; V], [[0f32; 8]; V]);
+    for v in 0..V {
+        _mm256_storeu_ps(rp[v].as_mut_ptr(), pert[v]);
+        _mm256_storeu_ps(rm[v].as_mut_ptr(), mean[v]);
+    }
+    store_row(f, r, c0, &rp.as_flattened()[..cw], MEAN.then_some(&rm.as_flattened()[..cw]), out);
+}
+
 /// A register tile of [`flipout_dense`] on one x86-64 vector width: `MR` rows by `NV`
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
 macro_rules! simd_tile {
-    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $mr:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident) => {
+    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
-            use super::{store_row, FlipoutDense, Tile};
+            use super::{FlipoutDense, Tile};
+            #[allow(unused_imports)]
+            use super::{store_row, $epilogue};
             use std::arch::x86_64::*;
             /// Lanes per vector.
             pub(super) const L: usize = $lanes;
             /// Vectors per row of a full panel.
             pub(super) const NV: usize = $nv;
+            /// Vectors per row of a full panel when the mean product is given (one product:
+            /// the accumulators of both fit).
+            pub(super) const NV_GIVEN: usize = $nv_given;
+
+            /// Vectors per row of a full panel for `f`.
+            pub(super) fn nv(f: &FlipoutDense) -> usize {
+                if f.mean.is_some() {
+                    NV_GIVEN
+                } else {
+                    NV
+                }
+            }
             /// Rows per tile.
             pub(super) const MR: usize = $mr;
+            /// Rows per tile on a one-vector panel (BNN-FC's 10 logits).
+            pub(super) const MR_NARROW: usize = $mr_narrow;
 
             /// The tile of `t.rows` rows (1 to `MR`) on a panel block of `drive`: full width,
             /// or one vector wide.
@@ -369,13 +521,11 @@ macro_rules! simd_tile {
             /// As [`tile`]'s.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn tile_any(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
-                let mean = f.mean.is_none();
-                let narrow = t.width == if mean { 2 * L } else { L } && NV > 1;
-                match (narrow, mean) {
-                    (false, false) => rows::<NV, false>(f, xf, t, out),
-                    (false, true) => rows::<NV, true>(f, xf, t, out),
-                    (true, false) => rows::<1, false>(f, xf, t, out),
-                    (true, true) => rows::<1, true>(f, xf, t, out),
+                match (f.mean.is_none(), t.width / L) {
+                    (true, 2) => rows::<1, true>(f, xf, t, out),
+                    (true, _) => rows::<NV, true>(f, xf, t, out),
+                    (false, 1) => rows::<1, false>(f, xf, t, out),
+                    (false, _) => rows::<NV_GIVEN, false>(f, xf, t, out),
                 }
             }
 
@@ -386,8 +536,10 @@ macro_rules! simd_tile {
             /// As [`tile`]'s.
             #[target_feature(enable = $feat)]
             unsafe fn rows<const V: usize, const MEAN: bool>(f: &FlipoutDense, xf: &[f32], t: Tile, out: &mut [f32]) {
+                debug_assert!(t.rows <= MR || V == 1 && t.rows == MR_NARROW, "no tile of {} rows", t.rows);
                 match t.rows {
-                    6 if MR >= 6 => tile::<6, V, MEAN>(f, xf, t, out),
+                    12 if V == 1 && MR_NARROW >= 12 => tile::<12, 1, MEAN>(f, xf, t, out),
+                    6 if MR >= 6 || V == 1 && MR_NARROW >= 6 => tile::<6, V, MEAN>(f, xf, t, out),
                     5 if MR >= 5 => tile::<5, V, MEAN>(f, xf, t, out),
                     4 if MR >= 4 => tile::<4, V, MEAN>(f, xf, t, out),
                     3 if MR >= 3 => tile::<3, V, MEAN>(f, xf, t, out),
@@ -422,9 +574,11 @@ macro_rules! simd_tile {
                         }
                     }
                 }
-                let (x, xf, b) = (f.x.as_ptr().add(t.r * k + t.p0), xf.as_ptr().add(t.r * k + t.p0), t.panel.as_ptr());
-                for p in 0..t.kc {
-                    let bp = b.add(p * w);
+                // Row pointers, advanced with k: no per-step address arithmetic.
+                let mut x: [*const f32; ROWS] = std::array::from_fn(|i| f.x.as_ptr().add((t.r + i) * k + t.p0));
+                let mut xf: [*const f32; ROWS] = std::array::from_fn(|i| xf.as_ptr().add((t.r + i) * k + t.p0));
+                let mut bp = t.panel.as_ptr();
+                for _ in 0..t.kc {
                     let mut vp = [$zero(); V];
                     let mut vm = [$zero(); V];
                     for v in 0..V {
@@ -436,15 +590,20 @@ macro_rules! simd_tile {
                     for i in 0..ROWS {
                         // Broadcasts from memory (load ports), not from a register (the
                         // shuffle port that the FMAs share).
-                        let sa = $set1(*xf.add(i * k + p));
-                        let a = $set1(*x.add(i * k + p));
+                        let sa = $set1(*xf[i]);
+                        xf[i] = xf[i].add(1);
                         for v in 0..V {
                             ap[i][v] = $fma(sa, vp[v], ap[i][v]);
-                            if MEAN {
+                        }
+                        if MEAN {
+                            let a = $set1(*x[i]);
+                            for v in 0..V {
                                 am[i][v] = $fma(a, vm[v], am[i][v]);
                             }
                         }
+                        x[i] = x[i].add(1);
                     }
+                    bp = bp.add(w);
                 }
                 if !t.stage.last {
                     for i in 0..ROWS {
@@ -457,23 +616,20 @@ macro_rules! simd_tile {
                     }
                     return;
                 }
-                let (mut rp, mut rm) = ([0f32; L * NV], [0f32; L * NV]);
                 for i in 0..ROWS {
-                    for v in 0..V {
-                        $store(rp.as_mut_ptr().add(v * L), ap[i][v]);
-                        $store(rm.as_mut_ptr().add(v * L), am[i][v]);
-                    }
-                    store_row(f, t.r + i, t.c0, &rp[..t.cw], MEAN.then_some(&rm[..t.cw]), out);
+                    $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out);
                 }
             }
         }
     };
 }
 
-// 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers.
-simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 6, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps);
+// 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers
+// (64 columns = 4 zmm with the mean given: the first layer's 12 accumulators were 0.xx of
+// the FMA rate).
+simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
-simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 3, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps);
+simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2);
 
 #[cfg(test)]
 mod tests {
@@ -491,8 +647,8 @@ mod tests {
         }
         assert_eq!(Kernel::new(2, 2, mu.clone(), Some(vec![0.0; 4]), true).values().0.len(), 3);
     }
-    /// [`FlipoutDense`] from its definition, in f64.
-    fn naive(f: &FlipoutDense) -> Vec<f64> {
+    /// [`FlipoutDense`] with the noise `noise` from its definition, in f64.
+    fn naive(f: &FlipoutDense, noise: &[f32]) -> Vec<f64> {
         let sign = |m: u32| if m == 0 { 1.0 } else { -1.0 };
         let mut out = Vec::new();
         for r in 0..f.m {
@@ -501,7 +657,7 @@ mod tests {
                 for p in 0..f.k {
                     let x = f64::from(f.x[r * f.k + p]);
                     mean += x * f64::from(f.mu[p * f.n + j]);
-                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(f.noise[p * f.n + j]);
+                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(noise[p * f.n + j]);
                 }
                 if let Some(v) = f.mean {
                     mean = f64::from(v[r * f.n + j]);
@@ -526,34 +682,43 @@ mod tests {
         // through several blocks and a tail.
         // Scratch left over from an earlier call: nothing may depend on it.
         let dirty = || vec![f32::NAN; 3000];
-        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5)] {
-            let (x, mu, noise, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
+        // The noise drawn beforehand, and drawn by the kernel into its panels (n = 64, 48, 96,
+        // 112: on the generator's 32- and 16-value steps; the others drawn whole first).
+        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112)] {
+            let (x, mu, sigma, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
+            let key = crate::engine::sampler::Sampler::new(m as u64, k as u64).noise_key();
+            let mut noise = vec![0f32; k * n];
+            key.fill(&sigma, &mut noise, Runs::whole(k * n));
             let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
             let s_out: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
             let given = vals(m * n);
-            for (mean, relu) in [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)] {
-                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: &noise, s_out: &s_out, bias: &bias, relu };
-                let want = naive(&f);
+            let cases = [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)];
+            for ((mean, relu), drawn) in cases.into_iter().flat_map(|c| [(c, Noise::Values(&noise)), (c, Noise::Draw { key, sigma: &sigma })]) {
+                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: drawn, s_out: &s_out, bias: &bias, relu };
+                let want = naive(&f, &noise);
+                let mut buf = Vec::new();
                 for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut dirty()),
-                        "portable" => portable(&f, &flipped, &mut out, &mut dirty(), bytes),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: dirty(), noise: dirty() }),
+                        "portable" => portable(&drawable(&f, PORTABLE_NR, &mut buf), &flipped, &mut out, &mut dirty(), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
+                            let f = drawable(&f, avx2::L * avx2::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::NV, avx2::MR, bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx2::L, avx2::nv(&f), [avx2::MR, avx2::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
+                            let f = drawable(&f, avx512::L * avx512::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
-                            drive(&f, avx512::L, avx512::NV, avx512::MR, bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx512::L, avx512::nv(&f), [avx512::MR, avx512::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }
                     for (i, (g, e)) in out.iter().zip(&want).enumerate() {
-                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu} [{i}]: {g} vs {e}", mean.is_some());
+                        assert!((f64::from(*g) - e).abs() < 1e-5 * (1.0 + e.abs()), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu} {:?} [{i}]: {g} vs {e}", mean.is_some(), matches!(drawn, Noise::Draw { .. }));
                     }
                 }
             }

@@ -14,7 +14,7 @@ use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
 
 use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
-use super::dense::{flipout_dense, FlipoutDense, Kernel, Weights};
+use super::dense::{self, flipout_dense, FlipoutDense, Kernel, Noise, Weights};
 use super::sparse::{self, Flip, Job};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
@@ -574,7 +574,7 @@ pub(crate) struct Scratch {
     unpooled: Vec<f32>,
     wino: winograd::Buffers,
     /// Weight panels and output sign bits of [`flipout_dense`].
-    panel: Vec<f32>,
+    panel: dense::Buffers,
     s_out_bits: Vec<u64>,
     /// Buffers of the pruned layers' transposed kernel.
     sparse: sparse::Scratch,
@@ -639,12 +639,16 @@ impl ScratchPool {
 
 impl Scratch {
     /// A free buffer for `len` values: the smallest one that holds them, else the largest
-    /// (grown), so that a thread's buffers settle at the sizes its layers need and are not
-    /// reallocated per sample (big ones come from mmap and fault their pages in again).
+    /// (grown) when it holds at least half of them, else a new one, so that a thread's buffers
+    /// settle at the sizes its layers need and are not reallocated per sample (big ones come
+    /// from mmap and fault their pages in again). Not growing a much smaller buffer keeps
+    /// it for the small requests: BNN-FC's input copy had grown into a third layer-sized
+    /// buffer's role, and two of them took turns being truncated and zero-filled back to
+    /// full length (1.7% of its run).
     fn take(&mut self, len: usize) -> Vec<f32> {
         let fits = (0..self.free.len()).filter(|&i| self.free[i].capacity() >= len).min_by_key(|&i| self.free[i].capacity());
-        let pick = fits.or_else(|| (0..self.free.len()).max_by_key(|&i| self.free[i].capacity()));
-        pick.map(|i| self.free.swap_remove(i)).unwrap_or_default()
+        let grow = || (0..self.free.len()).max_by_key(|&i| self.free[i].capacity()).filter(|&i| 2 * self.free[i].capacity() >= len);
+        fits.or_else(grow).map(|i| self.free.swap_remove(i)).unwrap_or_default()
     }
 
     /// A buffer of `len` values that the caller overwrites entirely (old contents kept).
@@ -754,17 +758,26 @@ impl Linear {
         let mut flipout = false;
         let mut reparam = false;
         let mut noise = std::mem::take(&mut ws.noise);
+        // The fused dense kernel's noise: drawn by the kernel into its weight panels.
+        let mut fused_noise = None;
         if let Draw::Sample(s, est) = draw {
             if let Some(bs) = &self.bias_sigma {
                 bias = s.gaussian(&self.bias_mu, bs);
             }
             if let Some(sig) = sigma {
-                noise.resize(sig.len(), 0.0);
                 match &self.kernel.weights {
                     // The dense kernel's draws for the kept weights: the results do not depend
                     // on which kernel `SparseKernels::Auto` timed faster.
-                    Weights::Sparse { csr, .. } => sparse::kept_noise(s, csr, sig, &mut noise),
-                    Weights::Dense { .. } => s.noise_into(sig, &mut noise),
+                    Weights::Sparse { csr, .. } => {
+                        noise.resize(sig.len(), 0.0);
+                        sparse::kept_noise(s, csr, sig, &mut noise)
+                    }
+                    // Same key, same values as `noise_into`.
+                    Weights::Dense { .. } if *est == Estimator::Flipout && self.fused_flipout() => fused_noise = Some(Noise::Draw { key: s.noise_key(), sigma: sig }),
+                    Weights::Dense { .. } => {
+                        noise.resize(sig.len(), 0.0);
+                        s.noise_into(sig, &mut noise)
+                    }
                 }
                 match est {
                     Estimator::Flipout => {
@@ -813,10 +826,10 @@ impl Linear {
             ws.noise = noise;
             return (out, pooled);
         }
-        if flipout && self.fused_flipout() {
+        if let (true, Some(fused_noise)) = (flipout, fused_noise) {
             let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean.as_slice());
-            let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: &noise, s_out: &ws.s_out_bits, bias: &bias, relu };
+            let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
             return (out, false);

@@ -81,12 +81,52 @@ fn pair(c: u32, k1: u32, k2: u32) -> (f32, f32) {
     (r * co, r * s)
 }
 
-/// `out[i] = sigma[i] * eps_i`, eps from counter `2 * pair` and `2 * pair + 1` hashes
-/// through Box–Muller (16 values = 8 pairs per step: the 8 `z0`, then the 8 `z1`).
+/// Where one weight-noise draw writes: `rows` runs of `len` values, run r being values
+/// `start + r * stride ..` of the layer's stream (the noise of the weights with those flat
+/// indices: `sigma` is read at the same indices) and stored at `out[r * out_stride..]`. A
+/// whole layer is one run; [`super::dense::flipout_dense`] draws a column panel's rows
+/// straight into its packed panel. Every run starts on a 16-value step (`start` and
+/// `stride` multiples of 16), so each value is the one the
+/// whole-layer draw gives at its index.
+#[derive(Clone, Copy, Debug)]
+pub struct Runs {
+    /// Stream index of run 0's first value.
+    pub start: usize,
+    /// Runs.
+    pub rows: usize,
+    /// Values per run.
+    pub len: usize,
+    /// Stream (and `sigma`) distance between runs.
+    pub stride: usize,
+    /// `out` distance between runs.
+    pub out_stride: usize,
+}
+
+impl Runs {
+    /// The first values of the stream, `len` of them, in order.
+    pub fn whole(len: usize) -> Runs {
+        Runs { start: 0, rows: 1, len, stride: 0, out_stride: 0 }
+    }
+}
+
+/// `out[i] = sigma[i] * eps_i` over the runs of `at`.
 #[inline(always)]
-fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+    for r in 0..at.rows {
+        let s0 = at.start + r * at.stride;
+        debug_assert!(s0.is_multiple_of(16), "a run starts off a step");
+        noise_run(k1, k2, s0 / 16, &sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
+    }
+}
+
+/// `out[i] = sigma[i] * eps_i` for values `16 * step + i` of the stream, eps from counter
+/// `2 * pair` and `2 * pair + 1` hashes through Box–Muller (16 values = 8 pairs per step: the
+/// 8 `z0`, then the 8 `z1`).
+#[inline(always)]
+fn noise_run(k1: u32, k2: u32, step: usize, sigma: &[f32], out: &mut [f32]) {
     const PAIRS: usize = 8;
-    for (j, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
+    for (i, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
+        let j = step + i;
         let mut z = [0f32; 2 * PAIRS];
         let (first, second) = z.split_at_mut(PAIRS);
         for (l, (z0, z1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
@@ -124,8 +164,8 @@ unsafe fn noise_at_avx2(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
-    noise_impl(k1, k2, sigma, out)
+unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+    noise_impl(k1, k2, sigma, out, at)
 }
 
 /// The 64 sign masks of one random word: bit i becomes the f32 sign bit of mask i. A test
@@ -251,32 +291,105 @@ unsafe fn noise_at_avx512(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mu
 /// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order without
 /// fused multiply-adds, so the values are bitwise the same.
 ///
+/// Runs that start off a 32-value step (a 16-value one) take the portable code.
+///
 /// # Safety
-/// The CPU supports AVX-512F (any lengths: full 32-value chunks of both slices are read and
-/// written with vector loads and stores, the rest by index).
+/// The CPU supports AVX-512F; the runs of `at` lie within `sigma` and `out` (full 32-value
+/// chunks are read and written with vector loads and stores, the rest by index).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32]) {
+unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
     use std::arch::x86_64::*;
     let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    for (j, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
-        let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
-        let (z0, z1) = pairs_avx512(c, k1, k2);
-        // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
-        let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
-        if sc.len() == 32 && oc.len() == 32 {
-            for (h, eps) in runs.into_iter().enumerate() {
-                let v = _mm512_mul_ps(_mm512_loadu_ps(sc.as_ptr().add(16 * h)), eps);
-                _mm512_storeu_ps(oc.as_mut_ptr().add(16 * h), v);
-            }
-        } else {
-            let mut eps = [0f32; 32];
-            _mm512_storeu_ps(eps.as_mut_ptr(), runs[0]);
-            _mm512_storeu_ps(eps.as_mut_ptr().add(16), runs[1]);
-            for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&eps)) {
-                *o = s * e;
+    for run in 0..at.rows {
+        let s0 = at.start + run * at.stride;
+        let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[run * at.out_stride..][..at.len]);
+        if !s0.is_multiple_of(32) {
+            noise_run(k1, k2, s0 / 16, sigma, out);
+            continue;
+        }
+        for (i, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
+            let j = s0 / 32 + i;
+            let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
+            let (z0, z1) = pairs_avx512(c, k1, k2);
+            // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
+            let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
+            if sc.len() == 32 && oc.len() == 32 {
+                for (h, eps) in runs.into_iter().enumerate() {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(sc.as_ptr().add(16 * h)), eps);
+                    _mm512_storeu_ps(oc.as_mut_ptr().add(16 * h), v);
+                }
+            } else {
+                let mut eps = [0f32; 32];
+                _mm512_storeu_ps(eps.as_mut_ptr(), runs[0]);
+                _mm512_storeu_ps(eps.as_mut_ptr().add(16), runs[1]);
+                for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&eps)) {
+                    *o = s * e;
+                }
             }
         }
+    }
+}
+
+/// One weight-noise draw of a [`Sampler`]: its values at any flat index, computed on demand
+/// (counter-based), bitwise those of [`Sampler::noise_into`].
+#[derive(Clone, Copy, Debug)]
+pub struct NoiseKey {
+    k1: u32,
+    k2: u32,
+}
+
+impl NoiseKey {
+    /// `out[r * at.out_stride + i] = sigma[v] * eps_v` for the values `v` of the runs of `at`
+    /// (`v = at.start + r * at.stride + i`).
+    ///
+    /// # Panics
+    /// When a run lies outside `sigma` or `out` (a caller's bug).
+    pub fn fill(&self, sigma: &[f32], out: &mut [f32], at: Runs) {
+        let (k1, k2) = (self.k1, self.k2);
+        if at.rows == 0 || at.len == 0 {
+            return;
+        }
+        let last = at.start + (at.rows - 1) * at.stride;
+        assert!(
+            last + at.len <= sigma.len() && (at.rows - 1) * at.out_stride + at.len <= out.len() && at.start.is_multiple_of(16) && (at.rows == 1 || at.stride.is_multiple_of(16)),
+            "noise runs off their slices or off the 16-value steps"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above); the runs lie within
+                // both slices (asserted above).
+                return unsafe { noise_avx512(k1, k2, sigma, out, at) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { noise_avx2(k1, k2, sigma, out, at) };
+            }
+        }
+        noise_impl(k1, k2, sigma, out, at)
+    }
+
+    /// `out[t] = sigma[t] * eps[idx[t]]`: the draw's values at the flat indices `idx`
+    /// (random access, bitwise those of [`NoiseKey::fill`] at the same indices).
+    ///
+    /// # Panics
+    /// When `sigma` or `out` is shorter than `idx` (a caller's bug).
+    pub fn fill_at(&self, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+        assert!(sigma.len() >= idx.len() && out.len() >= idx.len(), "noise_at_into: slices too short");
+        let (k1, k2) = (self.k1, self.k2);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked.
+                return unsafe { noise_at_avx512(k1, k2, idx, sigma, out) };
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe { noise_at_avx2(k1, k2, idx, sigma, out) };
+            }
+        }
+        noise_at_impl(k1, k2, idx, sigma, out)
     }
 }
 
@@ -304,22 +417,16 @@ impl Sampler {
 
     /// `out = sigma * eps`, eps ~ N(0, 1), elementwise, with the vectorized generator.
     pub fn noise_into(&mut self, sigma: &[f32], out: &mut [f32]) {
+        let len = sigma.len().min(out.len());
+        self.noise_key().fill(sigma, out, Runs::whole(len));
+    }
+
+    /// The key of the next weight-noise draw ([`Sampler::noise_into`] takes the same one
+    /// from the stream): the caller computes the draw's values where and when it needs them
+    /// with [`NoiseKey::fill`].
+    pub fn noise_key(&mut self) -> NoiseKey {
         let key: u64 = self.rng.random();
-        let (k1, k2) = (key as u32, (key >> 32) as u32);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // As the portable code, the shorter of the two lengths.
-                let len = sigma.len().min(out.len());
-                // SAFETY: the CPU supports AVX-512F (checked just above); equal lengths.
-                return unsafe { noise_avx512(k1, k2, &sigma[..len], &mut out[..len]) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { noise_avx2(k1, k2, sigma, out) };
-            }
-        }
-        noise_impl(k1, k2, sigma, out)
+        NoiseKey { k1: key as u32, k2: (key >> 32) as u32 }
     }
 
     /// `out[t] = sigma[t] * eps[idx[t]]`, eps being the standard normals that
@@ -330,21 +437,7 @@ impl Sampler {
     /// # Panics
     /// When `sigma` or `out` is shorter than `idx`.
     pub fn noise_at_into(&mut self, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
-        assert!(sigma.len() >= idx.len() && out.len() >= idx.len(), "noise_at_into: slices too short");
-        let key: u64 = self.rng.random();
-        let (k1, k2) = (key as u32, (key >> 32) as u32);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked.
-                return unsafe { noise_at_avx512(k1, k2, idx, sigma, out) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { noise_at_avx2(k1, k2, idx, sigma, out) };
-            }
-        }
-        noise_at_impl(k1, k2, idx, sigma, out)
+        self.noise_key().fill_at(idx, sigma, out)
     }
 
     /// `len` random sign masks (0 or the f32 sign bit, each with probability 1/2), 64 per
@@ -488,18 +581,49 @@ mod tests {
         for len in [1, 15, 16, 17, 31, 32, 33, 1000, 4096] {
             let sigma: Vec<f32> = (0..len).map(|i| 0.5 + i as f32 * 1e-3).collect();
             let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
-            noise_impl(3, 4, &sigma, &mut want);
+            noise_impl(3, 4, &sigma, &mut want, Runs::whole(len));
             if std::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports AVX-512F; the slices have the same length.
-                unsafe { noise_avx512(3, 4, &sigma, &mut got) };
+                unsafe { noise_avx512(3, 4, &sigma, &mut got, Runs::whole(len)) };
                 assert_eq!(got, want, "avx512, {len}");
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { noise_avx2(3, 4, &sigma, &mut got) };
+                unsafe { noise_avx2(3, 4, &sigma, &mut got, Runs::whole(len)) };
                 assert_eq!(got, want, "avx2, {len}");
             }
         }
+        // Runs (a column panel's rows, as the fused dense kernel draws them) give the whole
+        // draw's values at their indices, on every path: runs on 32-value steps and off them
+        // (start 16), lengths with tails, `out` strides wider than the runs.
+        let (k, n) = (37, 96);
+        let sigma: Vec<f32> = (0..k * n).map(|i| 0.5 + i as f32 * 1e-4).collect();
+        let mut whole = vec![0f32; k * n];
+        Sampler::new(5, 6).noise_into(&sigma, &mut whole);
+        for (start, rows, len, stride, out_stride) in [(0, 37, 32, 96, 64), (32, 36, 32, 96, 40), (16, 37, 16, 96, 16), (64, 37, 32, 96, 32), (48, 5, 21, 96, 30), (0, 1, 37 * 96, 0, 0), (80, 2, 7, 2048, 7)] {
+            let at = Runs { start, rows, len, stride, out_stride };
+            let want = |out: &[f32]| (0..rows).all(|r| out[r * out_stride..][..len] == whole[start + r * stride..][..len]);
+            let mut out = vec![f32::NAN; (rows - 1) * out_stride + len];
+            Sampler::new(5, 6).noise_key().fill(&sigma, &mut out, at);
+            assert!(want(&out), "dispatch {at:?}");
+            out.fill(f32::NAN);
+            let key = Sampler::new(5, 6).noise_key();
+            noise_impl(key.k1, key.k2, &sigma, &mut out, at);
+            assert!(want(&out), "portable {at:?}");
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                out.fill(f32::NAN);
+                // SAFETY: the CPU supports AVX-512F; the runs lie within the slices.
+                unsafe { noise_avx512(key.k1, key.k2, &sigma, &mut out, at) };
+                assert!(want(&out), "avx512 {at:?}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                out.fill(f32::NAN);
+                // SAFETY: the CPU supports AVX2 and FMA.
+                unsafe { noise_avx2(key.k1, key.k2, &sigma, &mut out, at) };
+                assert!(want(&out), "avx2 {at:?}");
+            }
         // Random access into the stream: every path gives the values of the whole draw at
         // the asked indices, bit for bit (scattered, repeated, out of order, every tail).
         for len in [1, 15, 16, 17, 33, 300] {
@@ -514,7 +638,7 @@ mod tests {
             let key: u64 = Xoshiro256PlusPlus::seed_from_u64(0).random();
             let (k1, k2) = (key as u32, (key >> 32) as u32);
             let mut dense = vec![0f32; total];
-            noise_impl(k1, k2, &vec![1.0; total], &mut dense);
+            noise_impl(k1, k2, &vec![1.0; total], &mut dense, Runs::whole(total));
             let want: Vec<f32> = idx.iter().zip(&sigma).map(|(&i, &s)| s * dense[i as usize]).collect();
             noise_at_impl(k1, k2, &idx, &sigma, &mut got);
             assert_eq!(got, want, "portable, {len}");
@@ -535,6 +659,7 @@ mod tests {
         }
         // Flat indices past 2^32 wrap as the dense draw's counters do.
         assert_eq!(counter(u32::MAX), ((((1u64 << 32) - 1) / 16 * 8 + 7) * 2) as u32);
+        }
         assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
         let pos = signs.iter().filter(|&&v| v > 0.0).count();
         assert!((420..580).contains(&pos), "{pos}");
