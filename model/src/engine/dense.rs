@@ -1,6 +1,7 @@
 //! The weights of one layer, dense or sparse, and their product with row-major activations
 //! or patch rows: `out[m, n] = p[m, k] @ W[k, n]`.
 
+use super::aligned::Aligned;
 use super::gemm::sgemm;
 use super::sampler::{NoiseKey, Runs};
 use super::sparse::Csr;
@@ -142,7 +143,7 @@ pub struct FlipoutDense<'a> {
 #[derive(Debug, Default)]
 pub struct Buffers {
     /// Packed weight panel blocks and the row tiles' partial sums.
-    panel: Vec<f32>,
+    panel: Aligned,
     /// The whole noise of a layer whose panel rows do not start on the noise generator's
     /// 16-value steps (n not a multiple of 16: BNN-FC's 10 logits), drawn before packing.
     noise: Vec<f32>,
@@ -249,7 +250,7 @@ const PORTABLE_NR: usize = 8;
 /// [`flipout_dense`] in plain Rust, 4 rows x 8 columns per tile (the fallback without AVX2,
 /// and the reference of the vector kernels' test).
 /// `panel_bytes` is the k blocks' panel size ([`PANEL_BYTES`]; the test makes it small).
-fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Vec<f32>, panel_bytes: usize) {
+fn portable(f: &FlipoutDense, xf: &[f32], out: &mut [f32], panel: &mut Aligned, panel_bytes: usize) {
     const NR: usize = PORTABLE_NR;
     drive(f, NR, 1, [4, 4], panel_bytes, panel, |t| {
         let w = if f.mean.is_some() { NR } else { 2 * NR };
@@ -308,7 +309,7 @@ struct Tile<'a> {
 /// width) into `scratch`, then calls `tile` for every `mr` rows (fewer in the last tile).
 /// With more than one k block, every row's partial sums wait in `scratch` behind the
 /// panel block (`m x width` values: 92 KB for 360 rows, in L2).
-fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Vec<f32>, mut tile: impl FnMut(Tile)) {
+fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Aligned, mut tile: impl FnMut(Tile)) {
     let (m, k, n) = (f.m, f.k, f.n);
     if m == 0 || n == 0 {
         return;
@@ -325,14 +326,8 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2],
         // Not cleared: packing writes every panel value (the padding too), and partial sums
         // are read only after they were stored (zero-filling was 5% of BNN-FC's profile).
         // The panel on a cache line boundary (rows of 64 or 128 bytes): vector loads that
-        // straddle two lines cost two L1 reads; a heap block is only 16-byte aligned (the
-        // 256 x 256 layer ran 1.2x slower on a misaligned panel).
-        let skip = scratch.as_ptr().align_offset(64).min(15);
-        if scratch.len() < skip + kc_max * w + acc_len {
-            scratch.resize(skip + kc_max * w + acc_len + 15, 0.0);
-        }
-        let skip = scratch.as_ptr().align_offset(64).min(15);
-        let (pn, acc) = scratch[skip..].split_at_mut(kc_max * w);
+        // straddle two lines cost two L1 reads.
+        let (pn, acc) = scratch.get(kc_max * w + acc_len).split_at_mut(kc_max * w);
         let mut p0 = 0;
         while p0 < k.max(1) {
             let kc = kc_max.min(k - p0);
@@ -700,20 +695,20 @@ mod tests {
                 for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: dirty(), noise: dirty() }),
-                        "portable" => portable(&drawable(&f, PORTABLE_NR, &mut buf), &flipped, &mut out, &mut dirty(), bytes),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: Aligned(dirty()), noise: dirty() }),
+                        "portable" => portable(&drawable(&f, PORTABLE_NR, &mut buf), &flipped, &mut out, &mut Aligned(dirty()), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
                         "avx2" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
                             let f = drawable(&f, avx2::L * avx2::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes.
-                            drive(&f, avx2::L, avx2::nv(&f), [avx2::MR, avx2::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx2::L, avx2::nv(&f), [avx2::MR, avx2::MR_NARROW], bytes, &mut Aligned(dirty()), |t| unsafe { avx2::tile_any(&f, &flipped, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
                             let f = drawable(&f, avx512::L * avx512::nv(&f), &mut buf);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes.
-                            drive(&f, avx512::L, avx512::nv(&f), [avx512::MR, avx512::MR_NARROW], bytes, &mut dirty(), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
+                            drive(&f, avx512::L, avx512::nv(&f), [avx512::MR, avx512::MR_NARROW], bytes, &mut Aligned(dirty()), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
                         _ => continue,
                     }

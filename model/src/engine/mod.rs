@@ -6,6 +6,7 @@
 //! then call [`Model::predict_mean`] or [`Model::predict_mc`]; [`metrics::evaluate`] scores
 //! the result.
 
+mod aligned;
 pub mod conv;
 pub mod dense;
 pub mod gemm;

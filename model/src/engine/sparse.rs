@@ -11,6 +11,7 @@
 //! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). [`forward`] runs
 //! a whole pruned layer on it.
 
+use super::aligned::Aligned;
 use super::conv::Window;
 use super::sampler::Sampler;
 
@@ -1018,28 +1019,6 @@ fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
         return unsafe { fold_avx2(noise, chan, s, out) };
     }
     fold(noise, chan, s, out)
-}
-
-/// A reusable float buffer handed out at a 64-byte boundary: the transposed kernels' vector
-/// loads and stores (64 bytes, at offsets that are multiples of 16 values) then never straddle
-/// two cache lines (a heap block starts 16 bytes past one: split loads made
-/// [`Csr::spmm_t`] twice as slow).
-#[derive(Default)]
-struct Aligned(Vec<f32>);
-
-impl Aligned {
-    /// `len` values starting at a 64-byte boundary; what they hold is unspecified (earlier
-    /// contents, possibly shifted, or zeros): the caller overwrites them.
-    fn get(&mut self, len: usize) -> &mut [f32] {
-        const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
-        // Only ever grown: layers of different sizes share the buffer, and shrinking it made
-        // every larger layer fill the difference with zeros again (7% of a pruned BNN-FC).
-        if self.0.len() < len + SLACK {
-            self.0.resize(len + SLACK, 0.0);
-        }
-        let off = (64 - self.0.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
-        &mut self.0[off..off + len]
-    }
 }
 
 /// Transposed activations of `k` rows and `cols` columns in `buf`, whose padding columns (up
