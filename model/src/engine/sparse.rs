@@ -249,8 +249,6 @@ pub enum Pass<'a> {
     One(&'a [f32]),
     /// `ya = A x` and `yb = B x`: one load of each activation vector for both.
     Two(&'a [f32], &'a [f32]),
-    /// `ya = A x` and `yb = B xb` (`xb` laid out as `x`).
-    Split(&'a [f32], &'a [f32], &'a [f32]),
 }
 
 /// 16 floats in registers: the operations the transposed kernel is written in, once for
@@ -380,7 +378,6 @@ impl Vector for Avx512 {
 #[derive(Clone, Copy)]
 struct Operands {
     xa: *const f32,
-    xb: *const f32,
     a: *const f32,
     b: *const f32,
     ya: *mut f32,
@@ -393,17 +390,17 @@ struct Operands {
 
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
 /// weights of output `j` stream by once per block, each one a broadcast and one load and
-/// fused multiply-add per vector and product (`TWO`: a second product; `SAME`: on the same
+/// fused multiply-add per vector and product (`TWO`: a second product on the same
 /// activations, no second load).
 ///
 /// # Safety
 /// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa` (and `xb`), `nnz` values behind `a` (and `b`),
+/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`),
 /// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
 #[inline(always)]
-unsafe fn spmm<V: Vector, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands) {
+unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
-    unsafe fn block<V: Vector, const NV: usize, const TWO: bool, const SAME: bool>(csr: &Csr, op: Operands, c0: usize) {
+    unsafe fn block<V: Vector, const NV: usize, const TWO: bool>(csr: &Csr, op: Operands, c0: usize) {
         // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
         // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
         let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
@@ -434,12 +431,10 @@ unsafe fn spmm<V: Vector, const TWO: bool, const SAME: bool>(csr: &Csr, op: Oper
                         let pa = op.xa.add(off);
                         if TWO {
                             let wb = V::splat(*op.b.add(nz));
-                            let pb = op.xb.add(off);
                             for l in 0..NV {
                                 let x = V::load(pa.add(l * LANES));
                                 ra[l] = V::fma(wa, x, ra[l]);
-                                let xb = if SAME { x } else { V::load(pb.add(l * LANES)) };
-                                rb[l] = V::fma(wb, xb, rb[l]);
+                                rb[l] = V::fma(wb, x, rb[l]);
                             }
                         } else {
                             for (l, r) in ra.iter_mut().enumerate() {
@@ -463,14 +458,14 @@ unsafe fn spmm<V: Vector, const TWO: bool, const SAME: bool>(csr: &Csr, op: Oper
     unsafe {
         while c0 < op.cols {
             match ((op.cols - c0) / LANES).min(V::BLOCK) {
-                1 => block::<V, 1, TWO, SAME>(csr, op, c0),
-                2 => block::<V, 2, TWO, SAME>(csr, op, c0),
-                3 => block::<V, 3, TWO, SAME>(csr, op, c0),
-                4 => block::<V, 4, TWO, SAME>(csr, op, c0),
-                5 => block::<V, 5, TWO, SAME>(csr, op, c0),
-                6 => block::<V, 6, TWO, SAME>(csr, op, c0),
-                7 => block::<V, 7, TWO, SAME>(csr, op, c0),
-                _ => block::<V, VECS, TWO, SAME>(csr, op, c0),
+                1 => block::<V, 1, TWO>(csr, op, c0),
+                2 => block::<V, 2, TWO>(csr, op, c0),
+                3 => block::<V, 3, TWO>(csr, op, c0),
+                4 => block::<V, 4, TWO>(csr, op, c0),
+                5 => block::<V, 5, TWO>(csr, op, c0),
+                6 => block::<V, 6, TWO>(csr, op, c0),
+                7 => block::<V, 7, TWO>(csr, op, c0),
+                _ => block::<V, VECS, TWO>(csr, op, c0),
             }
             c0 += V::BLOCK * LANES;
         }
@@ -483,9 +478,8 @@ unsafe fn spmm_any<V: Vector>(csr: &Csr, op: Operands, pass: &Pass) {
     // SAFETY: the caller's contract.
     unsafe {
         match pass {
-            Pass::One(_) => spmm::<V, false, false>(csr, op),
-            Pass::Two(..) => spmm::<V, true, true>(csr, op),
-            Pass::Split(..) => spmm::<V, true, false>(csr, op),
+            Pass::One(_) => spmm::<V, false>(csr, op),
+            Pass::Two(..) => spmm::<V, true>(csr, op),
         }
     }
 }
@@ -507,8 +501,8 @@ unsafe fn spmm_avx2(csr: &Csr, op: Operands, pass: &Pass) {
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
     /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
-    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] / [`Pass::Split`] the same
-    /// with B into `yb` (on `x`, or on `xb`). `x` holds `X^T` (`[k, cols]`) in panels
+    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`.
+    /// `x` holds `X^T` (`[k, cols]`) in panels
     /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
     /// their inputs give, which must be finite).
     ///
@@ -558,20 +552,18 @@ impl Checked<'_> {
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         let len = panels_len(k, cols);
         let (cols, ld) = (padded(cols), padded(cols));
-        let (a, b, xb) = match pass {
-            Pass::One(a) => (a, a, x),
-            Pass::Two(a, b) => (a, b, x),
-            Pass::Split(a, b, xb) => (a, b, xb),
+        let (a, b) = match pass {
+            Pass::One(a) => (a, a),
+            Pass::Two(a, b) => (a, b),
         };
         let two = !matches!(pass, Pass::One(_));
-        assert!(x.len() >= len && xb.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
+        assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
         assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
         if cols == 0 || n == 0 {
             return;
         }
         let op = Operands {
             xa: x.as_ptr(),
-            xb: xb.as_ptr(),
             a: a.as_ptr(),
             b: b.as_ptr(),
             ya: ya.as_mut_ptr(),
@@ -1063,9 +1055,9 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
         match (job.a, job.flip) {
-            // Two passes, each with one activation stream, ran 1.2-1.4x faster than one
-            // `Pass::Split` (two loads per pair of fused multiply-adds: the kernel is bound
-            // by its loads).
+            // Two passes, each with one activation stream, ran 1.2-1.4x faster than one pass
+            // over both streams (two loads per pair of fused multiply-adds: the kernel is
+            // bound by its loads; that pass was removed).
             (Some(a), Some(f)) => {
                 csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []);
                 csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []);
@@ -1208,12 +1200,11 @@ mod transposed_tests {
             let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
             let ld = padded(cols);
             let mut x = values(panels_len(k, cols), 3);
-            let xb = values(panels_len(k, cols), 4);
             // Padding columns: whatever they hold must not reach the real columns.
             x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 1e30);
             let direct = |w: &[f32], x: &[f32], j: usize, c: usize| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)])).sum::<f64>();
             for isa in isas() {
-                for pass in [Pass::One(&a), Pass::Two(&a, &b), Pass::Split(&a, &b, &xb)] {
+                for pass in [Pass::One(&a), Pass::Two(&a, &b)] {
                     let (mut ya, mut yb) = (vec![0f32; n * ld], vec![0f32; n * ld]);
                     csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
                     for j in 0..n {
@@ -1223,7 +1214,6 @@ mod transposed_tests {
                             let want_b = match pass {
                                 Pass::One(_) => continue,
                                 Pass::Two(..) => direct(&wb, &x, j, c),
-                                Pass::Split(..) => direct(&wb, &xb, j, c),
                             };
                             assert!((f64::from(yb[j * ld + c]) - want_b).abs() < 1e-5, "{isa:?} {k}x{n} b[{j}, {c}]");
                         }
