@@ -41,7 +41,9 @@ fn prune(posts: &mut [Posterior], t: f32) {
 fn csr_and_dense_kernels_give_the_same_predictions() {
     let (x_all, y_all) = test_set();
     // The conv net is ~50x slower per example in a debug build: a sixth of the test set.
-    for (folder, n, samples) in [("tf1_bnn_fc", 360, 100), ("tf1_bnn_conv", 60, 40)] {
+    // BNN-FC at 400 samples: two seeds' correct counts differ by about 1.8 examples (standard
+    // deviation over 64 seeds at 100 samples), which made the bound of 3 a two-sigma one.
+    for (folder, n, samples) in [("tf1_bnn_fc", 360, 400), ("tf1_bnn_conv", 60, 40)] {
         let (x, y) = (&x_all[..n * 64], &y_all[..n]);
         let (arch, mut posts) = load(folder);
         prune(&mut posts, 0.8);

@@ -3,8 +3,11 @@
 //!
 //! Weight noise (millions of normal draws per sample on conv nets) comes from a vectorized
 //! generator: a counter-based hash (two keyed rounds of a 32-bit integer mixer per uniform)
-//! and the Box–Muller transform with branch-free polynomial `ln`, `sin` and `cos` (Cephes
-//! coefficients, about 1e-7 relative error), 8 or 16 lanes wide once compiled for AVX2.
+//! and the Box–Muller transform with branch-free polynomial `ln` (Cephes), and `sin`/`cos`
+//! of a 24-bit angle (the quarter turn taken off in integers, Cephes minimax polynomials on
+//! [-pi/4, pi/4]), all Horner steps fused multiply-adds (about 1e-7 error), 16 lanes wide
+//! with AVX-512. Every path (AVX-512, AVX2, portable) runs the same operations with IEEE
+//! fused multiply-adds, so all give the same bits.
 //! The key of each call comes from the sample's Xoshiro256++ stream, so the draws stay
 //! reproducible per (seed, sample).
 
@@ -33,7 +36,18 @@ fn hash(c: u32, k1: u32, k2: u32) -> u32 {
     mix32(mix32(c ^ k1).wrapping_add(k2))
 }
 
-/// Natural logarithm of a positive, normal f32 (Cephes `logf`), branch-free.
+/// Coefficients of Cephes `logf`'s polynomial, highest first.
+const LN_P: [f32; 9] = [7.037_683_6e-2, -1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1];
+/// Cephes `sinf` on [-pi/4, pi/4]: `sin a = a + a z (S0 + z (S1 + z S2))`, z = a^2.
+const SIN_P: [f32; 3] = [-1.951_529_6e-4, 8.332_161e-3, -1.666_665_5e-1];
+/// Cephes `cosf` on [-pi/4, pi/4]: `cos a = 1 - z / 2 + z^2 (C0 + z (C1 + z C2))`.
+const COS_P: [f32; 3] = [2.443_315_7e-5, -1.388_731_6e-3, 4.166_664_6e-2];
+/// Radians per unit of a 24-bit angle (2 pi / 2^24).
+const ANGLE_UNIT: f32 = std::f32::consts::TAU / (1u32 << 24) as f32;
+
+/// Natural logarithm of a positive, normal f32 (Cephes `logf` with fused multiply-adds),
+/// branch-free. The vector paths repeat it operation for operation: IEEE fused
+/// multiply-adds round once everywhere, so every path gives the same bits.
 #[inline(always)]
 pub(crate) fn ln(x: f32) -> f32 {
     let bits = x.to_bits();
@@ -46,38 +60,35 @@ pub(crate) fn ln(x: f32) -> f32 {
     let e = e as f32;
     let f = m - 1.0;
     let z = f * f;
-    let mut p = 7.037_683_6e-2f32;
-    for c in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
-        p = p * f + c;
-    }
-    let y = f * z * p + e * -2.121_944_4e-4 - 0.5 * z;
-    f + y + e * 0.693_359_4
+    let p = LN_P[1..].iter().fold(LN_P[0], |p, &c| p.mul_add(f, c));
+    let y = (f * z).mul_add(p, e.mul_add(-2.121_944_4e-4, -0.5 * z));
+    e.mul_add(0.693_359_4, f + y)
 }
 
-/// `(sin t, cos t)` for t in [-pi, pi], branch-free (reduced to [-pi/2, pi/2], Taylor
-/// polynomials to degree 11 and 12).
+/// `(sin, cos)` of the angle `2 pi h / 2^24` for `h < 2^24`, branch-free: the nearest
+/// quarter turn is taken off in integers (exact), the rest, in [-pi/4, pi/4], goes through
+/// Cephes' minimax polynomials (degree 7 and 8: half the work of Taylor series over
+/// [-pi/2, pi/2]), and the quarter turn swaps and negates.
 #[inline(always)]
-pub(crate) fn sin_cos(t: f32) -> (f32, f32) {
-    use std::f32::consts::{FRAC_PI_2, PI};
-    let hi = t > FRAC_PI_2;
-    let lo = t < -FRAC_PI_2;
-    let r = if hi { PI - t } else if lo { -PI - t } else { t };
-    let cs = if hi || lo { -1.0 } else { 1.0 };
-    let z = r * r;
-    let s = r * (1.0 + z * (-1.0 / 6.0 + z * (1.0 / 120.0 + z * (-1.0 / 5040.0 + z * (1.0 / 362_880.0 + z * (-1.0 / 39_916_800.0))))));
-    let c = 1.0 + z * (-0.5 + z * (1.0 / 24.0 + z * (-1.0 / 720.0 + z * (1.0 / 40320.0 + z * (-1.0 / 3_628_800.0 + z * (1.0 / 479_001_600.0))))));
-    (s, cs * c)
+pub(crate) fn sin_cos_turn(h: u32) -> (f32, f32) {
+    let q = (h + (1 << 21)) >> 22;
+    let a = (h as i32 - (q << 22) as i32) as f32 * ANGLE_UNIT;
+    let z = a * a;
+    let s = (a * z).mul_add(SIN_P[1..].iter().fold(SIN_P[0], |p, &c| p.mul_add(z, c)), a);
+    let c = (z * z).mul_add(COS_P[1..].iter().fold(COS_P[0], |p, &c| p.mul_add(z, c)), (-0.5f32).mul_add(z, 1.0));
+    // Quarter turns 0..3: (s, c), (c, -s), (-s, -c), (-c, s).
+    let (s, c) = if q & 1 == 0 { (s, c) } else { (c, s) };
+    (f32::from_bits(s.to_bits() ^ ((q & 2) << 30)), f32::from_bits(c.to_bits() ^ (((q + 1) & 2) << 30)))
 }
 
 /// The Box–Muller pair of counter `c` (even): `(z0, z1)` from the hashes of `c` and `c | 1`.
 #[inline(always)]
 fn pair(c: u32, k1: u32, k2: u32) -> (f32, f32) {
     let scale = 1.0 / (1u32 << 24) as f32;
-    // u1 in (0, 1] (ln finite), u2 in [0, 1).
+    // u1 in (0, 1] (ln finite), the angle in [0, 2 pi).
     let u1 = 1.0 - (hash(c, k1, k2) >> 8) as f32 * scale;
-    let u2 = (hash(c | 1, k1, k2) >> 8) as f32 * scale;
     let r = (-2.0 * ln(u1)).sqrt();
-    let (s, co) = sin_cos(std::f32::consts::TAU * u2 - std::f32::consts::PI);
+    let (s, co) = sin_cos_turn(hash(c | 1, k1, k2) >> 8);
     (r * co, r * s)
 }
 
@@ -205,7 +216,7 @@ fn word_masks_into(bits: u64, out: &mut [std::mem::MaybeUninit<u32>]) {
 }
 
 /// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
-/// for operation (no fused multiply-adds): bitwise the same `(z0, z1)`.
+/// for operation (fused multiply-adds where it has them): bitwise the same `(z0, z1)`.
 ///
 /// # Safety
 /// The CPU supports AVX-512F.
@@ -214,9 +225,10 @@ fn word_masks_into(bits: u64, out: &mut [std::mem::MaybeUninit<u32>]) {
 #[inline]
 unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
     use std::arch::x86_64::*;
-    use std::f32::consts::{FRAC_PI_2, PI, SQRT_2, TAU};
+    use std::f32::consts::SQRT_2;
     let f = _mm512_set1_ps;
     let (add, sub, mul) = (|a, b| _mm512_add_ps(a, b), |a, b| _mm512_sub_ps(a, b), |a, b| _mm512_mul_ps(a, b));
+    let fma = |a, b, c| _mm512_fmadd_ps(a, b, c);
     let mix = |x: __m512i| {
         let x = _mm512_xor_si512(x, _mm512_srli_epi32::<16>(x));
         let x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb_352d));
@@ -228,7 +240,6 @@ unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std:
     let uniform = |h: __m512i| mul(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)), f(1.0 / (1u32 << 24) as f32));
     let one = f(1.0);
     let u1 = sub(one, uniform(hash(c)));
-    let u2 = uniform(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
     // ln(u1), as `ln`.
     let bits = _mm512_castps_si512(u1);
     let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
@@ -238,26 +249,23 @@ unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std:
     let e = _mm512_cvtepi32_ps(_mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1)));
     let x = sub(m, one);
     let z = mul(x, x);
-    let mut p = f(7.037_683_6e-2);
-    for k in [-1.151_461e-1, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_5e-1, -2.499_999_4e-1, 3.333_333e-1] {
-        p = add(mul(p, x), f(k));
-    }
-    let y = sub(add(mul(mul(x, z), p), mul(e, f(-2.121_944_4e-4))), mul(f(0.5), z));
-    let ln = add(add(x, y), mul(e, f(0.693_359_4)));
+    let p = LN_P[1..].iter().fold(f(LN_P[0]), |p, &k| fma(p, x, f(k)));
+    let y = fma(mul(x, z), p, fma(e, f(-2.121_944_4e-4), mul(f(-0.5), z)));
+    let ln = fma(e, f(0.693_359_4), add(x, y));
     let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
-    // sin_cos(TAU * u2 - PI), as `sin_cos`.
-    let t = sub(mul(f(TAU), u2), f(PI));
-    let hi = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(t, f(FRAC_PI_2));
-    let lo = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(t, f(-FRAC_PI_2));
-    let a = _mm512_mask_blend_ps(lo, t, sub(f(-PI), t));
-    let a = _mm512_mask_blend_ps(hi, a, sub(f(PI), t));
-    let cs = _mm512_mask_blend_ps(hi | lo, one, f(-1.0));
+    // sin_cos_turn(h >> 8), as there.
+    let h = _mm512_srli_epi32::<8>(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
+    let q = _mm512_srli_epi32::<22>(_mm512_add_epi32(h, _mm512_set1_epi32(1 << 21)));
+    let a = mul(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, _mm512_slli_epi32::<22>(q))), f(ANGLE_UNIT));
     let z = mul(a, a);
-    let horner = |cs: &[f32]| cs.iter().rev().skip(1).fold(f(cs[cs.len() - 1]), |acc, &k| add(f(k), mul(z, acc)));
-    let sin = mul(a, horner(&[1.0, -1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362_880.0, -1.0 / 39_916_800.0]));
-    let cos = horner(&[1.0, -0.5, 1.0 / 24.0, -1.0 / 720.0, 1.0 / 40320.0, -1.0 / 3_628_800.0, 1.0 / 479_001_600.0]);
-    let (z0, z1) = (mul(r, mul(cs, cos)), mul(r, sin));
-    (z0, z1)
+    let s = fma(mul(a, z), SIN_P[1..].iter().fold(f(SIN_P[0]), |p, &k| fma(p, z, f(k))), a);
+    let co = fma(mul(z, z), COS_P[1..].iter().fold(f(COS_P[0]), |p, &k| fma(p, z, f(k))), fma(f(-0.5), z, one));
+    let swap = _mm512_test_epi32_mask(q, _mm512_set1_epi32(1));
+    let (s, co) = (_mm512_mask_blend_ps(swap, s, co), _mm512_mask_blend_ps(swap, co, s));
+    let two = _mm512_set1_epi32(2);
+    let s = _mm512_xor_si512(_mm512_castps_si512(s), _mm512_slli_epi32::<30>(_mm512_and_si512(q, two)));
+    let co = _mm512_xor_si512(_mm512_castps_si512(co), _mm512_slli_epi32::<30>(_mm512_and_si512(_mm512_add_epi32(q, _mm512_set1_epi32(1)), two)));
+    (mul(r, _mm512_castsi512_ps(co)), mul(r, _mm512_castsi512_ps(s)))
 }
 
 /// [`noise_at_impl`] in AVX-512, 16 indices per step: their pairs' counters, the pairs by
@@ -288,8 +296,8 @@ unsafe fn noise_at_avx512(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mu
 }
 
 /// [`noise_impl`] written out in AVX-512 (LLVM vectorized it only 8 lanes wide, and spent
-/// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order without
-/// fused multiply-adds, so the values are bitwise the same.
+/// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order, so the
+/// values are bitwise the same.
 ///
 /// Runs that start off a 32-value step (a 16-value one) take the portable code.
 ///
@@ -529,11 +537,88 @@ mod tests {
         for i in 1..=100_000u32 {
             let x = i as f32 / 100_000.0;
             assert!((ln(x) - x.ln()).abs() <= 2e-7 * x.ln().abs().max(1.0), "ln({x})");
-            let t = (x * 2.0 - 1.0) * std::f32::consts::PI;
-            let (s, c) = sin_cos(t);
-            assert!((s - t.sin()).abs() < 1e-6 && (c - t.cos()).abs() < 1e-6, "sin_cos({t}) = {s}, {c}");
+        }
+        // Every 24-bit angle near the quarter-turn seams and a stride over the rest, against
+        // f64 libm: 1e-7 absolute is a few float ulps of 1.
+        let seams = (0..5u32).flat_map(|q| (0..2000u32).map(move |d| (q << 22).wrapping_add(d).wrapping_sub(1000) & 0xff_ffff));
+        for h in seams.chain((0..1 << 24).step_by(97)) {
+            let t = std::f64::consts::TAU * f64::from(h) / f64::from(1u32 << 24);
+            let (s, c) = sin_cos_turn(h);
+            assert!((f64::from(s) - t.sin()).abs() < 1.2e-7 && (f64::from(c) - t.cos()).abs() < 1.2e-7, "sin_cos_turn({h}) = {s}, {c}");
         }
         assert!((ln(1e-30) - 1e-30f32.ln()).abs() < 1e-5);
+    }
+
+    /// erfc to 1.2e-7 relative (Numerical Recipes' Chebyshev fit), in f64: the reference
+    /// normal CDF of the statistical tests.
+    fn erfc(x: f64) -> f64 {
+        let z = x.abs();
+        let t = 1.0 / (1.0 + 0.5 * z);
+        let c = [-1.265_512_23, 1.000_023_68, 0.374_091_96, 0.096_784_18, -0.186_288_06, 0.278_868_07, -1.135_203_98, 1.488_515_87, -0.822_152_23, 0.170_872_77];
+        let poly = c.iter().rev().fold(0.0, |acc, &k| acc * t + k);
+        let r = t * (-z * z + poly).exp();
+        if x >= 0.0 {
+            r
+        } else {
+            2.0 - r
+        }
+    }
+
+    /// The standard normal CDF.
+    fn phi(x: f64) -> f64 {
+        0.5 * erfc(-x / std::f64::consts::SQRT_2)
+    }
+
+    #[test]
+    fn four_million_draws_are_standard_normal_and_independent() {
+        // Four draws (keys) of 2^20 values each, as layers draw them.
+        let per = 1 << 20;
+        let mut a = Vec::new();
+        let mut s = Sampler::new(2026, 12);
+        for _ in 0..4 {
+            let mut out = vec![0f32; per];
+            s.noise_into(&vec![1.0; per], &mut out);
+            a.extend(out.into_iter().map(f64::from));
+        }
+        let n = a.len() as f64;
+        // Moments against 5 standard errors (1/sqrt n, sqrt(2/n), sqrt(6/n), sqrt(24/n)).
+        let moment = |p: i32| a.iter().map(|v| v.powi(p)).sum::<f64>() / n;
+        let se = |v: f64| 5.0 * (v / n).sqrt();
+        assert!(moment(1).abs() < se(1.0), "mean {}", moment(1));
+        assert!((moment(2) - 1.0).abs() < se(2.0), "variance {}", moment(2));
+        assert!(moment(3).abs() < se(15.0), "third moment {}", moment(3));
+        assert!((moment(4) - 3.0).abs() < se(96.0), "fourth moment {}", moment(4));
+        // Two-sided tails beyond 3, 4 and 5 sigma against the exact normal, at 5 binomial
+        // standard errors (about 270 draws beyond 4 sigma, 2.4 beyond 5).
+        for k in [3.0, 4.0, 5.0] {
+            let p = 2.0 * phi(-k);
+            let got = a.iter().filter(|v| v.abs() > k).count() as f64;
+            assert!((got - n * p).abs() < 5.0 * (n * p).sqrt() + 3.0, "beyond {k} sigma: {got} draws, expected {}", n * p);
+        }
+        // Kolmogorov-Smirnov against the normal CDF: the 0.1% critical value is 1.95 / sqrt n.
+        let mut sorted = a.clone();
+        sorted.sort_by(f64::total_cmp);
+        let d = sorted.iter().enumerate().map(|(i, &v)| {
+            let f = phi(v);
+            (f - i as f64 / n).abs().max(((i + 1) as f64 / n - f).abs())
+        });
+        let d = d.fold(0.0, f64::max);
+        assert!(d < 1.95 / n.sqrt(), "KS distance {d}");
+        // Independence of neighbours: the quartile cells of (a[i], a[i + lag]) are
+        // equiprobable under independence; chi-square with 15 degrees of freedom, 0.1%
+        // critical value 37.7. Lag 8 pairs the two values of one Box-Muller pair; 16 and 32
+        // cross the generator's steps.
+        let q = 0.674_489_750_196_081_7;
+        let cell = |v: f64| usize::from(v > -q) + usize::from(v > 0.0) + usize::from(v > q);
+        for lag in [1, 7, 8, 9, 16, 32] {
+            let mut counts = [0f64; 16];
+            for (x, y) in a.iter().zip(&a[lag..]) {
+                counts[4 * cell(*x) + cell(*y)] += 1.0;
+            }
+            let e = (n - lag as f64) / 16.0;
+            let chi2 = counts.iter().map(|c| (c - e).powi(2) / e).sum::<f64>();
+            assert!(chi2 < 37.7, "lag {lag}: chi-square {chi2}");
+        }
     }
 
     #[test]
