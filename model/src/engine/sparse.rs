@@ -690,15 +690,27 @@ unsafe fn transpose_avx512(src: &[f32], mask: Option<&[u32]>, ld_s: usize, rows:
     transpose_tiles(src, mask, ld_s, rows, cols, dst, ld_d, rb, cb);
 }
 
-/// Stores the transpose of the 16 x 16 block `v` (16 rows of 16) at `dst`, rows `ld` apart:
-/// four rounds of shuffles (32-bit pairs, 64-bit pairs, then 128-bit lanes twice).
+/// Stores the transpose of the 16 x 16 block `v` (16 rows of 16) at `dst`, rows `ld` apart.
 ///
 /// # Safety
 /// AVX-512F is supported; `dst` holds 16 rows of 16 values, `ld` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store_t16(mut v: [std::arch::x86_64::__m512; TB], dst: *mut f32, ld: usize) {
+unsafe fn store_t16(v: [std::arch::x86_64::__m512; TB], dst: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    for (j, row) in t16(v).into_iter().enumerate() {
+        // SAFETY: row j of the block, inside `dst` by the caller's contract.
+        unsafe { _mm512_storeu_ps(dst.add(j * ld), row) };
+    }
+}
+
+/// The transpose of the 16 x 16 block `v` (16 rows of 16) in registers: four rounds of
+/// shuffles (32-bit pairs, 64-bit pairs, then 128-bit lanes twice).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn t16(mut v: [std::arch::x86_64::__m512; TB]) -> [std::arch::x86_64::__m512; TB] {
     use std::arch::x86_64::*;
     // Within each 128-bit lane: rows 4q..4q+4 of column 4L + t gathered into vector
     // 4q + t (two rounds), then the lanes of every column brought together.
@@ -722,14 +734,13 @@ unsafe fn store_t16(mut v: [std::arch::x86_64::__m512; TB], dst: *mut f32, ld: u
             t[8 * h + 4 + t4] = _mm512_shuffle_f32x4::<0xDD>(a, b);
         }
     }
+    let mut rows = [_mm512_setzero_ps(); TB];
     for j in 0..TB / 2 {
         let (a, b) = (t[j], t[8 + j]);
-        // SAFETY: rows j and j + 8 of the block, inside `dst` by the caller's contract.
-        unsafe {
-            _mm512_storeu_ps(dst.add(j * ld), _mm512_shuffle_f32x4::<0x88>(a, b));
-            _mm512_storeu_ps(dst.add((j + 8) * ld), _mm512_shuffle_f32x4::<0xDD>(a, b));
-        }
+        rows[j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+        rows[j + 8] = _mm512_shuffle_f32x4::<0xDD>(a, b);
     }
+    rows
 }
 
 /// The sign mask (0 or the f32 sign bit) of bit `p` of `bits`.
@@ -1224,8 +1235,27 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
     let u = job.csr.rows;
     let isa = Isa::detect();
     let mean = job.a.is_some();
+    // Flipout with both products, whole 16-row strips, on AVX-512: fused (below).
+    #[cfg(target_arch = "x86_64")]
+    let fused = match job.flip {
+        Some(f) if mean && isa == Isa::Avx512 => {
+            // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
+            let last = r0 + cols;
+            assert!(ya.len() >= u * ld && yb.len() >= u * ld && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
+            assert!(f.s_out.len() >= last.div_ceil(rpe.max(1)) * u && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
+            true
+        }
+        _ => false,
+    };
     for c0 in (0..cols).step_by(LANES) {
         let w = LANES.min(cols - c0);
+        #[cfg(target_arch = "x86_64")]
+        if fused && w == LANES {
+            // SAFETY: AVX-512F is supported (detected); the bounds were checked above and
+            // c0 + 16 <= cols.
+            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, ld, ya, yb, out) };
+            continue;
+        }
         let rows = &mut out[(r0 + c0) * u..(r0 + c0 + w) * u];
         // The first term straight into the rows; with both, the perturbation into the tile.
         match (mean, job.flip.is_some()) {
@@ -1255,6 +1285,69 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
             }
             if job.relu {
                 row.iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        }
+    }
+}
+
+/// [`finish`] of output rows `r..r + 16` (columns `c0..c0 + 16` of the products) for
+/// Flipout with both products on AVX-512: each 16 x 16 block of `ya` and of `yb` transposed in
+/// registers and combined there with the output signs, bias, base and ReLU, one store per
+/// output vector (the rows and the perturbation tile were written and read back before).
+///
+/// # Safety
+/// AVX-512F is supported; `job.flip` is given; `ya` and `yb` hold `units * ld` values,
+/// `c0 + 16 <= ld`; `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
+/// `((r + 15) / rpe + 1) * units`, the bias `units`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let u = job.csr.rows;
+    let ub = u / TB * TB;
+    let Some(f) = job.flip else { return };
+    let zero = _mm512_setzero_ps();
+    let sign_of = |m: u32, v: f32| f32::from_bits(v.to_bits() ^ m);
+    // SAFETY: every offset below is inside the slices by the contract above.
+    unsafe {
+        for j0 in (0..ub).step_by(TB) {
+            let (mut va, mut vb) = ([zero; TB], [zero; TB]);
+            for l in 0..TB {
+                va[l] = _mm512_loadu_ps(ya.as_ptr().add((j0 + l) * ld + c0));
+                vb[l] = _mm512_loadu_ps(yb.as_ptr().add((j0 + l) * ld + c0));
+            }
+            // ta[i], tb[i]: output row r + i, units j0..j0 + 16.
+            let (ta, tb) = (t16(va), t16(vb));
+            let bias = _mm512_loadu_ps(job.bias.as_ptr().add(j0));
+            for i in 0..TB {
+                let row = r + i;
+                let s = _mm512_loadu_si512(f.s_out.as_ptr().add((row / rpe) * u + j0).cast());
+                let pert = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(tb[i]), s));
+                // The same order of additions as the row pass: bias + mean + perturbation.
+                let mut o = _mm512_add_ps(_mm512_add_ps(bias, ta[i]), pert);
+                if let Some(base) = job.base {
+                    o = _mm512_add_ps(o, _mm512_loadu_ps(base.as_ptr().add(row * u + j0)));
+                }
+                if job.relu {
+                    o = _mm512_max_ps(o, zero);
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(row * u + j0), o);
+            }
+        }
+        // The last units (fewer than 16) by value.
+        for i in 0..TB {
+            let row = r + i;
+            for j in ub..u {
+                let m = *f.s_out.get_unchecked((row / rpe) * u + j);
+                let mut o = *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + sign_of(m, *yb.get_unchecked(j * ld + c0 + i));
+                if let Some(base) = job.base {
+                    o += *base.get_unchecked(row * u + j);
+                }
+                if job.relu {
+                    o = o.max(0.0);
+                }
+                *out.get_unchecked_mut(row * u + j) = o;
             }
         }
     }
@@ -1516,9 +1609,10 @@ mod transposed_tests {
         for conv in convs {
             // Dense: more examples than a panel holds.
             let nb = if conv.is_some() { 5 } else { 70 };
+            // Units: a tail only, and whole 16-unit blocks plus a tail (fused output pass).
             let (k, units) = match conv {
-                Some(w) => (w.size[0] * w.size[1] * w.input[2], 7),
-                None => (40, 9),
+                Some(w) => (w.size[0] * w.size[1] * w.input[2], if w.input[0] > 10 { 21 } else { 7 }),
+                None => (40, 37),
             };
             let (rpe, cin, per) = match conv {
                 Some(w) => (w.output().iter().product::<usize>(), w.input[2], w.input.iter().product::<usize>()),
