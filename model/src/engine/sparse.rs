@@ -1022,28 +1022,28 @@ pub(crate) struct Flip<'a> {
     /// `sigma * eps` of the kept weights, in pattern order.
     pub noise: &'a [f32],
     /// Input signs, `[n, channels]` (a dense layer's channels are its inputs).
-    pub s_in: InSigns<'a>,
-    /// Output sign masks, `[n, units]`.
-    pub s_out: &'a [u32],
+    pub s_in: Signs<'a>,
+    /// Output signs, `[n, units]`.
+    pub s_out: Signs<'a>,
 }
 
-/// Flipout's input signs of a pruned layer, in one of the two forms the sampler draws (same
-/// stream, same signs: [`Sampler::sign_masks_into`], [`Sampler::sign_bits_into`]).
+/// Flipout's input or output signs of a pruned layer, in one of the two forms the sampler
+/// draws (same stream, same signs: [`Sampler::sign_masks_into`], [`Sampler::sign_bits_into`]).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum InSigns<'a> {
+pub(crate) enum Signs<'a> {
     /// One XOR mask per value (0 or the f32 sign bit).
     Masks(&'a [u32]),
-    /// One bit per value (set: -1), 64 per word: a dense layer only, whose transpose applies
-    /// them as lane masks (no mask array written and read back).
+    /// One bit per value (set: -1), 64 per word, applied as lane masks (no mask array
+    /// written and read back); input signs of a dense layer only.
     Bits(&'a [u64]),
 }
 
-impl InSigns<'_> {
+impl Signs<'_> {
     /// Whether at least `len` signs are held.
     fn covers(&self, len: usize) -> bool {
         match self {
-            InSigns::Masks(m) => m.len() >= len,
-            InSigns::Bits(b) => b.len() * 64 >= len,
+            Signs::Masks(m) => m.len() >= len,
+            Signs::Bits(b) => b.len() * 64 >= len,
         }
     }
 }
@@ -1108,7 +1108,7 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let per = job.conv.map_or(k, |w| w.input.iter().product());
     assert!(job.x.len() >= job.n * per && out.len() >= job.n * rpe * u && job.bias.len() >= u, "sparse layer: slices too short");
     if let Some(f) = job.flip {
-        assert!(f.s_in.covers(job.n * cin) && f.s_out.len() >= job.n * u, "sparse layer: too few signs");
+        assert!(f.s_in.covers(job.n * cin) && f.s_out.covers(job.n * u), "sparse layer: too few signs");
     }
     let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {
@@ -1123,7 +1123,7 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
     for b in 0..job.n {
         patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
-        let InSigns::Masks(s_in) = flip.s_in else { panic!("sparse conv: input signs must be masks") };
+        let Signs::Masks(s_in) = flip.s_in else { panic!("sparse conv: input signs must be masks") };
         fold_signs(flip.noise, &ws.chan, &s_in[b * cin..(b + 1) * cin], &mut ws.signed);
         match job.a {
             Some(a) => csr.spmm_t(xt, rpe, Pass::Two(a, &ws.signed), ya, yb),
@@ -1184,8 +1184,8 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         match job.conv {
             Some(win) => {
                 let masks = signs.map(|s| match s {
-                    InSigns::Masks(m) => m,
-                    InSigns::Bits(_) => panic!("sparse conv: input signs must be masks"),
+                    Signs::Masks(m) => m,
+                    Signs::Bits(_) => panic!("sparse conv: input signs must be masks"),
                 });
                 patches_t(job.x, win, b0, b1, &mut ws.patches, xt, masks.map(|s| (&mut xs[..], s)))
             }
@@ -1197,12 +1197,12 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
                     let xt = &mut xt[p * k * PANEL..(p + 1) * k * PANEL];
                     match signs {
                         None => transpose_into(x, None, r1 - r0, k, xt, PANEL),
-                        Some(InSigns::Masks(s)) => {
+                        Some(Signs::Masks(s)) => {
                             transpose_into(x, None, r1 - r0, k, xt, PANEL);
                             transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
                         }
                         // Both copies from one read of the rows.
-                        Some(InSigns::Bits(s)) => transpose_signed_on(Isa::detect(), x, s, r0 * k, r1 - r0, k, xt, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL),
+                        Some(Signs::Bits(s)) => transpose_signed_on(Isa::detect(), x, s, r0 * k, r1 - r0, k, xt, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL),
                     }
                 }
             }
@@ -1235,14 +1235,16 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
     let u = job.csr.rows;
     let isa = Isa::detect();
     let mean = job.a.is_some();
-    // Flipout with both products, whole 16-row strips, on AVX-512: fused (below).
+    // One row's output signs as masks, where they are bits (the edge strip).
+    let mut row_masks = Vec::new();
+    // Flipout, whole 16-row strips, on AVX-512: fused (below).
     #[cfg(target_arch = "x86_64")]
     let fused = match job.flip {
-        Some(f) if mean && isa == Isa::Avx512 => {
+        Some(f) if isa == Isa::Avx512 => {
             // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
             let last = r0 + cols;
-            assert!(ya.len() >= u * ld && yb.len() >= u * ld && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
-            assert!(f.s_out.len() >= last.div_ceil(rpe.max(1)) * u && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
+            assert!((!mean || ya.len() >= u * ld) && yb.len() >= u * ld && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
+            assert!(f.s_out.covers(last.div_ceil(rpe.max(1)) * u) && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
             true
         }
         _ => false,
@@ -1271,7 +1273,17 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
         for (i, row) in rows.chunks_exact_mut(u.max(1)).enumerate() {
             let r = r0 + c0 + i;
             let bias = &job.bias[..u];
-            match job.flip.map(|f| &f.s_out[(r / rpe) * u..(r / rpe + 1) * u]) {
+            let p0 = (r / rpe) * u;
+            let s_row = match job.flip.map(|f| f.s_out) {
+                None => None,
+                Some(Signs::Masks(m)) => Some(&m[p0..p0 + u]),
+                Some(Signs::Bits(b)) => {
+                    row_masks.clear();
+                    row_masks.extend((p0..p0 + u).map(|p| sign_bit(b, p)));
+                    Some(&row_masks[..])
+                }
+            };
+            match s_row {
                 Some(s) if mean => {
                     let pert = &tile[i * u..(i + 1) * u];
                     row.iter_mut().zip(pert).zip(s).zip(bias).for_each(|(((o, &p), &m), &b)| *o = b + *o + f32::from_bits(p.to_bits() ^ m));
@@ -1291,12 +1303,12 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
 }
 
 /// [`finish`] of output rows `r..r + 16` (columns `c0..c0 + 16` of the products) for
-/// Flipout with both products on AVX-512: each 16 x 16 block of `ya` and of `yb` transposed in
+/// Flipout on AVX-512: each 16 x 16 block of `yb` (and of `ya`, with a mean product) transposed in
 /// registers and combined there with the output signs, bias, base and ReLU, one store per
 /// output vector (the rows and the perturbation tile were written and read back before).
 ///
 /// # Safety
-/// AVX-512F is supported; `job.flip` is given; `ya` and `yb` hold `units * ld` values,
+/// AVX-512F is supported; `job.flip` is given; `yb` (and `ya` when `job.a` is given) hold `units * ld` values,
 /// `c0 + 16 <= ld`; `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
 /// `((r + 15) / rpe + 1) * units`, the bias `units`.
 #[cfg(target_arch = "x86_64")]
@@ -1307,25 +1319,31 @@ unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: us
     let u = job.csr.rows;
     let ub = u / TB * TB;
     let Some(f) = job.flip else { return };
-    let zero = _mm512_setzero_ps();
+    let mean = job.a.is_some();
+    let (zero, sign) = (_mm512_setzero_ps(), _mm512_set1_epi32(i32::MIN));
     let sign_of = |m: u32, v: f32| f32::from_bits(v.to_bits() ^ m);
     // SAFETY: every offset below is inside the slices by the contract above.
     unsafe {
         for j0 in (0..ub).step_by(TB) {
             let (mut va, mut vb) = ([zero; TB], [zero; TB]);
             for l in 0..TB {
-                va[l] = _mm512_loadu_ps(ya.as_ptr().add((j0 + l) * ld + c0));
+                if mean {
+                    va[l] = _mm512_loadu_ps(ya.as_ptr().add((j0 + l) * ld + c0));
+                }
                 vb[l] = _mm512_loadu_ps(yb.as_ptr().add((j0 + l) * ld + c0));
             }
             // ta[i], tb[i]: output row r + i, units j0..j0 + 16.
-            let (ta, tb) = (t16(va), t16(vb));
+            let (ta, tb) = (if mean { t16(va) } else { va }, t16(vb));
             let bias = _mm512_loadu_ps(job.bias.as_ptr().add(j0));
             for i in 0..TB {
                 let row = r + i;
-                let s = _mm512_loadu_si512(f.s_out.as_ptr().add((row / rpe) * u + j0).cast());
-                let pert = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(tb[i]), s));
+                let (p, y) = ((row / rpe) * u + j0, _mm512_castps_si512(tb[i]));
+                let pert = _mm512_castsi512_ps(match f.s_out {
+                    Signs::Masks(m) => _mm512_xor_si512(y, _mm512_loadu_si512(m.as_ptr().add(p).cast())),
+                    Signs::Bits(b) => _mm512_mask_xor_epi32(y, bits16(b, p), y, sign),
+                });
                 // The same order of additions as the row pass: bias + mean + perturbation.
-                let mut o = _mm512_add_ps(_mm512_add_ps(bias, ta[i]), pert);
+                let mut o = if mean { _mm512_add_ps(_mm512_add_ps(bias, ta[i]), pert) } else { _mm512_add_ps(bias, pert) };
                 if let Some(base) = job.base {
                     o = _mm512_add_ps(o, _mm512_loadu_ps(base.as_ptr().add(row * u + j0)));
                 }
@@ -1339,8 +1357,13 @@ unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: us
         for i in 0..TB {
             let row = r + i;
             for j in ub..u {
-                let m = *f.s_out.get_unchecked((row / rpe) * u + j);
-                let mut o = *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + sign_of(m, *yb.get_unchecked(j * ld + c0 + i));
+                let p = (row / rpe) * u + j;
+                let m = match f.s_out {
+                    Signs::Masks(m) => *m.get_unchecked(p),
+                    Signs::Bits(b) => sign_bit(b, p),
+                };
+                let pert = sign_of(m, *yb.get_unchecked(j * ld + c0 + i));
+                let mut o = if mean { *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + pert } else { *job.bias.get_unchecked(j) + pert };
                 if let Some(base) = job.base {
                     o += *base.get_unchecked(row * u + j);
                 }
@@ -1629,10 +1652,13 @@ mod transposed_tests {
             let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
             sampler.sign_masks_into(nb * cin, &mut s_in);
             sampler.sign_masks_into(nb * units, &mut s_out);
-            // The same input signs as bits (same stream), which dense layers take.
-            let mut in_bits = Vec::new();
-            crate::engine::sampler::Sampler::new(3, 4).sign_bits_into(nb * cin, &mut in_bits);
-            let forms = if conv.is_some() { vec![InSigns::Masks(&s_in)] } else { vec![InSigns::Masks(&s_in), InSigns::Bits(&in_bits)] };
+            // The same signs as bits (same stream), which dense layers take.
+            let (mut in_bits, mut out_bits) = (Vec::new(), Vec::new());
+            let mut again = crate::engine::sampler::Sampler::new(3, 4);
+            again.sign_bits_into(nb * cin, &mut in_bits);
+            again.sign_bits_into(nb * units, &mut out_bits);
+            let masks = (Signs::Masks(&s_in), Signs::Masks(&s_out));
+            let forms = if conv.is_some() { vec![masks] } else { vec![masks, (Signs::Bits(&in_bits), Signs::Bits(&out_bits))] };
             let bias = values(units, 14);
             let base = values(nb * rpe * units, 15);
             let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
@@ -1644,7 +1670,7 @@ mod transposed_tests {
                     x: &x,
                     n: nb,
                     a: use_mu.then_some(&a[..]),
-                    flip: Some(Flip { noise: &d, s_in: form, s_out: &s_out }),
+                    flip: Some(Flip { noise: &d, s_in: form.0, s_out: form.1 }),
                     base: with_base.then_some(&base[..]),
                     bias: &bias,
                     relu,
