@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{self, flipout_dense, FlipoutDense, Kernel, Noise, Weights};
-use super::sparse::{self, Flip, Job};
+use super::sparse::{self, Flip, Signs, Job};
 use super::gemm::sgemm;
 use super::image_ops::{avg_pool, global_avg_pool, pad};
 use super::metrics::{softmax, softmax_in_f32};
@@ -573,9 +573,11 @@ pub(crate) struct Scratch {
     /// One example's output before the max pool fused into the layer.
     unpooled: Vec<f32>,
     wino: winograd::Buffers,
-    /// Weight panels and output sign bits of [`flipout_dense`].
+    /// Weight panels and output sign bits of [`flipout_dense`] (and of a pruned dense layer).
     panel: dense::Buffers,
     s_out_bits: Vec<u64>,
+    /// Input sign bits of a pruned dense layer ([`sparse::Signs::Bits`]).
+    s_in_bits: Vec<u64>,
     /// Buffers of the pruned layers' transposed kernel.
     sparse: sparse::Scratch,
 }
@@ -785,6 +787,10 @@ impl Linear {
                         if self.fused_flipout() {
                             s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
+                        } else if self.conv.is_none() && self.kernel.is_sparse() {
+                            // The sparse kernel's transpose flips by the bits (same draws).
+                            s.sign_bits_into(n * k, &mut ws.s_in_bits);
+                            s.sign_bits_into(n * u, &mut ws.s_out_bits);
                         } else {
                             s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
                             s.sign_masks_into(n * u, &mut ws.s_out);
@@ -805,7 +811,8 @@ impl Linear {
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
             let mut out = ws.any(rows * u);
-            let flip = flipout.then_some(Flip { noise: &noise, s_in: &ws.s_in, s_out: &ws.s_out });
+            let (s_in, s_out) = if self.conv.is_none() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
+            let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
             let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
             sparse::forward(&job, &mut out, &mut ws.sparse);

@@ -682,40 +682,160 @@ unsafe fn transpose_avx512(src: &[f32], mask: Option<&[u32]>, ld_s: usize, rows:
                     }
                 }
             }
-            // Within each 128-bit lane: rows 4q..4q+4 of column 4L + t gathered into vector
-            // 4q + t (two rounds), then the lanes of every column brought together.
-            let mut t = [_mm512_setzero_ps(); TB];
-            for q in 0..TB / 2 {
-                t[2 * q] = _mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]);
-                t[2 * q + 1] = _mm512_unpackhi_ps(v[2 * q], v[2 * q + 1]);
+            // SAFETY: columns c0..c0 + 16 <= cols, rows r0..r0 + 16 <= rows: inside `dst`,
+            // as checked by the caller.
+            unsafe { store_t16(v, dst.as_mut_ptr().add(c0 * ld_d + r0), ld_d) };
+        }
+    }
+    transpose_tiles(src, mask, ld_s, rows, cols, dst, ld_d, rb, cb);
+}
+
+/// Stores the transpose of the 16 x 16 block `v` (16 rows of 16) at `dst`, rows `ld` apart.
+///
+/// # Safety
+/// AVX-512F is supported; `dst` holds 16 rows of 16 values, `ld` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_t16(v: [std::arch::x86_64::__m512; TB], dst: *mut f32, ld: usize) {
+    use std::arch::x86_64::*;
+    for (j, row) in t16(v).into_iter().enumerate() {
+        // SAFETY: row j of the block, inside `dst` by the caller's contract.
+        unsafe { _mm512_storeu_ps(dst.add(j * ld), row) };
+    }
+}
+
+/// The transpose of the 16 x 16 block `v` (16 rows of 16) in registers: four rounds of
+/// shuffles (32-bit pairs, 64-bit pairs, then 128-bit lanes twice).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn t16(mut v: [std::arch::x86_64::__m512; TB]) -> [std::arch::x86_64::__m512; TB] {
+    use std::arch::x86_64::*;
+    // Within each 128-bit lane: rows 4q..4q+4 of column 4L + t gathered into vector
+    // 4q + t (two rounds), then the lanes of every column brought together.
+    let mut t = [_mm512_setzero_ps(); TB];
+    for q in 0..TB / 2 {
+        t[2 * q] = _mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]);
+        t[2 * q + 1] = _mm512_unpackhi_ps(v[2 * q], v[2 * q + 1]);
+    }
+    for q in 0..TB / 4 {
+        let b = 4 * q;
+        v[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
+        v[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
+        v[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
+        v[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
+    }
+    // v[4q + t]: column 4L + t of rows 4q..4q+4 in lane L.
+    for h in 0..2 {
+        for t4 in 0..4 {
+            let (a, b) = (v[8 * h + t4], v[8 * h + 4 + t4]);
+            t[8 * h + t4] = _mm512_shuffle_f32x4::<0x88>(a, b);
+            t[8 * h + 4 + t4] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+        }
+    }
+    let mut rows = [_mm512_setzero_ps(); TB];
+    for j in 0..TB / 2 {
+        let (a, b) = (t[j], t[8 + j]);
+        rows[j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+        rows[j + 8] = _mm512_shuffle_f32x4::<0xDD>(a, b);
+    }
+    rows
+}
+
+/// The sign mask (0 or the f32 sign bit) of bit `p` of `bits`.
+#[inline(always)]
+fn sign_bit(bits: &[u64], p: usize) -> u32 {
+    (((bits[p / 64] >> (p % 64)) & 1) as u32) << 31
+}
+
+/// Bits `p..p + 16` of `bits` (zeros past its end): the lane mask of 16 values' signs.
+#[inline(always)]
+fn bits16(bits: &[u64], p: usize) -> u16 {
+    let (w, sh) = (p / 64, p % 64);
+    let lo = bits.get(w).copied().unwrap_or(0);
+    let hi = if sh > 48 { bits.get(w + 1).copied().unwrap_or(0) } else { 0 };
+    ((u128::from(lo) | u128::from(hi) << 64) >> sh) as u16
+}
+
+/// `dst[c * ld_d + r] = src[r * cols + c]` and `dst_s[c * ld_d + r]` the same times the sign
+/// of bit `bit0 + r * cols + c` of `bits` (set: -1), for `r < rows`, `c < cols`: a dense
+/// layer's transposed activations and their sign-flipped copy from one read of the rows, the
+/// signs as the sampler's words ([`Sampler::sign_bits_into`]) instead of a mask per value. On
+/// AVX-512 whole 16 x 16 blocks are flipped by lane masks and transposed in registers; the
+/// edges (and other instruction sets) by value.
+///
+/// # Panics
+/// When a slice is shorter than its shape says.
+#[allow(clippy::too_many_arguments)]
+pub fn transpose_signed_on(isa: Isa, src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let need_d = (cols - 1) * ld_d + rows;
+    assert!(rows <= ld_d && src.len() >= rows * cols && bits.len() * 64 >= bit0 + rows * cols && dst.len() >= need_d && dst_s.len() >= need_d, "signed transpose: slices too short");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::detect() == Isa::Avx512 {
+        // SAFETY: AVX-512F is supported (detected); the bounds were checked above.
+        return unsafe { transpose_signed_avx512(src, bits, bit0, rows, cols, dst, dst_s, ld_d) };
+    }
+    signed_tiles(src, bits, bit0, rows, cols, dst, dst_s, ld_d, 0, 0);
+}
+
+/// The portable part of [`transpose_signed_on`]: rows `r_from..rows` and columns
+/// `c_from..cols` plus the corner where both are below (everything for `r_from = c_from = 0`),
+/// in TB x TB tiles.
+#[allow(clippy::too_many_arguments)]
+fn signed_tiles(src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize, r_from: usize, c_from: usize) {
+    for r0 in (0..rows).step_by(TB) {
+        let r1 = (r0 + TB).min(rows);
+        for c0 in (0..cols).step_by(TB) {
+            let c1 = (c0 + TB).min(cols);
+            if r1 <= r_from && c1 <= c_from {
+                continue;
             }
-            for q in 0..TB / 4 {
-                let b = 4 * q;
-                v[b] = _mm512_shuffle_ps::<0x44>(t[b], t[b + 2]);
-                v[b + 1] = _mm512_shuffle_ps::<0xEE>(t[b], t[b + 2]);
-                v[b + 2] = _mm512_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
-                v[b + 3] = _mm512_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
-            }
-            // v[4q + t]: column 4L + t of rows 4q..4q+4 in lane L.
-            for h in 0..2 {
-                for t4 in 0..4 {
-                    let (a, b) = (v[8 * h + t4], v[8 * h + 4 + t4]);
-                    t[8 * h + t4] = _mm512_shuffle_f32x4::<0x88>(a, b);
-                    t[8 * h + 4 + t4] = _mm512_shuffle_f32x4::<0xDD>(a, b);
-                }
-            }
-            for j in 0..TB / 2 {
-                let (a, b) = (t[j], t[8 + j]);
-                // SAFETY: columns c0 + j and c0 + j + 8 < cols, rows r0..r0 + 16 <= rows:
-                // inside `dst`, as checked by the caller.
-                unsafe {
-                    _mm512_storeu_ps(dst.as_mut_ptr().add((c0 + j) * ld_d + r0), _mm512_shuffle_f32x4::<0x88>(a, b));
-                    _mm512_storeu_ps(dst.as_mut_ptr().add((c0 + j + 8) * ld_d + r0), _mm512_shuffle_f32x4::<0xDD>(a, b));
+            for c in c0..c1 {
+                for r in r0..r1 {
+                    let v = src[r * cols + c];
+                    dst[c * ld_d + r] = v;
+                    dst_s[c * ld_d + r] = f32::from_bits(v.to_bits() ^ sign_bit(bits, bit0 + r * cols + c));
                 }
             }
         }
     }
-    transpose_tiles(src, mask, ld_s, rows, cols, dst, ld_d, rb, cb);
+}
+
+/// [`transpose_signed_on`] on AVX-512.
+///
+/// # Safety
+/// AVX-512F is supported and the slices hold what [`transpose_signed_on`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transpose_signed_avx512(src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize) {
+    use std::arch::x86_64::*;
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let (rb, cb) = (rows / TB * TB, cols / TB * TB);
+    for r0 in (0..rb).step_by(TB) {
+        for c0 in (0..cb).step_by(TB) {
+            let mut v = [_mm512_setzero_ps(); TB];
+            let mut f = [_mm512_setzero_ps(); TB];
+            for i in 0..TB {
+                let o = (r0 + i) * cols + c0;
+                // SAFETY: row r0 + i < rows, columns c0..c0 + 16 <= cols: inside `src`.
+                v[i] = unsafe { _mm512_loadu_ps(src.as_ptr().add(o)) };
+                let x = _mm512_castps_si512(v[i]);
+                f[i] = _mm512_castsi512_ps(_mm512_mask_xor_epi32(x, bits16(bits, bit0 + o), x, sign));
+            }
+            // SAFETY: columns c0..c0 + 16 <= cols, rows r0..r0 + 16 <= rows: inside `dst`
+            // and `dst_s`, as checked by the caller.
+            unsafe {
+                store_t16(v, dst.as_mut_ptr().add(c0 * ld_d + r0), ld_d);
+                store_t16(f, dst_s.as_mut_ptr().add(c0 * ld_d + r0), ld_d);
+            }
+        }
+    }
+    signed_tiles(src, bits, bit0, rows, cols, dst, dst_s, ld_d, rb, cb);
 }
 
 /// Scratch of [`patches_t`]: channel planes, a row, and the column masks of a geometry.
@@ -901,10 +1021,31 @@ const PER_EXAMPLE_ROWS: usize = 64;
 pub(crate) struct Flip<'a> {
     /// `sigma * eps` of the kept weights, in pattern order.
     pub noise: &'a [f32],
-    /// Input sign masks, `[n, channels]` (a dense layer's channels are its inputs).
-    pub s_in: &'a [u32],
-    /// Output sign masks, `[n, units]`.
-    pub s_out: &'a [u32],
+    /// Input signs, `[n, channels]` (a dense layer's channels are its inputs).
+    pub s_in: Signs<'a>,
+    /// Output signs, `[n, units]`.
+    pub s_out: Signs<'a>,
+}
+
+/// Flipout's input or output signs of a pruned layer, in one of the two forms the sampler
+/// draws (same stream, same signs: [`Sampler::sign_masks_into`], [`Sampler::sign_bits_into`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Signs<'a> {
+    /// One XOR mask per value (0 or the f32 sign bit).
+    Masks(&'a [u32]),
+    /// One bit per value (set: -1), 64 per word, applied as lane masks (no mask array
+    /// written and read back); input signs of a dense layer only.
+    Bits(&'a [u64]),
+}
+
+impl Signs<'_> {
+    /// Whether at least `len` signs are held.
+    fn covers(&self, len: usize) -> bool {
+        match self {
+            Signs::Masks(m) => m.len() >= len,
+            Signs::Bits(b) => b.len() * 64 >= len,
+        }
+    }
 }
 
 /// One pruned layer on `n` examples: `out = [base] + [x @ A] + [((x * s_in) @ D) * s_out] +
@@ -967,7 +1108,7 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let per = job.conv.map_or(k, |w| w.input.iter().product());
     assert!(job.x.len() >= job.n * per && out.len() >= job.n * rpe * u && job.bias.len() >= u, "sparse layer: slices too short");
     if let Some(f) = job.flip {
-        assert!(f.s_in.len() >= job.n * cin && f.s_out.len() >= job.n * u, "sparse layer: too few signs");
+        assert!(f.s_in.covers(job.n * cin) && f.s_out.covers(job.n * u), "sparse layer: too few signs");
     }
     let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {
@@ -982,7 +1123,8 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
     for b in 0..job.n {
         patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
-        fold_signs(flip.noise, &ws.chan, &flip.s_in[b * cin..(b + 1) * cin], &mut ws.signed);
+        let Signs::Masks(s_in) = flip.s_in else { panic!("sparse conv: input signs must be masks") };
+        fold_signs(flip.noise, &ws.chan, &s_in[b * cin..(b + 1) * cin], &mut ws.signed);
         match job.a {
             Some(a) => csr.spmm_t(xt, rpe, Pass::Two(a, &ws.signed), ya, yb),
             None => csr.spmm_t(xt, rpe, Pass::One(&ws.signed), yb, &mut []),
@@ -1040,15 +1182,27 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let xs = if job.flip.is_some() { pad_columns(&mut ws.xs, k, cols) } else { &mut [] };
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
-            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s))),
+            Some(win) => {
+                let masks = signs.map(|s| match s {
+                    Signs::Masks(m) => m,
+                    Signs::Bits(_) => panic!("sparse conv: input signs must be masks"),
+                });
+                patches_t(job.x, win, b0, b1, &mut ws.patches, xt, masks.map(|s| (&mut xs[..], s)))
+            }
             None => {
                 // A panel at a time: a panel is a `[k, PANEL]` row-major matrix.
                 for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
                     let r1 = (r0 + PANEL).min(b1);
                     let x = &job.x[r0 * k..r1 * k];
-                    transpose_into(x, None, r1 - r0, k, &mut xt[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
-                    if let Some(s) = signs {
-                        transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+                    let xt = &mut xt[p * k * PANEL..(p + 1) * k * PANEL];
+                    match signs {
+                        None => transpose_into(x, None, r1 - r0, k, xt, PANEL),
+                        Some(Signs::Masks(s)) => {
+                            transpose_into(x, None, r1 - r0, k, xt, PANEL);
+                            transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+                        }
+                        // Both copies from one read of the rows.
+                        Some(Signs::Bits(s)) => transpose_signed_on(Isa::detect(), x, s, r0 * k, r1 - r0, k, xt, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL),
                     }
                 }
             }
@@ -1081,8 +1235,29 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
     let u = job.csr.rows;
     let isa = Isa::detect();
     let mean = job.a.is_some();
+    // One row's output signs as masks, where they are bits (the edge strip).
+    let mut row_masks = Vec::new();
+    // Flipout, whole 16-row strips, on AVX-512: fused (below).
+    #[cfg(target_arch = "x86_64")]
+    let fused = match job.flip {
+        Some(f) if isa == Isa::Avx512 => {
+            // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
+            let last = r0 + cols;
+            assert!((!mean || ya.len() >= u * ld) && yb.len() >= u * ld && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
+            assert!(f.s_out.covers(last.div_ceil(rpe.max(1)) * u) && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
+            true
+        }
+        _ => false,
+    };
     for c0 in (0..cols).step_by(LANES) {
         let w = LANES.min(cols - c0);
+        #[cfg(target_arch = "x86_64")]
+        if fused && w == LANES {
+            // SAFETY: AVX-512F is supported (detected); the bounds were checked above and
+            // c0 + 16 <= cols.
+            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, ld, ya, yb, out) };
+            continue;
+        }
         let rows = &mut out[(r0 + c0) * u..(r0 + c0 + w) * u];
         // The first term straight into the rows; with both, the perturbation into the tile.
         match (mean, job.flip.is_some()) {
@@ -1098,7 +1273,17 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
         for (i, row) in rows.chunks_exact_mut(u.max(1)).enumerate() {
             let r = r0 + c0 + i;
             let bias = &job.bias[..u];
-            match job.flip.map(|f| &f.s_out[(r / rpe) * u..(r / rpe + 1) * u]) {
+            let p0 = (r / rpe) * u;
+            let s_row = match job.flip.map(|f| f.s_out) {
+                None => None,
+                Some(Signs::Masks(m)) => Some(&m[p0..p0 + u]),
+                Some(Signs::Bits(b)) => {
+                    row_masks.clear();
+                    row_masks.extend((p0..p0 + u).map(|p| sign_bit(b, p)));
+                    Some(&row_masks[..])
+                }
+            };
+            match s_row {
                 Some(s) if mean => {
                     let pert = &tile[i * u..(i + 1) * u];
                     row.iter_mut().zip(pert).zip(s).zip(bias).for_each(|(((o, &p), &m), &b)| *o = b + *o + f32::from_bits(p.to_bits() ^ m));
@@ -1112,6 +1297,80 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
             }
             if job.relu {
                 row.iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        }
+    }
+}
+
+/// [`finish`] of output rows `r..r + 16` (columns `c0..c0 + 16` of the products) for
+/// Flipout on AVX-512: each 16 x 16 block of `yb` (and of `ya`, with a mean product) transposed in
+/// registers and combined there with the output signs, bias, base and ReLU, one store per
+/// output vector (the rows and the perturbation tile were written and read back before).
+///
+/// # Safety
+/// AVX-512F is supported; `job.flip` is given; `yb` (and `ya` when `job.a` is given) hold `units * ld` values,
+/// `c0 + 16 <= ld`; `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
+/// `((r + 15) / rpe + 1) * units`, the bias `units`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let u = job.csr.rows;
+    let ub = u / TB * TB;
+    let Some(f) = job.flip else { return };
+    let mean = job.a.is_some();
+    let (zero, sign) = (_mm512_setzero_ps(), _mm512_set1_epi32(i32::MIN));
+    let sign_of = |m: u32, v: f32| f32::from_bits(v.to_bits() ^ m);
+    // SAFETY: every offset below is inside the slices by the contract above.
+    unsafe {
+        for j0 in (0..ub).step_by(TB) {
+            let (mut va, mut vb) = ([zero; TB], [zero; TB]);
+            for l in 0..TB {
+                if mean {
+                    va[l] = _mm512_loadu_ps(ya.as_ptr().add((j0 + l) * ld + c0));
+                }
+                vb[l] = _mm512_loadu_ps(yb.as_ptr().add((j0 + l) * ld + c0));
+            }
+            // ta[i], tb[i]: output row r + i, units j0..j0 + 16.
+            let (ta, tb) = (if mean { t16(va) } else { va }, t16(vb));
+            let bias = _mm512_loadu_ps(job.bias.as_ptr().add(j0));
+            for i in 0..TB {
+                let row = r + i;
+                let (p, y) = ((row / rpe) * u + j0, _mm512_castps_si512(tb[i]));
+                let pert = _mm512_castsi512_ps(match f.s_out {
+                    Signs::Masks(m) => _mm512_xor_si512(y, _mm512_loadu_si512(m.as_ptr().add(p).cast())),
+                    Signs::Bits(b) => _mm512_mask_xor_epi32(y, bits16(b, p), y, sign),
+                });
+                // The same order of additions as the row pass: bias + mean + perturbation.
+                let mut o = if mean { _mm512_add_ps(_mm512_add_ps(bias, ta[i]), pert) } else { _mm512_add_ps(bias, pert) };
+                if let Some(base) = job.base {
+                    o = _mm512_add_ps(o, _mm512_loadu_ps(base.as_ptr().add(row * u + j0)));
+                }
+                if job.relu {
+                    o = _mm512_max_ps(o, zero);
+                }
+                _mm512_storeu_ps(out.as_mut_ptr().add(row * u + j0), o);
+            }
+        }
+        // The last units (fewer than 16) by value.
+        for i in 0..TB {
+            let row = r + i;
+            for j in ub..u {
+                let p = (row / rpe) * u + j;
+                let m = match f.s_out {
+                    Signs::Masks(m) => *m.get_unchecked(p),
+                    Signs::Bits(b) => sign_bit(b, p),
+                };
+                let pert = sign_of(m, *yb.get_unchecked(j * ld + c0 + i));
+                let mut o = if mean { *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + pert } else { *job.bias.get_unchecked(j) + pert };
+                if let Some(base) = job.base {
+                    o += *base.get_unchecked(row * u + j);
+                }
+                if job.relu {
+                    o = o.max(0.0);
+                }
+                *out.get_unchecked_mut(row * u + j) = o;
             }
         }
     }
@@ -1188,6 +1447,33 @@ mod transposed_tests {
             v.push(Isa::Avx512);
         }
         v
+    }
+
+    #[test]
+    fn signed_transpose_is_the_definition_on_every_isa() {
+        // Whole 16 x 16 blocks and edges; sign bits starting mid-word, 16-bit groups that
+        // straddle two words (cols not a multiple of 16), and the stream's last word.
+        for (rows, cols, bit0) in [(1, 1, 0), (16, 16, 0), (37, 45, 5), (64, 40, 0), (48, 16, 63), (33, 100, 17), (20, 256, 64)] {
+            let src = values(rows * cols, 5);
+            let mut rng = formats::synthetic::SplitMix64(6);
+            let bits: Vec<u64> = (0..(bit0 + rows * cols).div_ceil(64)).map(|_| rng.next_u64()).collect();
+            let ld = rows + 3;
+            for isa in isas() {
+                let (mut dst, mut dst_s) = (vec![f32::NAN; cols * ld], vec![f32::NAN; cols * ld]);
+                transpose_signed_on(isa, &src, &bits, bit0, rows, cols, &mut dst, &mut dst_s, ld);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let p = bit0 + r * cols + c;
+                        let neg = (bits[p / 64] >> (p % 64)) & 1 == 1;
+                        let v = src[r * cols + c];
+                        assert_eq!(dst[c * ld + r].to_bits(), v.to_bits(), "{isa:?} {rows}x{cols}+{bit0}: [{r}, {c}]");
+                        assert_eq!(dst_s[c * ld + r].to_bits(), (if neg { -v } else { v }).to_bits(), "{isa:?} {rows}x{cols}+{bit0}: signed [{r}, {c}]");
+                    }
+                }
+                // Nothing written past the rows of a column.
+                assert!((0..cols).all(|c| dst[c * ld + rows..(c + 1) * ld].iter().chain(&dst_s[c * ld + rows..(c + 1) * ld]).all(|v| v.is_nan())), "{isa:?} {rows}x{cols}");
+            }
+        }
     }
 
     #[test]
@@ -1346,9 +1632,10 @@ mod transposed_tests {
         for conv in convs {
             // Dense: more examples than a panel holds.
             let nb = if conv.is_some() { 5 } else { 70 };
+            // Units: a tail only, and whole 16-unit blocks plus a tail (fused output pass).
             let (k, units) = match conv {
-                Some(w) => (w.size[0] * w.size[1] * w.input[2], 7),
-                None => (40, 9),
+                Some(w) => (w.size[0] * w.size[1] * w.input[2], if w.input[0] > 10 { 21 } else { 7 }),
+                None => (40, 37),
             };
             let (rpe, cin, per) = match conv {
                 Some(w) => (w.output().iter().product::<usize>(), w.input[2], w.input.iter().product::<usize>()),
@@ -1365,10 +1652,17 @@ mod transposed_tests {
             let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
             sampler.sign_masks_into(nb * cin, &mut s_in);
             sampler.sign_masks_into(nb * units, &mut s_out);
+            // The same signs as bits (same stream), which dense layers take.
+            let (mut in_bits, mut out_bits) = (Vec::new(), Vec::new());
+            let mut again = crate::engine::sampler::Sampler::new(3, 4);
+            again.sign_bits_into(nb * cin, &mut in_bits);
+            again.sign_bits_into(nb * units, &mut out_bits);
+            let masks = (Signs::Masks(&s_in), Signs::Masks(&s_out));
+            let forms = if conv.is_some() { vec![masks] } else { vec![masks, (Signs::Bits(&in_bits), Signs::Bits(&out_bits))] };
             let bias = values(units, 14);
             let base = values(nb * rpe * units, 15);
             let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
-            for (use_mu, with_base, relu) in [(true, false, false), (true, false, true), (false, true, false), (false, true, true)] {
+            for (form, (use_mu, with_base, relu)) in forms.iter().flat_map(|f| [(true, false, false), (true, false, true), (false, true, false), (false, true, true)].map(|c| (*f, c))) {
                 let want = reference(&p, rpe, k, units, &mu, &sigma, &s_in, cin, &s_out, &bias, with_base.then_some(&base[..]), use_mu, relu);
                 let job = Job {
                     csr: &csr,
@@ -1376,7 +1670,7 @@ mod transposed_tests {
                     x: &x,
                     n: nb,
                     a: use_mu.then_some(&a[..]),
-                    flip: Some(Flip { noise: &d, s_in: &s_in, s_out: &s_out }),
+                    flip: Some(Flip { noise: &d, s_in: form.0, s_out: form.1 }),
                     base: with_base.then_some(&base[..]),
                     bias: &bias,
                     relu,
@@ -1384,7 +1678,7 @@ mod transposed_tests {
                 let mut out = vec![f32::NAN; nb * rpe * units];
                 forward(&job, &mut out, &mut Scratch::default());
                 for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-                    assert!((f64::from(*g) - w).abs() < 1e-5, "{conv:?} mu {use_mu} relu {relu}: output {i}: {g} vs {w}");
+                    assert!((f64::from(*g) - w).abs() < 1e-5, "{conv:?} {form:?} mu {use_mu} relu {relu}: output {i}: {g} vs {w}");
                 }
             }
             // Without a perturbation (mean network): x @ mu + bias.
