@@ -484,6 +484,22 @@ unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: u
     store_row(f, r, c0, &rp.as_flattened()[..cw], MEAN.then_some(&rm.as_flattened()[..cw]), out);
 }
 
+/// `$body` for `$i` in `0..$n` (`$n <= 12`, a constant), unrolled: the indices are constants,
+/// and register arrays indexed by them stay in registers (a loop over a tile's rows read its
+/// sums back from the stack; a closure per row was not always inlined).
+macro_rules! unrolled {
+    ($n:expr, $i:ident => $body:expr) => {
+        unrolled!(@ $n, $i => $body; 0 1 2 3 4 5 6 7 8 9 10 11)
+    };
+    (@ $n:expr, $i:ident => $body:expr; $($k:literal)*) => {{
+        debug_assert!($n <= 12, "unrolled: {} rows", $n);
+        $( if $k < $n {
+            let $i: usize = $k;
+            $body;
+        } )*
+    }};
+}
+
 /// A register tile of [`flipout_dense`] on one x86-64 vector width: `MR` rows by `NV`
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
@@ -618,9 +634,7 @@ macro_rules! simd_tile {
                     }
                     return;
                 }
-                for i in 0..ROWS {
-                    $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out);
-                }
+                unrolled!(ROWS, i => $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out));
             }
         }
     };
