@@ -440,9 +440,8 @@ unsafe fn epilogue_avx512<const V: usize, const MEAN: bool>(f: &FlipoutDense, r:
     let sign = _mm512_set1_epi32(i32::MIN);
     // The row's sign bits (cw <= 16 V <= 64) from one or two words, read once per row: with
     // per-vector reads and a loop bound of cw's vectors the vector loop stayed a loop and
-    // the epilogues were 5% of BNN-FC's run. With the constant bound V it is unrolled (the
-    // tile's code halved, a third of its stack traffic; the loop over the tile's rows around
-    // it still reads the sums back from the stack).
+    // the epilogues were 5% of BNN-FC's run. With the constant bound V it is unrolled, and
+    // with the tile's rows unrolled around it (`unrolled!`) the sums stay in registers.
     let (w, b) = (o0 / 64, o0 % 64);
     let mut bits = f.s_out[w] >> b;
     if b + cw > 64 {
