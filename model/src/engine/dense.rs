@@ -438,16 +438,22 @@ unsafe fn epilogue_avx512<const V: usize, const MEAN: bool>(f: &FlipoutDense, r:
     let o0 = r * f.n + c0;
     debug_assert!(cw <= 16 * V && c0 + cw <= f.n && o0 + cw <= out.len());
     let sign = _mm512_set1_epi32(i32::MIN);
-    for v in 0..V.min(cw.div_ceil(16)) {
-        let (g, lanes) = (o0 + 16 * v, (cw - 16 * v).min(16));
-        let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
-        // The 16 sign bits of values g..g + 16, from one or two words (only those in range).
-        let (w, b) = (g / 64, g % 64);
-        let mut bits = f.s_out[w] >> b;
-        if b + lanes > 64 {
-            bits |= f.s_out[w + 1] << (64 - b);
+    // The row's sign bits (cw <= 16 V <= 64) from one or two words, read once per row: with
+    // per-vector reads and a loop bound of cw's vectors the vector loop stayed a loop and
+    // the epilogues were 5% of BNN-FC's run. With the constant bound V it is unrolled, and
+    // with the tile's rows unrolled around it (`unrolled!`) the sums stay in registers.
+    let (w, b) = (o0 / 64, o0 % 64);
+    let mut bits = f.s_out[w] >> b;
+    if b + cw > 64 {
+        bits |= f.s_out[w + 1] << (64 - b);
+    }
+    for v in 0..V {
+        if 16 * v >= cw {
+            break;
         }
-        let p = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(pert[v]), bits as u16, _mm512_castps_si512(pert[v]), sign));
+        let (g, lanes) = (o0 + 16 * v, cw - 16 * v);
+        let m: __mmask16 = if lanes >= 16 { !0 } else { (1u16 << lanes) - 1 };
+        let p = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(pert[v]), (bits >> (16 * v)) as u16, _mm512_castps_si512(pert[v]), sign));
         let mv = match (MEAN, f.mean) {
             (true, _) => mean[v],
             (false, Some(given)) => _mm512_maskz_loadu_ps(m, given.as_ptr().add(g)),
@@ -475,6 +481,22 @@ unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: u
         _mm256_storeu_ps(rm[v].as_mut_ptr(), mean[v]);
     }
     store_row(f, r, c0, &rp.as_flattened()[..cw], MEAN.then_some(&rm.as_flattened()[..cw]), out);
+}
+
+/// `$body` for `$i` in `0..$n` (`$n <= 12`, a constant), unrolled: the indices are constants,
+/// and register arrays indexed by them stay in registers (a loop over a tile's rows read its
+/// sums back from the stack; a closure per row was not always inlined).
+macro_rules! unrolled {
+    ($n:expr, $i:ident => $body:expr) => {
+        unrolled!(@ $n, $i => $body; 0 1 2 3 4 5 6 7 8 9 10 11)
+    };
+    (@ $n:expr, $i:ident => $body:expr; $($k:literal)*) => {{
+        debug_assert!($n <= 12, "unrolled: {} rows", $n);
+        $( if $k < $n {
+            let $i: usize = $k;
+            $body;
+        } )*
+    }};
 }
 
 /// A register tile of [`flipout_dense`] on one x86-64 vector width: `MR` rows by `NV`
@@ -611,9 +633,7 @@ macro_rules! simd_tile {
                     }
                     return;
                 }
-                for i in 0..ROWS {
-                    $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out);
-                }
+                unrolled!(ROWS, i => $epilogue::<V, MEAN>(f, t.r + i, t.c0, t.cw, &ap[i], &am[i], out));
             }
         }
     };
@@ -679,7 +699,9 @@ mod tests {
         let dirty = || vec![f32::NAN; 3000];
         // The noise drawn beforehand, and drawn by the kernel into its panels (n = 64, 48, 96,
         // 112: on the generator's 32- and 16-value steps; the others drawn whole first).
-        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112)] {
+        // n = 200: full 64-column panels (mean given) whose rows' 64 sign bits start mid-word
+        // (the epilogue reads them once per row, from two words), then an 8-column one.
+        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112), (5, 9, 200)] {
             let (x, mu, sigma, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
             let key = crate::engine::sampler::Sampler::new(m as u64, k as u64).noise_key();
             let mut noise = vec![0f32; k * n];
