@@ -176,6 +176,8 @@ def memory_table(results):
 
 
 def main():
+    # The 2-vCPU host is shared: the table says how busy it was when the run began.
+    load = os.getloadavg()[0]
     if not all(os.path.exists(os.path.join(WORK, m, "checkpoint")) for m in ("bnn_fc", "bnn_conv", "vgg16")):
         run([PY, os.path.join(ROOT, "bench", "make_models.py"), WORK])
     kb = json.loads(run([KB]).strip().splitlines()[-1])
@@ -213,7 +215,7 @@ def main():
                  "--fractions", SWEEP_FRACTIONS, "--samples", "10", "--repeats", "1"])
             sweeps[label] = time.perf_counter() - t0
     print(json.dumps(sweeps), flush=True)
-    write_doc(kb, results, sweeps)
+    write_doc(kb, results, sweeps, load)
 
 
 def ratio(a, b):
@@ -248,7 +250,7 @@ def flop_table(results, kb):
     return lines
 
 
-def write_doc(kb, results, sweeps):
+def write_doc(kb, results, sweeps, load):
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -262,12 +264,12 @@ def write_doc(kb, results, sweeps):
         "<!-- bench:infer -->",
         "## Monte Carlo inference against TensorFlow and onnxruntime (issues 5 and 10)",
         "",
-        "Measured by `scripts/bench-infer.sh` (driver `bench/infer_bench.py`) on %s, %d cores shared with "
-        "other engineers' builds and tests (timings are noisy; ratios are from the same run), median of %d runs "
+        "Measured by `scripts/bench-infer.sh` (driver `bench/infer_bench.py`) on %s, %d cores, load average "
+        "%.1f at the start (a shared virtual machine: runs of ~50 ms are noisy; ratios are from the same run), median of %d runs "
         "each, prediction time only (no loading): ours = `bnn-convert eval --samples S` (Flipout), "
         "649c966 = the same command built from the commit before issue 10, TF %s = `import_meta_graph` + "
         "`restore` and S `sess.run`s of the Flipout logits (`bench/infer_tf.py`), ORT = onnxruntime %s on "
-        "`export-onnx --mode mc --samples S` (one `run` draws all S samples)." % (cpu, os.cpu_count(), REPEATS, tfv, ortv),
+        "`export-onnx --mode mc --samples S` (one `run` draws all S samples)." % (cpu, os.cpu_count(), load, REPEATS, tfv, ortv),
         "",
         "| model | examples x S | TF s | ORT s | 649c966 s | ours s | TF/ours | ORT/ours | 649c966/ours | ours GFLOP/s (% of GEMM peak) | CSR layers | peak RSS MiB (weights MiB) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
