@@ -628,21 +628,27 @@ const TB: usize = 16;
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn transpose_tiles(src: &[f32], mask: Option<&[u32]>, ld_s: usize, rows: usize, cols: usize, dst: &mut [f32], ld_d: usize, r_from: usize, c_from: usize) {
-    let one = |dst: &mut [f32], r: usize, c: usize| {
+    for_edge_tiles(rows, cols, r_from, c_from, |r, c| {
         let v = src[r * ld_s + c].to_bits() ^ mask.map_or(0, |m| m[r * ld_s + c]);
         dst[c * ld_d + r] = f32::from_bits(v);
-    };
+    });
+}
+
+/// Calls `one(r, c)` for every element of a `rows x cols` matrix outside the blocks the
+/// vector code did (those wholly below both `r_from` and `c_from`), in TB x TB tiles, column
+/// by column within a tile, so that both sides of a transpose stay in L1.
+#[inline(always)]
+fn for_edge_tiles(rows: usize, cols: usize, r_from: usize, c_from: usize, mut one: impl FnMut(usize, usize)) {
     for r0 in (0..rows).step_by(TB) {
         let r1 = (r0 + TB).min(rows);
         for c0 in (0..cols).step_by(TB) {
             let c1 = (c0 + TB).min(cols);
-            // Blocks the vector code did (wholly below both edges) are skipped.
             if r1 <= r_from && c1 <= c_from {
                 continue;
             }
             for c in c0..c1 {
                 for r in r0..r1 {
-                    one(dst, r, c);
+                    one(r, c);
                 }
             }
         }
@@ -787,22 +793,11 @@ pub fn transpose_signed_on(isa: Isa, src: &[f32], bits: &[u64], bit0: usize, row
 /// in TB x TB tiles.
 #[allow(clippy::too_many_arguments)]
 fn signed_tiles(src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize, r_from: usize, c_from: usize) {
-    for r0 in (0..rows).step_by(TB) {
-        let r1 = (r0 + TB).min(rows);
-        for c0 in (0..cols).step_by(TB) {
-            let c1 = (c0 + TB).min(cols);
-            if r1 <= r_from && c1 <= c_from {
-                continue;
-            }
-            for c in c0..c1 {
-                for r in r0..r1 {
-                    let v = src[r * cols + c];
-                    dst[c * ld_d + r] = v;
-                    dst_s[c * ld_d + r] = f32::from_bits(v.to_bits() ^ sign_bit(bits, bit0 + r * cols + c));
-                }
-            }
-        }
-    }
+    for_edge_tiles(rows, cols, r_from, c_from, |r, c| {
+        let v = src[r * cols + c];
+        dst[c * ld_d + r] = v;
+        dst_s[c * ld_d + r] = f32::from_bits(v.to_bits() ^ sign_bit(bits, bit0 + r * cols + c));
+    });
 }
 
 /// [`transpose_signed_on`] on AVX-512.
