@@ -3,7 +3,7 @@
 
 use super::aligned::Aligned;
 use super::gemm::sgemm;
-use super::sampler::{NoiseKey, Runs};
+use super::sampler::{sign_bits_at, NoiseKey, Runs};
 use super::sparse::Csr;
 
 /// A `[k, n]` kernel's posterior, as a dense matrix or on a CSR pattern.
@@ -405,12 +405,7 @@ fn store_row(f: &FlipoutDense, r: usize, c0: usize, pert: &[f32], mean: Option<&
         (None, Some(v)) => &v[o0..][..cw],
         (None, None) => return,
     };
-    // The sign bits of values o0..o0 + cw (cw <= 64), from one or two words.
-    let (w, b) = (o0 / 64, o0 % 64);
-    let mut bits = f.s_out[w] >> b;
-    if b + cw > 64 {
-        bits |= f.s_out[w + 1] << (64 - b);
-    }
+    let bits = sign_bits_at(f.s_out, o0, cw);
     let signs = (0..cw as u32).map(|j| ((bits >> j) as u32 & 1) << 31);
     let vals = out[o0..][..cw].iter_mut().zip(mean).zip(pert).zip(signs).zip(&f.bias[c0..][..cw]);
     if f.relu {
@@ -438,15 +433,11 @@ unsafe fn epilogue_avx512<const V: usize, const MEAN: bool>(f: &FlipoutDense, r:
     let o0 = r * f.n + c0;
     debug_assert!(cw <= 16 * V && c0 + cw <= f.n && o0 + cw <= out.len());
     let sign = _mm512_set1_epi32(i32::MIN);
-    // The row's sign bits (cw <= 16 V <= 64) from one or two words, read once per row: with
-    // per-vector reads and a loop bound of cw's vectors the vector loop stayed a loop and
-    // the epilogues were 5% of BNN-FC's run. With the constant bound V it is unrolled, and
-    // with the tile's rows unrolled around it (`unrolled!`) the sums stay in registers.
-    let (w, b) = (o0 / 64, o0 % 64);
-    let mut bits = f.s_out[w] >> b;
-    if b + cw > 64 {
-        bits |= f.s_out[w + 1] << (64 - b);
-    }
+    // The row's sign bits (cw <= 16 V <= 64), read once per row: with per-vector reads and a
+    // loop bound of cw's vectors the vector loop stayed a loop and the epilogues were 5% of
+    // BNN-FC's run. With the constant bound V it is unrolled, and with the tile's rows
+    // unrolled around it (`unrolled!`) the sums stay in registers.
+    let bits = sign_bits_at(f.s_out, o0, cw);
     for v in 0..V {
         if 16 * v >= cw {
             break;

@@ -215,6 +215,24 @@ fn word_masks_into(bits: u64, out: &mut [std::mem::MaybeUninit<u32>]) {
     }
 }
 
+/// The signs of values `p..p + len` (`len <= 64`) of [`Sampler::sign_bits_into`]'s words as
+/// the low bits of one word (set: -1), read from one or two words (the second only when the
+/// window reaches into it); the bits above `len` are the stream's next ones.
+///
+/// # Panics
+/// When `words` does not hold bit `p + len - 1`.
+#[inline(always)]
+pub(crate) fn sign_bits_at(words: &[u64], p: usize, len: usize) -> u64 {
+    debug_assert!(len <= 64);
+    let (w, b) = (p / 64, p % 64);
+    let bits = words[w] >> b;
+    if b + len > 64 {
+        bits | words[w + 1] << (64 - b)
+    } else {
+        bits
+    }
+}
+
 /// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
 /// for operation (fused multiply-adds where it has them): bitwise the same `(z0, z1)`.
 ///

@@ -13,7 +13,7 @@
 
 use super::aligned::Aligned;
 use super::conv::Window;
-use super::sampler::Sampler;
+use super::sampler::{sign_bits_at, Sampler};
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
 #[derive(Debug, Clone, PartialEq)]
@@ -755,13 +755,10 @@ fn sign_bit(bits: &[u64], p: usize) -> u32 {
     (((bits[p / 64] >> (p % 64)) & 1) as u32) << 31
 }
 
-/// Bits `p..p + 16` of `bits` (zeros past its end): the lane mask of 16 values' signs.
+/// Bits `p..p + 16` of `bits`: the lane mask of 16 values' signs.
 #[inline(always)]
 fn bits16(bits: &[u64], p: usize) -> u16 {
-    let (w, sh) = (p / 64, p % 64);
-    let lo = bits.get(w).copied().unwrap_or(0);
-    let hi = if sh > 48 { bits.get(w + 1).copied().unwrap_or(0) } else { 0 };
-    ((u128::from(lo) | u128::from(hi) << 64) >> sh) as u16
+    sign_bits_at(bits, p, 16) as u16
 }
 
 /// `dst[c * ld_d + r] = src[r * cols + c]` and `dst_s[c * ld_d + r]` the same times the sign
@@ -1033,12 +1030,32 @@ pub(crate) enum Signs<'a> {
     Bits(&'a [u64]),
 }
 
-impl Signs<'_> {
+impl<'a> Signs<'a> {
     /// Whether at least `len` signs are held.
     fn covers(&self, len: usize) -> bool {
         match self {
             Signs::Masks(m) => m.len() >= len,
             Signs::Bits(b) => b.len() * 64 >= len,
+        }
+    }
+
+    /// The sign of value `p` as an XOR mask (0 or the f32 sign bit).
+    #[inline(always)]
+    fn mask(&self, p: usize) -> u32 {
+        match self {
+            Signs::Masks(m) => m[p],
+            Signs::Bits(b) => sign_bit(b, p),
+        }
+    }
+
+    /// The masks of a convolution's input signs, which its patch code applies per value.
+    ///
+    /// # Panics
+    /// When the signs are bits (the layer's caller draws masks for convolutions).
+    fn conv_masks(self) -> &'a [u32] {
+        match self {
+            Signs::Masks(m) => m,
+            Signs::Bits(_) => panic!("sparse conv: input signs must be masks"),
         }
     }
 }
@@ -1118,8 +1135,7 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
     for b in 0..job.n {
         patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
-        let Signs::Masks(s_in) = flip.s_in else { panic!("sparse conv: input signs must be masks") };
-        fold_signs(flip.noise, &ws.chan, &s_in[b * cin..(b + 1) * cin], &mut ws.signed);
+        fold_signs(flip.noise, &ws.chan, &flip.s_in.conv_masks()[b * cin..(b + 1) * cin], &mut ws.signed);
         match job.a {
             Some(a) => csr.spmm_t(xt, rpe, Pass::Two(a, &ws.signed), ya, yb),
             None => csr.spmm_t(xt, rpe, Pass::One(&ws.signed), yb, &mut []),
@@ -1177,13 +1193,7 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let xs = if job.flip.is_some() { pad_columns(&mut ws.xs, k, cols) } else { &mut [] };
         let signs = job.flip.map(|f| f.s_in);
         match job.conv {
-            Some(win) => {
-                let masks = signs.map(|s| match s {
-                    Signs::Masks(m) => m,
-                    Signs::Bits(_) => panic!("sparse conv: input signs must be masks"),
-                });
-                patches_t(job.x, win, b0, b1, &mut ws.patches, xt, masks.map(|s| (&mut xs[..], s)))
-            }
+            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks()))),
             None => {
                 // A panel at a time: a panel is a `[k, PANEL]` row-major matrix.
                 for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
@@ -1272,9 +1282,9 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
             let s_row = match job.flip.map(|f| f.s_out) {
                 None => None,
                 Some(Signs::Masks(m)) => Some(&m[p0..p0 + u]),
-                Some(Signs::Bits(b)) => {
+                Some(bits @ Signs::Bits(_)) => {
                     row_masks.clear();
-                    row_masks.extend((p0..p0 + u).map(|p| sign_bit(b, p)));
+                    row_masks.extend((p0..p0 + u).map(|p| bits.mask(p)));
                     Some(&row_masks[..])
                 }
             };
@@ -1353,11 +1363,7 @@ unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: us
             let row = r + i;
             for j in ub..u {
                 let p = (row / rpe) * u + j;
-                let m = match f.s_out {
-                    Signs::Masks(m) => *m.get_unchecked(p),
-                    Signs::Bits(b) => sign_bit(b, p),
-                };
-                let pert = sign_of(m, *yb.get_unchecked(j * ld + c0 + i));
+                let pert = sign_of(f.s_out.mask(p), *yb.get_unchecked(j * ld + c0 + i));
                 let mut o = if mean { *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + pert } else { *job.bias.get_unchecked(j) + pert };
                 if let Some(base) = job.base {
                     o += *base.get_unchecked(row * u + j);
