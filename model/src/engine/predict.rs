@@ -710,6 +710,13 @@ impl Linear {
         self.conv.is_none() && !self.kernel.is_sparse()
     }
 
+    /// Whether Flipout's signs are drawn as bits ([`sparse::Signs::Bits`]) for the sparse
+    /// kernel: a pruned dense layer, whose transpose and output pass apply them as lane masks
+    /// (convolutions take masks, applied per patch value).
+    fn sparse_sign_bits(&self) -> bool {
+        self.conv.is_none() && self.kernel.is_sparse()
+    }
+
     /// Patch rows per block.
     fn block_rows(&self) -> usize {
         (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
@@ -787,8 +794,8 @@ impl Linear {
                         if self.fused_flipout() {
                             s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
-                        } else if self.conv.is_none() && self.kernel.is_sparse() {
-                            // The sparse kernel's transpose flips by the bits (same draws).
+                        } else if self.sparse_sign_bits() {
+                            // Same draws as the masks.
                             s.sign_bits_into(n * k, &mut ws.s_in_bits);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
                         } else {
@@ -811,7 +818,7 @@ impl Linear {
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
             let mut out = ws.any(rows * u);
-            let (s_in, s_out) = if self.conv.is_none() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
+            let (s_in, s_out) = if self.sparse_sign_bits() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
             let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
             let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
