@@ -8,8 +8,10 @@
 //! position of a convolution), so that `Y^T[j, :] += W[i, j] * X^T[i, :]` over the kept
 //! weights of output `j` runs along the columns, a block of 64 of them in registers; one pass
 //! over the kept weights accumulates both Flipout products (mean and perturbation), which
-//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). [`forward`] runs
-//! a whole pruned layer on it.
+//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0): for a dense
+//! layer ([`Pass::Signed`]) from one load of each activation vector, the perturbation's input
+//! signs applied to it in registers as lane masks ([`sign_panels_on`]). [`forward`] runs a
+//! whole pruned layer on it.
 
 use super::aligned::Aligned;
 use super::conv::Window;
@@ -249,6 +251,36 @@ pub enum Pass<'a> {
     One(&'a [f32]),
     /// `ya = A x` and `yb = B x`: one load of each activation vector for both.
     Two(&'a [f32], &'a [f32]),
+    /// Flipout's two products of a dense layer on one activation stream: `ya = mean x` and
+    /// `yb = noise (x * s_in)` (without a mean, `ya = noise (x * s_in)` and `yb` unused).
+    /// The input signs are applied to each loaded activation vector as a lane mask (an XOR
+    /// of the sign bit, as on the flipped copy it replaces: bit for bit the same sums), so
+    /// both products load each vector once. The flip is a vector operation per vector and
+    /// product, as costly as the load it saves on Zen 4: without a mean product, a pass on
+    /// a flipped copy ([`flip_panels_on`]) is faster.
+    Signed {
+        /// The first product's values (`None`: a first layer's shared mean product).
+        mean: Option<&'a [f32]>,
+        /// The perturbation's values.
+        noise: &'a [f32],
+        /// The input signs in sign panels ([`sign_panels_on`], [`sign_at`]).
+        signs: &'a [u16],
+    },
+}
+
+/// Sign masks per row of a panel: one 16-bit lane mask per vector of [`LANES`] columns.
+const MASKS: usize = PANEL / LANES;
+
+/// Masks of sign panels for `k` rows and `cols` columns: the layout of `X^T`'s panels with a
+/// `u16` lane mask per vector of [`LANES`] columns.
+pub fn sign_panels_len(k: usize, cols: usize) -> usize {
+    k * cols.div_ceil(PANEL) * MASKS
+}
+
+/// Index in the sign panels of a `k`-row matrix of the mask of row `i`, columns
+/// `c - c % 16..c - c % 16 + 16` (bit `c % 16` is column `c`'s).
+pub fn sign_at(k: usize, i: usize, c: usize) -> usize {
+    (c / PANEL) * k * MASKS + i * MASKS + (c % PANEL) / LANES
 }
 
 /// 16 floats in registers: the operations the transposed kernel is written in, once for
@@ -264,6 +296,8 @@ trait Vector: Copy {
     unsafe fn load(p: *const f32) -> Self;
     /// `acc + w * x`.
     unsafe fn fma(w: Self, x: Self, acc: Self) -> Self;
+    /// `x` with the sign bit flipped in the lanes whose bit of `bits` is set (bit l: lane l).
+    unsafe fn flip(x: Self, bits: u16) -> Self;
     /// 16 floats to `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
 }
@@ -289,6 +323,13 @@ impl Vector for [f32; LANES] {
             *a += w * x;
         }
         acc
+    }
+    #[inline(always)]
+    unsafe fn flip(mut x: Self, bits: u16) -> Self {
+        for (l, v) in x.iter_mut().enumerate() {
+            *v = f32::from_bits(v.to_bits() ^ (u32::from(bits >> l) & 1) << 31);
+        }
+        x
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -326,6 +367,19 @@ impl Vector for Avx2 {
     unsafe fn fma(w: Self, x: Self, acc: Self) -> Self {
         use std::arch::x86_64::*;
         unsafe { Avx2(_mm256_fmadd_ps(w.0, x.0, acc.0), _mm256_fmadd_ps(w.1, x.1, acc.1)) }
+    }
+    #[inline(always)]
+    unsafe fn flip(x: Self, bits: u16) -> Self {
+        use std::arch::x86_64::*;
+        // Lane l's bit shifted up to the sign bit (bit l of each half: shift by 31 - l),
+        // the rest cleared, then XOR-ed in.
+        unsafe {
+            let b = _mm256_set1_epi32(i32::from(bits));
+            let sign = _mm256_set1_epi32(i32::MIN);
+            let lo = _mm256_and_si256(_mm256_sllv_epi32(b, _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24)), sign);
+            let hi = _mm256_and_si256(_mm256_sllv_epi32(b, _mm256_setr_epi32(23, 22, 21, 20, 19, 18, 17, 16)), sign);
+            Avx2(_mm256_xor_ps(x.0, _mm256_castsi256_ps(lo)), _mm256_xor_ps(x.1, _mm256_castsi256_ps(hi)))
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -368,6 +422,14 @@ impl Vector for Avx512 {
         unsafe { Avx512(_mm512_fmadd_ps(w.0, x.0, acc.0)) }
     }
     #[inline(always)]
+    unsafe fn flip(x: Self, bits: u16) -> Self {
+        use std::arch::x86_64::*;
+        unsafe {
+            let v = _mm512_castps_si512(x.0);
+            Avx512(_mm512_castsi512_ps(_mm512_mask_xor_epi32(v, bits, v, _mm512_set1_epi32(i32::MIN))))
+        }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
         unsafe { _mm512_storeu_ps(p, self.0) }
@@ -382,6 +444,8 @@ struct Operands {
     b: *const f32,
     ya: *mut f32,
     yb: *mut f32,
+    /// Sign panels of `xa` ([`Pass::Signed`]; dangling otherwise).
+    signs: *const u16,
     /// Row length of the outputs.
     ld: usize,
     /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
@@ -391,19 +455,23 @@ struct Operands {
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
 /// weights of output `j` stream by once per block, each one a broadcast and one load and
 /// fused multiply-add per vector and product (`TWO`: a second product on the same
-/// activations, no second load).
+/// activations, no second load; `FLIP`: the last product on the activations with the
+/// input signs of `op.signs` applied, per loaded vector).
 ///
 /// # Safety
 /// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`),
-/// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
+/// and `op.cols` columns behind `xa` (and their sign panels behind `signs` with `FLIP`),
+/// `nnz` values behind `a` (and `b`), `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`,
+/// both multiples of [`LANES`].
 #[inline(always)]
-unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
+unsafe fn spmm<V: Vector, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
-    unsafe fn block<V: Vector, const NV: usize, const TWO: bool>(csr: &Csr, op: Operands, c0: usize) {
-        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
-        // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
+    unsafe fn block<V: Vector, const NV: usize, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Operands, c0: usize) {
+        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels (and
+        // sign panels) and below `rows * ld` because indices < k and c0 + NV * LANES <= cols
+        // <= ld within one panel.
         let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
+        let sbase = sign_at(csr.cols, 0, c0);
         unsafe {
             // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
             // sums go to the outputs in between.
@@ -426,15 +494,21 @@ unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
                         }
                     }
                     for nz in s..e {
-                        let off = base + *csr.indices.get_unchecked(nz) as usize * PANEL;
+                        let i = *csr.indices.get_unchecked(nz) as usize;
                         let wa = V::splat(*op.a.add(nz));
-                        let pa = op.xa.add(off);
+                        let pa = op.xa.add(base + i * PANEL);
+                        let ps = op.signs.wrapping_add(sbase + i * MASKS);
                         if TWO {
                             let wb = V::splat(*op.b.add(nz));
                             for l in 0..NV {
                                 let x = V::load(pa.add(l * LANES));
                                 ra[l] = V::fma(wa, x, ra[l]);
-                                rb[l] = V::fma(wb, x, rb[l]);
+                                let xb = if FLIP { V::flip(x, *ps.add(l)) } else { x };
+                                rb[l] = V::fma(wb, xb, rb[l]);
+                            }
+                        } else if FLIP {
+                            for (l, r) in ra.iter_mut().enumerate() {
+                                *r = V::fma(wa, V::flip(V::load(pa.add(l * LANES)), *ps.add(l)), *r);
                             }
                         } else {
                             for (l, r) in ra.iter_mut().enumerate() {
@@ -458,28 +532,30 @@ unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
     unsafe {
         while c0 < op.cols {
             match ((op.cols - c0) / LANES).min(V::BLOCK) {
-                1 => block::<V, 1, TWO>(csr, op, c0),
-                2 => block::<V, 2, TWO>(csr, op, c0),
-                3 => block::<V, 3, TWO>(csr, op, c0),
-                4 => block::<V, 4, TWO>(csr, op, c0),
-                5 => block::<V, 5, TWO>(csr, op, c0),
-                6 => block::<V, 6, TWO>(csr, op, c0),
-                7 => block::<V, 7, TWO>(csr, op, c0),
-                _ => block::<V, VECS, TWO>(csr, op, c0),
+                1 => block::<V, 1, TWO, FLIP>(csr, op, c0),
+                2 => block::<V, 2, TWO, FLIP>(csr, op, c0),
+                3 => block::<V, 3, TWO, FLIP>(csr, op, c0),
+                4 => block::<V, 4, TWO, FLIP>(csr, op, c0),
+                5 => block::<V, 5, TWO, FLIP>(csr, op, c0),
+                6 => block::<V, 6, TWO, FLIP>(csr, op, c0),
+                7 => block::<V, 7, TWO, FLIP>(csr, op, c0),
+                _ => block::<V, VECS, TWO, FLIP>(csr, op, c0),
             }
             c0 += V::BLOCK * LANES;
         }
     }
 }
 
-/// [`spmm`] for the three kinds of [`Pass`].
+/// [`spmm`] for the kinds of [`Pass`].
 #[inline(always)]
 unsafe fn spmm_any<V: Vector>(csr: &Csr, op: Operands, pass: &Pass) {
     // SAFETY: the caller's contract.
     unsafe {
         match pass {
-            Pass::One(_) => spmm::<V, false>(csr, op),
-            Pass::Two(..) => spmm::<V, true>(csr, op),
+            Pass::One(_) => spmm::<V, false, false>(csr, op),
+            Pass::Two(..) => spmm::<V, true, false>(csr, op),
+            Pass::Signed { mean: Some(_), .. } => spmm::<V, true, true>(csr, op),
+            Pass::Signed { mean: None, .. } => spmm::<V, false, true>(csr, op),
         }
     }
 }
@@ -498,10 +574,63 @@ unsafe fn spmm_avx2(csr: &Csr, op: Operands, pass: &Pass) {
     unsafe { spmm_any::<Avx2>(csr, op, pass) }
 }
 
+/// `dst = x` with the input signs of `signs` applied ([`flip_panels_on`]): vector `q` of the
+/// panels XOR-ed with mask `q` (the sign panels have one mask per vector, in the same order).
+///
+/// # Safety
+/// `x` and `dst` hold `16 * vectors` floats and `signs` `vectors` masks; the CPU runs `V`.
+#[inline(always)]
+unsafe fn flip_all<V: Vector>(x: *const f32, signs: *const u16, vectors: usize, dst: *mut f32) {
+    for q in 0..vectors {
+        // SAFETY: q < vectors (the caller's contract).
+        unsafe { V::flip(V::load(x.add(q * LANES)), *signs.add(q)).store(dst.add(q * LANES)) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn flip_avx512(x: *const f32, signs: *const u16, vectors: usize, dst: *mut f32) {
+    // SAFETY: the caller's contract; AVX-512F is enabled here.
+    unsafe { flip_all::<Avx512>(x, signs, vectors, dst) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn flip_avx2(x: *const f32, signs: *const u16, vectors: usize, dst: *mut f32) {
+    // SAFETY: the caller's contract; AVX2 and FMA are enabled here.
+    unsafe { flip_all::<Avx2>(x, signs, vectors, dst) }
+}
+
+/// `dst = X^T * s_in` for transposed activations `x` (`k` rows, `cols` columns, in panels)
+/// and their input signs in sign panels ([`sign_panels_on`]): the sign-flipped copy that a
+/// product with one activation stream per pass reads, from one streaming pass of masked
+/// XORs (instead of a second transpose of the rows), on a given instruction set (an
+/// unsupported one runs portably). Padding columns are flipped like the others.
+///
+/// # Panics
+/// When a slice is shorter than its shape says.
+pub fn flip_panels_on(isa: Isa, x: &[f32], signs: &[u16], k: usize, cols: usize, dst: &mut [f32]) {
+    let vectors = sign_panels_len(k, cols);
+    assert!(x.len() >= vectors * LANES && dst.len() >= vectors * LANES && signs.len() >= vectors, "flip panels: slices too short");
+    let (x, signs, dst) = (x.as_ptr(), signs.as_ptr(), dst.as_mut_ptr());
+    // SAFETY: the lengths were checked above; each kernel runs on an instruction set the CPU
+    // supports (detected).
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if Isa::detect() == Isa::Avx512 => flip_avx512(x, signs, vectors, dst),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx2 if Isa::detect() != Isa::Portable => flip_avx2(x, signs, vectors, dst),
+            _ => flip_all::<[f32; LANES]>(x, signs, vectors, dst),
+        }
+    }
+}
+
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
     /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
-    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`.
+    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`
+    /// ([`Pass::Signed`]: with the signs applied to `X^T` in the perturbation's product).
     /// `x` holds `X^T` (`[k, cols]`) in panels
     /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
     /// their inputs give, which must be finite).
@@ -552,12 +681,15 @@ impl Checked<'_> {
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         let len = panels_len(k, cols);
         let (cols, ld) = (padded(cols), padded(cols));
-        let (a, b) = match pass {
-            Pass::One(a) => (a, a),
-            Pass::Two(a, b) => (a, b),
+        let (a, b, signs) = match pass {
+            Pass::One(a) => (a, a, &[][..]),
+            Pass::Two(a, b) => (a, b, &[][..]),
+            Pass::Signed { mean: Some(m), noise, signs } => (m, noise, signs),
+            Pass::Signed { mean: None, noise, signs } => (noise, noise, signs),
         };
-        let two = !matches!(pass, Pass::One(_));
-        assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
+        let two = matches!(pass, Pass::Two(..) | Pass::Signed { mean: Some(_), .. });
+        let signed = matches!(pass, Pass::Signed { .. });
+        assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz && (!signed || signs.len() >= sign_panels_len(k, cols)), "spmm_t: operands too short");
         assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
         if cols == 0 || n == 0 {
             return;
@@ -568,6 +700,7 @@ impl Checked<'_> {
             b: b.as_ptr(),
             ya: ya.as_mut_ptr(),
             yb: if two { yb.as_mut_ptr() } else { ya.as_mut_ptr() },
+            signs: signs.as_ptr(),
             ld,
             cols,
         };
@@ -761,73 +894,65 @@ fn bits16(bits: &[u64], p: usize) -> u16 {
     sign_bits_at(bits, p, 16) as u16
 }
 
-/// `dst[c * ld_d + r] = src[r * cols + c]` and `dst_s[c * ld_d + r]` the same times the sign
-/// of bit `bit0 + r * cols + c` of `bits` (set: -1), for `r < rows`, `c < cols`: a dense
-/// layer's transposed activations and their sign-flipped copy from one read of the rows, the
-/// signs as the sampler's words ([`Sampler::sign_bits_into`]) instead of a mask per value. On
-/// AVX-512 whole 16 x 16 blocks are flipped by lane masks and transposed in registers; the
-/// edges (and other instruction sets) by value.
+/// The sign panels ([`sign_at`]) of `cols` columns and `k` rows: the mask of row `i` and
+/// columns `c..c + 16` (c a multiple of 16) has bit `l` = bit `bit0 + (c + l) * k + i` of
+/// `bits`, i.e. the input signs of a dense layer (row-major per example and input, as the
+/// sampler draws them, [`Sampler::sign_bits_into`]) laid out like the transposed activations'
+/// panels, for [`Pass::Signed`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
+/// in 16 x 16 blocks: 16 columns' 16 bits as the lanes of one vector, then one mask per
+/// row (on AVX-512 a test instruction per row).
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
-#[allow(clippy::too_many_arguments)]
-pub fn transpose_signed_on(isa: Isa, src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize) {
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let need_d = (cols - 1) * ld_d + rows;
-    assert!(rows <= ld_d && src.len() >= rows * cols && bits.len() * 64 >= bit0 + rows * cols && dst.len() >= need_d && dst_s.len() >= need_d, "signed transpose: slices too short");
+pub fn sign_panels_on(isa: Isa, bits: &[u64], bit0: usize, cols: usize, k: usize, dst: &mut [u16]) {
+    assert!(bits.len() * 64 >= bit0 + cols * k && dst.len() >= sign_panels_len(k, cols), "sign panels: slices too short");
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && Isa::detect() == Isa::Avx512 {
-        // SAFETY: AVX-512F is supported (detected); the bounds were checked above.
-        return unsafe { transpose_signed_avx512(src, bits, bit0, rows, cols, dst, dst_s, ld_d) };
+        // SAFETY: AVX-512F is supported (detected).
+        return unsafe { sign_panels_avx512(bits, bit0, cols, k, dst) };
     }
-    signed_tiles(src, bits, bit0, rows, cols, dst, dst_s, ld_d, 0, 0);
-}
-
-/// The portable part of [`transpose_signed_on`]: rows `r_from..rows` and columns
-/// `c_from..cols` plus the corner where both are below (everything for `r_from = c_from = 0`),
-/// in TB x TB tiles.
-#[allow(clippy::too_many_arguments)]
-fn signed_tiles(src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize, r_from: usize, c_from: usize) {
-    for_edge_tiles(rows, cols, r_from, c_from, |r, c| {
-        let v = src[r * cols + c];
-        dst[c * ld_d + r] = v;
-        dst_s[c * ld_d + r] = f32::from_bits(v.to_bits() ^ sign_bit(bits, bit0 + r * cols + c));
+    sign_blocks(bits, bit0, cols, k, dst, |w| {
+        let mut m = [0u16; TB];
+        for (j, mj) in m.iter_mut().enumerate() {
+            *mj = w.iter().enumerate().fold(0, |a, (r, &v)| a | (((v >> j) & 1) as u16) << r);
+        }
+        m
     });
 }
 
-/// [`transpose_signed_on`] on AVX-512.
+/// [`sign_panels_on`] on AVX-512: each block's 16 rows' masks by one `vptestmd` each.
 ///
 /// # Safety
-/// AVX-512F is supported and the slices hold what [`transpose_signed_on`] checks.
+/// AVX-512F is supported.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn transpose_signed_avx512(src: &[f32], bits: &[u64], bit0: usize, rows: usize, cols: usize, dst: &mut [f32], dst_s: &mut [f32], ld_d: usize) {
+unsafe fn sign_panels_avx512(bits: &[u64], bit0: usize, cols: usize, k: usize, dst: &mut [u16]) {
     use std::arch::x86_64::*;
-    let sign = _mm512_set1_epi32(i32::MIN);
-    let (rb, cb) = (rows / TB * TB, cols / TB * TB);
-    for r0 in (0..rb).step_by(TB) {
-        for c0 in (0..cb).step_by(TB) {
-            let mut v = [_mm512_setzero_ps(); TB];
-            let mut f = [_mm512_setzero_ps(); TB];
-            for i in 0..TB {
-                let o = (r0 + i) * cols + c0;
-                // SAFETY: row r0 + i < rows, columns c0..c0 + 16 <= cols: inside `src`.
-                v[i] = unsafe { _mm512_loadu_ps(src.as_ptr().add(o)) };
-                let x = _mm512_castps_si512(v[i]);
-                f[i] = _mm512_castsi512_ps(_mm512_mask_xor_epi32(x, bits16(bits, bit0 + o), x, sign));
+    sign_blocks(bits, bit0, cols, k, dst, |w| {
+        // SAFETY: `w` holds 16 u32.
+        let v = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
+        std::array::from_fn(|j| _mm512_test_epi32_mask(v, _mm512_set1_epi32(1 << j)))
+    });
+}
+
+/// The walk of [`sign_panels_on`] over 16 x 16 blocks (16 columns, 16 rows): `masks(w)`,
+/// given column `l`'s 16 bits in `w[l]` (0 beyond the columns and rows), returns row `j`'s
+/// lane mask at `[j]`.
+#[inline(always)]
+fn sign_blocks(bits: &[u64], bit0: usize, cols: usize, k: usize, dst: &mut [u16], masks: impl Fn(&[u32; TB]) -> [u16; TB]) {
+    for c0 in (0..cols).step_by(TB) {
+        let nc = TB.min(cols - c0);
+        for i0 in (0..k).step_by(TB) {
+            let ni = TB.min(k - i0);
+            let mut w = [0u32; TB];
+            for (l, wl) in w.iter_mut().enumerate().take(nc) {
+                *wl = sign_bits_at(bits, bit0 + (c0 + l) * k + i0, ni) as u32 & ((1u32 << ni) - 1);
             }
-            // SAFETY: columns c0..c0 + 16 <= cols, rows r0..r0 + 16 <= rows: inside `dst`
-            // and `dst_s`, as checked by the caller.
-            unsafe {
-                store_t16(v, dst.as_mut_ptr().add(c0 * ld_d + r0), ld_d);
-                store_t16(f, dst_s.as_mut_ptr().add(c0 * ld_d + r0), ld_d);
+            for (j, &m) in masks(&w).iter().enumerate().take(ni) {
+                dst[sign_at(k, i0 + j, c0)] = m;
             }
         }
     }
-    signed_tiles(src, bits, bit0, rows, cols, dst, dst_s, ld_d, rb, cb);
 }
 
 /// Scratch of [`patches_t`]: channel planes, a row, and the column masks of a geometry.
@@ -1091,6 +1216,8 @@ pub(crate) struct Scratch {
     patches: PatchScratch,
     xt: Aligned,
     xs: Aligned,
+    /// Input signs of a dense layer in sign panels ([`Pass::Signed`]).
+    signs: Vec<u16>,
     ya: Aligned,
     yb: Aligned,
     signed: Vec<f32>,
@@ -1180,7 +1307,8 @@ fn pad_columns(buf: &mut Aligned, k: usize, cols: usize) -> &mut [f32] {
 }
 
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
-/// any, on a sign-flipped copy of the transposed activations.
+/// any, on a sign-flipped copy of the transposed activations (convolutions, signs as masks)
+/// or as lane masks applied by the kernel ([`Pass::Signed`]: signs as bits).
 fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
@@ -1190,8 +1318,18 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let ld = padded(cols);
         // Every column below `cols` is written below: only the padding is zeroed.
         let xt = pad_columns(&mut ws.xt, k, cols);
-        let xs = if job.flip.is_some() { pad_columns(&mut ws.xs, k, cols) } else { &mut [] };
         let signs = job.flip.map(|f| f.s_in);
+        let bits = match signs {
+            Some(Signs::Bits(s)) => Some(s),
+            _ => None,
+        };
+        // The sign-flipped copy: built here for masks (convolutions), from the sign panels
+        // below for bits without a mean product, not at all for bits with one.
+        let xs = match (job.flip, bits, job.a) {
+            (Some(_), None, _) => pad_columns(&mut ws.xs, k, cols),
+            (Some(_), Some(_), None) => ws.xs.get(panels_len(k, cols)),
+            _ => &mut [],
+        };
         match job.conv {
             Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks()))),
             None => {
@@ -1201,19 +1339,33 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
                     let x = &job.x[r0 * k..r1 * k];
                     let xt = &mut xt[p * k * PANEL..(p + 1) * k * PANEL];
                     match signs {
-                        None => transpose_into(x, None, r1 - r0, k, xt, PANEL),
+                        None | Some(Signs::Bits(_)) => transpose_into(x, None, r1 - r0, k, xt, PANEL),
                         Some(Signs::Masks(s)) => {
                             transpose_into(x, None, r1 - r0, k, xt, PANEL);
                             transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
                         }
-                        // Both copies from one read of the rows.
-                        Some(Signs::Bits(s)) => transpose_signed_on(Isa::detect(), x, s, r0 * k, r1 - r0, k, xt, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL),
+                    }
+                }
+                if let Some(s) = bits {
+                    ws.signs.resize(sign_panels_len(k, cols), 0);
+                    sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
+                    // A lone perturbation product runs on a flipped copy: flipping each vector
+                    // in the kernel costs a vector operation per fused multiply-add there
+                    // (1.4-1.5x slower, kernel_bench shapes), which pays only when it saves
+                    // the second pass's load (with a mean product).
+                    if job.a.is_none() {
+                        flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
                     }
                 }
             }
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
         match (job.a, job.flip) {
+            // Signs as bits (dense layers): one load of each activation vector for both
+            // products, the signs applied to it in registers.
+            (Some(a), Some(f)) if bits.is_some() => {
+                csr.spmm_t(xt, cols, Pass::Signed { mean: Some(a), noise: f.noise, signs: &ws.signs }, ya, yb);
+            }
             // Two passes, each with one activation stream, ran 1.2-1.4x faster than one pass
             // over both streams (two loads per pair of fused multiply-adds: the kernel is
             // bound by its loads; that pass was removed).
@@ -1450,29 +1602,54 @@ mod transposed_tests {
         v
     }
 
+    /// Random sign words covering bits `0..bit0 + len`.
+    fn sign_words(bit0: usize, len: usize, seed: u64) -> Vec<u64> {
+        let mut rng = formats::synthetic::SplitMix64(seed);
+        (0..(bit0 + len).div_ceil(64)).map(|_| rng.next_u64()).collect()
+    }
+
+    /// Bit `p` of `bits`.
+    fn bit(bits: &[u64], p: usize) -> bool {
+        (bits[p / 64] >> (p % 64)) & 1 == 1
+    }
+
     #[test]
-    fn signed_transpose_is_the_definition_on_every_isa() {
-        // Whole 16 x 16 blocks and edges; sign bits starting mid-word, 16-bit groups that
-        // straddle two words (cols not a multiple of 16), and the stream's last word.
-        for (rows, cols, bit0) in [(1, 1, 0), (16, 16, 0), (37, 45, 5), (64, 40, 0), (48, 16, 63), (33, 100, 17), (20, 256, 64)] {
-            let src = values(rows * cols, 5);
-            let mut rng = formats::synthetic::SplitMix64(6);
-            let bits: Vec<u64> = (0..(bit0 + rows * cols).div_ceil(64)).map(|_| rng.next_u64()).collect();
-            let ld = rows + 3;
+    fn sign_panels_are_the_transposed_bits_on_every_isa() {
+        // Whole 16 x 16 blocks and edges in both directions (columns and rows not multiples
+        // of 16, columns past a panel), sign bits starting mid-word, 16-bit windows that
+        // straddle two words.
+        for (cols, k, bit0) in [(1, 1, 0), (16, 16, 0), (45, 37, 5), (130, 64, 63), (360, 256, 0), (17, 100, 17), (256, 10, 64), (200, 33, 3)] {
+            let bits = sign_words(bit0, cols * k, 6);
             for isa in isas() {
-                let (mut dst, mut dst_s) = (vec![f32::NAN; cols * ld], vec![f32::NAN; cols * ld]);
-                transpose_signed_on(isa, &src, &bits, bit0, rows, cols, &mut dst, &mut dst_s, ld);
-                for r in 0..rows {
-                    for c in 0..cols {
-                        let p = bit0 + r * cols + c;
-                        let neg = (bits[p / 64] >> (p % 64)) & 1 == 1;
-                        let v = src[r * cols + c];
-                        assert_eq!(dst[c * ld + r].to_bits(), v.to_bits(), "{isa:?} {rows}x{cols}+{bit0}: [{r}, {c}]");
-                        assert_eq!(dst_s[c * ld + r].to_bits(), (if neg { -v } else { v }).to_bits(), "{isa:?} {rows}x{cols}+{bit0}: signed [{r}, {c}]");
+                let mut dst = vec![0xA5A5u16; sign_panels_len(k, cols)];
+                sign_panels_on(isa, &bits, bit0, cols, k, &mut dst);
+                for i in 0..k {
+                    for c in (0..cols).step_by(LANES) {
+                        let want = (0..LANES).filter(|l| c + l < cols && bit(&bits, bit0 + (c + l) * k + i)).fold(0u16, |m, l| m | 1 << l);
+                        assert_eq!(dst[sign_at(k, i, c)], want, "{isa:?} {cols}x{k}+{bit0}: row {i}, columns {c}..");
                     }
                 }
-                // Nothing written past the rows of a column.
-                assert!((0..cols).all(|c| dst[c * ld + rows..(c + 1) * ld].iter().chain(&dst_s[c * ld + rows..(c + 1) * ld]).all(|v| v.is_nan())), "{isa:?} {rows}x{cols}");
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_panels_are_the_activations_times_their_signs_on_every_isa() {
+        for (k, cols) in [(1, 1), (37, 45), (64, 130), (10, 300)] {
+            let x = values(panels_len(k, cols), 7);
+            let bits = sign_words(3, cols * k, 8);
+            let mut signs = vec![0u16; sign_panels_len(k, cols)];
+            sign_panels_on(Isa::Portable, &bits, 3, cols, k, &mut signs);
+            for isa in isas() {
+                let mut dst = vec![f32::NAN; x.len()];
+                flip_panels_on(isa, &x, &signs, k, cols, &mut dst);
+                for i in 0..k {
+                    for c in 0..cols {
+                        let v = x[at(k, i, c)];
+                        let want = if bit(&bits, 3 + c * k + i) { -v } else { v };
+                        assert_eq!(dst[at(k, i, c)].to_bits(), want.to_bits(), "{isa:?} {k}x{cols}: [{i}, {c}]");
+                    }
+                }
             }
         }
     }
@@ -1499,10 +1676,62 @@ mod transposed_tests {
                             let want = direct(&wa, &x, j, c);
                             assert!((f64::from(ya[j * ld + c]) - want).abs() < 1e-5, "{isa:?} {k}x{n} a[{j}, {c}]");
                             let want_b = match pass {
-                                Pass::One(_) => continue,
                                 Pass::Two(..) => direct(&wb, &x, j, c),
+                                _ => continue,
                             };
                             assert!((f64::from(yb[j * ld + c]) - want_b).abs() < 1e-5, "{isa:?} {k}x{n} b[{j}, {c}]");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn signed_pass_matches_a_direct_f64_product_and_the_flipped_copy_bit_for_bit() {
+        // The shapes above (several chunks, column blocks, panels, padding columns); sign bits
+        // from mid-word; with and without the mean product.
+        for (k, n, cols, kept_frac, bit0) in [(7, 5, 1, 0.5, 0), (33, 9, 17, 0.3, 5), (64, 20, 100, 0.7, 63), (50, 3, 200, 0.1, 1), (10, 4, 64, 1.0, 0), (150, 6, 280, 0.3, 17), (300, 5, 130, 0.05, 40)] {
+            let (wa, csr) = pruned(k, n, kept_frac, 1);
+            let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
+            let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
+            let ld = padded(cols);
+            let mut x = values(panels_len(k, cols), 3);
+            // Padding columns are zero here, as `batched` leaves them (a flipped 1e30 would
+            // stay finite too, but the flipped copy below must equal the kernel's).
+            x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 0.0);
+            let bits = sign_words(bit0, cols * k, 4);
+            let mut signs = vec![0u16; sign_panels_len(k, cols)];
+            sign_panels_on(Isa::Portable, &bits, bit0, cols, k, &mut signs);
+            let neg = |i: usize, c: usize| bit(&bits, bit0 + c * k + i);
+            let direct = |w: &[f32], j: usize, c: usize, signed: bool| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)]) * if signed && neg(i, c) { -1.0 } else { 1.0 }).sum::<f64>();
+            // The flipped copy the sign-flipping transpose made before, by definition.
+            let mut xs = x.clone();
+            for i in 0..k {
+                for c in 0..cols {
+                    xs[at(k, i, c)] = if neg(i, c) { -x[at(k, i, c)] } else { x[at(k, i, c)] };
+                }
+            }
+            for isa in isas() {
+                let (mut mean, mut pert) = (vec![0f32; n * ld], vec![0f32; n * ld]);
+                csr.spmm_t_on(isa, &x, cols, Pass::One(&a), &mut mean, &mut []);
+                csr.spmm_t_on(isa, &xs, cols, Pass::One(&b), &mut pert, &mut []);
+                for with_mean in [true, false] {
+                    let (mut ya, mut yb) = (vec![0f32; n * ld], vec![f32::NAN; n * ld]);
+                    let pass = Pass::Signed { mean: with_mean.then_some(&a[..]), noise: &b, signs: &signs };
+                    csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
+                    // Without a mean, the perturbation goes to the first output.
+                    let (got_mean, got_pert) = if with_mean { (Some(&ya), &yb) } else { (None, &ya) };
+                    for j in 0..n {
+                        for c in 0..cols {
+                            let p = j * ld + c;
+                            let want = direct(&wb, j, c, true);
+                            assert!((f64::from(got_pert[p]) - want).abs() < 1e-5, "{isa:?} {k}x{n} mean {with_mean}: perturbation [{j}, {c}]: {} vs {want}", got_pert[p]);
+                            assert_eq!(got_pert[p].to_bits(), pert[p].to_bits(), "{isa:?} {k}x{n} mean {with_mean}: perturbation [{j}, {c}] vs the flipped copy");
+                            if let Some(m) = got_mean {
+                                assert!((f64::from(m[p]) - direct(&wa, j, c, false)).abs() < 1e-5, "{isa:?} {k}x{n}: mean [{j}, {c}]");
+                                assert_eq!(m[p].to_bits(), mean[p].to_bits(), "{isa:?} {k}x{n}: mean [{j}, {c}] vs one pass");
+                            }
                         }
                     }
                 }
