@@ -551,6 +551,9 @@ struct Shared {
     patches: Option<Vec<f32>>,
     /// `patches @ mu` (no bias), `[rows, units]`.
     mean: Vec<f32>,
+    /// The input transposed for the sparse kernel ([`sparse::transposed_blocks`]), for a
+    /// pruned dense layer: each sample then transposes only its sign bits.
+    xt: Option<Vec<f32>>,
 }
 
 /// Reusable buffers of one thread: Monte Carlo samples reuse the same memory instead of
@@ -748,7 +751,8 @@ impl Linear {
             let _ftz = FlushDenormals::new();
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
-        Shared { patches, mean }
+        let xt = (self.conv.is_none() && self.kernel.is_sparse()).then(|| sparse::transposed_blocks(x, n, k));
+        Shared { patches, mean, xt }
     }
 
     /// The layer on `x` (`n` examples); returns `[n, ..., units]`, through a ReLU when `relu`.
@@ -821,7 +825,8 @@ impl Linear {
             let (s_in, s_out) = if self.sparse_sign_bits() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
             let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
-            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), bias: &bias, relu };
+            let xt = shared.and_then(|s| s.xt.as_deref());
+            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), xt, bias: &bias, relu };
             sparse::forward(&job, &mut out, &mut ws.sparse);
             ws.noise = noise;
             return (out, false);

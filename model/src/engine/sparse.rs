@@ -1204,6 +1204,9 @@ pub(crate) struct Job<'a> {
     pub flip: Option<Flip<'a>>,
     /// A precomputed `[rows, units]` term (the shared mean product of a first layer).
     pub base: Option<&'a [f32]>,
+    /// A dense layer's transposed activations as [`transposed_blocks`] lays them out (a
+    /// first layer's input, the same for every sample); `None`: transposed here.
+    pub xt: Option<&'a [f32]>,
     /// Bias (sampled or mean).
     pub bias: &'a [f32],
     /// Whether a ReLU follows (fused into the output pass).
@@ -1249,6 +1252,9 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     if let Some(f) = job.flip {
         assert!(f.s_in.covers(job.n * cin) && f.s_out.covers(job.n * u), "sparse layer: too few signs");
     }
+    // A given `X^T` is a dense layer's, whose input signs (if any) are bits: masks would need
+    // the flipped copy made with it.
+    assert!(job.xt.is_none() || (job.conv.is_none() && !matches!(job.flip, Some(Flip { s_in: Signs::Masks(_), .. }))), "sparse layer: a given X^T needs a dense layer with sign bits");
     let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {
         return batched(job, csr, rpe, out, ws);
@@ -1306,6 +1312,34 @@ fn pad_columns(buf: &mut Aligned, k: usize, cols: usize) -> &mut [f32] {
     buf
 }
 
+/// `X^T` of a dense layer's input `x` (`n` examples of `k` values) in the blocks that
+/// [`forward`] runs: block `b` (examples `b * 256..`, [`BATCH_COLS`]) at `b * panels_len(k,
+/// 256)`, in panels, padding columns zero. A first layer's input is the same for every Monte
+/// Carlo sample: transposed once, each sample then only transposes its sign bits.
+pub(crate) fn transposed_blocks(x: &[f32], n: usize, k: usize) -> Vec<f32> {
+    assert!(x.len() >= n * k, "transposed blocks: slices too short");
+    let size = panels_len(k, BATCH_COLS);
+    let mut out = vec![0f32; n.div_ceil(BATCH_COLS) * size];
+    for (b0, block) in (0..n).step_by(BATCH_COLS).zip(out.chunks_mut(size)) {
+        transpose_block(x, k, b0, (b0 + BATCH_COLS).min(n), block, None);
+    }
+    out
+}
+
+/// `X^T` of examples `b0..b1` of a dense layer's input (`k` values each) into `xt`, in panels
+/// (a panel is a `[k, PANEL]` row-major matrix), and with `masks` (the input signs as XOR
+/// masks, `[n, k]`) the sign-flipped copy into the second slice.
+fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mut masks: Option<(&[u32], &mut [f32])>) {
+    for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
+        let r1 = (r0 + PANEL).min(b1);
+        let xb = &x[r0 * k..r1 * k];
+        transpose_into(xb, None, r1 - r0, k, &mut xt[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+        if let Some((s, xs)) = masks.as_mut() {
+            transpose_into(xb, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
+        }
+    }
+}
+
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
 /// any, on a sign-flipped copy of the transposed activations (convolutions, signs as masks)
 /// or as lane masks applied by the kernel ([`Pass::Signed`]: signs as bits).
@@ -1316,47 +1350,45 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
         let ld = padded(cols);
-        // Every column below `cols` is written below: only the padding is zeroed.
-        let xt = pad_columns(&mut ws.xt, k, cols);
         let signs = job.flip.map(|f| f.s_in);
         let bits = match signs {
             Some(Signs::Bits(s)) => Some(s),
             _ => None,
         };
-        // The sign-flipped copy: built here for masks (convolutions), from the sign panels
-        // below for bits without a mean product, not at all for bits with one.
+        // The sign-flipped copy: built with `xt` for masks, from the sign panels for bits
+        // without a mean product, not at all for bits with one.
         let xs = match (job.flip, bits, job.a) {
             (Some(_), None, _) => pad_columns(&mut ws.xs, k, cols),
             (Some(_), Some(_), None) => ws.xs.get(panels_len(k, cols)),
             _ => &mut [],
         };
-        match job.conv {
-            Some(win) => patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks()))),
-            None => {
-                // A panel at a time: a panel is a `[k, PANEL]` row-major matrix.
-                for (p, r0) in (b0..b1).step_by(PANEL).enumerate() {
-                    let r1 = (r0 + PANEL).min(b1);
-                    let x = &job.x[r0 * k..r1 * k];
-                    let xt = &mut xt[p * k * PANEL..(p + 1) * k * PANEL];
-                    match signs {
-                        None | Some(Signs::Bits(_)) => transpose_into(x, None, r1 - r0, k, xt, PANEL),
-                        Some(Signs::Masks(s)) => {
-                            transpose_into(x, None, r1 - r0, k, xt, PANEL);
-                            transpose_into(x, Some(&s[r0 * k..r1 * k]), r1 - r0, k, &mut xs[p * k * PANEL..(p + 1) * k * PANEL], PANEL);
-                        }
-                    }
-                }
-                if let Some(s) = bits {
-                    ws.signs.resize(sign_panels_len(k, cols), 0);
-                    sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
-                    // A lone perturbation product runs on a flipped copy: flipping each vector
-                    // in the kernel costs a vector operation per fused multiply-add there
-                    // (1.4-1.5x slower, kernel_bench shapes), which pays only when it saves
-                    // the second pass's load (with a mean product).
-                    if job.a.is_none() {
-                        flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
-                    }
-                }
+        let xt: &[f32] = match (job.conv, job.xt) {
+            (Some(win), _) => {
+                // Every column below `cols` is written below: only the padding is zeroed.
+                let xt = pad_columns(&mut ws.xt, k, cols);
+                patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks())));
+                xt
+            }
+            (None, Some(t)) => &t[b0 / BATCH_COLS * panels_len(k, BATCH_COLS)..][..panels_len(k, cols)],
+            (None, None) => {
+                let xt = pad_columns(&mut ws.xt, k, cols);
+                let masks = match signs {
+                    Some(Signs::Masks(s)) => Some((s, &mut xs[..])),
+                    _ => None,
+                };
+                transpose_block(job.x, k, b0, b1, xt, masks);
+                xt
+            }
+        };
+        if let (None, Some(s)) = (job.conv, bits) {
+            ws.signs.resize(sign_panels_len(k, cols), 0);
+            sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
+            // A lone perturbation product runs on a flipped copy: flipping each vector
+            // in the kernel costs a vector operation per fused multiply-add there
+            // (1.4-1.5x slower, kernel_bench shapes), which pays only when it saves
+            // the second pass's load (with a mean product).
+            if job.a.is_none() {
+                flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
             }
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
@@ -1860,8 +1892,8 @@ mod transposed_tests {
             None,
         ];
         for conv in convs {
-            // Dense: more examples than a panel holds.
-            let nb = if conv.is_some() { 5 } else { 70 };
+            // Dense: more examples than a panel holds, and than a block of BATCH_COLS.
+            let nb = if conv.is_some() { 5 } else { 300 };
             // Units: a tail only, and whole 16-unit blocks plus a tail (fused output pass).
             let (k, units) = match conv {
                 Some(w) => (w.size[0] * w.size[1] * w.input[2], if w.input[0] > 10 { 21 } else { 7 }),
@@ -1902,6 +1934,7 @@ mod transposed_tests {
                     a: use_mu.then_some(&a[..]),
                     flip: Some(Flip { noise: &d, s_in: form.0, s_out: form.1 }),
                     base: with_base.then_some(&base[..]),
+                    xt: None,
                     bias: &bias,
                     relu,
                 };
@@ -1910,9 +1943,17 @@ mod transposed_tests {
                 for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                     assert!((f64::from(*g) - w).abs() < 1e-5, "{conv:?} {form:?} mu {use_mu} relu {relu}: output {i}: {g} vs {w}");
                 }
+                // A dense layer with sign bits on `X^T` transposed once (a first layer's):
+                // the same outputs bit for bit.
+                if let (None, Signs::Bits(_)) = (conv, form.0) {
+                    let xt = transposed_blocks(&x, nb, k);
+                    let mut again = vec![f32::NAN; out.len()];
+                    forward(&Job { xt: Some(&xt), ..job }, &mut again, &mut Scratch::default());
+                    assert!(again.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "mu {use_mu} relu {relu}: given X^T");
+                }
             }
             // Without a perturbation (mean network): x @ mu + bias.
-            let job = Job { csr: &csr, conv: conv.as_ref(), x: &x, n: nb, a: Some(&a), flip: None, base: None, bias: &bias, relu: false };
+            let job = Job { csr: &csr, conv: conv.as_ref(), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu: false };
             let mut out = vec![f32::NAN; nb * rpe * units];
             forward(&job, &mut out, &mut Scratch::default());
             let zero = vec![0f32; k * units];
