@@ -8,10 +8,10 @@
 //! position of a convolution), so that `Y^T[j, :] += W[i, j] * X^T[i, :]` over the kept
 //! weights of output `j` runs along the columns, a block of 64 of them in registers; one pass
 //! over the kept weights accumulates both Flipout products (mean and perturbation), which
-//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0): for a dense
-//! layer ([`Pass::Signed`]) from one load of each activation vector, the perturbation's input
-//! signs applied to it in registers as lane masks ([`sign_panels_on`]). [`forward`] runs a
-//! whole pruned layer on it.
+//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). A dense layer's
+//! input signs are transposed into sign panels ([`sign_panels_on`]), which flip a copy of the
+//! activations ([`flip_panels_on`]) or each loaded vector in the kernel ([`Pass::Signed`]).
+//! [`forward`] runs a whole pruned layer on it.
 
 use super::aligned::Aligned;
 use super::conv::Window;
@@ -256,8 +256,9 @@ pub enum Pass<'a> {
     /// The input signs are applied to each loaded activation vector as a lane mask (an XOR
     /// of the sign bit, as on the flipped copy it replaces: bit for bit the same sums), so
     /// both products load each vector once. The flip is a vector operation per vector and
-    /// product, as costly as the load it saves on Zen 4: without a mean product, a pass on
-    /// a flipped copy ([`flip_panels_on`]) is faster.
+    /// product, as costly as the load it saves on Zen 4, so [`forward`] runs two passes on
+    /// `X^T` and a flipped copy ([`flip_panels_on`]) instead (as fast on AVX-512 with a mean
+    /// product, faster elsewhere); this pass stays for measurements on other cores.
     Signed {
         /// The first product's values (`None`: a first layer's shared mean product).
         mean: Option<&'a [f32]>,
@@ -898,7 +899,7 @@ fn bits16(bits: &[u64], p: usize) -> u16 {
 /// columns `c..c + 16` (c a multiple of 16) has bit `l` = bit `bit0 + (c + l) * k + i` of
 /// `bits`, i.e. the input signs of a dense layer (row-major per example and input, as the
 /// sampler draws them, [`Sampler::sign_bits_into`]) laid out like the transposed activations'
-/// panels, for [`Pass::Signed`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
+/// panels, for [`flip_panels_on`] and [`Pass::Signed`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
 /// in 16 x 16 blocks: 16 columns' 16 bits as the lanes of one vector, then one mask per
 /// row (on AVX-512 a test instruction per row).
 ///
@@ -1219,7 +1220,7 @@ pub(crate) struct Scratch {
     patches: PatchScratch,
     xt: Aligned,
     xs: Aligned,
-    /// Input signs of a dense layer in sign panels ([`Pass::Signed`]).
+    /// Input signs of a dense layer in sign panels ([`sign_panels_on`]).
     signs: Vec<u16>,
     ya: Aligned,
     yb: Aligned,
@@ -1341,8 +1342,8 @@ fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mu
 }
 
 /// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
-/// any, on a sign-flipped copy of the transposed activations (convolutions, signs as masks)
-/// or as lane masks applied by the kernel ([`Pass::Signed`]: signs as bits).
+/// any, on a sign-flipped copy of the transposed activations (made with them from masks, or
+/// from them and the sign panels of bits).
 fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
@@ -1356,10 +1357,10 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
             _ => None,
         };
         // The sign-flipped copy: built with `xt` for masks, from the sign panels for bits
-        // without a mean product, not at all for bits with one.
-        let xs = match (job.flip, bits, job.a) {
-            (Some(_), None, _) => pad_columns(&mut ws.xs, k, cols),
-            (Some(_), Some(_), None) => ws.xs.get(panels_len(k, cols)),
+        // (every value, padding included, is written there).
+        let xs = match (job.flip, bits) {
+            (Some(_), None) => pad_columns(&mut ws.xs, k, cols),
+            (Some(_), Some(_)) => ws.xs.get(panels_len(k, cols)),
             _ => &mut [],
         };
         let xt: &[f32] = match (job.conv, job.xt) {
@@ -1383,21 +1384,15 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         if let (None, Some(s)) = (job.conv, bits) {
             ws.signs.resize(sign_panels_len(k, cols), 0);
             sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
-            // A lone perturbation product runs on a flipped copy: flipping each vector
-            // in the kernel costs a vector operation per fused multiply-add there
-            // (1.4-1.5x slower, kernel_bench shapes), which pays only when it saves
-            // the second pass's load (with a mean product).
-            if job.a.is_none() {
-                flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
-            }
+            // The perturbation runs on a flipped copy, not on `X^T` with the signs applied
+            // in the kernel (`Pass::Signed`): that costs a vector operation per vector and
+            // product, as much as the load it saves. Measured per call (BNN-FC's shapes):
+            // as fast on AVX-512 with a mean product (-4% to +12%; the same `eval` time),
+            // 1.1-1.3x slower on AVX2, 3x portably, 1.4-1.5x without a mean product.
+            flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
         match (job.a, job.flip) {
-            // Signs as bits (dense layers): one load of each activation vector for both
-            // products, the signs applied to it in registers.
-            (Some(a), Some(f)) if bits.is_some() => {
-                csr.spmm_t(xt, cols, Pass::Signed { mean: Some(a), noise: f.noise, signs: &ws.signs }, ya, yb);
-            }
             // Two passes, each with one activation stream, ran 1.2-1.4x faster than one pass
             // over both streams (two loads per pair of fused multiply-adds: the kernel is
             // bound by its loads; that pass was removed).
