@@ -10,7 +10,7 @@
 //! over the kept weights accumulates both Flipout products (mean and perturbation), which
 //! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). A dense layer's
 //! input signs are transposed into sign panels ([`sign_panels_on`]), which flip a copy of the
-//! activations ([`flip_panels_on`]) or each loaded vector in the kernel ([`Pass::Signed`]).
+//! activations ([`flip_panels_on`]).
 //! [`forward`] runs a whole pruned layer on it.
 
 use super::aligned::Aligned;
@@ -251,22 +251,6 @@ pub enum Pass<'a> {
     One(&'a [f32]),
     /// `ya = A x` and `yb = B x`: one load of each activation vector for both.
     Two(&'a [f32], &'a [f32]),
-    /// Flipout's two products of a dense layer on one activation stream: `ya = mean x` and
-    /// `yb = noise (x * s_in)` (without a mean, `ya = noise (x * s_in)` and `yb` unused).
-    /// The input signs are applied to each loaded activation vector as a lane mask (an XOR
-    /// of the sign bit, as on the flipped copy it replaces: bit for bit the same sums), so
-    /// both products load each vector once. The flip is a vector operation per vector and
-    /// product, as costly as the load it saves on Zen 4, so [`forward`] runs two passes on
-    /// `X^T` and a flipped copy ([`flip_panels_on`]) instead (as fast on AVX-512 with a mean
-    /// product, faster elsewhere); this pass stays for measurements on other cores.
-    Signed {
-        /// The first product's values (`None`: a first layer's shared mean product).
-        mean: Option<&'a [f32]>,
-        /// The perturbation's values.
-        noise: &'a [f32],
-        /// The input signs in sign panels ([`sign_panels_on`], [`sign_at`]).
-        signs: &'a [u16],
-    },
 }
 
 /// Sign masks per row of a panel: one 16-bit lane mask per vector of [`LANES`] columns.
@@ -445,8 +429,6 @@ struct Operands {
     b: *const f32,
     ya: *mut f32,
     yb: *mut f32,
-    /// Sign panels of `xa` ([`Pass::Signed`]; dangling otherwise).
-    signs: *const u16,
     /// Row length of the outputs.
     ld: usize,
     /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
@@ -456,23 +438,19 @@ struct Operands {
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
 /// weights of output `j` stream by once per block, each one a broadcast and one load and
 /// fused multiply-add per vector and product (`TWO`: a second product on the same
-/// activations, no second load; `FLIP`: the last product on the activations with the
-/// input signs of `op.signs` applied, per loaded vector).
+/// activations, no second load).
 ///
 /// # Safety
 /// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa` (and their sign panels behind `signs` with `FLIP`),
-/// `nnz` values behind `a` (and `b`), `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`,
-/// both multiples of [`LANES`].
+/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`),
+/// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
 #[inline(always)]
-unsafe fn spmm<V: Vector, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Operands) {
+unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
-    unsafe fn block<V: Vector, const NV: usize, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Operands, c0: usize) {
-        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels (and
-        // sign panels) and below `rows * ld` because indices < k and c0 + NV * LANES <= cols
-        // <= ld within one panel.
+    unsafe fn block<V: Vector, const NV: usize, const TWO: bool>(csr: &Csr, op: Operands, c0: usize) {
+        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
+        // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
         let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
-        let sbase = sign_at(csr.cols, 0, c0);
         unsafe {
             // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
             // sums go to the outputs in between.
@@ -495,21 +473,15 @@ unsafe fn spmm<V: Vector, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Oper
                         }
                     }
                     for nz in s..e {
-                        let i = *csr.indices.get_unchecked(nz) as usize;
+                        let off = base + *csr.indices.get_unchecked(nz) as usize * PANEL;
                         let wa = V::splat(*op.a.add(nz));
-                        let pa = op.xa.add(base + i * PANEL);
-                        let ps = op.signs.wrapping_add(sbase + i * MASKS);
+                        let pa = op.xa.add(off);
                         if TWO {
                             let wb = V::splat(*op.b.add(nz));
                             for l in 0..NV {
                                 let x = V::load(pa.add(l * LANES));
                                 ra[l] = V::fma(wa, x, ra[l]);
-                                let xb = if FLIP { V::flip(x, *ps.add(l)) } else { x };
-                                rb[l] = V::fma(wb, xb, rb[l]);
-                            }
-                        } else if FLIP {
-                            for (l, r) in ra.iter_mut().enumerate() {
-                                *r = V::fma(wa, V::flip(V::load(pa.add(l * LANES)), *ps.add(l)), *r);
+                                rb[l] = V::fma(wb, x, rb[l]);
                             }
                         } else {
                             for (l, r) in ra.iter_mut().enumerate() {
@@ -533,30 +505,28 @@ unsafe fn spmm<V: Vector, const TWO: bool, const FLIP: bool>(csr: &Csr, op: Oper
     unsafe {
         while c0 < op.cols {
             match ((op.cols - c0) / LANES).min(V::BLOCK) {
-                1 => block::<V, 1, TWO, FLIP>(csr, op, c0),
-                2 => block::<V, 2, TWO, FLIP>(csr, op, c0),
-                3 => block::<V, 3, TWO, FLIP>(csr, op, c0),
-                4 => block::<V, 4, TWO, FLIP>(csr, op, c0),
-                5 => block::<V, 5, TWO, FLIP>(csr, op, c0),
-                6 => block::<V, 6, TWO, FLIP>(csr, op, c0),
-                7 => block::<V, 7, TWO, FLIP>(csr, op, c0),
-                _ => block::<V, VECS, TWO, FLIP>(csr, op, c0),
+                1 => block::<V, 1, TWO>(csr, op, c0),
+                2 => block::<V, 2, TWO>(csr, op, c0),
+                3 => block::<V, 3, TWO>(csr, op, c0),
+                4 => block::<V, 4, TWO>(csr, op, c0),
+                5 => block::<V, 5, TWO>(csr, op, c0),
+                6 => block::<V, 6, TWO>(csr, op, c0),
+                7 => block::<V, 7, TWO>(csr, op, c0),
+                _ => block::<V, VECS, TWO>(csr, op, c0),
             }
             c0 += V::BLOCK * LANES;
         }
     }
 }
 
-/// [`spmm`] for the kinds of [`Pass`].
+/// [`spmm`] for both kinds of [`Pass`].
 #[inline(always)]
 unsafe fn spmm_any<V: Vector>(csr: &Csr, op: Operands, pass: &Pass) {
     // SAFETY: the caller's contract.
     unsafe {
         match pass {
-            Pass::One(_) => spmm::<V, false, false>(csr, op),
-            Pass::Two(..) => spmm::<V, true, false>(csr, op),
-            Pass::Signed { mean: Some(_), .. } => spmm::<V, true, true>(csr, op),
-            Pass::Signed { mean: None, .. } => spmm::<V, false, true>(csr, op),
+            Pass::One(_) => spmm::<V, false>(csr, op),
+            Pass::Two(..) => spmm::<V, true>(csr, op),
         }
     }
 }
@@ -630,8 +600,7 @@ pub fn flip_panels_on(isa: Isa, x: &[f32], signs: &[u16], k: usize, cols: usize,
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
     /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
-    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`
-    /// ([`Pass::Signed`]: with the signs applied to `X^T` in the perturbation's product).
+    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`.
     /// `x` holds `X^T` (`[k, cols]`) in panels
     /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
     /// their inputs give, which must be finite).
@@ -682,15 +651,12 @@ impl Checked<'_> {
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         let len = panels_len(k, cols);
         let (cols, ld) = (padded(cols), padded(cols));
-        let (a, b, signs) = match pass {
-            Pass::One(a) => (a, a, &[][..]),
-            Pass::Two(a, b) => (a, b, &[][..]),
-            Pass::Signed { mean: Some(m), noise, signs } => (m, noise, signs),
-            Pass::Signed { mean: None, noise, signs } => (noise, noise, signs),
+        let (a, b) = match pass {
+            Pass::One(a) => (a, a),
+            Pass::Two(a, b) => (a, b),
         };
-        let two = matches!(pass, Pass::Two(..) | Pass::Signed { mean: Some(_), .. });
-        let signed = matches!(pass, Pass::Signed { .. });
-        assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz && (!signed || signs.len() >= sign_panels_len(k, cols)), "spmm_t: operands too short");
+        let two = !matches!(pass, Pass::One(_));
+        assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
         assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
         if cols == 0 || n == 0 {
             return;
@@ -701,7 +667,6 @@ impl Checked<'_> {
             b: b.as_ptr(),
             ya: ya.as_mut_ptr(),
             yb: if two { yb.as_mut_ptr() } else { ya.as_mut_ptr() },
-            signs: signs.as_ptr(),
             ld,
             cols,
         };
@@ -899,7 +864,7 @@ fn bits16(bits: &[u64], p: usize) -> u16 {
 /// columns `c..c + 16` (c a multiple of 16) has bit `l` = bit `bit0 + (c + l) * k + i` of
 /// `bits`, i.e. the input signs of a dense layer (row-major per example and input, as the
 /// sampler draws them, [`Sampler::sign_bits_into`]) laid out like the transposed activations'
-/// panels, for [`flip_panels_on`] and [`Pass::Signed`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
+/// panels, for [`flip_panels_on`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
 /// in 16 x 16 blocks: 16 columns' 16 bits as the lanes of one vector, then one mask per
 /// row (on AVX-512 a test instruction per row).
 ///
@@ -1385,8 +1350,8 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
             ws.signs.resize(sign_panels_len(k, cols), 0);
             sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
             // The perturbation runs on a flipped copy, not on `X^T` with the signs applied
-            // in the kernel (`Pass::Signed`): that costs a vector operation per vector and
-            // product, as much as the load it saves. Measured per call (BNN-FC's shapes):
+            // in the kernel (tried in session s10a, d935b5e): that costs a vector operation
+            // per vector and product, as much as the load it saves. Measured per call (BNN-FC's shapes):
             // as fast on AVX-512 with a mean product (-4% to +12%; the same `eval` time),
             // 1.1-1.3x slower on AVX2, 3x portably, 1.4-1.5x without a mean product.
             flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
@@ -1707,58 +1672,6 @@ mod transposed_tests {
                                 _ => continue,
                             };
                             assert!((f64::from(yb[j * ld + c]) - want_b).abs() < 1e-5, "{isa:?} {k}x{n} b[{j}, {c}]");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn signed_pass_matches_a_direct_f64_product_and_the_flipped_copy_bit_for_bit() {
-        // The shapes above (several chunks, column blocks, panels, padding columns); sign bits
-        // from mid-word; with and without the mean product.
-        for (k, n, cols, kept_frac, bit0) in [(7, 5, 1, 0.5, 0), (33, 9, 17, 0.3, 5), (64, 20, 100, 0.7, 63), (50, 3, 200, 0.1, 1), (10, 4, 64, 1.0, 0), (150, 6, 280, 0.3, 17), (300, 5, 130, 0.05, 40)] {
-            let (wa, csr) = pruned(k, n, kept_frac, 1);
-            let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
-            let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
-            let ld = padded(cols);
-            let mut x = values(panels_len(k, cols), 3);
-            // Padding columns are zero here, as `batched` leaves them (a flipped 1e30 would
-            // stay finite too, but the flipped copy below must equal the kernel's).
-            x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 0.0);
-            let bits = sign_words(bit0, cols * k, 4);
-            let mut signs = vec![0u16; sign_panels_len(k, cols)];
-            sign_panels_on(Isa::Portable, &bits, bit0, cols, k, &mut signs);
-            let neg = |i: usize, c: usize| bit(&bits, bit0 + c * k + i);
-            let direct = |w: &[f32], j: usize, c: usize, signed: bool| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)]) * if signed && neg(i, c) { -1.0 } else { 1.0 }).sum::<f64>();
-            // The flipped copy the sign-flipping transpose made before, by definition.
-            let mut xs = x.clone();
-            for i in 0..k {
-                for c in 0..cols {
-                    xs[at(k, i, c)] = if neg(i, c) { -x[at(k, i, c)] } else { x[at(k, i, c)] };
-                }
-            }
-            for isa in isas() {
-                let (mut mean, mut pert) = (vec![0f32; n * ld], vec![0f32; n * ld]);
-                csr.spmm_t_on(isa, &x, cols, Pass::One(&a), &mut mean, &mut []);
-                csr.spmm_t_on(isa, &xs, cols, Pass::One(&b), &mut pert, &mut []);
-                for with_mean in [true, false] {
-                    let (mut ya, mut yb) = (vec![0f32; n * ld], vec![f32::NAN; n * ld]);
-                    let pass = Pass::Signed { mean: with_mean.then_some(&a[..]), noise: &b, signs: &signs };
-                    csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
-                    // Without a mean, the perturbation goes to the first output.
-                    let (got_mean, got_pert) = if with_mean { (Some(&ya), &yb) } else { (None, &ya) };
-                    for j in 0..n {
-                        for c in 0..cols {
-                            let p = j * ld + c;
-                            let want = direct(&wb, j, c, true);
-                            assert!((f64::from(got_pert[p]) - want).abs() < 1e-5, "{isa:?} {k}x{n} mean {with_mean}: perturbation [{j}, {c}]: {} vs {want}", got_pert[p]);
-                            assert_eq!(got_pert[p].to_bits(), pert[p].to_bits(), "{isa:?} {k}x{n} mean {with_mean}: perturbation [{j}, {c}] vs the flipped copy");
-                            if let Some(m) = got_mean {
-                                assert!((f64::from(m[p]) - direct(&wa, j, c, false)).abs() < 1e-5, "{isa:?} {k}x{n}: mean [{j}, {c}]");
-                                assert_eq!(m[p].to_bits(), mean[p].to_bits(), "{isa:?} {k}x{n}: mean [{j}, {c}] vs one pass");
-                            }
                         }
                     }
                 }
