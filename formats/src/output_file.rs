@@ -351,6 +351,10 @@ pub fn create_output_dir(dir: &Path) -> Result<CreatedDirs> {
         missing.push(d.to_path_buf());
         at = d.parent();
     }
+    // The OS would say "File exists" of a file in the way, which reads as if nothing were wrong.
+    if let Some(d) = at.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(Error::io(d, std::io::Error::new(std::io::ErrorKind::NotADirectory, "a file, not a folder: the output cannot go under it")));
+    }
     missing.reverse();
     let created = CreatedDirs { dirs: missing };
     lock(&CREATED_DIRS).extend(created.dirs.iter().cloned());
@@ -473,5 +477,16 @@ mod tests {
         assert!(dir.path().join("a").is_dir() && !dir.path().join("a/b").exists(), "a folder that existed stays");
         create_output_dir(&deep).expect("create").keep();
         assert!(deep.is_dir());
+    }
+
+    #[test]
+    fn a_file_in_the_way_of_the_output_folder_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("file");
+        let err = create_output_dir(&file.join("a/b")).expect_err("a file is in the way");
+        assert_eq!(err.to_string(), format!("{}: a file, not a folder: the output cannot go under it", file.display()));
+        assert_eq!(std::fs::read(&file).expect("still there"), b"x");
+        assert_eq!(create_output_dir(&file).err().map(|e| e.to_string()), Some(format!("{}: a file, not a folder: the output cannot go under it", file.display())));
     }
 }
