@@ -713,10 +713,11 @@ impl Linear {
         self.conv.is_none() && !self.kernel.is_sparse()
     }
 
-    /// Whether Flipout's signs are drawn as bits ([`sparse::Signs::Bits`]) for the sparse
-    /// kernel: a pruned dense layer, whose transpose and output pass apply them as lane masks
-    /// (convolutions take masks, applied per patch value).
-    fn sparse_sign_bits(&self) -> bool {
+    /// Whether this is a pruned dense layer on the sparse kernel: its Flipout signs are drawn
+    /// as bits ([`sparse::Signs::Bits`]), which its sign panels and output pass apply as lane
+    /// masks (convolutions take masks, applied per patch value), and as a first layer its
+    /// transposed input is shared by the samples ([`Shared::xt`]).
+    fn pruned_dense(&self) -> bool {
         self.conv.is_none() && self.kernel.is_sparse()
     }
 
@@ -751,7 +752,7 @@ impl Linear {
             let _ftz = FlushDenormals::new();
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
-        let xt = (self.conv.is_none() && self.kernel.is_sparse()).then(|| sparse::transposed_blocks(x, n, k));
+        let xt = self.pruned_dense().then(|| sparse::transposed_blocks(x, n, k));
         Shared { patches, mean, xt }
     }
 
@@ -798,7 +799,7 @@ impl Linear {
                         if self.fused_flipout() {
                             s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
-                        } else if self.sparse_sign_bits() {
+                        } else if self.pruned_dense() {
                             // Same draws as the masks.
                             s.sign_bits_into(n * k, &mut ws.s_in_bits);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
@@ -822,7 +823,7 @@ impl Linear {
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
             let mut out = ws.any(rows * u);
-            let (s_in, s_out) = if self.sparse_sign_bits() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
+            let (s_in, s_out) = if self.pruned_dense() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
             let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
             let xt = shared.and_then(|s| s.xt.as_deref());
