@@ -66,7 +66,10 @@ fn main() {
         }
         // Flipout's two products (mean and perturbation) of the same patch rows: the dense
         // path runs them as one GEMM against [mu | D] (k x 2n); the transposed sparse kernel
-        // in one pass over the kept weights, on the patches stored as X^T panels.
+        // in one pass over the kept weights, on the patches stored as X^T panels, each
+        // weight picked per lane from mu + D and mu - D by the signs (a dense layer's
+        // `Pass::Signed`; a convolution's examples fold their signs into the weights and
+        // run `Pass::One`, faster still).
         let w2 = values(k * 2 * n, 5);
         let mut out2 = vec![0f32; m * 2 * n];
         let tf = best(0.3, || sgemm(m, k, 2 * n, &p, &w2, &mut out2, false));
@@ -76,13 +79,15 @@ fn main() {
                 xt[sparse::at(k, i, r)] = p[r * k + i];
             }
         }
-        let (mut ya, mut yb) = (vec![0f32; n * sparse::padded(m)], vec![0f32; n * sparse::padded(m)]);
+        let mut ya = vec![0f32; n * sparse::padded(m)];
+        let signs = |rows: usize, seed: u16| -> Vec<u16> { (0..sparse::sign_panels_len(rows, m)).map(|i| (i as u16).wrapping_mul(40503) ^ seed).collect() };
+        let (s_in, s_out) = (signs(k, 1), signs(n, 2));
         let mut fused = Vec::new();
         for kept in [0.7, 0.5, 0.3, 0.1] {
             let cut = 1.0 - kept as f32;
             let csr = Csr::from_mask(n, k, |i| w[(i % k) * n + i / k].abs() >= cut);
             let (a, d) = (values(csr.nnz(), 6), values(csr.nnz(), 7));
-            let ts = best(0.3, || csr.spmm_t(&xt, m, Pass::Two(&a, &d), &mut ya, &mut yb));
+            let ts = best(0.3, || csr.spmm_t(&xt, m, Pass::Signed { plus: &a, minus: &d, s_in: &s_in, s_out: &s_out }, &mut ya));
             fused.push(serde_json::json!({"kept": kept, "seconds": ts, "speedup": tf / ts, "useful_gflops": 4.0 * (csr.nnz() * m) as f64 / ts / 1e9}));
         }
         rows.push(serde_json::json!({

@@ -6,11 +6,14 @@
 //! [`Csr::spmm_t`] is the Monte Carlo path's kernel (XNNPACK-style sparse inference): the
 //! activations are stored transposed, `[k, columns]` (one column per example, or per output
 //! position of a convolution), so that `Y^T[j, :] += W[i, j] * X^T[i, :]` over the kept
-//! weights of output `j` runs along the columns, a block of 64 of them in registers; one pass
-//! over the kept weights accumulates both Flipout products (mean and perturbation), which
-//! share the sparsity pattern of a zero-mode pruned kernel (mu = sigma = 0). A dense layer's
-//! input signs are transposed into sign panels ([`sign_panels_on`]), which flip a copy of the
-//! activations ([`flip_panels_on`]).
+//! weights of output `j` runs along the columns, up to 128 of them in registers. Both
+//! Flipout products (mean and perturbation, which share the sparsity pattern of a zero-mode
+//! pruned kernel, mu = sigma = 0) run as one: `x @ mu + ((x * s_in) @ D) * s_out` is
+//! `x @ (mu + s_in * D * s_out)`, a single product against weights that depend on the
+//! example's signs. A convolution's example has the same signs on all its patch rows, so its
+//! weights are formed once per example ([`fold_signs`]); a dense layer's change from column to
+//! column, so the kernel picks `mu + D` or `mu - D` per lane by the signs in sign panels
+//! ([`Pass::Signed`], [`sign_panels_on`]).
 //! [`forward`] runs a whole pruned layer on it.
 
 use super::aligned::Aligned;
@@ -249,8 +252,21 @@ impl Isa {
 pub enum Pass<'a> {
     /// `ya = A x`.
     One(&'a [f32]),
-    /// `ya = A x` and `yb = B x`: one load of each activation vector for both.
-    Two(&'a [f32], &'a [f32]),
+    /// Flipout's two products of a dense layer in one: `ya[j] = sum_i W_s[j, i] x_i` with
+    /// `W_s = plus` where the input sign of (i, column) equals the output sign of (j, column)
+    /// and `minus` where they differ, i.e. `mu + s_in * s_out * D` for `plus = mu + D` and
+    /// `minus = mu - D`: one fused multiply-add per kept weight and vector instead of one per
+    /// product, the signs picked per lane by a blend (and no sign-flipped copy of `X^T`).
+    Signed {
+        /// `mu + D` of the kept weights, pattern order.
+        plus: &'a [f32],
+        /// `mu - D` of the kept weights, pattern order.
+        minus: &'a [f32],
+        /// The input signs in sign panels of the `k` inputs ([`sign_panels_on`]).
+        s_in: &'a [u16],
+        /// The output signs in sign panels of the outputs (one row per output).
+        s_out: &'a [u16],
+    },
 }
 
 /// Sign masks per row of a panel: one 16-bit lane mask per vector of [`LANES`] columns.
@@ -283,6 +299,8 @@ trait Vector: Copy {
     unsafe fn fma(w: Self, x: Self, acc: Self) -> Self;
     /// `x` with the sign bit flipped in the lanes whose bit of `bits` is set (bit l: lane l).
     unsafe fn flip(x: Self, bits: u16) -> Self;
+    /// `b` in the lanes whose bit of `bits` is set (bit l: lane l), `a` in the others.
+    unsafe fn blend(bits: u16, a: Self, b: Self) -> Self;
     /// 16 floats to `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
 }
@@ -315,6 +333,15 @@ impl Vector for [f32; LANES] {
             *v = f32::from_bits(v.to_bits() ^ (u32::from(bits >> l) & 1) << 31);
         }
         x
+    }
+    #[inline(always)]
+    unsafe fn blend(bits: u16, mut a: Self, b: Self) -> Self {
+        for (l, (v, &w)) in a.iter_mut().zip(&b).enumerate() {
+            if bits >> l & 1 == 1 {
+                *v = w;
+            }
+        }
+        a
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
@@ -367,6 +394,17 @@ impl Vector for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn blend(bits: u16, a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        // Lane l's bit shifted up to the sign bit, which is all `blendv` reads.
+        unsafe {
+            let m = _mm256_set1_epi32(i32::from(bits));
+            let lo = _mm256_sllv_epi32(m, _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24));
+            let hi = _mm256_sllv_epi32(m, _mm256_setr_epi32(23, 22, 21, 20, 19, 18, 17, 16));
+            Avx2(_mm256_blendv_ps(a.0, b.0, _mm256_castsi256_ps(lo)), _mm256_blendv_ps(a.1, b.1, _mm256_castsi256_ps(hi)))
+        }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
         unsafe {
@@ -415,6 +453,11 @@ impl Vector for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn blend(bits: u16, a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_mask_blend_ps(bits, a.0, b.0)) }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
         unsafe { _mm512_storeu_ps(p, self.0) }
@@ -428,7 +471,9 @@ struct Operands {
     a: *const f32,
     b: *const f32,
     ya: *mut f32,
-    yb: *mut f32,
+    /// Sign panels of the inputs and of the outputs ([`Pass::Signed`]; else unused).
+    s_in: *const u16,
+    s_out: *const u16,
     /// Row length of the outputs.
     ld: usize,
     /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
@@ -437,20 +482,24 @@ struct Operands {
 
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
 /// weights of output `j` stream by once per block, each one a broadcast and one load and
-/// fused multiply-add per vector and product (`TWO`: a second product on the same
-/// activations, no second load).
+/// fused multiply-add per vector (`SIGNED`: two broadcasts, and per vector the weight picked
+/// from them by the lanes' input and output signs, [`Pass::Signed`]).
 ///
 /// # Safety
 /// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`),
-/// `rows * ld` behind `ya` (and `yb`), `op.cols <= ld`, both multiples of [`LANES`].
+/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`), `rows * ld` behind
+/// `ya`, `op.cols <= ld`, both multiples of [`LANES`]; with `SIGNED`, sign panels of `k` rows
+/// behind `s_in` and of `rows` rows behind `s_out`, both of `op.cols` columns.
 #[inline(always)]
-unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
+unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
-    unsafe fn block<V: Vector, const NV: usize, const TWO: bool>(csr: &Csr, op: Operands, c0: usize) {
+    unsafe fn block<V: Vector, const NV: usize, const SIGNED: bool>(csr: &Csr, op: Operands, c0: usize) {
         // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
         // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
         let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
+        // The block's masks in the sign panels: `sign_at(k, i, c0) = s_base + i * MASKS`.
+        let s_base = (c0 / PANEL) * csr.cols * MASKS + (c0 % PANEL) / LANES;
+        let o_base = (c0 / PANEL) * csr.rows * MASKS + (c0 % PANEL) / LANES;
         unsafe {
             // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
             // sums go to the outputs in between.
@@ -461,27 +510,25 @@ unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
                     if ch > 0 && s == e {
                         continue;
                     }
-                    let (oa, ob) = (op.ya.add(j * op.ld + c0), op.yb.add(j * op.ld + c0));
+                    let oa = op.ya.add(j * op.ld + c0);
                     let mut ra = [V::zero(); NV];
-                    let mut rb = [V::zero(); NV];
                     if ch > 0 {
-                        for l in 0..NV {
-                            ra[l] = V::load(oa.add(l * LANES));
-                            if TWO {
-                                rb[l] = V::load(ob.add(l * LANES));
-                            }
+                        for (l, r) in ra.iter_mut().enumerate() {
+                            *r = V::load(oa.add(l * LANES));
                         }
                     }
+                    // Output j's signs on the block's columns.
+                    let so: [u16; NV] = std::array::from_fn(|l| if SIGNED { *op.s_out.add(o_base + j * MASKS + l) } else { 0 });
                     for nz in s..e {
-                        let off = base + *csr.indices.get_unchecked(nz) as usize * PANEL;
+                        let i = *csr.indices.get_unchecked(nz) as usize;
+                        let pa = op.xa.add(base + i * PANEL);
                         let wa = V::splat(*op.a.add(nz));
-                        let pa = op.xa.add(off);
-                        if TWO {
+                        if SIGNED {
                             let wb = V::splat(*op.b.add(nz));
-                            for l in 0..NV {
-                                let x = V::load(pa.add(l * LANES));
-                                ra[l] = V::fma(wa, x, ra[l]);
-                                rb[l] = V::fma(wb, x, rb[l]);
+                            let si = op.s_in.add(s_base + i * MASKS);
+                            for (l, r) in ra.iter_mut().enumerate() {
+                                let w = V::blend(*si.add(l) ^ so[l], wa, wb);
+                                *r = V::fma(w, V::load(pa.add(l * LANES)), *r);
                             }
                         } else {
                             for (l, r) in ra.iter_mut().enumerate() {
@@ -489,11 +536,8 @@ unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
                             }
                         }
                     }
-                    for l in 0..NV {
-                        ra[l].store(oa.add(l * LANES));
-                        if TWO {
-                            rb[l].store(ob.add(l * LANES));
-                        }
+                    for (l, r) in ra.iter().enumerate() {
+                        r.store(oa.add(l * LANES));
                     }
                 }
             }
@@ -505,14 +549,14 @@ unsafe fn spmm<V: Vector, const TWO: bool>(csr: &Csr, op: Operands) {
     unsafe {
         while c0 < op.cols {
             match ((op.cols - c0) / LANES).min(V::BLOCK) {
-                1 => block::<V, 1, TWO>(csr, op, c0),
-                2 => block::<V, 2, TWO>(csr, op, c0),
-                3 => block::<V, 3, TWO>(csr, op, c0),
-                4 => block::<V, 4, TWO>(csr, op, c0),
-                5 => block::<V, 5, TWO>(csr, op, c0),
-                6 => block::<V, 6, TWO>(csr, op, c0),
-                7 => block::<V, 7, TWO>(csr, op, c0),
-                _ => block::<V, VECS, TWO>(csr, op, c0),
+                1 => block::<V, 1, SIGNED>(csr, op, c0),
+                2 => block::<V, 2, SIGNED>(csr, op, c0),
+                3 => block::<V, 3, SIGNED>(csr, op, c0),
+                4 => block::<V, 4, SIGNED>(csr, op, c0),
+                5 => block::<V, 5, SIGNED>(csr, op, c0),
+                6 => block::<V, 6, SIGNED>(csr, op, c0),
+                7 => block::<V, 7, SIGNED>(csr, op, c0),
+                _ => block::<V, VECS, SIGNED>(csr, op, c0),
             }
             c0 += V::BLOCK * LANES;
         }
@@ -526,7 +570,7 @@ unsafe fn spmm_any<V: Vector>(csr: &Csr, op: Operands, pass: &Pass) {
     unsafe {
         match pass {
             Pass::One(_) => spmm::<V, false>(csr, op),
-            Pass::Two(..) => spmm::<V, true>(csr, op),
+            Pass::Signed { .. } => spmm::<V, true>(csr, op),
         }
     }
 }
@@ -600,7 +644,7 @@ pub fn flip_panels_on(isa: Isa, x: &[f32], signs: &[u16], k: usize, cols: usize,
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
     /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
-    /// pattern order), `ld = padded(cols)`, and for [`Pass::Two`] the same with B into `yb`.
+    /// pattern order; for [`Pass::Signed`] each value picked by the signs), `ld = padded(cols)`.
     /// `x` holds `X^T` (`[k, cols]`) in panels
     /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
     /// their inputs give, which must be finite).
@@ -608,14 +652,14 @@ impl Csr {
     /// # Panics
     /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
     /// the shape-checked architecture).
-    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
-        self.checked().spmm_t(x, cols, pass, ya, yb)
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
+        self.checked().spmm_t(x, cols, pass, ya)
     }
 
     /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
     /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
-    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
-        self.checked().spmm_t_on(isa, x, cols, pass, ya, yb)
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
+        self.checked().spmm_t_on(isa, x, cols, pass, ya)
     }
 
     /// The pattern, checked once (indices in range, row and chunk bounds) for many
@@ -641,35 +685,29 @@ pub struct Checked<'a>(&'a Csr);
 
 impl Checked<'_> {
     /// [`Csr::spmm_t`] without checking the pattern again.
-    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
-        self.spmm_t_on(Isa::detect(), x, cols, pass, ya, yb)
+    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
+        self.spmm_t_on(Isa::detect(), x, cols, pass, ya)
     }
 
     /// [`Csr::spmm_t_on`] without checking the pattern again.
-    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32], yb: &mut [f32]) {
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
         let csr = self.0;
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         let len = panels_len(k, cols);
-        let (cols, ld) = (padded(cols), padded(cols));
-        let (a, b) = match pass {
-            Pass::One(a) => (a, a),
-            Pass::Two(a, b) => (a, b),
+        let (a, b, s_in, s_out) = match pass {
+            Pass::One(a) => (a, a, &[][..], &[][..]),
+            Pass::Signed { plus, minus, s_in, s_out } => {
+                assert!(s_in.len() >= sign_panels_len(k, cols) && s_out.len() >= sign_panels_len(n, cols), "spmm_t: sign panels too short");
+                (plus, minus, s_in, s_out)
+            }
         };
-        let two = !matches!(pass, Pass::One(_));
+        let (cols, ld) = (padded(cols), padded(cols));
         assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
-        assert!(ya.len() >= n * ld && (!two || yb.len() >= n * ld), "spmm_t: outputs too short");
+        assert!(ya.len() >= n * ld, "spmm_t: output too short");
         if cols == 0 || n == 0 {
             return;
         }
-        let op = Operands {
-            xa: x.as_ptr(),
-            a: a.as_ptr(),
-            b: b.as_ptr(),
-            ya: ya.as_mut_ptr(),
-            yb: if two { yb.as_mut_ptr() } else { ya.as_mut_ptr() },
-            ld,
-            cols,
-        };
+        let op = Operands { xa: x.as_ptr(), a: a.as_ptr(), b: b.as_ptr(), ya: ya.as_mut_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), ld, cols };
         let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
         // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's by
         // `Csr::checked`); the instruction set is one the CPU supports (detected).
@@ -1139,7 +1177,7 @@ impl<'a> Signs<'a> {
         }
     }
 
-    /// The masks of a convolution's input signs, which its patch code applies per value.
+    /// The masks of a convolution's signs, which its patch code and weight folding apply per value.
     ///
     /// # Panics
     /// When the signs are bits (the layer's caller draws masks for convolutions).
@@ -1190,6 +1228,11 @@ pub(crate) struct Scratch {
     ya: Aligned,
     yb: Aligned,
     signed: Vec<f32>,
+    /// `mu + D` and `mu - D` of the kept weights ([`Pass::Signed`]).
+    plus: Vec<f32>,
+    minus: Vec<f32>,
+    /// Output signs of a dense layer in sign panels.
+    out_signs: Vec<u16>,
     chan: Vec<u32>,
     /// The perturbation of 16 output rows ([`finish`]).
     tile: Vec<f32>,
@@ -1225,44 +1268,51 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     if rpe < PER_EXAMPLE_ROWS {
         return batched(job, csr, rpe, out, ws);
     }
-    // One example at a time, its input signs folded into the noise: (P * s_b) @ D = P @ (s_b * D).
+    // One example at a time, its signs folded into its weights: the input signs are per
+    // channel and the output signs per unit, the same on every patch row of the example, so
+    // P @ mu + ((P * s_in) @ D) * s_out = P @ (mu + s_in * D * s_out): one product.
     let ld = padded(rpe);
     ws.chan.clear();
     ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
     ws.signed.resize(job.csr.nnz(), 0.0);
     let xt = pad_columns(&mut ws.xt, k, rpe);
-    let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
+    let ya = ws.ya.get(u * ld);
+    let (s_in, s_out) = (flip.s_in.conv_masks(), flip.s_out.conv_masks());
     for b in 0..job.n {
         patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
-        fold_signs(flip.noise, &ws.chan, &flip.s_in.conv_masks()[b * cin..(b + 1) * cin], &mut ws.signed);
-        match job.a {
-            Some(a) => csr.spmm_t(xt, rpe, Pass::Two(a, &ws.signed), ya, yb),
-            None => csr.spmm_t(xt, rpe, Pass::One(&ws.signed), yb, &mut []),
-        }
-        finish(job, b * rpe, rpe, rpe, ld, ya, yb, &mut ws.tile, out);
+        let signs = (&s_in[b * cin..(b + 1) * cin], &s_out[b * u..(b + 1) * u]);
+        fold_signs(job.a, flip.noise, &job.csr.indptr, &ws.chan, signs, &mut ws.signed);
+        csr.spmm_t(xt, rpe, Pass::One(&ws.signed), ya);
+        finish(job, b * rpe, rpe, rpe, ld, Sums { mean: Some(ya), pert: None }, &mut ws.tile, out);
     }
 }
 
-/// `out[i] = noise[i] * s[chan[i]]` (signs as XOR masks): an example's input signs folded
-/// into the kept weights' noise.
-fn fold_signs(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
+/// `out[nz] = [a[nz] +] noise[nz] * s_in[chan[nz]] * s_out[j]` for the kept weights nz of
+/// each output j (rows `indptr[j]..indptr[j + 1]`), the signs as XOR masks: an example's
+/// Flipout weights of a convolution, both products in one.
+fn fold_signs(a: Option<&[f32]>, noise: &[f32], indptr: &[usize], chan: &[u32], signs: (&[u32], &[u32]), out: &mut [f32]) {
     #[inline(always)]
-    fn fold(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
-        for ((d, &v), &ch) in out.iter_mut().zip(noise).zip(chan) {
-            *d = f32::from_bits(v.to_bits() ^ s[ch as usize]);
+    fn fold(a: Option<&[f32]>, noise: &[f32], indptr: &[usize], chan: &[u32], (s_in, s_out): (&[u32], &[u32]), out: &mut [f32]) {
+        for (w, &so) in indptr.windows(2).zip(s_out) {
+            let r = w[0]..w[1];
+            let terms = out[r.clone()].iter_mut().zip(&noise[r.clone()]).zip(&chan[r.clone()]);
+            match a {
+                Some(a) => terms.zip(&a[r]).for_each(|(((d, &v), &ch), &m)| *d = m + f32::from_bits(v.to_bits() ^ s_in[ch as usize] ^ so)),
+                None => terms.for_each(|((d, &v), &ch)| *d = f32::from_bits(v.to_bits() ^ s_in[ch as usize] ^ so)),
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn fold_avx2(noise: &[f32], chan: &[u32], s: &[u32], out: &mut [f32]) {
-        fold(noise, chan, s, out)
+    unsafe fn fold_avx2(a: Option<&[f32]>, noise: &[f32], indptr: &[usize], chan: &[u32], signs: (&[u32], &[u32]), out: &mut [f32]) {
+        fold(a, noise, indptr, chan, signs, out)
     }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { fold_avx2(noise, chan, s, out) };
+        return unsafe { fold_avx2(a, noise, indptr, chan, signs, out) };
     }
-    fold(noise, chan, s, out)
+    fold(a, noise, indptr, chan, signs, out)
 }
 
 /// Transposed activations of `k` rows and `cols` columns in `buf`, whose padding columns (up
@@ -1306,12 +1356,25 @@ fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mu
     }
 }
 
-/// [`forward`] on blocks of whole examples (all their patch rows): the input signs, when
-/// any, on a sign-flipped copy of the transposed activations (made with them from masks, or
-/// from them and the sign panels of bits).
+/// [`forward`] on blocks of whole examples (all their patch rows). A dense layer's Flipout
+/// products with a mean product run as one ([`Pass::Signed`], its signs in sign panels);
+/// otherwise the input signs, when any, are on a sign-flipped copy of the transposed
+/// activations (made with them from masks, or from them and the sign panels of bits).
 fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
+    // Portable code has no blend instruction: there the signed pass ran 4.6x slower than
+    // the two passes (1.4x faster on AVX2, 1.5x on AVX-512, BNN-FC's 256 x 256 at 24% kept).
+    let signed = match (job.conv, job.a, job.flip) {
+        (None, Some(a), Some(Flip { noise, s_in: Signs::Bits(s_in), s_out: Signs::Bits(s_out) })) if Isa::detect() != Isa::Portable => {
+            ws.plus.clear();
+            ws.plus.extend(a.iter().zip(noise).map(|(&m, &d)| m + d));
+            ws.minus.clear();
+            ws.minus.extend(a.iter().zip(noise).map(|(&m, &d)| m - d));
+            Some((s_in, s_out))
+        }
+        _ => None,
+    };
     for b0 in (0..job.n).step_by(per_block) {
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
@@ -1324,6 +1387,7 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         // The sign-flipped copy: built with `xt` for masks, from the sign panels for bits
         // (every value, padding included, is written there).
         let xs = match (job.flip, bits) {
+            _ if signed.is_some() => &mut [],
             (Some(_), None) => pad_columns(&mut ws.xs, k, cols),
             (Some(_), Some(_)) => ws.xs.get(panels_len(k, cols)),
             _ => &mut [],
@@ -1349,55 +1413,78 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
         if let (None, Some(s)) = (job.conv, bits) {
             ws.signs.resize(sign_panels_len(k, cols), 0);
             sign_panels_on(Isa::detect(), s, b0 * k, cols, k, &mut ws.signs);
-            // The perturbation runs on a flipped copy, not on `X^T` with the signs applied
-            // in the kernel (tried in session s10a, d935b5e): that costs a vector operation
-            // per vector and product, as much as the load it saves. Measured per call
-            // (BNN-FC's shapes): as fast on AVX-512 with a mean product (-4% to +12%; the
-            // same `eval` time), 1.1-1.3x slower on AVX2, 3x portably, 1.4-1.5x without a
-            // mean product.
-            flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
+            // The perturbation on a flipped copy, one load and fused multiply-add per vector
+            // (signs applied in the kernel cost a vector operation more: 1.4-1.5x slower
+            // without a mean product, session s10a, d935b5e).
+            if signed.is_none() {
+                flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
+            }
         }
         let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
-        match (job.a, job.flip) {
-            // Two passes, each with one activation stream, ran 1.2-1.4x faster than one pass
-            // over both streams (two loads per pair of fused multiply-adds: the kernel is
-            // bound by its loads; that pass was removed).
-            (Some(a), Some(f)) => {
-                csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []);
-                csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []);
+        let sums = match (job.a, job.flip, signed) {
+            (_, _, Some((_, s_out))) => {
+                ws.out_signs.resize(sign_panels_len(u, cols), 0);
+                sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, &mut ws.out_signs);
+                csr.spmm_t(xt, cols, Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: &ws.out_signs }, ya);
+                Sums { mean: Some(ya), pert: None }
             }
-            (Some(a), None) => csr.spmm_t(xt, cols, Pass::One(a), ya, &mut []),
-            (None, Some(f)) => csr.spmm_t(xs, cols, Pass::One(f.noise), yb, &mut []),
-            (None, None) => {}
-        }
-        finish(job, b0 * rpe, cols, rpe, ld, ya, yb, &mut ws.tile, out);
+            // A convolution's (or any, portably): two passes, each with one activation stream
+            // (they ran 1.2-1.4x faster than one pass over both streams: two loads per pair
+            // of fused multiply-adds).
+            (Some(a), Some(f), None) => {
+                csr.spmm_t(xt, cols, Pass::One(a), ya);
+                csr.spmm_t(xs, cols, Pass::One(f.noise), yb);
+                Sums { mean: Some(ya), pert: Some((yb, f.s_out)) }
+            }
+            (Some(a), None, None) => {
+                csr.spmm_t(xt, cols, Pass::One(a), ya);
+                Sums { mean: Some(ya), pert: None }
+            }
+            // The mean product is the job's `base` (a first layer's, shared by the samples).
+            (None, Some(f), None) => {
+                csr.spmm_t(xs, cols, Pass::One(f.noise), yb);
+                Sums { mean: None, pert: Some((yb, f.s_out)) }
+            }
+            (None, None, None) => Sums { mean: None, pert: None },
+        };
+        finish(job, b0 * rpe, cols, rpe, ld, sums, &mut ws.tile, out);
     }
 }
 
-/// Output rows `r0..r0 + cols` from the transposed products (`[units, ld]`, column `c` =
-/// row `r0 + c`): `base + ya + yb * s_out + bias`, each term where the job has it, then the
-/// ReLU. Strips of 16 rows: `ya`'s columns transposed straight into the output rows and
-/// `yb`'s into a `[16, units]` tile in L1 (whole 16 x 16 blocks in registers,
-/// [`transpose_on`]), then one pass along each row, where the output signs, bias and base lie
-/// in row-major order (no per-column gathers of signs).
+/// What the transposed products (`[units, ld]`) of a block of [`batched`] or of an example
+/// hold, for [`finish`].
+#[derive(Clone, Copy)]
+struct Sums<'a> {
+    /// The term added as it is: the mean product (with Flipout's perturbation and its signs
+    /// folded in where they were: [`Pass::Signed`], [`fold_signs`]); `None` where the job's
+    /// `base` holds the mean product.
+    mean: Option<&'a [f32]>,
+    /// Flipout's perturbation product before its output signs, and those signs (`[n, units]`).
+    pert: Option<(&'a [f32], Signs<'a>)>,
+}
+
+/// Output rows `r0..r0 + cols` from the transposed products `sums` (column `c` = row
+/// `r0 + c`): `base + mean + pert * s_out + bias`, each term where there is one, then the
+/// ReLU. Strips of 16 rows: on AVX-512 each 16 x 16 block transposed and combined in
+/// registers ([`finish_strip_avx512`]); else the mean's columns transposed straight into the
+/// output rows and the perturbation's into a `[16, units]` tile in L1 ([`transpose_on`]), then
+/// one pass along each row, where the output signs, bias and base lie in row-major order (no
+/// per-column gathers of signs).
 #[allow(clippy::too_many_arguments)]
-fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], tile: &mut Vec<f32>, out: &mut [f32]) {
+fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, sums: Sums, tile: &mut Vec<f32>, out: &mut [f32]) {
     let u = job.csr.rows;
     let isa = Isa::detect();
-    let mean = job.a.is_some();
+    let Sums { mean, pert } = sums;
     // One row's output signs as masks, where they are bits (the edge strip).
     let mut row_masks = Vec::new();
-    // Flipout, whole 16-row strips, on AVX-512: fused (below).
+    // Whole 16-row strips on AVX-512: fused (below).
     #[cfg(target_arch = "x86_64")]
-    let fused = match job.flip {
-        Some(f) if isa == Isa::Avx512 => {
-            // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
-            let last = r0 + cols;
-            assert!((!mean || ya.len() >= u * ld) && yb.len() >= u * ld && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
-            assert!(f.s_out.covers(last.div_ceil(rpe.max(1)) * u) && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
-            true
-        }
-        _ => false,
+    let fused = isa == Isa::Avx512 && {
+        // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
+        let last = r0 + cols;
+        assert!(mean.is_none_or(|y| y.len() >= u * ld) && pert.is_none_or(|(y, _)| y.len() >= u * ld) && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
+        assert!(pert.is_none_or(|(_, s)| s.covers(last.div_ceil(rpe.max(1)) * u)) && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
+        true
     };
     for c0 in (0..cols).step_by(LANES) {
         let w = LANES.min(cols - c0);
@@ -1405,26 +1492,25 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
         if fused && w == LANES {
             // SAFETY: AVX-512F is supported (detected); the bounds were checked above and
             // c0 + 16 <= cols.
-            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, ld, ya, yb, out) };
+            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, ld, sums, out) };
             continue;
         }
         let rows = &mut out[(r0 + c0) * u..(r0 + c0 + w) * u];
         // The first term straight into the rows; with both, the perturbation into the tile.
-        match (mean, job.flip.is_some()) {
-            (true, true) => {
+        match (mean, pert) {
+            (Some(ya), Some((yb, _))) => {
                 transpose_on(isa, &ya[c0..], None, ld, u, w, rows, u);
                 tile.resize(w * u, 0.0);
                 transpose_on(isa, &yb[c0..], None, ld, u, w, tile, u);
             }
-            (false, true) => transpose_on(isa, &yb[c0..], None, ld, u, w, rows, u),
-            (true, false) => transpose_on(isa, &ya[c0..], None, ld, u, w, rows, u),
-            (false, false) => {}
+            (None, Some((y, _))) | (Some(y), None) => transpose_on(isa, &y[c0..], None, ld, u, w, rows, u),
+            (None, None) => {}
         }
         for (i, row) in rows.chunks_exact_mut(u.max(1)).enumerate() {
             let r = r0 + c0 + i;
             let bias = &job.bias[..u];
             let p0 = (r / rpe) * u;
-            let s_row = match job.flip.map(|f| f.s_out) {
+            let s_row = match pert.map(|(_, s)| s) {
                 None => None,
                 Some(Signs::Masks(m)) => Some(&m[p0..p0 + u]),
                 Some(bits @ Signs::Bits(_)) => {
@@ -1434,12 +1520,12 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
                 }
             };
             match s_row {
-                Some(s) if mean => {
+                Some(s) if mean.is_some() => {
                     let pert = &tile[i * u..(i + 1) * u];
                     row.iter_mut().zip(pert).zip(s).zip(bias).for_each(|(((o, &p), &m), &b)| *o = b + *o + f32::from_bits(p.to_bits() ^ m));
                 }
                 Some(s) => row.iter_mut().zip(s).zip(bias).for_each(|((o, &m), &b)| *o = b + f32::from_bits(o.to_bits() ^ m)),
-                None if mean => row.iter_mut().zip(bias).for_each(|(o, &b)| *o += b),
+                None if mean.is_some() => row.iter_mut().zip(bias).for_each(|(o, &b)| *o += b),
                 None => row.copy_from_slice(bias),
             }
             if let Some(base) = job.base {
@@ -1452,48 +1538,72 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, ya: &[f32], 
     }
 }
 
-/// [`finish`] of output rows `r..r + 16` (columns `c0..c0 + 16` of the products) for
-/// Flipout on AVX-512: each 16 x 16 block of `yb` (and of `ya`, with a mean product) transposed in
-/// registers and combined there with the output signs, bias, base and ReLU, one store per
-/// output vector (the rows and the perturbation tile were written and read back before).
+/// [`finish`] of output rows `r..r + 16` (columns `c0..c0 + 16` of the products) on AVX-512:
+/// each 16 x 16 block of the products transposed in registers and combined there with the
+/// output signs, bias, base and ReLU, one store per output vector (the rows and the
+/// perturbation tile were written and read back before).
 ///
 /// # Safety
-/// AVX-512F is supported; `job.flip` is given; `yb` (and `ya` when `job.a` is given) hold `units * ld` values,
-/// `c0 + 16 <= ld`; `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
+/// AVX-512F is supported; the products in `sums` hold `units * ld` values, `c0 + 16 <= ld`;
+/// `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
 /// `((r + 15) / rpe + 1) * units`, the bias `units`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], out: &mut [f32]) {
+unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, sums: Sums, out: &mut [f32]) {
+    // One copy per kind of sums: the transposed blocks stay in registers (an `Option` of
+    // them went to the stack, and the strip cost twice as much).
+    // SAFETY: the caller's contract.
+    unsafe {
+        match sums {
+            Sums { mean: Some(m), pert: Some((p, s)) } => strip::<true, true>(job, r, c0, rpe, ld, m, p, Some(s), out),
+            Sums { mean: Some(m), pert: None } => strip::<true, false>(job, r, c0, rpe, ld, m, &[], None, out),
+            Sums { mean: None, pert: Some((p, s)) } => strip::<false, true>(job, r, c0, rpe, ld, &[], p, Some(s), out),
+            Sums { mean: None, pert: None } => strip::<false, false>(job, r, c0, rpe, ld, &[], &[], None, out),
+        }
+    }
+}
+
+/// [`finish_strip_avx512`] with a mean (`MEAN`) and a perturbation (`PERT`, output signs
+/// `s_out`) or without.
+///
+/// # Safety
+/// As [`finish_strip_avx512`]'s, for the products given.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn strip<const MEAN: bool, const PERT: bool>(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], s_out: Option<Signs>, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let u = job.csr.rows;
     let ub = u / TB * TB;
-    let Some(f) = job.flip else { return };
-    let mean = job.a.is_some();
-    let (zero, sign) = (_mm512_setzero_ps(), _mm512_set1_epi32(i32::MIN));
     let sign_of = |m: u32, v: f32| f32::from_bits(v.to_bits() ^ m);
     // SAFETY: every offset below is inside the slices by the contract above.
     unsafe {
-        for j0 in (0..ub).step_by(TB) {
-            let (mut va, mut vb) = ([zero; TB], [zero; TB]);
-            for l in 0..TB {
-                if mean {
-                    va[l] = _mm512_loadu_ps(ya.as_ptr().add((j0 + l) * ld + c0));
-                }
-                vb[l] = _mm512_loadu_ps(yb.as_ptr().add((j0 + l) * ld + c0));
+        let (zero, sign) = (_mm512_setzero_ps(), _mm512_set1_epi32(i32::MIN));
+        // 16 units' values of column block c0 from `y`, transposed: [i] = output row r + i.
+        let block = |y: &[f32], j0: usize| {
+            let mut v = [zero; TB];
+            for (l, v) in v.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(y.as_ptr().add((j0 + l) * ld + c0));
             }
-            // ta[i], tb[i]: output row r + i, units j0..j0 + 16.
-            let (ta, tb) = (if mean { t16(va) } else { va }, t16(vb));
+            t16(v)
+        };
+        for j0 in (0..ub).step_by(TB) {
+            let ta = if MEAN { block(ya, j0) } else { [zero; TB] };
+            let tb = if PERT { block(yb, j0) } else { [zero; TB] };
             let bias = _mm512_loadu_ps(job.bias.as_ptr().add(j0));
             for i in 0..TB {
                 let row = r + i;
-                let (p, y) = ((row / rpe) * u + j0, _mm512_castps_si512(tb[i]));
-                let pert = _mm512_castsi512_ps(match f.s_out {
-                    Signs::Masks(m) => _mm512_xor_si512(y, _mm512_loadu_si512(m.as_ptr().add(p).cast())),
-                    Signs::Bits(b) => _mm512_mask_xor_epi32(y, bits16(b, p), y, sign),
-                });
                 // The same order of additions as the row pass: bias + mean + perturbation.
-                let mut o = if mean { _mm512_add_ps(_mm512_add_ps(bias, ta[i]), pert) } else { _mm512_add_ps(bias, pert) };
+                let mut o = if MEAN { _mm512_add_ps(bias, ta[i]) } else { bias };
+                if let (true, Some(s_out)) = (PERT, s_out) {
+                    let (p, y) = ((row / rpe) * u + j0, _mm512_castps_si512(tb[i]));
+                    let pert = _mm512_castsi512_ps(match s_out {
+                        Signs::Masks(m) => _mm512_xor_si512(y, _mm512_loadu_si512(m.as_ptr().add(p).cast())),
+                        Signs::Bits(b) => _mm512_mask_xor_epi32(y, bits16(b, p), y, sign),
+                    });
+                    o = _mm512_add_ps(o, pert);
+                }
                 if let Some(base) = job.base {
                     o = _mm512_add_ps(o, _mm512_loadu_ps(base.as_ptr().add(row * u + j0)));
                 }
@@ -1507,9 +1617,13 @@ unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: us
         for i in 0..TB {
             let row = r + i;
             for j in ub..u {
-                let p = (row / rpe) * u + j;
-                let pert = sign_of(f.s_out.mask(p), *yb.get_unchecked(j * ld + c0 + i));
-                let mut o = if mean { *job.bias.get_unchecked(j) + *ya.get_unchecked(j * ld + c0 + i) + pert } else { *job.bias.get_unchecked(j) + pert };
+                let mut o = *job.bias.get_unchecked(j);
+                if MEAN {
+                    o += *ya.get_unchecked(j * ld + c0 + i);
+                }
+                if let (true, Some(s_out)) = (PERT, s_out) {
+                    o += sign_of(s_out.mask((row / rpe) * u + j), *yb.get_unchecked(j * ld + c0 + i));
+                }
                 if let Some(base) = job.base {
                     o += *base.get_unchecked(row * u + j);
                 }
@@ -1659,20 +1773,28 @@ mod transposed_tests {
             let mut x = values(panels_len(k, cols), 3);
             // Padding columns: whatever they hold must not reach the real columns.
             x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 1e30);
-            let direct = |w: &[f32], x: &[f32], j: usize, c: usize| (0..k).map(|i| f64::from(w[i * n + j]) * f64::from(x[at(k, i, c)])).sum::<f64>();
+            // Input and output signs of every column ([cols, k] and [cols, n] bits, from bit 5).
+            let (in_bits, out_bits) = (sign_words(5, cols * k, 4), sign_words(5, cols * n, 5));
+            let (mut s_in, mut s_out) = (vec![0u16; sign_panels_len(k, cols)], vec![0u16; sign_panels_len(n, cols)]);
+            sign_panels_on(Isa::Portable, &in_bits, 5, cols, k, &mut s_in);
+            sign_panels_on(Isa::Portable, &out_bits, 5, cols, n, &mut s_out);
+            let direct = |j: usize, c: usize, signed: bool| {
+                (0..k)
+                    .map(|i| {
+                        let w = if !signed || bit(&in_bits, 5 + c * k + i) == bit(&out_bits, 5 + c * n + j) { wa[i * n + j] } else { wb[i * n + j] };
+                        f64::from(w) * f64::from(x[at(k, i, c)])
+                    })
+                    .sum::<f64>()
+            };
             for isa in isas() {
-                for pass in [Pass::One(&a), Pass::Two(&a, &b)] {
-                    let (mut ya, mut yb) = (vec![0f32; n * ld], vec![0f32; n * ld]);
-                    csr.spmm_t_on(isa, &x, cols, pass, &mut ya, &mut yb);
+                for pass in [Pass::One(&a), Pass::Signed { plus: &a, minus: &b, s_in: &s_in, s_out: &s_out }] {
+                    let signed = matches!(pass, Pass::Signed { .. });
+                    let mut y = vec![0f32; n * ld];
+                    csr.spmm_t_on(isa, &x, cols, pass, &mut y);
                     for j in 0..n {
                         for c in 0..cols {
-                            let want = direct(&wa, &x, j, c);
-                            assert!((f64::from(ya[j * ld + c]) - want).abs() < 1e-5, "{isa:?} {k}x{n} a[{j}, {c}]");
-                            let want_b = match pass {
-                                Pass::One(_) => continue,
-                                Pass::Two(..) => direct(&wb, &x, j, c),
-                            };
-                            assert!((f64::from(yb[j * ld + c]) - want_b).abs() < 1e-5, "{isa:?} {k}x{n} b[{j}, {c}]");
+                            let want = direct(j, c, signed);
+                            assert!((f64::from(y[j * ld + c]) - want).abs() < 1e-5, "{isa:?} {k}x{n} signed {signed} [{j}, {c}]: {} vs {want}", y[j * ld + c]);
                         }
                     }
                 }
