@@ -79,7 +79,7 @@ fn main() {
                 xt[sparse::at(k, i, r)] = p[r * k + i];
             }
         }
-        let mut ya = vec![0f32; n * sparse::padded(m)];
+        let mut ya = vec![0f32; sparse::panels_len(n, m)];
         let signs = |rows: usize, seed: u16| -> Vec<u16> { (0..sparse::sign_panels_len(rows, m)).map(|i| (i as u16).wrapping_mul(40503) ^ seed).collect() };
         let (s_in, s_out) = (signs(k, 1), signs(n, 2));
         let mut fused = Vec::new();

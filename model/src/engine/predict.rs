@@ -545,6 +545,17 @@ impl Model {
     }
 }
 
+/// Whether a layer's input and output activations are transposed, in the layout of
+/// [`sparse::transposed_blocks`], instead of row-major: a pruned dense layer followed by
+/// another leaves its output transposed for it ([`sparse::Job::out_t`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Transposed {
+    /// The input is transposed.
+    input: bool,
+    /// The output is to be transposed.
+    output: bool,
+}
+
 /// Work of the first weight layer that every Monte Carlo sample shares.
 struct Shared {
     /// Patch rows of a convolution (`None` for a dense layer: the input rows are its patches).
@@ -763,6 +774,20 @@ impl Linear {
     /// whether the returned output is pooled.
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, relu: bool, pool: Option<&Window>, ws: &mut Scratch) -> (Vec<f32>, bool) {
+        self.forward_t(x, n, draw, shared, relu, pool, Transposed::default(), ws)
+    }
+
+    /// Whether this layer can leave its output transposed for a following pruned dense
+    /// layer ([`Transposed`]): a pruned dense layer whose products run as one on this CPU,
+    /// without a shared mean product.
+    fn writes_transposed(&self, draw: &Draw, shared: bool) -> bool {
+        self.pruned_dense() && !shared && sparse::one_product(matches!(draw, Draw::Sample(_, Estimator::Flipout)))
+    }
+
+    /// [`Linear::forward`] with its input, its output or both transposed as `t` says (only a
+    /// pruned dense layer's, [`Linear::writes_transposed`] for the output).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_t(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, relu: bool, pool: Option<&Window>, t: Transposed, ws: &mut Scratch) -> (Vec<f32>, bool) {
         let (k, u) = (self.kernel.k, self.kernel.n);
         let rpe = self.rows_per_example();
         let rows = n * rpe;
@@ -822,16 +847,17 @@ impl Linear {
         // unused, beside the path's own: 35 MB per thread on BNN-Conv's first conv).
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
-            let mut out = ws.any(rows * u);
+            let mut out = ws.any(if t.output { sparse::transposed_len(n, u) } else { rows * u });
             let (s_in, s_out) = if self.pruned_dense() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
             let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
-            let xt = shared.and_then(|s| s.xt.as_deref());
-            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), xt, bias: &bias, relu };
+            let xt = if t.input { Some(x) } else { shared.and_then(|s| s.xt.as_deref()) };
+            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), xt, bias: &bias, relu, out_t: t.output };
             sparse::forward(&job, &mut out, &mut ws.sparse);
             ws.noise = noise;
             return (out, false);
         }
+        assert_eq!(t, Transposed::default(), "only a pruned dense layer takes or leaves its activations transposed");
         // Output values of `n` examples after the fused max pool.
         let pooled_len = pool.map_or(rows * u, |p| n * p.output().iter().product::<usize>() * u);
         // Winograd for the layers it was planned for, unless the mean product is shared.
@@ -1029,6 +1055,8 @@ fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, m
     // A ReLU right after a weight layer runs in that layer's output pass, and so may the max
     // pool after them: `skip` counts the layers already done.
     let mut skip = 0;
+    // Whether `act` holds the transposed output of a pruned dense layer for the next one.
+    let mut transposed = false;
     for (i, layer) in layers.iter().enumerate() {
         if skip > 0 {
             skip -= 1;
@@ -1041,10 +1069,17 @@ fn run_layers(layers: &[Layer], act: &mut Vec<f32>, n: usize, draw: &mut Draw, m
                     Some(Layer::MaxPool(win)) => Some(win),
                     _ => None,
                 };
-                let (out, pooled) = lin.forward(act, n, draw, shared.take(), relu, pool, ws);
+                let shared = shared.take();
+                // Between two pruned dense layers the activations stay transposed: no
+                // transpose back to rows and again (each sample, each layer).
+                let next_takes_t = matches!(layers.get(i + 1 + usize::from(relu)), Some(Layer::Linear(next)) if next.pruned_dense());
+                let t = Transposed { input: transposed, output: next_takes_t && lin.writes_transposed(draw, shared.is_some()) };
+                let (out, pooled) = lin.forward_t(act, n, draw, shared, relu, pool, t, ws);
+                transposed = t.output;
                 skip = usize::from(relu) + usize::from(pooled);
                 ws.give(std::mem::replace(act, out));
             }
+            _ if transposed => unreachable!("transposed activations go to a pruned dense layer"),
             Layer::Relu => act.iter_mut().for_each(|v| *v = v.max(0.0)),
             Layer::MaxPool(win) => {
                 let [oh, ow] = win.output();
@@ -1380,6 +1415,47 @@ mod tests {
             let (a, _) = lin.forward(&x, n, &mut Draw::Mean, None, true, None, &mut Scratch::default());
             let (b, _) = dense.forward(&x, n, &mut Draw::Mean, None, true, None, &mut Scratch::default());
             assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-5), "{conv:?}: mean network");
+        }
+    }
+
+    #[test]
+    fn pruned_dense_layers_pass_their_activations_transposed_bit_for_bit() {
+        // Two pruned dense layers on 300 examples (two column blocks of the sparse path, the
+        // second ending in a partial panel): the first leaves its output transposed for the
+        // second, which must compute what it computes from the same values as rows.
+        let n = 300;
+        let layer = |k: usize, u: usize, seed: u64| {
+            let keep: Vec<bool> = values(k * u, seed).iter().map(|v| v.abs() > 0.7).collect();
+            let mu: Vec<f32> = values(k * u, seed + 1).iter().zip(&keep).map(|(&v, &kp)| if kp { v } else { 0.0 }).collect();
+            let sigma: Vec<f32> = keep.iter().map(|&kp| if kp { 0.2 } else { 0.0 }).collect();
+            Linear { kernel: Kernel::new(k, u, mu, Some(sigma), true), bias_mu: values(u, seed + 2), bias_sigma: Some(vec![0.1; u]), conv: None, wino: None }
+        };
+        let (first, second) = (layer(40, 37, 30), layer(37, 21, 40));
+        let x = values(n * 40, 50);
+        for est in [None, Some(Estimator::Flipout), Some(Estimator::Reparameterization)] {
+            let (mut s1, mut s2) = (Sampler::new(5, 2), Sampler::new(5, 2));
+            let mut draws = [&mut s1, &mut s2].map(|s| match est {
+                Some(e) => Draw::Sample(s, e),
+                None => Draw::Mean,
+            });
+            assert!(first.writes_transposed(&draws[1], false), "{est:?}: the first layer keeps its output transposed");
+            let ws = &mut Scratch::default();
+            let (h, _) = first.forward(&x, n, &mut draws[0], None, true, None, ws);
+            let (y, _) = second.forward(&h, n, &mut draws[0], None, false, None, ws);
+            let (ht, _) = first.forward_t(&x, n, &mut draws[1], None, true, None, Transposed { input: false, output: true }, ws);
+            assert_eq!(ht.len(), sparse::transposed_len(n, 37));
+            let want = sparse::transposed_blocks(&h, n, 37);
+            for (b, r0) in (0..n).step_by(256).enumerate() {
+                let size = sparse::panels_len(37, 256);
+                for i in 0..37 {
+                    for c in 0..(n - r0).min(256) {
+                        let at = b * size + sparse::at(37, i, c);
+                        assert_eq!(ht[at].to_bits(), want[at].to_bits(), "{est:?}: X^T[{i}, {}]", r0 + c);
+                    }
+                }
+            }
+            let (yt, _) = second.forward_t(&ht, n, &mut draws[1], None, false, None, Transposed { input: true, output: false }, ws);
+            assert!(y.len() == n * 21 && yt.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{est:?}: outputs");
         }
     }
 

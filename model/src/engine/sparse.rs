@@ -474,9 +474,7 @@ struct Operands {
     /// Sign panels of the inputs and of the outputs ([`Pass::Signed`]; else unused).
     s_in: *const u16,
     s_out: *const u16,
-    /// Row length of the outputs.
-    ld: usize,
-    /// Columns to compute, a multiple of [`LANES`] and at most `ld`.
+    /// Columns to compute, a multiple of [`LANES`].
     cols: usize,
 }
 
@@ -487,16 +485,17 @@ struct Operands {
 ///
 /// # Safety
 /// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa`, `nnz` values behind `a` (and `b`), `rows * ld` behind
-/// `ya`, `op.cols <= ld`, both multiples of [`LANES`]; with `SIGNED`, sign panels of `k` rows
+/// and `op.cols` columns behind `xa` and of `rows` rows behind `ya`, `nnz` values behind `a`
+/// (and `b`), `op.cols` a multiple of [`LANES`]; with `SIGNED`, sign panels of `k` rows
 /// behind `s_in` and of `rows` rows behind `s_out`, both of `op.cols` columns.
 #[inline(always)]
 unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
     unsafe fn block<V: Vector, const NV: usize, const SIGNED: bool>(csr: &Csr, op: Operands, c0: usize) {
-        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels and
-        // below `rows * ld` because indices < k and c0 + NV * LANES <= cols <= ld.
+        // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels because
+        // indices < k and c0 + NV * LANES <= cols, within one panel.
         let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
+        let out_base = (c0 / PANEL) * csr.rows * PANEL + c0 % PANEL;
         // The block's masks in the sign panels: `sign_at(k, i, c0) = s_base + i * MASKS`.
         let s_base = (c0 / PANEL) * csr.cols * MASKS + (c0 % PANEL) / LANES;
         let o_base = (c0 / PANEL) * csr.rows * MASKS + (c0 % PANEL) / LANES;
@@ -510,7 +509,7 @@ unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
                     if ch > 0 && s == e {
                         continue;
                     }
-                    let oa = op.ya.add(j * op.ld + c0);
+                    let oa = op.ya.add(out_base + j * PANEL);
                     let mut ra = [V::zero(); NV];
                     if ch > 0 {
                         for (l, r) in ra.iter_mut().enumerate() {
@@ -643,11 +642,11 @@ pub fn flip_panels_on(isa: Isa, x: &[f32], signs: &[u16], k: usize, cols: usize,
 
 impl Csr {
     /// Transposed sparse product: for every output `j` and column `c < cols`,
-    /// `ya[j * ld + c] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
-    /// pattern order; for [`Pass::Signed`] each value picked by the signs), `ld = padded(cols)`.
-    /// `x` holds `X^T` (`[k, cols]`) in panels
-    /// ([`at`]); columns up to `padded(cols)` are computed (padding columns hold whatever
-    /// their inputs give, which must be finite).
+    /// `ya[at(rows, j, c)] = sum_i A[j, i] * X^T[i, c]` over the kept weights (A's values in
+    /// pattern order; for [`Pass::Signed`] each value picked by the signs): `Y^T` in panels
+    /// like `X^T`, which `x` holds (`[k, cols]`, [`at`]); columns up to `padded(cols)` are
+    /// computed (padding columns hold whatever their inputs give, which must be finite), the
+    /// rest of the last panel is not written.
     ///
     /// # Panics
     /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
@@ -701,13 +700,13 @@ impl Checked<'_> {
                 (plus, minus, s_in, s_out)
             }
         };
-        let (cols, ld) = (padded(cols), padded(cols));
         assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
-        assert!(ya.len() >= n * ld, "spmm_t: output too short");
+        assert!(ya.len() >= panels_len(n, cols), "spmm_t: output too short");
+        let cols = padded(cols);
         if cols == 0 || n == 0 {
             return;
         }
-        let op = Operands { xa: x.as_ptr(), a: a.as_ptr(), b: b.as_ptr(), ya: ya.as_mut_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), ld, cols };
+        let op = Operands { xa: x.as_ptr(), a: a.as_ptr(), b: b.as_ptr(), ya: ya.as_mut_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), cols };
         let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
         // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's by
         // `Csr::checked`); the instruction set is one the CPU supports (detected).
@@ -1215,6 +1214,26 @@ pub(crate) struct Job<'a> {
     pub bias: &'a [f32],
     /// Whether a ReLU follows (fused into the output pass).
     pub relu: bool,
+    /// Whether to write the output as a following pruned dense layer takes its input
+    /// ([`Job::xt`]): transposed, in [`transposed_blocks`]' layout (bias and ReLU applied;
+    /// [`transposed_len`] values), instead of row-major. Only for a dense layer whose
+    /// products run as one ([`one_product`]) and without `base`.
+    pub out_t: bool,
+}
+
+/// Values of a dense layer's output of `units` for `n` examples written transposed
+/// ([`Job::out_t`]), which is also the layout of [`transposed_blocks`].
+pub(crate) fn transposed_len(n: usize, units: usize) -> usize {
+    n.div_ceil(BATCH_COLS) * panels_len(units, BATCH_COLS)
+}
+
+/// Whether a dense layer's products run as one product on this CPU (Flipout's through
+/// [`Pass::Signed`], when `flipout`), so that its output can stay transposed
+/// ([`Job::out_t`]). Portable code has no blend instruction: there the signed pass ran 4.6x
+/// slower than two passes over a sign-flipped copy (1.4x faster on AVX2, 1.5x on AVX-512,
+/// BNN-FC's 256 x 256 at 24% kept), which it keeps.
+pub(crate) fn one_product(flipout: bool) -> bool {
+    !flipout || Isa::detect() != Isa::Portable
 }
 
 /// Reusable buffers of [`forward`].
@@ -1257,7 +1276,9 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let rpe = job.conv.map_or(1, |w| w.output().iter().product());
     let cin = job.conv.map_or(k, |w| w.input[2]);
     let per = job.conv.map_or(k, |w| w.input.iter().product());
-    assert!(job.x.len() >= job.n * per && out.len() >= job.n * rpe * u && job.bias.len() >= u, "sparse layer: slices too short");
+    let out_len = if job.out_t { transposed_len(job.n, u) } else { job.n * rpe * u };
+    assert!(job.x.len() >= job.n * per && out.len() >= out_len && job.bias.len() >= u, "sparse layer: slices too short");
+    assert!(!job.out_t || (job.conv.is_none() && job.a.is_some() && job.base.is_none() && one_product(job.flip.is_some())), "sparse layer: a transposed output needs one product of a dense layer");
     if let Some(f) = job.flip {
         assert!(f.s_in.covers(job.n * cin) && f.s_out.covers(job.n * u), "sparse layer: too few signs");
     }
@@ -1271,19 +1292,18 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     // One example at a time, its signs folded into its weights: the input signs are per
     // channel and the output signs per unit, the same on every patch row of the example, so
     // P @ mu + ((P * s_in) @ D) * s_out = P @ (mu + s_in * D * s_out): one product.
-    let ld = padded(rpe);
     ws.chan.clear();
     ws.chan.extend(job.csr.indices.iter().map(|&i| i % cin as u32));
     ws.signed.resize(job.csr.nnz(), 0.0);
     let xt = pad_columns(&mut ws.xt, k, rpe);
-    let ya = ws.ya.get(u * ld);
+    let ya = ws.ya.get(panels_len(u, rpe));
     let (s_in, s_out) = (flip.s_in.conv_masks(), flip.s_out.conv_masks());
     for b in 0..job.n {
         patches_t(job.x, win, b, b + 1, &mut ws.patches, xt, None);
         let signs = (&s_in[b * cin..(b + 1) * cin], &s_out[b * u..(b + 1) * u]);
         fold_signs(job.a, flip.noise, &job.csr.indptr, &ws.chan, signs, &mut ws.signed);
         csr.spmm_t(xt, rpe, Pass::One(&ws.signed), ya);
-        finish(job, b * rpe, rpe, rpe, ld, Sums { mean: Some(ya), pert: None }, &mut ws.tile, out);
+        finish(job, b * rpe, rpe, rpe, Sums { mean: Some(ya), pert: None }, &mut ws.tile, out);
     }
 }
 
@@ -1335,7 +1355,7 @@ fn pad_columns(buf: &mut Aligned, k: usize, cols: usize) -> &mut [f32] {
 pub(crate) fn transposed_blocks(x: &[f32], n: usize, k: usize) -> Vec<f32> {
     assert!(x.len() >= n * k, "transposed blocks: slices too short");
     let size = panels_len(k, BATCH_COLS);
-    let mut out = vec![0f32; n.div_ceil(BATCH_COLS) * size];
+    let mut out = vec![0f32; transposed_len(n, k)];
     for (b0, block) in (0..n).step_by(BATCH_COLS).zip(out.chunks_mut(size)) {
         transpose_block(x, k, b0, (b0 + BATCH_COLS).min(n), block, None);
     }
@@ -1363,10 +1383,8 @@ fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mu
 fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
-    // Portable code has no blend instruction: there the signed pass ran 4.6x slower than
-    // the two passes (1.4x faster on AVX2, 1.5x on AVX-512, BNN-FC's 256 x 256 at 24% kept).
     let signed = match (job.conv, job.a, job.flip) {
-        (None, Some(a), Some(Flip { noise, s_in: Signs::Bits(s_in), s_out: Signs::Bits(s_out) })) if Isa::detect() != Isa::Portable => {
+        (None, Some(a), Some(Flip { noise, s_in: Signs::Bits(s_in), s_out: Signs::Bits(s_out) })) if one_product(true) => {
             ws.plus.clear();
             ws.plus.extend(a.iter().zip(noise).map(|(&m, &d)| m + d));
             ws.minus.clear();
@@ -1378,7 +1396,6 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
     for b0 in (0..job.n).step_by(per_block) {
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
-        let ld = padded(cols);
         let signs = job.flip.map(|f| f.s_in);
         let bits = match signs {
             Some(Signs::Bits(s)) => Some(s),
@@ -1420,12 +1437,27 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
                 flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
             }
         }
-        let (ya, yb) = (ws.ya.get(u * ld), ws.yb.get(u * ld));
+        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>| {
+            out_signs.resize(sign_panels_len(u, cols), 0);
+            sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, out_signs);
+            csr.spmm_t(xt, cols, Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: out_signs }, y);
+        };
+        if job.out_t {
+            // The products straight into their block of the transposed output; one product
+            // and no base (`forward` checked): the block then holds the whole product.
+            let y = &mut out[(b0 / BATCH_COLS) * panels_len(u, BATCH_COLS)..][..panels_len(u, cols)];
+            match (signed, job.a) {
+                (Some((_, s_out)), _) => signed_pass(y, s_out, &mut ws.out_signs),
+                (None, Some(a)) => csr.spmm_t(xt, cols, Pass::One(a), y),
+                (None, None) => unreachable!("checked by `forward`"),
+            }
+            bias_act_t(y, u, cols, job.bias, job.relu);
+            continue;
+        }
+        let (ya, yb) = (ws.ya.get(panels_len(u, cols)), ws.yb.get(panels_len(u, cols)));
         let sums = match (job.a, job.flip, signed) {
             (_, _, Some((_, s_out))) => {
-                ws.out_signs.resize(sign_panels_len(u, cols), 0);
-                sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, &mut ws.out_signs);
-                csr.spmm_t(xt, cols, Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: &ws.out_signs }, ya);
+                signed_pass(ya, s_out, &mut ws.out_signs);
                 Sums { mean: Some(ya), pert: None }
             }
             // A convolution's (or any, portably): two passes, each with one activation stream
@@ -1447,12 +1479,30 @@ fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratc
             }
             (None, None, None) => Sums { mean: None, pert: None },
         };
-        finish(job, b0 * rpe, cols, rpe, ld, sums, &mut ws.tile, out);
+        finish(job, b0 * rpe, cols, rpe, sums, &mut ws.tile, out);
     }
 }
 
-/// What the transposed products (`[units, ld]`) of a block of [`batched`] or of an example
-/// hold, for [`finish`].
+/// `y = bias + y` (through a ReLU when `relu`) for the transposed products `y` of `units`
+/// rows and `cols` columns in panels, in place: a dense layer's output left transposed
+/// ([`Job::out_t`]). Columns up to `padded(cols)` (which the next layer's kernel reads).
+fn bias_act_t(y: &mut [f32], units: usize, cols: usize, bias: &[f32], relu: bool) {
+    let cols = padded(cols);
+    for (p, panel) in y.chunks_mut(units * PANEL).enumerate().take(cols.div_ceil(PANEL)) {
+        let w = PANEL.min(cols - p * PANEL);
+        for (row, &b) in panel.chunks_mut(PANEL).zip(bias) {
+            let row = &mut row[..w];
+            if relu {
+                row.iter_mut().for_each(|v| *v = (b + *v).max(0.0));
+            } else {
+                row.iter_mut().for_each(|v| *v += b);
+            }
+        }
+    }
+}
+
+/// What the transposed products (`[units, columns]` in panels, [`at`]) of a block of
+/// [`batched`] or of an example hold, for [`finish`].
 #[derive(Clone, Copy)]
 struct Sums<'a> {
     /// The term added as it is: the mean product (with Flipout's perturbation and its signs
@@ -1471,7 +1521,7 @@ struct Sums<'a> {
 /// one pass along each row, where the output signs, bias and base lie in row-major order (no
 /// per-column gathers of signs).
 #[allow(clippy::too_many_arguments)]
-fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, sums: Sums, tile: &mut Vec<f32>, out: &mut [f32]) {
+fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, sums: Sums, tile: &mut Vec<f32>, out: &mut [f32]) {
     let u = job.csr.rows;
     let isa = Isa::detect();
     let Sums { mean, pert } = sums;
@@ -1482,7 +1532,8 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, sums: Sums, 
     let fused = isa == Isa::Avx512 && {
         // The bounds `finish_strip_avx512` relies on (the callers' shapes give them).
         let last = r0 + cols;
-        assert!(mean.is_none_or(|y| y.len() >= u * ld) && pert.is_none_or(|(y, _)| y.len() >= u * ld) && cols <= ld && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
+        let len = panels_len(u, cols);
+        assert!(mean.is_none_or(|y| y.len() >= len) && pert.is_none_or(|(y, _)| y.len() >= len) && out.len() >= last * u && job.bias.len() >= u, "sparse output: slices too short");
         assert!(pert.is_none_or(|(_, s)| s.covers(last.div_ceil(rpe.max(1)) * u)) && job.base.is_none_or(|b| b.len() >= last * u), "sparse output: too few signs");
         true
     };
@@ -1492,18 +1543,20 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, sums: Sums, 
         if fused && w == LANES {
             // SAFETY: AVX-512F is supported (detected); the bounds were checked above and
             // c0 + 16 <= cols.
-            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, ld, sums, out) };
+            unsafe { finish_strip_avx512(job, r0 + c0, c0, rpe, sums, out) };
             continue;
         }
         let rows = &mut out[(r0 + c0) * u..(r0 + c0 + w) * u];
+        // Unit j's values of these columns lie at `at(u, j, c0) = s0 + j * PANEL`.
+        let s0 = at(u, 0, c0);
         // The first term straight into the rows; with both, the perturbation into the tile.
         match (mean, pert) {
             (Some(ya), Some((yb, _))) => {
-                transpose_on(isa, &ya[c0..], None, ld, u, w, rows, u);
+                transpose_on(isa, &ya[s0..], None, PANEL, u, w, rows, u);
                 tile.resize(w * u, 0.0);
-                transpose_on(isa, &yb[c0..], None, ld, u, w, tile, u);
+                transpose_on(isa, &yb[s0..], None, PANEL, u, w, tile, u);
             }
-            (None, Some((y, _))) | (Some(y), None) => transpose_on(isa, &y[c0..], None, ld, u, w, rows, u),
+            (None, Some((y, _))) | (Some(y), None) => transpose_on(isa, &y[s0..], None, PANEL, u, w, rows, u),
             (None, None) => {}
         }
         for (i, row) in rows.chunks_exact_mut(u.max(1)).enumerate() {
@@ -1544,22 +1597,23 @@ fn finish(job: &Job, r0: usize, cols: usize, rpe: usize, ld: usize, sums: Sums, 
 /// perturbation tile were written and read back before).
 ///
 /// # Safety
-/// AVX-512F is supported; the products in `sums` hold `units * ld` values, `c0 + 16 <= ld`;
+/// AVX-512F is supported; the products in `sums` hold panels of `units` rows with column
+/// `c0 + 15` in them;
 /// `out` (and `job.base`) hold `(r + 16) * units` values, the output signs
 /// `((r + 15) / rpe + 1) * units`, the bias `units`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, sums: Sums, out: &mut [f32]) {
+unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, sums: Sums, out: &mut [f32]) {
     // One copy per kind of sums: the transposed blocks stay in registers (an `Option` of
     // them went to the stack, and the strip cost twice as much).
     // SAFETY: the caller's contract.
     unsafe {
         match sums {
-            Sums { mean: Some(m), pert: Some((p, s)) } => strip::<true, true>(job, r, c0, rpe, ld, m, p, Some(s), out),
-            Sums { mean: Some(m), pert: None } => strip::<true, false>(job, r, c0, rpe, ld, m, &[], None, out),
-            Sums { mean: None, pert: Some((p, s)) } => strip::<false, true>(job, r, c0, rpe, ld, &[], p, Some(s), out),
-            Sums { mean: None, pert: None } => strip::<false, false>(job, r, c0, rpe, ld, &[], &[], None, out),
+            Sums { mean: Some(m), pert: Some((p, s)) } => strip::<true, true>(job, r, c0, rpe, m, p, Some(s), out),
+            Sums { mean: Some(m), pert: None } => strip::<true, false>(job, r, c0, rpe, m, &[], None, out),
+            Sums { mean: None, pert: Some((p, s)) } => strip::<false, true>(job, r, c0, rpe, &[], p, Some(s), out),
+            Sums { mean: None, pert: None } => strip::<false, false>(job, r, c0, rpe, &[], &[], None, out),
         }
     }
 }
@@ -1572,7 +1626,7 @@ unsafe fn finish_strip_avx512(job: &Job, r: usize, c0: usize, rpe: usize, ld: us
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn strip<const MEAN: bool, const PERT: bool>(job: &Job, r: usize, c0: usize, rpe: usize, ld: usize, ya: &[f32], yb: &[f32], s_out: Option<Signs>, out: &mut [f32]) {
+unsafe fn strip<const MEAN: bool, const PERT: bool>(job: &Job, r: usize, c0: usize, rpe: usize, ya: &[f32], yb: &[f32], s_out: Option<Signs>, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let u = job.csr.rows;
     let ub = u / TB * TB;
@@ -1584,7 +1638,7 @@ unsafe fn strip<const MEAN: bool, const PERT: bool>(job: &Job, r: usize, c0: usi
         let block = |y: &[f32], j0: usize| {
             let mut v = [zero; TB];
             for (l, v) in v.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(y.as_ptr().add((j0 + l) * ld + c0));
+                *v = _mm512_loadu_ps(y.as_ptr().add(at(u, j0 + l, c0)));
             }
             t16(v)
         };
@@ -1619,10 +1673,10 @@ unsafe fn strip<const MEAN: bool, const PERT: bool>(job: &Job, r: usize, c0: usi
             for j in ub..u {
                 let mut o = *job.bias.get_unchecked(j);
                 if MEAN {
-                    o += *ya.get_unchecked(j * ld + c0 + i);
+                    o += *ya.get_unchecked(at(u, j, c0) + i);
                 }
                 if let (true, Some(s_out)) = (PERT, s_out) {
-                    o += sign_of(s_out.mask((row / rpe) * u + j), *yb.get_unchecked(j * ld + c0 + i));
+                    o += sign_of(s_out.mask((row / rpe) * u + j), *yb.get_unchecked(at(u, j, c0) + i));
                 }
                 if let Some(base) = job.base {
                     o += *base.get_unchecked(row * u + j);
@@ -1769,7 +1823,6 @@ mod transposed_tests {
             // A second kernel on the same pattern (the perturbation: pruned where mu is).
             let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
             let (a, b) = (kept(&csr, &wa), kept(&csr, &wb));
-            let ld = padded(cols);
             let mut x = values(panels_len(k, cols), 3);
             // Padding columns: whatever they hold must not reach the real columns.
             x.iter_mut().enumerate().filter(|(i, _)| (i / (k * PANEL)) * PANEL + i % PANEL >= cols).for_each(|(_, v)| *v = 1e30);
@@ -1789,12 +1842,13 @@ mod transposed_tests {
             for isa in isas() {
                 for pass in [Pass::One(&a), Pass::Signed { plus: &a, minus: &b, s_in: &s_in, s_out: &s_out }] {
                     let signed = matches!(pass, Pass::Signed { .. });
-                    let mut y = vec![0f32; n * ld];
+                    let mut y = vec![0f32; panels_len(n, cols)];
                     csr.spmm_t_on(isa, &x, cols, pass, &mut y);
                     for j in 0..n {
                         for c in 0..cols {
                             let want = direct(j, c, signed);
-                            assert!((f64::from(y[j * ld + c]) - want).abs() < 1e-5, "{isa:?} {k}x{n} signed {signed} [{j}, {c}]: {} vs {want}", y[j * ld + c]);
+                            let got = y[at(n, j, c)];
+                            assert!((f64::from(got) - want).abs() < 1e-5, "{isa:?} {k}x{n} signed {signed} [{j}, {c}]: {got} vs {want}");
                         }
                     }
                 }
@@ -1968,6 +2022,7 @@ mod transposed_tests {
                     xt: None,
                     bias: &bias,
                     relu,
+                    out_t: false,
                 };
                 let mut out = vec![f32::NAN; nb * rpe * units];
                 forward(&job, &mut out, &mut Scratch::default());
@@ -1984,7 +2039,7 @@ mod transposed_tests {
                 }
             }
             // Without a perturbation (mean network): x @ mu + bias.
-            let job = Job { csr: &csr, conv: conv.as_ref(), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu: false };
+            let job = Job { csr: &csr, conv: conv.as_ref(), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu: false, out_t: false };
             let mut out = vec![f32::NAN; nb * rpe * units];
             forward(&job, &mut out, &mut Scratch::default());
             let zero = vec![0f32; k * units];
