@@ -307,10 +307,23 @@ pub fn sweep_stale_partials(dir: &Path) {
 /// Removes every partial file and every not-yet-kept output folder of this process: what a
 /// signal handler calls before the process exits.
 pub fn remove_partials() {
-    for p in lock(&PARTIALS).drain(..) {
+    remove_partials_where(|_| true)
+}
+
+/// [`remove_partials`] of the paths that `mine` accepts (a test's own: the registries are the
+/// whole process's, and tests run side by side).
+fn remove_partials_where(mine: impl Fn(&Path) -> bool) {
+    let take = |list: &mut Vec<PathBuf>| {
+        let (gone, kept) = std::mem::take(list).into_iter().partition(|p| mine(p));
+        *list = kept;
+        gone
+    };
+    let partials: Vec<PathBuf> = take(&mut lock(&PARTIALS));
+    for p in partials {
         let _ = std::fs::remove_file(p);
     }
-    for d in lock(&CREATED_DIRS).drain(..).rev() {
+    let dirs: Vec<PathBuf> = take(&mut lock(&CREATED_DIRS));
+    for d in dirs.into_iter().rev() {
         let _ = std::fs::remove_dir(d);
     }
 }
@@ -437,7 +450,8 @@ mod tests {
         drop(out);
         assert_eq!(names(dir.path()), vec!["n.bin"]);
         let out = OutputFile::create_named(&dir.path().join("m.bin")).expect("create");
-        remove_partials();
+        // Only this test's: another test's output in progress is not for it to remove.
+        remove_partials_where(|p| p.starts_with(dir.path()));
         assert_eq!(names(dir.path()), vec!["n.bin"], "what a signal handler removes");
         drop(out);
     }
