@@ -495,11 +495,10 @@ unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
     unsafe fn block<V: Vector, const NV: usize, const SIGNED: bool>(csr: &Csr, op: Operands, c0: usize) {
         // SAFETY: the caller's contract (see `spmm`); offsets stay inside the panels because
         // indices < k and c0 + NV * LANES <= cols, within one panel.
-        let base = (c0 / PANEL) * csr.cols * PANEL + c0 % PANEL;
-        let out_base = (c0 / PANEL) * csr.rows * PANEL + c0 % PANEL;
-        // The block's masks in the sign panels: `sign_at(k, i, c0) = s_base + i * MASKS`.
-        let s_base = (c0 / PANEL) * csr.cols * MASKS + (c0 % PANEL) / LANES;
-        let o_base = (c0 / PANEL) * csr.rows * MASKS + (c0 % PANEL) / LANES;
+        // Row i of the block lies at `at(k, i, c0) = base + i * PANEL` (its masks at
+        // `sign_at(k, i, c0) = s_base + i * MASKS`); output j's at `out_base + j * PANEL`.
+        let (base, s_base) = (at(csr.cols, 0, c0), sign_at(csr.cols, 0, c0));
+        let (out_base, o_base) = (at(csr.rows, 0, c0), sign_at(csr.rows, 0, c0));
         unsafe {
             // Chunk by chunk of inputs, so that their activation rows stay in L1; the partial
             // sums go to the outputs in between.
@@ -653,43 +652,22 @@ impl Csr {
     /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
     /// the shape-checked architecture).
     pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
-        self.checked().spmm_t(x, cols, pass, ya)
+        self.spmm_t_on(Isa::detect(), x, cols, pass, ya)
     }
 
     /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
     /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
-    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
-        self.checked().spmm_t_on(isa, x, cols, pass, ya)
-    }
-
-    /// The pattern as the kernels take it (indices in range, row and chunk bounds), for many
-    /// [`Checked::spmm_t`] calls (one per example of a convolution). The fields are private
-    /// and only [`Csr::from_mask`] builds a pattern, so the bounds hold by construction; they
-    /// are checked again in debug builds only (in release builds that scan of every kept
+    ///
+    /// The pattern's bounds (indices in range, row and chunk bounds) are not scanned here:
+    /// the fields are private and only [`Csr::from_mask`] builds a pattern, so they hold by
+    /// construction; debug builds check them again (in release builds that scan of every kept
     /// weight, once per layer and sample, was 0.9% of a pruned BNN-FC's time).
-    pub fn checked(&self) -> Checked<'_> {
-        let (k, n, nnz) = (self.cols, self.rows, self.nnz());
-        debug_assert!(self.indptr.len() == n + 1 && self.indptr.windows(2).all(|w| w[0] <= w[1]) && self.indptr[n] == nnz, "spmm_t: bad pattern");
-        debug_assert!(nnz == 0 || (self.indices.iter().fold(0, |a, &i| a.max(i)) as usize) < k, "spmm_t: an index is out of range");
-        debug_assert!(self.split.len() == n * (self.chunks() + 1) && self.split.iter().fold(0, |a, &p| a.max(p)) <= nnz, "spmm_t: bad chunk bounds");
-        Checked(self)
-    }
-}
-
-/// A [`Csr`] whose pattern was checked ([`Csr::checked`]); borrowing it keeps it unchanged.
-#[derive(Debug, Clone, Copy)]
-pub struct Checked<'a>(&'a Csr);
-
-impl Checked<'_> {
-    /// [`Csr::spmm_t`] without checking the pattern again.
-    pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
-        self.spmm_t_on(Isa::detect(), x, cols, pass, ya)
-    }
-
-    /// [`Csr::spmm_t_on`] without checking the pattern again.
     pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
-        let csr = self.0;
+        let csr = self;
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
+        debug_assert!(csr.indptr.len() == n + 1 && csr.indptr.windows(2).all(|w| w[0] <= w[1]) && csr.indptr[n] == nnz, "spmm_t: bad pattern");
+        debug_assert!(nnz == 0 || (csr.indices.iter().fold(0, |a, &i| a.max(i)) as usize) < k, "spmm_t: an index is out of range");
+        debug_assert!(csr.split.len() == n * (csr.chunks() + 1) && csr.split.iter().fold(0, |a, &p| a.max(p)) <= nnz, "spmm_t: bad chunk bounds");
         let len = panels_len(k, cols);
         let (a, b, s_in, s_out) = match pass {
             Pass::One(a) => (a, a, &[][..], &[][..]),
@@ -707,7 +685,7 @@ impl Checked<'_> {
         let op = Operands { xa: x.as_ptr(), a: a.as_ptr(), b: b.as_ptr(), ya: ya.as_mut_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), cols };
         let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
         // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's hold by
-        // construction, `Csr::checked`); the instruction set is one the CPU supports (detected).
+        // construction, `Csr::from_mask`); the instruction set is one the CPU supports (detected).
         unsafe {
             match isa {
                 #[cfg(target_arch = "x86_64")]
@@ -899,7 +877,7 @@ fn bits16(bits: &[u64], p: usize) -> u16 {
 /// columns `c..c + 16` (c a multiple of 16) has bit `l` = bit `bit0 + (c + l) * k + i` of
 /// `bits`, i.e. the input signs of a dense layer (row-major per example and input, as the
 /// sampler draws them, [`Sampler::sign_bits_into`]) laid out like the transposed activations'
-/// panels, for [`flip_panels_on`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
+/// panels, for [`Pass::Signed`] and [`flip_panels_on`]. Bits of columns from `cols` on are 0. A bit-matrix transpose
 /// in 16 x 16 blocks: 16 columns' 16 bits as the lanes of one vector, then one mask per
 /// row (on AVX-512 a test instruction per row).
 ///
@@ -1292,7 +1270,7 @@ pub(crate) fn kept_noise(s: &mut Sampler, csr: &Csr, sigma: &[f32], out: &mut [f
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
 pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
-    let csr = job.csr.checked();
+    let csr = job.csr;
     let rpe = job.conv.map_or(1, |w| w.output().iter().product());
     let cin = job.conv.map_or(k, |w| w.input[2]);
     let per = job.conv.map_or(k, |w| w.input.iter().product());
@@ -1400,7 +1378,7 @@ fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mu
 /// products with a mean product run as one ([`Pass::Signed`], its signs in sign panels);
 /// otherwise the input signs, when any, are on a sign-flipped copy of the transposed
 /// activations (made with them from masks, or from them and the sign panels of bits).
-fn batched(job: &Job, csr: Checked, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
+fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
     let signed = match (job.conv, job.a, job.flip) {
