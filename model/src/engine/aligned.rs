@@ -7,17 +7,27 @@
 #[derive(Debug, Default)]
 pub(crate) struct Aligned(pub(crate) Vec<f32>);
 
+/// Values a buffer needs beyond `len` so that `len` of them fit from its first 64-byte
+/// boundary ([`lead`]).
+pub(crate) const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
+
+/// Index of the first value of `v` on a 64-byte boundary (at most [`SLACK`]): where a
+/// buffer that is not [`Aligned`] (activations handed from layer to layer) holds values
+/// that vector kernels load.
+pub(crate) fn lead(v: &[f32]) -> usize {
+    (64 - v.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>()
+}
+
 impl Aligned {
     /// `len` values starting at a 64-byte boundary; what they hold is unspecified (earlier
     /// contents, possibly shifted, or zeros): the caller overwrites them.
     pub(crate) fn get(&mut self, len: usize) -> &mut [f32] {
-        const SLACK: usize = 64 / std::mem::size_of::<f32>() - 1;
         // Only ever grown: layers of different sizes share the buffer, and shrinking it made
         // every larger layer fill the difference with zeros again (7% of a pruned BNN-FC).
         if self.0.len() < len + SLACK {
             self.0.resize(len + SLACK, 0.0);
         }
-        let off = (64 - self.0.as_ptr() as usize % 64) % 64 / std::mem::size_of::<f32>();
+        let off = lead(&self.0);
         &mut self.0[off..off + len]
     }
 }

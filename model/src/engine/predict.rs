@@ -12,7 +12,9 @@
 
 use crate::arch::{shape_check, Arch, Op, Posterior};
 use rayon::prelude::*;
+use std::iter::Peekable;
 
+use super::aligned;
 use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
 use super::dense::{self, flipout_dense, FlipoutDense, Kernel, Noise, Weights};
 use super::sparse::{self, Flip, Signs, Job};
@@ -56,6 +58,14 @@ pub fn auto_sparse_fraction() -> f64 {
         AUTO_SPARSE_FRACTION
     }
 }
+
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] times a dense layer that
+/// would hand its output over transposed to a pruned dense layer
+/// ([`Linear::writes_transposed`]): its sparse path then has no transposes and no output
+/// pass of its own (the output pass runs in the kernel's registers, [`sparse::Epilogue`]),
+/// and as a first layer only the perturbation product (the mean product is shared). BNN-FC's
+/// first layer, 44% pruned, is timed 1.25x faster so than on the fused dense kernel.
+const HAND_OVER_SPARSE_FRACTION: f64 = 0.3;
 
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
 /// copies and buffers it tried freed in the loading thread's malloc arena, where the sampling
@@ -178,7 +188,7 @@ const BLOCK_VALUES: usize = 1 << 19;
 /// are the model's own (not a residual block's), whose first weight layer's mean product the
 /// Monte Carlo samples share.
 /// [`SparseKernels::Auto`] times layers on `batch` examples.
-fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Posterior>, sparse: SparseKernels, batch: usize, top: bool) -> (Vec<Layer>, Vec<usize>) {
+fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut Peekable<impl Iterator<Item = Posterior>>, sparse: SparseKernels, batch: usize, top: bool) -> (Vec<Layer>, Vec<usize>) {
     let mut out = Vec::new();
     for (oi, op) in ops.iter().enumerate() {
         let layer = match op {
@@ -214,19 +224,25 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
                     let wino = conv.and_then(|w| WinogradConv::plan(&w, n, &p.kernel_mu)).map(Box::new);
                     Linear { kernel: Kernel::new(k, n, p.kernel_mu, p.kernel_sigma, false), bias_mu: p.bias_mu, bias_sigma: p.bias_sigma, conv, wino }
                 };
+                // The ReLU and max pool that follow run in (or right after) the layer,
+                // differently on each path: both are timed with them.
+                let relu = matches!(ops.get(oi + 1), Some(Op::Relu));
+                // A pruned dense layer followed by one that will likely run sparse leaves its
+                // output transposed for it, which the dense path would leave the next layer to
+                // do: such a layer is timed from a lower pruned fraction.
+                let next_dense = conv.is_none() && matches!(ops.get(oi + 1 + usize::from(relu)), Some(Op::Dense { .. }));
+                let hand_over = next_dense && posts.peek().is_some_and(|q| q.pruned_fraction() >= auto_sparse_fraction());
+                let timed_from = if hand_over { HAND_OVER_SPARSE_FRACTION } else { auto_sparse_fraction() };
                 let lin = match sparse {
                     SparseKernels::Always => csr(&p),
-                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= auto_sparse_fraction() => {
+                    SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= timed_from => {
                         let (s, d) = (csr(&p), dense(p));
-                        // The ReLU and max pool that follow run in (or right after) the layer,
-                        // differently on each path: both are timed with them.
-                        let relu = matches!(ops.get(oi + 1), Some(Op::Relu));
                         let pool = match (conv, ops.get(oi + 1 + usize::from(relu))) {
                             (Some(_), Some(Op::MaxPool { size, strides, padding })) => Some(Window { input: [shape[0], shape[1], shape[2]], size: *size, strides: *strides, padding: *padding }),
                             _ => None,
                         };
                         let first = top && out.iter().all(|l| matches!(l, Layer::Flatten));
-                        if sparse_is_faster(&d, &s, batch, first, relu, pool.as_ref()) {
+                        if sparse_is_faster(&d, &s, batch, Probe { first, relu, pool: pool.as_ref(), hand_over }) {
                             s
                         } else {
                             d
@@ -287,14 +303,28 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut impl Iterator<Item = Pos
     (out, shape)
 }
 
+/// How [`sparse_is_faster`] runs a layer: as [`Model::predict_mc`] runs it in the model.
+#[derive(Clone, Copy)]
+struct Probe<'a> {
+    /// The first weight layer: the shared mean product given.
+    first: bool,
+    /// A ReLU follows (fused into the output pass).
+    relu: bool,
+    /// The max pool that follows.
+    pool: Option<&'a Window>,
+    /// The next layer is a pruned dense layer, which takes its input transposed: the sparse
+    /// path leaves its output so ([`Linear::writes_transposed`]), the dense path's time
+    /// includes transposing its output.
+    hand_over: bool,
+}
+
 /// Whether `sparse` (a layer on CSR) runs a Flipout sample faster than `dense` (the same
 /// layer on its dense path: fused kernel, Winograd or GEMM), timed at model load on `batch`
 /// examples of synthetic activations of the layer's real shape (at most [`PROBE_ROWS`] patch
-/// rows), each with the ReLU and
-/// max pool that follow it, and for a first weight layer with the shared mean product given,
-/// as [`Model::predict_mc`] runs them. The paths compute the same function, so the choice
-/// changes results only by float summation order.
-fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, first: bool, relu: bool, pool: Option<&Window>) -> bool {
+/// rows), each as `probe` says. The paths compute the same function, so the choice changes
+/// results only by float summation order.
+fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, probe: Probe) -> bool {
+    let Probe { first, relu, pool, hand_over } = probe;
     let _ftz = FlushDenormals::new();
     let m = batch.min(PROBE_ROWS / dense.rows_per_example().max(1)).max(1);
     let per = dense.conv.map_or(dense.kernel.k, |w| w.input.iter().product());
@@ -305,14 +335,17 @@ fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, first: bool, 
     let mut paths = [dense, sparse].map(|lin| (lin, first.then(|| lin.shared(&x, m)), Scratch::default()));
     let mut best = [f64::INFINITY; 2];
     let mut spent = 0.0;
+    let mut xt = Vec::new();
     for run in 0..PROBE_MAX_RUNS {
         if (run >= PROBE_RUNS || run == 1 && best.iter().all(|&b| b >= PROBE_SECONDS)) && spent >= PROBE_SECONDS {
             break;
         }
         for ((lin, shared, ws), best) in paths.iter_mut().zip(&mut best) {
             let mut sampler = Sampler::new(0, run as u64);
+            let mut draw = Draw::Sample(&mut sampler, Estimator::Flipout);
+            let t_out = Transposed { input: false, output: hand_over && lin.writes_transposed(&draw, first) };
             let t = thread_seconds();
-            let (out, pooled) = lin.forward(&x, m, &mut Draw::Sample(&mut sampler, Estimator::Flipout), shared.as_ref(), relu, pool, ws);
+            let (out, pooled) = lin.forward_t(&x, m, &mut draw, shared.as_ref(), relu, pool, t_out, ws);
             let out = match pool {
                 Some(p) if !pooled => {
                     let mut o = ws.take(0);
@@ -322,6 +355,9 @@ fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, first: bool, 
                 }
                 _ => out,
             };
+            if hand_over && !t_out.output {
+                sparse::transposed_blocks_into(&out, m, lin.kernel.n, &mut xt);
+            }
             let secs = thread_seconds() - t;
             ws.give(out);
             *best = best.min(secs);
@@ -369,7 +405,7 @@ impl Model {
         let [classes] = out[..] else {
             return Err(EngineError::Shape(format!("the network ends in shape {out:?}, not a vector of logits")));
         };
-        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter(), sparse, batch.clamp(1, MC_CHUNK), true);
+        let (layers, _) = build(&arch.ops, arch.input_shape.clone(), &mut posts.into_iter().peekable(), sparse, batch.clamp(1, MC_CHUNK), true);
         if sparse == SparseKernels::Auto {
             release_freed_heap();
         }
@@ -565,6 +601,9 @@ struct Shared {
     /// The input transposed for the sparse kernel ([`sparse::transposed_blocks`]), for a
     /// pruned dense layer: each sample then transposes only its sign bits.
     xt: Option<Vec<f32>>,
+    /// `mean` transposed the same way, for a pruned dense layer that leaves its output
+    /// transposed ([`Transposed::output`]).
+    mean_t: Option<Vec<f32>>,
 }
 
 /// Reusable buffers of one thread: Monte Carlo samples reuse the same memory instead of
@@ -764,7 +803,8 @@ impl Linear {
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
         let xt = self.pruned_dense().then(|| sparse::transposed_blocks(x, n, k));
-        Shared { patches, mean, xt }
+        let mean_t = self.pruned_dense().then(|| sparse::transposed_blocks(&mean, n, u));
+        Shared { patches, mean, xt, mean_t }
     }
 
     /// The layer on `x` (`n` examples); returns `[n, ..., units]`, through a ReLU when `relu`.
@@ -772,6 +812,7 @@ impl Linear {
     /// are not redone. With `pool` (the max pool that follows), the Flipout path with the
     /// signs on the weights pools each example's output while it is in cache; the flag says
     /// whether the returned output is pooled.
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, x: &[f32], n: usize, draw: &mut Draw, shared: Option<&Shared>, relu: bool, pool: Option<&Window>, ws: &mut Scratch) -> (Vec<f32>, bool) {
         self.forward_t(x, n, draw, shared, relu, pool, Transposed::default(), ws)
@@ -779,9 +820,11 @@ impl Linear {
 
     /// Whether this layer can leave its output transposed for a following pruned dense
     /// layer ([`Transposed`]): a pruned dense layer whose products run as one on this CPU,
-    /// without a shared mean product.
+    /// or that runs only its random part (Flipout's perturbation, the noise of
+    /// reparameterization) beside a shared mean product.
     fn writes_transposed(&self, draw: &Draw, shared: bool) -> bool {
-        self.pruned_dense() && !shared && sparse::one_product(matches!(draw, Draw::Sample(_, Estimator::Flipout)))
+        let random = matches!(draw, Draw::Sample(..)) && self.kernel.values().1.is_some();
+        self.pruned_dense() && if shared { random } else { sparse::one_product(matches!(draw, Draw::Sample(_, Estimator::Flipout))) }
     }
 
     /// [`Linear::forward`] with its input, its output or both transposed as `t` says (only a
@@ -847,12 +890,17 @@ impl Linear {
         // unused, beside the path's own: 35 MB per thread on BNN-Conv's first conv).
         if let Weights::Sparse { csr, .. } = &self.kernel.weights {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
-            let mut out = ws.any(if t.output { sparse::transposed_len(n, u) } else { rows * u });
+            let mut out = ws.any(if t.output { sparse::transposed_len(n, u) + aligned::SLACK } else { rows * u });
             let (s_in, s_out) = if self.pruned_dense() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
             let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
-            let xt = if t.input { Some(x) } else { shared.and_then(|s| s.xt.as_deref()) };
-            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base: shared.map(|s| &s.mean[..]), xt, bias: &bias, relu, out_t: t.output };
+            let xt = if t.input { Some(&x[aligned::lead(x).min(x.len())..]) } else { shared.and_then(|s| s.xt.as_deref()) };
+            let base = shared.map(|s| match (t.output, &s.mean_t) {
+                (true, Some(m)) => &m[..],
+                (true, None) => unreachable!("a pruned dense layer's shared mean is transposed too"),
+                (false, _) => &s.mean[..],
+            });
+            let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base, xt, bias: &bias, relu, out_t: t.output };
             sparse::forward(&job, &mut out, &mut ws.sparse);
             ws.noise = noise;
             return (out, false);
@@ -1432,18 +1480,25 @@ mod tests {
         };
         let (first, second) = (layer(40, 37, 30), layer(37, 21, 40));
         let x = values(n * 40, 50);
-        for est in [None, Some(Estimator::Flipout), Some(Estimator::Reparameterization)] {
+        // The first layer also as a network's first, its mean product shared by the samples:
+        // then it runs only the random part, beside the shared mean transposed.
+        let shared = first.shared(&x, n);
+        let runs = [(None, None), (Some(Estimator::Flipout), None), (Some(Estimator::Reparameterization), None), (Some(Estimator::Flipout), Some(&shared)), (Some(Estimator::Reparameterization), Some(&shared))];
+        for (est, shared) in runs {
             let (mut s1, mut s2) = (Sampler::new(5, 2), Sampler::new(5, 2));
             let mut draws = [&mut s1, &mut s2].map(|s| match est {
                 Some(e) => Draw::Sample(s, e),
                 None => Draw::Mean,
             });
-            assert!(first.writes_transposed(&draws[1], false), "{est:?}: the first layer keeps its output transposed");
+            let est = (est, shared.is_some());
+            assert!(first.writes_transposed(&draws[1], est.1), "{est:?}: the first layer keeps its output transposed");
             let ws = &mut Scratch::default();
-            let (h, _) = first.forward(&x, n, &mut draws[0], None, true, None, ws);
+            let (h, _) = first.forward(&x, n, &mut draws[0], shared, true, None, ws);
             let (y, _) = second.forward(&h, n, &mut draws[0], None, false, None, ws);
-            let (ht, _) = first.forward_t(&x, n, &mut draws[1], None, true, None, Transposed { input: false, output: true }, ws);
-            assert_eq!(ht.len(), sparse::transposed_len(n, 37));
+            let (ht, _) = first.forward_t(&x, n, &mut draws[1], shared, true, None, Transposed { input: false, output: true }, ws);
+            let ht_all = &ht;
+            let ht = &ht[aligned::lead(&ht)..];
+            assert!(ht.len() >= sparse::transposed_len(n, 37) && (ht.as_ptr() as usize).is_multiple_of(64), "{est:?}: the transposed output from a cache line");
             let want = sparse::transposed_blocks(&h, n, 37);
             for (b, r0) in (0..n).step_by(256).enumerate() {
                 let size = sparse::panels_len(37, 256);
@@ -1454,7 +1509,7 @@ mod tests {
                     }
                 }
             }
-            let (yt, _) = second.forward_t(&ht, n, &mut draws[1], None, false, None, Transposed { input: true, output: false }, ws);
+            let (yt, _) = second.forward_t(ht_all, n, &mut draws[1], None, false, None, Transposed { input: true, output: false }, ws);
             assert!(y.len() == n * 21 && yt.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{est:?}: outputs");
         }
     }

@@ -16,7 +16,7 @@
 //! ([`Pass::Signed`], [`sign_panels_on`]).
 //! [`forward`] runs a whole pruned layer on it.
 
-use super::aligned::Aligned;
+use super::aligned::{lead, Aligned};
 use super::conv::Window;
 use super::sampler::{sign_bits_at, Sampler};
 
@@ -302,6 +302,10 @@ trait Vector: Copy {
     unsafe fn flip(x: Self, bits: u16) -> Self;
     /// `b` in the lanes whose bit of `bits` is set (bit l: lane l), `a` in the others.
     unsafe fn blend(bits: u16, a: Self, b: Self) -> Self;
+    /// `a + b`.
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `max(a, 0)` (a NaN lane gives 0, like `f32::max`).
+    unsafe fn relu(a: Self) -> Self;
     /// 16 floats to `p` (unaligned).
     unsafe fn store(self, p: *mut f32);
 }
@@ -342,6 +346,16 @@ impl Vector for [f32; LANES] {
                 *v = w;
             }
         }
+        a
+    }
+    #[inline(always)]
+    unsafe fn add(mut a: Self, b: Self) -> Self {
+        a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        a
+    }
+    #[inline(always)]
+    unsafe fn relu(mut a: Self) -> Self {
+        a.iter_mut().for_each(|a| *a = a.max(0.0));
         a
     }
     #[inline(always)]
@@ -406,6 +420,17 @@ impl Vector for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx2(_mm256_add_ps(a.0, b.0), _mm256_add_ps(a.1, b.1)) }
+    }
+    #[inline(always)]
+    unsafe fn relu(a: Self) -> Self {
+        use std::arch::x86_64::*;
+        // `max(a, 0)` returns its second operand where either is NaN: 0, as `f32::max` does.
+        unsafe { Avx2(_mm256_max_ps(a.0, _mm256_setzero_ps()), _mm256_max_ps(a.1, _mm256_setzero_ps())) }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
         unsafe {
@@ -459,6 +484,17 @@ impl Vector for Avx512 {
         unsafe { Avx512(_mm512_mask_blend_ps(bits, a.0, b.0)) }
     }
     #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        use std::arch::x86_64::*;
+        unsafe { Avx512(_mm512_add_ps(a.0, b.0)) }
+    }
+    #[inline(always)]
+    unsafe fn relu(a: Self) -> Self {
+        use std::arch::x86_64::*;
+        // `max(a, 0)` returns its second operand where either is NaN: 0, as `f32::max` does.
+        unsafe { Avx512(_mm512_max_ps(a.0, _mm512_setzero_ps())) }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32) {
         use std::arch::x86_64::*;
         unsafe { _mm512_storeu_ps(p, self.0) }
@@ -472,11 +508,37 @@ struct Operands {
     a: *const f32,
     b: *const f32,
     ya: *mut f32,
-    /// Sign panels of the inputs and of the outputs ([`Pass::Signed`]; else unused).
+    /// Sign panels of the inputs and of the outputs ([`Pass::Signed`], or with `flip_out`;
+    /// else unused).
     s_in: *const u16,
     s_out: *const u16,
     /// Columns to compute, a multiple of [`LANES`].
     cols: usize,
+    /// The [`Epilogue`]: its bias (null: none, and no epilogue), its base laid out like the
+    /// output (null: none), whether `s_out` flips the sums (a [`Pass::One`]'s output signs)
+    /// and whether a ReLU ends it.
+    bias: *const f32,
+    base: *const f32,
+    flip_out: bool,
+    relu: bool,
+}
+
+/// What [`Csr::spmm_t_then`] does to each output vector once its sum is complete, before
+/// the one store of it: `y = bias[j] + sum * s_out + base` (each term where there is one, in
+/// that order, as the row-major output pass adds them), then the ReLU when `relu`. The
+/// output pass of a dense layer whose output stays transposed, with no pass of its own over
+/// the output.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// One value per output row.
+    pub bias: &'a [f32],
+    /// Output signs in sign panels of the outputs (one row per output); only with
+    /// [`Pass::One`] ([`Pass::Signed`] folds them into its weights).
+    pub s_out: Option<&'a [u16]>,
+    /// A term laid out like the output (panels of the outputs).
+    pub base: Option<&'a [f32]>,
+    /// Whether a ReLU ends it.
+    pub relu: bool,
 }
 
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
@@ -504,9 +566,11 @@ unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
             // sums go to the outputs in between.
             let m = csr.chunks();
             for ch in 0..m {
+                // The sums are complete after the last chunk: the epilogue, if any, then.
+                let last = ch + 1 == m && !op.bias.is_null();
                 for j in 0..csr.rows {
                     let (s, e) = (csr.split[j * (m + 1) + ch], csr.split[j * (m + 1) + ch + 1]);
-                    if ch > 0 && s == e {
+                    if ch > 0 && s == e && !last {
                         continue;
                     }
                     let oa = op.ya.add(out_base + j * PANEL);
@@ -533,6 +597,17 @@ unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
                             for (l, r) in ra.iter_mut().enumerate() {
                                 *r = V::fma(wa, V::load(pa.add(l * LANES)), *r);
                             }
+                        }
+                    }
+                    if last {
+                        let bias = V::splat(*op.bias.add(j));
+                        for (l, r) in ra.iter_mut().enumerate() {
+                            let mut v = if op.flip_out { V::flip(*r, *op.s_out.add(o_base + j * MASKS + l)) } else { *r };
+                            v = V::add(bias, v);
+                            if !op.base.is_null() {
+                                v = V::add(v, V::load(op.base.add(out_base + j * PANEL + l * LANES)));
+                            }
+                            *r = if op.relu { V::relu(v) } else { v };
                         }
                     }
                     for (l, r) in ra.iter().enumerate() {
@@ -652,17 +727,28 @@ impl Csr {
     /// When a slice is shorter than its shape says (a bug in the caller: the shapes come from
     /// the shape-checked architecture).
     pub fn spmm_t(&self, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
-        self.spmm_t_on(Isa::detect(), x, cols, pass, ya)
+        self.spmm_t_on(Isa::detect(), x, cols, pass, None, ya)
     }
 
-    /// [`Csr::spmm_t`] on a given instruction set (which the CPU must support: tests compare
-    /// the kernels; anything else calls [`Csr::spmm_t`]). An unsupported one runs portably.
+    /// [`Csr::spmm_t`] with the output pass `then` applied to each output vector in
+    /// registers before it is stored (instead of a pass of its own over the output).
+    ///
+    /// # Panics
+    /// As [`Csr::spmm_t`]; also when `then`'s slices are shorter than the output's shape
+    /// says, or it has output signs for a [`Pass::Signed`].
+    pub fn spmm_t_then(&self, x: &[f32], cols: usize, pass: Pass, then: Epilogue, ya: &mut [f32]) {
+        self.spmm_t_on(Isa::detect(), x, cols, pass, Some(then), ya)
+    }
+
+    /// [`Csr::spmm_t`] (or with `then`, [`Csr::spmm_t_then`]) on a given instruction set
+    /// (which the CPU must support: tests compare the kernels; anything else calls
+    /// [`Csr::spmm_t`]). An unsupported one runs portably.
     ///
     /// The pattern's bounds (indices in range, row and chunk bounds) are not scanned here:
     /// the fields are private and only [`Csr::from_mask`] builds a pattern, so they hold by
     /// construction; debug builds check them again (in release builds that scan of every kept
     /// weight, once per layer and sample, was 0.9% of a pruned BNN-FC's time).
-    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, ya: &mut [f32]) {
+    pub fn spmm_t_on(&self, isa: Isa, x: &[f32], cols: usize, pass: Pass, then: Option<Epilogue>, ya: &mut [f32]) {
         let csr = self;
         let (k, n, nnz) = (csr.cols, csr.rows, csr.nnz());
         debug_assert!(csr.indptr.len() == n + 1 && csr.indptr.windows(2).all(|w| w[0] <= w[1]) && csr.indptr[n] == nnz, "spmm_t: bad pattern");
@@ -678,11 +764,29 @@ impl Csr {
         };
         assert!(x.len() >= len && a.len() >= nnz && b.len() >= nnz, "spmm_t: operands too short");
         assert!(ya.len() >= panels_len(n, cols), "spmm_t: output too short");
+        if let Some(t) = then {
+            assert!(t.bias.len() >= n && t.base.is_none_or(|b| b.len() >= panels_len(n, cols)), "spmm_t: epilogue too short");
+            assert!(t.s_out.is_none_or(|s| s.len() >= sign_panels_len(n, cols)) && (t.s_out.is_none() || matches!(pass, Pass::One(_))), "spmm_t: bad epilogue signs");
+        }
         let cols = padded(cols);
         if cols == 0 || n == 0 {
             return;
         }
-        let op = Operands { xa: x.as_ptr(), a: a.as_ptr(), b: b.as_ptr(), ya: ya.as_mut_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), cols };
+        let flip_out = then.is_some_and(|t| t.s_out.is_some());
+        let s_out = then.and_then(|t| t.s_out).unwrap_or(s_out);
+        let op = Operands {
+            xa: x.as_ptr(),
+            a: a.as_ptr(),
+            b: b.as_ptr(),
+            ya: ya.as_mut_ptr(),
+            s_in: s_in.as_ptr(),
+            s_out: s_out.as_ptr(),
+            cols,
+            bias: then.map_or(std::ptr::null(), |t| t.bias.as_ptr()),
+            base: then.and_then(|t| t.base).map_or(std::ptr::null(), |b| b.as_ptr()),
+            flip_out,
+            relu: then.is_some_and(|t| t.relu),
+        };
         let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
         // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's hold by
         // construction, `Csr::from_mask`); the instruction set is one the CPU supports (detected).
@@ -1203,7 +1307,8 @@ pub(crate) struct Job<'a> {
     pub a: Option<&'a [f32]>,
     /// Flipout's perturbation product.
     pub flip: Option<Flip<'a>>,
-    /// A precomputed `[rows, units]` term (the shared mean product of a first layer).
+    /// A precomputed term (the shared mean product of a first layer): `[rows, units]`
+    /// row-major, or with `out_t` in the layout of the transposed output.
     pub base: Option<&'a [f32]>,
     /// A dense layer's transposed activations as [`transposed_blocks`] lays them out (a
     /// first layer's input, the same for every sample); `None`: transposed here.
@@ -1214,8 +1319,10 @@ pub(crate) struct Job<'a> {
     pub relu: bool,
     /// Whether to write the output as a following pruned dense layer takes its input
     /// ([`Job::xt`]): transposed, in [`transposed_blocks`]' layout (bias and ReLU applied;
-    /// [`transposed_len`] values), instead of row-major. Only for a dense layer whose
-    /// products run as one ([`one_product`]) and without `base`.
+    /// [`transposed_len`] values from the output's first 64-byte boundary, [`lead`]: the
+    /// next layer's kernel loads them whole vectors at a time), instead of row-major. Only for a dense layer whose
+    /// products run as one: one product of its own ([`one_product`]), or beside `base` one
+    /// product (Flipout's perturbation, or the noise of reparameterization).
     pub out_t: bool,
 }
 
@@ -1274,9 +1381,16 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     let rpe = job.conv.map_or(1, |w| w.output().iter().product());
     let cin = job.conv.map_or(k, |w| w.input[2]);
     let per = job.conv.map_or(k, |w| w.input.iter().product());
+    let skip = if job.out_t { lead(out).min(out.len()) } else { 0 };
+    let out = &mut out[skip..];
     let out_len = if job.out_t { transposed_len(job.n, u) } else { job.n * rpe * u };
     assert!(job.x.len() >= job.n * per && out.len() >= out_len && job.bias.len() >= u, "sparse layer: slices too short");
-    assert!(!job.out_t || (job.conv.is_none() && job.a.is_some() && job.base.is_none() && one_product(job.flip.is_some())), "sparse layer: a transposed output needs one product of a dense layer");
+    let one = match job.base {
+        Some(b) => job.a.is_none() != job.flip.is_none() && b.len() >= out_len,
+        None => job.a.is_some() && one_product(job.flip.is_some()),
+    };
+    let bits = job.flip.is_none_or(|f| matches!(f.s_out, Signs::Bits(_)));
+    assert!(!job.out_t || (job.conv.is_none() && one && bits), "sparse layer: a transposed output needs one product of a dense layer");
     if let Some(f) = job.flip {
         assert!(f.s_in.covers(job.n * cin) && f.s_out.covers(job.n * u), "sparse layer: too few signs");
     }
@@ -1351,13 +1465,20 @@ fn pad_columns(buf: &mut Aligned, k: usize, cols: usize) -> &mut [f32] {
 /// 256)`, in panels, padding columns zero. A first layer's input is the same for every Monte
 /// Carlo sample: transposed once, each sample then only transposes its sign bits.
 pub(crate) fn transposed_blocks(x: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    transposed_blocks_into(x, n, k, &mut out);
+    out
+}
+
+/// [`transposed_blocks`] into `out` (resized to [`transposed_len`]).
+pub(crate) fn transposed_blocks_into(x: &[f32], n: usize, k: usize, out: &mut Vec<f32>) {
     assert!(x.len() >= n * k, "transposed blocks: slices too short");
     let size = panels_len(k, BATCH_COLS);
-    let mut out = vec![0f32; transposed_len(n, k)];
+    out.clear();
+    out.resize(transposed_len(n, k), 0.0);
     for (b0, block) in (0..n).step_by(BATCH_COLS).zip(out.chunks_mut(size)) {
         transpose_block(x, k, b0, (b0 + BATCH_COLS).min(n), block, None);
     }
-    out
 }
 
 /// `X^T` of examples `b0..b1` of a dense layer's input (`k` values each) into `xt`, in panels
@@ -1435,27 +1556,37 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
                 flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
             }
         }
-        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>| {
+        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>, then: Option<Epilogue>| {
             out_signs.resize(sign_panels_len(u, cols), 0);
             sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, out_signs);
-            csr.spmm_t(xt, cols, Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: out_signs }, y);
+            let pass = Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: out_signs };
+            csr.spmm_t_on(Isa::detect(), xt, cols, pass, then, y);
         };
         if job.out_t {
-            // The products straight into their block of the transposed output; one product
-            // and no base (`forward` checked): the block then holds the whole product.
-            let y = &mut out[(b0 / BATCH_COLS) * panels_len(u, BATCH_COLS)..][..panels_len(u, cols)];
-            match (signed, job.a) {
-                (Some((_, s_out)), _) => signed_pass(y, s_out, &mut ws.out_signs),
-                (None, Some(a)) => csr.spmm_t(xt, cols, Pass::One(a), y),
-                (None, None) => unreachable!("checked by `forward`"),
+            // The product straight into its block of the transposed output (one product,
+            // `forward` checked), the output pass applied before each vector is stored.
+            let block = (b0 / BATCH_COLS) * panels_len(u, BATCH_COLS)..;
+            let y = &mut out[block.clone()][..panels_len(u, cols)];
+            let base = job.base.map(|b| &b[block][..panels_len(u, cols)]);
+            let then = Epilogue { bias: job.bias, s_out: None, base, relu: job.relu };
+            match (signed, job.a, job.flip) {
+                (Some((_, s_out)), _, _) => signed_pass(y, s_out, &mut ws.out_signs, Some(then)),
+                (None, Some(a), None) => csr.spmm_t_then(xt, cols, Pass::One(a), then, y),
+                // Beside a shared mean product: the perturbation, its output signs applied
+                // with the base.
+                (None, None, Some(Flip { noise, s_out: Signs::Bits(s_out), .. })) => {
+                    ws.out_signs.resize(sign_panels_len(u, cols), 0);
+                    sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, &mut ws.out_signs);
+                    csr.spmm_t_then(xs, cols, Pass::One(noise), Epilogue { s_out: Some(&ws.out_signs), ..then }, y);
+                }
+                _ => unreachable!("checked by `forward`"),
             }
-            bias_act_t(y, u, cols, job.bias, job.relu);
             continue;
         }
         let (ya, yb) = (ws.ya.get(panels_len(u, cols)), ws.yb.get(panels_len(u, cols)));
         let sums = match (job.a, job.flip, signed) {
             (_, _, Some((_, s_out))) => {
-                signed_pass(ya, s_out, &mut ws.out_signs);
+                signed_pass(ya, s_out, &mut ws.out_signs, None);
                 Sums { mean: Some(ya), pert: None }
             }
             // A convolution's (or any, portably): two passes, each with one activation stream
@@ -1478,24 +1609,6 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
             (None, None, None) => Sums { mean: None, pert: None },
         };
         finish(job, b0 * rpe, cols, rpe, sums, &mut ws.tile, out);
-    }
-}
-
-/// `y = bias + y` (through a ReLU when `relu`) for the transposed products `y` of `units`
-/// rows and `cols` columns in panels, in place: a dense layer's output left transposed
-/// ([`Job::out_t`]). Columns up to `padded(cols)` (which the next layer's kernel reads).
-fn bias_act_t(y: &mut [f32], units: usize, cols: usize, bias: &[f32], relu: bool) {
-    let cols = padded(cols);
-    for (p, panel) in y.chunks_mut(units * PANEL).enumerate().take(cols.div_ceil(PANEL)) {
-        let w = PANEL.min(cols - p * PANEL);
-        for (row, &b) in panel.chunks_mut(PANEL).zip(bias) {
-            let row = &mut row[..w];
-            if relu {
-                row.iter_mut().for_each(|v| *v = (b + *v).max(0.0));
-            } else {
-                row.iter_mut().for_each(|v| *v += b);
-            }
-        }
     }
 }
 
@@ -1816,8 +1929,9 @@ mod transposed_tests {
 
     #[test]
     fn transposed_kernel_matches_a_direct_f64_product() {
-        // Several chunks of inputs (some empty at 5% kept), column blocks and panels.
-        for (k, n, cols, kept_frac) in [(7, 5, 1, 0.5), (33, 9, 17, 0.3), (64, 20, 100, 0.7), (50, 3, 200, 0.1), (10, 4, 64, 1.0), (150, 6, 280, 0.3), (300, 5, 130, 0.05)] {
+        // Several chunks of inputs (some empty at 5% kept; at 2%, the last chunk of 2 inputs
+        // is empty in most rows, whose epilogue must still run), column blocks and panels.
+        for (k, n, cols, kept_frac) in [(7, 5, 1, 0.5), (33, 9, 17, 0.3), (64, 20, 100, 0.7), (50, 3, 200, 0.1), (10, 4, 64, 1.0), (150, 6, 280, 0.3), (300, 5, 130, 0.05), (130, 8, 40, 0.02)] {
             let (wa, csr) = pruned(k, n, kept_frac, 1);
             // A second kernel on the same pattern (the perturbation: pruned where mu is).
             let wb: Vec<f32> = wa.iter().zip(values(k * n, 2)).map(|(&a, b)| if a == 0.0 { 0.0 } else { b }).collect();
@@ -1838,16 +1952,36 @@ mod transposed_tests {
                     })
                     .sum::<f64>()
             };
+            // Epilogues: bias, output signs (of a plain pass), base and ReLU, or bias alone.
+            let (bias, base) = (values(n, 6), values(panels_len(n, cols), 7));
             for isa in isas() {
                 for pass in [Pass::One(&a), Pass::Signed { plus: &a, minus: &b, s_in: &s_in, s_out: &s_out }] {
                     let signed = matches!(pass, Pass::Signed { .. });
                     let mut y = vec![0f32; panels_len(n, cols)];
-                    csr.spmm_t_on(isa, &x, cols, pass, &mut y);
+                    csr.spmm_t_on(isa, &x, cols, pass, None, &mut y);
                     for j in 0..n {
                         for c in 0..cols {
                             let want = direct(j, c, signed);
                             let got = y[at(n, j, c)];
                             assert!((f64::from(got) - want).abs() < 1e-5, "{isa:?} {k}x{n} signed {signed} [{j}, {c}]: {got} vs {want}");
+                        }
+                    }
+                    let full = Epilogue { bias: &bias, s_out: (!signed).then_some(&s_out[..]), base: Some(&base), relu: true };
+                    for then in [full, Epilogue { bias: &bias, s_out: None, base: None, relu: false }] {
+                        let mut z = vec![0f32; panels_len(n, cols)];
+                        csr.spmm_t_on(isa, &x, cols, pass, Some(then), &mut z);
+                        for (j, &bj) in bias.iter().enumerate() {
+                            for c in 0..cols {
+                                let o = at(n, j, c);
+                                let flip = then.s_out.is_some() && bit(&out_bits, 5 + c * n + j);
+                                // The sums above with the epilogue applied after them, in its order.
+                                let mut v = bj + if flip { -y[o] } else { y[o] };
+                                if then.base.is_some() {
+                                    v += base[o];
+                                }
+                                let want = if then.relu { v.max(0.0) } else { v };
+                                assert_eq!(z[o].to_bits(), want.to_bits(), "{isa:?} {k}x{n} signed {signed} {then:?} [{j}, {c}]");
+                            }
                         }
                     }
                 }
