@@ -116,6 +116,12 @@ pub struct Args {
     /// CSR kernels: auto (for pruned layers whose CSR kernel is timed faster than the dense path at load), always, never.
     #[arg(long, default_value = "auto")]
     pub sparse: String,
+    /// Predictions to time: with more than one, an untimed prediction first warms the
+    /// caches, the buffers and the threads, and the median time is reported (as benchmarks
+    /// time a TensorFlow session or onnxruntime: warmed up, then several runs). The
+    /// predictions are the same (same seed).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -143,10 +149,10 @@ pub struct Data {
 pub struct Evaluation {
     /// Scores.
     pub metrics: Metrics,
-    /// Wall time of the prediction, seconds.
+    /// Wall time of the prediction (the median over the timed repeats), seconds.
     pub seconds: f64,
-    /// CPU time of the process (all threads) during the prediction, seconds: on a shared
-    /// machine, steadier than the wall time for comparing builds.
+    /// CPU time of the process (all threads) during the prediction (the median), seconds:
+    /// on a shared machine, steadier than the wall time for comparing builds.
     pub cpu_seconds: f64,
 }
 
@@ -164,14 +170,33 @@ fn process_cpu_seconds() -> f64 {
 
 /// Predicts `data` with `model` (mean network when `samples == 0`) and scores it.
 pub fn run_eval(model: &Model, data: &Data, samples: usize, seed: u64, est: Estimator) -> Result<Evaluation> {
+    run_eval_timed(model, data, samples, seed, est, 1)
+}
+
+/// [`run_eval`] timed over `repeats` predictions, after an untimed one when `repeats > 1`:
+/// the median wall and CPU times (`eval --repeats`).
+pub fn run_eval_timed(model: &Model, data: &Data, samples: usize, seed: u64, est: Estimator, repeats: u32) -> Result<Evaluation> {
+    let predict = || -> Result<Vec<f64>> { Ok(if samples == 0 { model.predict_mean(&data.x)? } else { model.predict_mc(&data.x, samples, seed, est)?.mean }) };
     // Start the worker threads before the clock (once per process, as TensorFlow's session
     // and onnxruntime's are made before theirs): the clock times the prediction only.
     rayon::broadcast(|_| ());
-    let (t, cpu) = (Instant::now(), process_cpu_seconds());
-    let probs = if samples == 0 { model.predict_mean(&data.x)? } else { model.predict_mc(&data.x, samples, seed, est)?.mean };
-    let seconds = t.elapsed().as_secs_f64();
-    let cpu_seconds = process_cpu_seconds() - cpu;
-    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds, cpu_seconds })
+    if repeats > 1 {
+        predict()?;
+    }
+    let (mut walls, mut cpus, mut probs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        let (t, cpu) = (Instant::now(), process_cpu_seconds());
+        probs = predict()?;
+        walls.push(t.elapsed().as_secs_f64());
+        cpus.push(process_cpu_seconds() - cpu);
+    }
+    Ok(Evaluation { metrics: evaluate(&probs, model.classes(), &data.y), seconds: median(&mut walls), cpu_seconds: median(&mut cpus) })
+}
+
+/// The median of `v` (the upper one of an even count), `NaN` when empty.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Runs `eval`.
@@ -200,7 +225,7 @@ pub fn run(a: Args) -> Result<()> {
         None => a.data.read(model.example_len(), model.classes())?,
     };
     mem_trace("data read");
-    let e = run_eval(&model, &data, a.samples, a.seed, est)?;
+    let e = run_eval_timed(&model, &data, a.samples, a.seed, est, a.repeats)?;
     mem_trace("predicted");
     let (sparse, layers) = model.sparse_layers();
     let m = e.metrics;
@@ -208,7 +233,7 @@ pub fn run(a: Args) -> Result<()> {
         let out = json!({
             "n": m.n, "samples": a.samples, "mode": if a.samples == 0 { "mean" } else { "mc" },
             "accuracy": m.accuracy, "mean_log_likelihood": m.mean_log_likelihood,
-            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds, "cpu_seconds": e.cpu_seconds,
+            "mean_predictive_entropy": m.mean_entropy, "seconds": e.seconds, "cpu_seconds": e.cpu_seconds, "repeats": a.repeats,
             "sparse_layers": sparse, "layers": layers, "macs_per_example": model.macs_per_example(),
             "nominal_flops": model.nominal_flops(m.n, a.samples),
         });

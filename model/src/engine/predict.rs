@@ -596,14 +596,29 @@ struct Transposed {
 struct Shared {
     /// Patch rows of a convolution (`None` for a dense layer: the input rows are its patches).
     patches: Option<Vec<f32>>,
-    /// `patches @ mu` (no bias), `[rows, units]`.
-    mean: Vec<f32>,
+    /// `patches @ mu` (no bias), `[rows, units]`; of a pruned dense layer made from `mean_t`
+    /// by the first sample that needs it ([`Shared::mean`]), if any does.
+    mean: std::sync::OnceLock<Vec<f32>>,
+    /// Examples and units of the mean product.
+    n: usize,
+    units: usize,
     /// The input transposed for the sparse kernel ([`sparse::transposed_blocks`]), for a
     /// pruned dense layer: each sample then transposes only its sign bits.
     xt: Option<Vec<f32>>,
-    /// `mean` transposed the same way, for a pruned dense layer that leaves its output
-    /// transposed ([`Transposed::output`]).
+    /// The mean product of a pruned dense layer transposed the same way (its products run
+    /// on the transposed kernel), which a layer that leaves its output transposed
+    /// ([`Transposed::output`]) adds there.
     mean_t: Option<Vec<f32>>,
+}
+
+impl Shared {
+    /// The mean product, `[rows, units]`.
+    fn mean(&self) -> &[f32] {
+        self.mean.get_or_init(|| match &self.mean_t {
+            Some(t) => sparse::rows_of_transposed_blocks(t, self.n, self.units),
+            None => unreachable!("a shared mean is made in rows or transposed"),
+        })
+    }
 }
 
 /// Reusable buffers of one thread: Monte Carlo samples reuse the same memory instead of
@@ -790,6 +805,21 @@ impl Linear {
     /// The sample-independent part of this layer on `x` (`n` examples), blocks in parallel.
     fn shared(&self, x: &[f32], n: usize) -> Shared {
         let (k, u, rows) = (self.kernel.k, self.kernel.n, n * self.rows_per_example());
+        if let (true, Weights::Sparse { csr, mu, .. }) = (self.pruned_dense(), &self.kernel.weights) {
+            // Transposed, as the samples' products run: the mean product on the transposed
+            // kernel too, in rows only if a sample needs them.
+            let xt = sparse::transposed_blocks(x, n, k);
+            // Panels in parallel (they are contiguous: panel q holds examples q * PANEL..).
+            let mut mean_t = vec![0f32; sparse::transposed_len(n, u)];
+            mean_t.par_chunks_mut(u * sparse::PANEL).zip(xt.par_chunks(k * sparse::PANEL)).enumerate().for_each(|(q, (yp, xp))| {
+                let _ftz = FlushDenormals::new();
+                let cols = n.saturating_sub(q * sparse::PANEL).min(sparse::PANEL);
+                if cols > 0 {
+                    csr.spmm_t(xp, cols, sparse::Pass::One(mu), yp);
+                }
+            });
+            return Shared { patches: None, mean: std::sync::OnceLock::new(), n, units: u, xt: Some(xt), mean_t: Some(mean_t) };
+        }
         let patches = self.conv.map(|_| {
             let mut p = Vec::new();
             self.patches(x, 0, rows, &mut p);
@@ -797,14 +827,13 @@ impl Linear {
         });
         let p = patches.as_deref().unwrap_or(x);
         let mut mean = vec![0f32; rows * u];
-        let block = self.block_rows();
+        // Blocks split over the threads when there are few rows.
+        let block = self.block_rows().min(rows.div_ceil(rayon::current_num_threads().max(1))).max(1);
         mean.par_chunks_mut(block * u).zip(p.par_chunks(block * k)).for_each_init(Vec::new, |tbuf, (o, pb)| {
             let _ftz = FlushDenormals::new();
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
-        let xt = self.pruned_dense().then(|| sparse::transposed_blocks(x, n, k));
-        let mean_t = self.pruned_dense().then(|| sparse::transposed_blocks(&mean, n, u));
-        Shared { patches, mean, xt, mean_t }
+        Shared { patches, mean: std::sync::OnceLock::from(mean), n, units: u, xt: None, mean_t: None }
     }
 
     /// The layer on `x` (`n` examples); returns `[n, ..., units]`, through a ReLU when `relu`.
@@ -898,7 +927,7 @@ impl Linear {
             let base = shared.map(|s| match (t.output, &s.mean_t) {
                 (true, Some(m)) => &m[..],
                 (true, None) => unreachable!("a pruned dense layer's shared mean is transposed too"),
-                (false, _) => &s.mean[..],
+                (false, _) => s.mean(),
             });
             let job = Job { csr, conv: self.conv.as_ref(), x, n, a, flip, base, xt, bias: &bias, relu, out_t: t.output };
             sparse::forward(&job, &mut out, &mut ws.sparse);
@@ -922,7 +951,7 @@ impl Linear {
         }
         if let (true, Some(fused_noise)) = (flipout, fused_noise) {
             let mut out = ws.any(rows * u);
-            let mean = shared.map(|sh| sh.mean.as_slice());
+            let mean = shared.map(|sh| sh.mean());
             let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
@@ -946,7 +975,7 @@ impl Linear {
                 _ => self.patches(x, r0, r1, &mut pbuf),
             };
             match shared {
-                Some(sh) => ob.copy_from_slice(&sh.mean[r0 * u..r1 * u]),
+                Some(sh) => ob.copy_from_slice(&sh.mean()[r0 * u..r1 * u]),
                 None if reparam => self.kernel.matmul(pb, rb, &noise, ob, false, &mut ws.tbuf),
                 None => self.kernel.matmul(pb, rb, mu, ob, false, &mut ws.tbuf),
             }
@@ -1047,7 +1076,7 @@ impl Linear {
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {
                 Some(sh) => {
-                    for ((o, m), t) in ob.chunks_exact_mut(u).zip(sh.mean[r0 * u..r1 * u].chunks_exact(u)).zip(prod.chunks_exact(w)) {
+                    for ((o, m), t) in ob.chunks_exact_mut(u).zip(sh.mean()[r0 * u..r1 * u].chunks_exact(u)).zip(prod.chunks_exact(w)) {
                         combine(o, m, t, so, bias, relu);
                     }
                 }

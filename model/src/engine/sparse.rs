@@ -1481,6 +1481,17 @@ pub(crate) fn transposed_blocks_into(x: &[f32], n: usize, k: usize, out: &mut Ve
     }
 }
 
+/// The rows (`[n, units]`) of values in [`transposed_blocks`]' layout.
+pub(crate) fn rows_of_transposed_blocks(t: &[f32], n: usize, units: usize) -> Vec<f32> {
+    assert!(t.len() >= transposed_len(n, units), "transposed rows: slices too short");
+    let mut rows = vec![0f32; n * units];
+    for (q, r0) in (0..n).step_by(PANEL).enumerate() {
+        let cols = PANEL.min(n - r0);
+        transpose_on(Isa::detect(), &t[q * units * PANEL..], None, PANEL, units, cols, &mut rows[r0 * units..], units);
+    }
+    rows
+}
+
 /// `X^T` of examples `b0..b1` of a dense layer's input (`k` values each) into `xt`, in panels
 /// (a panel is a `[k, PANEL]` row-major matrix), and with `masks` (the input signs as XOR
 /// masks, `[n, k]`) the sign-flipped copy into the second slice.
