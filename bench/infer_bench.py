@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Driver of scripts/bench-infer.sh (issue 10; standard library only, TensorFlow and
 onnxruntime run in .venv).  Measures, in one run on this machine, prediction time only,
-median of REPEATS runs each:
+warmed up and median of REPEATS runs each:
 
-* our engine: `bnn-convert eval CK --data X --samples S --json` (its `seconds`: prediction only,
-  Flipout), with the peak resident memory of the process;
+* our engine: `bnn-convert eval CK --data X --samples S --json --repeats REPEATS` (its
+  `seconds`: prediction only, Flipout, median after a warm-up prediction), median of
+  WARM_PROCESSES processes, with the peak resident memory of the process; and cold (one
+  prediction per process, median of REPEATS processes);
 * the engine of commit 649c966 (before issue 10), when BASELINE names its binary;
 * TensorFlow restoring the same checkpoint from its `.meta` (bench/infer_tf.py: S `sess.run`s
   of the stored Flipout logits);
@@ -34,6 +36,8 @@ KB = os.path.join(ROOT, "target", "release", "examples", "kernel_bench")
 PY = os.path.join(ROOT, ".venv", "bin", "python")
 WORK = os.path.join(ROOT, "target", "bench-models")
 REPEATS = int(os.environ.get("REPEATS", "5"))
+# Processes of `eval --repeats REPEATS` per measurement of ours (each warmed up in-process).
+WARM_PROCESSES = 3
 DOC = os.path.join(ROOT, "docs", "performance.md")
 SWEEP_FRACTIONS = "0,0.2,0.4,0.6,0.7,0.8"
 
@@ -56,11 +60,15 @@ def run(cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
-def ours(binary, ck, x, samples, repeats=REPEATS):
+def ours(binary, ck, x, samples, repeats=REPEATS, warm=None):
+    """Median `seconds` of `eval` over `repeats` processes, each timing one prediction (cold:
+    fresh buffers, threads woken), or with `warm`, over as many processes each reporting the
+    median of `warm` timed predictions after an untimed one (`eval --repeats`: warmed up as
+    TF and onnxruntime are timed here); and the peak RSS of the processes."""
     secs, rss, out = [], [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        p = subprocess.Popen([binary, "eval", ck, "--data", x, "--samples", str(samples), "--json"],
+        p = subprocess.Popen([binary, "eval", ck, "--data", x, "--samples", str(samples), "--json"] + (["--repeats", str(warm)] if warm else []),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _, status, ru = os.wait4(p.pid, 0)
         text, err = p.stdout.read(), p.stderr.read()
@@ -194,14 +202,15 @@ def main():
     for name, ck, x, s, tag in models:
         model = os.path.basename(ck)
         for variant, path in (("dense", ck), ("70% pruned", pruned(ck, tag))):
-            o_sec, o_rss, o_out = ours(B, path, x, s)
+            o_sec, o_rss, o_out = ours(B, path, x, s, WARM_PROCESSES, warm=REPEATS)
+            cold = ours(B, path, x, s)[0]
             # 649c966 needs minutes per run on the 28x28 conv net and ~30 s on VGG-16: fewer runs.
             base = ours(BASELINE, path, x, s, 1 if tag == "vgg" else REPEATS)[0] if BASELINE and tag != "conv" else None
             t = tf(prefix_of(path), x, s)
             r = onnxruntime(path, x, s, tag)
             flops = o_out["nominal_flops"]
             gflops = flops / o_sec / 1e9
-            results.append(dict(name=name, variant=variant, n=o_out["n"], s=s, ours=o_sec, rss=o_rss, tag=tag, flops=flops, model=model,
+            results.append(dict(name=name, variant=variant, n=o_out["n"], s=s, ours=o_sec, cold=cold, rss=o_rss, tag=tag, flops=flops, model=model,
                                 base=base, tf=t and t["predict_seconds"], ort=r and r["seconds"],
                                 gflops=gflops, weights=weight_bytes(path), sparse=o_out["sparse_layers"],
                                 layers=o_out["layers"], acc=o_out["accuracy"],
@@ -265,26 +274,29 @@ def write_doc(kb, results, sweeps, load):
         "## Monte Carlo inference against TensorFlow and onnxruntime (issues 5 and 10)",
         "",
         "Measured by `scripts/bench-infer.sh` (driver `bench/infer_bench.py`) on %s, %d cores, load average "
-        "%.1f at the start (a shared virtual machine: runs of ~50 ms are noisy; ratios are from the same run), median of %d runs "
-        "each, prediction time only (no loading): ours = `bnn-convert eval --samples S` (Flipout), "
-        "649c966 = the same command built from the commit before issue 10, TF %s = `import_meta_graph` + "
-        "`restore` and S `sess.run`s of the Flipout logits (`bench/infer_tf.py`), ORT = onnxruntime %s on "
-        "`export-onnx --mode mc --samples S` (one `run` draws all S samples)." % (cpu, os.cpu_count(), load, REPEATS, tfv, ortv),
+        "%.1f at the start (a shared virtual machine: runs of ~50 ms are noisy; ratios are from the same run), "
+        "prediction time only (no loading), all warmed up and timed in-process: TF %s = `import_meta_graph` + "
+        "`restore`, one warm-up, then %d times S `sess.run`s of the Flipout logits (`bench/infer_tf.py`), median; "
+        "ORT = onnxruntime %s on `export-onnx --mode mc --samples S` (one `run` draws all S samples), one warm-up, "
+        "median of %d runs; ours = `bnn-convert eval --samples S --repeats %d` (Flipout; one warm-up, median of %d "
+        "predictions), median of %d processes. Ours cold = one prediction per process (`eval` without `--repeats`: "
+        "fresh buffers, threads woken from sleep), median of %d processes; 649c966 = that, built from the commit "
+        "before issue 10 (it has no `--repeats`)." % (cpu, os.cpu_count(), load, tfv, REPEATS, ortv, REPEATS, REPEATS, REPEATS, WARM_PROCESSES, REPEATS),
         "",
-        "| model | examples x S | TF s | ORT s | 649c966 s | ours s | TF/ours | ORT/ours | 649c966/ours | ours GFLOP/s (% of GEMM peak) | CSR layers | peak RSS MiB (weights MiB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | examples x S | TF s | ORT s | 649c966 s | ours cold s | ours s | TF/ours | ORT/ours | 649c966/ours | ours GFLOP/s (% of GEMM peak) | CSR layers | peak RSS MiB (weights MiB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append("| %s, %s | %d x %d | %s | %s | %s | %.4f | %s | %s | %s | %.1f (%.0f%%) | %d of %d | %.0f (%.1f) |" % (
+        lines.append("| %s, %s | %d x %d | %s | %s | %s | %.4f | %.4f | %s | %s | %s | %.1f (%.0f%%) | %d of %d | %.0f (%.1f) |" % (
             r["name"], r["variant"], r["n"], r["s"],
             "%.4f" % r["tf"] if r["tf"] else "-", "%.4f" % r["ort"] if r["ort"] else "-",
-            "%.4f" % r["base"] if r["base"] else "-", r["ours"],
+            "%.4f" % r["base"] if r["base"] else "-", r["cold"], r["ours"],
             ratio(r["tf"], r["ours"]), ratio(r["ort"], r["ours"]), ratio(r["base"], r["ours"]),
             r["gflops"], 100 * r["gflops"] / peak, r["sparse"], r["layers"], r["rss"], r["weights"] / 2**20))
     lines += flop_table(results, kb)
     lines += memory_table(results)
     lines += ["", "70% pruned against dense, ours: " + ", ".join(
-        "%s **%.2fx**" % (results[i]["name"].split(" ")[0], results[i]["ours"] / results[i + 1]["ours"])
+        "%s **%.2fx** (cold %.2fx)" % (results[i]["name"].split(" ")[0], results[i]["ours"] / results[i + 1]["ours"], results[i]["cold"] / results[i + 1]["cold"])
         for i in range(0, len(results), 2)) + "."]
     if len(sweeps) == 2:
         lines += ["", "`sweep` of the VGG-16 BNN, fractions %s, 10 samples, one repeat (whole process, "

@@ -110,7 +110,19 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version as clap prints them (also the help of a command given alone).
+        Err(e) if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        Err(e) => {
+            // A bad command line is bad input like any other: one line (clap's message
+            // without its usage and help pointers), status 2 as clap gives it.
+            let text = e.render().to_string();
+            let parts: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")).collect();
+            eprintln!("bnn-convert: {}", parts.join(" "));
+            return ExitCode::from(2);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     handle_signals(matches!(cli.command, Command::PruneBatch(_)).then(|| stop.clone()));
     let result = match cli.command {

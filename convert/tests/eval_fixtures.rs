@@ -197,3 +197,21 @@ fn npz_without_the_keys_and_float_labels_are_one_line_errors() {
     let out = bnn_convert(&[&"eval", &ckpt, &"--data", &fixtures().join("data/digits_test_x.npy"), &"--labels", &floats]);
     assert_one_line_error(&out, &["float32.npy", "labels must be integers, not float32"]);
 }
+
+#[test]
+fn repeated_timing_predicts_what_one_prediction_does() {
+    // `--repeats 3`: a warm-up and three timed predictions with the same seed, whose scores
+    // are those of the one prediction `eval` makes without it.
+    let ckpt = fixtures().join("tf1_bnn_fc");
+    let data = fixtures().join("data/digits_test_x.npy");
+    let once = eval("tf1_bnn_fc", "digits_test_x.npy", "20");
+    let repeated = json_of(&bnn_convert(&[&"eval", &ckpt, &"--data", &data, &"--samples", &"20", &"--repeats", &"3", &"--json"]));
+    assert_eq!(repeated["repeats"], 3);
+    assert_eq!(once["repeats"], 1);
+    for key in ["accuracy", "mean_log_likelihood", "mean_predictive_entropy"] {
+        assert_eq!(repeated[key], once[key], "{key}");
+    }
+    assert!(repeated["seconds"].as_f64().is_some_and(|s| s > 0.0));
+    let out = bnn_convert(&[&"eval", &ckpt, &"--data", &data, &"--repeats", &"0"]);
+    assert_one_line_error(&out, &["--repeats"]);
+}
