@@ -544,13 +544,15 @@ pub struct Epilogue<'a> {
 /// Every output of `csr` on columns `0..op.cols`, in blocks of `VECS` vectors: the kept
 /// weights of output `j` stream by once per block, each one a broadcast and one load and
 /// fused multiply-add per vector (`SIGNED`: two broadcasts, and per vector the weight picked
-/// from them by the lanes' input and output signs, [`Pass::Signed`]).
+/// from them by the lanes' input and output signs, [`Pass::Signed`]); the [`Epilogue`], if
+/// any, on each output vector after its last chunk.
 ///
 /// # Safety
-/// `op` must hold what [`Csr::spmm_t`] checks: `csr`'s indices below `k`, panels of `k` rows
-/// and `op.cols` columns behind `xa` and of `rows` rows behind `ya`, `nnz` values behind `a`
-/// (and `b`), `op.cols` a multiple of [`LANES`]; with `SIGNED`, sign panels of `k` rows
-/// behind `s_in` and of `rows` rows behind `s_out`, both of `op.cols` columns.
+/// `op` must hold what [`Csr::spmm_t_on`] checks: `csr`'s indices below `k`, panels of `k`
+/// rows and `op.cols` columns behind `xa` and of `rows` rows behind `ya`, `nnz` values behind
+/// `a` (and `b`), `op.cols` a multiple of [`LANES`]; with `SIGNED` or `flip_out`, sign panels
+/// of `k` rows behind `s_in` (`SIGNED`) and of `rows` rows behind `s_out`, of `op.cols`
+/// columns; a non-null `bias` holds `rows` values, a non-null `base` panels of `rows` rows.
 #[inline(always)]
 unsafe fn spmm<V: Vector, const SIGNED: bool>(csr: &Csr, op: Operands) {
     #[inline(always)]
