@@ -1322,9 +1322,10 @@ pub(crate) struct Job<'a> {
     /// Whether to write the output as a following pruned dense layer takes its input
     /// ([`Job::xt`]): transposed, in [`transposed_blocks`]' layout (bias and ReLU applied;
     /// [`transposed_len`] values from the output's first 64-byte boundary, [`lead`]: the
-    /// next layer's kernel loads them whole vectors at a time), instead of row-major. Only for a dense layer whose
-    /// products run as one: one product of its own ([`one_product`]), or beside `base` one
-    /// product (Flipout's perturbation, or the noise of reparameterization).
+    /// next layer's kernel loads them whole vectors at a time), instead of row-major. Only
+    /// for a dense layer whose products run as one: one product of its own
+    /// ([`one_product`]), or beside `base` one product (Flipout's perturbation, or the noise
+    /// of reparameterization).
     pub out_t: bool,
 }
 
@@ -1569,9 +1570,13 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
                 flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
             }
         }
-        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>, then: Option<Epilogue>| {
+        // The block's output signs in sign panels, from bits.
+        let out_sign_panels = |s_out: &[u64], out_signs: &mut Vec<u16>| {
             out_signs.resize(sign_panels_len(u, cols), 0);
             sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, out_signs);
+        };
+        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>, then: Option<Epilogue>| {
+            out_sign_panels(s_out, out_signs);
             let pass = Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: out_signs };
             csr.spmm_t_on(Isa::detect(), xt, cols, pass, then, y);
         };
@@ -1588,8 +1593,7 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
                 // Beside a shared mean product: the perturbation, its output signs applied
                 // with the base.
                 (None, None, Some(Flip { noise, s_out: Signs::Bits(s_out), .. })) => {
-                    ws.out_signs.resize(sign_panels_len(u, cols), 0);
-                    sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, &mut ws.out_signs);
+                    out_sign_panels(s_out, &mut ws.out_signs);
                     csr.spmm_t_then(xs, cols, Pass::One(noise), Epilogue { s_out: Some(&ws.out_signs), ..then }, y);
                 }
                 _ => unreachable!("checked by `forward`"),
