@@ -1342,15 +1342,15 @@ mod tests {
         }
     }
 
-    /// Puts every stride-1 3x3 or 5x5 conv of `layers` on Winograd (6x6 tiles, the least
-    /// accurate), whatever [`WinogradConv::plan`] would choose; returns how many.
+    /// Puts every stride-1 3x3 or 5x5 conv of `layers` on Winograd (the largest tiles, the
+    /// least accurate), whatever [`WinogradConv::plan`] would choose; returns how many.
     fn force_winograd(layers: &mut [Layer]) -> usize {
         let mut count = 0;
         for l in layers {
             if let Layer::Linear(lin) = l {
                 if let Some(win) = lin.conv.filter(|w| w.strides == [1, 1] && w.size[0] == w.size[1] && matches!(w.size[0], 3 | 5)) {
-                    let m = if win.size[0] == 3 { 4 } else { 2 };
-                    lin.wino = Some(Box::new(WinogradConv::new(winograd::Transform::new(m, win.size[0]), win, lin.kernel.n, lin.kernel.values().0)));
+                    // The largest tiles in use: F(4, 3) and F(4, 5), 6x6 and 8x8.
+                    lin.wino = Some(Box::new(WinogradConv::new(winograd::Transform::new(4, win.size[0]), win, lin.kernel.n, lin.kernel.values().0)));
                     count += 1;
                 }
             }

@@ -28,7 +28,7 @@ const BLOCK_VALUES: usize = 1 << 20;
 /// Fewest output tiles per example from which Flipout runs one product per example against
 /// that example's signed weights (a² c x k values to form per example, against a product of
 /// tiles x a² x c x k saved), instead of the mean and perturbation products over all examples.
-const PER_EXAMPLE_TILES: usize = 32;
+const PER_EXAMPLE_TILES: usize = 16;
 
 /// Fewest input channels for which [`WinogradConv::plan`] uses Winograd: with few channels the
 /// GEMMs are too shallow (k = channels) to run near peak, and the transforms dominate.
@@ -235,7 +235,7 @@ pub struct Buffers {
     mp: Vec<f32>,
     u_main: Vec<f32>,
     u_pert: Vec<f32>,
-    /// One example's Flipout weights in the Winograd domain.
+    /// One example's Flipout weights at one Winograd-domain position (`[c, k]`).
     wb: Vec<f32>,
     tile: Vec<f32>,
     tmp: Vec<f32>,
@@ -305,7 +305,7 @@ impl WinogradConv {
         if out[0] * out[1] < MIN_OUTPUTS {
             return None;
         }
-        let best = [2, 4].into_iter().filter(|&m| m + r <= 7).map(|m| Transform::new(m, r)).min_by_key(|t| t.products(out))?;
+        let best = [2, 4].into_iter().filter(|&m| m + r <= 9).map(|m| Transform::new(m, r)).min_by_key(|t| t.products(out))?;
         // At least 1.5x fewer products than the direct convolution.
         if best.products(out) * 3 > out[0] * out[1] * r * r * 2 {
             return None;
@@ -441,10 +441,13 @@ impl WinogradConv {
         if let Some(f) = flipout.filter(|_| tpe >= PER_EXAMPLE_TILES) {
             // One product per example against its own weights
             // `U(mu) + s_in * U(noise) * s_out`: V_b @ U(mu) + ((V_b * s_in) @ U(noise)) * s_out
-            // in half the multiplications, for the price of forming a² c x k weights.
+            // in half the multiplications, for the price of forming a² c x k weights. Each
+            // position's c x k block is formed right before its product, into one block that
+            // stays in L1 (a whole example's a² blocks, 512 KB for BNN-Conv's 8x8 tiles, had
+            // gone out to L2 and back).
             let (c_k, [oh, ow]) = (c * k, self.win.output());
             let mut wb = std::mem::take(&mut ws.wb);
-            wb.resize(a * a * c_k, 0.0);
+            wb.resize(c_k, 0.0);
             let mut unpooled = std::mem::take(&mut ws.unpooled);
             let (per_out, pooled_len) = (oh * ow * k, pool.map_or(0, |p| p.output().iter().product::<usize>() * k));
             // A 2x2 stride-2 max pool without padding goes into the hand-written output
@@ -454,16 +457,17 @@ impl WinogradConv {
                 unpooled.resize(per_out, 0.0);
             }
             for b in 0..n {
-                let so = &f.s_out[b * k..(b + 1) * k];
-                for (((w, m), p), &si) in wb.chunks_exact_mut(k).zip(self.u_mu.chunks_exact(k)).zip(u_pert.chunks_exact(k)).zip(f.s_in[b * c..(b + 1) * c].iter().cycle()) {
-                    for (((w, &m), &p), &sg) in w.iter_mut().zip(m).zip(p).zip(so) {
-                        *w = m + f32::from_bits(p.to_bits() ^ si ^ sg);
-                    }
-                }
+                let (si, so) = (&f.s_in[b * c..(b + 1) * c], &f.s_out[b * k..(b + 1) * k]);
                 self.input_transform::<V>(x, b, b + 1, None, ws, generic);
                 ws.mm.resize(a * a * tpe * k, 0.0);
                 for xi in 0..a * a {
-                    small_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb[xi * c_k..], &mut ws.mm[xi * tpe * k..]);
+                    let (um, up) = (&self.u_mu[xi * c_k..(xi + 1) * c_k], &u_pert[xi * c_k..(xi + 1) * c_k]);
+                    for (((w, m), p), &si) in wb.chunks_exact_mut(k).zip(um.chunks_exact(k)).zip(up.chunks_exact(k)).zip(si) {
+                        for (((w, &m), &p), &sg) in w.iter_mut().zip(m).zip(p).zip(so) {
+                            *w = m + f32::from_bits(p.to_bits() ^ si ^ sg);
+                        }
+                    }
+                    small_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &wb, &mut ws.mm[xi * tpe * k..]);
                 }
                 match pool {
                     Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
@@ -764,6 +768,12 @@ mod tests {
             (2, 3, 9, 9, 21, 19, Padding::Same, 2),
             (2, 5, 13, 13, 20, 24, Padding::Same, 2),
             (4, 3, 23, 23, 17, 9, Padding::Same, 1),
+            // F(4, 5): BNN-Conv's second conv (16 tiles: per-example weights, partial tiles
+            // at 14), stacked products (9 tiles), tails with odd outputs.
+            (4, 5, 14, 14, 32, 64, Padding::Same, 2),
+            (4, 5, 10, 11, 5, 6, Padding::Same, 2),
+            (4, 5, 13, 13, 20, 24, Padding::Same, 2),
+            (4, 5, 12, 12, 16, 8, Padding::Valid, 1),
         ];
         for (m, r, h, w, c, k, padding, n) in cases {
             let win = Window { input: [h, w, c], size: [r, r], strides: [1, 1], padding };
@@ -777,6 +787,14 @@ mod tests {
             let mean = direct(&x, n, &win, &mu, k, None, None);
             let pert = direct(&x, n, &win, &noise, k, Some(&s_in), Some(&s_out));
             let mut ws = Buffers::default();
+            // Float error (largest absolute error over the largest output): measured 2e-7 for
+            // F(2, 3), 0.6-1.5e-6 for the 6x6 tiles, 3.9-4.7e-6 for the 8x8 ones of F(4, 5)
+            // (f32 im2col: ~1e-7).
+            let bound = match m + r - 1 {
+                4 => 5e-7,
+                6 => 4e-6,
+                _ => 1e-5,
+            };
             // Every code path of the transforms: AVX-512, AVX2 and portable lanes (with
             // channel tails: c and k of 3-6 are below one vector), and the generic passes.
             for (path, relu) in Path::available().into_iter().flat_map(|p| [(p, false), (p, true)]) {
@@ -797,9 +815,6 @@ mod tests {
                     let mut out = vec![f32::NAN; n * oh * ow * k];
                     conv.forward_on(path, &x, n, weights, f, &bias, relu, None, &mut out, &mut ws);
                     let err = max_rel_err(&out, want);
-                    // Float error (largest absolute error over the largest output): measured
-                    // 2e-7 for F(2, 3), 0.6-1.5e-6 for the 6x6 tiles (f32 im2col: ~1e-7).
-                    let bound = if m + r == 5 { 5e-7 } else { 4e-6 };
                     assert!(err < bound, "F({m}, {r}) {h}x{w}x{c}->{k} {padding:?} {path:?}: relative error {err}");
                 }
                 // The max pool fused into the per-example Flipout path (the stacked products
@@ -823,7 +838,7 @@ mod tests {
                         }
                     }
                     let err = max_rel_err(&out[..want.len()], &want);
-                    assert!(err < 4e-6, "pooled F({m}, {r}) {h}x{w}x{c}->{k} {pool_padding:?} {path:?}: relative error {err}");
+                    assert!(err < bound, "pooled F({m}, {r}) {h}x{w}x{c}->{k} {pool_padding:?} {path:?}: relative error {err}");
                 }
             }
         }
@@ -850,8 +865,9 @@ mod tests {
     fn plan_picks_the_tile_and_declines_unfit_layers() {
         let win = |h: usize, c: usize, r: usize| Window { input: [h, h, c], size: [r, r], strides: [1, 1], padding: Padding::Same };
         let plan = |w: Window, k: usize| WinogradConv::plan(&w, k, &vec![0.0; w.size[0] * w.size[1] * w.input[2] * k]);
-        // BNN-Conv's second conv: F(2, 5); VGG-16's 32x32 and 16x16 blocks: F(4, 3).
-        assert_eq!(plan(win(14, 32, 5), 64).map(|p| (p.t.m, p.t.r)), Some((2, 5)));
+        // BNN-Conv's second conv: F(4, 5) (16 tiles of 64 products against 49 of 36);
+        // VGG-16's 32x32 and 16x16 blocks: F(4, 3).
+        assert_eq!(plan(win(14, 32, 5), 64).map(|p| (p.t.m, p.t.r)), Some((4, 5)));
         assert_eq!(plan(win(32, 64, 3), 64).map(|p| (p.t.m, p.t.r)), Some((4, 3)));
         // 8x8: F(4, 3) (4 tiles of 36 products against 64 x 9).
         assert_eq!(plan(win(8, 256, 3), 256).map(|p| (p.t.m, p.t.r)), Some((4, 3)));

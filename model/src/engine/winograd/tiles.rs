@@ -6,6 +6,8 @@
 //! One generic body per transform runs on three lane types: AVX-512 (16 channels), AVX2 (8)
 //! and plain `f32` (the portable path, and the channel tails of the vector paths).
 
+use std::mem::MaybeUninit;
+
 /// A vector of channels (`L` lanes) and the few operations the transforms need.
 ///
 /// # Safety
@@ -173,6 +175,8 @@ pub(super) enum Tile {
     F4x3,
     /// F(2x2, 5x5): 6x6 input tiles.
     F2x5,
+    /// F(4x4, 5x5): 8x8 input tiles.
+    F4x5,
 }
 
 impl Tile {
@@ -182,6 +186,7 @@ impl Tile {
             (2, 3) => Some(Tile::F2x3),
             (4, 3) => Some(Tile::F4x3),
             (2, 5) => Some(Tile::F2x5),
+            (4, 5) => Some(Tile::F4x5),
             _ => None,
         }
     }
@@ -203,6 +208,25 @@ unsafe fn bt6<V: Lanes>(d: [V; 6]) -> [V; 6] {
         d[3].fma(2.0, d[1].fma(-2.0, d[4])).sub(d[2]),
         d[3].fma(-0.5, d[1].fma(0.5, d[4])).sub(d[2]),
         d[4].fma(1.5, d[3].fma(-2.0, d[2].fma(-1.5, d[1]))).add(d[5]),
+    ]
+}
+
+/// B^T of the 8x8 tiles (points 0, 1, -1, 1/2, -2, 2, -1/2, infinity): rows 1-2, 3-6 and
+/// 4-5 share their even and odd halves.
+#[inline(always)]
+unsafe fn bt8<V: Lanes>(d: [V; 8]) -> [V; 8] {
+    let (e1, o1) = (d[4].fma(-4.25, d[2].add(d[6])), d[3].fma(-4.25, d[1].add(d[5])));
+    let (e3, o3) = (d[4].fma(-5.0, d[2].fma(4.0, d[6])), d[5].fma(0.5, d[3].fma(-2.5, d[1].add(d[1]))));
+    let (e4, o4) = (d[4].fma(-1.25, d[2].fma(0.25, d[6])), d[5].fma(2.0, d[3].fma(-2.5, d[1].fma(0.5, V::zero()))));
+    [
+        d[2].sub(d[4]).fma(5.25, d[6].sub(d[0])),
+        e1.add(o1),
+        e1.sub(o1),
+        e3.add(o3),
+        e4.sub(o4),
+        e4.add(o4),
+        e3.sub(o3),
+        d[3].sub(d[5]).fma(5.25, d[7].sub(d[1])),
     ]
 }
 
@@ -230,6 +254,20 @@ unsafe fn at2x5<V: Lanes>(m: [V; 6]) -> [V; 2] {
     [m[0].add(m[1]).add(m[2]).add(m[3]).add(m[4]), m[4].fma(-2.0, m[3].fma(0.5, m[1].sub(m[2]))).add(m[5])]
 }
 
+/// A^T of F(4, 5).
+#[inline(always)]
+unsafe fn at4x5<V: Lanes>(m: [V; 8]) -> [V; 4] {
+    let (s12, d12) = (m[1].add(m[2]), m[1].sub(m[2]));
+    let (s36, d36) = (m[3].add(m[6]), m[3].sub(m[6]));
+    let (s45, d54) = (m[4].add(m[5]), m[5].sub(m[4]));
+    [
+        m[0].add(s12).add(s36).add(s45),
+        d54.fma(2.0, d36.fma(0.5, d12)),
+        s45.fma(4.0, s36.fma(0.25, s12)),
+        d54.fma(8.0, d36.fma(0.125, d12)).add(m[7]),
+    ]
+}
+
 /// A 1-D transform of `A` values into `O` (static dispatch: closures would not inherit the
 /// caller's CPU features, and the intrinsics would stay calls).
 trait Map<const A: usize, const O: usize> {
@@ -247,6 +285,10 @@ struct At2x3;
 struct At4x3;
 /// A^T of F(2, 5).
 struct At2x5;
+/// B^T of the 8x8 tiles.
+struct Bt8;
+/// A^T of F(4, 5).
+struct At4x5;
 
 impl Map<4, 4> for Bt4 {
     #[inline(always)]
@@ -279,26 +321,49 @@ impl Map<6, 2> for At2x5 {
     }
 }
 
+impl Map<8, 8> for Bt8 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 8]) -> [V; 8] {
+        bt8(d)
+    }
+}
+impl Map<8, 4> for At4x5 {
+    #[inline(always)]
+    unsafe fn map<V: Lanes>(d: [V; 8]) -> [V; 4] {
+        at4x5(d)
+    }
+}
+
 /// `F` along the columns of `d`, then along the rows: `F d F^T`.
 #[inline(always)]
 unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(d: &[[V; A]; A]) -> [[V; O]; O] {
-    let mut cols = [[V::zero(); O]; A];
-    for (j, col) in cols.iter_mut().enumerate() {
-        let mut v = [V::zero(); A];
-        for (v, row) in v.iter_mut().zip(d) {
-            *v = row[j];
+    // Written element by element into uninitialized arrays, not zero-filled first: on 8x8
+    // tiles the zero fills of these spilled arrays were a fifth of the transform's stores.
+    // (`array::from_fn` would take closures, which do not inherit the CPU features.)
+    let mut cols = MaybeUninit::<[[V; O]; A]>::uninit();
+    let cp = cols.as_mut_ptr().cast::<[V; O]>();
+    for j in 0..A {
+        let mut v = MaybeUninit::<[V; A]>::uninit();
+        let vp = v.as_mut_ptr().cast::<V>();
+        for (i, row) in d.iter().enumerate() {
+            vp.add(i).write(row[j]);
         }
-        *col = F::map(v);
+        cp.add(j).write(F::map(v.assume_init()));
     }
-    let mut out = [[V::zero(); O]; O];
-    for (o, row) in out.iter_mut().enumerate() {
-        let mut v = [V::zero(); A];
-        for (v, col) in v.iter_mut().zip(&cols) {
-            *v = col[o];
+    // SAFETY: every column was written above.
+    let cols = cols.assume_init();
+    let mut out = MaybeUninit::<[[V; O]; O]>::uninit();
+    let op = out.as_mut_ptr().cast::<[V; O]>();
+    for o in 0..O {
+        let mut v = MaybeUninit::<[V; A]>::uninit();
+        let vp = v.as_mut_ptr().cast::<V>();
+        for (j, col) in cols.iter().enumerate() {
+            vp.add(j).write(col[o]);
         }
-        *row = F::map(v);
+        op.add(o).write(F::map(v.assume_init()));
     }
-    out
+    // SAFETY: every row was written above.
+    out.assume_init()
 }
 
 /// Where one tile's input comes from and its transform goes.
@@ -322,20 +387,20 @@ pub(super) struct InTile<'a> {
 #[inline(always)]
 unsafe fn input_lanes<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile, ch: usize) {
     let [h, w, c] = t.shape;
-    let mut d = [[V::zero(); A]; A];
-    for (i, row) in d.iter_mut().enumerate() {
+    // Each value written once: loaded, or zero in the padding.
+    let mut d = MaybeUninit::<[[V; A]; A]>::uninit();
+    let dp = d.as_mut_ptr().cast::<V>();
+    for i in 0..A {
         let y = t.origin[0] + i as isize;
-        if y < 0 || y as usize >= h {
-            continue;
-        }
-        for (j, d) in row.iter_mut().enumerate() {
+        let row = y >= 0 && (y as usize) < h;
+        for j in 0..A {
             let x = t.origin[1] + j as isize;
-            if x >= 0 && (x as usize) < w {
-                *d = V::load(&t.img[(y as usize * w + x as usize) * c + ch..]);
-            }
+            let v = if row && x >= 0 && (x as usize) < w { V::load(&t.img[(y as usize * w + x as usize) * c + ch..]) } else { V::zero() };
+            dp.add(i * A + j).write(v);
         }
     }
-    let v = two_d::<V, F, A, A>(&d);
+    // SAFETY: all A x A values were written above.
+    let v = two_d::<V, F, A, A>(&d.assume_init());
     for (p, row) in v.iter().enumerate() {
         for (q, &val) in row.iter().enumerate() {
             let at = (p * A + q) * t.stride + ch;
@@ -367,6 +432,7 @@ pub(super) unsafe fn input<V: Lanes>(tile: Tile, t: &mut InTile) {
     match tile {
         Tile::F2x3 => input_tile::<V, Bt4, 4>(t),
         Tile::F4x3 | Tile::F2x5 => input_tile::<V, Bt6, 6>(t),
+        Tile::F4x5 => input_tile::<V, Bt8, 8>(t),
     }
 }
 
@@ -398,17 +464,20 @@ pub(super) struct OutTile<'a> {
 /// output (or its 2x2 max pool: the max of the window's positions inside the output).
 #[inline(always)]
 unsafe fn output_lanes<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t: &mut OutTile, ch: usize) {
-    let mut mm = [[V::zero(); A]; A];
-    for (p, row) in mm.iter_mut().enumerate() {
-        for (q, v) in row.iter_mut().enumerate() {
+    let mut mm = MaybeUninit::<[[V; A]; A]>::uninit();
+    let mmp = mm.as_mut_ptr().cast::<V>();
+    for p in 0..A {
+        for q in 0..A {
             let at = (p * A + q) * t.stride + ch;
-            *v = V::load(&t.mm[at..]);
+            let mut v = V::load(&t.mm[at..]);
             if let Some((mp, s)) = t.mp {
-                *v = v.add(V::load(&mp[at..]).flip(&s[ch..]));
+                v = v.add(V::load(&mp[at..]).flip(&s[ch..]));
             }
+            mmp.add(p * A + q).write(v);
         }
     }
-    let y = two_d::<V, F, A, M>(&mm);
+    // SAFETY: all A x A values were written above.
+    let y = two_d::<V, F, A, M>(&mm.assume_init());
     let (bias, k, relu) = (V::load(&t.bias[ch..]), t.bias.len(), t.relu);
     #[inline(always)]
     unsafe fn finish<V: Lanes>(v: V, bias: V, relu: bool) -> V {
@@ -477,6 +546,7 @@ pub(super) unsafe fn output<V: Lanes>(tile: Tile, t: &mut OutTile) {
         Tile::F2x3 => output_tile::<V, At2x3, 4, 2>(t),
         Tile::F4x3 => output_tile::<V, At4x3, 6, 4>(t),
         Tile::F2x5 => output_tile::<V, At2x5, 6, 2>(t),
+        Tile::F4x5 => output_tile::<V, At4x5, 8, 4>(t),
     }
 }
 
@@ -493,13 +563,15 @@ mod tests {
 
     #[test]
     fn hand_written_tiles_are_the_toom_cook_matrices() {
-        let (t23, t43, t25) = (Transform::new(2, 3), Transform::new(4, 3), Transform::new(2, 5));
+        let (t23, t43, t25, t45) = (Transform::new(2, 3), Transform::new(4, 3), Transform::new(2, 5), Transform::new(4, 5));
         assert_eq!(matrix::<4, 4>(bt4), t23.bt);
         assert_eq!(matrix::<6, 6>(bt6), t43.bt);
         assert_eq!(matrix::<6, 6>(bt6), t25.bt);
         assert_eq!(matrix::<4, 2>(at2x3), t23.at);
         assert_eq!(matrix::<6, 4>(at4x3), t43.at);
         assert_eq!(matrix::<6, 2>(at2x5), t25.at);
-        assert_eq!([Tile::of(2, 3), Tile::of(4, 3), Tile::of(2, 5), Tile::of(3, 3)], [Some(Tile::F2x3), Some(Tile::F4x3), Some(Tile::F2x5), None]);
+        assert_eq!(matrix::<8, 8>(bt8), t45.bt);
+        assert_eq!(matrix::<8, 4>(at4x5), t45.at);
+        assert_eq!([Tile::of(2, 3), Tile::of(4, 3), Tile::of(2, 5), Tile::of(4, 5), Tile::of(3, 3)], [Some(Tile::F2x3), Some(Tile::F4x3), Some(Tile::F2x5), Some(Tile::F4x5), None]);
     }
 }
