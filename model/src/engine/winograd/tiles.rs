@@ -350,8 +350,9 @@ unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(d: &[[V;
         }
         cp.add(j).write(F::map(v.assume_init()));
     }
-    // SAFETY: every column was written above.
-    let cols = cols.assume_init();
+    // SAFETY: every column was written above (read in place: moving 4 KB arrays out of
+    // `MaybeUninit` was a memcpy call per tile).
+    let cols = &*cols.as_ptr();
     let mut out = MaybeUninit::<[[V; O]; O]>::uninit();
     let op = out.as_mut_ptr().cast::<[V; O]>();
     for o in 0..O {
@@ -399,8 +400,8 @@ unsafe fn input_lanes<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile, ch
             dp.add(i * A + j).write(v);
         }
     }
-    // SAFETY: all A x A values were written above.
-    let v = two_d::<V, F, A, A>(&d.assume_init());
+    // SAFETY: all A x A values were written above (read in place).
+    let v = two_d::<V, F, A, A>(&*d.as_ptr());
     for (p, row) in v.iter().enumerate() {
         for (q, &val) in row.iter().enumerate() {
             let at = (p * A + q) * t.stride + ch;
@@ -476,8 +477,8 @@ unsafe fn output_lanes<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t
             mmp.add(p * A + q).write(v);
         }
     }
-    // SAFETY: all A x A values were written above.
-    let y = two_d::<V, F, A, M>(&mm.assume_init());
+    // SAFETY: all A x A values were written above (read in place).
+    let y = two_d::<V, F, A, M>(&*mm.as_ptr());
     let (bias, k, relu) = (V::load(&t.bias[ch..]), t.bias.len(), t.relu);
     #[inline(always)]
     unsafe fn finish<V: Lanes>(v: V, bias: V, relu: bool) -> V {
