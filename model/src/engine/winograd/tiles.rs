@@ -1,6 +1,7 @@
 //! Hand-written Winograd transforms for the tiles in use: `V = B^T d B` and `Y = A^T M A` of
 //! one tile over a vector of channels, as straight-line code on the Toom-Cook matrices' small
-//! constants (0, ±1/2, ±1, ±3/2, ±2, ±5/2, 1/4, 4, 1/8, 8), whole tiles kept in registers.
+//! constants (0, ±1/2, ±1, ±3/2, ±2, ±5/2, 1/4, 4, 1/8, 8; 4.25, 5.25, 1.25, 5 for 8x8 tiles),
+//! whole tiles in registers (spilled to the stack for 6x6 and 8x8 ones).
 //! The generic matrix passes (`winograd::apply`) stay the reference and serve other tiles.
 //!
 //! One generic body per transform runs on three lane types: AVX-512 (16 channels), AVX2 (8)
@@ -165,8 +166,8 @@ mod x86 {
 }
 
 /// The tiles with hand-written transforms: F(2x2, 3x3), F(4x4, 3x3), F(2x2, 5x5) on the points
-/// 0, 1, -1, 1/2, -2 and infinity (the matrices of `Transform::new`; checked by
-/// `hand_written_tiles_are_the_toom_cook_matrices`).
+/// 0, 1, -1, 1/2, -2 and infinity, F(4x4, 5x5) on those and 2, -1/2 (the matrices of
+/// `Transform::new`; checked by `hand_written_tiles_are_the_toom_cook_matrices`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Tile {
     /// F(2x2, 3x3): 4x4 input tiles.
