@@ -170,20 +170,9 @@ pub(crate) fn conv_c1_vectorized(cols: usize) -> bool {
 /// [`conv_c1`] on the code `path`: vectors of 16 (AVX-512) or 8 (AVX2) columns where `cols` is
 /// 1-4 such vectors, plain f32 otherwise.
 pub(crate) fn conv_c1_on(path: Path, img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &mut [f32], pad: &mut Vec<f32>) {
-    let [h, w, c] = win.input;
-    let ([oh, ow], [ph, pw]) = win.geometry();
-    let ([kh, kw], [sy, sx]) = (win.size, win.strides);
-    assert!(c == 1 && img.len() >= h * w && wt.len() >= kh * kw * cols && out.len() >= oh * ow * cols, "conv_c1: shapes do not fit");
-    // The padded image: every window of every output inside it.
-    let (hp, wp) = ((oh.max(1) - 1) * sy + kh, (ow.max(1) - 1) * sx + kw);
-    pad.clear();
-    pad.resize(hp * wp, 0.0);
-    // Image (y, x) at padded (y + ph, x + pw); rows and columns past the last window unused.
-    let xs = w.min(wp.saturating_sub(pw));
-    for y in 0..h.min(hp.saturating_sub(ph)) {
-        pad[(y + ph) * wp + pw..][..xs].copy_from_slice(&img[y * w..][..xs]);
-    }
-    let g = C1 { pad, wp, oh, ow, kh, kw, sy, sx, wt, cols };
+    let [oh, ow] = win.output();
+    assert!(out.len() >= oh * ow * cols, "conv_c1: output shorter than the shapes say");
+    let g = C1::new(img, win, wt, cols, pad);
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY (all): `Path::available` lists a path only where the CPU has its features.
@@ -216,6 +205,133 @@ struct C1<'a> {
     sx: usize,
     wt: &'a [f32],
     cols: usize,
+}
+
+impl<'a> C1<'a> {
+    /// The call on `img` with kernel `wt` (`cols` columns): zero-pads the image into `pad`.
+    ///
+    /// # Panics
+    /// When a slice is shorter than the shapes say or the window has more than one channel.
+    fn new(img: &[f32], win: &Window, wt: &'a [f32], cols: usize, pad: &'a mut Vec<f32>) -> C1<'a> {
+        let [h, w, c] = win.input;
+        let ([oh, ow], [ph, pw]) = win.geometry();
+        let ([kh, kw], [sy, sx]) = (win.size, win.strides);
+        assert!(c == 1 && img.len() >= h * w && wt.len() >= kh * kw * cols, "conv_c1: shapes do not fit");
+        // The padded image: every window of every output inside it.
+        let (hp, wp) = ((oh.max(1) - 1) * sy + kh, (ow.max(1) - 1) * sx + kw);
+        pad.clear();
+        pad.resize(hp * wp, 0.0);
+        // Image (y, x) at padded (y + ph, x + pw); rows and columns past the last window unused.
+        let xs = w.min(wp.saturating_sub(pw));
+        for y in 0..h.min(hp.saturating_sub(ph)) {
+            pad[(y + ph) * wp + pw..][..xs].copy_from_slice(&img[y * w..][..xs]);
+        }
+        C1 { pad, wp, oh, ow, kh, kw, sy, sx, wt, cols }
+    }
+}
+
+/// Flipout's output pass of a [`conv_c1_pool2`]: its kernel's first `bias.len()` columns are
+/// the means, the next as many the perturbation's weights, whose products take the output
+/// signs; then the bias, and a ReLU when `relu`.
+pub(crate) struct C1Flipout<'a> {
+    /// Output signs as masks (`0` or the f32 sign bit), one per unit.
+    pub s_out: &'a [u32],
+    /// Bias, one per unit.
+    pub bias: &'a [f32],
+    /// Whether a ReLU follows.
+    pub relu: bool,
+}
+
+/// [`conv_c1`] with `cols = 2 * units` (means, then perturbation), then Flipout's output
+/// pass `f` and a 2x2, stride-2 max pool without padding, in registers: each register block
+/// is one pool window of 2x2 outputs, so neither the products (`[oh * ow, cols]`) nor the
+/// unpooled output are written; `out` gets `[oh / 2, ow / 2, units]`. The values are those of
+/// `conv_c1`, the predict module's `combine` and [`max_pool_to`] in turn, operation for
+/// operation. Returns false, having done nothing, where the CPU has no vector path for
+/// these columns (2 or 4 AVX-512 vectors, 2 or 4 AVX2 ones).
+///
+/// # Panics
+/// As [`conv_c1`]; also when `f` or `out` is shorter than the shapes say.
+pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, f: &C1Flipout, out: &mut [f32], pad: &mut Vec<f32>) -> bool {
+    let units = cols / 2;
+    let [oh, ow] = win.output();
+    assert!(cols == 2 * f.bias.len() && f.s_out.len() >= units && out.len() >= (oh / 2) * (ow / 2) * units, "conv_c1_pool2: shapes do not fit");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let path = Path::available()[0];
+        // SAFETY (all): `Path::available` lists a path only where the CPU has its features;
+        // AVX-512 implies AVX2 + FMA (checked anyway).
+        match (path, cols) {
+            (Path::Avx512, 32) => return unsafe { c1_pool2_avx512::<2>(&C1::new(img, win, wt, cols, pad), f, out) },
+            (Path::Avx512, 64) => return unsafe { c1_pool2_avx512::<4>(&C1::new(img, win, wt, cols, pad), f, out) },
+            (Path::Avx512 | Path::Avx2, 16 | 32) if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
+                let g = C1::new(img, win, wt, cols, pad);
+                return unsafe { if cols == 16 { c1_pool2_avx2::<2>(&g, f, out) } else { c1_pool2_avx2::<4>(&g, f, out) } };
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn c1_pool2_avx512<const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) -> bool {
+    c1_pool2_windows::<std::arch::x86_64::__m512, NV>(g, f, out);
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn c1_pool2_avx2<const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) -> bool {
+    c1_pool2_windows::<std::arch::x86_64::__m256, NV>(g, f, out);
+    true
+}
+
+/// Every pool window of [`conv_c1_pool2`]: 4 outputs x `NV` vectors of accumulators (`NV / 2`
+/// of means, as many of perturbation), as in [`c1_block`], then the output pass and the max.
+#[inline(always)]
+unsafe fn c1_pool2_windows<V: Lanes, const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) {
+    let (ph, pw, half) = (g.oh / 2, g.ow / 2, NV / 2);
+    let units = half * V::L;
+    let (pad, wt) = (g.pad.as_ptr(), g.wt.as_ptr());
+    for py in 0..ph {
+        for px in 0..pw {
+            // Outputs (2 py + i, 2 px + j) as o = 2 i + j, the order of `max_pool_2x2`'s taps.
+            let mut acc = [[V::zero(); NV]; 4];
+            // Unchecked loads, in bounds as in `c1_block`: every output of the window is one of
+            // the conv's (2 py + 1 < oh, 2 px + 1 < ow).
+            for dy in 0..g.kh {
+                let rows = [pad.add((2 * py * g.sy + dy) * g.wp + 2 * px * g.sx), pad.add(((2 * py + 1) * g.sy + dy) * g.wp + 2 * px * g.sx)];
+                for dx in 0..g.kw {
+                    let wrow = wt.add((dy * g.kw + dx) * g.cols);
+                    let mut wv = [V::zero(); NV];
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = V::load_ptr(wrow.add(v * V::L));
+                    }
+                    for (o, acc) in acc.iter_mut().enumerate() {
+                        let xv = *rows[o / 2].add((o % 2) * g.sx + dx);
+                        for (a, &wv) in acc.iter_mut().zip(&wv) {
+                            *a = wv.fma(xv, *a);
+                        }
+                    }
+                }
+            }
+            let dst = &mut out[(py * pw + px) * units..];
+            for v in 0..half {
+                let (bias, signs) = (V::load(&f.bias[v * V::L..]), &f.s_out[v * V::L..]);
+                // A loop, not `array::map`: closures do not inherit the CPU features.
+                let mut y = [V::zero(); 4];
+                for (y, a) in y.iter_mut().zip(&acc) {
+                    *y = a[v].add(a[half + v].flip(signs)).add(bias);
+                    if f.relu {
+                        *y = y.max(V::zero());
+                    }
+                }
+                y[0].max(y[1]).max(y[2].max(y[3])).store(&mut dst[v * V::L..]);
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -372,6 +488,62 @@ mod tests {
             assert_eq!(got.len(), want.len(), "{h}x{w}x{c} {padding:?}");
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(f64::from(*g), *r, "{h}x{w}x{c} {padding:?} at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_channel_conv_with_flipout_and_pool_in_registers_equals_the_passes() {
+        // (h, w, kernel, strides, padding, units): BNN-Conv's first conv (28x28, 5x5, 32
+        // units), 16 units, odd outputs (the pool drops the last row and column), stride 2,
+        // bitwise against the passes on the same CPU path.
+        let cases = [
+            (28, 28, [5, 5], [1, 1], Padding::Same, 32),
+            (9, 7, [5, 5], [1, 1], Padding::Same, 16),
+            (8, 9, [3, 3], [1, 1], Padding::Valid, 32),
+            (6, 11, [3, 3], [2, 2], Padding::Same, 16),
+            // 16 columns: the AVX2 kernel (two 8-lane vectors) on either CPU.
+            (7, 5, [2, 3], [1, 1], Padding::Same, 8),
+        ];
+        let mut seed = 0x51_7cc1_u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        for (h, w, size, strides, padding, units) in cases {
+            let cols = 2 * units;
+            let win = Window { input: [h, w, 1], size, strides, padding };
+            let [oh, ow] = win.output();
+            let img: Vec<f32> = (0..h * w).map(|_| next()).collect();
+            let wt: Vec<f32> = (0..size[0] * size[1] * cols).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..units).map(|_| next()).collect();
+            let s_out: Vec<u32> = (0..units).map(|_| u32::from(next() < 0.0) << 31).collect();
+            // The passes it replaces: the products, Flipout's output pass, the pool.
+            let (mut prod, mut pad) = (vec![f32::NAN; oh * ow * cols], Vec::new());
+            conv_c1(&img, &win, &wt, cols, &mut prod, &mut pad);
+            for relu in [false, true] {
+                let combined: Vec<f32> = prod
+                    .chunks_exact(cols)
+                    .flat_map(|r| (0..units).map(move |o| (r[o], r[units + o])))
+                    .zip(s_out.iter().cycle().zip(bias.iter().cycle()))
+                    .map(|((m, p), (&s, &b))| {
+                        let y = m + f32::from_bits(p.to_bits() ^ s) + b;
+                        if relu {
+                            y.max(0.0)
+                        } else {
+                            y
+                        }
+                    })
+                    .collect();
+                let pool = Window { input: [oh, ow, units], size: [2, 2], strides: [2, 2], padding: Padding::Valid };
+                let want = max_pool(&combined, 1, &pool);
+                let mut got = vec![f32::NAN; want.len()];
+                let f = C1Flipout { s_out: &s_out, bias: &bias, relu };
+                if !conv_c1_pool2(&img, &win, &wt, cols, &f, &mut got, &mut pad) {
+                    assert!(!conv_c1_vectorized(cols), "no fused path for {cols} columns on a CPU with vectors");
+                    continue;
+                }
+                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{h}x{w} {size:?} {strides:?} {padding:?} {units} relu {relu}");
             }
         }
     }

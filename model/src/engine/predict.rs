@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::iter::Peekable;
 
 use super::aligned;
-use super::conv::{conv_c1, conv_c1_vectorized, im2col_rows, max_pool_into, max_pool_to, Window};
+use super::conv::{conv_c1, conv_c1_pool2, conv_c1_vectorized, im2col_rows, C1Flipout, max_pool_into, max_pool_to, Window};
 use super::dense::{self, flipout_dense, FlipoutDense, Kernel, Noise, Weights};
 use super::sparse::{self, Flip, Signs, Job};
 use super::gemm::sgemm;
@@ -1059,6 +1059,16 @@ impl Linear {
             }
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
+            let so = &ws.s_out[b * u..][..u];
+            // The first conv with its output pass and a 2x2 pool in registers, where it can.
+            if let (Some(win), None, Some(p)) = (self.conv.filter(|win| win.input[2] == 1), shared, pool) {
+                let f = C1Flipout { s_out: so, bias, relu };
+                let ([oh, ow], hw) = (win.output(), win.input[0] * win.input[1]);
+                let fits = p.size == [2, 2] && p.strides == [2, 2] && p.geometry().1 == [0, 0] && p.input == [oh, ow, u];
+                if fits && conv_c1_pool2(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &f, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
+                    continue;
+                }
+            }
             match self.conv.filter(|win| win.input[2] == 1 && conv_c1_vectorized(w)) {
                 // One input channel (an image model's first conv): direct, from the image.
                 Some(win) => {
@@ -1073,7 +1083,6 @@ impl Linear {
                     sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
                 }
             }
-            let so = &ws.s_out[b * u..][..u];
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {
                 Some(sh) => {
