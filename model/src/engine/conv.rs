@@ -469,19 +469,22 @@ mod tests {
         out
     }
 
+    /// Values in [-1, 1) from a linear congruential generator seeded with `seed`.
+    fn uniform(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        }
+    }
+
     #[test]
     fn max_pool_2x2_matches_the_definition() {
         // Even and odd sizes, VALID and SAME (SAME on an odd size pads, so it takes the generic
         // path), 1 to 33 channels (vector widths and their tails), several examples.
-        let mut seed = 0x2545_f491_u32;
+        let mut next = uniform(0x2545_f491);
         for (h, w, c, padding) in [(4, 4, 1, Padding::Valid), (28, 28, 32, Padding::Same), (14, 14, 64, Padding::Valid), (7, 9, 5, Padding::Valid), (7, 9, 33, Padding::Same), (6, 2, 3, Padding::Same)] {
             let n = 3;
-            let x: Vec<f32> = (0..n * h * w * c)
-                .map(|_| {
-                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                    (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
-                })
-                .collect();
+            let x: Vec<f32> = (0..n * h * w * c).map(|_| next()).collect();
             let win = Window { input: [h, w, c], size: [2, 2], strides: [2, 2], padding };
             let got = max_pool(&x, n, &win);
             let want = max_pool_reference(&x, n, &win);
@@ -505,11 +508,7 @@ mod tests {
             // 16 columns: the AVX2 kernel (two 8-lane vectors) on either CPU.
             (7, 5, [2, 3], [1, 1], Padding::Same, 8),
         ];
-        let mut seed = 0x51_7cc1_u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = uniform(0x51_7cc1);
         for (h, w, size, strides, padding, units) in cases {
             let cols = 2 * units;
             let win = Window { input: [h, w, 1], size, strides, padding };
@@ -562,11 +561,7 @@ mod tests {
             (7, 5, [2, 3], [1, 1], Padding::Same, 8),
             (6, 6, [3, 3], [1, 1], Padding::Same, 5),
         ];
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
-        };
+        let mut next = uniform(0x9e37_79b9);
         for (h, w, size, strides, padding, cols) in cases {
             let win = Window { input: [h, w, 1], size, strides, padding };
             let ([oh, ow], [ph, pw]) = win.geometry();
