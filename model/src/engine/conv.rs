@@ -31,6 +31,12 @@ impl Window {
         self.geometry().0
     }
 
+    /// Whether this is a 2x2, stride-2 window with no padding before the input: the max pool
+    /// that the fused output passes take over (each pool window inside the output).
+    pub(crate) fn is_unpadded_2x2(&self) -> bool {
+        self.size == [2, 2] && self.strides == [2, 2] && self.geometry().1 == [0, 0]
+    }
+
     /// For each output position and window offset, the input position (None = padding).
     fn source(&self, o: [usize; 2], d: [usize; 2]) -> Option<[usize; 2]> {
         let (_, pad) = self.geometry();
@@ -95,8 +101,7 @@ pub fn max_pool_into(x: &[f32], n: usize, win: &Window, out: &mut Vec<f32>) {
 pub(crate) fn max_pool_to(x: &[f32], n: usize, win: &Window, out: &mut [f32]) {
     let [h, w, c] = win.input;
     let [oh, ow] = win.output();
-    let (_, pad) = win.geometry();
-    if win.size == [2, 2] && win.strides == [2, 2] && pad == [0, 0] && 2 * oh <= h && 2 * ow <= w && c > 0 {
+    if win.is_unpadded_2x2() && 2 * oh <= h && 2 * ow <= w && c > 0 {
         max_pool_2x2(x, n, win.input, [oh, ow], out);
         return;
     }

@@ -1048,6 +1048,11 @@ impl Linear {
         if pool.is_some() {
             unpooled.resize(rpe * u, 0.0);
         }
+        // The first conv with its output pass and a 2x2 pool in registers, where it can.
+        let c1_pool2 = match (self.conv.filter(|win| win.input[2] == 1), shared, pool) {
+            (Some(win), None, Some(p)) if p.is_unpadded_2x2() && p.input == [win.output()[0], win.output()[1], u] => Some(win),
+            _ => None,
+        };
         for b in 0..n {
             let signs = &ws.s_in[b * cin..][..cin];
             for (j, row) in wsigned.chunks_exact_mut(w.max(1)).enumerate() {
@@ -1060,12 +1065,9 @@ impl Linear {
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
             let so = &ws.s_out[b * u..][..u];
-            // The first conv with its output pass and a 2x2 pool in registers, where it can.
-            if let (Some(win), None, Some(p)) = (self.conv.filter(|win| win.input[2] == 1), shared, pool) {
-                let f = C1Flipout { s_out: so, bias, relu };
-                let ([oh, ow], hw) = (win.output(), win.input[0] * win.input[1]);
-                let fits = p.size == [2, 2] && p.strides == [2, 2] && p.geometry().1 == [0, 0] && p.input == [oh, ow, u];
-                if fits && conv_c1_pool2(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &f, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
+            if let Some(win) = c1_pool2 {
+                let (f, hw) = (C1Flipout { s_out: so, bias, relu }, win.input[0] * win.input[1]);
+                if conv_c1_pool2(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &f, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
                     continue;
                 }
             }

@@ -456,7 +456,7 @@ impl WinogradConv {
             let (per_out, pooled_len) = (oh * ow * k, pool.map_or(0, |p| p.output().iter().product::<usize>() * k));
             // A 2x2 stride-2 max pool without padding goes into the hand-written output
             // transform: the tiles' sides (m) are even, so each pool window lies in one tile.
-            let pool2 = pool.filter(|p| fast.is_some() && p.size == [2, 2] && p.strides == [2, 2] && p.geometry().1 == [0, 0] && self.t.m.is_multiple_of(2)).map(Window::output);
+            let pool2 = pool.filter(|p| fast.is_some() && p.is_unpadded_2x2() && self.t.m.is_multiple_of(2)).map(Window::output);
             if pool.is_some() && pool2.is_none() {
                 unpooled.resize(per_out, 0.0);
             }
