@@ -223,7 +223,7 @@ unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[
 /// multiple of 16) each weight vector is formed in a register right where the product uses
 /// it, for 8 rows of `a` at once (8 rows x 2 vectors of accumulators), instead of being
 /// stored to a block and read back by [`small_gemm`] for every 4 rows: bit for bit the same
-/// operations in the same order, 1.1-1.2x faster on BNN-Conv's 16 x 32 x 64 (`eval` 3%).
+/// operations in the same order, 1.1-1.2x faster on BNN-Conv's 16 x 32 x 64 (`eval` 3-7%).
 /// Elsewhere the weights go to `wb` (`[k, n]`) first.
 ///
 /// # Panics
