@@ -31,10 +31,13 @@ impl Window {
         self.geometry().0
     }
 
-    /// Whether this is a 2x2, stride-2 window with no padding before the input: the max pool
-    /// that the fused output passes take over (each pool window inside the output).
+    /// Whether this is a 2x2, stride-2 window with no padding before or after the input
+    /// (VALID, or SAME on even sides): the max pool that the fused output passes take over,
+    /// every pool window inside the input. (SAME on an odd side pads after it: its last
+    /// windows hold one row or column.)
     pub(crate) fn is_unpadded_2x2(&self) -> bool {
-        self.size == [2, 2] && self.strides == [2, 2] && self.geometry().1 == [0, 0]
+        let ([oh, ow], pad) = self.geometry();
+        self.size == [2, 2] && self.strides == [2, 2] && pad == [0, 0] && [oh, ow] == [self.input[0] / 2, self.input[1] / 2]
     }
 
     /// For each output position and window offset, the input position (None = padding).
@@ -235,45 +238,49 @@ impl<'a> C1<'a> {
     }
 }
 
-/// Flipout's output pass of a [`conv_c1_pool2`]: its kernel's first `bias.len()` columns are
-/// the means, the next as many the perturbation's weights, whose products take the output
-/// signs; then the bias, and a ReLU when `relu`.
-pub(crate) struct C1Flipout<'a> {
-    /// Output signs as masks (`0` or the f32 sign bit), one per unit.
-    pub s_out: &'a [u32],
-    /// Bias, one per unit.
+/// The output pass of a [`conv_c1_pool2`]: the bias, then a ReLU when `relu`.
+pub(crate) struct C1Output<'a> {
+    /// Bias, one per column.
     pub bias: &'a [f32],
     /// Whether a ReLU follows.
     pub relu: bool,
 }
 
-/// [`conv_c1`] with `cols = 2 * units` (means, then perturbation), then Flipout's output
-/// pass `f` and a 2x2, stride-2 max pool without padding, in registers: each register block
-/// is one pool window of 2x2 outputs, so neither the products (`[oh * ow, cols]`) nor the
-/// unpooled output are written; `out` gets `[oh / 2, ow / 2, units]`. The values are those of
-/// `conv_c1`, the predict module's `combine` and [`max_pool_to`] in turn, operation for
-/// operation. Returns false, having done nothing, where the CPU has no vector path for
-/// these columns (2 or 4 AVX-512 vectors, 2 or 4 AVX2 ones).
+/// [`conv_c1`], then the output pass `f` and a 2x2, stride-2 max pool without padding, in
+/// registers: each register block is one pool window of 2x2 outputs, so neither the products
+/// (`[oh * ow, cols]`) nor the unpooled output are written; `out` gets
+/// `[oh / 2, ow / 2, cols]`. The values are those of `conv_c1`, the bias (and ReLU) and
+/// [`max_pool_to`] in turn, operation for operation. Flipout's two products run here as one,
+/// against the example's own weights (one input channel: one input sign per example). Returns
+/// false, having done nothing, where [`conv_c1_vectorized`] is false for `cols`.
 ///
 /// # Panics
 /// As [`conv_c1`]; also when `f` or `out` is shorter than the shapes say.
-pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, f: &C1Flipout, out: &mut [f32], pad: &mut Vec<f32>) -> bool {
-    let units = cols / 2;
+pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, f: &C1Output, out: &mut [f32], pad: &mut Vec<f32>) -> bool {
     let [oh, ow] = win.output();
-    assert!(cols == 2 * f.bias.len() && f.s_out.len() >= units && out.len() >= (oh / 2) * (ow / 2) * units, "conv_c1_pool2: shapes do not fit");
+    assert!(f.bias.len() >= cols && out.len() >= (oh / 2) * (ow / 2) * cols, "conv_c1_pool2: shapes do not fit");
     #[cfg(target_arch = "x86_64")]
     {
         let path = Path::available()[0];
         // SAFETY (all): `Path::available` lists a path only where the CPU has its features;
         // AVX-512 implies AVX2 + FMA (checked anyway).
-        match (path, cols) {
-            (Path::Avx512, 32) => return unsafe { c1_pool2_avx512::<2>(&C1::new(img, win, wt, cols, pad), f, out) },
-            (Path::Avx512, 64) => return unsafe { c1_pool2_avx512::<4>(&C1::new(img, win, wt, cols, pad), f, out) },
-            (Path::Avx512 | Path::Avx2, 16 | 32) if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") => {
-                let g = C1::new(img, win, wt, cols, pad);
-                return unsafe { if cols == 16 { c1_pool2_avx2::<2>(&g, f, out) } else { c1_pool2_avx2::<4>(&g, f, out) } };
-            }
+        match (path, cols % 16, cols / 16) {
+            (Path::Avx512, 0, 1) => return unsafe { c1_pool2_avx512::<1>(&C1::new(img, win, wt, cols, pad), f, out) },
+            (Path::Avx512, 0, 2) => return unsafe { c1_pool2_avx512::<2>(&C1::new(img, win, wt, cols, pad), f, out) },
+            (Path::Avx512, 0, 3) => return unsafe { c1_pool2_avx512::<3>(&C1::new(img, win, wt, cols, pad), f, out) },
+            (Path::Avx512, 0, 4) => return unsafe { c1_pool2_avx512::<4>(&C1::new(img, win, wt, cols, pad), f, out) },
             _ => {}
+        }
+        if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let g = C1::new(img, win, wt, cols, pad);
+            return unsafe {
+                match cols / 8 {
+                    1 => c1_pool2_avx2::<1>(&g, f, out),
+                    2 => c1_pool2_avx2::<2>(&g, f, out),
+                    3 => c1_pool2_avx2::<3>(&g, f, out),
+                    _ => c1_pool2_avx2::<4>(&g, f, out),
+                }
+            };
         }
     }
     false
@@ -281,24 +288,24 @@ pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn c1_pool2_avx512<const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) -> bool {
+unsafe fn c1_pool2_avx512<const NV: usize>(g: &C1, f: &C1Output, out: &mut [f32]) -> bool {
     c1_pool2_windows::<std::arch::x86_64::__m512, NV>(g, f, out);
     true
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn c1_pool2_avx2<const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) -> bool {
+unsafe fn c1_pool2_avx2<const NV: usize>(g: &C1, f: &C1Output, out: &mut [f32]) -> bool {
     c1_pool2_windows::<std::arch::x86_64::__m256, NV>(g, f, out);
     true
 }
 
-/// Every pool window of [`conv_c1_pool2`]: 4 outputs x `NV` vectors of accumulators (`NV / 2`
-/// of means, as many of perturbation), as in [`c1_block`], then the output pass and the max.
+/// Every pool window of [`conv_c1_pool2`]: 4 outputs x `NV` vectors of accumulators, as in
+/// [`c1_block`], then the output pass and the max.
 #[inline(always)]
-unsafe fn c1_pool2_windows<V: Lanes, const NV: usize>(g: &C1, f: &C1Flipout, out: &mut [f32]) {
-    let (ph, pw, half) = (g.oh / 2, g.ow / 2, NV / 2);
-    let units = half * V::L;
+unsafe fn c1_pool2_windows<V: Lanes, const NV: usize>(g: &C1, f: &C1Output, out: &mut [f32]) {
+    let (ph, pw) = (g.oh / 2, g.ow / 2);
+    let cols = NV * V::L;
     let (pad, wt) = (g.pad.as_ptr(), g.wt.as_ptr());
     for py in 0..ph {
         for px in 0..pw {
@@ -322,13 +329,13 @@ unsafe fn c1_pool2_windows<V: Lanes, const NV: usize>(g: &C1, f: &C1Flipout, out
                     }
                 }
             }
-            let dst = &mut out[(py * pw + px) * units..];
-            for v in 0..half {
-                let (bias, signs) = (V::load(&f.bias[v * V::L..]), &f.s_out[v * V::L..]);
+            let dst = &mut out[(py * pw + px) * cols..];
+            for v in 0..NV {
+                let bias = V::load(&f.bias[v * V::L..]);
                 // A loop, not `array::map`: closures do not inherit the CPU features.
                 let mut y = [V::zero(); 4];
                 for (y, a) in y.iter_mut().zip(&acc) {
-                    *y = a[v].add(a[half + v].flip(signs)).add(bias);
+                    *y = a[v].add(bias);
                     if f.relu {
                         *y = y.max(V::zero());
                     }
@@ -501,53 +508,39 @@ mod tests {
     }
 
     #[test]
-    fn one_channel_conv_with_flipout_and_pool_in_registers_equals_the_passes() {
-        // (h, w, kernel, strides, padding, units): BNN-Conv's first conv (28x28, 5x5, 32
-        // units), 16 units, odd outputs (the pool drops the last row and column), stride 2,
-        // bitwise against the passes on the same CPU path.
+    fn one_channel_conv_with_bias_and_pool_in_registers_equals_the_passes() {
+        // (h, w, kernel, strides, padding, cols): BNN-Conv's first conv (28x28, 5x5, 32
+        // units), 1-4 AVX-512 vectors, odd outputs (the pool drops the last row and column),
+        // stride 2, bitwise against the passes on the same CPU path.
         let cases = [
             (28, 28, [5, 5], [1, 1], Padding::Same, 32),
             (9, 7, [5, 5], [1, 1], Padding::Same, 16),
-            (8, 9, [3, 3], [1, 1], Padding::Valid, 32),
-            (6, 11, [3, 3], [2, 2], Padding::Same, 16),
-            // 16 columns: the AVX2 kernel (two 8-lane vectors) on either CPU.
+            (8, 9, [3, 3], [1, 1], Padding::Valid, 64),
+            (6, 11, [3, 3], [2, 2], Padding::Same, 48),
+            // 8 and 24 columns: the AVX2 kernel (one and three 8-lane vectors) on either CPU.
             (7, 5, [2, 3], [1, 1], Padding::Same, 8),
+            (10, 10, [5, 5], [1, 1], Padding::Same, 24),
         ];
         let mut next = uniform(0x51_7cc1);
-        for (h, w, size, strides, padding, units) in cases {
-            let cols = 2 * units;
+        for (h, w, size, strides, padding, cols) in cases {
             let win = Window { input: [h, w, 1], size, strides, padding };
             let [oh, ow] = win.output();
             let img: Vec<f32> = (0..h * w).map(|_| next()).collect();
             let wt: Vec<f32> = (0..size[0] * size[1] * cols).map(|_| next()).collect();
-            let bias: Vec<f32> = (0..units).map(|_| next()).collect();
-            let s_out: Vec<u32> = (0..units).map(|_| u32::from(next() < 0.0) << 31).collect();
-            // The passes it replaces: the products, Flipout's output pass, the pool.
+            let bias: Vec<f32> = (0..cols).map(|_| next()).collect();
+            // The passes it replaces: the products, the bias (and ReLU), the pool.
             let (mut prod, mut pad) = (vec![f32::NAN; oh * ow * cols], Vec::new());
             conv_c1(&img, &win, &wt, cols, &mut prod, &mut pad);
             for relu in [false, true] {
-                let combined: Vec<f32> = prod
-                    .chunks_exact(cols)
-                    .flat_map(|r| (0..units).map(move |o| (r[o], r[units + o])))
-                    .zip(s_out.iter().cycle().zip(bias.iter().cycle()))
-                    .map(|((m, p), (&s, &b))| {
-                        let y = m + f32::from_bits(p.to_bits() ^ s) + b;
-                        if relu {
-                            y.max(0.0)
-                        } else {
-                            y
-                        }
-                    })
-                    .collect();
-                let pool = Window { input: [oh, ow, units], size: [2, 2], strides: [2, 2], padding: Padding::Valid };
-                let want = max_pool(&combined, 1, &pool);
+                let biased: Vec<f32> = prod.chunks_exact(cols).flat_map(|r| r.iter().zip(&bias).map(|(&v, &b)| if relu { (v + b).max(0.0) } else { v + b })).collect();
+                let pool = Window { input: [oh, ow, cols], size: [2, 2], strides: [2, 2], padding: Padding::Valid };
+                let want = max_pool(&biased, 1, &pool);
                 let mut got = vec![f32::NAN; want.len()];
-                let f = C1Flipout { s_out: &s_out, bias: &bias, relu };
-                if !conv_c1_pool2(&img, &win, &wt, cols, &f, &mut got, &mut pad) {
+                if !conv_c1_pool2(&img, &win, &wt, cols, &C1Output { bias: &bias, relu }, &mut got, &mut pad) {
                     assert!(!conv_c1_vectorized(cols), "no fused path for {cols} columns on a CPU with vectors");
                     continue;
                 }
-                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{h}x{w} {size:?} {strides:?} {padding:?} {units} relu {relu}");
+                assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{h}x{w} {size:?} {strides:?} {padding:?} {cols} relu {relu}");
             }
         }
     }

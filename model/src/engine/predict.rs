@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::iter::Peekable;
 
 use super::aligned;
-use super::conv::{conv_c1, conv_c1_pool2, conv_c1_vectorized, im2col_rows, C1Flipout, max_pool_into, max_pool_to, Window};
+use super::conv::{conv_c1, conv_c1_pool2, conv_c1_vectorized, im2col_rows, C1Output, max_pool_into, max_pool_to, Window};
 use super::dense::{self, flipout_dense, FlipoutDense, Kernel, Noise, Weights};
 use super::sparse::{self, Flip, Signs, Job};
 use super::gemm::sgemm;
@@ -764,10 +764,11 @@ impl Linear {
     }
 
     /// Whether this Flipout conv has one input channel and runs on the direct kernel
-    /// ([`conv_c1`]) for both products: recomputing its mean product per sample there costs
-    /// less than reading the shared one back from memory (BNN-Conv: 36 MB per sample).
+    /// ([`conv_c1`]) for both products at once, against each example's own weights
+    /// ([`Linear::flipout_c1`]): recomputing its mean product per sample there costs less
+    /// than reading the shared one back from memory (BNN-Conv: 36 MB per sample).
     fn direct_c1(&self, est: Estimator) -> bool {
-        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1) && conv_c1_vectorized(2 * self.kernel.n)
+        est == Estimator::Flipout && self.signs_on_weights() && self.conv.is_some_and(|w| w.input[2] == 1) && conv_c1_vectorized(self.kernel.n)
     }
 
     /// Whether Flipout runs on the fused dense kernel ([`flipout_dense`]): dense layers with
@@ -1024,6 +1025,9 @@ impl Linear {
     #[allow(clippy::too_many_arguments)]
     fn flipout_signed_weights(&self, x: &[f32], n: usize, noise: &[f32], bias: &[f32], relu: bool, shared: Option<&Shared>, pool: Option<&Window>, out: &mut [f32], ws: &mut Scratch) {
         let (k, u, rpe, cin) = (self.kernel.k, self.kernel.n, self.rows_per_example(), self.sign_width());
+        if let (Some(win), None) = (self.conv.filter(|win| win.input[2] == 1 && conv_c1_vectorized(u)), shared) {
+            return self.flipout_c1(&win, x, n, noise, bias, relu, pool, out, ws);
+        }
         let mu = self.kernel.values().0;
         // Columns of the combined weights: mu and the noise, or only the noise when the mean
         // product is shared.
@@ -1048,11 +1052,6 @@ impl Linear {
         if pool.is_some() {
             unpooled.resize(rpe * u, 0.0);
         }
-        // The first conv with its output pass and a 2x2 pool in registers, where it can.
-        let c1_pool2 = match (self.conv.filter(|win| win.input[2] == 1), shared, pool) {
-            (Some(win), None, Some(p)) if p.is_unpadded_2x2() && p.input == [win.output()[0], win.output()[1], u] => Some(win),
-            _ => None,
-        };
         for b in 0..n {
             let signs = &ws.s_in[b * cin..][..cin];
             for (j, row) in wsigned.chunks_exact_mut(w.max(1)).enumerate() {
@@ -1065,26 +1064,11 @@ impl Linear {
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
             let so = &ws.s_out[b * u..][..u];
-            if let Some(win) = c1_pool2 {
-                let (f, hw) = (C1Flipout { s_out: so, bias, relu }, win.input[0] * win.input[1]);
-                if conv_c1_pool2(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &f, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
-                    continue;
-                }
-            }
-            match self.conv.filter(|win| win.input[2] == 1 && conv_c1_vectorized(w)) {
-                // One input channel (an image model's first conv): direct, from the image.
-                Some(win) => {
-                    let hw = win.input[0] * win.input[1];
-                    conv_c1(&x[b * hw..(b + 1) * hw], &win, &wsigned, w, &mut prod, &mut pbuf);
-                }
-                None => {
-                    let pb = match shared {
-                        Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                        _ => self.patches(x, r0, r1, &mut pbuf),
-                    };
-                    sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
-                }
-            }
+            let pb = match shared {
+                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
+                _ => self.patches(x, r0, r1, &mut pbuf),
+            };
+            sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {
                 Some(sh) => {
@@ -1107,6 +1091,48 @@ impl Linear {
         ws.patches = pbuf;
         ws.pert = prod;
         ws.wsigned = wsigned;
+    }
+
+    /// [`Linear::flipout_signed_weights`] for a conv with one input channel (an image model's
+    /// first), without a shared mean product: an example's one input sign and its output
+    /// signs go on its own weights, `mu + s_in * noise * s_out` (`[k, units]`, formed per
+    /// example), and both Flipout products run as one on the direct kernel ([`conv_c1`]),
+    /// half the multiply-adds of the two; then the bias and ReLU, and a 2x2 max pool in the
+    /// kernel's registers where one follows ([`conv_c1_pool2`]).
+    #[allow(clippy::too_many_arguments)]
+    fn flipout_c1(&self, win: &Window, x: &[f32], n: usize, noise: &[f32], bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Scratch) {
+        let (u, rpe, hw) = (self.kernel.n, self.rows_per_example(), win.input[0] * win.input[1]);
+        let mu = self.kernel.values().0;
+        let mut weights = std::mem::take(&mut ws.wsigned);
+        weights.resize(mu.len(), 0.0);
+        let mut pbuf = std::mem::take(&mut ws.patches);
+        let mut unpooled = std::mem::take(&mut ws.unpooled);
+        let pooled_len = pool.map_or(0, |p| p.output().iter().product::<usize>() * u);
+        let pool2 = pool.is_some_and(|p| p.is_unpadded_2x2() && p.input == [win.output()[0], win.output()[1], u]);
+        if pool.is_some() {
+            unpooled.resize(rpe * u, 0.0);
+        }
+        for b in 0..n {
+            let (si, so) = (ws.s_in[b], &ws.s_out[b * u..][..u]);
+            for ((w, m), p) in weights.chunks_exact_mut(u).zip(mu.chunks_exact(u)).zip(noise.chunks_exact(u)) {
+                for (((w, &m), &p), &so) in w.iter_mut().zip(m).zip(p).zip(so) {
+                    *w = m + f32::from_bits(p.to_bits() ^ si ^ so);
+                }
+            }
+            let img = &x[b * hw..(b + 1) * hw];
+            if pool2 && conv_c1_pool2(img, win, &weights, u, &C1Output { bias, relu }, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
+                continue;
+            }
+            let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[b * rpe * u..(b + 1) * rpe * u] };
+            conv_c1(img, win, &weights, u, ob, &mut pbuf);
+            bias_act(ob, bias, relu);
+            if let Some(p) = pool {
+                max_pool_to(&unpooled, 1, p, &mut out[b * pooled_len..(b + 1) * pooled_len]);
+            }
+        }
+        ws.unpooled = unpooled;
+        ws.patches = pbuf;
+        ws.wsigned = weights;
     }
 }
 
@@ -1229,13 +1255,18 @@ mod tests {
     /// A 3x3 SAME convolution of 5x5x3 images into 4 channels: 25 patch rows per example,
     /// at least twice the units, so Flipout puts the input signs on the weights.
     fn conv_layer() -> Linear {
-        let (k, u) = (27, 4);
+        conv_layer_of(5, 3, 4)
+    }
+
+    /// A 3x3 SAME convolution of `h x h x c` images into `u` channels.
+    fn conv_layer_of(h: usize, c: usize, u: usize) -> Linear {
+        let k = 9 * c;
         let sigma: Vec<f32> = values(k * u, 2).iter().map(|v| 0.1 + v.abs()).collect();
         Linear {
             kernel: Kernel::new(k, u, values(k * u, 1), Some(sigma), false),
             bias_mu: values(u, 3),
             bias_sigma: Some(vec![0.2; u]),
-            conv: Some(Window { input: [5, 5, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+            conv: Some(Window { input: [h, h, c], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
             wino: None,
         }
     }
@@ -1261,7 +1292,8 @@ mod tests {
     /// the engine's order (bias, noise, input signs per example and channel, output signs per
     /// example and unit), `y = conv(x, mu) + conv(x * s_in, sigma * eps) * s_out + b`.
     fn naive_flipout(lin: &Linear, x: &[f32], n: usize, seed: u64) -> Vec<f64> {
-        let (h, w, c, u) = (5usize, 5usize, 3usize, 4usize);
+        let [h, w, c] = lin.conv.expect("a conv layer").input;
+        let u = lin.kernel.n;
         let mu = lin.kernel.values().0;
         let (bias, noise, s_in, s_out) = engine_draws(lin, n * c, n * u, seed);
         let mut out = Vec::new();
@@ -1321,33 +1353,48 @@ mod tests {
     }
 
     #[test]
+    fn one_channel_flipout_on_each_examples_weights_equals_the_definition() {
+        // 8x8x1 images into 16 units: without a shared mean product both products run as
+        // one against each example's weights on the direct kernel (`Linear::flipout_c1`).
+        let lin = conv_layer_of(8, 1, 16);
+        assert!(lin.signs_on_weights() && lin.direct_c1(Estimator::Flipout) == conv_c1_vectorized(16));
+        // Enough examples that both input signs occur (one per example).
+        let n = 12;
+        let x = values(n * 64, 4);
+        let expected = naive_flipout(&lin, &x, n, 7);
+        forward_equals(&lin, &x, n, &expected, 1e-5);
+    }
+
+    #[test]
     fn max_pool_fused_into_the_flipout_output_equals_the_definition() {
-        // The 5x5x4 output pooled 2x2 at stride 2: VALID (2x2, the fast path) and SAME (3x3,
-        // padded), against the f64 definition pooled in f64.
-        let lin = conv_layer();
-        let n = 3;
-        let x = values(n * 75, 4);
-        let full = naive_flipout(&lin, &x, n, 7);
-        let shared = lin.shared(&x, n);
-        for padding in [Padding::Valid, Padding::Same] {
-            let win = Window { input: [5, 5, 4], size: [2, 2], strides: [2, 2], padding };
-            let ([oh, ow], [ph, pw]) = win.geometry();
-            for (sh, relu) in [(None, true), (Some(&shared), true), (Some(&shared), false)] {
-                let mut sampler = Sampler::new(7, 0);
-                let mut ws = Scratch::default();
-                let (got, pooled) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, Some(&win), &mut ws);
-                assert!(pooled);
-                assert_eq!(got.len(), n * oh * ow * 4);
-                for (i, g) in got.iter().enumerate() {
-                    let (b, oy, ox, o) = (i / (oh * ow * 4), i / (ow * 4) % oh, i / 4 % ow, i % 4);
-                    let mut e = f64::NEG_INFINITY;
-                    for (y, xx) in [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (2 * oy + dy, 2 * ox + dx)) {
-                        if let (Some(y), Some(xx)) = (y.checked_sub(ph).filter(|&y| y < 5), xx.checked_sub(pw).filter(|&v| v < 5)) {
-                            let v = full[((b * 5 + y) * 5 + xx) * 4 + o];
-                            e = e.max(if relu { v.max(0.0) } else { v });
+        // The outputs pooled 2x2 at stride 2: VALID (the fast paths: the one-channel conv's in
+        // its kernel's registers) and SAME (padded), against the f64 definition pooled in f64.
+        for (h, c, u) in [(5, 3, 4), (8, 1, 16), (7, 1, 16)] {
+            let lin = conv_layer_of(h, c, u);
+            let n = 12;
+            let x = values(n * h * h * c, 4);
+            let full = naive_flipout(&lin, &x, n, 7);
+            let shared = lin.shared(&x, n);
+            for padding in [Padding::Valid, Padding::Same] {
+                let win = Window { input: [h, h, u], size: [2, 2], strides: [2, 2], padding };
+                let ([oh, ow], [ph, pw]) = win.geometry();
+                for (sh, relu) in [(None, true), (None, false), (Some(&shared), true), (Some(&shared), false)] {
+                    let mut sampler = Sampler::new(7, 0);
+                    let mut ws = Scratch::default();
+                    let (got, pooled) = lin.forward(&x, n, &mut Draw::Sample(&mut sampler, Estimator::Flipout), sh, relu, Some(&win), &mut ws);
+                    assert!(pooled);
+                    assert_eq!(got.len(), n * oh * ow * u);
+                    for (i, g) in got.iter().enumerate() {
+                        let (b, oy, ox, o) = (i / (oh * ow * u), i / (ow * u) % oh, i / u % ow, i % u);
+                        let mut e = f64::NEG_INFINITY;
+                        for (y, xx) in [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| (2 * oy + dy, 2 * ox + dx)) {
+                            if let (Some(y), Some(xx)) = (y.checked_sub(ph).filter(|&y| y < h), xx.checked_sub(pw).filter(|&v| v < h)) {
+                                let v = full[((b * h + y) * h + xx) * u + o];
+                                e = e.max(if relu { v.max(0.0) } else { v });
+                            }
                         }
+                        assert!((f64::from(*g) - e).abs() < 1e-5, "{h}x{h}x{c} {padding:?} shared {} relu {relu} {i}: {g} vs {e}", sh.is_some());
                     }
-                    assert!((f64::from(*g) - e).abs() < 1e-5, "{padding:?} {i}: {g} vs {e}");
                 }
             }
         }
