@@ -600,7 +600,16 @@ impl WinogradConv {
                 let (si, so) = (&f.s_in[b * c..(b + 1) * c], &f.s_out[b * k..(b + 1) * k]);
                 self.input_transform::<V>(x, b, b + 1, None, ws, generic);
                 ws.mm.resize(a * a * tpe * k, 0.0);
+                // The next example's input, a slice per position: it comes from memory (the
+                // previous layer wrote all examples), and the prefetcher cannot know.
+                let next = x.get((b + 1) * h * w * c..(b + 2) * h * w * c).unwrap_or_default();
+                let per = next.len().div_ceil(a * a);
                 for xi in 0..a * a {
+                    #[cfg(target_arch = "x86_64")]
+                    for line in next.get(xi * per..((xi + 1) * per).min(next.len())).unwrap_or_default().chunks(16) {
+                        // SAFETY: a prefetch reads nothing; the address is inside `x`.
+                        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+                    }
                     let (um, up) = (&um[xi * c_k..(xi + 1) * c_k], &u_pert[xi * c_k..(xi + 1) * c_k]);
                     signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], um, up, si, so, &mut ws.mm[xi * tpe * k..], &mut wb);
                 }
