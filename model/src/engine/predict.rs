@@ -1102,9 +1102,8 @@ impl Linear {
     #[allow(clippy::too_many_arguments)]
     fn flipout_c1(&self, win: &Window, x: &[f32], n: usize, noise: &[f32], bias: &[f32], relu: bool, pool: Option<&Window>, out: &mut [f32], ws: &mut Scratch) {
         let (u, rpe, hw) = (self.kernel.n, self.rows_per_example(), win.input[0] * win.input[1]);
-        let mu = self.kernel.values().0;
+        let (k, mu) = (self.kernel.k, self.kernel.values().0);
         let mut weights = std::mem::take(&mut ws.wsigned);
-        weights.resize(mu.len(), 0.0);
         let mut pbuf = std::mem::take(&mut ws.patches);
         let mut unpooled = std::mem::take(&mut ws.unpooled);
         let pooled_len = pool.map_or(0, |p| p.output().iter().product::<usize>() * u);
@@ -1113,12 +1112,8 @@ impl Linear {
             unpooled.resize(rpe * u, 0.0);
         }
         for b in 0..n {
-            let (si, so) = (ws.s_in[b], &ws.s_out[b * u..][..u]);
-            for ((w, m), p) in weights.chunks_exact_mut(u).zip(mu.chunks_exact(u)).zip(noise.chunks_exact(u)) {
-                for (((w, &m), &p), &so) in w.iter_mut().zip(m).zip(p).zip(so) {
-                    *w = m + f32::from_bits(p.to_bits() ^ si ^ so);
-                }
-            }
+            let si = ws.s_in[b];
+            winograd::form_signed(k, u, mu, noise, |_| si, &ws.s_out[b * u..][..u], &mut weights);
             let img = &x[b * hw..(b + 1) * hw];
             if pool2 && conv_c1_pool2(img, win, &weights, u, &C1Output { bias, relu }, &mut out[b * pooled_len..(b + 1) * pooled_len], &mut pbuf) {
                 continue;

@@ -237,15 +237,17 @@ pub fn signed_gemm(m: usize, k: usize, n: usize, a: &[f32], mu: &[f32], noise: &
         unsafe { signed_gemm_avx512(m, k, n, a, mu, noise, s_in, s_out, c) };
         return;
     }
-    form_signed(k, n, mu, noise, s_in, s_out, wb);
+    form_signed(k, n, mu, noise, |i| s_in[i], s_out, wb);
     small_gemm(m, k, n, a, wb, c);
 }
 
-/// `w = mu + s_in * noise * s_out` into `w` (`[k, n]`): [`signed_gemm`]'s weights where they
-/// are not formed in registers.
-fn form_signed(k: usize, n: usize, mu: &[f32], noise: &[f32], s_in: &[u32], s_out: &[u32], w: &mut Vec<f32>) {
+/// Flipout's weights of one example, `w = mu + s_in * noise * s_out` (`[k, n]`, signs as
+/// masks: `s_in(i)` for row i, `s_out` per column), into `w`: [`signed_gemm`]'s where they are
+/// not formed in registers, and a one-channel conv's (one input sign for all rows).
+pub(crate) fn form_signed(k: usize, n: usize, mu: &[f32], noise: &[f32], s_in: impl Fn(usize) -> u32, s_out: &[u32], w: &mut Vec<f32>) {
     w.resize(k * n, 0.0);
-    for (((w, m), p), &si) in w.chunks_exact_mut(n).zip(mu.chunks_exact(n)).zip(noise.chunks_exact(n)).zip(&s_in[..k]) {
+    for (i, ((w, m), p)) in w.chunks_exact_mut(n).zip(mu.chunks_exact(n)).zip(noise.chunks_exact(n)).enumerate() {
+        let si = s_in(i);
         for (((w, &m), &p), &so) in w.iter_mut().zip(m).zip(p).zip(s_out) {
             *w = m + f32::from_bits(p.to_bits() ^ si ^ so);
         }
@@ -1024,7 +1026,7 @@ mod tests {
             }
             // Bit for bit the weights formed into a block and `small_gemm` on them.
             let mut w = Vec::new();
-            form_signed(k, n, &mu, &noise, &s_in, &s_out, &mut w);
+            form_signed(k, n, &mu, &noise, |i| s_in[i], &s_out, &mut w);
             let mut unfused = vec![f32::NAN; m * n];
             small_gemm(m, k, n, &a, &w, &mut unfused);
             assert!(c.iter().zip(&unfused).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n}: fused and unfused differ");
