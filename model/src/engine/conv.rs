@@ -104,7 +104,7 @@ pub fn max_pool_into(x: &[f32], n: usize, win: &Window, out: &mut Vec<f32>) {
 pub(crate) fn max_pool_to(x: &[f32], n: usize, win: &Window, out: &mut [f32]) {
     let [h, w, c] = win.input;
     let [oh, ow] = win.output();
-    if win.is_unpadded_2x2() && 2 * oh <= h && 2 * ow <= w && c > 0 {
+    if win.is_unpadded_2x2() && c > 0 {
         max_pool_2x2(x, n, win.input, [oh, ow], out);
         return;
     }
@@ -264,12 +264,16 @@ pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, 
         let path = Path::available()[0];
         // SAFETY (all): `Path::available` lists a path only where the CPU has its features;
         // AVX-512 implies AVX2 + FMA (checked anyway).
-        match (path, cols % 16, cols / 16) {
-            (Path::Avx512, 0, 1) => return unsafe { c1_pool2_avx512::<1>(&C1::new(img, win, wt, cols, pad), f, out) },
-            (Path::Avx512, 0, 2) => return unsafe { c1_pool2_avx512::<2>(&C1::new(img, win, wt, cols, pad), f, out) },
-            (Path::Avx512, 0, 3) => return unsafe { c1_pool2_avx512::<3>(&C1::new(img, win, wt, cols, pad), f, out) },
-            (Path::Avx512, 0, 4) => return unsafe { c1_pool2_avx512::<4>(&C1::new(img, win, wt, cols, pad), f, out) },
-            _ => {}
+        if path == Path::Avx512 && cols.is_multiple_of(16) && (1..=4).contains(&(cols / 16)) {
+            let g = C1::new(img, win, wt, cols, pad);
+            return unsafe {
+                match cols / 16 {
+                    1 => c1_pool2_avx512::<1>(&g, f, out),
+                    2 => c1_pool2_avx512::<2>(&g, f, out),
+                    3 => c1_pool2_avx512::<3>(&g, f, out),
+                    _ => c1_pool2_avx512::<4>(&g, f, out),
+                }
+            };
         }
         if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             let g = C1::new(img, win, wt, cols, pad);

@@ -612,8 +612,8 @@ impl WinogradConv {
                         // SAFETY: a prefetch reads nothing; the address is inside `x`.
                         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
                     }
-                    let (um, up) = (&um[xi * c_k..(xi + 1) * c_k], &u_pert[xi * c_k..(xi + 1) * c_k]);
-                    signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], um, up, si, so, &mut ws.mm[xi * tpe * k..], &mut wb);
+                    let at = xi * c_k..(xi + 1) * c_k;
+                    signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &um[at.clone()], &u_pert[at], si, so, &mut ws.mm[xi * tpe * k..], &mut wb);
                 }
                 match pool {
                     Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
