@@ -7,21 +7,31 @@
 /// When a slice is shorter than its shape says (a bug in the caller, never input data: every
 /// shape here comes from the shape-checked architecture).
 pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: slices shorter than {m}x{k}x{n}");
+    sgemm_rows(m, k, n, a, b, c, n, accumulate);
+}
+
+/// [`sgemm`] with the rows of `c` `ldc` values apart (`ldc >= n`): into a block of a larger
+/// matrix.
+///
+/// # Panics
+/// As [`sgemm`], and when `ldc < n`.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_rows(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize, accumulate: bool) {
+    assert!(a.len() >= m * k && b.len() >= k * n && ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n, "sgemm: slices shorter than {m}x{k}x{n}");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
     let beta = if accumulate { 1.0 } else { 0.0 };
-    // SAFETY: the lengths were checked above, the strides describe dense row-major matrices
+    // SAFETY: the lengths were checked above, the strides describe row-major matrices
     // inside those lengths, and `c` does not alias `a` or `b` (distinct borrows).
     unsafe {
-        matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, beta, c.as_mut_ptr(), n as isize, 1);
+        matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, beta, c.as_mut_ptr(), ldc as isize, 1);
     }
 }
 
@@ -39,5 +49,9 @@ mod tests {
         assert_eq!(c, [4.0, 5.0, 10.0, 11.0]);
         sgemm(2, 3, 2, &a, &b, &mut c, true);
         assert_eq!(c, [8.0, 10.0, 20.0, 22.0]);
+        // Rows 3 apart: the third value of each row is not touched.
+        let mut c = [9.0; 5];
+        sgemm_rows(2, 3, 2, &a, &b, &mut c, 3, false);
+        assert_eq!(c, [4.0, 5.0, 9.0, 10.0, 11.0]);
     }
 }

@@ -16,7 +16,7 @@
 //! and ReLU go on in the output transform.
 
 use super::conv::{max_pool_to, Window};
-use super::gemm::sgemm;
+use super::gemm::sgemm_rows;
 pub(crate) use tiles::Lanes;
 use tiles::{InTile, OutTile, Tile};
 
@@ -43,6 +43,36 @@ const MIN_CHANNELS: usize = 16;
 /// `model/examples/winograd_bench.rs`): the products are few and the a² transformed weight
 /// matrices (a² / r² times the kernel) cost as much to stream as the products save.
 const MIN_OUTPUTS: usize = 64;
+
+/// How the Winograd-domain products `M` of `rows` tiles (`a²` positions x k channels each) lie
+/// in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `[a², rows, k]`: one GEMM's output per position (the stacked products; the generic
+    /// output transform's strips).
+    ByPosition,
+    /// `[rows, a², k]`: each tile's values in one run (the per-example product, read by the
+    /// hand-written output transform).
+    ByTile,
+}
+
+impl Layout {
+    /// Where position `xi`'s product starts and the distance between its rows (tiles).
+    fn position(self, xi: usize, rows: usize, a: usize, k: usize) -> (usize, usize) {
+        match self {
+            Layout::ByPosition => (xi * rows * k, k),
+            Layout::ByTile => (xi * k, a * a * k),
+        }
+    }
+
+    /// Where tile `row`'s first position starts and the distance between its positions.
+    fn tile(self, row: usize, rows: usize, a: usize, k: usize) -> (usize, usize) {
+        match self {
+            Layout::ByPosition => (row * k, rows * k),
+            Layout::ByTile => (row * a * a * k, k),
+        }
+    }
+}
 
 /// The 1-D transform matrices of F(m, r), row-major f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,34 +185,36 @@ const NR: usize = 64;
 /// `c[m, n] = a[m, k] @ b[k, n]`, row-major, for the Winograd-domain products (few rows or
 /// shallow: k = in-channels): without packing either matrix, which took as long as the
 /// products in `matrixmultiply` at 49 x 32 x 64 (BNN-Conv's per-example products). An AVX-512 register block of 4 rows x 64 columns where
-/// the CPU has it and n is a multiple of 64; the engine's GEMM otherwise.
+/// the CPU has it and n is a multiple of 64; the engine's GEMM otherwise. The rows of `c` lie
+/// `ldc` values apart (`ldc >= n`).
 ///
 /// # Panics
 /// When a slice is shorter than its shape says (a bug in the caller).
-pub fn small_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "small_gemm: slices shorter than {m}x{k}x{n}");
+#[allow(clippy::too_many_arguments)]
+pub fn small_gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
+    assert!(a.len() >= m * k && b.len() >= k * n && ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n, "small_gemm: slices shorter than {m}x{k}x{n}");
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(NR) && k > 0 && std::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is available (checked just above) and the lengths were checked.
-        unsafe { small_gemm_avx512(m, k, n, a, b, c) };
+        unsafe { small_gemm_avx512(m, k, n, a, b, c, ldc) };
         return;
     }
-    sgemm(m, k, n, a, b, c, false);
+    sgemm_rows(m, k, n, a, b, c, ldc, false);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn small_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+unsafe fn small_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
     for j0 in (0..n).step_by(NR) {
         let mut i0 = 0;
         while i0 + 4 <= m {
-            block::<4>(i0, j0, k, n, a, b, c);
+            block::<4>(i0, j0, k, n, a, b, c, ldc);
             i0 += 4;
         }
         match m - i0 {
-            3 => block::<3>(i0, j0, k, n, a, b, c),
-            2 => block::<2>(i0, j0, k, n, a, b, c),
-            1 => block::<1>(i0, j0, k, n, a, b, c),
+            3 => block::<3>(i0, j0, k, n, a, b, c, ldc),
+            2 => block::<2>(i0, j0, k, n, a, b, c, ldc),
+            1 => block::<1>(i0, j0, k, n, a, b, c, ldc),
             _ => {}
         }
     }
@@ -192,7 +224,8 @@ unsafe fn small_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[f32], b: &[f32], c: &mut [f32], ldc: usize) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; MR];
     let (ap, bp) = (a.as_ptr().add(i0 * k), b.as_ptr().add(j0));
@@ -209,8 +242,8 @@ unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        // SAFETY: row i0 + r < m of c holds columns j0..j0 + 64 <= n.
-        let out = c.as_mut_ptr().add((i0 + r) * n + j0);
+        // SAFETY: row i0 + r < m of c (ldc apart) holds columns j0..j0 + 64 <= n.
+        let out = c.as_mut_ptr().add((i0 + r) * ldc + j0);
         for (q, &v) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.add(16 * q), v);
         }
@@ -224,21 +257,25 @@ unsafe fn block<const MR: usize>(i0: usize, j0: usize, k: usize, n: usize, a: &[
 /// it, for 8 rows of `a` at once (8 rows x 2 vectors of accumulators), instead of being
 /// stored to a block and read back by [`small_gemm`] for every 4 rows: bit for bit the same
 /// operations in the same order, 1.1-1.2x faster on BNN-Conv's 16 x 32 x 64 (`eval` 3-7%).
-/// Elsewhere the weights go to `wb` (`[k, n]`) first.
+/// Elsewhere the weights go to `wb` (`[k, n]`) first. The rows of `c` lie `ldc` values apart
+/// (`ldc >= n`).
 ///
 /// # Panics
 /// When a slice is shorter than its shape says (a bug in the caller).
 #[allow(clippy::too_many_arguments)]
-pub fn signed_gemm(m: usize, k: usize, n: usize, a: &[f32], mu: &[f32], noise: &[f32], s_in: &[u32], s_out: &[u32], c: &mut [f32], wb: &mut Vec<f32>) {
-    assert!(a.len() >= m * k && mu.len() >= k * n && noise.len() >= k * n && s_in.len() >= k && s_out.len() >= n && c.len() >= m * n, "signed_gemm: slices shorter than {m}x{k}x{n}");
+pub fn signed_gemm(m: usize, k: usize, n: usize, a: &[f32], mu: &[f32], noise: &[f32], s_in: &[u32], s_out: &[u32], c: &mut [f32], ldc: usize, wb: &mut Vec<f32>) {
+    assert!(
+        a.len() >= m * k && mu.len() >= k * n && noise.len() >= k * n && s_in.len() >= k && s_out.len() >= n && ldc >= n && c.len() >= m.saturating_sub(1) * ldc + n,
+        "signed_gemm: slices shorter than {m}x{k}x{n}"
+    );
     #[cfg(target_arch = "x86_64")]
     if n.is_multiple_of(16) && k > 0 && std::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F is available (checked just above) and the lengths were checked.
-        unsafe { signed_gemm_avx512(m, k, n, a, mu, noise, s_in, s_out, c) };
+        unsafe { signed_gemm_avx512(m, k, n, a, mu, noise, s_in, s_out, c, ldc) };
         return;
     }
     form_signed(k, n, mu, noise, |i| s_in[i], s_out, wb);
-    small_gemm(m, k, n, a, wb, c);
+    small_gemm(m, k, n, a, wb, c, ldc);
 }
 
 /// Flipout's weights of one example, `w = mu + s_in * noise * s_out` (`[k, n]`, signs as
@@ -257,8 +294,8 @@ pub(crate) fn form_signed(k: usize, n: usize, mu: &[f32], noise: &[f32], s_in: i
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn signed_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], mu: &[f32], noise: &[f32], s_in: &[u32], s_out: &[u32], c: &mut [f32]) {
-    let op = SignedOp { k, n, a: a.as_ptr(), mu: mu.as_ptr(), noise: noise.as_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), c: c.as_mut_ptr() };
+unsafe fn signed_gemm_avx512(m: usize, k: usize, n: usize, a: &[f32], mu: &[f32], noise: &[f32], s_in: &[u32], s_out: &[u32], c: &mut [f32], ldc: usize) {
+    let op = SignedOp { k, n, a: a.as_ptr(), mu: mu.as_ptr(), noise: noise.as_ptr(), s_in: s_in.as_ptr(), s_out: s_out.as_ptr(), c: c.as_mut_ptr(), ldc };
     // The common channel counts as constants: the rows of `a` a fixed distance apart, so
     // that each broadcast is one pointer plus a constant (no address arithmetic per row).
     match k {
@@ -313,6 +350,8 @@ struct SignedOp {
     s_in: *const u32,
     s_out: *const u32,
     c: *mut f32,
+    /// Values between rows of `c`.
+    ldc: usize,
 }
 
 /// Rows `i0..i0 + MR`, columns `j0..j0 + 16 NV` of [`signed_gemm`] (`K` in-channels, 0:
@@ -351,7 +390,7 @@ unsafe fn signed_block<const MR: usize, const NV: usize, const K: usize>(op: &Si
     }
     for (r, acc) in acc.iter().enumerate() {
         for (v, &x) in acc.iter().enumerate() {
-            _mm512_storeu_ps(op.c.add((i0 + r) * op.n + j0 + 16 * v), x);
+            _mm512_storeu_ps(op.c.add((i0 + r) * op.ldc + j0 + 16 * v), x);
         }
     }
 }
@@ -602,6 +641,9 @@ impl WinogradConv {
                 let (si, so) = (&f.s_in[b * c..(b + 1) * c], &f.s_out[b * k..(b + 1) * k]);
                 self.input_transform::<V>(x, b, b + 1, None, ws, generic);
                 ws.mm.resize(a * a * tpe * k, 0.0);
+                // Tile by tile where the hand-written output transform reads them: each tile's
+                // a² x k products in one run, not a² values 4 KB apart (BNN-Conv).
+                let layout = if fast.is_some() { Layout::ByTile } else { Layout::ByPosition };
                 // The next example's input, a slice per position: it comes from memory (the
                 // previous layer wrote all examples), and the prefetcher cannot know.
                 let next = x.get((b + 1) * h * w * c..(b + 2) * h * w * c).unwrap_or_default();
@@ -613,15 +655,16 @@ impl WinogradConv {
                         unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
                     }
                     let at = xi * c_k..(xi + 1) * c_k;
-                    signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &um[at.clone()], &u_pert[at], si, so, &mut ws.mm[xi * tpe * k..], &mut wb);
+                    let (first, ldc) = layout.position(xi, tpe, a, k);
+                    signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &um[at.clone()], &u_pert[at], si, so, &mut ws.mm[first..], ldc, &mut wb);
                 }
                 match pool {
-                    Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
+                    Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, layout, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
                     Some(p) => {
-                        self.output_transform::<V>(b, b + 1, None, bias, relu, None, &mut unpooled, ws, generic);
+                        self.output_transform::<V>(b, b + 1, layout, None, bias, relu, None, &mut unpooled, ws, generic);
                         max_pool_to(&unpooled, 1, p, &mut out[b * pooled_len..(b + 1) * pooled_len]);
                     }
-                    None => self.output_transform::<V>(b, b + 1, None, bias, relu, None, &mut out[b * per_out..(b + 1) * per_out], ws, generic),
+                    None => self.output_transform::<V>(b, b + 1, layout, None, bias, relu, None, &mut out[b * per_out..(b + 1) * per_out], ws, generic),
                 }
             }
             ws.unpooled = unpooled;
@@ -640,16 +683,16 @@ impl WinogradConv {
             self.input_transform::<V>(x, b0, b1, flipout.map(|f| f.s_in), ws, generic);
             ws.mm.resize(a * a * rows * k, 0.0);
             for xi in 0..a * a {
-                small_gemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..]);
+                small_gemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..], k);
             }
             if flipout.is_some() {
                 ws.mp.resize(a * a * rows * k, 0.0);
                 for xi in 0..a * a {
-                    small_gemm(rows, c, k, &ws.vs[xi * rows * c..], &u_pert[xi * c * k..], &mut ws.mp[xi * rows * k..]);
+                    small_gemm(rows, c, k, &ws.vs[xi * rows * c..], &u_pert[xi * c * k..], &mut ws.mp[xi * rows * k..], k);
                 }
             }
             let ob = &mut out[b0 * oh * ow * k..b1 * oh * ow * k];
-            self.output_transform::<V>(b0, b1, flipout.map(|f| f.s_out), bias, relu, None, ob, ws, generic);
+            self.output_transform::<V>(b0, b1, Layout::ByPosition, flipout.map(|f| f.s_out), bias, relu, None, ob, ws, generic);
         }
         ws.u_main = u_main;
         ws.u_pert = u_pert;
@@ -728,7 +771,7 @@ impl WinogradConv {
         }
     }
 
-    /// `Y = A^T M A` of every tile of examples `b0..b1` (M = `ws.mm`, plus `ws.mp` with the
+    /// `Y = A^T M A` of every tile of examples `b0..b1` (M = `ws.mm` in `layout`, plus `ws.mp` with the
     /// output signs when `s_out` is given: the signs are per example and channel, so they
     /// commute with the transform and go on after its first pass) into `out`
     /// (`[b1 - b0, oh, ow, k]`), plus `bias`, through a ReLU when `relu`. One strip at a time.
@@ -739,7 +782,7 @@ impl WinogradConv {
     /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn output_transform<V: Lanes>(&self, b0: usize, b1: usize, s_out: Option<&[u32]>, bias: &[f32], relu: bool, pool2: Option<[usize; 2]>, out: &mut [f32], ws: &mut Buffers, generic: bool) {
+    unsafe fn output_transform<V: Lanes>(&self, b0: usize, b1: usize, layout: Layout, s_out: Option<&[u32]>, bias: &[f32], relu: bool, pool2: Option<[usize; 2]>, out: &mut [f32], ws: &mut Buffers, generic: bool) {
         let (a, m, k) = (self.t.a, self.t.m, self.k);
         let [oh, ow] = self.win.output();
         let [ty_n, tx_n] = self.tiles;
@@ -750,14 +793,15 @@ impl WinogradConv {
                 let img = &mut out[(b - b0) * per_out..(b - b0 + 1) * per_out];
                 for (ty, tx) in (0..ty_n).flat_map(|ty| (0..tx_n).map(move |tx| (ty, tx))) {
                     let row = ((b - b0) * ty_n + ty) * tx_n + tx;
-                    let mp = s_out.map(|s| (&ws.mp[row * k..], &s[b * k..(b + 1) * k]));
-                    let mut t = OutTile { mm: &ws.mm[row * k..], mp, stride: rows * k, bias, relu, out: &mut *img, size: [oh, ow], origin: [ty * m, tx * m], pool2 };
+                    let (first, stride) = layout.tile(row, rows, a, k);
+                    let mp = s_out.map(|s| (&ws.mp[first..], &s[b * k..(b + 1) * k]));
+                    let mut t = OutTile { mm: &ws.mm[first..], mp, stride, bias, relu, out: &mut *img, size: [oh, ow], origin: [ty * m, tx * m], pool2 };
                     tiles::output::<V>(tile, &mut t);
                 }
             }
             return;
         }
-        assert!(pool2.is_none(), "Winograd: the fused pool needs the hand-written transforms");
+        assert!(pool2.is_none() && layout == Layout::ByPosition, "Winograd: the fused pool and the products by tile need the hand-written transforms");
         let len = tx_n * k;
         // A^T along the tile's rows `[m, a, tiles, k]` (mean, then perturbation), then along
         // its columns `[m, m, tiles, k]`.
@@ -993,17 +1037,19 @@ mod tests {
     #[test]
     fn small_gemm_matches_a_direct_product() {
         // Row counts that leave 1, 2 and 3 rows after the blocks of 4; n a multiple of 64
-        // takes the AVX-512 path where the CPU has it, the others the engine's GEMM.
-        for (m, k, n) in [(49, 32, 64), (6, 7, 128), (3, 1, 64), (2, 5, 48), (1, 300, 64), (10, 3, 192)] {
-            let (a, b) = (values(m * k, 1), values(k * n, 2));
-            let mut c = vec![f32::NAN; m * n];
-            small_gemm(m, k, n, &a, &b, &mut c);
+        // takes the AVX-512 path where the CPU has it, the others the engine's GEMM. Rows of
+        // `c` packed, and 5 values apart beyond n (the gaps must stay untouched).
+        for ((m, k, n), gap) in [(49, 32, 64), (6, 7, 128), (3, 1, 64), (2, 5, 48), (1, 300, 64), (10, 3, 192)].into_iter().flat_map(|s| [(s, 0), (s, 5)]) {
+            let (a, b, ldc) = (values(m * k, 1), values(k * n, 2), n + gap);
+            let mut c = vec![f32::NAN; (m - 1) * ldc + n];
+            small_gemm(m, k, n, &a, &b, &mut c, ldc);
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j])).sum();
-                    assert!((f64::from(c[i * n + j]) - want).abs() < 1e-5, "{m}x{k}x{n} [{i}, {j}]: {} vs {want}", c[i * n + j]);
+                    assert!((f64::from(c[i * ldc + j]) - want).abs() < 1e-5, "{m}x{k}x{n} [{i}, {j}]: {} vs {want}", c[i * ldc + j]);
                 }
             }
+            assert!(c.chunks(ldc).all(|row| row[n..].iter().all(|v| v.is_nan())), "{m}x{k}x{n}: wrote between the rows");
         }
     }
 
@@ -1012,23 +1058,25 @@ mod tests {
         // Rows leaving 4, 2 and 1 after the blocks of 8; channel counts on the constant
         // paths (16, 32, 64, 128) and off them; n with a one-vector tail (48), and not a
         // multiple of 16 (40: formed into a block, then `small_gemm`).
-        for (m, k, n) in [(16, 32, 64), (15, 16, 48), (9, 64, 32), (3, 128, 16), (1, 7, 64), (23, 5, 40)] {
-            let (a, mu, noise) = (values(m * k, 3), values(k * n, 4), values(k * n, 5));
+        // Rows of `c` packed, and (as the per-example path writes them) far apart.
+        for ((m, k, n), gap) in [(16, 32, 64), (15, 16, 48), (9, 64, 32), (3, 128, 16), (1, 7, 64), (23, 5, 40)].into_iter().flat_map(|s| [(s, 0), (s, 7)]) {
+            let (a, mu, noise, ldc) = (values(m * k, 3), values(k * n, 4), values(k * n, 5), n + gap);
             let (s_in, s_out) = (masks(k, 6), masks(n, 7));
-            let mut c = vec![f32::NAN; m * n];
-            signed_gemm(m, k, n, &a, &mu, &noise, &s_in, &s_out, &mut c, &mut Vec::new());
+            let mut c = vec![f32::NAN; (m - 1) * ldc + n];
+            signed_gemm(m, k, n, &a, &mu, &noise, &s_in, &s_out, &mut c, ldc, &mut Vec::new());
             let sign = |s: u32| if s == 0 { 1.0 } else { -1.0 };
             for i in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k).map(|p| f64::from(a[i * k + p]) * (f64::from(mu[p * n + j]) + sign(s_in[p]) * sign(s_out[j]) * f64::from(noise[p * n + j]))).sum();
-                    assert!((f64::from(c[i * n + j]) - want).abs() < 1e-5, "{m}x{k}x{n} [{i}, {j}]: {} vs {want}", c[i * n + j]);
+                    assert!((f64::from(c[i * ldc + j]) - want).abs() < 1e-5, "{m}x{k}x{n} [{i}, {j}]: {} vs {want}", c[i * ldc + j]);
                 }
             }
+            assert!(c.chunks(ldc).all(|row| row[n..].iter().all(|v| v.is_nan())), "{m}x{k}x{n}: wrote between the rows");
             // Bit for bit the weights formed into a block and `small_gemm` on them.
             let mut w = Vec::new();
             form_signed(k, n, &mu, &noise, |i| s_in[i], &s_out, &mut w);
-            let mut unfused = vec![f32::NAN; m * n];
-            small_gemm(m, k, n, &a, &w, &mut unfused);
+            let mut unfused = vec![f32::NAN; (m - 1) * ldc + n];
+            small_gemm(m, k, n, &a, &w, &mut unfused, ldc);
             assert!(c.iter().zip(&unfused).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n}: fused and unfused differ");
         }
     }
