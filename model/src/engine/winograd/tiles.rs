@@ -335,9 +335,24 @@ impl Map<8, 4> for At4x5 {
     }
 }
 
-/// `F` along the columns of `d`, then along the rows: `F d F^T`.
+/// The values of a tile, read by [`two_d`] one column at a time (static dispatch, as [`Map`]).
+trait Source<V> {
+    /// Value (i, j).
+    unsafe fn get(&self, i: usize, j: usize) -> V;
+}
+
+/// Where [`two_d`] puts each value of the transformed tile.
+trait Sink<V> {
+    /// Value (i, j).
+    unsafe fn put(&mut self, i: usize, j: usize, v: V);
+}
+
+/// `F` along the columns of `src`'s tile, then along the rows, into `dst`: `F d F^T`. Each
+/// column is read from the source right where it is mapped and each row of the result goes
+/// straight to the sink: staging whole tiles (64 vectors each on 8x8 tiles, spilled to the
+/// stack) had made the transforms bound by their stores.
 #[inline(always)]
-unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(d: &[[V; A]; A]) -> [[V; O]; O] {
+unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(src: &impl Source<V>, dst: &mut impl Sink<V>) {
     // Written element by element into uninitialized arrays, not zero-filled first: on 8x8
     // tiles the zero fills of these spilled arrays were a fifth of the transform's stores.
     // (`array::from_fn` would take closures, which do not inherit the CPU features.)
@@ -346,26 +361,24 @@ unsafe fn two_d<V: Lanes, F: Map<A, O>, const A: usize, const O: usize>(d: &[[V;
     for j in 0..A {
         let mut v = MaybeUninit::<[V; A]>::uninit();
         let vp = v.as_mut_ptr().cast::<V>();
-        for (i, row) in d.iter().enumerate() {
-            vp.add(i).write(row[j]);
+        for i in 0..A {
+            vp.add(i).write(src.get(i, j));
         }
         cp.add(j).write(F::map(v.assume_init()));
     }
     // SAFETY: every column was written above (read in place: moving 4 KB arrays out of
     // `MaybeUninit` was a memcpy call per tile).
     let cols = &*cols.as_ptr();
-    let mut out = MaybeUninit::<[[V; O]; O]>::uninit();
-    let op = out.as_mut_ptr().cast::<[V; O]>();
     for o in 0..O {
         let mut v = MaybeUninit::<[V; A]>::uninit();
         let vp = v.as_mut_ptr().cast::<V>();
         for (j, col) in cols.iter().enumerate() {
             vp.add(j).write(col[o]);
         }
-        op.add(o).write(F::map(v.assume_init()));
+        for (q, val) in F::map(v.assume_init()).into_iter().enumerate() {
+            dst.put(o, q, val);
+        }
     }
-    // SAFETY: every row was written above.
-    out.assume_init()
 }
 
 /// Where one tile's input comes from and its transform goes.
@@ -384,34 +397,55 @@ pub(super) struct InTile<'a> {
     pub stride: usize,
 }
 
+/// One input tile's channels `ch..ch + V::L` as a [`Source`]: the image's values, zeros
+/// outside it (the fields of [`InTile`]).
+struct Gather<'a> {
+    img: &'a [f32],
+    shape: [usize; 3],
+    origin: [isize; 2],
+    ch: usize,
+}
+
+impl<V: Lanes> Source<V> for Gather<'_> {
+    #[inline(always)]
+    unsafe fn get(&self, i: usize, j: usize) -> V {
+        let [h, w, c] = self.shape;
+        let (y, x) = (self.origin[0] + i as isize, self.origin[1] + j as isize);
+        if y >= 0 && (y as usize) < h && x >= 0 && (x as usize) < w {
+            V::load(&self.img[(y as usize * w + x as usize) * c + self.ch..])
+        } else {
+            V::zero()
+        }
+    }
+}
+
+/// The transformed input tile's channels `ch..` as a [`Sink`] of `A x A` values: position
+/// (p, q) into `v`, and with the signs into `signed` (the fields of [`InTile`]).
+struct Scatter<'t, const A: usize> {
+    v: &'t mut [f32],
+    signed: Option<(&'t mut [f32], &'t [u32])>,
+    stride: usize,
+    ch: usize,
+}
+
+impl<V: Lanes, const A: usize> Sink<V> for Scatter<'_, A> {
+    #[inline(always)]
+    unsafe fn put(&mut self, p: usize, q: usize, val: V) {
+        let at = (p * A + q) * self.stride + self.ch;
+        val.store(&mut self.v[at..]);
+        if let Some((vs, s)) = &mut self.signed {
+            val.flip(&s[self.ch..]).store(&mut vs[at..]);
+        }
+    }
+}
+
 /// `V = B^T d B` of one tile, channels `ch..ch + V::L`, the tile gathered from the image with
 /// zeros outside it, and with the signs into `t.signed`.
 #[inline(always)]
 unsafe fn input_lanes<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile, ch: usize) {
-    let [h, w, c] = t.shape;
-    // Each value written once: loaded, or zero in the padding.
-    let mut d = MaybeUninit::<[[V; A]; A]>::uninit();
-    let dp = d.as_mut_ptr().cast::<V>();
-    for i in 0..A {
-        let y = t.origin[0] + i as isize;
-        let row = y >= 0 && (y as usize) < h;
-        for j in 0..A {
-            let x = t.origin[1] + j as isize;
-            let v = if row && x >= 0 && (x as usize) < w { V::load(&t.img[(y as usize * w + x as usize) * c + ch..]) } else { V::zero() };
-            dp.add(i * A + j).write(v);
-        }
-    }
-    // SAFETY: all A x A values were written above (read in place).
-    let v = two_d::<V, F, A, A>(&*d.as_ptr());
-    for (p, row) in v.iter().enumerate() {
-        for (q, &val) in row.iter().enumerate() {
-            let at = (p * A + q) * t.stride + ch;
-            val.store(&mut t.v[at..]);
-            if let Some((vs, s)) = &mut t.signed {
-                val.flip(&s[ch..]).store(&mut vs[at..]);
-            }
-        }
-    }
+    let src = Gather { img: t.img, shape: t.shape, origin: t.origin, ch };
+    let signed = t.signed.as_mut().map(|(vs, s)| (&mut **vs, *s));
+    two_d::<V, F, A, A>(&src, &mut Scatter::<A> { v: &mut *t.v, signed, stride: t.stride, ch });
 }
 
 /// [`input_lanes`] over all channels: vectors of `V`, the tail in `f32`.
@@ -462,24 +496,45 @@ pub(super) struct OutTile<'a> {
     pub pool2: Option<[usize; 2]>,
 }
 
+/// One tile's Winograd-domain products, channels `ch..`, as a [`Source`] of `A x A` values:
+/// position (p, q) of `mm`, plus `mp`'s flipped by the output signs (the fields of [`OutTile`]).
+struct Products<'t, const A: usize> {
+    mm: &'t [f32],
+    mp: Option<(&'t [f32], &'t [u32])>,
+    stride: usize,
+    ch: usize,
+}
+
+impl<V: Lanes, const A: usize> Source<V> for Products<'_, A> {
+    #[inline(always)]
+    unsafe fn get(&self, p: usize, q: usize) -> V {
+        let at = (p * A + q) * self.stride + self.ch;
+        let v = V::load(&self.mm[at..]);
+        match self.mp {
+            Some((mp, s)) => v.add(V::load(&mp[at..]).flip(&s[self.ch..])),
+            None => v,
+        }
+    }
+}
+
+/// A small tile held as an array (the output tile, `M x M`), as a [`Sink`].
+struct Held<V, const M: usize>(MaybeUninit<[[V; M]; M]>);
+
+impl<V: Lanes, const M: usize> Sink<V> for Held<V, M> {
+    #[inline(always)]
+    unsafe fn put(&mut self, i: usize, j: usize, v: V) {
+        self.0.as_mut_ptr().cast::<V>().add(i * M + j).write(v);
+    }
+}
+
 /// `Y = A^T M A` of one tile, channels `ch..ch + V::L`, plus bias, through the ReLU, into the
 /// output (or its 2x2 max pool: the max of the window's positions inside the output).
 #[inline(always)]
 unsafe fn output_lanes<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t: &mut OutTile, ch: usize) {
-    let mut mm = MaybeUninit::<[[V; A]; A]>::uninit();
-    let mmp = mm.as_mut_ptr().cast::<V>();
-    for p in 0..A {
-        for q in 0..A {
-            let at = (p * A + q) * t.stride + ch;
-            let mut v = V::load(&t.mm[at..]);
-            if let Some((mp, s)) = t.mp {
-                v = v.add(V::load(&mp[at..]).flip(&s[ch..]));
-            }
-            mmp.add(p * A + q).write(v);
-        }
-    }
-    // SAFETY: all A x A values were written above (read in place).
-    let y = two_d::<V, F, A, M>(&*mm.as_ptr());
+    let mut held = Held::<V, M>(MaybeUninit::uninit());
+    two_d::<V, F, A, M>(&Products::<A> { mm: t.mm, mp: t.mp, stride: t.stride, ch }, &mut held);
+    // SAFETY: `two_d` put all M x M values.
+    let y = held.0.assume_init();
     let (bias, k, relu) = (V::load(&t.bias[ch..]), t.bias.len(), t.relu);
     #[inline(always)]
     unsafe fn finish<V: Lanes>(v: V, bias: V, relu: bool) -> V {
