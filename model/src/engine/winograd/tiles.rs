@@ -23,6 +23,8 @@ pub(crate) trait Lanes: Copy {
     unsafe fn store(self, s: &mut [f32]);
     /// `L` values from `p` (unchecked: the caller proves them in bounds).
     unsafe fn load_ptr(p: *const f32) -> Self;
+    /// Into the `L` values at `p` (unchecked: the caller proves them in bounds).
+    unsafe fn store_ptr(self, p: *mut f32);
     /// All zeros.
     unsafe fn zero() -> Self;
     /// Lane-wise sum.
@@ -50,6 +52,10 @@ impl Lanes for f32 {
     #[inline(always)]
     unsafe fn load_ptr(p: *const f32) -> Self {
         *p
+    }
+    #[inline(always)]
+    unsafe fn store_ptr(self, p: *mut f32) {
+        *p = self;
     }
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -97,6 +103,10 @@ mod x86 {
             _mm512_loadu_ps(p)
         }
         #[inline(always)]
+        unsafe fn store_ptr(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self)
+        }
+        #[inline(always)]
         unsafe fn zero() -> Self {
             _mm512_setzero_ps()
         }
@@ -136,6 +146,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_ptr(p: *const f32) -> Self {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store_ptr(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self)
         }
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -398,7 +412,8 @@ pub(super) struct InTile<'a> {
 }
 
 /// One input tile's channels `ch..ch + V::L` as a [`Source`]: the image's values, zeros
-/// outside it (the fields of [`InTile`]).
+/// outside it (the fields of [`InTile`]; the image holds `h * w * c` values and
+/// `ch + V::L <= c`, checked by [`input_lanes`]).
 struct Gather<'a> {
     img: &'a [f32],
     shape: [usize; 3],
@@ -412,7 +427,8 @@ impl<V: Lanes> Source<V> for Gather<'_> {
         let [h, w, c] = self.shape;
         let (y, x) = (self.origin[0] + i as isize, self.origin[1] + j as isize);
         if y >= 0 && (y as usize) < h && x >= 0 && (x as usize) < w {
-            V::load(&self.img[(y as usize * w + x as usize) * c + self.ch..])
+            // SAFETY: (y, x) is inside the image and ch + L <= c (checked by `input_lanes`).
+            V::load_ptr(self.img.as_ptr().add((y as usize * w + x as usize) * c + self.ch))
         } else {
             V::zero()
         }
@@ -420,7 +436,8 @@ impl<V: Lanes> Source<V> for Gather<'_> {
 }
 
 /// The transformed input tile's channels `ch..` as a [`Sink`] of `A x A` values: position
-/// (p, q) into `v`, and with the signs into `signed` (the fields of [`InTile`]).
+/// (p, q) into `v`, and with the signs into `signed` (the fields of [`InTile`]; both hold
+/// the last position's vector, checked by [`input_lanes`]).
 struct Scatter<'t, const A: usize> {
     v: &'t mut [f32],
     signed: Option<(&'t mut [f32], &'t [u32])>,
@@ -432,9 +449,11 @@ impl<V: Lanes, const A: usize> Sink<V> for Scatter<'_, A> {
     #[inline(always)]
     unsafe fn put(&mut self, p: usize, q: usize, val: V) {
         let at = (p * A + q) * self.stride + self.ch;
-        val.store(&mut self.v[at..]);
+        // SAFETY (both): position (p, q) < (A, A) lies before the last one's vector, which
+        // `input_lanes` checked is inside the buffers.
+        val.store_ptr(self.v.as_mut_ptr().add(at));
         if let Some((vs, s)) = &mut self.signed {
-            val.flip(&s[self.ch..]).store(&mut vs[at..]);
+            val.flip(&s[self.ch..]).store_ptr(vs.as_mut_ptr().add(at));
         }
     }
 }
@@ -443,6 +462,9 @@ impl<V: Lanes, const A: usize> Sink<V> for Scatter<'_, A> {
 /// zeros outside it, and with the signs into `t.signed`.
 #[inline(always)]
 unsafe fn input_lanes<V: Lanes, F: Map<A, A>, const A: usize>(t: &mut InTile, ch: usize) {
+    let [h, w, c] = t.shape;
+    let last = (A * A - 1) * t.stride + ch + V::L;
+    assert!(t.img.len() >= h * w * c && ch + V::L <= c && t.v.len() >= last && t.signed.as_ref().is_none_or(|(vs, s)| vs.len() >= last && s.len() >= ch + V::L), "Winograd input tile: buffers shorter than its shape");
     let src = Gather { img: t.img, shape: t.shape, origin: t.origin, ch };
     let signed = t.signed.as_mut().map(|(vs, s)| (&mut **vs, *s));
     two_d::<V, F, A, A>(&src, &mut Scatter::<A> { v: &mut *t.v, signed, stride: t.stride, ch });
@@ -497,7 +519,8 @@ pub(super) struct OutTile<'a> {
 }
 
 /// One tile's Winograd-domain products, channels `ch..`, as a [`Source`] of `A x A` values:
-/// position (p, q) of `mm`, plus `mp`'s flipped by the output signs (the fields of [`OutTile`]).
+/// position (p, q) of `mm`, plus `mp`'s flipped by the output signs (the fields of [`OutTile`];
+/// both hold the last position's vector, checked by [`output_lanes`]).
 struct Products<'t, const A: usize> {
     mm: &'t [f32],
     mp: Option<(&'t [f32], &'t [u32])>,
@@ -509,9 +532,11 @@ impl<V: Lanes, const A: usize> Source<V> for Products<'_, A> {
     #[inline(always)]
     unsafe fn get(&self, p: usize, q: usize) -> V {
         let at = (p * A + q) * self.stride + self.ch;
-        let v = V::load(&self.mm[at..]);
+        // SAFETY (both): position (p, q) < (A, A) lies before the last one's vector, which
+        // `output_lanes` checked is inside the buffers.
+        let v = V::load_ptr(self.mm.as_ptr().add(at));
         match self.mp {
-            Some((mp, s)) => v.add(V::load(&mp[at..]).flip(&s[self.ch..])),
+            Some((mp, s)) => v.add(V::load_ptr(mp.as_ptr().add(at)).flip(&s[self.ch..])),
             None => v,
         }
     }
@@ -531,6 +556,8 @@ impl<V: Lanes, const M: usize> Sink<V> for Held<V, M> {
 /// output (or its 2x2 max pool: the max of the window's positions inside the output).
 #[inline(always)]
 unsafe fn output_lanes<V: Lanes, F: Map<A, M>, const A: usize, const M: usize>(t: &mut OutTile, ch: usize) {
+    let last = (A * A - 1) * t.stride + ch + V::L;
+    assert!(t.mm.len() >= last && t.mp.is_none_or(|(mp, s)| mp.len() >= last && s.len() >= ch + V::L), "Winograd output tile: products shorter than its shape");
     let mut held = Held::<V, M>(MaybeUninit::uninit());
     two_d::<V, F, A, M>(&Products::<A> { mm: t.mm, mp: t.mp, stride: t.stride, ch }, &mut held);
     // SAFETY: `two_d` put all M x M values.
