@@ -34,6 +34,13 @@ const BLOCK_VALUES: usize = 1 << 20;
 /// either way.
 const PER_EXAMPLE_TILES: usize = 16;
 
+/// Values of padding between the Winograd-domain positions of one example's transformed
+/// input (per-example path, hand-written transforms): with BNN-Conv's 16 tiles x 32 channels
+/// the positions lay exactly 2 KB apart, so the 64 vectors one tile's transform stores fell
+/// into 2 of L1's 64 sets and evicted each other on the way in. One cache line apart, they
+/// spread over all sets: `eval` 2% faster.
+const V_PAD: usize = 16;
+
 /// Fewest input channels for which [`WinogradConv::plan`] uses Winograd: with few channels the
 /// GEMMs are too shallow (k = channels) to run near peak, and the transforms dominate.
 const MIN_CHANNELS: usize = 16;
@@ -637,9 +644,10 @@ impl WinogradConv {
             if pool.is_some() && pool2.is_none() {
                 unpooled.resize(per_out, 0.0);
             }
+            let vpad = if fast.is_some() { V_PAD } else { 0 };
             for b in 0..n {
                 let (si, so) = (&f.s_in[b * c..(b + 1) * c], &f.s_out[b * k..(b + 1) * k]);
-                self.input_transform::<V>(x, b, b + 1, None, ws, generic);
+                self.input_transform::<V>(x, b, b + 1, None, ws, generic, vpad);
                 ws.mm.resize(a * a * tpe * k, 0.0);
                 // Tile by tile where the hand-written output transform reads them: each tile's
                 // a² x k products in one run, not a² values 4 KB apart (BNN-Conv).
@@ -656,7 +664,7 @@ impl WinogradConv {
                     }
                     let at = xi * c_k..(xi + 1) * c_k;
                     let (first, ldc) = layout.position(xi, tpe, a, k);
-                    signed_gemm(tpe, c, k, &ws.v[xi * tpe * c..], &um[at.clone()], &u_pert[at], si, so, &mut ws.mm[first..], ldc, &mut wb);
+                    signed_gemm(tpe, c, k, &ws.v[xi * (tpe * c + vpad)..], &um[at.clone()], &u_pert[at], si, so, &mut ws.mm[first..], ldc, &mut wb);
                 }
                 match pool {
                     Some(_) if pool2.is_some() => self.output_transform::<V>(b, b + 1, layout, None, bias, relu, pool2, &mut out[b * pooled_len..(b + 1) * pooled_len], ws, generic),
@@ -680,7 +688,7 @@ impl WinogradConv {
         for b0 in (0..n).step_by(block) {
             let b1 = (b0 + block).min(n);
             let rows = (b1 - b0) * tpe;
-            self.input_transform::<V>(x, b0, b1, flipout.map(|f| f.s_in), ws, generic);
+            self.input_transform::<V>(x, b0, b1, flipout.map(|f| f.s_in), ws, generic, 0);
             ws.mm.resize(a * a * rows * k, 0.0);
             for xi in 0..a * a {
                 small_gemm(rows, c, k, &ws.v[xi * rows * c..], &um[xi * c * k..], &mut ws.mm[xi * rows * k..], k);
@@ -699,7 +707,8 @@ impl WinogradConv {
         false
     }
 
-    /// `V = B^T d B` of every tile of examples `b0..b1` into `ws.v` (`[a², rows, c]`), and
+    /// `V = B^T d B` of every tile of examples `b0..b1` into `ws.v` (`[a², rows, c]`, with
+    /// `vpad` values after each position: only with the hand-written transforms), and
     /// with the examples' channel signs into `ws.vs` when `s_in` is given. One strip (a row of
     /// tiles of one example) at a time, so that each pass runs on vectors of tiles x channels.
     /// With the hand-written transforms (unless `generic`), one tile at a time, the zero
@@ -708,14 +717,14 @@ impl WinogradConv {
     /// # Safety
     /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
-    unsafe fn input_transform<V: Lanes>(&self, x: &[f32], b0: usize, b1: usize, s_in: Option<&[u32]>, ws: &mut Buffers, generic: bool) {
+    unsafe fn input_transform<V: Lanes>(&self, x: &[f32], b0: usize, b1: usize, s_in: Option<&[u32]>, ws: &mut Buffers, generic: bool, vpad: usize) {
         let (a, m) = (self.t.a, self.t.m);
         let [h, w, c] = self.win.input;
         let (_, [ph, pw]) = self.win.geometry();
         let [ty_n, tx_n] = self.tiles;
         let rows = (b1 - b0) * ty_n * tx_n;
         let len = tx_n * c;
-        ws.v.resize(a * a * rows * c, 0.0);
+        ws.v.resize(a * a * (rows * c + vpad), 0.0);
         if s_in.is_some() {
             ws.vs.resize(a * a * rows * c, 0.0);
         }
@@ -726,12 +735,13 @@ impl WinogradConv {
                     let row = ((b - b0) * ty_n + ty) * tx_n + tx;
                     let origin = [(ty * m) as isize - ph as isize, (tx * m) as isize - pw as isize];
                     let signed = s_in.map(|s| (&mut ws.vs[row * c..], &s[b * c..(b + 1) * c]));
-                    let mut t = InTile { img, shape: [h, w, c], origin, v: &mut ws.v[row * c..], signed, stride: rows * c };
+                    let mut t = InTile { img, shape: [h, w, c], origin, v: &mut ws.v[row * c..], signed, stride: rows * c + vpad };
                     tiles::input::<V>(tile, &mut t);
                 }
             }
             return;
         }
+        assert_eq!(vpad, 0, "Winograd: padded positions need the hand-written transforms");
         // The strip's input `[a, a, tiles, c]` (zeros outside the image: padding and partial
         // tiles), and B^T applied along its rows.
         ws.tile.resize(a * a * len, 0.0);
