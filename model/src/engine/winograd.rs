@@ -717,6 +717,7 @@ impl WinogradConv {
     /// # Safety
     /// `V`'s CPU features are enabled in the caller.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn input_transform<V: Lanes>(&self, x: &[f32], b0: usize, b1: usize, s_in: Option<&[u32]>, ws: &mut Buffers, generic: bool, vpad: usize) {
         let (a, m) = (self.t.a, self.t.m);
         let [h, w, c] = self.win.input;
