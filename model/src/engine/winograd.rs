@@ -727,7 +727,7 @@ impl WinogradConv {
         let len = tx_n * c;
         ws.v.resize(a * a * (rows * c + vpad), 0.0);
         if s_in.is_some() {
-            ws.vs.resize(a * a * rows * c, 0.0);
+            ws.vs.resize(a * a * (rows * c + vpad), 0.0);
         }
         if let Some(tile) = self.tile.filter(|_| !generic) {
             for b in b0..b1 {
@@ -782,9 +782,9 @@ impl WinogradConv {
         }
     }
 
-    /// `Y = A^T M A` of every tile of examples `b0..b1` (M = `ws.mm` in `layout`, plus `ws.mp` with the
-    /// output signs when `s_out` is given: the signs are per example and channel, so they
-    /// commute with the transform and go on after its first pass) into `out`
+    /// `Y = A^T M A` of every tile of examples `b0..b1` (M = `ws.mm` in `layout`, plus `ws.mp`
+    /// with the output signs when `s_out` is given: the signs are per example and channel, so
+    /// they commute with the transform and go on after its first pass) into `out`
     /// (`[b1 - b0, oh, ow, k]`), plus `bias`, through a ReLU when `relu`. One strip at a time.
     /// With the hand-written transforms (unless `generic`), one tile at a time; with `pool2`
     /// (`[ph, pw]`: only there) each example's 2x2 stride-2 unpadded max pool instead.

@@ -1,7 +1,9 @@
 //! Hand-written Winograd transforms for the tiles in use: `V = B^T d B` and `Y = A^T M A` of
 //! one tile over a vector of channels, as straight-line code on the Toom-Cook matrices' small
-//! constants (0, ±1/2, ±1, ±3/2, ±2, ±5/2, 1/4, 4, 1/8, 8; 4.25, 5.25, 1.25, 5 for 8x8 tiles),
-//! whole tiles in registers (spilled to the stack for 6x6 and 8x8 ones).
+//! constants (0, ±1/2, ±1, ±3/2, ±2, ±5/2, 1/4, 4, 1/8, 8; 4.25, 5.25, 1.25, 5 for 8x8 tiles):
+//! each column read from the image (or the products) where it is transformed, the
+//! transformed columns held (spilled to the stack for 6x6 and 8x8 tiles), and each row of
+//! the result stored where it goes.
 //! The generic matrix passes (`winograd::apply`) stay the reference and serve other tiles.
 //!
 //! One generic body per transform runs on three lane types: AVX-512 (16 channels), AVX2 (8)
