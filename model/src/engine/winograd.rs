@@ -331,38 +331,42 @@ unsafe fn signed_blocks<const K: usize>(op: &SignedOp, m: usize) {
         let mut i0 = 0;
         while i0 + 8 <= m {
             // The first block forms the weights (and keeps them when more blocks follow).
-            let w = if i0 > 0 { REUSE } else if m > 8 { KEEP } else { FORM };
-            match (two, w) {
-                (true, REUSE) => signed_block::<8, 2, K, REUSE>(op, i0, j0),
-                (true, KEEP) => signed_block::<8, 2, K, KEEP>(op, i0, j0),
-                (true, _) => signed_block::<8, 2, K, FORM>(op, i0, j0),
-                (false, REUSE) => signed_block::<8, 1, K, REUSE>(op, i0, j0),
-                (false, KEEP) => signed_block::<8, 1, K, KEEP>(op, i0, j0),
-                (false, _) => signed_block::<8, 1, K, FORM>(op, i0, j0),
+            match (i0 > 0, m > 8) {
+                (true, _) => signed_rows::<K, REUSE>(op, 8, two, i0, j0),
+                (false, true) => signed_rows::<K, KEEP>(op, 8, two, i0, j0),
+                (false, false) => signed_rows::<K, FORM>(op, 8, two, i0, j0),
             }
             i0 += 8;
         }
         // The rest in blocks of 4, 2, 1 rows (on kept weights after a block of 8).
         for mr in [4, 2, 1] {
             if m - i0 >= mr {
-                match (mr, two, m > 8) {
-                    (4, true, true) => signed_block::<4, 2, K, REUSE>(op, i0, j0),
-                    (2, true, true) => signed_block::<2, 2, K, REUSE>(op, i0, j0),
-                    (_, true, true) => signed_block::<1, 2, K, REUSE>(op, i0, j0),
-                    (4, false, true) => signed_block::<4, 1, K, REUSE>(op, i0, j0),
-                    (2, false, true) => signed_block::<2, 1, K, REUSE>(op, i0, j0),
-                    (_, false, true) => signed_block::<1, 1, K, REUSE>(op, i0, j0),
-                    (4, true, false) => signed_block::<4, 2, K, FORM>(op, i0, j0),
-                    (2, true, false) => signed_block::<2, 2, K, FORM>(op, i0, j0),
-                    (_, true, false) => signed_block::<1, 2, K, FORM>(op, i0, j0),
-                    (4, false, false) => signed_block::<4, 1, K, FORM>(op, i0, j0),
-                    (2, false, false) => signed_block::<2, 1, K, FORM>(op, i0, j0),
-                    (_, false, false) => signed_block::<1, 1, K, FORM>(op, i0, j0),
+                if m > 8 {
+                    signed_rows::<K, REUSE>(op, mr, two, i0, j0);
+                } else {
+                    signed_rows::<K, FORM>(op, mr, two, i0, j0);
                 }
                 i0 += mr;
             }
         }
         j0 += if two { 32 } else { 16 };
+    }
+}
+
+/// [`signed_block`] for `mr` rows (8, 4, 2 or 1) and two vectors of columns (`two`) or one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn signed_rows<const K: usize, const W: u8>(op: &SignedOp, mr: usize, two: bool, i0: usize, j0: usize) {
+    match (mr, two) {
+        (8, true) => signed_block::<8, 2, K, W>(op, i0, j0),
+        (8, false) => signed_block::<8, 1, K, W>(op, i0, j0),
+        (4, true) => signed_block::<4, 2, K, W>(op, i0, j0),
+        (4, false) => signed_block::<4, 1, K, W>(op, i0, j0),
+        (2, true) => signed_block::<2, 2, K, W>(op, i0, j0),
+        (2, false) => signed_block::<2, 1, K, W>(op, i0, j0),
+        (_, true) => signed_block::<1, 2, K, W>(op, i0, j0),
+        (_, false) => signed_block::<1, 1, K, W>(op, i0, j0),
     }
 }
 
