@@ -172,7 +172,13 @@ pub(crate) fn conv_c1(img: &[f32], win: &Window, wt: &[f32], cols: usize, out: &
 /// AVX2 vectors); its portable path is for correctness, not speed.
 pub(crate) fn conv_c1_vectorized(cols: usize) -> bool {
     let paths = Path::available();
-    (paths.contains(&Path::Avx512) && cols.is_multiple_of(16) && (1..=4).contains(&(cols / 16))) || (paths.contains(&Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)))
+    (paths.contains(&Path::Avx512) && c1_fits(cols, 16)) || (paths.contains(&Path::Avx2) && c1_fits(cols, 8))
+}
+
+/// Whether `cols` is 1-4 whole vectors of `lanes` columns: the widths the direct one-channel
+/// kernels have register blocks for.
+fn c1_fits(cols: usize, lanes: usize) -> bool {
+    cols.is_multiple_of(lanes) && (1..=4).contains(&(cols / lanes))
 }
 
 /// [`conv_c1`] on the code `path`: vectors of 16 (AVX-512) or 8 (AVX2) columns where `cols` is
@@ -184,14 +190,10 @@ pub(crate) fn conv_c1_on(path: Path, img: &[f32], win: &Window, wt: &[f32], cols
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY (all): `Path::available` lists a path only where the CPU has its features.
-        match (path, cols / 16, cols % 16) {
-            (Path::Avx512, 1, 0) => return unsafe { c1_avx512::<1>(&g, out) },
-            (Path::Avx512, 2, 0) => return unsafe { c1_avx512::<2>(&g, out) },
-            (Path::Avx512, 3, 0) => return unsafe { c1_avx512::<3>(&g, out) },
-            (Path::Avx512, 4, 0) => return unsafe { c1_avx512::<4>(&g, out) },
-            _ => {}
+        if path == Path::Avx512 && c1_fits(cols, 16) {
+            return unsafe { c1_avx512(&g, out) };
         }
-        if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) {
+        if matches!(path, Path::Avx512 | Path::Avx2) && c1_fits(cols, 8) {
             // SAFETY: AVX-512 implies AVX2 + FMA on every CPU that has it; checked anyway.
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                 return unsafe { c1_avx2(&g, out) };
@@ -264,27 +266,13 @@ pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, 
         let path = Path::available()[0];
         // SAFETY (all): `Path::available` lists a path only where the CPU has its features;
         // AVX-512 implies AVX2 + FMA (checked anyway).
-        if path == Path::Avx512 && cols.is_multiple_of(16) && (1..=4).contains(&(cols / 16)) {
-            let g = C1::new(img, win, wt, cols, pad);
-            return unsafe {
-                match cols / 16 {
-                    1 => c1_pool2_avx512::<1>(&g, f, out),
-                    2 => c1_pool2_avx512::<2>(&g, f, out),
-                    3 => c1_pool2_avx512::<3>(&g, f, out),
-                    _ => c1_pool2_avx512::<4>(&g, f, out),
-                }
-            };
+        if path == Path::Avx512 && c1_fits(cols, 16) {
+            unsafe { c1_pool2_avx512(&C1::new(img, win, wt, cols, pad), f, out) };
+            return true;
         }
-        if matches!(path, Path::Avx512 | Path::Avx2) && cols.is_multiple_of(8) && (1..=4).contains(&(cols / 8)) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            let g = C1::new(img, win, wt, cols, pad);
-            return unsafe {
-                match cols / 8 {
-                    1 => c1_pool2_avx2::<1>(&g, f, out),
-                    2 => c1_pool2_avx2::<2>(&g, f, out),
-                    3 => c1_pool2_avx2::<3>(&g, f, out),
-                    _ => c1_pool2_avx2::<4>(&g, f, out),
-                }
-            };
+        if matches!(path, Path::Avx512 | Path::Avx2) && c1_fits(cols, 8) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            unsafe { c1_pool2_avx2(&C1::new(img, win, wt, cols, pad), f, out) };
+            return true;
         }
     }
     false
@@ -292,20 +280,30 @@ pub(crate) fn conv_c1_pool2(img: &[f32], win: &Window, wt: &[f32], cols: usize, 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn c1_pool2_avx512<const NV: usize>(g: &C1, f: &C1Output, out: &mut [f32]) -> bool {
+unsafe fn c1_pool2_avx512(g: &C1, f: &C1Output, out: &mut [f32]) {
+    use std::arch::x86_64::__m512;
     if g.kh == 5 && g.kw == 5 {
-        c1_pool2_windows::<std::arch::x86_64::__m512, NV, 5>(g, f, out);
+        c1_pool2_widths::<__m512, 5>(g, f, out);
     } else {
-        c1_pool2_windows::<std::arch::x86_64::__m512, NV, 0>(g, f, out);
+        c1_pool2_widths::<__m512, 0>(g, f, out);
     }
-    true
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn c1_pool2_avx2<const NV: usize>(g: &C1, f: &C1Output, out: &mut [f32]) -> bool {
-    c1_pool2_windows::<std::arch::x86_64::__m256, NV, 0>(g, f, out);
-    true
+unsafe fn c1_pool2_avx2(g: &C1, f: &C1Output, out: &mut [f32]) {
+    c1_pool2_widths::<std::arch::x86_64::__m256, 0>(g, f, out);
+}
+
+/// [`c1_pool2_windows`] for `g.cols` = 1-4 vectors of `V`.
+#[inline(always)]
+unsafe fn c1_pool2_widths<V: Lanes, const KS: usize>(g: &C1, f: &C1Output, out: &mut [f32]) {
+    match g.cols / V::L {
+        1 => c1_pool2_windows::<V, 1, KS>(g, f, out),
+        2 => c1_pool2_windows::<V, 2, KS>(g, f, out),
+        3 => c1_pool2_windows::<V, 3, KS>(g, f, out),
+        _ => c1_pool2_windows::<V, 4, KS>(g, f, out),
+    }
 }
 
 /// Every pool window of [`conv_c1_pool2`]: 4 outputs x `NV` vectors of accumulators, as in
@@ -358,19 +356,24 @@ unsafe fn c1_pool2_windows<V: Lanes, const NV: usize, const KS: usize>(g: &C1, f
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn c1_avx512<const NV: usize>(g: &C1, out: &mut [f32]) {
-    c1_block_rows::<std::arch::x86_64::__m512, NV>(g, out);
+unsafe fn c1_avx512(g: &C1, out: &mut [f32]) {
+    c1_widths::<std::arch::x86_64::__m512>(g, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn c1_avx2(g: &C1, out: &mut [f32]) {
-    use std::arch::x86_64::__m256;
-    match g.cols / 8 {
-        1 => c1_block_rows::<__m256, 1>(g, out),
-        2 => c1_block_rows::<__m256, 2>(g, out),
-        3 => c1_block_rows::<__m256, 3>(g, out),
-        _ => c1_block_rows::<__m256, 4>(g, out),
+    c1_widths::<std::arch::x86_64::__m256>(g, out);
+}
+
+/// [`c1_block_rows`] for `g.cols` = 1-4 vectors of `V`.
+#[inline(always)]
+unsafe fn c1_widths<V: Lanes>(g: &C1, out: &mut [f32]) {
+    match g.cols / V::L {
+        1 => c1_block_rows::<V, 1>(g, out),
+        2 => c1_block_rows::<V, 2>(g, out),
+        3 => c1_block_rows::<V, 3>(g, out),
+        _ => c1_block_rows::<V, 4>(g, out),
     }
 }
 
