@@ -21,6 +21,7 @@ fn main() {
         ("bnn-fc 64x256", 360, 64, 256),
         ("bnn-fc 64x256 mean given", 360, 64, 256),
         ("bnn-fc 256x256", 360, 256, 256),
+        ("bnn-fc 256x256 relu input", 360, 256, 256),
         ("bnn-fc 256x10", 360, 256, 10),
         ("dense 128x128", 360, 128, 128),
         ("bnn-conv dense 3136x10", 360, 3136, 10),
@@ -29,7 +30,11 @@ fn main() {
     ];
     let mut rows = Vec::new();
     for (name, m, k, n) in shapes {
-        let (x, mu, noise, bias) = (values(m * k, 1), values(k * n, 2), values(k * n, 3), values(n, 4));
+        let (mut x, mu, noise, bias) = (values(m * k, 1), values(k * n, 2), values(k * n, 3), values(n, 4));
+        // A ReLU's output: half the inputs zero, which the kernel skips.
+        if name.ends_with("relu input") {
+            x.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
         let given = name.ends_with("mean given").then(|| values(m * n, 8));
         let mean = given.as_deref();
         let s_in: Vec<u32> = values(m * k, 5).iter().map(|v| u32::from(*v < 0.0) << 31).collect();

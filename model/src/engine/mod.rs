@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod image_ops;
 pub mod metrics;
 pub mod predict;
+pub mod row_pairs;
 pub mod sampler;
 pub mod sparse;
 pub mod winograd;

@@ -1,0 +1,222 @@
+//! The columns where either row of a pair of row-major activation rows is not zero: what a
+//! product skips the shared zeros of a ReLU's output with ([`super::dense::flipout_dense`]).
+//! Half of a hidden layer's activations are zeros, so a quarter of a pair's columns are zero
+//! in both rows (more where units are dead for most inputs).
+
+/// Rows `2 i` and `2 i + 1` of an `[m, k]` row-major `x` as pair `i` (an odd last row pairs
+/// with a row of zeros): the columns where either is not zero, in order, with both rows'
+/// values there, in `x` and in a second matrix of its shape (Flipout's `x * s_in`).
+#[derive(Debug, Default)]
+pub struct RowPairs {
+    /// [`ARRAYS`] arrays of `cap` values each: the columns, then the values (bits) of the
+    /// first row in `x` and in the second matrix, then the second row's.
+    data: Vec<u32>,
+    /// Length of each array.
+    cap: usize,
+    /// Columns.
+    k: usize,
+    /// Where pair `i`'s columns from `16 g` on start, `g = 0..groups` (`groups` = k / 16
+    /// rounded up, at least 1), at `i * groups + g`; the next pair's first is this one's end.
+    splits: Vec<usize>,
+}
+
+/// Arrays of [`RowPairs::data`].
+pub const ARRAYS: usize = 5;
+
+/// Extra room at the end of each array: the vector fill stores whole vectors.
+const ROOM: usize = 16;
+
+/// Columns per split point: one vector of the fill.
+const GROUP: usize = 16;
+
+impl RowPairs {
+    /// Refills from `x` and `y` (`[m, k]`); returns the number of columns kept, summed over
+    /// the pairs. A column is kept where either row's `x` is not zero (NaN included).
+    ///
+    /// # Panics
+    /// When `x` or `y` holds fewer than `m * k` values, or k does not fit in a `u32`.
+    pub fn fill(&mut self, x: &[f32], y: &[f32], m: usize, k: usize) -> usize {
+        assert!(x.len() >= m * k && y.len() >= m * k, "row pairs: slices shorter than {m}x{k}");
+        assert!(u32::try_from(k).is_ok(), "row pairs: {k} columns");
+        self.cap = self.cap.max(m.div_ceil(2) * k + ROOM);
+        if self.data.len() < ARRAYS * self.cap {
+            self.data.resize(ARRAYS * self.cap, 0);
+        }
+        self.k = k;
+        self.splits.clear();
+        let zeros = vec![0f32; if m % 2 == 1 { k } else { 0 }];
+        let mut n = 0;
+        for i in 0..m.div_ceil(2) {
+            let a = (&x[2 * i * k..][..k], &y[2 * i * k..][..k]);
+            let b = if 2 * i + 1 < m { (&x[(2 * i + 1) * k..][..k], &y[(2 * i + 1) * k..][..k]) } else { (&zeros[..], &zeros[..]) };
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present; each array holds `n + k + ROOM` values.
+                n = unsafe { self.pair_avx512(a, b, n) };
+                continue;
+            }
+            n = self.pair_portable(a, b, n);
+        }
+        self.splits.push(n);
+        n
+    }
+
+    /// Appends one pair's columns from position `n` (and its split points), without a
+    /// branch per column (which columns are kept follows no order a predictor could
+    /// learn); returns the new end.
+    fn pair_portable(&mut self, (xa, ya): (&[f32], &[f32]), (xb, yb): (&[f32], &[f32]), mut n: usize) -> usize {
+        let cap = self.cap;
+        for p in 0..xa.len() {
+            if p % GROUP == 0 {
+                self.splits.push(n);
+            }
+            for (a, v) in [p as u32, xa[p].to_bits(), ya[p].to_bits(), xb[p].to_bits(), yb[p].to_bits()].into_iter().enumerate() {
+                self.data[a * cap + n] = v;
+            }
+            n += usize::from(xa[p] != 0.0 || xb[p] != 0.0);
+        }
+        if xa.is_empty() {
+            self.splits.push(n);
+        }
+        n
+    }
+
+    /// [`RowPairs::pair_portable`] 16 columns at a time: each vector's kept lanes packed
+    /// together (`vcompressps` into a register) and stored whole at `n`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; each array holds `n + xa.len() + ROOM` values.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_avx512(&mut self, (xa, ya): (&[f32], &[f32]), (xb, yb): (&[f32], &[f32]), mut n: usize) -> usize {
+        use std::arch::x86_64::*;
+        let k = xa.len();
+        debug_assert!([ya.len(), xb.len(), yb.len()] == [k; 3] && self.cap >= n + k + ROOM && self.data.len() >= ARRAYS * self.cap);
+        let (cap, data) = (self.cap, self.data.as_mut_ptr());
+        let step = _mm512_set1_epi32(GROUP as i32);
+        let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        if k == 0 {
+            self.splits.push(n);
+        }
+        let mut p = 0;
+        // SAFETY: loads within the rows (the last vector masked to them); each store of 16
+        // values at `n <= n0 + p` stays within `n0 + k + ROOM` of its array.
+        unsafe {
+            while p < k {
+                self.splits.push(n);
+                let live: __mmask16 = if k - p >= GROUP { !0 } else { (1u16 << (k - p)) - 1 };
+                let vals = [xa, ya, xb, yb].map(|r| _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.as_ptr().add(p))));
+                let zero = _mm512_setzero_ps();
+                let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[0]), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[2]), zero);
+                for (a, v) in [iota, vals[0], vals[1], vals[2], vals[3]].into_iter().enumerate() {
+                    _mm512_storeu_si512(data.add(a * cap + n).cast(), _mm512_maskz_compress_epi32(keep, v));
+                }
+                n += keep.count_ones() as usize;
+                iota = _mm512_add_epi32(iota, step);
+                p += GROUP;
+            }
+        }
+        n
+    }
+
+    /// Split points per pair.
+    fn groups(&self) -> usize {
+        self.k.div_ceil(GROUP).max(1)
+    }
+
+    /// Pairs filled.
+    pub fn pairs(&self) -> usize {
+        self.splits.len().saturating_sub(1) / self.groups()
+    }
+
+    /// Position of pair `i`'s first column from `p` on (`p <= k`).
+    #[inline]
+    fn first_at(&self, i: usize, p: usize) -> usize {
+        let g = self.groups();
+        let mut q = self.splits[i * g + p.div_ceil(GROUP).min(g)];
+        if !p.is_multiple_of(GROUP) {
+            // Back from the next group's start over the columns >= p.
+            let low = self.splits[i * g + p / GROUP];
+            while q > low && self.data[q - 1] as usize >= p {
+                q -= 1;
+            }
+        }
+        q
+    }
+
+    /// Positions of pair `i`'s columns in `p0..p1` (`p0 <= p1 <= k`).
+    #[inline]
+    pub fn range(&self, i: usize, p0: usize, p1: usize) -> std::ops::Range<usize> {
+        self.first_at(i, p0)..self.first_at(i, p1)
+    }
+
+    /// The start of the arrays and their length: position `q`'s column is at `q`, its value
+    /// in array `a` (`1..ARRAYS`: first row in `x`, in the second matrix, then the second
+    /// row's) at `a * len + q`.
+    pub fn raw(&self) -> (*const u32, usize) {
+        (self.data.as_ptr(), self.cap)
+    }
+
+    /// Pair `i`'s columns in `p0..p1` with both rows' values: `(column, [xa, ya, xb, yb])`.
+    pub fn entries(&self, i: usize, p0: usize, p1: usize) -> impl Iterator<Item = (u32, [f32; 4])> + '_ {
+        self.range(i, p0, p1).map(|q| (self.data[q], std::array::from_fn(|a| f32::from_bits(self.data[(a + 1) * self.cap + q]))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RowPairs;
+
+    #[test]
+    fn keeps_the_columns_where_either_row_is_not_zero_in_order() {
+        // 5 rows (the last pair has one) of 37 columns (two full vectors and a partial one):
+        // zeros (and -0) in one row or both, a NaN (kept: the product must see it), an
+        // all-zero row.
+        let (m, k) = (5, 37);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| match i {
+                _ if i % 3 == 0 || i % 7 == 2 || i == 40 || (74..111).contains(&i) => 0.0,
+                41 => -0.0,
+                50 => f32::NAN,
+                _ => i as f32,
+            })
+            .collect();
+        let y: Vec<f32> = x.iter().map(|v| -2.0 * v).collect();
+        let at = |r: usize, p: usize| if r < m { (x[r * k + p], y[r * k + p]) } else { (0.0, 0.0) };
+        let want = |i: usize, p0: usize, p1: usize| -> Vec<(u32, [u32; 4])> {
+            (p0..p1)
+                .filter_map(|p| {
+                    let ((xa, ya), (xb, yb)) = (at(2 * i, p), at(2 * i + 1, p));
+                    (xa != 0.0 || xb != 0.0).then_some((p as u32, [xa, ya, xb, yb].map(f32::to_bits)))
+                })
+                .collect()
+        };
+        let got = |rp: &RowPairs, i: usize, p0: usize, p1: usize| -> Vec<(u32, [u32; 4])> { rp.entries(i, p0, p1).map(|(c, v)| (c, v.map(f32::to_bits))).collect() };
+        let mut rp = RowPairs::default();
+        // Twice: a refill leaves nothing of the first behind.
+        for _ in 0..2 {
+            assert_eq!(rp.fill(&x, &y, m, k), (0..3).map(|i| want(i, 0, k).len()).sum::<usize>());
+            assert_eq!(rp.pairs(), 3);
+            // Blocks of columns, on and off the 16-column groups.
+            for (p0, p1) in [(0, k), (0, 16), (5, 16), (16, 37), (3, 20), (17, 17), (33, 37)] {
+                for i in 0..3 {
+                    assert_eq!(got(&rp, i, p0, p1), want(i, p0, p1), "pair {i}, columns {p0}..{p1}");
+                }
+            }
+        }
+        // The portable fill gives the same.
+        let mut portable = RowPairs { cap: 3 * k + super::ROOM, k, ..RowPairs::default() };
+        portable.data.resize(super::ARRAYS * portable.cap, 0);
+        let zeros = vec![0f32; k];
+        let mut n = 0;
+        for i in 0..3 {
+            let row = |r: usize| if r < m { (&x[r * k..][..k], &y[r * k..][..k]) } else { (&zeros[..], &zeros[..]) };
+            n = portable.pair_portable(row(2 * i), row(2 * i + 1), n);
+        }
+        portable.splits.push(n);
+        assert_eq!(portable.splits, rp.splits);
+        for i in 0..3 {
+            assert_eq!(got(&portable, i, 0, k), want(i, 0, k));
+        }
+    }
+}
