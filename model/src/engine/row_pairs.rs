@@ -1,7 +1,8 @@
 //! The columns where either row of a pair of row-major activation rows is not zero: what a
 //! product skips the shared zeros of a ReLU's output with ([`super::dense::flipout_dense`]).
-//! Half of a hidden layer's activations are zeros, so a quarter of a pair's columns are zero
-//! in both rows (more where units are dead for most inputs).
+//! Half of a hidden layer's activations are zeros, so a quarter of a pair's columns would be
+//! zero in both rows if the rows were independent; a unit's zeros follow the input, and on
+//! BNN-FC's hidden layer 38% are.
 
 /// Rows `2 i` and `2 i + 1` of an `[m, k]` row-major `x` as pair `i` (an odd last row pairs
 /// with a row of zeros): the columns where either is not zero, in order, with both rows'
@@ -36,6 +37,17 @@ impl RowPairs {
     /// # Panics
     /// When `x` or `y` holds fewer than `m * k` values, or k does not fit in a `u32`.
     pub fn fill(&mut self, x: &[f32], y: &[f32], m: usize, k: usize) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        let vector = std::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector = false;
+        self.fill_on(x, y, m, k, vector)
+    }
+
+    /// [`RowPairs::fill`], packing each pair with AVX-512 when `vector` (which the CPU must
+    /// support) or portably.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn fill_on(&mut self, x: &[f32], y: &[f32], m: usize, k: usize, vector: bool) -> usize {
         assert!(x.len() >= m * k && y.len() >= m * k, "row pairs: slices shorter than {m}x{k}");
         assert!(u32::try_from(k).is_ok(), "row pairs: {k} columns");
         self.cap = self.cap.max(m.div_ceil(2) * k + ROOM);
@@ -50,8 +62,9 @@ impl RowPairs {
             let a = (&x[2 * i * k..][..k], &y[2 * i * k..][..k]);
             let b = if 2 * i + 1 < m { (&x[(2 * i + 1) * k..][..k], &y[(2 * i + 1) * k..][..k]) } else { (&zeros[..], &zeros[..]) };
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F is present; each array holds `n + k + ROOM` values.
+            if vector {
+                // SAFETY: AVX-512F is present (the caller's word, from detection); each array
+                // holds `n + k + ROOM` values.
                 n = unsafe { self.pair_avx512(a, b, n) };
                 continue;
             }
@@ -205,18 +218,13 @@ mod tests {
             }
         }
         // The portable fill gives the same.
-        let mut portable = RowPairs { cap: 3 * k + super::ROOM, k, ..RowPairs::default() };
-        portable.data.resize(super::ARRAYS * portable.cap, 0);
-        let zeros = vec![0f32; k];
-        let mut n = 0;
-        for i in 0..3 {
-            let row = |r: usize| if r < m { (&x[r * k..][..k], &y[r * k..][..k]) } else { (&zeros[..], &zeros[..]) };
-            n = portable.pair_portable(row(2 * i), row(2 * i + 1), n);
-        }
-        portable.splits.push(n);
+        let mut portable = RowPairs::default();
+        assert_eq!(portable.fill_on(&x, &y, m, k, false), rp.splits[rp.splits.len() - 1]);
         assert_eq!(portable.splits, rp.splits);
-        for i in 0..3 {
-            assert_eq!(got(&portable, i, 0, k), want(i, 0, k));
+        for (p0, p1) in [(0, k), (5, 16), (3, 20)] {
+            for i in 0..3 {
+                assert_eq!(got(&portable, i, p0, p1), want(i, p0, p1), "portable: pair {i}, columns {p0}..{p1}");
+            }
         }
     }
 }
