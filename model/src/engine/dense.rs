@@ -221,7 +221,11 @@ struct Stage {
 ///
 /// Where a ReLU left many zeros in `x` (`runs_paired`), the rows go by pairs instead, each
 /// pair over only the inputs where either row is not zero (38% of the inputs
-/// are zero in both rows of BNN-FC's hidden layer), every sum bit for bit the tile's.
+/// are zero in both rows of BNN-FC's hidden layer), every sum bit for bit the tile's. Their
+/// panel rows hold mu and the noise woven lane by lane, and each row's `x` and `x * s_in`
+/// lie side by side: one 64-bit broadcast per row and input feeds both products (2
+/// broadcasts and 8 panel loads per 16 FMAs on AVX-512, against 4 and 8 unwoven: each
+/// 512-bit load costs FMA issue on this Xeon, docs/performance.md, session 18).
 ///
 /// # Panics
 /// When a slice is shorter than the shapes say (a caller's bug: the shapes come from the
@@ -246,7 +250,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 let f = &drawable(f, avx512::L * avx512::NV_PAIRED, noise);
                 // SAFETY: as below; `pairs` was just filled from `f.x` and `xf`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
-                return drive(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |t| unsafe { avx512::paired(f, pairs, t, out) });
+                return drive_arranged(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(f, pairs, t, out) });
             }
             let nv = avx512::nv(f);
             let f = &drawable(f, avx512::L * nv, noise);
@@ -258,7 +262,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 let f = &drawable(f, avx2::L * avx2::NV_PAIRED, noise);
                 // SAFETY: as below; `pairs` was just filled from `f.x` and `xf`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
-                return drive(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |t| unsafe { avx2::paired(f, pairs, t, out) });
+                return drive_arranged(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(f, pairs, t, out) });
             }
             let nv = avx2::nv(f);
             let f = &drawable(f, avx2::L * nv, noise);
@@ -347,7 +351,14 @@ struct Tile<'a> {
 /// width) into `scratch`, then calls `tile` for every `mr` rows (fewer in the last tile).
 /// With more than one k block, every row's partial sums wait in `scratch` behind the
 /// panel block (`m x width` values: 92 KB for 360 rows, in L2).
-fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Aligned, mut tile: impl FnMut(Tile)) {
+fn drive(f: &FlipoutDense, lanes: usize, nv: usize, tile_rows: [usize; 2], panel_bytes: usize, scratch: &mut Aligned, tile: impl FnMut(Tile)) {
+    drive_arranged(f, lanes, nv, tile_rows, panel_bytes, scratch, |_| {}, tile)
+}
+
+/// [`drive`] with `arrange` applied to each panel block once it is packed (the pairs' kernel
+/// weaves its rows).
+#[allow(clippy::too_many_arguments)]
+fn drive_arranged(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2], panel_bytes: usize, scratch: &mut Aligned, mut arrange: impl FnMut(&mut [f32]), mut tile: impl FnMut(Tile)) {
     let (m, k, n) = (f.m, f.k, f.n);
     if m == 0 || n == 0 {
         return;
@@ -391,6 +402,7 @@ fn drive(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [usize; 2],
                     copy_padded(&mut row[nr..], &f.mu[(p0 + p) * n + c0..][..cw]);
                 }
             }
+            arrange(pn);
             let mut r = 0;
             while r < m {
                 // Taller tiles on a one-vector panel (as many accumulators); the tail in
@@ -519,6 +531,84 @@ unsafe fn epilogue_avx2<const V: usize, const MEAN: bool>(f: &FlipoutDense, r: u
     store_row(f, r, c0, &rp.as_flattened()[..cw], MEAN.then_some(&rm.as_flattened()[..cw]), out);
 }
 
+/// Two floats side by side at `p` (a pair's `(x, x * s_in)`, [`RowPairs::raw`]) in every
+/// pair of lanes: one 64-bit broadcast.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `p` points to two readable values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_avx512(p: *const u32) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract; an unaligned read (positions are 4-byte aligned).
+    unsafe { _mm512_castpd_ps(_mm512_set1_pd(p.cast::<f64>().read_unaligned())) }
+}
+
+/// [`pair_avx512`] for AVX2 registers.
+///
+/// # Safety
+/// The CPU supports AVX2; `p` points to two readable values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pair_avx2(p: *const u32) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: as [`pair_avx512`]'s.
+    unsafe { _mm256_castpd_ps(_mm256_set1_pd(p.cast::<f64>().read_unaligned())) }
+}
+
+/// `(a, b)` woven lane by lane, `a0, b0, a1, b1, ...`: the first half's lanes, then the
+/// second half's (a pairs' panel row: mu beside the noise, [`flipout_dense`]).
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weave_avx512(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    [_mm512_permutex2var_ps(a, low, b), _mm512_permutex2var_ps(a, high, b)]
+}
+
+/// [`weave_avx512`] for AVX2 registers.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weave_avx2(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::*;
+    let (lo, hi) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    [_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi)]
+}
+
+/// The inverse of [`weave_avx512`]: the even lanes of `a` then `b`, and the odd ones.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unweave_avx512(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)]
+}
+
+/// [`unweave_avx512`] for AVX2 registers.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn unweave_avx2(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256) -> [std::arch::x86_64::__m256; 2] {
+    use std::arch::x86_64::*;
+    // Within 128-bit halves, then the 64-bit quarters back in order: 0, 2, 1, 3.
+    let (even, odd) = (_mm256_shuffle_ps::<0b10_00_10_00>(a, b), _mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+    let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    [order(even), order(odd)]
+}
+
 /// `$body` for `$i` in `0..$n` (`$n <= 12`, a constant), unrolled: the indices are constants,
 /// and register arrays indexed by them stay in registers (a loop over a tile's rows read its
 /// sums back from the stack; a closure per row was not always inlined).
@@ -539,12 +629,12 @@ macro_rules! unrolled {
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
 macro_rules! simd_tile {
-    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $nv_paired:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident) => {
+    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $nv_paired:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident, $pair:ident, $weave:ident, $unweave:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use super::{FlipoutDense, RowPairs, Tile};
             #[allow(unused_imports)]
-            use super::{store_row, $epilogue};
+            use super::{store_row, $epilogue, $pair, $weave, $unweave};
             use std::arch::x86_64::*;
             /// Lanes per vector.
             pub(super) const L: usize = $lanes;
@@ -566,8 +656,8 @@ macro_rules! simd_tile {
             pub(super) const MR: usize = $mr;
             /// Rows per tile on a one-vector panel (BNN-FC's 10 logits).
             pub(super) const MR_NARROW: usize = $mr_narrow;
-            /// Vectors per row of [`paired`]'s panels (two rows of both products: 16
-            /// accumulators on AVX-512).
+            /// Output vectors per row of [`paired`]'s panels, each of both products (two rows
+            /// of `2 NV_PAIRED` woven vectors: 16 accumulators on AVX-512).
             pub(super) const NV_PAIRED: usize = $nv_paired;
 
             /// The tile of `t.rows` rows (1 to `MR`) on a panel block of `drive`: full width,
@@ -677,17 +767,20 @@ macro_rules! simd_tile {
 
             /// [`tile`] for the pairs of rows of `t` (`t.r` even), each pair over the inputs
             /// where either row is not zero (`rp`, filled from `f.x` and `xf`), on full
-            /// panels of [`NV_PAIRED`] vectors of both products (the mean product computed):
-            /// the same sums, bit for bit, since an input that is zero adds a zero product
-            /// to a sum that cannot be -0.
+            /// panels of [`NV_PAIRED`] vectors of both products (the mean product computed)
+            /// woven by [`weave_panel`]: lane `2 j` of a row's sums is output j's mean
+            /// product, lane `2 j + 1` its perturbation, each the tile's sum bit for bit,
+            /// since an input that is zero adds a zero product to a sum that cannot be -0.
             ///
             /// # Safety
             /// As [`tile`]'s; `rp` holds the pairs of rows of `f.x` and `xf`; `f.mean` is
-            /// `None` and `t.width` is `2 * NV_PAIRED * L`.
+            /// `None`, `t.width` is `2 * NV_PAIRED * L` and the panel is woven.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn paired(f: &FlipoutDense, rp: &RowPairs, t: Tile, out: &mut [f32]) {
+                // Vectors per row: V of outputs, each of both products, woven.
                 const V: usize = NV_PAIRED;
-                let (nr, w) = (V * L, 2 * V * L);
+                const W: usize = 2 * V;
+                let w = W * L;
                 debug_assert!(f.mean.is_none() && t.r % 2 == 0 && w == t.width && t.panel.len() >= t.kc * w && t.acc.len() >= t.rows * w);
                 let (data, cap) = rp.raw();
                 // Panel row of input p: `panel + (p - p0) * w`.
@@ -696,43 +789,62 @@ macro_rules! simd_tile {
                     let r = t.r + i;
                     // The pair's rows that are the tile's (the second may not be).
                     let rows = if i + 1 < t.rows { 2 } else { 1 };
-                    let mut ap = [[$zero(); V]; 2];
-                    let mut am = [[$zero(); V]; 2];
-                    let acc = t.acc.as_mut_ptr().add(i * w);
+                    let mut acc = [[$zero(); W]; 2];
+                    let sums = t.acc.as_mut_ptr().add(i * w);
                     if t.stage.load {
                         for j in 0..rows {
-                            for v in 0..V {
-                                ap[j][v] = $load(acc.add(j * w + v * L));
-                                am[j][v] = $load(acc.add(j * w + nr + v * L));
+                            for v in 0..W {
+                                acc[j][v] = $load(sums.add(j * w + v * L));
                             }
                         }
                     }
                     let cols = rp.range(r / 2, t.p0, t.p0 + t.kc);
-                    // The columns, then the first row's values in `x` and `xf`, then the
-                    // second row's.
                     let c0 = data.add(cols.start);
-                    let [xa, fa, xb, fb] = [1, 2, 3, 4].map(|a| c0.add(a * cap));
+                    // Each row's `(x, x * s_in)` side by side: one broadcast per row.
+                    let [xa, xb] = [1, 3].map(|a| data.add(a * cap + 2 * cols.start));
                     for q in 0..cols.len() {
                         let b = panel.wrapping_add(*c0.add(q) as usize * w);
-                        let [sa, a, sb, bb] = [fa, xa, fb, xb].map(|p| $set1(f32::from_bits(*p.add(q))));
-                        for v in 0..V {
+                        let (a, bb) = ($pair(xa.add(2 * q)), $pair(xb.add(2 * q)));
+                        for v in 0..W {
                             let pv = $load(b.add(v * L));
-                            ap[0][v] = $fma(sa, pv, ap[0][v]);
-                            ap[1][v] = $fma(sb, pv, ap[1][v]);
-                            let mv = $load(b.add(nr + v * L));
-                            am[0][v] = $fma(a, mv, am[0][v]);
-                            am[1][v] = $fma(bb, mv, am[1][v]);
+                            acc[0][v] = $fma(a, pv, acc[0][v]);
+                            acc[1][v] = $fma(bb, pv, acc[1][v]);
                         }
                     }
                     for j in 0..rows {
                         if t.stage.last {
-                            $epilogue::<V, true>(f, r + j, t.c0, t.cw, &ap[j], &am[j], out);
+                            // Woven `(mean, pert)` sums back to the epilogue's vectors.
+                            let (mut mean, mut pert) = ([$zero(); V], [$zero(); V]);
+                            for v in 0..V {
+                                [mean[v], pert[v]] = $unweave(acc[j][2 * v], acc[j][2 * v + 1]);
+                            }
+                            $epilogue::<V, true>(f, r + j, t.c0, t.cw, &pert, &mean, out);
                             continue;
                         }
-                        for v in 0..V {
-                            $store(acc.add(j * w + v * L), ap[j][v]);
-                            $store(acc.add(j * w + nr + v * L), am[j][v]);
+                        for v in 0..W {
+                            $store(sums.add(j * w + v * L), acc[j][v]);
                         }
+                    }
+                }
+            }
+
+            /// A pairs' k block of panel rows as [`paired`] reads them: each row's noise
+            /// (`V` vectors) and mu (`V` more) woven, `mu0, noise0, mu1, noise1, ...`, so that
+            /// a row's `(x, x * s_in)` broadcast feeds both products in one FMA.
+            ///
+            /// # Safety
+            /// The CPU has the target features; `panel` holds whole rows of `2 NV_PAIRED L`.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn weave_panel(panel: &mut [f32]) {
+                const V: usize = NV_PAIRED;
+                for row in panel.chunks_exact_mut(2 * V * L) {
+                    let p = row.as_mut_ptr();
+                    let noise: [$v; V] = std::array::from_fn(|v| $load(p.add(v * L)));
+                    let mu: [$v; V] = std::array::from_fn(|v| $load(p.add((V + v) * L)));
+                    for v in 0..V {
+                        let [lo, hi] = $weave(mu[v], noise[v]);
+                        $store(p.add(2 * v * L), lo);
+                        $store(p.add((2 * v + 1) * L), hi);
                     }
                 }
             }
@@ -743,9 +855,9 @@ macro_rules! simd_tile {
 // 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers
 // (64 columns = 4 zmm with the mean given: the first layer's 12 accumulators were 0.xx of
 // the FMA rate).
-simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, 4, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512);
+simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, 4, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512, pair_avx512, weave_avx512, unweave_avx512);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
-simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2);
+simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2, pair_avx2, weave_avx2, unweave_avx2);
 
 #[cfg(test)]
 mod tests {
@@ -841,14 +953,14 @@ mod tests {
                             let f = drawable(&f, avx2::L * avx2::NV_PAIRED, &mut buf);
                             pairs.fill(f.x, f.xf, m, k);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
-                            drive(&f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |t| unsafe { avx2::paired(&f, &pairs, t, &mut out) })
+                            drive_arranged(&f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(&f, &pairs, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512-pairs" if std::is_x86_feature_detected!("avx512f") && mean.is_none() && n % (avx512::L * avx512::NV_PAIRED) == 0 => {
                             let f = drawable(&f, avx512::L * avx512::NV_PAIRED, &mut buf);
                             pairs.fill(f.x, f.xf, m, k);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
-                            drive(&f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |t| unsafe { avx512::paired(&f, &pairs, t, &mut out) })
+                            drive_arranged(&f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(&f, &pairs, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {

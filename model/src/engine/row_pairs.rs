@@ -6,11 +6,13 @@
 
 /// Rows `2 i` and `2 i + 1` of an `[m, k]` row-major `x` as pair `i` (an odd last row pairs
 /// with a row of zeros): the columns where either is not zero, in order, with both rows'
-/// values there, in `x` and in a second matrix of its shape (Flipout's `x * s_in`).
+/// values there, in `x` and in a second matrix `y` of its shape (Flipout's `x * s_in`).
+/// Each row's two values of a column lie side by side, `(x, y)`: one 64-bit broadcast
+/// gives a product both ([`super::dense::flipout_dense`]'s pairs kernel).
 #[derive(Debug, Default)]
 pub struct RowPairs {
-    /// [`ARRAYS`] arrays of `cap` values each: the columns, then the values (bits) of the
-    /// first row in `x` and in the second matrix, then the second row's.
+    /// The columns (`cap` values), then the first row's `(x, y)` values (bits) of each
+    /// column side by side (`2 cap`), then the second row's (`2 cap`).
     data: Vec<u32>,
     /// Length of each array.
     cap: usize,
@@ -21,8 +23,8 @@ pub struct RowPairs {
     splits: Vec<usize>,
 }
 
-/// Arrays of [`RowPairs::data`].
-pub const ARRAYS: usize = 5;
+/// Length of [`RowPairs::data`] in units of its `cap`.
+const ARRAYS: usize = 5;
 
 /// Extra room at the end of each array: the vector fill stores whole vectors.
 const ROOM: usize = 16;
@@ -83,8 +85,9 @@ impl RowPairs {
             if p % GROUP == 0 {
                 self.splits.push(n);
             }
-            for (a, v) in [p as u32, xa[p].to_bits(), ya[p].to_bits(), xb[p].to_bits(), yb[p].to_bits()].into_iter().enumerate() {
-                self.data[a * cap + n] = v;
+            self.data[n] = p as u32;
+            for (a, v) in [xa[p], ya[p], xb[p], yb[p]].into_iter().enumerate() {
+                self.data[value_at(cap, a, n)] = v.to_bits();
             }
             n += usize::from(xa[p] != 0.0 || xb[p] != 0.0);
         }
@@ -95,7 +98,8 @@ impl RowPairs {
     }
 
     /// [`RowPairs::pair_portable`] 16 columns at a time: each vector's kept lanes packed
-    /// together (`vcompressps` into a register) and stored whole at `n`.
+    /// together (`vcompressps` into a register) and stored whole at `n`, each row's `x` and
+    /// `y` woven into `(x, y)` pairs (two permutes, two stores).
     ///
     /// # Safety
     /// The CPU supports AVX-512F; each array holds `n + xa.len() + ROOM` values.
@@ -107,13 +111,17 @@ impl RowPairs {
         debug_assert!([ya.len(), xb.len(), yb.len()] == [k; 3] && self.cap >= n + k + ROOM && self.data.len() >= ARRAYS * self.cap);
         let (cap, data) = (self.cap, self.data.as_mut_ptr());
         let step = _mm512_set1_epi32(GROUP as i32);
+        // Lanes 0..8 and 8..16 of two vectors woven: x0, y0, x1, y1, ...
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
         let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         if k == 0 {
             self.splits.push(n);
         }
         let mut p = 0;
         // SAFETY: loads within the rows (the last vector masked to them); each store of 16
-        // values at `n <= n0 + p` stays within `n0 + k + ROOM` of its array.
+        // columns at `n <= n0 + p` stays within `n0 + k + ROOM` of its array, each of 32
+        // woven values at `2 n` within `2 (n0 + k + ROOM)` of its.
         unsafe {
             while p < k {
                 self.splits.push(n);
@@ -121,8 +129,12 @@ impl RowPairs {
                 let vals = [xa, ya, xb, yb].map(|r| _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.as_ptr().add(p))));
                 let zero = _mm512_setzero_ps();
                 let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[0]), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[2]), zero);
-                for (a, v) in [iota, vals[0], vals[1], vals[2], vals[3]].into_iter().enumerate() {
-                    _mm512_storeu_si512(data.add(a * cap + n).cast(), _mm512_maskz_compress_epi32(keep, v));
+                _mm512_storeu_si512(data.add(n).cast(), _mm512_maskz_compress_epi32(keep, iota));
+                for row in 0..2 {
+                    let [x, y] = [vals[2 * row], vals[2 * row + 1]].map(|v| _mm512_maskz_compress_epi32(keep, v));
+                    let at = data.add(value_at(cap, 2 * row, n));
+                    _mm512_storeu_si512(at.cast(), _mm512_permutex2var_epi32(x, low, y));
+                    _mm512_storeu_si512(at.add(GROUP).cast(), _mm512_permutex2var_epi32(x, high, y));
                 }
                 n += keep.count_ones() as usize;
                 iota = _mm512_add_epi32(iota, step);
@@ -163,17 +175,24 @@ impl RowPairs {
         self.first_at(i, p0)..self.first_at(i, p1)
     }
 
-    /// The start of the arrays and their length: position `q`'s column is at `q`, its value
-    /// in array `a` (`1..ARRAYS`: first row in `x`, in the second matrix, then the second
-    /// row's) at `a * len + q`.
+    /// The start of the data and its `cap`: position `q`'s column is at `q`, the first row's
+    /// `(x, y)` values at `cap + 2 q` and `cap + 2 q + 1`, the second row's at `3 cap + 2 q`
+    /// and `3 cap + 2 q + 1`.
     pub fn raw(&self) -> (*const u32, usize) {
         (self.data.as_ptr(), self.cap)
     }
 
     /// Pair `i`'s columns in `p0..p1` with both rows' values: `(column, [xa, ya, xb, yb])`.
     pub fn entries(&self, i: usize, p0: usize, p1: usize) -> impl Iterator<Item = (u32, [f32; 4])> + '_ {
-        self.range(i, p0, p1).map(|q| (self.data[q], std::array::from_fn(|a| f32::from_bits(self.data[(a + 1) * self.cap + q]))))
+        self.range(i, p0, p1).map(|q| (self.data[q], std::array::from_fn(|a| f32::from_bits(self.data[value_at(self.cap, a, q)]))))
     }
+}
+
+/// Where value `a` of position `q` lies ([`RowPairs::raw`]): `a` = 0, 1 the first row's `x`
+/// and `y`, 2, 3 the second row's.
+#[inline(always)]
+fn value_at(cap: usize, a: usize, q: usize) -> usize {
+    cap * (1 + 2 * (a / 2)) + 2 * q + a % 2
 }
 
 #[cfg(test)]
