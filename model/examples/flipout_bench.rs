@@ -37,15 +37,16 @@ fn main() {
         }
         let given = name.ends_with("mean given").then(|| values(m * n, 8));
         let mean = given.as_deref();
-        let s_in: Vec<u32> = values(m * k, 5).iter().map(|v| u32::from(*v < 0.0) << 31).collect();
         let mut words = formats::synthetic::SplitMix64(6);
         let s_bits: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
+        let s_in_bits: Vec<u64> = (0..(m * k).div_ceil(64)).map(|_| words.next_u64()).collect();
+        let s_in: Vec<u32> = (0..m * k).map(|g| ((s_in_bits[g / 64] >> (g % 64)) as u32 & 1) << 31).collect();
         let s_out: Vec<u32> = (0..m * n).map(|g| ((s_bits[g / 64] >> (g % 64)) as u32 & 1) << 31).collect();
-        let (mut out, mut bufs, mut xf) = (vec![0f32; m * n], Buffers::default(), vec![0f32; m * k]);
-        // Both sides flip the input once (the engine draws the signs straight onto the copy).
+        let (mut out, mut bufs) = (vec![0f32; m * n], Buffers::default());
+        // The fused kernel takes the input signs as bits and flips what it reads; the unfused
+        // products flip the input once.
         let fused = best(0.5, || {
-            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
-            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         // With the noise drawn too: into a [k, n] array first, or by the kernel into its panels.
@@ -53,14 +54,12 @@ fn main() {
         let mut sampler = Sampler::new(1, 2);
         let draw_then_fused = best(0.5, || {
             sampler.noise_into(&sigma, &mut drawn);
-            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
-            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         let fused_drawing = best(0.5, || {
             let key = sampler.noise_key();
-            xf.iter_mut().zip(&x).zip(&s_in).for_each(|((v, &a), &s)| *v = f32::from_bits(a.to_bits() ^ s));
-            let f = FlipoutDense { x: &x, xf: &xf, m, k, n, mu: &mu, mean, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         let (mut flipped, mut pert) = (vec![0f32; m * k], vec![0f32; m * n]);

@@ -4,7 +4,7 @@
 use super::aligned::Aligned;
 use super::gemm::sgemm;
 use super::row_pairs::RowPairs;
-use super::sampler::{sign_bits_at, NoiseKey, Runs};
+use super::sampler::{flip_by_bits, sign_bits_at, NoiseKey, Runs};
 use super::sparse::Csr;
 
 /// A `[k, n]` kernel's posterior, as a dense matrix or on a CSR pattern.
@@ -112,7 +112,8 @@ pub enum Noise<'a> {
 /// One Flipout product of a dense layer with dense weights, for [`flipout_dense`]: for every
 /// row r of `x` (`[m, k]`, row-major),
 /// `out[r] = x[r] @ mu + (xf[r] @ noise) * s_out[r] + bias` with `xf = x * s_in`, through a
-/// ReLU when `relu`.
+/// ReLU when `relu`. The input signs come as bits: the kernel flips `x` only where its tile
+/// reads `xf` (the pairs of rows flip the values they pack).
 #[derive(Clone, Copy)]
 pub struct FlipoutDense<'a> {
     /// Input rows, `[m, k]`.
@@ -129,8 +130,9 @@ pub struct FlipoutDense<'a> {
     pub mean: Option<&'a [f32]>,
     /// `sigma * eps`, `[k, n]`: given, or drawn by the kernel.
     pub noise: Noise<'a>,
-    /// `x` times Flipout's input signs, `[m, k]` ([`super::sampler::Sampler::flip_signs_into`]).
-    pub xf: &'a [f32],
+    /// Flipout's input signs, `[m, k]` values in bits: bit j of word i is value 64 i + j's
+    /// (set: -1), as [`super::sampler::Sampler::sign_bits_into`] draws them.
+    pub s_in: &'a [u64],
     /// Output signs, `[m, n]` values in bits: bit j of word i is value 64 i + j's (set: -1),
     /// as [`super::sampler::Sampler::sign_bits_into`] draws them.
     pub s_out: &'a [u64],
@@ -150,6 +152,8 @@ pub struct Buffers {
     noise: Vec<f32>,
     /// The input's pairs of rows, when the product skips their shared zeros ([`PAIRED_DENSITY`]).
     pairs: RowPairs,
+    /// The input flipped by its signs, for the register tile.
+    flipped: Vec<f32>,
 }
 
 /// Share of a pair of rows' inputs, non-zero in either row, up to which [`flipout_dense`]
@@ -237,12 +241,11 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
         Noise::Draw { sigma, .. } => sigma.len(),
     };
     assert!(
-        f.x.len() >= m * k && noise_len >= k * n && f.xf.len() >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
+        f.x.len() >= m * k && noise_len >= k * n && f.s_in.len() * 64 >= m * k && f.s_out.len() * 64 >= m * n && f.bias.len() >= n && out.len() >= m * n,
         "flipout_dense: slices shorter than {m}x{k}x{n}"
     );
     assert!(f.mean.map_or(f.mu.len() >= k * n, |v| v.len() >= m * n), "flipout_dense: means shorter than {m}x{k}x{n}");
-    let xf = f.xf;
-    let Buffers { panel, noise, pairs } = bufs;
+    let Buffers { panel, noise, pairs, flipped } = bufs;
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
@@ -252,7 +255,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
                 return drive_arranged(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(f, pairs, t, out) });
             }
-            let nv = avx512::nv(f);
+            let (nv, xf) = (avx512::nv(f), flip_input(f, flipped));
             let f = &drawable(f, avx512::L * nv, noise);
             // SAFETY: the CPU supports AVX-512F (checked just above); the lengths were checked.
             return drive(f, avx512::L, nv, [avx512::MR, avx512::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx512::tile_any(f, xf, t, out) });
@@ -264,13 +267,25 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
                 return drive_arranged(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(f, pairs, t, out) });
             }
-            let nv = avx2::nv(f);
+            let (nv, xf) = (avx2::nv(f), flip_input(f, flipped));
             let f = &drawable(f, avx2::L * nv, noise);
             // SAFETY: the CPU supports AVX2 and FMA (checked just above); lengths as above.
             return drive(f, avx2::L, nv, [avx2::MR, avx2::MR_NARROW], panel_bytes(m), panel, |t| unsafe { avx2::tile_any(f, xf, t, out) });
         }
     }
+    let xf = flip_input(f, flipped);
     portable(&drawable(f, PORTABLE_NR, noise), xf, out, panel, panel_bytes(m))
+}
+
+/// `x * s_in` of `f` in `buf`, for the register tiles (the pairs of rows flip what they pack).
+fn flip_input<'b>(f: &FlipoutDense, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    let len = f.m * f.k;
+    // Only ever grown: layers of different widths take turns, and growing back zero-fills.
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    flip_by_bits(&f.x[..len], f.s_in, &mut buf[..len]);
+    &buf[..len]
 }
 
 /// Rows of `drive`'s tiles for the kernels' `paired` (even: whole pairs).
@@ -283,7 +298,7 @@ const PAIRED_TILE: [usize; 2] = [8, 8];
 /// inputs. Fills `rp` from them.
 fn runs_paired(f: &FlipoutDense, nr: usize, rp: &mut RowPairs) -> bool {
     let total = f.m.div_ceil(2) * f.k;
-    f.mean.is_none() && f.n > 0 && f.n.is_multiple_of(nr) && total > 0 && rp.fill(f.x, f.xf, f.m, f.k) as f64 <= PAIRED_DENSITY * total as f64
+    f.mean.is_none() && f.n > 0 && f.n.is_multiple_of(nr) && total > 0 && rp.fill(f.x, f.s_in, f.m, f.k) as f64 <= PAIRED_DENSITY * total as f64
 }
 
 /// Columns of a panel of [`portable`].
@@ -885,7 +900,8 @@ mod tests {
                 for p in 0..f.k {
                     let x = f64::from(f.x[r * f.k + p]);
                     mean += x * f64::from(f.mu[p * f.n + j]);
-                    pert += f64::from(f.xf[r * f.k + p]) * f64::from(noise[p * f.n + j]);
+                    let g = r * f.k + p;
+                    pert += x * sign((f.s_in[g / 64] >> (g % 64) & 1) as u32) * f64::from(noise[p * f.n + j]);
                 }
                 if let Some(v) = f.mean {
                     mean = f64::from(v[r * f.n + j]);
@@ -926,19 +942,20 @@ mod tests {
             let key = crate::engine::sampler::Sampler::new(m as u64, k as u64).noise_key();
             let mut noise = vec![0f32; k * n];
             key.fill(&sigma, &mut noise, Runs::whole(k * n));
-            let flipped: Vec<f32> = x.iter().zip(vals(m * k)).map(|(&a, s)| if s < 0.0 { -a } else { a }).collect();
+            let s_in: Vec<u64> = (0..(m * k).div_ceil(64)).map(|_| words.next_u64()).collect();
+            let flipped: Vec<f32> = x.iter().enumerate().map(|(g, &a)| if s_in[g / 64] >> (g % 64) & 1 == 1 { -a } else { a }).collect();
             let s_out: Vec<u64> = (0..(m * n).div_ceil(64)).map(|_| words.next_u64()).collect();
             let given = vals(m * n);
             let cases = [(None, false), (None, true), (Some(&given[..]), false), (Some(&given[..]), true)];
             for ((mean, relu), drawn) in cases.into_iter().flat_map(|c| [(c, Noise::Values(&noise)), (c, Noise::Draw { key, sigma: &sigma })]) {
-                let f = FlipoutDense { x: &x, xf: &flipped, m, k, n, mu: &mu, mean, noise: drawn, s_out: &s_out, bias: &bias, relu };
+                let f = FlipoutDense { x: &x, s_in: &s_in, m, k, n, mu: &mu, mean, noise: drawn, s_out: &s_out, bias: &bias, relu };
                 let want = naive(&f, &noise);
                 let (mut buf, mut pairs) = (Vec::new(), RowPairs::default());
                 let mut by_tile: Vec<Vec<f32>> = Vec::new();
                 for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000), ("avx2-pairs", PANEL_BYTES), ("avx2-pairs", 1000), ("avx512-pairs", PANEL_BYTES), ("avx512-pairs", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
-                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: Aligned(dirty()), noise: dirty(), pairs: RowPairs::default() }),
+                        "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: Aligned(dirty()), noise: dirty(), pairs: RowPairs::default(), flipped: dirty() }),
                         "portable" => portable(&drawable(&f, PORTABLE_NR, &mut buf), &flipped, &mut out, &mut Aligned(dirty()), bytes),
                         // The AVX2 kernel, which the dispatch skips on an AVX-512 machine.
                         #[cfg(target_arch = "x86_64")]
@@ -951,14 +968,14 @@ mod tests {
                         #[cfg(target_arch = "x86_64")]
                         "avx2-pairs" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && mean.is_none() && n % (avx2::L * avx2::NV_PAIRED) == 0 => {
                             let f = drawable(&f, avx2::L * avx2::NV_PAIRED, &mut buf);
-                            pairs.fill(f.x, f.xf, m, k);
+                            pairs.fill(f.x, f.s_in, m, k);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
                             drive_arranged(&f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(&f, &pairs, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512-pairs" if std::is_x86_feature_detected!("avx512f") && mean.is_none() && n % (avx512::L * avx512::NV_PAIRED) == 0 => {
                             let f = drawable(&f, avx512::L * avx512::NV_PAIRED, &mut buf);
-                            pairs.fill(f.x, f.xf, m, k);
+                            pairs.fill(f.x, f.s_in, m, k);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
                             drive_arranged(&f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(&f, &pairs, t, &mut out) })
                         }

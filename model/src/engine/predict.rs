@@ -912,7 +912,7 @@ impl Linear {
                     Estimator::Flipout => {
                         flipout = true;
                         if self.fused_flipout() {
-                            s.flip_signs_into(&x[..rows * k], &mut ws.flipped);
+                            s.sign_bits_into(rows * k, &mut ws.s_in_bits);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
                         } else if self.pruned_dense() {
                             // Same draws as the masks.
@@ -970,7 +970,7 @@ impl Linear {
         if let (true, Some(fused_noise)) = (flipout, fused_noise) {
             let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean());
-            let f = FlipoutDense { x, xf: &ws.flipped, m: rows, k, n: u, mu, mean, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
+            let f = FlipoutDense { x, s_in: &ws.s_in_bits, m: rows, k, n: u, mu, mean, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
             return (out, false);

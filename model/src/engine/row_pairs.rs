@@ -4,11 +4,14 @@
 //! zero in both rows if the rows were independent; a unit's zeros follow the input, and on
 //! BNN-FC's hidden layer 38% are.
 
+use super::sampler::sign_bits_at;
+
 /// Rows `2 i` and `2 i + 1` of an `[m, k]` row-major `x` as pair `i` (an odd last row pairs
 /// with a row of zeros): the columns where either is not zero, in order, with both rows'
-/// values there, in `x` and in a second matrix `y` of its shape (Flipout's `x * s_in`).
-/// Each row's two values of a column lie side by side, `(x, y)`: one 64-bit broadcast
-/// gives a product both ([`super::dense::flipout_dense`]'s pairs kernel).
+/// values there, in `x` and flipped by Flipout's input signs (`y = x * s_in`, made here
+/// from the signs' bits: no flipped copy of `x` is written). Each row's two values of a
+/// column lie side by side, `(x, y)`: one 64-bit broadcast gives a product both
+/// ([`super::dense::flipout_dense`]'s pairs kernel).
 #[derive(Debug, Default)]
 pub struct RowPairs {
     /// The columns (`cap` values), then the first row's `(x, y)` values (bits) of each
@@ -23,6 +26,14 @@ pub struct RowPairs {
     splits: Vec<usize>,
 }
 
+/// One row of a pair: its values and where its signs start in the sign words.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    x: &'a [f32],
+    signs: &'a [u64],
+    bit0: usize,
+}
+
 /// Length of [`RowPairs::data`] in units of its `cap`.
 const ARRAYS: usize = 5;
 
@@ -33,24 +44,27 @@ const ROOM: usize = 16;
 const GROUP: usize = 16;
 
 impl RowPairs {
-    /// Refills from `x` and `y` (`[m, k]`); returns the number of columns kept, summed over
-    /// the pairs. A column is kept where either row's `x` is not zero (NaN included).
+    /// Refills from `x` (`[m, k]`) and its signs `s_in` (bit g of word g / 64 for value g,
+    /// set: -1, as [`super::sampler::Sampler::sign_bits_into`] draws them); returns the
+    /// number of columns kept, summed over the pairs. A column is kept where either row's `x`
+    /// is not zero (NaN included).
     ///
     /// # Panics
-    /// When `x` or `y` holds fewer than `m * k` values, or k does not fit in a `u32`.
-    pub fn fill(&mut self, x: &[f32], y: &[f32], m: usize, k: usize) -> usize {
+    /// When `x` holds fewer than `m * k` values or `s_in` fewer bits, or k does not fit in a
+    /// `u32`.
+    pub fn fill(&mut self, x: &[f32], s_in: &[u64], m: usize, k: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         let vector = std::is_x86_feature_detected!("avx512f");
         #[cfg(not(target_arch = "x86_64"))]
         let vector = false;
-        self.fill_on(x, y, m, k, vector)
+        self.fill_on(x, s_in, m, k, vector)
     }
 
     /// [`RowPairs::fill`], packing each pair with AVX-512 when `vector` (which the CPU must
     /// support) or portably.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn fill_on(&mut self, x: &[f32], y: &[f32], m: usize, k: usize, vector: bool) -> usize {
-        assert!(x.len() >= m * k && y.len() >= m * k, "row pairs: slices shorter than {m}x{k}");
+    fn fill_on(&mut self, x: &[f32], s_in: &[u64], m: usize, k: usize, vector: bool) -> usize {
+        assert!(x.len() >= m * k && s_in.len() * 64 >= m * k, "row pairs: slices shorter than {m}x{k}");
         assert!(u32::try_from(k).is_ok(), "row pairs: {k} columns");
         self.cap = self.cap.max(m.div_ceil(2) * k + ROOM);
         if self.data.len() < ARRAYS * self.cap {
@@ -58,11 +72,13 @@ impl RowPairs {
         }
         self.k = k;
         self.splits.clear();
+        // An odd last row's partner: zeros, unflipped (its signs: the zero words).
         let zeros = vec![0f32; if m % 2 == 1 { k } else { 0 }];
+        let no_signs = vec![0u64; if m % 2 == 1 { k.div_ceil(64) + 1 } else { 0 }];
         let mut n = 0;
         for i in 0..m.div_ceil(2) {
-            let a = (&x[2 * i * k..][..k], &y[2 * i * k..][..k]);
-            let b = if 2 * i + 1 < m { (&x[(2 * i + 1) * k..][..k], &y[(2 * i + 1) * k..][..k]) } else { (&zeros[..], &zeros[..]) };
+            let a = Row { x: &x[2 * i * k..][..k], signs: s_in, bit0: 2 * i * k };
+            let b = if 2 * i + 1 < m { Row { x: &x[(2 * i + 1) * k..][..k], signs: s_in, bit0: (2 * i + 1) * k } } else { Row { x: &zeros, signs: &no_signs, bit0: 0 } };
             #[cfg(target_arch = "x86_64")]
             if vector {
                 // SAFETY: AVX-512F is present (the caller's word, from detection); each array
@@ -79,19 +95,20 @@ impl RowPairs {
     /// Appends one pair's columns from position `n` (and its split points), without a
     /// branch per column (which columns are kept follows no order a predictor could
     /// learn); returns the new end.
-    fn pair_portable(&mut self, (xa, ya): (&[f32], &[f32]), (xb, yb): (&[f32], &[f32]), mut n: usize) -> usize {
+    fn pair_portable(&mut self, a: Row, b: Row, mut n: usize) -> usize {
         let cap = self.cap;
-        for p in 0..xa.len() {
+        for p in 0..a.x.len() {
             if p % GROUP == 0 {
                 self.splits.push(n);
             }
             self.data[n] = p as u32;
-            for (a, v) in [xa[p], ya[p], xb[p], yb[p]].into_iter().enumerate() {
-                self.data[value_at(cap, a, n)] = v.to_bits();
+            for (r, row) in [a, b].into_iter().enumerate() {
+                self.data[value_at(cap, 2 * r, n)] = row.x[p].to_bits();
+                self.data[value_at(cap, 2 * r + 1, n)] = row.x[p].to_bits() ^ (sign_bits_at(row.signs, row.bit0 + p, 1) as u32 & 1) << 31;
             }
-            n += usize::from(xa[p] != 0.0 || xb[p] != 0.0);
+            n += usize::from(a.x[p] != 0.0 || b.x[p] != 0.0);
         }
-        if xa.is_empty() {
+        if a.x.is_empty() {
             self.splits.push(n);
         }
         n
@@ -105,10 +122,11 @@ impl RowPairs {
     /// The CPU supports AVX-512F; each array holds `n + xa.len() + ROOM` values.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn pair_avx512(&mut self, (xa, ya): (&[f32], &[f32]), (xb, yb): (&[f32], &[f32]), mut n: usize) -> usize {
+    unsafe fn pair_avx512(&mut self, a: Row, b: Row, mut n: usize) -> usize {
         use std::arch::x86_64::*;
-        let k = xa.len();
-        debug_assert!([ya.len(), xb.len(), yb.len()] == [k; 3] && self.cap >= n + k + ROOM && self.data.len() >= ARRAYS * self.cap);
+        let k = a.x.len();
+        debug_assert!(b.x.len() == k && self.cap >= n + k + ROOM && self.data.len() >= ARRAYS * self.cap);
+        let sign = _mm512_set1_epi32(i32::MIN);
         let (cap, data) = (self.cap, self.data.as_mut_ptr());
         let step = _mm512_set1_epi32(GROUP as i32);
         // Lanes 0..8 and 8..16 of two vectors woven: x0, y0, x1, y1, ...
@@ -126,12 +144,16 @@ impl RowPairs {
             while p < k {
                 self.splits.push(n);
                 let live: __mmask16 = if k - p >= GROUP { !0 } else { (1u16 << (k - p)) - 1 };
-                let vals = [xa, ya, xb, yb].map(|r| _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.as_ptr().add(p))));
+                let rows = [a, b].map(|r| {
+                    let x = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.x.as_ptr().add(p)));
+                    let s = sign_bits_at(r.signs, r.bit0 + p, GROUP.min(k - p)) as u16;
+                    (x, _mm512_mask_xor_epi32(x, s, x, sign))
+                });
                 let zero = _mm512_setzero_ps();
-                let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[0]), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(vals[2]), zero);
+                let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[0].0), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[1].0), zero);
                 _mm512_storeu_si512(data.add(n).cast(), _mm512_maskz_compress_epi32(keep, iota));
-                for row in 0..2 {
-                    let [x, y] = [vals[2 * row], vals[2 * row + 1]].map(|v| _mm512_maskz_compress_epi32(keep, v));
+                for (row, &(x, y)) in rows.iter().enumerate() {
+                    let [x, y] = [x, y].map(|v| _mm512_maskz_compress_epi32(keep, v));
                     let at = data.add(value_at(cap, 2 * row, n));
                     _mm512_storeu_si512(at.cast(), _mm512_permutex2var_epi32(x, low, y));
                     _mm512_storeu_si512(at.add(GROUP).cast(), _mm512_permutex2var_epi32(x, high, y));
@@ -204,7 +226,7 @@ mod tests {
         // 5 rows (the last pair has one) of 37 columns (two full vectors and a partial one):
         // zeros (and -0) in one row or both, a NaN (kept: the product must see it), an
         // all-zero row.
-        let (m, k) = (5, 37);
+        let (m, k): (usize, usize) = (5, 37);
         let x: Vec<f32> = (0..m * k)
             .map(|i| match i {
                 _ if i % 3 == 0 || i % 7 == 2 || i == 40 || (74..111).contains(&i) => 0.0,
@@ -213,7 +235,11 @@ mod tests {
                 _ => i as f32,
             })
             .collect();
-        let y: Vec<f32> = x.iter().map(|v| -2.0 * v).collect();
+        // Signs from a fixed bit pattern (rows start mid-word: k = 37); y = x flipped by
+        // them, computed here value by value.
+        let s_in: Vec<u64> = (0..(m * k).div_ceil(64)).map(|w| 0x9e37_79b9_7f4a_7c15u64.rotate_left(w as u32 * 7)).collect();
+        let y: Vec<f32> = x.iter().enumerate().map(|(g, &v)| if s_in[g / 64] >> (g % 64) & 1 == 1 { -v } else { v }).collect();
+        assert!(y.iter().zip(&x).any(|(a, b)| a.to_bits() != b.to_bits()) && y.iter().zip(&x).any(|(a, b)| *a != 0.0 && a == b), "both signs");
         let at = |r: usize, p: usize| if r < m { (x[r * k + p], y[r * k + p]) } else { (0.0, 0.0) };
         let want = |i: usize, p0: usize, p1: usize| -> Vec<(u32, [u32; 4])> {
             (p0..p1)
@@ -227,7 +253,7 @@ mod tests {
         let mut rp = RowPairs::default();
         // Twice: a refill leaves nothing of the first behind.
         for _ in 0..2 {
-            assert_eq!(rp.fill(&x, &y, m, k), (0..3).map(|i| want(i, 0, k).len()).sum::<usize>());
+            assert_eq!(rp.fill(&x, &s_in, m, k), (0..3).map(|i| want(i, 0, k).len()).sum::<usize>());
             assert_eq!(rp.pairs(), 3);
             // Blocks of columns, on and off the 16-column groups.
             for (p0, p1) in [(0, k), (0, 16), (5, 16), (16, 37), (3, 20), (17, 17), (33, 37)] {
@@ -238,7 +264,7 @@ mod tests {
         }
         // The portable fill gives the same.
         let mut portable = RowPairs::default();
-        assert_eq!(portable.fill_on(&x, &y, m, k, false), rp.splits[rp.splits.len() - 1]);
+        assert_eq!(portable.fill_on(&x, &s_in, m, k, false), rp.splits[rp.splits.len() - 1]);
         assert_eq!(portable.splits, rp.splits);
         for (p0, p1) in [(0, k), (5, 16), (3, 20)] {
             for i in 0..3 {

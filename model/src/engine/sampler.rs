@@ -233,6 +233,51 @@ pub(crate) fn sign_bits_at(words: &[u64], p: usize, len: usize) -> u64 {
     }
 }
 
+/// `out = x * s`, s the signs of [`Sampler::sign_bits_into`]'s words `bits` (bit i of word
+/// i / 64 for value i; set: -1): Flipout's input flip, a sign-bit XOR per value.
+///
+/// # Panics
+/// When `out` is shorter than `x` or `bits` holds fewer than `x.len()` bits.
+pub(crate) fn flip_by_bits(x: &[f32], bits: &[u64], out: &mut [f32]) {
+    assert!(out.len() >= x.len() && bits.len() * 64 >= x.len(), "flip: slices too short");
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked above.
+        done = unsafe { flip_by_bits_avx512(x, bits, out) };
+    }
+    for (c, (xc, oc)) in x[done..].chunks(64).zip(out[done..].chunks_mut(64)).enumerate() {
+        let masks = word_masks(bits[done / 64 + c]);
+        for ((o, &v), &m) in oc.iter_mut().zip(xc).zip(&masks) {
+            *o = f32::from_bits(v.to_bits() ^ m);
+        }
+    }
+}
+
+/// [`flip_by_bits`] for the whole words of `x` (64 values per word): 16 bits of a word are
+/// the lane mask of one XOR of the sign bit. Returns the values done.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `out` and `bits` hold what [`flip_by_bits`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn flip_by_bits_avx512(x: &[f32], bits: &[u64], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let words = x.len() / 64;
+    for (c, (xc, oc)) in x.chunks_exact(64).zip(out.chunks_exact_mut(64)).enumerate() {
+        for q in 0..4 {
+            // SAFETY: within the 64 values of `xc` and `oc`.
+            unsafe {
+                let v = _mm512_castps_si512(_mm512_loadu_ps(xc.as_ptr().add(16 * q)));
+                let r = _mm512_mask_xor_epi32(v, (bits[c] >> (16 * q)) as u16, v, sign);
+                _mm512_storeu_ps(oc.as_mut_ptr().add(16 * q), _mm512_castsi512_ps(r));
+            }
+        }
+    }
+    words * 64
+}
+
 /// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
 /// for operation (fused multiply-adds where it has them): bitwise the same `(z0, z1)`.
 ///
@@ -488,52 +533,6 @@ impl Sampler {
         out.extend((0..len.div_ceil(64)).map(|_| self.rng.random::<u64>()));
     }
 
-    /// `out = x * s`, s the Rademacher signs of [`Sampler::sign_masks_into`]`(x.len())` (same
-    /// stream, same signs): Flipout's input flip without a mask array in memory.
-    pub fn flip_signs_into(&mut self, x: &[f32], out: &mut Vec<f32>) {
-        out.clear();
-        out.reserve(x.len());
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            unsafe { self.flip_avx512(x, out) };
-        }
-        self.flip_portable(&x[out.len()..], out);
-    }
-
-    /// Appends `x * s` to `out`, 64 values per random word.
-    fn flip_portable(&mut self, x: &[f32], out: &mut Vec<f32>) {
-        for xc in x.chunks(64) {
-            let masks = word_masks(self.rng.random());
-            out.extend(xc.iter().zip(&masks).map(|(&v, &m)| f32::from_bits(v.to_bits() ^ m)));
-        }
-    }
-
-    /// Appends `x * s` to `out` for the whole words of `x` (a multiple of 64 values): 16 bits
-    /// of the word are the lane mask of one XOR of the sign bit.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F; `out` is empty with capacity for `x.len()` values.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn flip_avx512(&mut self, x: &[f32], out: &mut Vec<f32>) {
-        use std::arch::x86_64::*;
-        debug_assert!(out.is_empty() && out.capacity() >= x.len());
-        let sign = _mm512_set1_epi32(i32::MIN);
-        let dst = out.as_mut_ptr();
-        let words = x.len() / 64;
-        for (c, xc) in x.chunks_exact(64).enumerate() {
-            let bits: u64 = self.rng.random();
-            for q in 0..4 {
-                let v = _mm512_castps_si512(_mm512_loadu_ps(xc.as_ptr().add(16 * q)));
-                let r = _mm512_mask_xor_epi32(v, (bits >> (16 * q)) as u16, v, sign);
-                _mm512_storeu_ps(dst.add(c * 64 + 16 * q), _mm512_castsi512_ps(r));
-            }
-        }
-        // SAFETY: the first words * 64 values were written just above, within the capacity.
-        out.set_len(words * 64);
-    }
-
     /// `len` random signs (+1 / -1, Rademacher), 64 per draw.
     pub fn signs(&mut self, len: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(len);
@@ -667,17 +666,15 @@ mod tests {
         let mut masks = Vec::new();
         Sampler::new(1, 2).sign_masks_into(1000, &mut masks);
         assert!(masks.iter().zip(&signs).all(|(&m, &s)| f32::from_bits(1f32.to_bits() ^ m) == s), "same stream, same signs");
-        let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.5).collect();
-        let mut flipped = Vec::new();
-        Sampler::new(1, 2).flip_signs_into(&x, &mut flipped);
-        assert!(flipped.iter().zip(&x).zip(&signs).all(|((&f, &v), &s)| f == v * s), "flips are the same signs");
-        let mut portable = Vec::new();
-        Sampler::new(1, 2).flip_portable(&x, &mut portable);
-        assert_eq!(portable, flipped, "the portable flips are the vector ones");
         let mut words = Vec::new();
         Sampler::new(1, 2).sign_bits_into(1000, &mut words);
         assert_eq!(words.len(), 16);
         assert!(signs.iter().enumerate().all(|(i, &s)| (words[i / 64] >> (i % 64) & 1 == 1) == (s < 0.0)), "bits are the same signs");
+        // Flips by the bits: 1000 values = 15 whole words (the vector path) and a tail.
+        let x: Vec<f32> = (0..1000).map(|i| i as f32 - 500.5).collect();
+        let mut flipped = vec![0f32; 1000];
+        flip_by_bits(&x, &words, &mut flipped);
+        assert!(flipped.iter().zip(&x).zip(&signs).all(|((&f, &v), &s)| f == v * s), "flips are the same signs");
         // Every vector path of the noise gives the portable values, bit for bit (lengths with
         // tails of every kind).
         #[cfg(target_arch = "x86_64")]
