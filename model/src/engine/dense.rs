@@ -3,7 +3,7 @@
 
 use super::aligned::Aligned;
 use super::gemm::sgemm;
-use super::row_pairs::RowPairs;
+use super::row_pairs::{RowPairs, WEAVE};
 use super::sampler::{flip_by_bits, sign_bits_at, NoiseKey, Runs};
 use super::sparse::Csr;
 
@@ -579,10 +579,8 @@ unsafe fn pair_avx2(p: *const u32) -> std::arch::x86_64::__m256 {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn weave_avx512(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512) -> [std::arch::x86_64::__m512; 2] {
-    use std::arch::x86_64::*;
-    let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    [_mm512_permutex2var_ps(a, low, b), _mm512_permutex2var_ps(a, high, b)]
+    // SAFETY: the caller's contract.
+    unsafe { permute_pair_avx512(a, b, &WEAVE) }
 }
 
 /// [`weave_avx512`] for AVX2 registers.
@@ -604,10 +602,32 @@ unsafe fn weave_avx2(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256)
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn unweave_avx512(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512) -> [std::arch::x86_64::__m512; 2] {
+    // SAFETY: the caller's contract.
+    unsafe { permute_pair_avx512(a, b, &UNWEAVE) }
+}
+
+/// The even lanes of 32, then the odd ones ([`unweave_avx512`]).
+const UNWEAVE: [[i32; 16]; 2] = {
+    let mut idx = [[0; 16]; 2];
+    let mut i = 0;
+    while i < 16 {
+        idx[0][i] = 2 * i as i32;
+        idx[1][i] = 2 * i as i32 + 1;
+        i += 1;
+    }
+    idx
+};
+
+/// Two permutes of the 32 lanes of `(a, b)` (`b`'s are 16..32) by the two rows of `idx`.
+///
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn permute_pair_avx512(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512, idx: &[[i32; 16]; 2]) -> [std::arch::x86_64::__m512; 2] {
     use std::arch::x86_64::*;
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    [_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b)]
+    // SAFETY: each row of `idx` is 16 readable i32s.
+    idx.map(|i| unsafe { _mm512_permutex2var_ps(a, _mm512_loadu_si512(i.as_ptr().cast()), b) })
 }
 
 /// [`unweave_avx512`] for AVX2 registers.

@@ -1640,15 +1640,12 @@ mod tests {
         assert!(many.variance.iter().any(|&v| v > 0.0), "the samples differ");
     }
 
-    #[test]
-    fn a_model_reuses_its_buffers_without_changing_its_predictions() {
-        // The buffers a prediction leaves in the model hold its values and have its sizes:
-        // the next predictions, on bigger and smaller batches, must still be those of a
-        // fresh copy of the model (which starts with none), bit for bit. Dense layers (the
-        // fused kernel, rows two by two over a ReLU's zeros) and pruned ones (sparse kernel).
-        let arch = Arch {
+    /// A 3x3 SAME conv on `input_shape` images, ReLU, 2x2 max pool, then dense layers "d"
+    /// (ReLU) and "e": the conv nets of the model-level tests.
+    fn conv_pool_dense(input_shape: Vec<usize>) -> Arch {
+        Arch {
             input_name: "x".into(),
-            input_shape: vec![6, 6, 2],
+            input_shape,
             ops: vec![
                 Op::Conv2d { layer: "c".into(), strides: [1, 1], padding: Padding::Same },
                 Op::Relu,
@@ -1658,16 +1655,29 @@ mod tests {
                 Op::Relu,
                 Op::Dense { layer: "e".into() },
             ],
-        };
-        let post = |name: &str, shape: Vec<usize>, seed: u64, pruned: bool| {
-            let len: usize = shape.iter().product();
-            let units = *shape.last().unwrap_or(&0);
-            let mu: Vec<f32> = values(len, seed).iter().map(|&v| if pruned && v.abs() < 0.6 { 0.0 } else { v }).collect();
-            let sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { 0.1 }).collect();
-            Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(sigma), bias_mu: vec![0.05; units], bias_sigma: Some(vec![0.01; units]) }
-        };
+        }
+    }
+
+    /// Layer `name`'s posterior of kernel shape `shape`: mu from `values(.., seed)`, pruned
+    /// (mu and sigma zero) where `pruned(mu)`, sigma `sigma` elsewhere; biases 0.1 +- 0.01.
+    fn posterior(name: &str, shape: Vec<usize>, seed: u64, pruned: impl Fn(f32) -> bool, sigma: f32) -> Posterior {
+        let len: usize = shape.iter().product();
+        let units = *shape.last().unwrap_or(&0);
+        let mu: Vec<f32> = values(len, seed).iter().map(|&v| if pruned(v) { 0.0 } else { v }).collect();
+        let kernel_sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { sigma }).collect();
+        Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(kernel_sigma), bias_mu: vec![0.1; units], bias_sigma: Some(vec![0.01; units]) }
+    }
+
+    #[test]
+    fn a_model_reuses_its_buffers_without_changing_its_predictions() {
+        // The buffers a prediction leaves in the model hold its values and have its sizes:
+        // the next predictions, on bigger and smaller batches, must still be those of a
+        // fresh copy of the model (which starts with none), bit for bit. Dense layers (the
+        // fused kernel, rows two by two over a ReLU's zeros) and pruned ones (sparse kernel).
+        let arch = conv_pool_dense(vec![6, 6, 2]);
         for (pruned, kernels) in [(false, SparseKernels::Never), (true, SparseKernels::Always)] {
-            let posts = vec![post("c", vec![3, 3, 2, 8], 60, pruned), post("d", vec![3 * 3 * 8, 64], 61, pruned), post("e", vec![64, 10], 62, pruned)];
+            let post = |name: &str, shape: Vec<usize>, seed: u64| posterior(name, shape, seed, |v| pruned && v.abs() < 0.6, 0.1);
+            let posts = vec![post("c", vec![3, 3, 2, 8], 60), post("d", vec![3 * 3 * 8, 64], 61), post("e", vec![64, 10], 62)];
             let model = Model::new(&arch, &posts, kernels).expect("model");
             assert_eq!(model.sparse_layers(), (if pruned { 3 } else { 0 }, 3));
             for (n, samples, seed) in [(40, 5, 1), (3, 4, 2), (70, 3, 3), (1, 1, 4)] {
@@ -1688,26 +1698,8 @@ mod tests {
         // A pruned conv (first weight layer: shared mean product) with ReLU and max pool
         // after it, a pruned dense layer and one below the probing threshold: whatever the
         // timings pick, the predictions are those of the all-dense and all-CSR models.
-        let arch = Arch {
-            input_name: "x".into(),
-            input_shape: vec![8, 8, 4],
-            ops: vec![
-                Op::Conv2d { layer: "c".into(), strides: [1, 1], padding: Padding::Same },
-                Op::Relu,
-                Op::MaxPool { size: [2, 2], strides: [2, 2], padding: Padding::Valid },
-                Op::Flatten,
-                Op::Dense { layer: "d".into() },
-                Op::Relu,
-                Op::Dense { layer: "e".into() },
-            ],
-        };
-        let post = |name: &str, shape: Vec<usize>, seed: u64, kept: f32| {
-            let len: usize = shape.iter().product();
-            let units = *shape.last().unwrap_or(&0);
-            let mu: Vec<f32> = values(len, seed).iter().map(|&v| if v.abs() > kept { 0.0 } else { v }).collect();
-            let sigma = mu.iter().map(|&m| if m == 0.0 { 0.0 } else { 0.05 }).collect();
-            Posterior { name: name.into(), kernel_shape: shape, kernel_mu: mu, kernel_sigma: Some(sigma), bias_mu: vec![0.1; units], bias_sigma: Some(vec![0.01; units]) }
-        };
+        let arch = conv_pool_dense(vec![8, 8, 4]);
+        let post = |name: &str, shape: Vec<usize>, seed: u64, kept: f32| posterior(name, shape, seed, |v| v.abs() > kept, 0.05);
         let posts = vec![post("c", vec![3, 3, 4, 16], 40, 0.2), post("d", vec![256, 32], 41, 0.2), post("e", vec![32, 10], 42, 0.9)];
         let auto = Model::new(&arch, &posts, SparseKernels::Auto).expect("model");
         let never = Model::new(&arch, &posts, SparseKernels::Never).expect("model");

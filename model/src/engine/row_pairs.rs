@@ -34,6 +34,19 @@ struct Row<'a> {
     bit0: usize,
 }
 
+/// Lane indices that weave two vectors of 16 (the second's lanes numbered 16..32): the first
+/// halves' lanes `a0, b0, a1, b1, ...`, then the second halves'.
+pub(crate) const WEAVE: [[i32; 16]; 2] = {
+    let mut idx = [[0; 16]; 2];
+    let mut i = 0;
+    while i < 16 {
+        idx[i / 8][2 * (i % 8)] = i as i32;
+        idx[i / 8][2 * (i % 8) + 1] = i as i32 + 16;
+        i += 1;
+    }
+    idx
+};
+
 /// Length of [`RowPairs::data`] in units of its `cap`.
 const ARRAYS: usize = 5;
 
@@ -130,8 +143,7 @@ impl RowPairs {
         let (cap, data) = (self.cap, self.data.as_mut_ptr());
         let step = _mm512_set1_epi32(GROUP as i32);
         // Lanes 0..8 and 8..16 of two vectors woven: x0, y0, x1, y1, ...
-        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let [low, high] = WEAVE.map(|i| _mm512_loadu_si512(i.as_ptr().cast()));
         let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         if k == 0 {
             self.splits.push(n);
