@@ -17,7 +17,7 @@ pub struct RowPairs {
     /// The columns (`cap` values), then the first row's `(x, y)` values (bits) of each
     /// column side by side (`2 cap`), then the second row's (`2 cap`).
     data: Vec<u32>,
-    /// Length of each array.
+    /// Positions room is made for: the columns' length (each row's values take twice it).
     cap: usize,
     /// Columns.
     k: usize,
@@ -132,7 +132,7 @@ impl RowPairs {
     /// `y` woven into `(x, y)` pairs (two permutes, two stores).
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; each array holds `n + xa.len() + ROOM` values.
+    /// The CPU supports AVX-512F; `cap >= n + a.x.len() + ROOM`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn pair_avx512(&mut self, a: Row, b: Row, mut n: usize) -> usize {
