@@ -251,7 +251,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
         if std::is_x86_feature_detected!("avx512f") {
             if runs_paired(f, avx512::L * avx512::NV_PAIRED, pairs) {
                 let f = &drawable(f, avx512::L * avx512::NV_PAIRED, noise);
-                // SAFETY: as below; `pairs` was just filled from `f.x` and `xf`, the mean is
+                // SAFETY: as below; `pairs` was just filled from `f.x` and `f.s_in`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
                 return drive_arranged(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(f, pairs, t, out) });
             }
@@ -263,7 +263,7 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             if runs_paired(f, avx2::L * avx2::NV_PAIRED, pairs) {
                 let f = &drawable(f, avx2::L * avx2::NV_PAIRED, noise);
-                // SAFETY: as below; `pairs` was just filled from `f.x` and `xf`, the mean is
+                // SAFETY: as below; `pairs` was just filled from `f.x` and `f.s_in`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
                 return drive_arranged(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(f, pairs, t, out) });
             }
@@ -801,14 +801,14 @@ macro_rules! simd_tile {
             }
 
             /// [`tile`] for the pairs of rows of `t` (`t.r` even), each pair over the inputs
-            /// where either row is not zero (`rp`, filled from `f.x` and `xf`), on full
+            /// where either row is not zero (`rp`, filled from `f.x` and `f.s_in`), on full
             /// panels of [`NV_PAIRED`] vectors of both products (the mean product computed)
             /// woven by [`weave_panel`]: lane `2 j` of a row's sums is output j's mean
             /// product, lane `2 j + 1` its perturbation, each the tile's sum bit for bit,
             /// since an input that is zero adds a zero product to a sum that cannot be -0.
             ///
             /// # Safety
-            /// As [`tile`]'s; `rp` holds the pairs of rows of `f.x` and `xf`; `f.mean` is
+            /// As [`tile`]'s; `rp` holds the pairs of rows of `f.x` and `f.s_in`; `f.mean` is
             /// `None`, `t.width` is `2 * NV_PAIRED * L` and the panel is woven.
             #[target_feature(enable = $feat)]
             pub(super) unsafe fn paired(f: &FlipoutDense, rp: &RowPairs, t: Tile, out: &mut [f32]) {
