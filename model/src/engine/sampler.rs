@@ -239,11 +239,22 @@ pub(crate) fn sign_bits_at(words: &[u64], p: usize, len: usize) -> u64 {
 /// # Panics
 /// When `out` is shorter than `x` or `bits` holds fewer than `x.len()` bits.
 pub(crate) fn flip_by_bits(x: &[f32], bits: &[u64], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let vector = std::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let vector = false;
+    flip_by_bits_on(x, bits, out, vector)
+}
+
+/// [`flip_by_bits`], the whole words with AVX-512 when `vector` (which the CPU must support)
+/// or all of it portably.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn flip_by_bits_on(x: &[f32], bits: &[u64], out: &mut [f32], vector: bool) {
     assert!(out.len() >= x.len() && bits.len() * 64 >= x.len(), "flip: slices too short");
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked above.
+    if vector {
+        // SAFETY: AVX-512F is present (the caller's word, from detection); lengths checked above.
         done = unsafe { flip_by_bits_avx512(x, bits, out) };
     }
     for (c, (xc, oc)) in x[done..].chunks(64).zip(out[done..].chunks_mut(64)).enumerate() {
@@ -675,6 +686,9 @@ mod tests {
         let mut flipped = vec![0f32; 1000];
         flip_by_bits(&x, &words, &mut flipped);
         assert!(flipped.iter().zip(&x).zip(&signs).all(|((&f, &v), &s)| f == v * s), "flips are the same signs");
+        let mut portable = vec![0f32; 1000];
+        flip_by_bits_on(&x, &words, &mut portable, false);
+        assert_eq!(portable, flipped, "the portable flips are the vector ones");
         // Every vector path of the noise gives the portable values, bit for bit (lengths with
         // tails of every kind).
         #[cfg(target_arch = "x86_64")]
