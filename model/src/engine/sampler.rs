@@ -2,8 +2,8 @@
 //! results do not depend on how samples are spread over threads.
 //!
 //! Weight noise (millions of normal draws per sample on conv nets) comes from a vectorized
-//! generator: a counter-based hash (two keyed rounds of a 32-bit integer mixer per uniform)
-//! and the Box–Muller transform with branch-free polynomial `ln` (Cephes), and `sin`/`cos`
+//! generator: a counter-based hash (five keyed AES rounds per 128-bit block of four uniform
+//! words, ARS-5's construction, on the CPU's AES instructions) and the Box–Muller transform with branch-free polynomial `ln` (Cephes), and `sin`/`cos`
 //! of a 24-bit angle (the quarter turn taken off in integers, Cephes minimax polynomials on
 //! [-pi/4, pi/4]), all Horner steps fused multiply-adds (about 1e-7 error), 16 lanes wide
 //! with AVX-512. Every path (AVX-512, AVX2, portable) runs the same operations with IEEE
@@ -20,20 +20,77 @@ pub struct Sampler {
     rng: Xoshiro256PlusPlus,
 }
 
-/// A 32-bit integer mixer (Wellons' "lowbias32": 2 multiplies, near-ideal avalanche).
-#[inline(always)]
-fn mix32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
+/// AES rounds per block of the counter hash: ARS-5 (Salmon et al., "Parallel random numbers:
+/// as easy as 1, 2, 3", SC 2011) passes TestU01's BigCrush. One AES round is one instruction
+/// on 4 blocks at once with VAES: 16 uniform words for 6 instructions, where the integer
+/// mixer before this (two rounds of a 32-bit multiply-xorshift hash per word) took 22, half
+/// of the generator's time.
+const ROUNDS: usize = 5;
+
+/// The round key schedule's step, added to each 64-bit half of the key per round (ARS's Weyl
+/// sequence: the golden ratio and sqrt(3) - 1 in 64-bit fixed point).
+const WEYL: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xBB67_AE85_84CA_A73B];
+
+/// Block counters are taken modulo 2^30, which is what pairs numbered modulo 2^31 give
+/// (flat indices modulo 2^32, 8 pairs per 16 values, 2 pairs per block).
+const BLOCK_MASK: u32 = (1 << 30) - 1;
+
+/// The round keys of one weight-noise draw: the key (`[key, 0]`, whitening the counter
+/// block), then [`ROUNDS`] keys, each the last plus [`WEYL`].
+#[derive(Clone, Copy, Debug)]
+struct Keys([u128; ROUNDS + 1]);
+
+impl Keys {
+    fn new(key: u64) -> Keys {
+        let mut halves = [key, 0];
+        Keys(std::array::from_fn(|_| {
+            let k = u128::from(halves[0]) | u128::from(halves[1]) << 64;
+            halves = [halves[0].wrapping_add(WEYL[0]), halves[1].wrapping_add(WEYL[1])];
+            k
+        }))
+    }
+
+    /// The 4 uniform words of counter block `b` (`[b, 0, 0, 0]` as little-endian words: the
+    /// 128-bit integer `b`) on any CPU: the `aes` crate's round function, which is
+    /// `aesenc` (SubBytes, ShiftRows, MixColumns, then the round key) and bitwise the same
+    /// as the AES instructions the vector paths use.
+    fn block(&self, b: u32) -> [u32; 4] {
+        let mut v = aes::Block::from((u128::from(b) ^ self.0[0]).to_le_bytes());
+        for k in &self.0[1..] {
+            aes::hazmat::cipher_round(&mut v, &aes::Block::from(k.to_le_bytes()));
+        }
+        words(u128::from_le_bytes(v.into()))
+    }
+
+    /// [`Keys::block`] with AES-NI.
+    ///
+    /// # Safety
+    /// The CPU supports AES-NI.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "aes")]
+    #[inline]
+    unsafe fn block_aesni(&self, b: u32) -> [u32; 4] {
+        use std::arch::x86_64::*;
+        let load = |k: u128| _mm_set_epi64x((k >> 64) as i64, k as i64);
+        let mut v = _mm_xor_si128(_mm_set_epi32(0, 0, 0, b as i32), load(self.0[0]));
+        for &k in &self.0[1..] {
+            v = _mm_aesenc_si128(v, load(k));
+        }
+        words((_mm_extract_epi64::<1>(v) as u64 as u128) << 64 | _mm_cvtsi128_si64(v) as u64 as u128)
+    }
 }
 
-/// Uniform 32 bits for counter `c` under key `(k1, k2)`.
+/// The four little-endian 32-bit words of a block.
 #[inline(always)]
-fn hash(c: u32, k1: u32, k2: u32) -> u32 {
-    mix32(mix32(c ^ k1).wrapping_add(k2))
+fn words(v: u128) -> [u32; 4] {
+    std::array::from_fn(|w| (v >> (32 * w)) as u32)
+}
+
+/// The counter block of Box–Muller pair `p` (pairs numbered modulo 2^31, two per block) and
+/// the word of its `u1` (the angle's is the next).
+#[inline(always)]
+fn block_of(p: u32) -> (u32, usize) {
+    ((p >> 1) & BLOCK_MASK, 2 * (p & 1) as usize)
 }
 
 /// Coefficients of Cephes `logf`'s polynomial, highest first.
@@ -81,16 +138,22 @@ pub(crate) fn sin_cos_turn(h: u32) -> (f32, f32) {
     (f32::from_bits(s.to_bits() ^ ((q & 2) << 30)), f32::from_bits(c.to_bits() ^ (((q + 1) & 2) << 30)))
 }
 
-/// The Box–Muller pair of counter `c` (even): `(z0, z1)` from the hashes of `c` and `c | 1`.
+/// The Box–Muller pair `(z0, z1)` of the uniform words `h1` (the radius) and `h2` (the angle),
+/// 24 bits of each.
 #[inline(always)]
-fn pair(c: u32, k1: u32, k2: u32) -> (f32, f32) {
+fn box_muller(h1: u32, h2: u32) -> (f32, f32) {
     let scale = 1.0 / (1u32 << 24) as f32;
     // u1 in (0, 1] (ln finite), the angle in [0, 2 pi).
-    let u1 = 1.0 - (hash(c, k1, k2) >> 8) as f32 * scale;
+    let u1 = 1.0 - (h1 >> 8) as f32 * scale;
     let r = (-2.0 * ln(u1)).sqrt();
-    let (s, co) = sin_cos_turn(hash(c | 1, k1, k2) >> 8);
+    let (s, co) = sin_cos_turn(h2 >> 8);
     (r * co, r * s)
 }
+
+/// How a path computes the hash's counter blocks: [`Keys::block`], or [`Keys::block_aesni`]
+/// where the CPU has AES-NI.
+trait Blocks: Fn(&Keys, u32) -> [u32; 4] {}
+impl<F: Fn(&Keys, u32) -> [u32; 4]> Blocks for F {}
 
 /// Where one weight-noise draw writes: `rows` runs of `len` values, run r being values
 /// `start + r * stride ..` of the layer's stream (the noise of the weights with those flat
@@ -122,26 +185,28 @@ impl Runs {
 
 /// `out[i] = sigma[i] * eps_i` over the runs of `at`.
 #[inline(always)]
-fn noise_impl(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+fn noise_impl(keys: &Keys, block: impl Blocks, sigma: &[f32], out: &mut [f32], at: Runs) {
     for r in 0..at.rows {
         let s0 = at.start + r * at.stride;
         debug_assert!(s0.is_multiple_of(16), "a run starts off a step");
-        noise_run(k1, k2, s0 / 16, &sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
+        noise_run(keys, &block, s0 / 16, &sigma[s0..s0 + at.len], &mut out[r * at.out_stride..][..at.len]);
     }
 }
 
-/// `out[i] = sigma[i] * eps_i` for values `16 * step + i` of the stream, eps from counter
-/// `2 * pair` and `2 * pair + 1` hashes through Box–Muller (16 values = 8 pairs per step: the
-/// 8 `z0`, then the 8 `z1`).
+/// `out[i] = sigma[i] * eps_i` for values `16 * step + i` of the stream: 16 values are 8
+/// Box–Muller pairs (the 8 `z0`, then the 8 `z1`), pair `p` from words `2 (p & 1)` and
+/// `2 (p & 1) + 1` of counter block `p / 2` ([`block_of`]).
 #[inline(always)]
-fn noise_run(k1: u32, k2: u32, step: usize, sigma: &[f32], out: &mut [f32]) {
+fn noise_run(keys: &Keys, block: &impl Blocks, step: usize, sigma: &[f32], out: &mut [f32]) {
     const PAIRS: usize = 8;
     for (i, (sc, oc)) in sigma.chunks(2 * PAIRS).zip(out.chunks_mut(2 * PAIRS)).enumerate() {
-        let j = step + i;
+        let b0 = ((step + i) as u32).wrapping_mul(PAIRS as u32 / 2) & BLOCK_MASK;
+        let blocks: [[u32; 4]; PAIRS / 2] = std::array::from_fn(|t| block(keys, b0 + t as u32));
         let mut z = [0f32; 2 * PAIRS];
         let (first, second) = z.split_at_mut(PAIRS);
         for (l, (z0, z1)) in first.iter_mut().zip(second.iter_mut()).enumerate() {
-            (*z0, *z1) = pair(((j * PAIRS + l) as u32).wrapping_mul(2), k1, k2);
+            let w = &blocks[l / 2][2 * (l & 1)..];
+            (*z0, *z1) = box_muller(w[0], w[1]);
         }
         for (o, (&s, &e)) in oc.iter_mut().zip(sc.iter().zip(&z)) {
             *o = s * e;
@@ -149,34 +214,41 @@ fn noise_run(k1: u32, k2: u32, step: usize, sigma: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Counter of the pair behind value `i` of [`noise_impl`]'s stream (16 values per step: value
-/// `16 j + p` is `z0` of pair `8 j + p` for p < 8, else `z1` of pair `8 j + p - 8`), modulo
-/// 2^32 as there.
+/// The pair behind value `i` of [`noise_impl`]'s stream (16 values per step: value `16 j + p`
+/// is `z0` of pair `8 j + p` for p < 8, else `z1` of pair `8 j + p - 8`), modulo 2^31.
 #[inline(always)]
-fn counter(i: u32) -> u32 {
-    (((i >> 4) << 3) | (i & 7)).wrapping_mul(2)
+fn pair_of(i: u32) -> u32 {
+    (((i >> 4) << 3) | (i & 7)) & 0x7fff_ffff
 }
 
 /// `out[t] = sigma[t] * eps_idx[t]` for the values `idx` of [`noise_impl`]'s stream (flat
 /// indices modulo 2^32): random access, bit for bit the same values.
 #[inline(always)]
-fn noise_at_impl(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+fn noise_at_impl(keys: &Keys, block: impl Blocks, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
     for ((o, &s), &i) in out.iter_mut().zip(sigma).zip(idx) {
-        let (z0, z1) = pair(counter(i), k1, k2);
+        let (b, w) = block_of(pair_of(i));
+        let h = block(keys, b);
+        let (z0, z1) = box_muller(h[w], h[w + 1]);
         *o = s * if i & 8 == 0 { z0 } else { z1 };
     }
 }
 
+/// # Safety
+/// The CPU supports AVX2, FMA and AES-NI.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn noise_at_avx2(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
-    noise_at_impl(k1, k2, idx, sigma, out)
+#[target_feature(enable = "avx2,fma,aes")]
+unsafe fn noise_at_avx2(keys: &Keys, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+    // SAFETY: AES-NI is enabled here.
+    noise_at_impl(keys, |k: &Keys, b| unsafe { k.block_aesni(b) }, idx, sigma, out)
 }
 
+/// # Safety
+/// The CPU supports AVX2, FMA and AES-NI.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn noise_avx2(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
-    noise_impl(k1, k2, sigma, out, at)
+#[target_feature(enable = "avx2,fma,aes")]
+unsafe fn noise_avx2(keys: &Keys, sigma: &[f32], out: &mut [f32], at: Runs) {
+    // SAFETY: AES-NI is enabled here.
+    noise_impl(keys, |k: &Keys, b| unsafe { k.block_aesni(b) }, sigma, out, at)
 }
 
 /// The 64 sign masks of one random word: bit i becomes the f32 sign bit of mask i. A test
@@ -289,31 +361,41 @@ unsafe fn flip_by_bits_avx512(x: &[f32], bits: &[u64], out: &mut [f32]) -> usize
     words * 64
 }
 
-/// The Box–Muller pairs of the 16 (even) counters `c`, as [`pair`] computes them, operation
-/// for operation (fused multiply-adds where it has them): bitwise the same `(z0, z1)`.
+/// [`Keys::block`] of the 4 counter blocks in `v` (one per 128-bit lane, `[b, 0, 0, 0]`).
+///
+/// # Safety
+/// The CPU supports AVX-512F and VAES.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,vaes")]
+#[inline]
+unsafe fn blocks_avx512(keys: &Keys, v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let key = |k: u128| _mm512_broadcast_i32x4(_mm_set_epi64x((k >> 64) as i64, k as i64));
+    let mut v = _mm512_xor_si512(v, key(keys.0[0]));
+    for &k in &keys.0[1..] {
+        v = _mm512_aesenc_epi128(v, key(k));
+    }
+    v
+}
+
+/// The Box–Muller pairs of the 16 lanes' uniform words `h1` and `h2`, as [`box_muller`]
+/// computes them, operation for operation (fused multiply-adds where it has them): bitwise the
+/// same `(z0, z1)`.
 ///
 /// # Safety
 /// The CPU supports AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+unsafe fn box_muller_avx512(h1: std::arch::x86_64::__m512i, h2: std::arch::x86_64::__m512i) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
     use std::arch::x86_64::*;
     use std::f32::consts::SQRT_2;
     let f = _mm512_set1_ps;
     let (add, sub, mul) = (|a, b| _mm512_add_ps(a, b), |a, b| _mm512_sub_ps(a, b), |a, b| _mm512_mul_ps(a, b));
     let fma = |a, b, c| _mm512_fmadd_ps(a, b, c);
-    let mix = |x: __m512i| {
-        let x = _mm512_xor_si512(x, _mm512_srli_epi32::<16>(x));
-        let x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb_352d));
-        let x = _mm512_xor_si512(x, _mm512_srli_epi32::<15>(x));
-        let x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x846c_a68bu32 as i32));
-        _mm512_xor_si512(x, _mm512_srli_epi32::<16>(x))
-    };
-    let hash = |c: __m512i| mix(_mm512_add_epi32(mix(_mm512_xor_si512(c, _mm512_set1_epi32(k1 as i32))), _mm512_set1_epi32(k2 as i32)));
     let uniform = |h: __m512i| mul(_mm512_cvtepi32_ps(_mm512_srli_epi32::<8>(h)), f(1.0 / (1u32 << 24) as f32));
     let one = f(1.0);
-    let u1 = sub(one, uniform(hash(c)));
+    let u1 = sub(one, uniform(h1));
     // ln(u1), as `ln`.
     let bits = _mm512_castps_si512(u1);
     let e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32::<23>(bits), _mm512_set1_epi32(0xff)), _mm512_set1_epi32(127));
@@ -328,7 +410,7 @@ unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std:
     let ln = fma(e, f(0.693_359_4), add(x, y));
     let r = _mm512_sqrt_ps(mul(f(-2.0), ln));
     // sin_cos_turn(h >> 8), as there.
-    let h = _mm512_srli_epi32::<8>(hash(_mm512_or_si512(c, _mm512_set1_epi32(1))));
+    let h = _mm512_srli_epi32::<8>(h2);
     let q = _mm512_srli_epi32::<22>(_mm512_add_epi32(h, _mm512_set1_epi32(1 << 21)));
     let a = mul(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, _mm512_slli_epi32::<22>(q))), f(ANGLE_UNIT));
     let z = mul(a, a);
@@ -342,25 +424,36 @@ unsafe fn pairs_avx512(c: std::arch::x86_64::__m512i, k1: u32, k2: u32) -> (std:
     (mul(r, _mm512_castsi512_ps(co)), mul(r, _mm512_castsi512_ps(s)))
 }
 
-/// [`noise_at_impl`] in AVX-512, 16 indices per step: their pairs' counters, the pairs by
-/// [`pairs_avx512`], `z0` or `z1` picked by bit 3 of the index; the tail under a lane mask.
+/// [`noise_at_impl`] in AVX-512, 16 indices per step: their pairs' counter blocks spread over
+/// 4 vectors of 4 blocks, hashed by [`blocks_avx512`], each lane's two words gathered back,
+/// the pairs by [`box_muller_avx512`], `z0` or `z1` picked by bit 3 of the index; the tail
+/// under a lane mask.
 ///
 /// # Safety
-/// The CPU supports AVX-512F; `sigma` and `out` hold at least `idx.len()` values.
+/// The CPU supports AVX-512F and VAES; `sigma` and `out` hold at least `idx.len()` values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn noise_at_avx512(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+#[target_feature(enable = "avx512f,vaes")]
+unsafe fn noise_at_avx512(keys: &Keys, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let len = idx.len();
     debug_assert!(sigma.len() >= len && out.len() >= len);
+    let set = |v: [i32; 16]| _mm512_loadu_si512(v.as_ptr().cast());
+    // Lane t's block to word 0 of 128-bit lane t % 4 of vector t / 4.
+    let spread: [__m512i; 4] = std::array::from_fn(|q| set(std::array::from_fn(|l| (4 * q + l / 4) as i32)));
+    // Then lane t reads word 4 (t % 8) + w of vectors (0, 1) for t < 8, (2, 3) for the rest.
+    let slot = set(std::array::from_fn(|t| 4 * (t % 8) as i32));
     for t0 in (0..len).step_by(16) {
         let lanes: __mmask16 = if len - t0 >= 16 { 0xffff } else { (1u16 << (len - t0)) - 1 };
         // SAFETY: the lanes under the mask are below len, inside all three slices.
         unsafe {
             let i = _mm512_maskz_loadu_epi32(lanes, idx.as_ptr().add(t0).cast());
-            let hi = _mm512_slli_epi32::<3>(_mm512_srli_epi32::<4>(i));
-            let c = _mm512_slli_epi32::<1>(_mm512_or_si512(hi, _mm512_and_si512(i, _mm512_set1_epi32(7))));
-            let (z0, z1) = pairs_avx512(c, k1, k2);
+            // pair_of(i), then block_of.
+            let p = _mm512_and_si512(_mm512_or_si512(_mm512_slli_epi32::<3>(_mm512_srli_epi32::<4>(i)), _mm512_and_si512(i, _mm512_set1_epi32(7))), _mm512_set1_epi32(0x7fff_ffff));
+            let b = _mm512_and_si512(_mm512_srli_epi32::<1>(p), _mm512_set1_epi32(BLOCK_MASK as i32));
+            let h: [__m512i; 4] = std::array::from_fn(|q| blocks_avx512(keys, _mm512_maskz_permutexvar_epi32(0x1111, spread[q], b)));
+            let w = _mm512_add_epi32(slot, _mm512_slli_epi32::<1>(_mm512_and_si512(p, _mm512_set1_epi32(1))));
+            let word = |w| _mm512_mask_blend_epi32(0xff00, _mm512_permutex2var_epi32(h[0], w, h[1]), _mm512_permutex2var_epi32(h[2], w, h[3]));
+            let (z0, z1) = box_muller_avx512(word(w), word(_mm512_add_epi32(w, _mm512_set1_epi32(1))));
             let second = _mm512_test_epi32_mask(i, _mm512_set1_epi32(8));
             let eps = _mm512_mask_blend_ps(second, z0, z1);
             let s = _mm512_maskz_loadu_ps(lanes, sigma.as_ptr().add(t0));
@@ -370,30 +463,37 @@ unsafe fn noise_at_avx512(k1: u32, k2: u32, idx: &[u32], sigma: &[f32], out: &mu
 }
 
 /// [`noise_impl`] written out in AVX-512 (LLVM vectorized it only 8 lanes wide, and spent
-/// 2.3 ns per normal): 16 pairs per step, every operation in [`noise_impl`]'s order, so the
-/// values are bitwise the same.
+/// 2.3 ns per normal): 16 pairs per step from 8 counter blocks in two vectors, their `u1`
+/// words (even) and angle words (odd) gathered into one vector each, every operation in
+/// [`noise_impl`]'s order, so the values are bitwise the same.
 ///
-/// Runs that start off a 32-value step (a 16-value one) take the portable code.
+/// Runs that start off a 32-value step (a 16-value one) take the scalar code (on AES-NI).
 ///
 /// # Safety
-/// The CPU supports AVX-512F; the runs of `at` lie within `sigma` and `out` (full 32-value
-/// chunks are read and written with vector loads and stores, the rest by index).
+/// The CPU supports AVX-512F, VAES and AES-NI; the runs of `at` lie within `sigma` and `out`
+/// (full 32-value chunks are read and written with vector loads and stores, the rest by index).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Runs) {
+#[target_feature(enable = "avx512f,vaes,aes")]
+unsafe fn noise_avx512(keys: &Keys, sigma: &[f32], out: &mut [f32], at: Runs) {
     use std::arch::x86_64::*;
-    let lanes = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    // Word 0 of each 128-bit lane: blocks 0..4 of the step's 8.
+    let first = _mm512_setr_epi32(0, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for run in 0..at.rows {
         let s0 = at.start + run * at.stride;
         let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[run * at.out_stride..][..at.len]);
         if !s0.is_multiple_of(32) {
-            noise_run(k1, k2, s0 / 16, sigma, out);
+            // SAFETY: AES-NI is enabled here.
+            noise_run(keys, &|k: &Keys, b| unsafe { k.block_aesni(b) }, s0 / 16, sigma, out);
             continue;
         }
         for (i, (sc, oc)) in sigma.chunks(32).zip(out.chunks_mut(32)).enumerate() {
-            let j = s0 / 32 + i;
-            let c = _mm512_add_epi32(_mm512_set1_epi32((j as u32).wrapping_mul(32) as i32), lanes);
-            let (z0, z1) = pairs_avx512(c, k1, k2);
+            let b0 = ((s0 / 32 + i) as u32).wrapping_mul(8) & BLOCK_MASK;
+            let lo = _mm512_mask_add_epi32(first, 0x1111, first, _mm512_set1_epi32(b0 as i32));
+            let hi = _mm512_mask_add_epi32(lo, 0x1111, lo, _mm512_set1_epi32(4));
+            let (lo, hi) = (blocks_avx512(keys, lo), blocks_avx512(keys, hi));
+            let (z0, z1) = box_muller_avx512(_mm512_permutex2var_epi32(lo, even, hi), _mm512_permutex2var_epi32(lo, odd, hi));
             // Runs of 16: cosines then sines of pairs 0..8, then of pairs 8..16.
             let runs = [_mm512_shuffle_f32x4::<0b01_00_01_00>(z0, z1), _mm512_shuffle_f32x4::<0b11_10_11_10>(z0, z1)];
             if sc.len() == 32 && oc.len() == 32 {
@@ -417,8 +517,43 @@ unsafe fn noise_avx512(k1: u32, k2: u32, sigma: &[f32], out: &mut [f32], at: Run
 /// (counter-based), bitwise those of [`Sampler::noise_into`].
 #[derive(Clone, Copy, Debug)]
 pub struct NoiseKey {
-    k1: u32,
-    k2: u32,
+    keys: Keys,
+}
+
+/// The code paths of the weight-noise generator, all giving the same bits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// 16 lanes, 4 AES blocks per instruction: AVX-512F, VAES and AES-NI.
+    Avx512,
+    /// Scalar AES-NI blocks, the rest as LLVM vectorizes it for AVX2 and FMA.
+    Avx2,
+    /// Any CPU (the `aes` crate's rounds).
+    Portable,
+}
+
+impl Path {
+    /// The fastest path this CPU runs.
+    fn detect() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let aes = std::is_x86_feature_detected!("aes");
+            if aes && std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("vaes") {
+                return Path::Avx512;
+            }
+            if aes && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Path::Avx2;
+            }
+        }
+        Path::Portable
+    }
+
+    /// Whether this CPU runs `self`.
+    fn supported(self) -> bool {
+        match (self, Path::detect()) {
+            (Path::Portable, _) | (_, Path::Avx512) => true,
+            (p, d) => p == d,
+        }
+    }
 }
 
 impl NoiseKey {
@@ -428,7 +563,11 @@ impl NoiseKey {
     /// # Panics
     /// When a run lies outside `sigma` or `out` (a caller's bug).
     pub fn fill(&self, sigma: &[f32], out: &mut [f32], at: Runs) {
-        let (k1, k2) = (self.k1, self.k2);
+        self.fill_on(Path::detect(), sigma, out, at)
+    }
+
+    /// [`NoiseKey::fill`] on `path`, which the CPU must run (tests compare the paths).
+    fn fill_on(&self, path: Path, sigma: &[f32], out: &mut [f32], at: Runs) {
         if at.rows == 0 || at.len == 0 {
             return;
         }
@@ -437,19 +576,18 @@ impl NoiseKey {
             last + at.len <= sigma.len() && (at.rows - 1) * at.out_stride + at.len <= out.len() && at.start.is_multiple_of(16) && (at.rows == 1 || at.stride.is_multiple_of(16)),
             "noise runs off their slices or off the 16-value steps"
         );
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above); the runs lie within
-                // both slices (asserted above).
-                return unsafe { noise_avx512(k1, k2, sigma, out, at) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { noise_avx2(k1, k2, sigma, out, at) };
-            }
+        assert!(path.supported(), "noise: {path:?} does not run on this CPU");
+        let keys = &self.keys;
+        match path {
+            // SAFETY: the CPU runs the path (asserted above); the runs lie within both slices
+            // (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { noise_avx512(keys, sigma, out, at) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { noise_avx2(keys, sigma, out, at) },
+            _ => noise_impl(keys, Keys::block, sigma, out, at),
         }
-        noise_impl(k1, k2, sigma, out, at)
     }
 
     /// `out[t] = sigma[t] * eps[idx[t]]`: the draw's values at the flat indices `idx`
@@ -458,20 +596,23 @@ impl NoiseKey {
     /// # Panics
     /// When `sigma` or `out` is shorter than `idx` (a caller's bug).
     pub fn fill_at(&self, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
+        self.fill_at_on(Path::detect(), idx, sigma, out)
+    }
+
+    /// [`NoiseKey::fill_at`] on `path`, which the CPU must run.
+    fn fill_at_on(&self, path: Path, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
         assert!(sigma.len() >= idx.len() && out.len() >= idx.len(), "noise_at_into: slices too short");
-        let (k1, k2) = (self.k1, self.k2);
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked.
-                return unsafe { noise_at_avx512(k1, k2, idx, sigma, out) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { noise_at_avx2(k1, k2, idx, sigma, out) };
-            }
+        assert!(path.supported(), "noise: {path:?} does not run on this CPU");
+        let keys = &self.keys;
+        match path {
+            // SAFETY: the CPU runs the path (asserted above); lengths checked above.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => unsafe { noise_at_avx512(keys, idx, sigma, out) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => unsafe { noise_at_avx2(keys, idx, sigma, out) },
+            _ => noise_at_impl(keys, Keys::block, idx, sigma, out),
         }
-        noise_at_impl(k1, k2, idx, sigma, out)
     }
 }
 
@@ -507,8 +648,7 @@ impl Sampler {
     /// from the stream): the caller computes the draw's values where and when it needs them
     /// with [`NoiseKey::fill`].
     pub fn noise_key(&mut self) -> NoiseKey {
-        let key: u64 = self.rng.random();
-        NoiseKey { k1: key as u32, k2: (key >> 32) as u32 }
+        NoiseKey { keys: Keys::new(self.rng.random()) }
     }
 
     /// `out[t] = sigma[t] * eps[idx[t]]`, eps being the standard normals that
@@ -559,6 +699,30 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// FIPS-197 Appendix C.1 (AES-128): the state at the start of round 1, round 1's key and
+    /// the state at the start of round 2, as big-endian hex (byte 0 first).
+    const FIPS_ROUND_1: [u128; 3] = [0x0010_2030_4050_6070_8090_a0b0_c0d0_e0f0, 0xd6aa_74fd_d2af_72fa_daa6_78f1_d6ab_76fe, 0x89d8_10e8_855a_ce68_2d18_43d8_cb12_8fe4];
+
+    #[test]
+    fn the_round_function_is_fips_197s_aes_round() {
+        let [start, key, next] = FIPS_ROUND_1.map(u128::to_be_bytes);
+        let mut v = aes::Block::from(start);
+        aes::hazmat::cipher_round(&mut v, &aes::Block::from(key));
+        assert_eq!(<[u8; 16]>::from(v), next, "aes crate");
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("aes") {
+            use std::arch::x86_64::*;
+            // SAFETY: the CPU supports AES-NI; 16-byte unaligned loads and stores.
+            let got = unsafe {
+                let r = _mm_aesenc_si128(_mm_loadu_si128(start.as_ptr().cast()), _mm_loadu_si128(key.as_ptr().cast()));
+                let mut out = [0u8; 16];
+                _mm_storeu_si128(out.as_mut_ptr().cast(), r);
+                out
+            };
+            assert_eq!(got, next, "aesenc");
+        }
+    }
 
     #[test]
     fn polynomial_ln_sin_cos_match_libm() {
@@ -691,20 +855,16 @@ mod tests {
         assert_eq!(portable, flipped, "the portable flips are the vector ones");
         // Every vector path of the noise gives the portable values, bit for bit (lengths with
         // tails of every kind).
-        #[cfg(target_arch = "x86_64")]
+        let paths: Vec<Path> = [Path::Avx512, Path::Avx2].into_iter().filter(|p| p.supported()).collect();
+        let key = NoiseKey { keys: Keys::new(0x0123_4567_89ab_cdef) };
         for len in [1, 15, 16, 17, 31, 32, 33, 1000, 4096] {
             let sigma: Vec<f32> = (0..len).map(|i| 0.5 + i as f32 * 1e-3).collect();
             let (mut want, mut got) = (vec![0f32; len], vec![0f32; len]);
-            noise_impl(3, 4, &sigma, &mut want, Runs::whole(len));
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU supports AVX-512F; the slices have the same length.
-                unsafe { noise_avx512(3, 4, &sigma, &mut got, Runs::whole(len)) };
-                assert_eq!(got, want, "avx512, {len}");
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { noise_avx2(3, 4, &sigma, &mut got, Runs::whole(len)) };
-                assert_eq!(got, want, "avx2, {len}");
+            key.fill_on(Path::Portable, &sigma, &mut want, Runs::whole(len));
+            for &path in &paths {
+                got.fill(f32::NAN);
+                key.fill_on(path, &sigma, &mut got, Runs::whole(len));
+                assert_eq!(got, want, "{path:?}, {len}");
             }
         }
         // Runs (a column panel's rows, as the fused dense kernel draws them) give the whole
@@ -720,24 +880,13 @@ mod tests {
             let mut out = vec![f32::NAN; (rows - 1) * out_stride + len];
             Sampler::new(5, 6).noise_key().fill(&sigma, &mut out, at);
             assert!(want(&out), "dispatch {at:?}");
-            out.fill(f32::NAN);
             let key = Sampler::new(5, 6).noise_key();
-            noise_impl(key.k1, key.k2, &sigma, &mut out, at);
-            assert!(want(&out), "portable {at:?}");
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
+            for &path in paths.iter().chain(&[Path::Portable]) {
                 out.fill(f32::NAN);
-                // SAFETY: the CPU supports AVX-512F; the runs lie within the slices.
-                unsafe { noise_avx512(key.k1, key.k2, &sigma, &mut out, at) };
-                assert!(want(&out), "avx512 {at:?}");
+                key.fill_on(path, &sigma, &mut out, at);
+                assert!(want(&out), "{path:?} {at:?}");
             }
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                out.fill(f32::NAN);
-                // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { noise_avx2(key.k1, key.k2, &sigma, &mut out, at) };
-                assert!(want(&out), "avx2 {at:?}");
-            }
+        }
         // Random access into the stream: every path gives the values of the whole draw at
         // the asked indices, bit for bit (scattered, repeated, out of order, every tail).
         for len in [1, 15, 16, 17, 33, 300] {
@@ -749,31 +898,18 @@ mod tests {
             let mut got = vec![0f32; len];
             Sampler::new(5, 6).noise_at_into(&idx, &sigma, &mut got);
             assert_eq!(got, want, "noise_at_into, {len}");
-            let key: u64 = Xoshiro256PlusPlus::seed_from_u64(0).random();
-            let (k1, k2) = (key as u32, (key >> 32) as u32);
             let mut dense = vec![0f32; total];
-            noise_impl(k1, k2, &vec![1.0; total], &mut dense, Runs::whole(total));
+            key.fill_on(Path::Portable, &vec![1.0; total], &mut dense, Runs::whole(total));
             let want: Vec<f32> = idx.iter().zip(&sigma).map(|(&i, &s)| s * dense[i as usize]).collect();
-            noise_at_impl(k1, k2, &idx, &sigma, &mut got);
-            assert_eq!(got, want, "portable, {len}");
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
+            for &path in paths.iter().chain(&[Path::Portable]) {
                 got.fill(0.0);
-                // SAFETY: the CPU supports AVX-512F; equal lengths.
-                unsafe { noise_at_avx512(k1, k2, &idx, &sigma, &mut got) };
-                assert_eq!(got, want, "avx512, {len}");
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                got.fill(0.0);
-                // SAFETY: the CPU supports AVX2 and FMA.
-                unsafe { noise_at_avx2(k1, k2, &idx, &sigma, &mut got) };
-                assert_eq!(got, want, "avx2, {len}");
+                key.fill_at_on(path, &idx, &sigma, &mut got);
+                assert_eq!(got, want, "{path:?}, {len}");
             }
         }
-        // Flat indices past 2^32 wrap as the dense draw's counters do.
-        assert_eq!(counter(u32::MAX), ((((1u64 << 32) - 1) / 16 * 8 + 7) * 2) as u32);
-        }
+        // Flat indices past 2^32 wrap as the dense draw's counters do: the last index's pair
+        // is the last of 2^31 pairs, in the last of 2^30 blocks.
+        assert_eq!(block_of(pair_of(u32::MAX)), (BLOCK_MASK, 2));
         assert!(signs.iter().all(|&v| v == 1.0 || v == -1.0));
         let pos = signs.iter().filter(|&&v| v > 0.0).count();
         assert!((420..580).contains(&pos), "{pos}");
