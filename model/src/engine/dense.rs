@@ -4,6 +4,7 @@
 use super::aligned::Aligned;
 use super::gemm::sgemm;
 use super::row_pairs::{RowPairs, WEAVE};
+use super::prefetch::rows_ahead;
 use super::sampler::{flip_by_bits, sign_bits_at, NoiseKey, Runs};
 use super::sparse::Csr;
 
@@ -414,6 +415,7 @@ fn drive_arranged(f: &FlipoutDense, lanes: usize, nv: usize, [mr, mr_narrow]: [u
             }
             if f.mean.is_none() {
                 for (p, row) in pn.chunks_exact_mut(w).enumerate() {
+                    rows_ahead(f.mu, (p0 + p) * n + c0, n, cw);
                     copy_padded(&mut row[nr..], &f.mu[(p0 + p) * n + c0..][..cw]);
                 }
             }

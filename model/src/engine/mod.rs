@@ -13,6 +13,7 @@ pub mod gemm;
 pub mod image_ops;
 pub mod metrics;
 pub mod predict;
+mod prefetch;
 pub mod row_pairs;
 pub mod sampler;
 pub mod sparse;

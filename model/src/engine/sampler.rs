@@ -11,6 +11,7 @@
 //! The key of each call comes from the sample's Xoshiro256++ stream, so the draws stay
 //! reproducible per (seed, sample).
 
+use super::prefetch::rows_ahead;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use rand_distr::StandardNormal;
@@ -482,6 +483,9 @@ unsafe fn noise_avx512(keys: &Keys, sigma: &[f32], out: &mut [f32], at: Runs) {
     let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for run in 0..at.rows {
         let s0 = at.start + run * at.stride;
+        if at.rows > 1 {
+            rows_ahead(sigma, s0, at.stride, at.len);
+        }
         let (sigma, out) = (&sigma[s0..s0 + at.len], &mut out[run * at.out_stride..][..at.len]);
         if !s0.is_multiple_of(32) {
             // SAFETY: AES-NI is enabled here.
