@@ -223,14 +223,23 @@ fn pair_of(i: u32) -> u32 {
 }
 
 /// `out[t] = sigma[t] * eps_idx[t]` for the values `idx` of [`noise_impl`]'s stream (flat
-/// indices modulo 2^32): random access, bit for bit the same values.
+/// indices modulo 2^32): random access, bit for bit the same values. 16 values at a time,
+/// their blocks first and then the transform, in a loop of its own that LLVM vectorizes
+/// (a block and a transform per value in one loop ran 7x slower with AVX2).
 #[inline(always)]
 fn noise_at_impl(keys: &Keys, block: impl Blocks, idx: &[u32], sigma: &[f32], out: &mut [f32]) {
-    for ((o, &s), &i) in out.iter_mut().zip(sigma).zip(idx) {
-        let (b, w) = block_of(pair_of(i));
-        let h = block(keys, b);
-        let (z0, z1) = box_muller(h[w], h[w + 1]);
-        *o = s * if i & 8 == 0 { z0 } else { z1 };
+    const STEP: usize = 16;
+    for ((oc, sc), ic) in out.chunks_mut(STEP).zip(sigma.chunks(STEP)).zip(idx.chunks(STEP)) {
+        let (mut h1, mut h2) = ([0u32; STEP], [0u32; STEP]);
+        for ((a, b), &i) in h1.iter_mut().zip(&mut h2).zip(ic) {
+            let (blk, w) = block_of(pair_of(i));
+            let h = block(keys, blk);
+            (*a, *b) = (h[w], h[w + 1]);
+        }
+        for ((((o, &s), &i), &a), &b) in oc.iter_mut().zip(sc).zip(ic).zip(&h1).zip(&h2) {
+            let (z0, z1) = box_muller(a, b);
+            *o = s * if i & 8 == 0 { z0 } else { z1 };
+        }
     }
 }
 
