@@ -114,6 +114,8 @@ pub struct Args {
     #[arg(long, default_value = "flipout")]
     pub estimator: String,
     /// CSR kernels: auto (for pruned layers whose CSR kernel is timed faster than the dense path at load), always, never.
+    /// The two paths sum in different orders, so with auto the last digits of the results can
+    /// differ from one run to the next; always or never give the same bits every run.
     #[arg(long, default_value = "auto")]
     pub sparse: String,
     /// Predictions to time: with more than one, an untimed prediction first warms the
