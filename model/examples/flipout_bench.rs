@@ -46,7 +46,7 @@ fn main() {
         // The fused kernel takes the input signs as bits and flips what it reads; the unfused
         // products flip the input once.
         let fused = best(0.5, || {
-            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, x_nonzero: None, noise: Noise::Values(&noise), s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         // With the noise drawn too: into a [k, n] array first, or by the kernel into its panels.
@@ -54,12 +54,12 @@ fn main() {
         let mut sampler = Sampler::new(1, 2);
         let draw_then_fused = best(0.5, || {
             sampler.noise_into(&sigma, &mut drawn);
-            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, x_nonzero: None, noise: Noise::Values(&drawn), s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         let fused_drawing = best(0.5, || {
             let key = sampler.noise_key();
-            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
+            let f = FlipoutDense { x: &x, s_in: &s_in_bits, m, k, n, mu: &mu, mean, x_nonzero: None, noise: Noise::Draw { key, sigma: &sigma }, s_out: &s_bits, bias: &bias, relu: true };
             flipout_dense(&f, &mut out, &mut bufs)
         });
         let (mut flipped, mut pert) = (vec![0f32; m * k], vec![0f32; m * n]);

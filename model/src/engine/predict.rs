@@ -612,6 +612,9 @@ struct Shared {
     /// on the transposed kernel), which a layer that leaves its output transposed
     /// ([`Transposed::output`]) adds there.
     mean_t: Option<Vec<f32>>,
+    /// Which inputs of a dense layer are not zero ([`dense::nonzero_bits`]), for the fused
+    /// kernel's steps over them.
+    nonzero: Option<Vec<u64>>,
 }
 
 impl Shared {
@@ -836,7 +839,7 @@ impl Linear {
                     csr.spmm_t(xp, cols, sparse::Pass::One(mu), yp);
                 }
             });
-            return Shared { patches: None, mean: std::sync::OnceLock::new(), n, units: u, xt: Some(xt), mean_t: Some(mean_t) };
+            return Shared { patches: None, mean: std::sync::OnceLock::new(), n, units: u, xt: Some(xt), mean_t: Some(mean_t), nonzero: None };
         }
         let patches = self.conv.map(|_| {
             let mut p = Vec::new();
@@ -851,7 +854,8 @@ impl Linear {
             let _ftz = FlushDenormals::new();
             self.kernel.matmul(pb, pb.len() / k.max(1), self.kernel.values().0, o, false, tbuf);
         });
-        Shared { patches, mean: std::sync::OnceLock::from(mean), n, units: u, xt: None, mean_t: None }
+        let nonzero = if patches.is_none() && self.fused_flipout() { dense::nonzero_bits(x, rows, k) } else { None };
+        Shared { patches, mean: std::sync::OnceLock::from(mean), n, units: u, xt: None, mean_t: None, nonzero }
     }
 
     /// The layer on `x` (`n` examples); returns `[n, ..., units]`, through a ReLU when `relu`.
@@ -970,7 +974,8 @@ impl Linear {
         if let (true, Some(fused_noise)) = (flipout, fused_noise) {
             let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean());
-            let f = FlipoutDense { x, s_in: &ws.s_in_bits, m: rows, k, n: u, mu, mean, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
+            let x_nonzero = shared.and_then(|sh| sh.nonzero.as_deref());
+            let f = FlipoutDense { x, s_in: &ws.s_in_bits, m: rows, k, n: u, mu, mean, x_nonzero, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
             ws.noise = noise;
             return (out, false);
