@@ -3,11 +3,12 @@
 //!
 //! Weight noise (millions of normal draws per sample on conv nets) comes from a vectorized
 //! generator: a counter-based hash (five keyed AES rounds per 128-bit block of four uniform
-//! words, ARS-5's construction, on the CPU's AES instructions) and the Box–Muller transform with branch-free polynomial `ln` (Cephes), and `sin`/`cos`
-//! of a 24-bit angle (the quarter turn taken off in integers, Cephes minimax polynomials on
-//! [-pi/4, pi/4]), all Horner steps fused multiply-adds (about 1e-7 error), 16 lanes wide
-//! with AVX-512. Every path (AVX-512, AVX2, portable) runs the same operations with IEEE
-//! fused multiply-adds, so all give the same bits.
+//! words, ARS-5's construction, on the CPU's AES instructions) and the Box–Muller transform
+//! with branch-free polynomial `ln` (Cephes), and `sin`/`cos` of a 24-bit angle (the quarter
+//! turn taken off in integers, Cephes minimax polynomials on [-pi/4, pi/4]), all Horner
+//! steps fused multiply-adds (about 1e-7 error), 16 lanes wide with AVX-512. Every path
+//! (AVX-512, AVX2, portable) runs the same operations with IEEE fused multiply-adds and
+//! the same AES rounds, so all give the same bits.
 //! The key of each call comes from the sample's Xoshiro256++ stream, so the draws stay
 //! reproducible per (seed, sample).
 
@@ -42,6 +43,7 @@ const BLOCK_MASK: u32 = (1 << 30) - 1;
 struct Keys([u128; ROUNDS + 1]);
 
 impl Keys {
+    /// The schedule of a draw's 64-bit key.
     fn new(key: u64) -> Keys {
         let mut halves = [key, 0];
         Keys(std::array::from_fn(|_| {
