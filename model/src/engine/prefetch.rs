@@ -7,12 +7,12 @@
 //! hide; asking for the row a few rows ahead does.
 
 /// Rows ahead that [`rows_ahead`] asks for: 8 and 16 measured the same on BNN-FC.
-pub(crate) const AHEAD: usize = 8;
+const AHEAD: usize = 8;
 
 /// Asks the CPU to bring `values` into L1, one hint per 64-byte line (nothing where there
 /// is no prefetch instruction). A hint: it changes no value.
 #[inline(always)]
-pub(crate) fn prefetch(values: &[f32]) {
+fn prefetch(values: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     for line in values.chunks(16) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
