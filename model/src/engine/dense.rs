@@ -278,7 +278,13 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 let f = &drawable(f, avx512::L * avx512::NV_PAIRED, noise);
                 // SAFETY: as below; `pairs` was just filled from `f.x` and `f.s_in`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
-                return drive_arranged(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(f, pairs, t, out) });
+                return drive_arranged(f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx512::weave_panel::<{ avx512::NV_PAIRED }>(p) }, |t| unsafe { avx512::paired(f, pairs, t, out) });
+            }
+            if f.mean.is_none() && n <= avx512::L {
+                let f = &drawable(f, avx512::L, noise);
+                // SAFETY: as below; the mean is computed and the panels are one vector of
+                // both products, woven.
+                return drive_arranged(f, avx512::L, 1, [avx512::MR, avx512::MR_NARROW], panel_bytes(m), panel, |p| unsafe { avx512::weave_panel::<1>(p) }, |t| unsafe { avx512::narrow(f, t, out) });
             }
             let (nv, xf) = (avx512::nv(f), flip_input(f, flipped));
             let f = &drawable(f, avx512::L * nv, noise);
@@ -290,7 +296,12 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
                 let f = &drawable(f, avx2::L * avx2::NV_PAIRED, noise);
                 // SAFETY: as below; `pairs` was just filled from `f.x` and `f.s_in`, the mean is
                 // computed and the panels are full ones of `NV_PAIRED` vectors.
-                return drive_arranged(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(f, pairs, t, out) });
+                return drive_arranged(f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, PANEL_BYTES, panel, |p| unsafe { avx2::weave_panel::<{ avx2::NV_PAIRED }>(p) }, |t| unsafe { avx2::paired(f, pairs, t, out) });
+            }
+            if f.mean.is_none() && n <= avx2::L {
+                let f = &drawable(f, avx2::L, noise);
+                // SAFETY: as above.
+                return drive_arranged(f, avx2::L, 1, [avx2::MR, avx2::MR_NARROW], panel_bytes(m), panel, |p| unsafe { avx2::weave_panel::<1>(p) }, |t| unsafe { avx2::narrow(f, t, out) });
             }
             let (nv, xf) = (avx2::nv(f), flip_input(f, flipped));
             let f = &drawable(f, avx2::L * nv, noise);
@@ -312,6 +323,57 @@ fn flip_input<'b>(f: &FlipoutDense, buf: &'b mut Vec<f32>) -> &'b [f32] {
     flip_by_bits(&f.x[..len], f.s_in, &mut buf[..len]);
     &buf[..len]
 }
+
+/// Inputs `p..p + len` of row `r` of `f` (`len` <= [`WOVEN_INPUTS`]) into `out`, each
+/// beside its flip (`x, x * s_in`): what [`avx512::narrow`]'s 64-bit broadcasts read.
+///
+/// # Safety
+/// Row `r` of `f.x` holds inputs `p..p + len` and `f.s_in` their bits; `out` has room for
+/// `2 len` values.
+#[inline(always)]
+unsafe fn weave_inputs_portable(f: &FlipoutDense, r: usize, p: usize, len: usize, out: *mut f32) {
+    let g0 = r * f.k + p;
+    for j in 0..len {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let v = *f.x.get_unchecked(g0 + j);
+            let sign = (sign_bits_at(f.s_in, g0 + j, 1) & 1) as u32;
+            *out.add(2 * j) = v;
+            *out.add(2 * j + 1) = f32::from_bits(v.to_bits() ^ sign << 31);
+        }
+    }
+}
+
+/// [`weave_inputs_portable`] 16 inputs at a time: a masked XOR of the sign bits and two
+/// permutes. Writes whole vectors: `out` needs room for `2 len` rounded up to 32 values.
+///
+/// # Safety
+/// As [`weave_inputs_portable`]'s; the CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weave_inputs_avx512(f: &FlipoutDense, r: usize, p: usize, len: usize, out: *mut f32) {
+    use std::arch::x86_64::*;
+    let g0 = r * f.k + p;
+    // SAFETY: the caller's contract: loads are masked to the row's inputs, stores within room.
+    unsafe {
+        let sign = _mm512_set1_epi32(i32::MIN);
+        for q in 0..len.div_ceil(16) {
+            let lanes = (len - 16 * q).min(16);
+            let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+            let v = _mm512_maskz_loadu_ps(m, f.x.as_ptr().add(g0 + 16 * q));
+            let bits = sign_bits_at(f.s_in, g0 + 16 * q, lanes) as u16 & m;
+            let flipped = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(v), bits, _mm512_castps_si512(v), sign));
+            let [lo, hi] = weave_avx512(v, flipped);
+            _mm512_storeu_ps(out.add(32 * q), lo);
+            _mm512_storeu_ps(out.add(32 * q + 16), hi);
+        }
+    }
+}
+
+/// Inputs per chunk that the narrow kernels weave at a time, per row (on the stack: 12 rows
+/// of 64 take 6 KiB of L1; a woven copy of a whole `[m, k]` input went to L2 and took 3/4
+/// of the kernel's time writing it).
+const WOVEN_INPUTS: usize = 64;
 
 /// Rows of `drive`'s tiles for the kernels' `paired` (even: whole pairs).
 const PAIRED_TILE: [usize; 2] = [8, 8];
@@ -690,12 +752,12 @@ macro_rules! unrolled {
 /// vectors of `L` lanes, accumulators of the perturbation product (and of the mean product
 /// when `MEAN`) in registers over the whole k.
 macro_rules! simd_tile {
-    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $nv_paired:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident, $pair:ident, $weave:ident, $unweave:ident) => {
+    ($name:ident, $feat:literal, $v:ty, $lanes:literal, $nv:literal, $nv_given:literal, $mr:literal, $mr_narrow:literal, $nv_paired:literal, $zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident, $epilogue:ident, $pair:ident, $weave:ident, $unweave:ident, $weave_inputs:ident) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use super::{FlipoutDense, RowPairs, Tile};
             #[allow(unused_imports)]
-            use super::{store_row, $epilogue, $pair, $weave, $unweave};
+            use super::{store_row, $epilogue, $pair, $weave, $unweave, $weave_inputs};
             use std::arch::x86_64::*;
             /// Lanes per vector.
             pub(super) const L: usize = $lanes;
@@ -936,15 +998,93 @@ macro_rules! simd_tile {
                 }
             }
 
-            /// A pairs' k block of panel rows as [`paired`] reads them: each row's noise
-            /// (`V` vectors) and mu (`V` more) woven, `mu0, noise0, mu1, noise1, ...`, so that
-            /// a row's `(x, x * s_in)` broadcast feeds both products in one FMA.
+            /// Both products of a layer whose outputs fit one vector (BNN-FC's 10 logits), on
+            /// the one-vector panels of `drive` woven by [`weave_panel`]: the tile's rows'
+            /// inputs woven with their flips, `x, x * s_in`, [`super::WOVEN_INPUTS`] at a time
+            /// on the stack, and one 64-bit broadcast per row and input feeding both products
+            /// (a tile of `MR_NARROW` rows: 2 panel loads and `MR_NARROW` broadcasts per
+            /// `2 MR_NARROW` FMAs, where [`tile`] takes twice the broadcasts). Lane `2 j` of a
+            /// row's sums is output j's mean product, lane `2 j + 1` its perturbation, each
+            /// summed in [`tile`]'s order: the same bits.
             ///
             /// # Safety
-            /// The CPU has the target features; `panel` holds whole rows of `2 NV_PAIRED L`.
+            /// As [`tile`]'s; `f.mean` is `None`, `t.width` is `2 L` and the panel is woven.
             #[target_feature(enable = $feat)]
-            pub(super) unsafe fn weave_panel(panel: &mut [f32]) {
-                const V: usize = NV_PAIRED;
+            pub(super) unsafe fn narrow(f: &FlipoutDense, t: Tile, out: &mut [f32]) {
+                debug_assert!(t.rows <= MR || t.rows == MR_NARROW, "no tile of {} rows", t.rows);
+                match t.rows {
+                    12 if MR_NARROW >= 12 => narrow_rows::<12>(f, t, out),
+                    6 if MR_NARROW >= 6 => narrow_rows::<6>(f, t, out),
+                    5 if MR >= 5 => narrow_rows::<5>(f, t, out),
+                    4 if MR >= 4 => narrow_rows::<4>(f, t, out),
+                    3 if MR >= 3 => narrow_rows::<3>(f, t, out),
+                    2 => narrow_rows::<2>(f, t, out),
+                    _ => narrow_rows::<1>(f, t, out),
+                }
+            }
+
+            /// [`narrow`] on `ROWS` rows.
+            ///
+            /// # Safety
+            /// As [`narrow`]'s; `t.rows` is `ROWS`.
+            #[target_feature(enable = $feat)]
+            unsafe fn narrow_rows<const ROWS: usize>(f: &FlipoutDense, t: Tile, out: &mut [f32]) {
+                const CHUNK: usize = super::WOVEN_INPUTS;
+                let w = 2 * L;
+                debug_assert!(f.mean.is_none() && w == t.width && t.panel.len() >= t.kc * w && t.acc.len() >= ROWS * w);
+                debug_assert!((t.r + ROWS) * f.k <= f.x.len() && t.p0 + t.kc <= f.k);
+                let mut acc = [[$zero(); 2]; ROWS];
+                let sums = t.acc.as_mut_ptr();
+                if t.stage.load {
+                    for i in 0..ROWS {
+                        for v in 0..2 {
+                            acc[i][v] = $load(sums.add(i * w + v * L));
+                        }
+                    }
+                }
+                // Each row's woven chunk: written before it is read (only what was written).
+                let mut woven = std::mem::MaybeUninit::<[[f32; 2 * CHUNK]; ROWS]>::uninit();
+                let woven = woven.as_mut_ptr().cast::<f32>();
+                let mut bp = t.panel.as_ptr();
+                for c in (0..t.kc).step_by(CHUNK) {
+                    let len = CHUNK.min(t.kc - c);
+                    for i in 0..ROWS {
+                        $weave_inputs(f, t.r + i, t.p0 + c, len, woven.add(i * 2 * CHUNK));
+                    }
+                    for q in 0..len {
+                        let pv = [$load(bp), $load(bp.add(L))];
+                        for i in 0..ROWS {
+                            let a = $pair(woven.add(i * 2 * CHUNK + 2 * q).cast::<u32>());
+                            for v in 0..2 {
+                                acc[i][v] = $fma(a, pv[v], acc[i][v]);
+                            }
+                        }
+                        bp = bp.add(w);
+                    }
+                }
+                if !t.stage.last {
+                    for i in 0..ROWS {
+                        for v in 0..2 {
+                            $store(sums.add(i * w + v * L), acc[i][v]);
+                        }
+                    }
+                    return;
+                }
+                unrolled!(ROWS, i => {
+                    let [mean, pert] = $unweave(acc[i][0], acc[i][1]);
+                    $epilogue::<1, true>(f, t.r + i, t.c0, t.cw, &[pert], &[mean], out)
+                });
+            }
+
+            /// A k block of panel rows as [`paired`] (`V` = [`NV_PAIRED`]) and [`narrow`]
+            /// (`V` = 1) read them: each row's noise (`V` vectors) and mu (`V` more) woven,
+            /// `mu0, noise0, mu1, noise1, ...`, so that a row's `(x, x * s_in)` broadcast feeds
+            /// both products in one FMA.
+            ///
+            /// # Safety
+            /// The CPU has the target features; `panel` holds whole rows of `2 V L`.
+            #[target_feature(enable = $feat)]
+            pub(super) unsafe fn weave_panel<const V: usize>(panel: &mut [f32]) {
                 for row in panel.chunks_exact_mut(2 * V * L) {
                     let p = row.as_mut_ptr();
                     let noise: [$v; V] = std::array::from_fn(|v| $load(p.add(v * L)));
@@ -963,9 +1103,9 @@ macro_rules! simd_tile {
 // 32 columns = 2 zmm per row and product: 6 rows keep 24 accumulators in the 32 registers
 // (64 columns = 4 zmm with the mean given: the first layer's 12 accumulators were 0.xx of
 // the FMA rate).
-simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, 4, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512, pair_avx512, weave_avx512, unweave_avx512);
+simd_tile!(avx512, "avx512f,avx2,fma", __m512, 16, 2, 4, 6, 12, 4, _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_storeu_ps, epilogue_avx512, pair_avx512, weave_avx512, unweave_avx512, weave_inputs_avx512);
 // 16 columns = 2 ymm per row and product: 3 rows, 12 accumulators of the 16 registers.
-simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2, pair_avx2, weave_avx2, unweave_avx2);
+simd_tile!(avx2, "avx2,fma", __m256, 8, 2, 2, 3, 6, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_storeu_ps, epilogue_avx2, pair_avx2, weave_avx2, unweave_avx2, weave_inputs_portable);
 
 #[cfg(test)]
 mod tests {
@@ -1008,6 +1148,41 @@ mod tests {
     }
 
     #[test]
+    fn woven_inputs_lie_beside_their_flips() {
+        // Row 1 of two rows of 45 inputs, from input 3: two groups of 16 for the vector path,
+        // then a tail of 10 (its bits read across a word boundary); signs of every third input
+        // set, 0 and -0 among the values.
+        let (k, r, p, len) = (45, 1, 3, 42);
+        let x: Vec<f32> = (0..2 * k).map(|i| if i % 7 == 0 { 0.0 } else if i == 50 { -0.0 } else { i as f32 - 60.5 }).collect();
+        let s_in: Vec<u64> = (0..2).map(|w| (0..64).filter(|i| (64 * w + i) % 3 == 0).fold(0u64, |a, i| a | 1 << i)).collect();
+        let f = FlipoutDense { x: &x, s_in: &s_in, m: 2, k, n: 1, mu: &[], mean: None, x_nonzero: None, s_out: &[], noise: Noise::Values(&[]), bias: &[], relu: false };
+        let want: Vec<u32> = (r * k + p..r * k + p + len).flat_map(|g| [x[g].to_bits(), if g % 3 == 0 { (-x[g]).to_bits() } else { x[g].to_bits() }]).collect();
+        let mut out = vec![f32::NAN; 2 * WOVEN_INPUTS];
+        // SAFETY: row 1 holds inputs 3..45 and `s_in` their bits; `out` has room for 2 x 64.
+        unsafe { weave_inputs_portable(&f, r, p, len, out.as_mut_ptr()) };
+        assert_eq!(out[..2 * len].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            let mut out = vec![f32::NAN; 2 * WOVEN_INPUTS];
+            // SAFETY: as above; the CPU has AVX-512F (the function is inlined into this test,
+            // whose code may use it only after the check: the intrinsics need the feature).
+            unsafe { weave_avx512_for_test(&f, r, p, len, out.as_mut_ptr()) };
+            assert_eq!(out[..2 * len].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
+        }
+    }
+
+    /// [`weave_inputs_avx512`] compiled with AVX-512F.
+    ///
+    /// # Safety
+    /// As [`weave_inputs_avx512`]'s.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weave_avx512_for_test(f: &FlipoutDense, r: usize, p: usize, len: usize, out: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { weave_inputs_avx512(f, r, p, len, out) }
+    }
+
+    #[test]
     fn nonzero_bits_mark_the_inputs_that_are_not_zero() {
         // Rows of 70 inputs: two words each, the second holding inputs 64..70.
         let mut x = vec![0f32; 2 * 70];
@@ -1037,9 +1212,11 @@ mod tests {
         let dirty = || vec![f32::NAN; 3000];
         // The noise drawn beforehand, and drawn by the kernel into its panels (n = 64, 48, 96,
         // 112: on the generator's 32- and 16-value steps; the others drawn whole first).
+        // n <= 16 (10, 7, 16, ...): one-vector panels, woven for the narrow kernels, over several
+        // k blocks (30 x 300 x 10) and row tails after tiles of 12 (130 rows).
         // n = 200: full 64-column panels (mean given) whose rows' 64 sign bits start mid-word
         // (the epilogue reads them once per row, from two words), then an 8-column one.
-        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112), (5, 9, 200), (13, 300, 128), (9, 33, 64), (6, 20, 256)] {
+        for (m, k, n) in [(13, 5, 10), (7, 64, 37), (1, 3, 1), (20, 17, 64), (6, 1, 33), (9, 300, 70), (16, 40, 20), (11, 130, 48), (7, 0, 5), (100, 70, 96), (8, 150, 112), (5, 9, 200), (13, 300, 128), (9, 33, 64), (6, 20, 256), (30, 300, 10), (25, 41, 7), (130, 66, 16)] {
             let (mut x, mu, sigma, bias) = (vals(m * k), vals(k * n), vals(k * n), vals(n));
             // Half the inputs zero, as after a ReLU (and whole zero rows), for the kernels
             // that skip them.
@@ -1062,7 +1239,7 @@ mod tests {
                 let want = naive(&f, &noise);
                 let (mut buf, mut pairs) = (Vec::new(), RowPairs::default());
                 let mut by_tile: Vec<Vec<f32>> = Vec::new();
-                for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000), ("avx2-pairs", PANEL_BYTES), ("avx2-pairs", 1000), ("avx512-pairs", PANEL_BYTES), ("avx512-pairs", 1000), ("avx2-skip", PANEL_BYTES), ("avx2-skip", usize::MAX), ("avx512-skip", PANEL_BYTES), ("avx512-skip", usize::MAX)] {
+                for (name, bytes) in [("dispatch", PANEL_BYTES), ("portable", PANEL_BYTES), ("portable", 1000), ("avx2", PANEL_BYTES), ("avx2", 1000), ("avx512", PANEL_BYTES), ("avx512", 1000), ("avx2-pairs", PANEL_BYTES), ("avx2-pairs", 1000), ("avx512-pairs", PANEL_BYTES), ("avx512-pairs", 1000), ("avx2-skip", PANEL_BYTES), ("avx2-skip", usize::MAX), ("avx512-skip", PANEL_BYTES), ("avx512-skip", usize::MAX), ("avx2-narrow", PANEL_BYTES), ("avx2-narrow", 1000), ("avx512-narrow", PANEL_BYTES), ("avx512-narrow", 1000)] {
                     let mut out = vec![f32::NAN; m * n];
                     match name {
                         "dispatch" => flipout_dense(&f, &mut out, &mut Buffers { panel: Aligned(dirty()), noise: dirty(), pairs: RowPairs::default(), flipped: dirty() }),
@@ -1080,14 +1257,14 @@ mod tests {
                             let f = drawable(&f, avx2::L * avx2::NV_PAIRED, &mut buf);
                             pairs.fill(f.x, f.s_in, m, k);
                             // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
-                            drive_arranged(&f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx2::weave_panel(p) }, |t| unsafe { avx2::paired(&f, &pairs, t, &mut out) })
+                            drive_arranged(&f, avx2::L, avx2::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx2::weave_panel::<{ avx2::NV_PAIRED }>(p) }, |t| unsafe { avx2::paired(&f, &pairs, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512-pairs" if std::is_x86_feature_detected!("avx512f") && mean.is_none() && n % (avx512::L * avx512::NV_PAIRED) == 0 => {
                             let f = drawable(&f, avx512::L * avx512::NV_PAIRED, &mut buf);
                             pairs.fill(f.x, f.s_in, m, k);
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes; `pairs` holds f's rows; mean computed, full panels.
-                            drive_arranged(&f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx512::weave_panel(p) }, |t| unsafe { avx512::paired(&f, &pairs, t, &mut out) })
+                            drive_arranged(&f, avx512::L, avx512::NV_PAIRED, PAIRED_TILE, bytes, &mut Aligned(dirty()), |p| unsafe { avx512::weave_panel::<{ avx512::NV_PAIRED }>(p) }, |t| unsafe { avx512::paired(&f, &pairs, t, &mut out) })
                         }
                         #[cfg(target_arch = "x86_64")]
                         "avx512" if std::is_x86_feature_detected!("avx512f") => {
@@ -1108,6 +1285,19 @@ mod tests {
                             // SAFETY: the CPU has AVX-512F; the slices hold their shapes; the bits are x's.
                             drive(&f, avx512::L, avx512::nv(&f), [avx512::MR, avx512::MR_NARROW], bytes, &mut Aligned(dirty()), |t| unsafe { avx512::tile_any(&f, &flipped, t, &mut out) })
                         }
+                        // The woven tiles of a layer whose outputs fit one vector.
+                        #[cfg(target_arch = "x86_64")]
+                        "avx2-narrow" if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && mean.is_none() && n <= avx2::L => {
+                            let f = drawable(&f, avx2::L, &mut buf);
+                            // SAFETY: the CPU has AVX2 and FMA; the slices hold their shapes; mean computed, one-vector panels.
+                            drive_arranged(&f, avx2::L, 1, [avx2::MR, avx2::MR_NARROW], bytes, &mut Aligned(dirty()), |p| unsafe { avx2::weave_panel::<1>(p) }, |t| unsafe { avx2::narrow(&f, t, &mut out) })
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        "avx512-narrow" if std::is_x86_feature_detected!("avx512f") && mean.is_none() && n <= avx512::L => {
+                            let f = drawable(&f, avx512::L, &mut buf);
+                            // SAFETY: the CPU has AVX-512F; the slices hold their shapes; mean computed, one-vector panels.
+                            drive_arranged(&f, avx512::L, 1, [avx512::MR, avx512::MR_NARROW], bytes, &mut Aligned(dirty()), |p| unsafe { avx512::weave_panel::<1>(p) }, |t| unsafe { avx512::narrow(&f, t, &mut out) })
+                        }
                         _ => continue,
                     }
                     for (i, (g, e)) in out.iter().zip(&want).enumerate() {
@@ -1116,7 +1306,7 @@ mod tests {
                     // Skipping the zeros changes no bit of what the same instruction set's tile sums.
                     match name {
                         "avx2" | "avx512" => by_tile.push(out),
-                        "avx2-pairs" | "avx512-pairs" | "avx2-skip" | "avx512-skip" => {
+                        "avx2-pairs" | "avx512-pairs" | "avx2-skip" | "avx512-skip" | "avx2-narrow" | "avx512-narrow" => {
                             let tile = by_tile.iter().find(|t| t.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()));
                             assert!(tile.is_some(), "{name} ({bytes} B blocks) {m}x{k}x{n} mean given {} relu {relu}: not bit for bit a tile's sums", mean.is_some());
                         }
