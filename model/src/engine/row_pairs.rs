@@ -67,14 +67,14 @@ impl RowPairs {
     /// `u32`.
     pub fn fill(&mut self, x: &[f32], s_in: &[u64], m: usize, k: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
-        let vector = std::is_x86_feature_detected!("avx512f");
+        let vector = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("popcnt");
         #[cfg(not(target_arch = "x86_64"))]
         let vector = false;
         self.fill_on(x, s_in, m, k, vector)
     }
 
-    /// [`RowPairs::fill`], packing each pair with AVX-512 when `vector` (which the CPU must
-    /// support) or portably.
+    /// [`RowPairs::fill`], packing each pair with AVX-512 and POPCNT when `vector` (which the
+    /// CPU must support) or portably.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn fill_on(&mut self, x: &[f32], s_in: &[u64], m: usize, k: usize, vector: bool) -> usize {
         assert!(x.len() >= m * k && s_in.len() * 64 >= m * k, "row pairs: slices shorter than {m}x{k}");
@@ -94,7 +94,7 @@ impl RowPairs {
             let b = if 2 * i + 1 < m { Row { x: &x[(2 * i + 1) * k..][..k], signs: s_in, bit0: (2 * i + 1) * k } } else { Row { x: &zeros, signs: &no_signs, bit0: 0 } };
             #[cfg(target_arch = "x86_64")]
             if vector {
-                // SAFETY: AVX-512F is present (the caller's word, from detection); each array
+                // SAFETY: AVX-512F and POPCNT are present (the caller's word, from detection); each array
                 // holds `n + k + ROOM` values.
                 n = unsafe { self.pair_avx512(a, b, n) };
                 continue;
@@ -132,9 +132,9 @@ impl RowPairs {
     /// `y` woven into `(x, y)` pairs (two permutes, two stores).
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; `cap >= n + a.x.len() + ROOM`.
+    /// The CPU supports AVX-512F and POPCNT; `cap >= n + a.x.len() + ROOM`.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,popcnt")]
     unsafe fn pair_avx512(&mut self, a: Row, b: Row, mut n: usize) -> usize {
         use std::arch::x86_64::*;
         let k = a.x.len();
@@ -156,11 +156,9 @@ impl RowPairs {
             while p < k {
                 self.splits.push(n);
                 let live: __mmask16 = if k - p >= GROUP { !0 } else { (1u16 << (k - p)) - 1 };
-                let rows = [a, b].map(|r| {
-                    let x = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.x.as_ptr().add(p)));
-                    let s = sign_bits_at(r.signs, r.bit0 + p, GROUP.min(k - p)) as u16;
-                    (x, _mm512_mask_xor_epi32(x, s, x, sign))
-                });
+                // Not a closure over [a, b]: it was not inlined, and its vectors went through
+                // the stack (a third of the packing's time).
+                let rows = [row_vectors(a, p, live, k, sign), row_vectors(b, p, live, k, sign)];
                 let zero = _mm512_setzero_ps();
                 let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[0].0), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[1].0), zero);
                 _mm512_storeu_si512(data.add(n).cast(), _mm512_maskz_compress_epi32(keep, iota));
@@ -219,6 +217,24 @@ impl RowPairs {
     /// Pair `i`'s columns in `p0..p1` with both rows' values: `(column, [xa, ya, xb, yb])`.
     pub fn entries(&self, i: usize, p0: usize, p1: usize) -> impl Iterator<Item = (u32, [f32; 4])> + '_ {
         self.range(i, p0, p1).map(|q| (self.data[q], std::array::from_fn(|a| f32::from_bits(self.data[value_at(self.cap, a, q)]))))
+    }
+}
+
+/// Columns `p..p + 16` of `r` (those in `live`), as they are and flipped by their signs:
+/// [`RowPairs::pair_avx512`]'s loads of one row.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `r.x` holds `k` values, `live` masks those from `p` on, and
+/// `r.signs` holds their bits.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_vectors(r: Row, p: usize, live: std::arch::x86_64::__mmask16, k: usize, sign: std::arch::x86_64::__m512i) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract: the load is masked to the row.
+    unsafe {
+        let x = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.x.as_ptr().add(p)));
+        let s = sign_bits_at(r.signs, r.bit0 + p, GROUP.min(k - p)) as u16;
+        (x, _mm512_mask_xor_epi32(x, s, x, sign))
     }
 }
 
