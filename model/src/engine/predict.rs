@@ -652,8 +652,53 @@ pub(crate) struct Scratch {
     s_out_bits: Vec<u64>,
     /// Input sign bits of a pruned dense layer ([`sparse::Signs::Bits`]).
     s_in_bits: Vec<u64>,
+    /// A fused convolution's signs spread over a block of its patch rows ([`spread_signs`]).
+    row_s_in: Vec<u64>,
+    row_s_out: Vec<u64>,
     /// Buffers of the pruned layers' transposed kernel.
     sparse: sparse::Scratch,
+}
+
+/// Sign bits of the patch rows `rows` of a convolution (`rpe` rows per example), `row_len`
+/// values each, into `out` as [`FlipoutDense`] takes them (bit j of word i for value 64 i + j
+/// of the block, row-major): value c of row r takes bit `e * width + c % width` of `bits`,
+/// e = r / rpe its example. A patch row runs over its window's positions with the channels
+/// fastest (HWIO), so an example's input signs (`width` = channels) repeat at every
+/// position; its output signs (`width` = `row_len` = units) are one run.
+///
+/// # Panics
+/// When `bits` holds fewer bits than the rows' examples take.
+fn spread_signs(bits: &[u64], width: usize, row_len: usize, rows: std::ops::Range<usize>, rpe: usize, out: &mut Vec<u64>) {
+    /// ORs the low `len` bits of `word` into `dst` from bit `at` on.
+    fn put(dst: &mut [u64], at: usize, word: u64, len: usize) {
+        let word = if len < 64 { word & ((1 << len) - 1) } else { word };
+        let (i, b) = (at / 64, at % 64);
+        dst[i] |= word << b;
+        if b > 0 && b + len > 64 {
+            dst[i + 1] |= word >> (64 - b);
+        }
+    }
+    out.clear();
+    out.resize((rows.len() * row_len).div_ceil(64) + 1, 0);
+    let mut pattern = vec![0u64; row_len.div_ceil(64) + 1];
+    let mut example = None;
+    for (i, r) in rows.enumerate() {
+        let e = r / rpe.max(1);
+        if example != Some(e) {
+            // The example's row of signs, built once for its rows.
+            pattern.iter_mut().for_each(|w| *w = 0);
+            for c0 in (0..row_len).step_by(width.max(1)) {
+                for j in (0..width.min(row_len - c0)).step_by(64) {
+                    let len = 64.min(width.min(row_len - c0) - j);
+                    put(&mut pattern, c0 + j, super::sampler::sign_bits_at(bits, e * width + j, len), len);
+                }
+            }
+            example = Some(e);
+        }
+        for (w, &word) in pattern.iter().enumerate().take(row_len.div_ceil(64)) {
+            put(out, i * row_len + 64 * w, word, 64.min(row_len - 64 * w));
+        }
+    }
 }
 
 /// Subnormal floats flushed to zero on this thread (x86-64: the FTZ and DAZ bits of MXCSR)
@@ -799,6 +844,16 @@ impl Linear {
         self.conv.is_none() && !self.kernel.is_sparse()
     }
 
+    /// Whether this Flipout convolution runs on the fused dense kernel ([`flipout_dense`])
+    /// over its patch rows, its (example, channel) and (example, unit) signs spread over the
+    /// rows ([`spread_signs`]): a dense-kernel convolution that Winograd (not with a shared
+    /// mean) and the signs-on-weights GEMM do not take, VGG-16's 4x4 and 2x2 layers on
+    /// 32x32 inputs. The GEMM library packed each product's k x n weights (9 MB there) for
+    /// a few rows: a fifth of VGG-16's time.
+    fn fused_conv(&self, shared: bool) -> bool {
+        self.conv.is_some() && !self.kernel.is_sparse() && (self.wino.is_none() || shared) && !self.signs_on_weights()
+    }
+
     /// Whether this is a pruned dense layer on the sparse kernel: its Flipout signs are drawn
     /// as bits ([`sparse::Signs::Bits`]), which its sign panels and output pass apply as lane
     /// masks (convolutions take masks, applied per patch value), and as a first layer its
@@ -906,7 +961,8 @@ impl Linear {
                         sparse::kept_noise(s, csr, sig, &mut noise)
                     }
                     // Same key, same values as `noise_into`.
-                    Weights::Dense { .. } if *est == Estimator::Flipout && self.fused_flipout() => fused_noise = Some(Noise::Draw { key: s.noise_key(), sigma: sig }),
+                    // A fused convolution in blocks of patch rows draws its noise once (below).
+                    Weights::Dense { .. } if *est == Estimator::Flipout && (self.fused_flipout() || self.fused_conv(shared.is_some()) && rows <= self.block_rows()) => fused_noise = Some(Noise::Draw { key: s.noise_key(), sigma: sig }),
                     Weights::Dense { .. } => {
                         noise.resize(sig.len(), 0.0);
                         s.noise_into(sig, &mut noise)
@@ -921,6 +977,10 @@ impl Linear {
                         } else if self.pruned_dense() {
                             // Same draws as the masks.
                             s.sign_bits_into(n * k, &mut ws.s_in_bits);
+                            s.sign_bits_into(n * u, &mut ws.s_out_bits);
+                        } else if self.fused_conv(shared.is_some()) {
+                            // Same draws as the masks, per (example, channel) and (example, unit).
+                            s.sign_bits_into(n * self.sign_width(), &mut ws.s_in_bits);
                             s.sign_bits_into(n * u, &mut ws.s_out_bits);
                         } else {
                             s.sign_masks_into(n * self.sign_width(), &mut ws.s_in);
@@ -971,12 +1031,32 @@ impl Linear {
             ws.noise = noise;
             return (out, pooled);
         }
-        if let (true, Some(fused_noise)) = (flipout, fused_noise) {
+        if let (true, Some(fused_noise), true) = (flipout, fused_noise, self.fused_flipout()) {
             let mut out = ws.any(rows * u);
             let mean = shared.map(|sh| sh.mean());
             let x_nonzero = shared.and_then(|sh| sh.nonzero.as_deref());
             let f = FlipoutDense { x, s_in: &ws.s_in_bits, m: rows, k, n: u, mu, mean, x_nonzero, noise: fused_noise, s_out: &ws.s_out_bits, bias: &bias, relu };
             flipout_dense(&f, &mut out, &mut ws.panel);
+            ws.noise = noise;
+            return (out, false);
+        }
+        if flipout && self.fused_conv(shared.is_some()) {
+            let mut out = ws.any(rows * u);
+            let drawn = fused_noise.unwrap_or(Noise::Values(&noise));
+            let mut pbuf = std::mem::take(&mut ws.patches);
+            for r0 in (0..rows).step_by(self.block_rows()) {
+                let r1 = (r0 + self.block_rows()).min(rows);
+                let pb = match shared {
+                    Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
+                    _ => self.patches(x, r0, r1, &mut pbuf),
+                };
+                spread_signs(&ws.s_in_bits, self.sign_width(), k, r0..r1, rpe, &mut ws.row_s_in);
+                spread_signs(&ws.s_out_bits, u, u, r0..r1, rpe, &mut ws.row_s_out);
+                let mean = shared.map(|sh| &sh.mean()[r0 * u..r1 * u]);
+                let f = FlipoutDense { x: pb, s_in: &ws.row_s_in, m: r1 - r0, k, n: u, mu, mean, x_nonzero: None, noise: drawn, s_out: &ws.row_s_out, bias: &bias, relu };
+                flipout_dense(&f, &mut out[r0 * u..r1 * u], &mut ws.panel);
+            }
+            ws.patches = pbuf;
             ws.noise = noise;
             return (out, false);
         }
@@ -1366,6 +1446,40 @@ mod tests {
                 assert!((f64::from(*g) - e).abs() < tol, "k {}: {g} vs {e}", lin.kernel.k);
             }
         }
+    }
+
+    #[test]
+    fn fused_flipout_convolution_equals_the_definition() {
+        // 3x3x20 images into 40 units: 9 patch rows per example, fewer than twice the units,
+        // and no Winograd: the fused dense kernel over the patch rows (`Linear::fused_conv`).
+        // 330 examples = 2970 rows: two blocks of patch rows (the second starts at row 2912,
+        // in the middle of example 323), so the noise is drawn once for both; k = 180 sign
+        // bits per row, off the 64-bit words.
+        let lin = conv_layer_of(3, 20, 40);
+        assert!(lin.fused_conv(false) && lin.fused_conv(true) && lin.block_rows() < 2970);
+        for n in [2, 330] {
+            let x = values(n * 180, 4);
+            let expected = naive_flipout(&lin, &x, n, 7);
+            forward_equals(&lin, &x, n, &expected, 1e-4);
+        }
+    }
+
+    #[test]
+    fn spread_signs_repeat_each_examples_channel_signs_over_its_patch_rows() {
+        // 2 examples of 3 channels (bits 0b101 and 0b011), 2 rows per example, patch rows of
+        // 2 positions x 3 channels: rows 1..4 (example 0's second row, example 1's two).
+        let bits = [0b011_101u64];
+        let mut out = Vec::new();
+        spread_signs(&bits, 3, 6, 1..4, 2, &mut out);
+        assert_eq!(out[0], 0b011_011_011_011_101_101);
+        // Output signs: one run per row, 70 units (rows straddle words), 1 row per example.
+        let words: Vec<u64> = vec![u64::MAX, 0xF0F0_F0F0_F0F0_F0AA, 0b1_0000_0000_0001, 0];
+        spread_signs(&words, 70, 70, 0..2, 1, &mut out);
+        // Row 0: bits 0..70 = 64 ones then 0xAA's low 6 bits (0b10_1010); row 1 = bits
+        // 70..140: word 1 from bit 6 (58 bits), then word 2's low 12 bits (0b1).
+        assert_eq!(out[0], u64::MAX);
+        assert_eq!(out[1], 0xF0F0_F0F0_F0F0_F0AA);
+        assert_eq!(out[2], 0b1);
     }
 
     #[test]
