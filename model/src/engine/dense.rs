@@ -6,6 +6,8 @@ use super::gemm::sgemm;
 use super::row_pairs::{RowPairs, WEAVE};
 use super::prefetch::rows_ahead;
 use super::sampler::{flip_by_bits, sign_bits_at, NoiseKey, Runs};
+#[cfg(target_arch = "x86_64")]
+use super::sampler::with_flips_avx512;
 use super::sparse::Csr;
 
 /// A `[k, n]` kernel's posterior, as a dense matrix or on a CSR pattern.
@@ -356,13 +358,10 @@ unsafe fn weave_inputs_avx512(f: &FlipoutDense, r: usize, p: usize, len: usize, 
     let g0 = r * f.k + p;
     // SAFETY: the caller's contract: loads are masked to the row's inputs, stores within room.
     unsafe {
-        let sign = _mm512_set1_epi32(i32::MIN);
         for q in 0..len.div_ceil(16) {
             let lanes = (len - 16 * q).min(16);
-            let m: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
-            let v = _mm512_maskz_loadu_ps(m, f.x.as_ptr().add(g0 + 16 * q));
-            let bits = sign_bits_at(f.s_in, g0 + 16 * q, lanes) as u16 & m;
-            let flipped = _mm512_castsi512_ps(_mm512_mask_xor_epi32(_mm512_castps_si512(v), bits, _mm512_castps_si512(v), sign));
+            let live: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+            let [v, flipped] = with_flips_avx512(f.x.as_ptr().add(g0 + 16 * q), live, f.s_in, g0 + 16 * q);
             let [lo, hi] = weave_avx512(v, flipped);
             _mm512_storeu_ps(out.add(32 * q), lo);
             _mm512_storeu_ps(out.add(32 * q + 16), hi);

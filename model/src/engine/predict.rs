@@ -867,6 +867,15 @@ impl Linear {
         (BLOCK_VALUES / self.kernel.k.max(1)).max(256)
     }
 
+    /// Patch rows `r0..r1` of `x`: the first layer's, made once for every sample, where
+    /// `shared` has them, else [`Linear::patches`].
+    fn block_patches<'a>(&self, x: &'a [f32], shared: Option<&'a Shared>, r0: usize, r1: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+        match shared {
+            Some(Shared { patches: Some(p), .. }) => &p[r0 * self.kernel.k..r1 * self.kernel.k],
+            _ => self.patches(x, r0, r1, buf),
+        }
+    }
+
     /// Patch rows `r0..r1` of `x`: a slice of `x` itself (dense) or im2col into `buf` (conv).
     fn patches<'a>(&self, x: &'a [f32], r0: usize, r1: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
         match &self.conv {
@@ -1046,10 +1055,7 @@ impl Linear {
             let mut pbuf = std::mem::take(&mut ws.patches);
             for r0 in (0..rows).step_by(self.block_rows()) {
                 let r1 = (r0 + self.block_rows()).min(rows);
-                let pb = match shared {
-                    Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                    _ => self.patches(x, r0, r1, &mut pbuf),
-                };
+                let pb = self.block_patches(x, shared, r0, r1, &mut pbuf);
                 spread_signs(&ws.s_in_bits, self.sign_width(), k, r0..r1, rpe, &mut ws.row_s_in);
                 spread_signs(&ws.s_out_bits, u, u, r0..r1, rpe, &mut ws.row_s_out);
                 let mean = shared.map(|sh| &sh.mean()[r0 * u..r1 * u]);
@@ -1073,10 +1079,7 @@ impl Linear {
             let r1 = (r0 + block).min(rows);
             let rb = r1 - r0;
             let ob = &mut out[r0 * u..r1 * u];
-            let pb = match shared {
-                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                _ => self.patches(x, r0, r1, &mut pbuf),
-            };
+            let pb = self.block_patches(x, shared, r0, r1, &mut pbuf);
             match shared {
                 Some(sh) => ob.copy_from_slice(&sh.mean()[r0 * u..r1 * u]),
                 None if reparam => self.kernel.matmul(pb, rb, &noise, ob, false, &mut ws.tbuf),
@@ -1165,10 +1168,7 @@ impl Linear {
             ws.wsigns.copy_from_slice(signs);
             let (r0, r1) = (b * rpe, (b + 1) * rpe);
             let so = &ws.s_out[b * u..][..u];
-            let pb = match shared {
-                Some(Shared { patches: Some(p), .. }) => &p[r0 * k..r1 * k],
-                _ => self.patches(x, r0, r1, &mut pbuf),
-            };
+            let pb = self.block_patches(x, shared, r0, r1, &mut pbuf);
             sgemm(rpe, k, w, pb, &wsigned, &mut prod, false);
             let ob = if pool.is_some() { &mut unpooled[..] } else { &mut out[r0 * u..r1 * u] };
             match shared {

@@ -5,6 +5,8 @@
 //! BNN-FC's hidden layer 38% are.
 
 use super::sampler::sign_bits_at;
+#[cfg(target_arch = "x86_64")]
+use super::sampler::with_flips_avx512;
 
 /// Rows `2 i` and `2 i + 1` of an `[m, k]` row-major `x` as pair `i` (an odd last row pairs
 /// with a row of zeros): the columns where either is not zero, in order, with both rows'
@@ -139,7 +141,6 @@ impl RowPairs {
         use std::arch::x86_64::*;
         let k = a.x.len();
         debug_assert!(b.x.len() == k && self.cap >= n + k + ROOM && self.data.len() >= ARRAYS * self.cap);
-        let sign = _mm512_set1_epi32(i32::MIN);
         let (cap, data) = (self.cap, self.data.as_mut_ptr());
         let step = _mm512_set1_epi32(GROUP as i32);
         // Lanes 0..8 and 8..16 of two vectors woven: x0, y0, x1, y1, ...
@@ -158,12 +159,12 @@ impl RowPairs {
                 let live: __mmask16 = if k - p >= GROUP { !0 } else { (1u16 << (k - p)) - 1 };
                 // Not a closure over [a, b]: it was not inlined, and its vectors went through
                 // the stack (a third of the packing's time).
-                let rows = [row_vectors(a, p, live, k, sign), row_vectors(b, p, live, k, sign)];
+                let rows = [with_flips_avx512(a.x.as_ptr().add(p), live, a.signs, a.bit0 + p), with_flips_avx512(b.x.as_ptr().add(p), live, b.signs, b.bit0 + p)];
                 let zero = _mm512_setzero_ps();
-                let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[0].0), zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, _mm512_castsi512_ps(rows[1].0), zero);
+                let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, rows[0][0], zero) | _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(live, rows[1][0], zero);
                 _mm512_storeu_si512(data.add(n).cast(), _mm512_maskz_compress_epi32(keep, iota));
-                for (row, &(x, y)) in rows.iter().enumerate() {
-                    let [x, y] = [x, y].map(|v| _mm512_maskz_compress_epi32(keep, v));
+                for (row, &[x, y]) in rows.iter().enumerate() {
+                    let [x, y] = [x, y].map(|v| _mm512_maskz_compress_epi32(keep, _mm512_castps_si512(v)));
                     let at = data.add(value_at(cap, 2 * row, n));
                     _mm512_storeu_si512(at.cast(), _mm512_permutex2var_epi32(x, low, y));
                     _mm512_storeu_si512(at.add(GROUP).cast(), _mm512_permutex2var_epi32(x, high, y));
@@ -217,24 +218,6 @@ impl RowPairs {
     /// Pair `i`'s columns in `p0..p1` with both rows' values: `(column, [xa, ya, xb, yb])`.
     pub fn entries(&self, i: usize, p0: usize, p1: usize) -> impl Iterator<Item = (u32, [f32; 4])> + '_ {
         self.range(i, p0, p1).map(|q| (self.data[q], std::array::from_fn(|a| f32::from_bits(self.data[value_at(self.cap, a, q)]))))
-    }
-}
-
-/// Columns `p..p + 16` of `r` (those in `live`), as they are and flipped by their signs:
-/// [`RowPairs::pair_avx512`]'s loads of one row.
-///
-/// # Safety
-/// The CPU supports AVX-512F; `r.x` holds `k` values, `live` masks those from `p` on, and
-/// `r.signs` holds their bits.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn row_vectors(r: Row, p: usize, live: std::arch::x86_64::__mmask16, k: usize, sign: std::arch::x86_64::__m512i) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's contract: the load is masked to the row.
-    unsafe {
-        let x = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, r.x.as_ptr().add(p)));
-        let s = sign_bits_at(r.signs, r.bit0 + p, GROUP.min(k - p)) as u16;
-        (x, _mm512_mask_xor_epi32(x, s, x, sign))
     }
 }
 

@@ -373,6 +373,25 @@ unsafe fn flip_by_bits_avx512(x: &[f32], bits: &[u64], out: &mut [f32]) -> usize
     words * 64
 }
 
+/// The values at `x` in the lanes of `live` (a run from lane 0; the other lanes zero) and
+/// the same flipped by their signs, bits `bit0..` of the sign words `words` (set: -1): one
+/// vector of inputs beside its Flipout flip, for the kernels that pack both side by side.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `x` holds the lanes of `live` and `words` their bits.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn with_flips_avx512(x: *const f32, live: std::arch::x86_64::__mmask16, words: &[u64], bit0: usize) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    let lanes = 16 - live.leading_zeros() as usize;
+    let signs = sign_bits_at(words, bit0, lanes) as u16 & live;
+    // SAFETY: the caller's contract; the load is masked to the lanes of `live`.
+    unsafe {
+        let v = _mm512_castps_si512(_mm512_maskz_loadu_ps(live, x));
+        [v, _mm512_mask_xor_epi32(v, signs, v, _mm512_set1_epi32(i32::MIN))].map(|v| _mm512_castsi512_ps(v))
+    }
+}
+
 /// [`Keys::block`] of the 4 counter blocks in `v` (one per 128-bit lane, `[b, 0, 0, 0]`).
 ///
 /// # Safety
