@@ -10,6 +10,8 @@ command -v cargo >/dev/null || { echo "test: needs Rust's cargo (https://rustup.
 
 scripts/setup-python.sh
 export BNN_REQUIRE_PYTHON=1   # interoperability tests must run, not skip
+# A one-shot build: incremental caches would only take disk (CI's filled once).
+export CARGO_INCREMENTAL=0
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
