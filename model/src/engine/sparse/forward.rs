@@ -2,6 +2,7 @@
 //! passes, and the output pass (bias, output signs, ReLU) back to rows or kept transposed.
 
 use super::*;
+use crate::engine::conv::im2col_rows;
 
 /// Patch rows (columns) per transposed block of the batch-wide path: the activations of a
 /// block (`[k, 256]`, and their sign-flipped copy) stay in L2 while every output uses them.
@@ -13,6 +14,11 @@ const BATCH_COLS: usize = 256;
 /// costs a pass over the kept weights per example; at 64 positions (VGG-16's 8 x 8 blocks)
 /// it still paid: 128 made the 70%-pruned VGG-16 spend 9% more CPU time.
 const PER_EXAMPLE_ROWS: usize = 64;
+
+/// Output positions per example below which a convolution's transposed patches are made
+/// as im2col rows and one transpose of them ([`patches_t`]'s per-channel copies cost more
+/// than the values they copy at 4 positions, and less at 16).
+const IM2COL_ROWS: usize = 16;
 
 /// Flipout's perturbation of a pruned layer for one sample.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +128,8 @@ pub(crate) fn one_product(flipout: bool) -> bool {
 #[derive(Default)]
 pub(crate) struct Scratch {
     patches: PatchScratch,
+    /// A block's patch rows, row-major (im2col).
+    rows: Vec<f32>,
     xt: Aligned,
     xs: Aligned,
     /// Input signs of a dense layer in sign panels ([`sign_panels_on`]).
@@ -283,15 +291,22 @@ fn transpose_block(x: &[f32], k: usize, b0: usize, b1: usize, xt: &mut [f32], mu
     }
 }
 
-/// [`forward`] on blocks of whole examples (all their patch rows). A dense layer's Flipout
-/// products with a mean product run as one ([`Pass::Signed`], its signs in sign panels);
-/// otherwise the input signs, when any, are on a sign-flipped copy of the transposed
-/// activations (made with them from masks, or from them and the sign panels of bits).
+/// [`forward`] on blocks of whole examples (all their patch rows). Flipout's two products of
+/// a layer with a mean product run as one ([`Pass::Signed`], its signs in sign panels: a
+/// dense layer's from bits, a convolution's spread from its example's channel and unit masks
+/// over the example's patch rows, [`conv_sign_panels`]); otherwise the input signs, when any,
+/// are on a sign-flipped copy of the transposed activations (made with them from masks, or
+/// from them and the sign panels of bits).
 fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) {
     let (k, u) = (job.csr.cols, job.csr.rows);
     let per_block = (BATCH_COLS / rpe.max(1)).max(1);
+    // Both products in one signed pass: a dense layer's signs are bits, a convolution's
+    // masks per (example, channel) spread over the example's patch rows (no sign-flipped copy
+    // of its patches then).
     let signed = match (job.conv, job.a, job.flip) {
-        (None, Some(a), Some(Flip { noise, s_in: Signs::Bits(s_in), s_out: Signs::Bits(s_out) })) if one_product(true) => {
+        (None, Some(a), Some(Flip { noise, s_in: s_in @ Signs::Bits(_), s_out: s_out @ Signs::Bits(_) })) | (Some(_), Some(a), Some(Flip { noise, s_in: s_in @ Signs::Masks(_), s_out: s_out @ Signs::Masks(_) }))
+            if one_product(true) =>
+        {
             ws.plus.clear();
             ws.plus.extend(a.iter().zip(noise).map(|(&m, &d)| m + d));
             ws.minus.clear();
@@ -300,6 +315,7 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
         }
         _ => None,
     };
+    let cin = job.conv.map_or(k, |w| w.input[2]);
     for b0 in (0..job.n).step_by(per_block) {
         let b1 = (b0 + per_block).min(job.n);
         let cols = (b1 - b0) * rpe;
@@ -320,7 +336,19 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
             (Some(win), _) => {
                 // Every column below `cols` is written below: only the padding is zeroed.
                 let xt = pad_columns(&mut ws.xt, k, cols);
-                patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks())));
+                if let Some((Signs::Masks(s_in), _)) = signed {
+                    // Few output positions (VGG-16's 2 x 2 blocks): im2col rows, then one
+                    // transpose (patch by patch, the plane copies were 2.4x slower there).
+                    if rpe < IM2COL_ROWS {
+                        im2col_rows(job.x, win, b0 * rpe, b1 * rpe, &mut ws.rows);
+                        transpose_block(&ws.rows, k, 0, cols, xt, None);
+                    } else {
+                        patches_t(job.x, win, b0, b1, &mut ws.patches, xt, None);
+                    }
+                    conv_sign_panels(s_in, cin, k, b0, cols, rpe, &mut ws.signs);
+                } else {
+                    patches_t(job.x, win, b0, b1, &mut ws.patches, xt, signs.map(|s| (&mut xs[..], s.conv_masks())));
+                }
                 xt
             }
             (None, Some(t)) => &t[b0 / BATCH_COLS * panels_len(k, BATCH_COLS)..][..panels_len(k, cols)],
@@ -344,12 +372,15 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
                 flip_panels_on(Isa::detect(), xt, &ws.signs, k, cols, xs);
             }
         }
-        // The block's output signs in sign panels, from bits.
-        let out_sign_panels = |s_out: &[u64], out_signs: &mut Vec<u16>| {
-            out_signs.resize(sign_panels_len(u, cols), 0);
-            sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, out_signs);
+        // The block's output signs in sign panels.
+        let out_sign_panels = |s_out: Signs, out_signs: &mut Vec<u16>| match s_out {
+            Signs::Bits(s_out) => {
+                out_signs.resize(sign_panels_len(u, cols), 0);
+                sign_panels_on(Isa::detect(), s_out, b0 * u, cols, u, out_signs);
+            }
+            Signs::Masks(s_out) => conv_sign_panels(s_out, u, u, b0, cols, rpe, out_signs),
         };
-        let signed_pass = |y: &mut [f32], s_out: &[u64], out_signs: &mut Vec<u16>, then: Option<Epilogue>| {
+        let signed_pass = |y: &mut [f32], s_out: Signs, out_signs: &mut Vec<u16>, then: Option<Epilogue>| {
             out_sign_panels(s_out, out_signs);
             let pass = Pass::Signed { plus: &ws.plus, minus: &ws.minus, s_in: &ws.signs, s_out: out_signs };
             csr.spmm_t_on(Isa::detect(), xt, cols, pass, then, y);
@@ -366,7 +397,7 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
                 (None, Some(a), None) => csr.spmm_t_then(xt, cols, Pass::One(a), then, y),
                 // Beside a shared mean product: the perturbation, its output signs applied
                 // with the base.
-                (None, None, Some(Flip { noise, s_out: Signs::Bits(s_out), .. })) => {
+                (None, None, Some(Flip { noise, s_out: s_out @ Signs::Bits(_), .. })) => {
                     out_sign_panels(s_out, &mut ws.out_signs);
                     csr.spmm_t_then(xs, cols, Pass::One(noise), Epilogue { s_out: Some(&ws.out_signs), ..then }, y);
                 }
@@ -400,6 +431,28 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
             (None, None, None) => Sums { mean: None, pert: None },
         };
         finish(job, b0 * rpe, cols, rpe, sums, &mut ws.tile, out);
+    }
+}
+
+/// Sign panels ([`sign_panels_on`]'s layout) of a convolution's block of patch rows: row `i`
+/// (of `k`) of column `c` holds the sign of example `b0 + c / rpe`'s channel `i % width`
+/// (`masks`: `[n, width]` XOR masks), for the columns `0..cols` (the others 0). Input signs:
+/// `width` channels, `k` patch entries; output signs: `width = k` units.
+fn conv_sign_panels(masks: &[u32], width: usize, k: usize, b0: usize, cols: usize, rpe: usize, out: &mut Vec<u16>) {
+    out.clear();
+    out.resize(sign_panels_len(k, cols), 0);
+    let mut lanes = vec![0u16; width];
+    for c0 in (0..cols).step_by(LANES) {
+        // The 16 columns' bits of every channel, then copied to the rows of that channel.
+        lanes.fill(0);
+        for l in 0..LANES.min(cols - c0) {
+            let ex = &masks[(b0 + (c0 + l) / rpe) * width..][..width];
+            lanes.iter_mut().zip(ex).for_each(|(m, &s)| *m |= u16::from(s != 0) << l);
+        }
+        let at0 = sign_at(k, 0, c0);
+        for (i, m) in out[at0..].iter_mut().step_by(MASKS).take(k).enumerate() {
+            *m = lanes[i % width];
+        }
     }
 }
 

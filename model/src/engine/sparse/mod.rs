@@ -10,10 +10,11 @@
 //! Flipout products (mean and perturbation, which share the sparsity pattern of a zero-mode
 //! pruned kernel, mu = sigma = 0) run as one: `x @ mu + ((x * s_in) @ D) * s_out` is
 //! `x @ (mu + s_in * D * s_out)`, a single product against weights that depend on the
-//! example's signs. A convolution's example has the same signs on all its patch rows, so its
-//! weights are formed once per example (`forward::fold_signs`); a dense layer's change from column to
-//! column, so the kernel picks `mu + D` or `mu - D` per lane by the signs in sign panels
-//! ([`Pass::Signed`], [`sign_panels_on`]).
+//! example's signs. A convolution's example has the same signs on all its patch rows, so
+//! where it has many (64 or more) its weights are formed once per example
+//! (`forward::fold_signs`); a dense layer's change from column to column, and so do those of
+//! a convolution run on blocks of examples, so the kernel picks `mu + D` or `mu - D` per lane
+//! by the signs in sign panels ([`Pass::Signed`], [`sign_panels_on`]).
 //! `forward` runs a whole pruned layer on it.
 //!
 //! Modules: the CSR pattern, the panel layout and the row-major kernel here; `kernel` (the

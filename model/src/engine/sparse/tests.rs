@@ -257,7 +257,8 @@ fn reference(p: &[f32], rpe: usize, k: usize, n: usize, mu: &[f32], noise: &[f32
 #[test]
 fn pruned_flipout_layers_match_the_definition() {
     // Convs with many output positions (one example at a time, signs on the noise) and
-    // with few (blocks of examples, signs on the activations), SAME and VALID, strides;
+    // with few (blocks of examples: both products in one signed pass, or the perturbation
+    // on sign-flipped activations beside a shared mean), SAME and VALID, strides;
     // dense layers; with and without the mean product (a first layer's shared mean).
     let convs = [
         Some(Window { input: [12, 12, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
@@ -265,11 +266,17 @@ fn pruned_flipout_layers_match_the_definition() {
         Some(Window { input: [17, 17, 4], size: [5, 5], strides: [2, 2], padding: Padding::Same }),
         Some(Window { input: [4, 4, 5], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
         Some(Window { input: [5, 6, 3], size: [2, 2], strides: [2, 1], padding: Padding::Valid }),
+        Some(Window { input: [2, 2, 6], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
         None,
     ];
     for conv in convs {
-        // Dense: more examples than a panel holds, and than a block of BATCH_COLS.
-        let nb = if conv.is_some() { 5 } else { 300 };
+        // Dense: more examples than a panel holds, and than a block of BATCH_COLS; a conv of
+        // 2 x 2 outputs: two blocks of examples (the second's signs start mid-batch).
+        let nb = match conv {
+            Some(w) if w.input[0] == 2 => 70,
+            Some(_) => 5,
+            None => 300,
+        };
         // Units: a tail only, and whole 16-unit blocks plus a tail (fused output pass).
         let (k, units) = match conv {
             Some(w) => (w.size[0] * w.size[1] * w.input[2], if w.input[0] > 10 { 21 } else { 7 }),
