@@ -963,6 +963,8 @@ impl Linear {
         let mut noise = std::mem::take(&mut ws.noise);
         // The fused dense kernel's noise: drawn by the kernel into its weight panels.
         let mut fused_noise = None;
+        // A pruned kernel's Flipout noise: drawn by the sparse layer ([`sparse::KeptNoise`]).
+        let mut kept_key = None;
         if let Draw::Sample(s, est) = draw {
             if let Some(bs) = &self.bias_sigma {
                 bias = s.gaussian(&self.bias_mu, bs);
@@ -970,7 +972,9 @@ impl Linear {
             if let Some(sig) = sigma {
                 match &self.kernel.weights {
                     // The dense kernel's draws for the kept weights: the results do not depend
-                    // on which kernel `SparseKernels::Auto` timed faster.
+                    // on which kernel `SparseKernels::Auto` timed faster. Flipout's are drawn
+                    // by the sparse layer, where its products need them.
+                    Weights::Sparse { .. } if *est == Estimator::Flipout => kept_key = Some(s.noise_key()),
                     Weights::Sparse { csr, .. } => {
                         noise.resize(sig.len(), 0.0);
                         sparse::kept_noise(s, csr, sig, &mut noise)
@@ -1018,7 +1022,11 @@ impl Linear {
             // Pruned kernel: the transposed sparse kernel, both Flipout products in one pass.
             let mut out = ws.any(if t.output { sparse::transposed_len(n, u) + aligned::SLACK } else { rows * u });
             let (s_in, s_out) = if self.pruned_dense() { (Signs::Bits(&ws.s_in_bits), Signs::Bits(&ws.s_out_bits)) } else { (Signs::Masks(&ws.s_in), Signs::Masks(&ws.s_out)) };
-            let flip = flipout.then_some(Flip { noise: &noise, s_in, s_out });
+            let kept = match (kept_key, sigma) {
+                (Some(key), Some(sigma)) => sparse::KeptNoise::Draw { key, sigma },
+                _ => sparse::KeptNoise::Values(&noise),
+            };
+            let flip = flipout.then_some(Flip { noise: kept, s_in, s_out });
             let a = if reparam { Some(&noise[..]) } else { shared.is_none().then_some(mu) };
             let xt = if t.input { Some(&x[aligned::lead(x).min(x.len())..]) } else { shared.and_then(|s| s.xt.as_deref()) };
             let base = shared.map(|s| match (t.output, &s.mean_t) {

@@ -23,7 +23,7 @@
 
 use super::aligned::{lead, Aligned};
 use super::conv::Window;
-use super::sampler::{sign_bits_at, Sampler};
+use super::sampler::{sign_bits_at, NoiseKey, Sampler};
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
 #[derive(Debug, Clone, PartialEq)]
@@ -303,5 +303,5 @@ use layout::*;
 
 pub use kernel::{flip_panels_on, Epilogue};
 pub use layout::{sign_panels_on, transpose_into, transpose_on};
-pub(crate) use forward::{forward, kept_noise, one_product, rows_of_transposed_blocks, transposed_blocks, transposed_blocks_into, transposed_len, Flip, Job, Scratch, Signs};
+pub(crate) use forward::{forward, kept_noise, one_product, rows_of_transposed_blocks, transposed_blocks, transposed_blocks_into, transposed_len, Flip, Job, KeptNoise, Scratch, Signs};
 pub(crate) use patches::{patches_t, PatchScratch};

@@ -315,7 +315,7 @@ fn pruned_flipout_layers_match_the_definition() {
                 x: &x,
                 n: nb,
                 a: use_mu.then_some(&a[..]),
-                flip: Some(Flip { noise: &d, s_in: form.0, s_out: form.1 }),
+                flip: Some(Flip { noise: KeptNoise::Values(&d), s_in: form.0, s_out: form.1 }),
                 base: with_base.then_some(&base[..]),
                 xt: None,
                 bias: &bias,
@@ -327,6 +327,16 @@ fn pruned_flipout_layers_match_the_definition() {
             for (i, (g, w)) in out.iter().zip(&want).enumerate() {
                 assert!((f64::from(*g) - w).abs() < 1e-5, "{conv:?} {form:?} mu {use_mu} relu {relu}: output {i}: {g} vs {w}");
             }
+            // The noise drawn by the layer from a key (into the signed pass's weights, or
+            // into a buffer): bit for bit the layer given the same draw's values.
+            let key = crate::engine::sampler::Sampler::new(5, 6).noise_key();
+            let mut drawn = vec![0f32; csr.nnz()];
+            key.fill_at(&csr.flat, &d, &mut drawn);
+            let (mut given, mut lazy) = (vec![f32::NAN; out.len()], vec![f32::NAN; out.len()]);
+            let with = |noise| Job { flip: Some(Flip { noise, s_in: form.0, s_out: form.1 }), ..job };
+            forward(&with(KeptNoise::Values(&drawn)), &mut given, &mut Scratch::default());
+            forward(&with(KeptNoise::Draw { key, sigma: &d }), &mut lazy, &mut Scratch::default());
+            assert!(given.iter().zip(&lazy).all(|(a, b)| a.to_bits() == b.to_bits()), "{conv:?} {form:?} mu {use_mu} relu {relu}: noise drawn by the layer");
             // A dense layer with sign bits on `X^T` transposed once (a first layer's):
             // the same outputs bit for bit.
             if let (None, Signs::Bits(_)) = (conv, form.0) {
@@ -377,5 +387,24 @@ fn sparse_product_matches_dense_on_many_rows() {
             let want: f32 = (0..k).map(|i| p[r * k + i] * w[i * n + c]).sum();
             assert!((out[r * n + c] - want).abs() < 1e-4, "{r} {c}");
         }
+    }
+}
+
+#[test]
+fn signed_weights_draw_the_noise_chunk_by_chunk_as_one_draw() {
+    // Over 4000 kept weights: several chunks of the draw.
+    let (mu, csr) = pruned(100, 90, 0.5, 21);
+    assert!(csr.nnz() > 4000);
+    let a = kept(&csr, &mu);
+    let sigma = values(csr.nnz(), 22);
+    let key = crate::engine::sampler::Sampler::new(7, 8).noise_key();
+    let mut d = vec![0f32; csr.nnz()];
+    key.fill_at(&csr.flat, &sigma, &mut d);
+    let (mut plus, mut minus, mut lazy_plus, mut lazy_minus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    forward::signed_weights(&csr, &a, KeptNoise::Values(&d), &mut plus, &mut minus);
+    forward::signed_weights(&csr, &a, KeptNoise::Draw { key, sigma: &sigma }, &mut lazy_plus, &mut lazy_minus);
+    for i in 0..csr.nnz() {
+        assert_eq!((plus[i].to_bits(), minus[i].to_bits()), ((a[i] + d[i]).to_bits(), (a[i] - d[i]).to_bits()), "weight {i}");
+        assert_eq!((lazy_plus[i].to_bits(), lazy_minus[i].to_bits()), (plus[i].to_bits(), minus[i].to_bits()), "weight {i}, drawn in chunks");
     }
 }
