@@ -89,6 +89,22 @@ fn patches_impl(x: &[f32], win: &Window, b0: usize, b1: usize, ps: &mut PatchScr
         let col0 = (b - b0) * r;
         for dy in 0..kh {
             for dx in 0..kw {
+                // One vector of positions (VGG-16's 4 x 4 blocks): each channel's row is one
+                // masked 16-value window of its plane, where the loops below spent more on
+                // their bounds than on the 16 values.
+                let off = (dy * w + dx) as isize - (ph * w + pw) as isize;
+                if contiguous && r == LANES && xs.is_none() && off >= -(margin as isize) && off + r as isize <= (h * w + margin) as isize {
+                    let (ylo, yhi) = rows_in(dy);
+                    let mask: [u32; LANES] = std::array::from_fn(|p| if (ylo * w..yhi * w).contains(&p) { masks[dx * r + p] } else { 0 });
+                    for ch in 0..c {
+                        let s0 = (ch * stride + margin).wrapping_add_signed(off);
+                        let dst = &mut xt[at(k, (dy * kw + dx) * c + ch, col0)..][..LANES];
+                        for ((d, &v), &m) in dst.iter_mut().zip(&planes[s0..s0 + LANES]).zip(&mask) {
+                            *d = f32::from_bits(v.to_bits() & m);
+                        }
+                    }
+                    continue;
+                }
                 let (lo, hi) = span(dx);
                 for ch in 0..c {
                     let i = (dy * kw + dx) * c + ch;
