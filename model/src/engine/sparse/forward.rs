@@ -38,9 +38,9 @@ pub(crate) enum KeptNoise<'a> {
     Values(&'a [f32]),
     /// Drawn by [`forward`] from the draw `key` with the kept weights' scales `sigma`, bit for
     /// bit [`kept_noise`]'s values: a signed pass draws it chunk by chunk straight into its
-    /// weights `mu + D` and `mu - D` (no noise array written and read back: that array and
-    /// the pass forming the weights from it had cost VGG-16's 70%-pruned 2 x 2 convs 40% of
-    /// their time), any other path first into a buffer.
+    /// weights `mu + D` and `mu - D`, any other path first into a buffer. (Drawn into an
+    /// array, then read back by a pass of its own forming the weights, it took 2.6 of the
+    /// 6.4 ms per sample of a 70%-pruned VGG-16's 2 x 2 conv, bound by memory traffic.)
     Draw {
         /// The draw.
         key: NoiseKey,
