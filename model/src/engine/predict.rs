@@ -68,6 +68,12 @@ pub fn auto_sparse_fraction() -> f64 {
 /// 100 against 125 us).
 const HAND_OVER_SPARSE_FRACTION: f64 = 0.3;
 
+/// Fraction of pruned weights from which [`SparseKernels::Auto`] times a convolution that
+/// its sparse path runs on blocks of examples ([`sparse::conv_on_blocks`]: both Flipout
+/// products in one signed pass over the kept weights). VGG-16's 4x4 Conv8, 58% pruned, runs
+/// so faster than on the fused dense kernel, and the 70%-pruned model 4% faster end to end.
+const BLOCKS_SPARSE_FRACTION: f64 = 0.5;
+
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
 /// copies and buffers it tried freed in the loading thread's malloc arena, where the sampling
 /// threads (other arenas) cannot reuse them: 23 MiB kept and a 29 MiB higher peak on the
@@ -235,7 +241,11 @@ fn build(ops: &[Op], mut shape: Vec<usize>, posts: &mut Peekable<impl Iterator<I
                 // do: such a layer is timed from a lower pruned fraction.
                 let next_dense = conv.is_none() && matches!(ops.get(oi + 1 + usize::from(relu)), Some(Op::Dense { .. }));
                 let hand_over = next_dense && posts.peek().is_some_and(|q| q.pruned_fraction() >= auto_sparse_fraction());
-                let timed_from = if hand_over { HAND_OVER_SPARSE_FRACTION } else { auto_sparse_fraction() };
+                let timed_from = match conv {
+                    _ if hand_over => HAND_OVER_SPARSE_FRACTION,
+                    Some(w) if sparse::conv_on_blocks(&w) => BLOCKS_SPARSE_FRACTION.min(auto_sparse_fraction()),
+                    _ => auto_sparse_fraction(),
+                };
                 let lin = match sparse {
                     SparseKernels::Always => csr(&p),
                     SparseKernels::Auto if k * n > 0 && p.pruned_fraction() >= timed_from => {

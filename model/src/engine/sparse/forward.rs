@@ -15,6 +15,13 @@ const BATCH_COLS: usize = 256;
 /// it still paid: 128 made the 70%-pruned VGG-16 spend 9% more CPU time.
 const PER_EXAMPLE_ROWS: usize = 64;
 
+/// Whether a pruned convolution runs on blocks of examples (fewer than [`PER_EXAMPLE_ROWS`]
+/// output positions per example), where Flipout's products run as one signed pass, rather
+/// than one example at a time.
+pub(crate) fn conv_on_blocks(win: &Window) -> bool {
+    win.output().iter().product::<usize>() < PER_EXAMPLE_ROWS
+}
+
 /// Output positions per example below which a convolution's transposed patches are made
 /// as im2col rows and one transpose of them ([`patches_t`]'s per-channel copies cost more
 /// than the values they copy at 4 positions, and less at 16).
@@ -197,7 +204,7 @@ pub(crate) fn kept_noise(s: &mut Sampler, csr: &Csr, sigma: &[f32], out: &mut [f
 /// a dense layer, or a convolution on blocks of examples, with a mean product and signs in
 /// the form its layer draws (bits for a dense layer, masks for a convolution).
 fn runs_signed(job: &Job) -> bool {
-    let batched = job.conv.is_none_or(|w| w.output().iter().product::<usize>() < PER_EXAMPLE_ROWS);
+    let batched = job.conv.is_none_or(conv_on_blocks);
     let signs = matches!(
         (job.conv, job.flip),
         (None, Some(Flip { s_in: Signs::Bits(_), s_out: Signs::Bits(_), .. })) | (Some(_), Some(Flip { s_in: Signs::Masks(_), s_out: Signs::Masks(_), .. }))

@@ -303,5 +303,5 @@ use layout::*;
 
 pub use kernel::{flip_panels_on, Epilogue};
 pub use layout::{sign_panels_on, transpose_into, transpose_on};
-pub(crate) use forward::{forward, kept_noise, one_product, rows_of_transposed_blocks, transposed_blocks, transposed_blocks_into, transposed_len, Flip, Job, KeptNoise, Scratch, Signs};
+pub(crate) use forward::{conv_on_blocks, forward, kept_noise, one_product, rows_of_transposed_blocks, transposed_blocks, transposed_blocks_into, transposed_len, Flip, Job, KeptNoise, Scratch, Signs};
 pub(crate) use patches::{patches_t, PatchScratch};
