@@ -71,7 +71,7 @@ const HAND_OVER_SPARSE_FRACTION: f64 = 0.3;
 /// Fraction of pruned weights from which [`SparseKernels::Auto`] times a convolution that
 /// its sparse path runs on blocks of examples ([`sparse::conv_on_blocks`]: both Flipout
 /// products in one signed pass over the kept weights). VGG-16's 4x4 Conv8, 58% pruned, runs
-/// so faster than on the fused dense kernel, and the 70%-pruned model 4% faster end to end.
+/// so faster than on the fused dense kernel, and the 70%-pruned model 4-5% faster end to end.
 const BLOCKS_SPARSE_FRACTION: f64 = 0.5;
 
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
@@ -98,8 +98,8 @@ pub const PROBE_BATCH: usize = 256;
 const PROBE_ROWS: usize = 256;
 
 /// Timed runs of each path per candidate layer (interleaved, the fastest kept; after one
-/// untimed run that allocates the path's buffers): one when it took at least [`PROBE_SECONDS`] (allocation is
-/// small next to it), else at least [`PROBE_RUNS`] and more while the layer's timings add up
+/// untimed run that allocates the path's buffers): one when it took at least
+/// [`PROBE_SECONDS`], else at least [`PROBE_RUNS`] and more while the layer's timings add up
 /// to less than [`PROBE_SECONDS`], up to [`PROBE_MAX_RUNS`]. Small layers, whose two paths
 /// take about the same time, get more runs against noise.
 const PROBE_RUNS: usize = 2;
