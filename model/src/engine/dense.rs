@@ -1,7 +1,7 @@
 //! The weights of one layer, dense or sparse, and their product with row-major activations
 //! or patch rows: `out[m, n] = p[m, k] @ W[k, n]`.
 
-use super::aligned::Aligned;
+use super::aligned::{grown, Aligned};
 use super::gemm::sgemm;
 use super::row_pairs::{RowPairs, WEAVE};
 use super::prefetch::rows_ahead;
@@ -318,12 +318,9 @@ pub fn flipout_dense(f: &FlipoutDense, out: &mut [f32], bufs: &mut Buffers) {
 /// `x * s_in` of `f` in `buf`, for the register tiles (the pairs of rows flip what they pack).
 fn flip_input<'b>(f: &FlipoutDense, buf: &'b mut Vec<f32>) -> &'b [f32] {
     let len = f.m * f.k;
-    // Only ever grown: layers of different widths take turns, and growing back zero-fills.
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    flip_by_bits(&f.x[..len], f.s_in, &mut buf[..len]);
-    &buf[..len]
+    let out = grown(buf, len);
+    flip_by_bits(&f.x[..len], f.s_in, out);
+    out
 }
 
 /// Inputs `p..p + len` of row `r` of `f` (`len` <= [`WOVEN_INPUTS`]) into `out`, each

@@ -15,6 +15,7 @@
 //! the perturbation product (against `U(sigma * eps)`, once per sample). Output signs, bias
 //! and ReLU go on in the output transform.
 
+use super::aligned::grown;
 use super::conv::{max_pool_to, Window};
 use super::gemm::sgemm_rows;
 pub(crate) use tiles::Lanes;
@@ -587,20 +588,13 @@ impl WinogradConv {
     /// (`[a², c, k]`, one GEMM operand per Winograd-domain position).
     fn kernel_transform(&self, w: &[f32], u: &mut Vec<f32>, tmp: &mut Vec<f32>) {
         let (r, a, c, k) = (self.t.r, self.t.a, self.win.input[2], self.k);
-        // Grown, never shrunk: a thread's Winograd layers share these buffers, and resizing
-        // them to each layer's size zero-filled the grown part on every call (1% of the
-        // pruned VGG-16's time). Every value of `u` up to a² c k is written below.
-        let grow = |v: &mut Vec<f32>, len: usize| {
-            if v.len() < len {
-                v.resize(len, 0.0);
-            }
-        };
-        grow(u, a * a * c * k);
+        // A thread's Winograd layers share these buffers (grown, never shrunk). Every value of
+        // `u` up to a² c k is written below.
+        let u = grown(u, a * a * c * k);
         // Per in-channel: g [r, r, k] gathered, G g [a, r, k], then G (G g)^T per row [a, k].
-        grow(tmp, r * r * k + a * r * k + a * k);
+        let tmp = grown(tmp, r * r * k + a * r * k + a * k);
         let (g, rest) = tmp.split_at_mut(r * r * k);
         let (gg, row) = rest.split_at_mut(a * r * k);
-        let row = &mut row[..a * k];
         for ci in 0..c {
             for (t, dst) in g.chunks_exact_mut(k).enumerate() {
                 dst.copy_from_slice(&w[(t * c + ci) * k..][..k]);
