@@ -186,6 +186,8 @@ pub(crate) struct Scratch {
     chan: Vec<u32>,
     /// The perturbation of 16 output rows ([`finish`]).
     tile: Vec<f32>,
+    /// The direct kernel's ([`direct::forward`]).
+    direct: direct::Scratch,
 }
 
 /// `out[nz] = sigma[nz] * eps[i * n + j]` for each kept weight nz (input i, output j; pattern
@@ -268,6 +270,13 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     // A given `X^T` is a dense layer's, whose input signs (if any) are bits: masks would need
     // the flipped copy made with it.
     assert!(job.xt.is_none() || (job.conv.is_none() && !matches!(job.flip, Some(Flip { s_in: Signs::Masks(_), .. }))), "sparse layer: a given X^T needs a dense layer with sign bits");
+    // A 3 x 3 convolution on a small map with Flipout's signs as masks: straight from the
+    // activations ([`direct`]).
+    if let (Some(win), Some(Flip { noise, s_in: Signs::Masks(s_in), s_out: Signs::Masks(s_out) }), Some(a), None) = (job.conv, job.flip, job.a, job.base) {
+        if let Some(tiles) = direct::direct_tiles(win) {
+            return direct::forward_on(Isa::detect(), job, win, tiles, a, noise, (s_in, s_out), out, &mut ws.direct);
+        }
+    }
     let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {
         return batched(job, csr, rpe, out, ws);

@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// 16 floats in registers: the operations the transposed kernel is written in, once for
-/// every instruction set.
-trait Vector: Copy {
+/// 16 floats in registers: the operations the transposed kernel (and the direct one,
+/// [`super::direct`]) is written in, once for every instruction set.
+pub(super) trait Vector: Copy {
     /// Vectors per column block (of each product) that fit the register file.
     const BLOCK: usize;
     /// All zeros.
@@ -85,7 +85,7 @@ impl Vector for [f32; LANES] {
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Avx2(std::arch::x86_64::__m256, std::arch::x86_64::__m256);
+pub(super) struct Avx2(std::arch::x86_64::__m256, std::arch::x86_64::__m256);
 
 // SAFETY (every method): called only from `spmm_avx2`, which has AVX2 and FMA enabled, on
 // pointers to 16 floats (the caller's contract).
@@ -160,7 +160,7 @@ impl Vector for Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Avx512(std::arch::x86_64::__m512);
+pub(super) struct Avx512(std::arch::x86_64::__m512);
 
 // SAFETY (every method): called only from `spmm_avx512`, which has AVX-512F enabled, on
 // pointers to 16 floats (the caller's contract).

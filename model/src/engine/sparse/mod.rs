@@ -19,14 +19,16 @@
 //!
 //! Modules: the CSR pattern, the panel layout and the row-major kernel here; `kernel` (the
 //! transposed kernel and its vector operations), `layout` (transposes and sign panels),
-//! `patches` (a convolution's patch rows into panels), `forward` (a pruned layer).
+//! `patches` (a convolution's patch rows into panels), `direct` (3 x 3 convolutions on small
+//! maps straight from the activations, each weight's value picked once per vector of 16
+//! examples for all positions), `forward` (a pruned layer).
 
 use super::aligned::{lead, Aligned};
 use super::conv::Window;
 use super::sampler::{sign_bits_at, NoiseKey, Sampler};
 
 /// Sparsity pattern of a kernel stored by output (`rows` = outputs, `cols` = inputs).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Csr {
     /// Number of rows (outputs).
     rows: usize,
@@ -44,6 +46,16 @@ pub struct Csr {
     /// (input i, output j), in pattern order: where its noise lies in the dense draw
     /// ([`kept_noise`]).
     flat: Vec<u32>,
+    /// The direct kernel's order of the kept weights ([`direct::Plan`]), made by the first
+    /// prediction of a convolution that runs on it.
+    direct: std::sync::OnceLock<Box<direct::Plan>>,
+}
+
+impl PartialEq for Csr {
+    /// The same pattern (a plan is derived from it).
+    fn eq(&self, other: &Csr) -> bool {
+        (self.rows, self.cols, &self.indptr, &self.indices, &self.split, &self.flat) == (other.rows, other.cols, &other.indptr, &other.indices, &other.split, &other.flat)
+    }
 }
 
 /// Inputs per chunk of [`Csr::spmm_t`]: the activation rows of one chunk and column block
@@ -76,7 +88,7 @@ impl Csr {
             split.extend((0..=m).map(|c| indptr[r] + row.partition_point(|&i| (i as usize) < c * CHUNK)));
         }
         let flat = (0..rows).flat_map(|r| indices[indptr[r]..indptr[r + 1]].iter().map(move |&i| (i as usize * rows + r) as u32)).collect();
-        Csr { rows, cols, indptr, indices, split, flat }
+        Csr { rows, cols, indptr, indices, split, flat, direct: std::sync::OnceLock::new() }
     }
 
     /// Chunks of [`CHUNK`] inputs (at least one).
@@ -291,6 +303,7 @@ pub fn sign_at(k: usize, i: usize, c: usize) -> usize {
 }
 
 
+mod direct;
 mod forward;
 mod kernel;
 mod layout;
@@ -303,5 +316,6 @@ use layout::*;
 
 pub use kernel::{flip_panels_on, Epilogue};
 pub use layout::{sign_panels_on, transpose_into, transpose_on};
+pub(crate) use direct::direct_tiles;
 pub(crate) use forward::{conv_on_blocks, forward, kept_noise, one_product, rows_of_transposed_blocks, transposed_blocks, transposed_blocks_into, transposed_len, Flip, Job, KeptNoise, Scratch, Signs};
 pub(crate) use patches::{patches_t, PatchScratch};

@@ -267,6 +267,7 @@ fn pruned_flipout_layers_match_the_definition() {
         Some(Window { input: [4, 4, 5], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
         Some(Window { input: [5, 6, 3], size: [2, 2], strides: [2, 1], padding: Padding::Valid }),
         Some(Window { input: [2, 2, 6], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
+        Some(Window { input: [4, 8, 3], size: [3, 3], strides: [1, 1], padding: Padding::Same }),
         None,
     ];
     for conv in convs {
@@ -406,5 +407,39 @@ fn signed_weights_draw_the_noise_chunk_by_chunk_as_one_draw() {
     for i in 0..csr.nnz() {
         assert_eq!((plus[i].to_bits(), minus[i].to_bits()), ((a[i] + d[i]).to_bits(), (a[i] - d[i]).to_bits()), "weight {i}");
         assert_eq!((lazy_plus[i].to_bits(), lazy_minus[i].to_bits()), (plus[i].to_bits(), minus[i].to_bits()), "weight {i}, drawn in chunks");
+    }
+}
+
+
+#[test]
+fn direct_convolutions_match_the_definition_on_every_isa() {
+    // 2 x 2 (one chunk of channels), 4 x 4 and 8 x 8 (several chunks; 8 x 8 in tiles of two
+    // rows), a map 4 high and 8 wide; 20 examples: a second vector of 16 with 4 lanes used.
+    for (input, units) in [([2, 2, 24], 17), ([4, 4, 40], 19), ([8, 8, 12], 5), ([4, 8, 6], 16)] {
+        let win = Window { input, size: [3, 3], strides: [1, 1], padding: Padding::Same };
+        let tiles = direct::tiles(&win).expect("a direct shape");
+        let (nb, cin, k) = (20, input[2], 9 * input[2]);
+        let rpe = input[0] * input[1];
+        let (mu, csr) = pruned(k, units, 0.3, 21);
+        let sigma: Vec<f32> = mu.iter().zip(values(k * units, 22)).map(|(&m, s)| if m == 0.0 { 0.0 } else { s }).collect();
+        let x = values(nb * rpe * cin, 23);
+        let mut sampler = crate::engine::sampler::Sampler::new(7, 8);
+        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+        sampler.sign_masks_into(nb * cin, &mut s_in);
+        sampler.sign_masks_into(nb * units, &mut s_out);
+        let bias = values(units, 24);
+        let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
+        let p = im2col(&x, nb, &win);
+        for relu in [false, true] {
+            let want = reference(&p, rpe, k, units, &mu, &sigma, &s_in, cin, &s_out, &bias, None, true, relu);
+            let job = Job { csr: &csr, conv: Some(&win), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu, out_t: false };
+            for isa in isas() {
+                let mut out = vec![f32::NAN; nb * rpe * units];
+                direct::forward_on(isa, &job, &win, tiles, &a, KeptNoise::Values(&d), (&s_in, &s_out), &mut out, &mut direct::Scratch::default());
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    assert!((f64::from(*g) - w).abs() < 1e-5, "{input:?} {isa:?} relu {relu}: output {i}: {g} vs {w}");
+                }
+            }
+        }
     }
 }
