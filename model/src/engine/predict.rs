@@ -76,8 +76,8 @@ const BLOCKS_SPARSE_FRACTION: f64 = 0.5;
 
 /// Fraction of pruned weights from which [`SparseKernels::Auto`] times a convolution that
 /// its sparse path runs straight from the activations ([`sparse::direct_tiles`]): VGG-16's
-/// 4 x 4 Conv8, 58% pruned, runs there 1.6x faster than on the signed pass; its 8 x 8
-/// Conv6-7, 58% pruned, are timed and stay on Winograd.
+/// 8 x 8 Conv6-7, 58% pruned, run there faster than on Winograd (their probe: 9 against
+/// 13-14 ms on 16 examples), its 43% pruned Conv5 not.
 const DIRECT_SPARSE_FRACTION: f64 = 0.3;
 
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
@@ -341,12 +341,16 @@ struct Probe<'a> {
 /// Whether `sparse` (a layer on CSR) runs a Flipout sample faster than `dense` (the same
 /// layer on its dense path: fused kernel, Winograd or GEMM), timed at model load on `batch`
 /// examples of synthetic activations of the layer's real shape (at most [`PROBE_ROWS`] patch
-/// rows), each as `probe` says. The paths compute the same function, so the choice changes
+/// rows, but a whole vector of 16 examples for a convolution on the direct kernel), each as
+/// `probe` says. The paths compute the same function, so the choice changes
 /// results only by float summation order.
 fn sparse_is_faster(dense: &Linear, sparse: &Linear, batch: usize, probe: Probe) -> bool {
     let Probe { first, relu, pool, hand_over } = probe;
     let _ftz = FlushDenormals::new();
-    let m = batch.min(PROBE_ROWS / dense.rows_per_example().max(1)).max(1);
+    // A convolution on the direct kernel fills a vector with 16 examples whatever the batch:
+    // timed on fewer (4 of VGG-16's 8 x 8 Conv6) it paid for 16.
+    let least = if dense.conv.is_some_and(|w| sparse::direct_tiles(&w).is_some()) { sparse::LANES } else { 1 };
+    let m = batch.min((PROBE_ROWS / dense.rows_per_example().max(1)).max(least)).max(1);
     let per = dense.conv.map_or(dense.kernel.k, |w| w.input.iter().product());
     // Activations as a ReLU leaves them, about half zeros (neither kernel's speed depends on
     // the values, but subnormals would: FTZ is on, as while predicting).
