@@ -78,7 +78,7 @@ const BLOCKS_SPARSE_FRACTION: f64 = 0.5;
 /// its sparse path runs straight from the activations ([`sparse::direct_tiles`]): VGG-16's
 /// 8 x 8 Conv6-7, 58% pruned, run there faster than on Winograd (their probe: 9 against
 /// 13-14 ms on 16 examples), its 43% pruned Conv5 not.
-const DIRECT_SPARSE_FRACTION: f64 = 0.3;
+const DIRECT_SPARSE_FRACTION: f64 = 0.5;
 
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
 /// copies and buffers it tried freed in the loading thread's malloc arena, where the sampling

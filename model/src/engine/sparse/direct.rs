@@ -66,26 +66,25 @@ impl Plan {
         // of a unit once per chunk, and the whole input (512 channels: 512 KiB) sits in L2.
         let per_chunk = if h * w <= 4 { cin } else { (CHUNK_BYTES / chan_bytes).clamp(1, cin) };
         let chunks = cin.div_ceil(per_chunk);
-        let mut plan = Plan { shape: (cin, [h, w]), chunks, split: Vec::with_capacity(csr.rows * (chunks + 1)), indices: Vec::with_capacity(csr.nnz()), to_plan: vec![0; csr.nnz()] };
-        let mut row: Vec<(usize, u32, u32)> = Vec::new();
+        let mut plan = Plan { shape: (cin, [h, w]), chunks, split: Vec::with_capacity(csr.rows * (chunks + 1)), indices: vec![0; csr.nnz()], to_plan: vec![0; csr.nnz()] };
+        // Each unit's entries bucketed by chunk, stably (a counting sort): within a chunk
+        // they stay ascending, by window offset, then channel.
+        let mut at = vec![0usize; chunks + 1];
         for j in 0..csr.rows {
-            row.clear();
-            row.extend((csr.indptr[j]..csr.indptr[j + 1]).map(|nz| {
-                let i = csr.indices[nz];
-                ((i as usize % cin) / per_chunk, i, nz as u32)
-            }));
-            row.sort_unstable();
-            let mut at = 0;
-            for c in 0..=chunks {
-                while at < row.len() && row[at].0 < c {
-                    at += 1;
-                }
-                plan.split.push((csr.indptr[j] + at) as u32);
+            let (s, e) = (csr.indptr[j], csr.indptr[j + 1]);
+            let chunk = |nz: usize| (csr.indices[nz] as usize % cin) / per_chunk;
+            at.fill(0);
+            (s..e).for_each(|nz| at[chunk(nz) + 1] += 1);
+            for c in 0..chunks {
+                at[c + 1] += at[c];
             }
-            for (q, r) in row.iter().enumerate() {
-                plan.to_plan[r.2 as usize] = (csr.indptr[j] + q) as u32;
+            plan.split.extend(at.iter().map(|&a| (s + a) as u32));
+            for nz in s..e {
+                let q = s + at[chunk(nz)];
+                at[chunk(nz)] += 1;
+                plan.indices[q] = csr.indices[nz];
+                plan.to_plan[nz] = q as u32;
             }
-            plan.indices.extend(row.iter().map(|r| r.1));
         }
         plan
     }
