@@ -48,13 +48,13 @@ pub(crate) struct Plan {
     /// The channels and map it was made for.
     shape: (usize, [usize; 2]),
     /// Chunks of channels.
-    chunks: usize,
+    pub(super) chunks: usize,
     /// Unit `j`'s weights of chunk `c` are `split[j * (chunks + 1) + c]..` up to the next.
-    split: Vec<u32>,
+    pub(super) split: Vec<u32>,
     /// Patch entry of each weight (ascending within a unit's chunk).
-    indices: Vec<u32>,
+    pub(super) indices: Vec<u32>,
     /// Where each weight of pattern order lies in plan order.
-    to_plan: Vec<u32>,
+    pub(super) to_plan: Vec<u32>,
 }
 
 impl Plan {
@@ -228,9 +228,20 @@ pub(crate) fn forward_on(isa: Isa, job: &Job, win: &Window, t: Tiles, a: &[f32],
     let vectors = n.div_ceil(LANES);
     let pitch = w + 2;
     let chan_len = (h + 2) * pitch * LANES;
-    // The input in example vectors, with a border of zeros (and zeros in the lanes past n).
+    // The input in example vectors, with a border of zeros (and zeros in the lanes past n:
+    // there all of it is zeroed first). Else only the rows above and below the map: nothing
+    // else writes them, and the kernel never reads the columns beside it (it skips the
+    // positions whose input would lie there).
     let x = ws.x.get(vectors * cin * chan_len);
-    x.fill(0.0);
+    if n % LANES != 0 {
+        x.fill(0.0);
+    } else {
+        let row = pitch * LANES;
+        for chan in x.chunks_exact_mut(chan_len) {
+            chan[..row].fill(0.0);
+            chan[(h + 1) * row..].fill(0.0);
+        }
+    }
     for v in 0..vectors {
         let lanes = LANES.min(n - v * LANES);
         for q in 0..positions {

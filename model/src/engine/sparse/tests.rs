@@ -413,33 +413,63 @@ fn signed_weights_draw_the_noise_chunk_by_chunk_as_one_draw() {
 
 #[test]
 fn direct_convolutions_match_the_definition_on_every_isa() {
-    // 2 x 2 (one chunk of channels), 4 x 4 and 8 x 8 (several chunks; 8 x 8 in tiles of two
-    // rows), a map 4 high and 8 wide; 20 examples: a second vector of 16 with 4 lanes used.
-    for (input, units) in [([2, 2, 24], 17), ([4, 4, 40], 19), ([8, 8, 12], 5), ([4, 8, 6], 16)] {
-        let win = Window { input, size: [3, 3], strides: [1, 1], padding: Padding::Same };
-        let tiles = direct::tiles(&win).expect("a direct shape");
-        let (nb, cin, k) = (20, input[2], 9 * input[2]);
-        let rpe = input[0] * input[1];
-        let (mu, csr) = pruned(k, units, 0.3, 21);
-        let sigma: Vec<f32> = mu.iter().zip(values(k * units, 22)).map(|(&m, s)| if m == 0.0 { 0.0 } else { s }).collect();
-        let x = values(nb * rpe * cin, 23);
-        let mut sampler = crate::engine::sampler::Sampler::new(7, 8);
-        let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
-        sampler.sign_masks_into(nb * cin, &mut s_in);
-        sampler.sign_masks_into(nb * units, &mut s_out);
-        let bias = values(units, 24);
-        let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
-        let p = im2col(&x, nb, &win);
-        for relu in [false, true] {
-            let want = reference(&p, rpe, k, units, &mu, &sigma, &s_in, cin, &s_out, &bias, None, true, relu);
-            let job = Job { csr: &csr, conv: Some(&win), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu, out_t: false };
-            for isa in isas() {
-                let mut out = vec![f32::NAN; nb * rpe * units];
-                direct::forward_on(isa, &job, &win, tiles, &a, KeptNoise::Values(&d), (&s_in, &s_out), &mut out, &mut direct::Scratch::default());
-                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
-                    assert!((f64::from(*g) - w).abs() < 1e-5, "{input:?} {isa:?} relu {relu}: output {i}: {g} vs {w}");
+    // 4 x 4 and 8 x 8 (several chunks of channels; 8 x 8 in tiles of two rows), 2 x 2 (one
+    // chunk), a map 4 high and 8 wide; 20 examples (a second vector of 16 with 4 lanes used,
+    // the input zeroed whole) and 16 (only its border zeroed: one scratch for all, so the
+    // border holds what an earlier layer left there).
+    let mut ws = direct::Scratch::default();
+    for nb in [20, 16] {
+        for (input, units) in [([4, 4, 40], 19), ([2, 2, 24], 17), ([8, 8, 12], 5), ([4, 8, 6], 16)] {
+            let win = Window { input, size: [3, 3], strides: [1, 1], padding: Padding::Same };
+            let tiles = direct::tiles(&win).expect("a direct shape");
+            let (cin, k) = (input[2], 9 * input[2]);
+            let rpe = input[0] * input[1];
+            let (mu, csr) = pruned(k, units, 0.3, 21);
+            let sigma: Vec<f32> = mu.iter().zip(values(k * units, 22)).map(|(&m, s)| if m == 0.0 { 0.0 } else { s }).collect();
+            let x = values(nb * rpe * cin, 23);
+            let mut sampler = crate::engine::sampler::Sampler::new(7, 8);
+            let (mut s_in, mut s_out) = (Vec::new(), Vec::new());
+            sampler.sign_masks_into(nb * cin, &mut s_in);
+            sampler.sign_masks_into(nb * units, &mut s_out);
+            let bias = values(units, 24);
+            let (a, d) = (kept(&csr, &mu), kept(&csr, &sigma));
+            let p = im2col(&x, nb, &win);
+            for relu in [false, true] {
+                let want = reference(&p, rpe, k, units, &mu, &sigma, &s_in, cin, &s_out, &bias, None, true, relu);
+                let job = Job { csr: &csr, conv: Some(&win), x: &x, n: nb, a: Some(&a), flip: None, base: None, xt: None, bias: &bias, relu, out_t: false };
+                for isa in isas() {
+                    let mut out = vec![f32::NAN; nb * rpe * units];
+                    direct::forward_on(isa, &job, &win, tiles, &a, KeptNoise::Values(&d), (&s_in, &s_out), &mut out, &mut ws);
+                    for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert!((f64::from(*g) - w).abs() < 1e-5, "{input:?} n {nb} {isa:?} relu {relu}: output {i}: {g} vs {w}");
+                    }
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn a_direct_plan_orders_each_units_weights_by_chunk_of_channels_then_entry() {
+    // 4 x 4 maps of 40 channels: 14 channels per chunk (32 KiB of 36 padded positions).
+    let (cin, units) = (40, 7);
+    let (_, csr) = pruned(9 * cin, units, 0.4, 31);
+    let plan = direct::Plan::new(&csr, cin, [4, 4]);
+    let per_chunk = 32 * 1024 / (6 * 6 * LANES * 4);
+    assert_eq!((per_chunk, plan.chunks), (14, 3));
+    // Every weight lands once, and its place holds its patch entry.
+    let mut seen = vec![false; csr.nnz()];
+    for (nz, &q) in plan.to_plan.iter().enumerate() {
+        assert!(!std::mem::replace(&mut seen[q as usize], true), "weight {nz}: its place is taken twice");
+        assert_eq!(plan.indices[q as usize], csr.indices[nz]);
+    }
+    for j in 0..units {
+        let bounds = &plan.split[j * (plan.chunks + 1)..][..plan.chunks + 1];
+        assert_eq!((bounds[0] as usize, bounds[plan.chunks] as usize), (csr.indptr[j], csr.indptr[j + 1]), "unit {j}: its weights");
+        for (c, w) in bounds.windows(2).enumerate() {
+            let entries = &plan.indices[w[0] as usize..w[1] as usize];
+            assert!(entries.iter().all(|&i| (i as usize % cin) / per_chunk == c), "unit {j}: chunk {c} holds another chunk's channel");
+            assert!(entries.windows(2).all(|p| p[0] < p[1]), "unit {j}: chunk {c} out of order");
         }
     }
 }
