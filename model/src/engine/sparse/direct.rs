@@ -35,10 +35,15 @@ pub(crate) fn tiles(win: &Window) -> Option<Tiles> {
     }
 }
 
-/// Bytes of one example vector's padded input that a chunk of channels spans: L1 holds it
-/// while every unit's kept weights on those channels go by (24-32 KiB ran 4x4 x 512 convs
-/// fastest; on 2 x 2 maps one chunk, see [`Plan::new`]).
-const CHUNK_BYTES: usize = 32 * 1024;
+/// Bytes of one example vector's padded input that a chunk of channels spans on a tile's rows
+/// (and its window's): L1 (48 KiB here) holds most of them while every unit's kept weights on
+/// those channels go by. A 4x4 x 512 conv at 25% kept took 4.1 ms per call with 32 KiB, 3.8
+/// with 48 and 3.6-3.9 with 64; 8x8 and 2x2 convs the same from 32 to 64 (on 2 x 2 maps one
+/// chunk, see [`Plan::new`]).
+const CHUNK_BYTES: usize = 48 * 1024;
+
+/// Window offsets of a 3 x 3 window.
+const TAPS: usize = 9;
 
 /// A pruned convolution's kept weights in the order the direct kernel reads them, made once
 /// per layer: each unit's weights by chunk of input channels, then by patch entry (window
@@ -49,7 +54,9 @@ pub(crate) struct Plan {
     shape: (usize, [usize; 2]),
     /// Chunks of channels.
     pub(super) chunks: usize,
-    /// Unit `j`'s weights of chunk `c` are `split[j * (chunks + 1) + c]..` up to the next.
+    /// Runs of one chunk of channels and one window offset: unit `j`'s weights of chunk `c`
+    /// and offset `t` (of [`TAPS`]) are `split[j * (RUNS) + c * TAPS + t]..` up to the next,
+    /// `RUNS = chunks * TAPS + 1` ([`Plan::runs`]).
     pub(super) split: Vec<u32>,
     /// Patch entry of each weight (ascending within a unit's chunk).
     pub(super) indices: Vec<u32>,
@@ -61,32 +68,43 @@ impl Plan {
     /// The plan of `csr` for a convolution of `cin` channels on maps of `h` x `w` positions
     /// (the direct kernel's shapes, [`tiles`]).
     pub(crate) fn new(csr: &Csr, cin: usize, [h, w]: [usize; 2]) -> Plan {
-        let chan_bytes = (h + 2) * (w + 2) * LANES * std::mem::size_of::<f32>();
+        // What a tile reads of a channel: its rows and the window's.
+        let th = tiles(&Window { input: [h, w, cin], size: [3, 3], strides: [1, 1], padding: crate::arch::Padding::Same }).map_or(h, |t| t.th);
+        let chan_bytes = (th + 2) * (w + 2) * LANES * std::mem::size_of::<f32>();
         // On 2 x 2 maps a weight has only 4 positions to pay for reloading the partial sums
         // of a unit once per chunk, and the whole input (512 channels: 512 KiB) sits in L2.
         let per_chunk = if h * w <= 4 { cin } else { (CHUNK_BYTES / chan_bytes).clamp(1, cin) };
         let chunks = cin.div_ceil(per_chunk);
-        let mut plan = Plan { shape: (cin, [h, w]), chunks, split: Vec::with_capacity(csr.rows * (chunks + 1)), indices: vec![0; csr.nnz()], to_plan: vec![0; csr.nnz()] };
-        // Each unit's entries bucketed by chunk, stably (a counting sort): within a chunk
-        // they stay ascending, by window offset, then channel.
-        let mut at = vec![0usize; chunks + 1];
+        let runs = chunks * TAPS + 1;
+        let mut plan = Plan { shape: (cin, [h, w]), chunks, split: Vec::with_capacity(csr.rows * runs), indices: vec![0; csr.nnz()], to_plan: vec![0; csr.nnz()] };
+        // Each unit's entries bucketed by (chunk, window offset), stably (a counting sort):
+        // within a run they stay ascending by channel.
+        let mut at = vec![0usize; runs];
         for j in 0..csr.rows {
             let (s, e) = (csr.indptr[j], csr.indptr[j + 1]);
-            let chunk = |nz: usize| (csr.indices[nz] as usize % cin) / per_chunk;
+            let run = |nz: usize| {
+                let i = csr.indices[nz] as usize;
+                (i % cin) / per_chunk * TAPS + i / cin
+            };
             at.fill(0);
-            (s..e).for_each(|nz| at[chunk(nz) + 1] += 1);
-            for c in 0..chunks {
-                at[c + 1] += at[c];
+            (s..e).for_each(|nz| at[run(nz) + 1] += 1);
+            for r in 1..runs {
+                at[r] += at[r - 1];
             }
             plan.split.extend(at.iter().map(|&a| (s + a) as u32));
             for nz in s..e {
-                let q = s + at[chunk(nz)];
-                at[chunk(nz)] += 1;
+                let q = s + at[run(nz)];
+                at[run(nz)] += 1;
                 plan.indices[q] = csr.indices[nz];
                 plan.to_plan[nz] = q as u32;
             }
         }
         plan
+    }
+
+    /// Boundaries per unit in [`Plan::split`].
+    pub(super) fn runs(&self) -> usize {
+        self.chunks * TAPS + 1
     }
 
     /// `mu + D` and `mu - D` of the kept weights in plan order, from `a` and the noise in
@@ -324,21 +342,22 @@ unsafe fn tiles_of<V: Vector, const TH: usize, const TW: usize, const P: usize, 
     let (u, positions, cin) = (op.units, op.oh * TW, op.cin);
     let (x, y) = (op.ws.x.get(op.vectors * cin * op.chan_len).as_ptr(), op.ws.y.get(op.vectors * u * positions * LANES).as_mut_ptr());
     let (plan, ws) = (op.plan, &*op.ws);
-    let m = plan.chunks;
+    let (m, runs) = (plan.chunks, plan.runs());
     let (plus, minus) = (op.plus, op.minus);
     let geo = Geometry { cin, chan_len: op.chan_len };
+    // Tile by tile: a chunk's channels are read on the tile's rows only (and its window's).
     for v in 0..op.vectors {
         let s_in = ws.s_in[v * cin..].as_ptr();
-        for c in 0..m {
-            let last = c + 1 == m;
-            for j in 0..u {
-                let (s, e) = (plan.split[j * (m + 1) + c] as usize, plan.split[j * (m + 1) + c + 1] as usize);
-                if c > 0 && s == e && !last {
-                    continue;
-                }
-                let so = ws.s_out[v * u + j];
-                let w = Weights { indices: &plan.indices[s..e], plus: &plus[s..e], minus: &minus[s..e] };
-                for r0 in (0..op.oh).step_by(TH) {
+        for r0 in (0..op.oh).step_by(TH) {
+            for c in 0..m {
+                let last = c + 1 == m;
+                for j in 0..u {
+                    let bounds: &[u32; TAPS + 1] = plan.split[j * runs + c * TAPS..][..TAPS + 1].try_into().expect("TAPS + 1 bounds");
+                    if c > 0 && bounds[0] == bounds[TAPS] && !last {
+                        continue;
+                    }
+                    let so = ws.s_out[v * u + j];
+                    let w = Weights { indices: &plan.indices, plus, minus, bounds };
                     // SAFETY: the caller's contract: tile rows r0..r0 + TH and their window rows
                     // lie in the padded input of example vector v; outputs inside y.
                     unsafe {
@@ -359,12 +378,14 @@ struct Geometry {
     chan_len: usize,
 }
 
-/// A run of one unit's kept weights: patch entries (ascending) and their two values.
+/// One unit's kept weights of one chunk of channels, in plan order: the plan's patch entries
+/// and values, and where the chunk's run of each window offset starts (and the last ends).
 #[derive(Clone, Copy)]
 struct Weights<'a> {
     indices: &'a [u32],
     plus: &'a [f32],
     minus: &'a [f32],
+    bounds: &'a [u32; TAPS + 1],
 }
 
 /// One unit's sums on one tile of `TH x TW` positions over a run of its kept weights: each
@@ -390,29 +411,17 @@ unsafe fn tile<V: Vector, const TH: usize, const TW: usize, const P: usize, cons
                 *a = V::load(y.add(p * LANES));
             }
         }
-        // Runs of entries with one window offset (ascending): each on its own code.
-        let (mut nz, len) = (0, w.indices.len());
-        while nz < len {
-            let tap = *w.indices.get_unchecked(nz) as usize / g.cin;
-            let limit = ((tap + 1) * g.cin) as u32;
-            let mut end = nz + 1;
-            while end < len && *w.indices.get_unchecked(end) < limit {
-                end += 1;
-            }
-            let run = Run { x, g, w, s_in, so, first: tap * g.cin, range: (nz, end) };
-            match tap {
-                0 => taps::<V, TH, TW, P, WHOLE, 0, 0>(&mut acc, run),
-                1 => taps::<V, TH, TW, P, WHOLE, 0, 1>(&mut acc, run),
-                2 => taps::<V, TH, TW, P, WHOLE, 0, 2>(&mut acc, run),
-                3 => taps::<V, TH, TW, P, WHOLE, 1, 0>(&mut acc, run),
-                4 => taps::<V, TH, TW, P, WHOLE, 1, 1>(&mut acc, run),
-                5 => taps::<V, TH, TW, P, WHOLE, 1, 2>(&mut acc, run),
-                6 => taps::<V, TH, TW, P, WHOLE, 2, 0>(&mut acc, run),
-                7 => taps::<V, TH, TW, P, WHOLE, 2, 1>(&mut acc, run),
-                _ => taps::<V, TH, TW, P, WHOLE, 2, 2>(&mut acc, run),
-            }
-            nz = end;
-        }
+        // Each window offset's run on code of its own.
+        let run = |t: usize| Run { x, g, w, s_in, so, first: t * g.cin, range: (w.bounds[t] as usize, w.bounds[t + 1] as usize) };
+        taps::<V, TH, TW, P, WHOLE, 0, 0>(&mut acc, run(0));
+        taps::<V, TH, TW, P, WHOLE, 0, 1>(&mut acc, run(1));
+        taps::<V, TH, TW, P, WHOLE, 0, 2>(&mut acc, run(2));
+        taps::<V, TH, TW, P, WHOLE, 1, 0>(&mut acc, run(3));
+        taps::<V, TH, TW, P, WHOLE, 1, 1>(&mut acc, run(4));
+        taps::<V, TH, TW, P, WHOLE, 1, 2>(&mut acc, run(5));
+        taps::<V, TH, TW, P, WHOLE, 2, 0>(&mut acc, run(6));
+        taps::<V, TH, TW, P, WHOLE, 2, 1>(&mut acc, run(7));
+        taps::<V, TH, TW, P, WHOLE, 2, 2>(&mut acc, run(8));
         if let Some(bias) = bias {
             let b = V::splat(bias);
             for a in acc.iter_mut() {
