@@ -531,17 +531,14 @@ fn batched(job: &Job, csr: &Csr, rpe: usize, out: &mut [f32], ws: &mut Scratch) 
 fn conv_sign_panels(masks: &[u32], width: usize, k: usize, b0: usize, cols: usize, rpe: usize, out: &mut Vec<u16>) {
     out.clear();
     out.resize(sign_panels_len(k, cols), 0);
-    let mut lanes = vec![0u16; width];
     for c0 in (0..cols).step_by(LANES) {
-        // The 16 columns' bits of every channel, then copied to the rows of that channel.
-        lanes.fill(0);
-        for l in 0..LANES.min(cols - c0) {
-            let ex = &masks[(b0 + (c0 + l) / rpe) * width..][..width];
-            lanes.iter_mut().zip(ex).for_each(|(m, &s)| *m |= u16::from(s != 0) << l);
-        }
-        let at0 = sign_at(k, 0, c0);
-        for (i, m) in out[at0..].iter_mut().step_by(MASKS).take(k).enumerate() {
-            *m = lanes[i % width];
+        let (at0, lanes) = (sign_at(k, 0, c0), LANES.min(cols - c0));
+        for ch in 0..width {
+            // The 16 columns' bits of the channel, then copied to its rows.
+            let m = (0..lanes).fold(0u16, |m, l| m | u16::from(masks[(b0 + (c0 + l) / rpe) * width + ch] != 0) << l);
+            for i in (ch..k).step_by(width.max(1)) {
+                out[at0 + i * MASKS] = m;
+            }
         }
     }
 }
