@@ -148,19 +148,8 @@ impl Plan {
     /// The lengths hold as [`Plan::weights`] checks them.
     #[inline(always)]
     unsafe fn weights_unchecked(&self, csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut [f32], minus: &mut [f32]) {
-        const CHUNK_DRAW: usize = 1024;
-        let nnz = self.to_plan.len();
-        let mut drawn = [0f32; CHUNK_DRAW];
-        for c0 in (0..nnz).step_by(CHUNK_DRAW) {
-            let c1 = (c0 + CHUNK_DRAW).min(nnz);
-            let d = match noise {
-                KeptNoise::Values(v) => &v[c0..c1],
-                KeptNoise::Draw { key, sigma } => {
-                    key.fill_at(&csr.flat[c0..c1], &sigma[c0..c1], &mut drawn);
-                    &drawn[..c1 - c0]
-                }
-            };
-            for ((&q, &m), &d) in self.to_plan[c0..c1].iter().zip(&a[c0..c1]).zip(d) {
+        super::forward::kept_noise_chunks(csr, noise, |r, d| {
+            for ((&q, &m), &d) in self.to_plan[r.clone()].iter().zip(&a[r]).zip(d) {
                 // SAFETY: `to_plan` is a permutation of 0..nnz (`Plan::new`), and `plus` and
                 // `minus` hold nnz values (the caller's contract).
                 unsafe {
@@ -168,7 +157,7 @@ impl Plan {
                     *minus.get_unchecked_mut(q as usize) = m - d;
                 }
             }
-        }
+        });
     }
 }
 

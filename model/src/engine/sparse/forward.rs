@@ -214,13 +214,13 @@ fn runs_signed(job: &Job) -> bool {
     batched && signs && job.a.is_some() && one_product(true)
 }
 
-/// `mu + D` and `mu - D` of the kept weights into `plus` and `minus` ([`Pass::Signed`]); a
-/// noise still to draw is drawn in chunks that stay in L1 until they are added.
-pub(super) fn signed_weights(csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut Vec<f32>, minus: &mut Vec<f32>) {
+/// The kept weights' noise (pattern order) chunk by chunk: `each(range, values)` for
+/// consecutive ranges of 1024 weights, a noise still to draw drawn into a chunk that stays in
+/// L1 until `each` has used it.
+#[inline(always)]
+pub(super) fn kept_noise_chunks(csr: &Csr, noise: KeptNoise, mut each: impl FnMut(std::ops::Range<usize>, &[f32])) {
     const CHUNK_DRAW: usize = 1024;
     let nnz = csr.nnz();
-    plus.clear();
-    minus.clear();
     let mut drawn = [0f32; CHUNK_DRAW];
     for c0 in (0..nnz).step_by(CHUNK_DRAW) {
         let c1 = (c0 + CHUNK_DRAW).min(nnz);
@@ -231,9 +231,18 @@ pub(super) fn signed_weights(csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut 
                 &drawn[..c1 - c0]
             }
         };
-        plus.extend(a[c0..c1].iter().zip(d).map(|(&m, &d)| m + d));
-        minus.extend(a[c0..c1].iter().zip(d).map(|(&m, &d)| m - d));
+        each(c0..c1, d);
     }
+}
+
+/// `mu + D` and `mu - D` of the kept weights into `plus` and `minus` ([`Pass::Signed`]).
+pub(super) fn signed_weights(csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut Vec<f32>, minus: &mut Vec<f32>) {
+    plus.clear();
+    minus.clear();
+    kept_noise_chunks(csr, noise, |r, d| {
+        plus.extend(a[r.clone()].iter().zip(d).map(|(&m, &d)| m + d));
+        minus.extend(a[r].iter().zip(d).map(|(&m, &d)| m - d));
+    });
 }
 
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
