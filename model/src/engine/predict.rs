@@ -77,7 +77,8 @@ const BLOCKS_SPARSE_FRACTION: f64 = 0.5;
 /// Fraction of pruned weights from which [`SparseKernels::Auto`] times a convolution that
 /// its sparse path runs straight from the activations ([`sparse::direct_tiles`]): VGG-16's
 /// 8 x 8 Conv6-7, 58% pruned, run there faster than on Winograd (their probe: 9 against
-/// 13-14 ms on 16 examples), its 43% pruned Conv5 not.
+/// 13-14 ms on 16 examples); its 43% pruned Conv5 tied. From 30% the extra probes made
+/// `sweep` 18% slower for no other choice.
 const DIRECT_SPARSE_FRACTION: f64 = 0.5;
 
 /// Hands the heap's free pages back to the system. `--sparse auto`'s timing leaves the CSR
