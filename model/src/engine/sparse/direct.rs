@@ -162,10 +162,12 @@ impl Plan {
 }
 
 /// The tiles of a pruned Flipout convolution of window `win` that runs on the direct kernel
-/// on this CPU ([`tiles`]; it picks each weight's value per lane by a blend, which portable
-/// code lacks: there the patch-row path keeps the convolution).
+/// on this CPU ([`tiles`]): on AVX-512 only, where a tile's 16 sums take 16 of the 32 vector
+/// registers. With AVX2 a vector is two registers of 16, so the sums would not fit (not
+/// measured there; the patch-row path keeps the convolution, as in portable code, which has
+/// no blend).
 pub(crate) fn direct_tiles(win: &Window) -> Option<Tiles> {
-    tiles(win).filter(|_| one_product(true))
+    tiles(win).filter(|_| Isa::detect() == Isa::Avx512)
 }
 
 /// Reusable buffers of [`forward_on`].
