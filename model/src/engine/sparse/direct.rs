@@ -66,11 +66,10 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// The plan of `csr` for a convolution of `cin` channels on maps of `h` x `w` positions
-    /// (the direct kernel's shapes, [`tiles`]).
-    pub(crate) fn new(csr: &Csr, cin: usize, [h, w]: [usize; 2]) -> Plan {
+    /// cut into tiles `t` ([`tiles`]).
+    pub(crate) fn new(csr: &Csr, cin: usize, [h, w]: [usize; 2], t: Tiles) -> Plan {
         // What a tile reads of a channel: its rows and the window's.
-        let th = tiles(&Window { input: [h, w, cin], size: [3, 3], strides: [1, 1], padding: crate::arch::Padding::Same }).map_or(h, |t| t.th);
-        let chan_bytes = (th + 2) * (w + 2) * LANES * std::mem::size_of::<f32>();
+        let chan_bytes = (t.th + 2) * (w + 2) * LANES * std::mem::size_of::<f32>();
         // On 2 x 2 maps a weight has only 4 positions to pay for reloading the partial sums
         // of a unit once per chunk, and the whole input (512 channels: 512 KiB) sits in L2.
         let per_chunk = if h * w <= 4 { cin } else { (CHUNK_BYTES / chan_bytes).clamp(1, cin) };
@@ -113,45 +112,20 @@ impl Plan {
     ///
     /// # Panics
     /// When `a` or the noise holds fewer than `csr.nnz()` values.
-    fn weights(&self, isa: Isa, csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut [f32], minus: &mut [f32]) {
+    fn weights(&self, csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut [f32], minus: &mut [f32]) {
         let nnz = csr.nnz();
         let values_ok = match noise {
             KeptNoise::Values(v) => v.len() >= nnz,
             KeptNoise::Draw { sigma, .. } => sigma.len() >= nnz,
         };
         assert!(a.len() >= nnz && values_ok && plus.len() >= nnz && minus.len() >= nnz && self.to_plan.len() == nnz && csr.flat.len() == nnz, "direct conv: weights too short");
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 {
-            // SAFETY: AVX-512F is supported (`forward_on` checked); the lengths were checked above.
-            return unsafe { self.weights_avx512(csr, a, noise, plus, minus) };
-        }
-        // SAFETY: the lengths were checked above.
-        unsafe { self.weights_unchecked(csr, a, noise, plus, minus) }
-    }
-
-    /// [`Plan::weights`] compiled for AVX-512 (its gathers vectorized).
-    ///
-    /// # Safety
-    /// AVX-512F is supported; the lengths hold as [`Plan::weights`] checks them.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weights_avx512(&self, csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut [f32], minus: &mut [f32]) {
-        // SAFETY: the caller's contract.
-        unsafe { self.weights_unchecked(csr, a, noise, plus, minus) }
-    }
-
-    /// [`Plan::weights`] without its checks: the values read in pattern order (as they lie in
-    /// memory; gathered in plan order they missed the caches), written to their places in plan
-    /// order (within the unit's run of weights).
-    ///
-    /// # Safety
-    /// The lengths hold as [`Plan::weights`] checks them.
-    #[inline(always)]
-    unsafe fn weights_unchecked(&self, csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut [f32], minus: &mut [f32]) {
+        // The values are read in pattern order (as they lie in memory; gathered in plan order
+        // they missed the caches) and written to their places in plan order (within the
+        // unit's run of weights).
         super::forward::kept_noise_chunks(csr, noise, |r, d| {
             for ((&q, &m), &d) in self.to_plan[r.clone()].iter().zip(&a[r]).zip(d) {
                 // SAFETY: `to_plan` is a permutation of 0..nnz (`Plan::new`), and `plus` and
-                // `minus` hold nnz values (the caller's contract).
+                // `minus` hold nnz values (checked above).
                 unsafe {
                     *plus.get_unchecked_mut(q as usize) = m + d;
                     *minus.get_unchecked_mut(q as usize) = m - d;
@@ -188,6 +162,12 @@ pub(crate) struct Scratch {
 /// The layer's operands, checked by [`forward_on`].
 struct Ops<'a> {
     plan: &'a Plan,
+    /// The padded input and the output ([`Scratch`]'s layouts).
+    x: &'a [f32],
+    y: &'a mut [f32],
+    /// Lane masks of the input and output signs.
+    s_in: &'a [u16],
+    s_out: &'a [u16],
     /// `mu + D` and `mu - D` of the kept weights in plan order.
     plus: &'a [f32],
     minus: &'a [f32],
@@ -203,7 +183,6 @@ struct Ops<'a> {
     oh: usize,
     /// Floats per channel of one example vector's padded input.
     chan_len: usize,
-    ws: &'a mut Scratch,
 }
 
 /// `out` (`[n, oh, ow, units]`) = `bias + conv(x, W)` through a ReLU when `relu`, `W` being
@@ -225,15 +204,15 @@ pub(crate) fn forward_on(isa: Isa, job: &Job, win: &Window, t: Tiles, a: &[f32],
     assert!(csr.cols == 9 * cin && h % t.th == 0 && w == t.tw, "direct conv: shape");
     assert!(job.x.len() >= n * positions * cin && out.len() >= n * positions * u && job.bias.len() >= u, "direct conv: slices too short");
     assert!(a.len() >= csr.nnz() && s_in.len() >= n * cin && s_out.len() >= n * u, "direct conv: operands too short");
-    let plan = csr.direct.get_or_init(|| Box::new(Plan::new(csr, cin, [h, w])));
+    let plan = csr.direct.get_or_init(|| Box::new(Plan::new(csr, cin, [h, w], t)));
     assert!(plan.shape == (cin, [h, w]), "direct conv: a plan made for another shape");
     let isa = match (isa, Isa::detect()) {
         (_, Isa::Portable) | (Isa::Portable, _) => Isa::Portable,
         (Isa::Avx512, Isa::Avx512) => Isa::Avx512,
         _ => Isa::Avx2,
     };
-    let (mut plus, mut minus) = (std::mem::take(&mut ws.plus), std::mem::take(&mut ws.minus));
-    plan.weights(isa, csr, a, noise, plus.get(csr.nnz()), minus.get(csr.nnz()));
+    let (plus, minus) = (ws.plus.get(csr.nnz()), ws.minus.get(csr.nnz()));
+    plan.weights(csr, a, noise, plus, minus);
     let vectors = n.div_ceil(LANES);
     let pitch = w + 2;
     let chan_len = (h + 2) * pitch * LANES;
@@ -269,8 +248,8 @@ pub(crate) fn forward_on(isa: Isa, job: &Job, win: &Window, t: Tiles, a: &[f32],
     };
     lane_masks(s_in, cin, &mut ws.s_in);
     lane_masks(s_out, u, &mut ws.s_out);
-    ws.y.get(vectors * u * positions * LANES);
-    let mut op = Ops { plan, plus: plus.get(csr.nnz()), minus: minus.get(csr.nnz()), units: u, cin, bias: job.bias, relu: job.relu, vectors, oh: h, chan_len, ws };
+    let y = ws.y.get(vectors * u * positions * LANES);
+    let mut op = Ops { plan, x, y, s_in: &ws.s_in, s_out: &ws.s_out, plus, minus, units: u, cin, bias: job.bias, relu: job.relu, vectors, oh: h, chan_len };
     // SAFETY: the operands' lengths were checked above, and every offset stays inside the
     // padded input (a tile's rows plus the window's lie within h + 2 rows); the instruction
     // set is one the CPU supports (detected).
@@ -283,9 +262,8 @@ pub(crate) fn forward_on(isa: Isa, job: &Job, win: &Window, t: Tiles, a: &[f32],
             _ => run::<[f32; LANES]>(&mut op, t),
         }
     }
-    (ws.plus, ws.minus) = (plus, minus);
     // Back to rows: example e's position q of unit j at out[(e * positions + q) * u + j].
-    let y = &ws.y.get(vectors * u * positions * LANES)[..];
+    let y = &*op.y;
     for v in 0..vectors {
         let lanes = LANES.min(n - v * LANES);
         for q in 0..positions {
@@ -331,14 +309,14 @@ unsafe fn run<V: Vector>(op: &mut Ops, t: Tiles) {
 #[inline(always)]
 unsafe fn tiles_of<V: Vector, const TH: usize, const TW: usize, const P: usize, const WHOLE: bool>(op: &mut Ops) {
     let (u, positions, cin) = (op.units, op.oh * TW, op.cin);
-    let (x, y) = (op.ws.x.get(op.vectors * cin * op.chan_len).as_ptr(), op.ws.y.get(op.vectors * u * positions * LANES).as_mut_ptr());
-    let (plan, ws) = (op.plan, &*op.ws);
+    let (x, y) = (op.x.as_ptr(), op.y.as_mut_ptr());
+    let plan = op.plan;
     let (m, runs) = (plan.chunks, plan.runs());
     let (plus, minus) = (op.plus, op.minus);
     let geo = Geometry { cin, chan_len: op.chan_len };
     // Tile by tile: a chunk's channels are read on the tile's rows only (and its window's).
     for v in 0..op.vectors {
-        let s_in = ws.s_in[v * cin..].as_ptr();
+        let s_in = op.s_in[v * cin..].as_ptr();
         for r0 in (0..op.oh).step_by(TH) {
             for c in 0..m {
                 let last = c + 1 == m;
@@ -347,7 +325,7 @@ unsafe fn tiles_of<V: Vector, const TH: usize, const TW: usize, const P: usize, 
                     if c > 0 && bounds[0] == bounds[TAPS] && !last {
                         continue;
                     }
-                    let so = ws.s_out[v * u + j];
+                    let so = op.s_out[v * u + j];
                     let w = Weights { indices: &plan.indices, plus, minus, bounds };
                     // SAFETY: the caller's contract: tile rows r0..r0 + TH and their window rows
                     // lie in the padded input of example vector v; outputs inside y.

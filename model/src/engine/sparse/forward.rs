@@ -245,11 +245,21 @@ pub(super) fn signed_weights(csr: &Csr, a: &[f32], noise: KeptNoise, plus: &mut 
     });
 }
 
+/// The direct kernel's tiles when `job` runs on it ([`direct`]): a 3 x 3 convolution on a
+/// small map with a mean product, no shared base, and Flipout's signs as masks.
+fn runs_direct(job: &Job) -> Option<direct::Tiles> {
+    match (job.conv, job.flip, job.a, job.base) {
+        (Some(win), Some(Flip { s_in: Signs::Masks(_), s_out: Signs::Masks(_), .. }), Some(_), None) => direct::direct_tiles(win),
+        _ => None,
+    }
+}
+
 /// Runs `job` into `out` (`[n * rows per example, units]`) on the transposed kernel.
 pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
-    // A noise to draw: drawn here into a buffer for every path but the signed pass.
+    // A noise to draw: drawn here into a buffer for every path but the signed pass and the
+    // direct kernel (which draw it chunk by chunk into their weights).
     if let Some(f @ Flip { noise: KeptNoise::Draw { key, sigma }, .. }) = job.flip {
-        if !runs_signed(job) {
+        if !runs_signed(job) && runs_direct(job).is_none() {
             let mut values = std::mem::take(&mut ws.noise);
             values.resize(job.csr.nnz(), 0.0);
             key.fill_at(&job.csr.flat, sigma, &mut values);
@@ -279,12 +289,9 @@ pub(crate) fn forward(job: &Job, out: &mut [f32], ws: &mut Scratch) {
     // A given `X^T` is a dense layer's, whose input signs (if any) are bits: masks would need
     // the flipped copy made with it.
     assert!(job.xt.is_none() || (job.conv.is_none() && !matches!(job.flip, Some(Flip { s_in: Signs::Masks(_), .. }))), "sparse layer: a given X^T needs a dense layer with sign bits");
-    // A 3 x 3 convolution on a small map with Flipout's signs as masks: straight from the
-    // activations ([`direct`]).
-    if let (Some(win), Some(Flip { noise, s_in: Signs::Masks(s_in), s_out: Signs::Masks(s_out) }), Some(a), None) = (job.conv, job.flip, job.a, job.base) {
-        if let Some(tiles) = direct::direct_tiles(win) {
-            return direct::forward_on(Isa::detect(), job, win, tiles, a, noise, (s_in, s_out), out, &mut ws.direct);
-        }
+    // A 3 x 3 convolution on a small map: straight from the activations.
+    if let (Some(tiles), Some(win), Some(a), Some(Flip { noise, s_in, s_out })) = (runs_direct(job), job.conv, job.a, job.flip) {
+        return direct::forward_on(Isa::detect(), job, win, tiles, a, noise, (s_in.conv_masks(), s_out.conv_masks()), out, &mut ws.direct);
     }
     let (Some(win), Some(flip)) = (job.conv, job.flip) else { return batched(job, csr, rpe, out, ws) };
     if rpe < PER_EXAMPLE_ROWS {

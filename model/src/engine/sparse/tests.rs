@@ -455,7 +455,7 @@ fn a_direct_plan_orders_each_units_weights_by_chunk_of_channels_then_window_offs
     // 4 x 4 maps of 40 channels: 21 channels per chunk (48 KiB of 36 padded positions).
     let (cin, units) = (40, 7);
     let (_, csr) = pruned(9 * cin, units, 0.4, 31);
-    let plan = direct::Plan::new(&csr, cin, [4, 4]);
+    let plan = direct::Plan::new(&csr, cin, [4, 4], direct::tiles(&Window { input: [4, 4, cin], size: [3, 3], strides: [1, 1], padding: Padding::Same }).expect("a direct shape"));
     let per_chunk = 48 * 1024 / (6 * 6 * LANES * 4);
     assert_eq!((per_chunk, plan.chunks), (21, 2));
     // Every weight lands once, and its place holds its patch entry.
