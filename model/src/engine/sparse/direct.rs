@@ -191,8 +191,8 @@ struct Ops<'a> {
 /// output sign of its unit (`s_out`, `[n, units]`): Flipout's two products in one, as
 /// [`Pass::Signed`] computes them.
 ///
-/// The kernel runs on `isa` where the CPU supports it (tests compare them; else the best one
-/// it has), portably on a CPU with neither.
+/// The kernel runs on `isa` where the CPU supports it (tests compare them), else on the best
+/// one below it that the CPU has ([`Isa::supported`]).
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
@@ -206,11 +206,7 @@ pub(crate) fn forward_on(isa: Isa, job: &Job, win: &Window, t: Tiles, a: &[f32],
     assert!(a.len() >= csr.nnz() && s_in.len() >= n * cin && s_out.len() >= n * u, "direct conv: operands too short");
     let plan = csr.direct.get_or_init(|| Box::new(Plan::new(csr, cin, [h, w], t)));
     assert!(plan.shape == (cin, [h, w]), "direct conv: a plan made for another shape");
-    let isa = match (isa, Isa::detect()) {
-        (_, Isa::Portable) | (Isa::Portable, _) => Isa::Portable,
-        (Isa::Avx512, Isa::Avx512) => Isa::Avx512,
-        _ => Isa::Avx2,
-    };
+    let isa = isa.supported();
     let (plus, minus) = (ws.plus.get(csr.nnz()), ws.minus.get(csr.nnz()));
     plan.weights(csr, a, noise, plus, minus);
     let vectors = n.div_ceil(LANES);

@@ -414,7 +414,7 @@ unsafe fn flip_avx2(x: *const f32, signs: *const u16, vectors: usize, dst: *mut 
 /// and their input signs in sign panels ([`sign_panels_on`]): the sign-flipped copy that a
 /// product with one activation stream per pass reads, from one streaming pass of masked
 /// XORs (instead of a second transpose of the rows), on a given instruction set (an
-/// unsupported one runs portably). Padding columns are flipped like the others.
+/// unsupported one steps down, [`Isa::supported`]). Padding columns are flipped like the others.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
@@ -425,11 +425,11 @@ pub fn flip_panels_on(isa: Isa, x: &[f32], signs: &[u16], k: usize, cols: usize,
     // SAFETY: the lengths were checked above; each kernel runs on an instruction set the CPU
     // supports (detected).
     unsafe {
-        match isa {
+        match isa.supported() {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if Isa::detect() == Isa::Avx512 => flip_avx512(x, signs, vectors, dst),
+            Isa::Avx512 => flip_avx512(x, signs, vectors, dst),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Avx2 if Isa::detect() != Isa::Portable => flip_avx2(x, signs, vectors, dst),
+            Isa::Avx2 => flip_avx2(x, signs, vectors, dst),
             _ => flip_all::<[f32; LANES]>(x, signs, vectors, dst),
         }
     }
@@ -462,7 +462,7 @@ impl Csr {
 
     /// [`Csr::spmm_t`] (or with `then`, [`Csr::spmm_t_then`]) on a given instruction set
     /// (which the CPU must support: tests compare the kernels; anything else calls
-    /// [`Csr::spmm_t`]). An unsupported one runs portably.
+    /// [`Csr::spmm_t`]). An unsupported one steps down ([`Isa::supported`]).
     ///
     /// The pattern's bounds (indices in range, row and chunk bounds) are not scanned here:
     /// the fields are private and only [`Csr::from_mask`] builds a pattern, so they hold by
@@ -507,15 +507,14 @@ impl Csr {
             flip_out,
             relu: then.is_some_and(|t| t.relu),
         };
-        let isa = if isa == Isa::Portable || Isa::detect() == Isa::Portable { Isa::Portable } else { isa };
         // SAFETY: every bound of `spmm`'s contract was checked above (the pattern's hold by
         // construction, `Csr::from_mask`); the instruction set is one the CPU supports (detected).
         unsafe {
-            match isa {
+            match isa.supported() {
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 if Isa::detect() == Isa::Avx512 => spmm_avx512(csr, op, &pass),
+                Isa::Avx512 => spmm_avx512(csr, op, &pass),
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 | Isa::Avx2 => spmm_avx2(csr, op, &pass),
+                Isa::Avx2 => spmm_avx2(csr, op, &pass),
                 _ => spmm_any::<[f32; LANES]>(csr, op, &pass),
             }
         }

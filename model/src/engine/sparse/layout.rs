@@ -10,7 +10,8 @@ pub fn transpose_into(src: &[f32], mask: Option<&[u32]>, rows: usize, cols: usiz
 }
 
 /// `dst[c * ld_d + r] = src[r * ld_s + c]` (XOR-ed with `mask[r * ld_s + c]` when given) for
-/// `r < rows`, `c < cols`, on a given instruction set (an unsupported one runs portably):
+/// `r < rows`, `c < cols`, on a given instruction set (an unsupported one steps down,
+/// [`Isa::supported`]; every one gives the same values):
 /// whole 16 x 16 blocks transposed in registers on AVX-512 (the scalar strided copy it
 /// replaces cost about 1 ns per value, a fifth of a pruned BNN-FC's time), the edges by value.
 ///
@@ -24,14 +25,12 @@ pub fn transpose_on(isa: Isa, src: &[f32], mask: Option<&[u32]>, ld_s: usize, ro
     let need_s = (rows - 1) * ld_s + cols;
     assert!(cols <= ld_s && rows <= ld_d && src.len() >= need_s && mask.is_none_or(|m| m.len() >= need_s) && dst.len() >= (cols - 1) * ld_d + rows, "transpose: slices too short");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && Isa::detect() == Isa::Avx512 {
+    match isa.supported() {
         // SAFETY: AVX-512F is supported (detected); the bounds were checked above.
-        return unsafe { transpose_avx512(src, mask, ld_s, rows, cols, dst, ld_d) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && Isa::detect() != Isa::Portable {
+        Isa::Avx512 => return unsafe { transpose_avx512(src, mask, ld_s, rows, cols, dst, ld_d) },
         // SAFETY: AVX2 is supported (detected).
-        return unsafe { transpose_avx2(src, mask, ld_s, rows, cols, dst, ld_d) };
+        Isa::Avx2 => return unsafe { transpose_avx2(src, mask, ld_s, rows, cols, dst, ld_d) },
+        Isa::Portable => {}
     }
     transpose_tiles(src, mask, ld_s, rows, cols, dst, ld_d, 0, 0);
 }
@@ -191,7 +190,7 @@ pub(super) fn bits16(bits: &[u64], p: usize) -> u16 {
 pub fn sign_panels_on(isa: Isa, bits: &[u64], bit0: usize, cols: usize, k: usize, dst: &mut [u16]) {
     assert!(bits.len() * 64 >= bit0 + cols * k && dst.len() >= sign_panels_len(k, cols), "sign panels: slices too short");
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 && Isa::detect() == Isa::Avx512 {
+    if isa.supported() == Isa::Avx512 {
         // SAFETY: AVX-512F is supported (detected).
         return unsafe { sign_panels_avx512(bits, bit0, cols, k, dst) };
     }

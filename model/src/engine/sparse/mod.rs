@@ -262,6 +262,16 @@ impl Isa {
         }
         Isa::Portable
     }
+
+    /// The instruction set a kernel asked to run on `self` runs on: `self` where the CPU
+    /// supports it, else the best one below it that the CPU has (AVX-512, AVX2, portable).
+    pub fn supported(self) -> Isa {
+        match (self, Isa::detect()) {
+            (Isa::Portable, _) | (_, Isa::Portable) => Isa::Portable,
+            (Isa::Avx512, Isa::Avx512) => Isa::Avx512,
+            _ => Isa::Avx2,
+        }
+    }
 }
 
 /// The products one pass of [`Csr::spmm_t`] accumulates over the kept weights (values in
